@@ -1,0 +1,180 @@
+"""The ``icn-rt`` command line. Thin: each command parses, calls one function, prints."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from icn_rt.errors import InputError
+
+app = typer.Typer(help="Instance masks from image-level labels: PRM + ICN, fast.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Datasets: the synthetic benchmark.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(e: Exception) -> None:
+    err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _pct(v: float) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+@data_app.command("synth")
+def data_synth(
+    out_dir: Path = typer.Argument(..., help="Root to write the dataset to (VOC layout)."),
+    size: int = typer.Option(128, help="Image side in pixels."),
+    train: int = typer.Option(500, help="Training images."),
+    val: int = typer.Option(100, help="Validation images."),
+    classes: int = typer.Option(5, help="Number of classes (1-8)."),
+    max_instances: int = typer.Option(4, help="Most objects per image."),
+    seed: int = typer.Option(0, help="Seed: the same seed gives the same dataset."),
+):
+    """Write the synthetic benchmark (objects recognisable by a small part) in VOC layout."""
+    from icn_rt.data.synth import SynthConfig, generate
+
+    try:
+        config = SynthConfig(size=size, train=train, val=val, classes=classes, max_instances=max_instances, seed=seed)
+    except ValueError as e:
+        _fail(e)
+    splits = generate(out_dir, config)
+    out.print(f"wrote {len(splits.get('train', []))} train + {len(splits.get('val', []))} val images, "
+              f"{config.classes} classes ({', '.join(config.class_names)}) to {out_dir}")
+
+
+def _recall_table(report, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("images", "GT instances", "proposals / image", "ABO", *[f"recall@{t:g}" for t in report.recall]):
+        table.add_column(col, justify="right")
+    table.add_row(str(report.images), str(report.instances), f"{report.mean_proposals:.0f}", _pct(report.abo),
+                  *[_pct(v) for v in report.recall.values()])
+    return table
+
+
+@app.command("proposals")
+def proposals(
+    voc_root: Path = typer.Argument(..., help="Dataset root (VOC layout)."),
+    split: str = typer.Option("val", help="Split to make proposals for."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Proposal folder [default: VOCROOT/Proposals]."),
+    jobs: int = typer.Option(0, help="Worker processes (0: one per core)."),
+    max_proposals: int = typer.Option(2000, help="Most proposals kept per image."),
+    mat_version: str = typer.Option("5", help="MATLAB file version to write: 5 or 7.3."),
+    recall_only: bool = typer.Option(False, "--recall-only", help="Only report the recall of the proposals in --out (e.g. MCG's)."),
+    oracle: Optional[Path] = typer.Option(None, help="Write the best proposal per GT instance as a results JSON (the upper bound for `icn-rt eval`)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the recall report as JSON."),
+):
+    """Generate selective-search proposals (MCG .mat layout) and report their recall."""
+    from icn_rt.data.make_proposals import make_proposals
+    from icn_rt.data.results import write_results
+    from icn_rt.data.selective_search import SelectiveSearchConfig
+    from icn_rt.eval.proposal_recall import proposal_recall
+
+    if mat_version not in ("5", "7.3"):
+        _fail(ValueError(f"--mat-version must be 5 or 7.3, got {mat_version}"))
+    out_dir = out_dir or voc_root / "Proposals"
+    try:
+        if not recall_only:
+            summary = make_proposals(voc_root, out_dir, split, SelectiveSearchConfig(max_proposals=max_proposals),
+                                     jobs or None, mat_version)
+            out.print(f"proposals: {summary.written} written, {summary.skipped} already there, "
+                      f"{len(summary.failed)} failed -> {out_dir}")
+            for image_id, reason in summary.failed:
+                err.print(f"[yellow]failed:[/yellow] {reason}", highlight=False)
+        report = proposal_recall(voc_root, out_dir, split)
+    except InputError as e:
+        _fail(e)
+    out.print(_recall_table(report, f"proposal upper bound ({split})"))
+    if report.missing:
+        err.print(f"[yellow]{len(report.missing)} images have no proposal file (counted as IoU 0)[/yellow]")
+    if oracle:
+        write_results(oracle, report.oracle)
+        out.print(f"oracle results -> {oracle}")
+    if json_out:
+        json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    if not recall_only and summary.failed:
+        raise typer.Exit(1)
+
+
+def _eval_table(report) -> Table:
+    table = Table(title=f"evaluation: {report.images} images, {report.instances} GT instances, "
+                        f"{report.predictions} predictions")
+    for col in ("", *[f"mAP^r@{t:g}" for t in report.map], "ABO", "mIoU"):
+        table.add_column(col, justify="right")
+    table.add_row("all", *[_pct(v) for v in report.map.values()], _pct(report.abo), _pct(report.miou))
+    table.add_row("background", *["" for _ in report.map], "", _pct(report.iou[0]))
+    for c, name in enumerate(report.classes):
+        table.add_row(name, *[_pct(v[c]) for v in report.ap.values()], "", _pct(report.iou[c + 1]))
+    return table
+
+
+@app.command("eval")
+def evaluate(
+    voc_root: Path = typer.Argument(..., help="Dataset root (VOC layout) with the ground truth."),
+    results: Path = typer.Argument(..., help="COCO-style instance results JSON (RLE masks)."),
+    split: str = typer.Option("val", help="Split to evaluate on."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics as JSON."),
+    count_difficult: bool = typer.Option(False, help="Count 'difficult' objects as positives (chainercv's behaviour)."),
+):
+    """Score instance results: mAP^r at IoU 0.25/0.5/0.75, ABO, semantic mIoU."""
+    from icn_rt.eval.report import evaluate as run_eval
+    from icn_rt.eval.report import write_report
+
+    try:
+        report = run_eval(voc_root, results, split, count_difficult)
+    except InputError as e:
+        _fail(e)
+    out.print(_eval_table(report))
+    if report.ignored_images:
+        err.print(f"[yellow]ignored results for {len(report.ignored_images)} images outside split '{split}'[/yellow]")
+    if json_out:
+        write_report(report, json_out)
+        out.print(f"metrics -> {json_out}")
+
+
+@app.command("demo")
+def demo(
+    out_dir: Path = typer.Option(Path("icn-rt-demo"), "--out", help="Where to write everything."),
+    images: int = typer.Option(16, help="Images in the demo set."),
+):
+    """Run the pipeline end to end on a small synthetic set and show where the results are."""
+    from icn_rt.data.make_proposals import make_proposals
+    from icn_rt.data.results import write_results
+    from icn_rt.data.synth import SynthConfig, generate
+    from icn_rt.eval.proposal_recall import proposal_recall
+    from icn_rt.eval.report import evaluate as run_eval
+    from icn_rt.eval.report import write_report
+
+    root = out_dir / "dataset"
+    generate(root, SynthConfig(train=0, val=images))
+    make_proposals(root, root / "Proposals", "val")
+    recall = proposal_recall(root, root / "Proposals", "val")
+    out.print(_recall_table(recall, "proposal upper bound"))
+    results = out_dir / "oracle_results.json"
+    write_results(results, recall.oracle)
+    report = run_eval(root, results, "val")
+    out.print(_eval_table(report))
+    write_report(report, out_dir / "metrics.json")
+    out.print(f"dataset: {root}\nproposals: {root / 'Proposals'}\noracle results: {results}\n"
+              f"metrics: {out_dir / 'metrics.json'}\n"
+              "(the oracle labels the best proposal per GT instance with its true class: the "
+              "ceiling any peak-to-proposal matching can reach)")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Datasets (VOC layout, synthetic benchmark), proposals and image decoding."""

@@ -1,0 +1,61 @@
+"""Image decoding: any JPEG/PNG (grey, RGB, RGBA, palette, 8 or 16 bit) to RGB uint8."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from icn_rt.errors import InputError
+
+
+def decode_image(data: bytes | np.ndarray, path: str | Path = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes to ``uint8 [H, W, 3]`` RGB.
+
+    16-bit images are scaled to 8 bits, alpha is dropped (not composited: the colour
+    channels are what the network sees), grey is replicated to three channels.
+    """
+    buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray)) else data
+    if buf.size == 0:
+        raise InputError(path, "file is empty")
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise InputError(path, "not a decodable image (corrupt or unsupported format)")
+    if img.dtype == np.uint16:
+        img = (img.astype(np.uint32) * 255 + 32767) // 65535
+        img = img.astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise InputError(path, f"unsupported pixel type {img.dtype}")
+    if img.ndim == 2:
+        return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    if img.shape[2] == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if img.shape[2] == 1:
+        return np.ascontiguousarray(np.repeat(img, 3, axis=2))
+    raise InputError(path, f"unsupported channel count {img.shape[2]}")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as ``uint8 [H, W, 3]`` RGB; errors name the file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(path, "image file not found") from None
+    except OSError as e:
+        raise InputError(path, f"cannot read image ({e.strerror})") from None
+    return decode_image(data, path)
+
+
+def write_image(path: str | Path, rgb: np.ndarray, jpeg_quality: int = 95) -> None:
+    """Write ``uint8 [H, W, 3]`` RGB as JPEG or PNG by the file's suffix."""
+    path = Path(path)
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    ok, enc = cv2.imencode(path.suffix, bgr, params)
+    if not ok:
+        raise InputError(path, "cannot encode image")
+    path.write_bytes(enc.tobytes())

@@ -1,0 +1,1 @@
+"""Evaluation: instance mAP^r (VOC protocol), ABO, semantic mIoU, proposal recall."""

@@ -1,0 +1,79 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from icn_rt.cli import app
+from icn_rt.data.proposals import load_proposals
+from icn_rt.data.voc import VOCDataset
+
+runner = CliRunner()
+
+
+def test_help_lists_commands():
+    r = runner.invoke(app, ["--help"])
+    assert r.exit_code == 0
+    for cmd in ("data", "proposals", "eval", "demo"):
+        assert cmd in r.output
+
+
+def test_synth_proposals_eval_end_to_end(tmp_path):
+    root = tmp_path / "voc"
+    r = runner.invoke(app, ["data", "synth", str(root), "--size", "64", "--train", "2", "--val", "5", "--classes", "3"])
+    assert r.exit_code == 0, r.output
+    assert "2 train + 5 val images" in r.output
+    props = tmp_path / "props"
+    r = runner.invoke(app, ["proposals", str(root), "--out", str(props), "--jobs", "2", "--mat-version", "7.3",
+                            "--oracle", str(tmp_path / "oracle.json"), "--json", str(tmp_path / "recall.json")])
+    assert r.exit_code == 0, r.output
+    assert "5 written" in r.output
+    recall = json.loads((tmp_path / "recall.json").read_text())
+    assert recall["images"] == 5 and recall["recall"]["0.5"] > 80
+    val = VOCDataset(root, "val", load_images=False)
+    for image_id in val.ids:
+        assert load_proposals(props / f"{image_id}.mat", (64, 64)).is_segments
+    r = runner.invoke(app, ["eval", str(root), str(tmp_path / "oracle.json"), "--json", str(tmp_path / "m.json")])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["ABO"] == pytest.approx(recall["ABO"])
+    assert metrics["mAP"]["0.25"] == pytest.approx(100.0)
+    assert "mAP^r@0.5" in r.output
+
+    # rerun: everything is already there
+    r = runner.invoke(app, ["proposals", str(root), "--out", str(props)])
+    assert "0 written, 5 already there" in r.output
+
+
+def test_proposals_job_records_a_bad_image_and_goes_on(tiny_voc, tmp_path):
+    root = tmp_path / "voc"
+    shutil.copytree(tiny_voc, root)
+    val = VOCDataset(root, "val", load_images=False)
+    bad = val.ids[2]
+    val.image_path(bad).write_bytes(b"")
+    props = tmp_path / "props"
+    r = runner.invoke(app, ["proposals", str(root), "--out", str(props), "--jobs", "1"])
+    assert r.exit_code == 1
+    assert f"{len(val) - 1} written" in r.output and "1 failed" in r.output
+    errors = (props / "errors.txt").read_text()
+    assert errors.startswith(f"{bad}\t") and "file is empty" in errors
+    assert sorted(p.stem for p in props.glob("*.mat")) == sorted(set(val.ids) - {bad})
+    assert not list(props.glob("*.partial.mat"))
+
+
+def test_eval_bad_results_is_one_line(tiny_voc, tmp_path):
+    bad = tmp_path / "r.json"
+    bad.write_text(json.dumps([{"image_id": "val_000000", "category_id": 1}]))
+    r = runner.invoke(app, ["eval", str(tiny_voc), str(bad)])
+    assert r.exit_code == 2
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert lines == [f"error: {bad}: entry 0 needs 'image_id' and 'segmentation'"]
+
+
+def test_demo(tmp_path):
+    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--images", "4"])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    assert metrics["images"] == 4 and metrics["mAP"]["0.25"] == pytest.approx(100.0)
+    assert np.isfinite(metrics["mIoU"])
