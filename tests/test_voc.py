@@ -82,3 +82,12 @@ def test_errors_name_the_file(tmp_path):
     (tmp_path / "JPEGImages" / "img1.jpg").unlink()
     with pytest.raises(InputError, match="img1.jpg: image file not found"):
         VOCDataset(tmp_path, "val")[0]
+
+
+def test_ground_truth_requires_instances(tmp_path):
+    _write_two(tmp_path)
+    (tmp_path / "SegmentationObject" / "img1.png").unlink()
+    ds = VOCDataset(tmp_path, "val", load_images=False)
+    assert ds.get("img1").instances is None
+    with pytest.raises(InputError, match=r"SegmentationObject/img1.png: ground-truth instance PNG not found"):
+        ds.ground_truth("img1")

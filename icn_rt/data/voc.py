@@ -216,6 +216,13 @@ class VOCDataset:
             raise InputError(xml_path, "no annotation XML and no SegmentationClass PNG: image has no labels")
         return Sample(image_id, image, np.array(sorted(labels), dtype=np.int64), instances, semantic, tuple(size))
 
+    def ground_truth(self, image_id: str) -> Sample:
+        """:meth:`get`, requiring instance annotations (for evaluation)."""
+        sample = self.get(image_id)
+        if sample.instances is None:
+            raise InputError(self.root / "SegmentationObject" / f"{image_id}.png", "ground-truth instance PNG not found")
+        return sample
+
     def _segmentation(self, image_id: str, objects: list[XMLObject] | None):
         cls_path = self.root / "SegmentationClass" / f"{image_id}.png"
         obj_path = self.root / "SegmentationObject" / f"{image_id}.png"

@@ -16,7 +16,6 @@ import numpy as np
 from icn_rt.data.proposals import load_proposals, proposal_path
 from icn_rt.data.results import result_entry
 from icn_rt.data.voc import VOCDataset
-from icn_rt.errors import InputError
 
 
 @dataclass
@@ -50,9 +49,7 @@ def proposal_recall(voc_root: str | Path, proposals_dir: str | Path, split: str 
 
         items = track(items, "proposal recall", unit="img")
     for image_id in items:
-        sample = dataset.get(image_id)
-        if sample.instances is None:
-            raise InputError(dataset.root / "SegmentationObject" / f"{image_id}.png", "ground-truth instance PNG not found")
+        sample = dataset.ground_truth(image_id)
         path = proposal_path(proposals_dir, image_id)
         if not path.exists():
             missing.append(image_id)

@@ -62,10 +62,7 @@ def evaluate(voc_root: str | Path, results_path: str | Path, split: str = "val",
 
         items = track(items, "evaluating", unit="img")
     for image_id in items:
-        sample = dataset.get(image_id)
-        if sample.instances is None:
-            raise InputError(dataset.root / "SegmentationObject" / f"{image_id}.png",
-                             "ground-truth instance PNG not found")
+        sample = dataset.ground_truth(image_id)
         shape = sample.semantic.shape
         preds = results.get(image_id, [])
         for k, p in enumerate(preds):
