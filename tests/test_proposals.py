@@ -141,3 +141,15 @@ def test_selective_search_options():
         SelectiveSearchConfig(colour_spaces=("xyz",))
     with pytest.raises(ValueError, match="similarity"):
         SelectiveSearchConfig(similarities=("CQ",))
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (150, 200)])
+def test_smallest_superpixel_scales_with_image_area(shape):
+    """With one strategy the output superpixels are Felzenszwalb components, each at
+    least min_superpixel of the image: the count cannot grow with the resolution."""
+    img = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    config = SelectiveSearchConfig(colour_spaces=("rgb",), scales=(100.0,), similarities=("S",), min_area=1)
+    p = selective_search(img, config)
+    sizes = np.bincount(p.superpixels.ravel())
+    assert sizes.min() >= round(config.min_superpixel * shape[0] * shape[1])
+    assert p.num_superpixels <= 1 / config.min_superpixel
