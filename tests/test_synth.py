@@ -42,6 +42,8 @@ def test_config_validation():
         SynthConfig(classes=9)
     with pytest.raises(ValueError, match="size"):
         SynthConfig(size=16)
+    with pytest.raises(ValueError, match="image counts"):
+        SynthConfig(val=-1)
 
 
 def test_generated_dataset_reads_back(tiny_voc):

@@ -58,6 +58,8 @@ class SynthConfig:
     jpeg_quality: int = 92
 
     def __post_init__(self):
+        if self.train < 0 or self.val < 0:
+            raise ValueError(f"image counts must be >= 0, got train={self.train}, val={self.val}")
         if not 1 <= self.classes <= len(PARTS):
             raise ValueError(f"classes must be 1..{len(PARTS)}, got {self.classes}")
         if not 1 <= self.min_instances <= self.max_instances:
