@@ -96,8 +96,8 @@ def proposals(
     except InputError as e:
         _fail(e)
     out.print(_recall_table(report, f"proposal upper bound ({split})"))
-    if report.missing:
-        err.print(f"[yellow]{len(report.missing)} images have no proposal file (counted as IoU 0)[/yellow]")
+    for reason in report.missing:
+        err.print(f"[yellow]no usable proposals (counted as IoU 0):[/yellow] {reason}", highlight=False, soft_wrap=True)
     if oracle:
         write_results(oracle, report.oracle)
         out.print(f"oracle results -> {oracle}")

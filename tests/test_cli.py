@@ -60,6 +60,15 @@ def test_proposals_job_records_a_bad_image_and_goes_on(tiny_voc, tmp_path):
     assert errors.startswith(f"{bad}\t") and "file is empty" in errors
     assert sorted(p.stem for p in props.glob("*.mat")) == sorted(set(val.ids) - {bad})
     assert not list(props.glob("*.partial.mat"))
+    assert f"no usable proposals (counted as IoU 0): {props / bad}.mat: proposal file not found" in r.output
+
+    # a corrupt proposal file does not stop the recall report either
+    (props / f"{val.ids[0]}.mat").write_bytes(b"junk")
+    r = runner.invoke(app, ["proposals", str(root), "--out", str(props), "--recall-only", "--json", str(tmp_path / "r.json")])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert len(report["images_without_usable_proposals"]) == 2
+    assert any("cannot read MATLAB file" in m for m in report["images_without_usable_proposals"])
 
 
 def test_eval_bad_results_is_one_line(tiny_voc, tmp_path):

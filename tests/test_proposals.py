@@ -78,6 +78,7 @@ def test_rle_json_roundtrip(tmp_path):
     p = Proposals.from_masks(masks, np.arange(len(masks), dtype=np.float32))
     save_proposals(tmp_path / "r.json", p)
     assert proposal_path(tmp_path, "r") == tmp_path / "r.json"
+    assert proposal_path(tmp_path, "absent") == tmp_path / "absent.mat"
     q = load_proposals(tmp_path / "r.json")
     np.testing.assert_array_equal(q.masks, masks)
     np.testing.assert_array_equal(q.scores, p.scores)

@@ -140,10 +140,11 @@ class Proposals:
 # --- files ----------------------------------------------------------------------------
 
 def proposal_path(directory: str | Path, image_id: str) -> Path:
-    """The proposal file of ``image_id`` in ``directory``: ``.mat`` if present, else ``.json``."""
+    """The proposal file of ``image_id`` in ``directory``: ``<id>.json`` if only that
+    exists, else ``<id>.mat`` (present or not)."""
     directory = Path(directory)
-    mat = directory / f"{image_id}.mat"
-    return mat if mat.exists() else directory / f"{image_id}.json"
+    mat, rle = directory / f"{image_id}.mat", directory / f"{image_id}.json"
+    return rle if rle.exists() and not mat.exists() else mat
 
 
 def load_proposals(path: str | Path, expected_shape: tuple[int, int] | None = None) -> Proposals:

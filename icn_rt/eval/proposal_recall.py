@@ -16,6 +16,7 @@ import numpy as np
 from icn_rt.data.proposals import load_proposals, proposal_path
 from icn_rt.data.results import result_entry
 from icn_rt.data.voc import VOCDataset
+from icn_rt.errors import InputError
 
 
 @dataclass
@@ -31,13 +32,13 @@ class RecallReport:
     def to_json(self) -> dict:
         return {"images": self.images, "gt_instances": self.instances, "mean_proposals": self.mean_proposals,
                 "ABO": self.abo * 100, "recall": {f"{t:g}": v * 100 for t, v in self.recall.items()},
-                "images_without_proposals": self.missing}
+                "images_without_usable_proposals": self.missing}
 
 
 def proposal_recall(voc_root: str | Path, proposals_dir: str | Path, split: str = "val",
                     thresholds=(0.5, 0.7), progress: bool = True) -> RecallReport:
-    """Best-proposal IoU per GT instance of ``split``. Images whose proposal file is
-    missing count with IoU 0 and are listed in ``missing``."""
+    """Best-proposal IoU per GT instance of ``split``. An image whose proposal file is
+    missing or unreadable counts with IoU 0, and the reason is listed in ``missing``."""
     dataset = VOCDataset(voc_root, split, load_images=False)
     best: list[float] = []
     counts: list[int] = []
@@ -50,12 +51,12 @@ def proposal_recall(voc_root: str | Path, proposals_dir: str | Path, split: str 
         items = track(items, "proposal recall", unit="img")
     for image_id in items:
         sample = dataset.ground_truth(image_id)
-        path = proposal_path(proposals_dir, image_id)
-        if not path.exists():
-            missing.append(image_id)
+        try:
+            props = load_proposals(proposal_path(proposals_dir, image_id), sample.semantic.shape)
+        except InputError as e:
+            missing.append(str(e))
             best.extend(0.0 for _ in sample.instances)
             continue
-        props = load_proposals(path, sample.semantic.shape)
         counts.append(len(props))
         for inst in sample.instances:
             iou = props.iou(inst.mask)
