@@ -1,0 +1,139 @@
+"""NumPy references for proposal matching (Eq. 5), mask NMS and pseudo-label selection.
+
+Plain, slow and exact: every fast kernel (Numba CPU, Numba CUDA, segment path) is tested
+against these on the same inputs. Shapes: maps ``[H, W]``, proposals ``bool [N, H, W]``.
+
+Choices where the paper is silent (settings of the caller, documented here):
+
+- Eq. 5 takes ``v`` in [0, 1] (a binary enhanced PRM, or a real-valued map the caller
+  min-max normalised); ``B(V) = 1 - V`` and ``E(V)`` is the morphological gradient
+  (``band_width`` square) of V — for a binary V, its contour band.
+- Proposals outside ``area_limits`` (fractions of the image, PRM's (2e-5, 0.85)) score
+  ``-inf`` under both rules.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+ALPHA, BETA, GAMMA = 0.95, 0.1, 0.8
+AREA_LIMITS = (2e-5, 0.85)
+
+
+def contour_band(v: np.ndarray, width: int = 5) -> np.ndarray:
+    """Morphological gradient (dilation minus erosion, ``width``² square) of a map.
+
+    Pixels outside the image do not take part (OpenCV's default), so an object touching
+    the border has no band along it. Binary in, binary out; real in, real out.
+    """
+    if width < 1:
+        raise ValueError(f"band width must be >= 1, got {width}")
+    src = v.astype(np.uint8) if v.dtype == bool else v
+    size = (width, width)
+    grad = ndimage.grey_dilation(src, size=size, mode="nearest") - ndimage.grey_erosion(src, size=size, mode="nearest")
+    return grad.astype(bool) if v.dtype == bool else grad
+
+
+def _area_ok(masks: np.ndarray, area_limits: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    area = masks.reshape(len(masks), -1).sum(1)
+    image_area = masks.shape[1] * masks.shape[2]
+    ok = (area >= area_limits[0] * image_area) & (area < area_limits[1] * image_area)
+    return area, ok
+
+
+def rebalanced_scores(v: np.ndarray, masks: np.ndarray, alpha: float = ALPHA, beta: float = BETA,
+                      gamma: float = GAMMA, band_width: int = 5,
+                      area_limits: tuple[float, float] = AREA_LIMITS) -> np.ndarray:
+    """The paper's Eq. 5 for every proposal -> ``float64 [N]`` (``-inf``: outside the limits).
+
+    S = α·mean_P(V) + β·Σ_P E(V) − γ·Σ_P (1 − V).
+    """
+    v = v.astype(np.float64)
+    band = contour_band(v, band_width)
+    flat = masks.reshape(len(masks), -1)
+    area, ok = _area_ok(masks, area_limits)
+    inside = flat @ v.ravel()
+    score = alpha * inside / np.maximum(area, 1) + beta * (flat @ band.ravel()) - gamma * (area - inside)
+    return np.where(ok, score, -np.inf)
+
+
+def background_map(class_map: np.ndarray, shape: tuple[int, int], factor: float = 0.95) -> np.ndarray:
+    """PRM's background for the vanilla score: the class map min-max scaled to 0-255
+    (bytescaled), resized bicubically to ``shape`` (H, W) as 8-bit, then ``< factor ×``
+    its mean -> ``bool [H, W]``."""
+    from PIL import Image
+
+    cmin, cmax = float(class_map.min()), float(class_map.max())
+    scale = 255.0 / (cmax - cmin) if cmax > cmin else 1.0
+    byte = ((class_map - cmin) * scale).clip(0, 255) + 0.5
+    resized = np.asarray(Image.fromarray(byte.astype(np.uint8)).resize((shape[1], shape[0]), Image.BICUBIC))
+    return resized < factor * resized.mean()
+
+
+def vanilla_scores(prm: np.ndarray, masks: np.ndarray, background: np.ndarray, balance: float = 0.8,
+                   penalty: float = 1e-5, band_width: int = 5,
+                   area_limits: tuple[float, float] = AREA_LIMITS) -> np.ndarray:
+    """The PRM reference's score (the ablation "w/o rebalance") -> ``float64 [N]``.
+
+    S = balance·Σ_P R + Σ_{contour(P)} R − penalty·Σ_P B, contour(P) the proposal's own
+    morphological gradient.
+    """
+    r = prm.astype(np.float64).ravel()
+    b = background.astype(np.float64).ravel()
+    flat = masks.reshape(len(masks), -1)
+    bands = np.stack([contour_band(m, band_width) for m in masks]).reshape(len(masks), -1) if len(masks) else flat
+    _, ok = _area_ok(masks, area_limits)
+    score = balance * (flat @ r) + bands @ r - penalty * (flat @ b)
+    return np.where(ok, score, -np.inf)
+
+
+def best_proposal(scores: np.ndarray, max_proposals: int | None = None) -> int:
+    """Index of the top score among the first ``max_proposals`` (ties: the first); -1 if none is finite."""
+    s = scores[:max_proposals] if max_proposals else scores
+    if len(s) == 0 or not np.isfinite(s).any():
+        return -1
+    return int(np.argmax(s))
+
+
+def mask_iou_matrix(masks: np.ndarray) -> np.ndarray:
+    """``bool [N, H, W]`` -> ``float64 [N, N]`` pairwise IoU (0 for two empty masks)."""
+    flat = masks.reshape(len(masks), -1).astype(np.float64)
+    inter = flat @ flat.T
+    area = flat.sum(1)
+    union = area[:, None] + area[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+def mask_nms(masks: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy class-agnostic NMS. Returns ``(keep, owner)``: ``keep`` indices by descending
+    score (ties: input order); ``owner[i]`` the kept instance that suppressed i (itself
+    if kept), so callers can merge suppressed PRMs into their owner as PRM does.
+    IoU ≥ ``iou_threshold`` suppresses."""
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    iou = mask_iou_matrix(masks)
+    owner = np.full(len(scores), -1, np.int64)
+    keep = []
+    for i in order:
+        if owner[i] >= 0:
+            continue
+        owner[i] = i
+        keep.append(i)
+        for j in order:
+            if owner[j] < 0 and iou[i, j] >= iou_threshold:
+                owner[j] = i
+    return np.array(keep, np.int64), owner
+
+
+def top_k_not_contained(scores: np.ndarray, masks: np.ndarray, k: int = 3) -> np.ndarray:
+    """Pseudo-label selection: walk proposals best first (ties: input order), keep one
+    unless it lies entirely inside a kept one, stop at ``k``; ``-inf`` scores are never
+    kept. Returns the kept indices in the order taken."""
+    kept: list[int] = []
+    for i in np.argsort(-np.asarray(scores), kind="stable"):
+        if len(kept) == k or not np.isfinite(scores[i]):
+            break
+        if any(not (masks[i] & ~masks[j]).any() for j in kept):
+            continue
+        kept.append(int(i))
+    return np.array(kept, np.int64)
