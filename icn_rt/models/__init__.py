@@ -1,0 +1,1 @@
+"""Networks: the classifier with peak stimulation, the ICN, and the explicit backward modules."""
