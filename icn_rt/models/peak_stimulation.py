@@ -1,9 +1,9 @@
 """Peak stimulation (PRM, Zhou et al. 2018): the class score is the mean of the class
 map at its peaks, and the gradient goes to the peaks only.
 
-Peaks are local maxima in a ``window``² neighbourhood (the map padded with −inf, so the
-border is not a peak by default of its padding; on a plateau only the first position in
-row-major order wins, as max-pool's indices give) whose value is at least the map's
+Peaks are local maxima in a ``window``² neighbourhood (the map padded with −inf, so a
+border pixel can be a peak; on a plateau only the first position in row-major order
+wins, as max-pool's indices give) whose value is at least the map's
 median (the lower median for an even count). As in the PRM reference, the backward pass
 sends the full incoming gradient to every peak, not divided by the number of peaks.
 """
@@ -19,7 +19,7 @@ def local_maxima(maps: torch.Tensor, window: int = 3) -> torch.Tensor:
     first maximum of its ``window``² neighbourhood."""
     if window % 2 != 1:
         raise ValueError(f"peak window must be odd, got {window}")
-    b, c, h, w = maps.shape
+    h, w = maps.shape[-2:]
     r = window // 2
     padded = F.pad(maps, (r, r, r, r), value=float("-inf"))
     _, idx = F.max_pool2d(padded, window, stride=1, return_indices=True)
