@@ -1,0 +1,24 @@
+"""Image -> network input. The one place that knows how images are resized and normalised."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_MEAN = np.array(IMAGENET_MEAN, np.float32) * 255
+_STD = np.array(IMAGENET_STD, np.float32) * 255
+
+
+def preprocess(image: np.ndarray, size: int) -> torch.Tensor:
+    """``image: uint8 [H, W, 3]`` RGB -> ``float32 [3, size, size]``: bilinear resize
+    (OpenCV; area averaging when shrinking, so small objects survive), ImageNet
+    normalisation."""
+    h, w = image.shape[:2]
+    if (h, w) != (size, size):
+        shrink = size < h and size < w
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    x = (image.astype(np.float32) - _MEAN) / _STD
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))

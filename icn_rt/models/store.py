@@ -1,0 +1,108 @@
+"""The model directory (DESIGN.md §2): ``config.json`` (classes, every stage's settings,
+versions) + ``classifier.safetensors`` (+ ``icn.safetensors`` once trained).
+
+Each stage owns a section of ``config.json`` named after it (``classifier``, ``peaks``,
+``prm``, ``matching``, ``instances``, ``training``); a section is a dataclass's fields.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+
+from icn_rt.errors import InputError
+from icn_rt.models.classifier import ClassifierSettings, PeakClassifier
+
+CONFIG = "config.json"
+CLASSIFIER = "classifier.safetensors"
+FORMAT = 1
+
+T = TypeVar("T")
+
+
+def versions() -> dict[str, str]:
+    import icn_rt
+
+    return {"icn_rt": icn_rt.__version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def read_config(directory: str | Path) -> dict:
+    path = Path(directory) / CONFIG
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(path, "not a model directory (config.json missing)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(path, f"not valid JSON ({e})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT or "classes" not in config:
+        raise InputError(path, f"not an icn-rt model config (format {FORMAT} with 'classes')")
+    return config
+
+
+def write_config(directory: str | Path, config: dict) -> None:
+    """Atomically replace ``config.json``."""
+    path = Path(directory) / CONFIG
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def settings_from(config: dict, section: str, cls: type[T], directory: str | Path = "") -> T:
+    """The dataclass ``cls`` from ``config[section]`` (defaults where absent); unknown
+    keys are an error naming the file."""
+    values = config.get(section, {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InputError(Path(directory) / CONFIG, f"unknown setting(s) in '{section}': {', '.join(unknown)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return cls(**values)
+
+
+def save_classifier(directory: str | Path, model: PeakClassifier, classes: tuple[str, ...],
+                    sections: dict[str, object]) -> None:
+    """Write the classifier weights and a config with ``classes``, its settings and the
+    given ``sections`` (dataclasses or dicts), keeping other sections already there."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        config = read_config(directory)
+    except InputError:
+        config = {"format": FORMAT}
+    config["classes"] = list(classes)
+    config["classifier"] = asdict(model.settings)
+    for name, value in sections.items():
+        config[name] = asdict(value) if hasattr(value, "__dataclass_fields__") else value
+    config["versions"] = versions()
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = directory / (CLASSIFIER + ".tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, directory / CLASSIFIER)
+    write_config(directory, config)
+
+
+def load_classifier(directory: str | Path, device: str | torch.device = "cpu") -> tuple[PeakClassifier, dict]:
+    """The classifier of a model directory, in eval mode on ``device``, and its config."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    config = read_config(directory)
+    settings = settings_from(config, "classifier", ClassifierSettings, directory)
+    model = PeakClassifier(len(config["classes"]), settings)
+    path = directory / CLASSIFIER
+    if not path.is_file():
+        raise InputError(path, "classifier weights missing (train it with `icn-rt train classifier`)")
+    try:
+        state = load_file(str(path))
+        model.load_state_dict(state)
+    except Exception as e:  # noqa: BLE001 - a bad or mismatched file, named in one line
+        raise InputError(path, f"cannot load weights ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    return model.eval().to(device), config

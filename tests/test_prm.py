@@ -1,0 +1,93 @@
+"""Batched peak backpropagation against per-peak autograd on the same batch."""
+
+import pytest
+import torch
+
+from benchmarks.reference.excitation import excitation_backward
+from icn_rt.models.classifier import ClassifierSettings, PeakClassifier
+from icn_rt.models.peaks import PeakSettings, find_peaks
+from icn_rt.models.prm import PRMSettings, input_gradients, normalise_prm, peak_response_maps, recorded_forward
+
+ALL_PEAKS = PeakSettings(rule="median", class_threshold=-1e9, peak_threshold=-1e9, max_peaks=4)
+
+
+def _model(backbone: str, size: int, sub_pixel: int) -> PeakClassifier:
+    torch.manual_seed(0)
+    model = PeakClassifier(3, ClassifierSettings(backbone=backbone, input_size=size, sub_pixel=sub_pixel))
+    for m in model.modules():  # non-trivial BN statistics, as after training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def _autograd(model, x, peaks, k):
+    """The reference: one image, one peak, one autograd backward."""
+    xr = x[peaks.image[k]][None].clone().requires_grad_(True)
+    maps = model.class_maps(xr)
+    grad, = torch.autograd.grad(maps[0, peaks.cls[k], peaks.y[k], peaks.x[k]], xr)
+    return grad[0]
+
+
+@pytest.mark.parametrize("rule", ["gradient", "excitation"])
+@pytest.mark.parametrize("backbone,size,sub_pixel", [("small", 48, 1), ("small", 48, 4), ("vgg16", 64, 2),
+                                                     ("resnet50", 64, 8)])
+def test_batched_backward_equals_per_peak_autograd(rule, backbone, size, sub_pixel):
+    model = _model(backbone, size, sub_pixel)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    rec = recorded_forward(model, x)
+    peaks = find_peaks(rec.maps, rec.scores, ALL_PEAKS, sub_pixel)
+    assert set(peaks.image.tolist()) == {0, 1}
+    peaks = peaks.select(torch.cat([(peaks.image == b).nonzero()[:2, 0] for b in (0, 1)]))  # 2 per image: fast
+    batched = input_gradients(model, rec, peaks, rule)
+    for k in range(len(peaks)):
+        if rule == "excitation":
+            with excitation_backward(model):
+                ref = _autograd(model, x, peaks, k)
+        else:
+            ref = _autograd(model, x, peaks, k)
+        assert ref.abs().max() > 0
+        torch.testing.assert_close(batched[k], ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+
+
+def test_recorded_forward_equals_the_model():
+    model = _model("resnet50", 64, 8)
+    x = torch.randn(2, 3, 64, 64)
+    rec = recorded_forward(model, x)
+    with torch.no_grad():
+        scores, maps = model(x)
+    torch.testing.assert_close(rec.maps, maps)
+    torch.testing.assert_close(rec.scores, scores)
+
+
+def test_excitation_differs_from_gradient():
+    model = _model("small", 48, 1)
+    rec = recorded_forward(model, torch.randn(1, 3, 48, 48))
+    peaks = find_peaks(rec.maps, rec.scores, ALL_PEAKS)
+    a = peak_response_maps(model, rec, peaks, PRMSettings("gradient"))
+    b = peak_response_maps(model, rec, peaks, PRMSettings("excitation"))
+    assert not torch.allclose(a, b)
+
+
+def test_prm_is_clamped_and_normalised():
+    grad = torch.zeros(2, 3, 2, 2)
+    grad[0, 0] = torch.tensor([[1.0, -4.0], [2.0, 1.0]])
+    grad[0, 1] = torch.tensor([[1.0, 0.0], [-3.0, 0.0]])
+    prm = normalise_prm(grad)
+    torch.testing.assert_close(prm[0], torch.tensor([[2.0, 0.0], [0.0, 1.0]]) / 3)
+    assert torch.equal(prm[1], torch.zeros(2, 2))  # all-zero gradient stays zero, no NaN
+
+
+def test_no_peaks_gives_no_maps():
+    model = _model("small", 32, 1)
+    rec = recorded_forward(model, torch.randn(1, 3, 32, 32))
+    peaks = find_peaks(rec.maps, rec.scores, PeakSettings(class_threshold=1e9))
+    assert len(peaks) == 0
+    assert peak_response_maps(model, rec, peaks, PRMSettings()).shape == (0, 32, 32)
+
+
+def test_unknown_rule_is_rejected():
+    with pytest.raises(ValueError, match="unknown backprop rule"):
+        PRMSettings("guided")
