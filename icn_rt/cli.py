@@ -18,6 +18,8 @@ app = typer.Typer(help="Instance masks from image-level labels: PRM + ICN, fast.
                   add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Datasets: the synthetic benchmark.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+train_app = typer.Typer(help="Training: the classifier (image-level labels).", no_args_is_help=True)
+app.add_typer(train_app, name="train")
 
 out = Console()
 err = Console(stderr=True)
@@ -141,6 +143,78 @@ def evaluate(
     if json_out:
         write_report(report, json_out)
         out.print(f"metrics -> {json_out}")
+
+
+@train_app.command("classifier")
+def train_classifier_cmd(
+    root: Path = typer.Argument(..., help="VOC-layout dataset root (image-level labels from Annotations/)."),
+    model_dir: Path = typer.Option(..., "--out", help="Model directory to write (config.json + weights)."),
+    backbone: str = typer.Option("resnet50", help="resnet50 | vgg16 | small."),
+    input_size: int = typer.Option(448, help="Square input side the images are resized to."),
+    sub_pixel: int = typer.Option(8, help="Upsampling of the class maps before peaks are found (1 = off)."),
+    epochs: int = typer.Option(20, help="Epochs (paper: 20)."),
+    lr: float = typer.Option(1e-4, help="Adam learning rate (paper: 1e-4)."),
+    lr_step: int = typer.Option(10, help="Multiply the learning rate by 0.1 every this many epochs."),
+    batch_size: int = typer.Option(16, help="Images per step."),
+    split: str = typer.Option("train", help="Training split."),
+    val_split: str = typer.Option("val", help="Split for the classification mAP printed each epoch."),
+    pretrained: Optional[str] = typer.Option(None, help="'imagenet' (torchvision download) or a weights file."),
+    seed: int = typer.Option(0, help="Seed for initialisation, order and augmentation."),
+    workers: int = typer.Option(0, help="Image loading worker processes."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+):
+    """Train the peak-stimulation classifier; prints loss and val classification mAP per epoch."""
+    from icn_rt.models.classifier import ClassifierSettings
+    from icn_rt.training.classifier import TrainSettings, train_classifier
+
+    try:
+        summary = train_classifier(
+            root, model_dir,
+            TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, lr_step=lr_step, seed=seed, workers=workers,
+                          split=split, val_split=val_split, pretrained=pretrained),
+            ClassifierSettings(backbone=backbone, input_size=input_size, sub_pixel=sub_pixel),
+            resume=resume, device=device, log=out.print)
+    except (InputError, ValueError) as e:
+        _fail(e)
+    if summary.skipped:
+        err.print(f"[yellow]skipped {len(summary.skipped)} unreadable images (see {model_dir / 'train_errors.txt'})[/yellow]")
+    final = summary.epochs[-1] if summary.epochs else None
+    out.print(f"model -> {model_dir}" + (f"  (val classification mAP {_pct(final.val_map)})" if final else "")
+              + f"; peak threshold calibrated to {summary.peaks.peak_threshold:g}")
+
+
+@app.command("infer")
+def infer_cmd(
+    model_dir: Path = typer.Argument(..., help="Model directory (from `icn-rt train classifier`)."),
+    images: list[Path] = typer.Argument(..., help="Image files or directories of images."),
+    proposals_dir: Path = typer.Option(..., "--proposals", help="Directory of <image id>.mat / .json proposals."),
+    results: Path = typer.Option(Path("results.json"), "--out", help="COCO-style results JSON to write."),
+    backend: str = typer.Option("torch", help="Engine: torch (onnxruntime and tensorrt arrive with export)."),
+    save_vis: Optional[Path] = typer.Option(None, help="Write <id>_overlay.png and <id>_prm.png here."),
+    batch_size: int = typer.Option(8, help="Images per batch."),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+):
+    """Instances for images tagged with nothing: peaks -> PRMs -> proposal matching -> NMS."""
+    from icn_rt.runtime.infer import BACKENDS, expand_images, infer
+    from icn_rt.runtime.predictor import Predictor
+
+    if backend not in BACKENDS:
+        _fail(ValueError(f"backend {backend!r} is not available yet; choose one of {', '.join(BACKENDS)}"))
+    try:
+        predictor = Predictor.from_dir(model_dir, device)
+    except (InputError, ValueError) as e:
+        _fail(e)
+    paths = expand_images(images)
+    if not paths:
+        _fail(ValueError("no images given (directories are searched for .jpg/.png files)"))
+    summary = infer(predictor, paths, proposals_dir, results, save_vis, batch_size)
+    out.print(f"{summary.images} images, {summary.instances} instances ({summary.empty} images without any) "
+              f"-> {results}" + (f"; pictures -> {save_vis}" if save_vis else ""))
+    if summary.failed:
+        err.print(f"[yellow]{len(summary.failed)} images failed (reasons in {results}.errors.txt); first: "
+                  f"{summary.failed[0][1]}[/yellow]", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command("demo")

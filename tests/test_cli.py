@@ -15,7 +15,7 @@ runner = CliRunner()
 def test_help_lists_commands():
     r = runner.invoke(app, ["--help"])
     assert r.exit_code == 0
-    for cmd in ("data", "proposals", "eval", "demo"):
+    for cmd in ("data", "proposals", "eval", "train", "infer", "demo"):
         assert cmd in r.output
 
 

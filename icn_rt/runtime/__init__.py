@@ -1,0 +1,1 @@
+"""Running a trained model: preprocessing, the predictor, batch inference and pictures."""

@@ -1,0 +1,141 @@
+"""The predictor: a batch of images (+ their proposals) in, instances out (DESIGN.md §1
+steps 2, 3, 7, 8). The one place that knows image sizes.
+
+images -> preprocess -> recorded forward -> peaks -> PRMs (one batched backward) ->
+matching map (the naive PRM until the ICN lands) -> best proposal per peak
+-> mask NMS -> instances.
+
+Confidence (PRM returns none; ``InstanceSettings.confidence``):
+
+- ``peak_quality`` (default): the peak's class-map value times the soft IoU of the
+  matching map with the chosen proposal — strong evidence that the proposal explains;
+- ``peak``: the peak's class-map value;
+- ``match``: the matching score (PRM's own ordering for NMS; not comparable across
+  images or object sizes).
+
+NMS: instances in order of confidence (ties: peak order), greedy, class-agnostic, mask
+IoU ≥ ``nms_iou`` suppresses (PRM: 0.3); a suppressed instance's PRM is added into the
+one that suppressed it, as in PRM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from icn_rt.data.proposals import Proposals
+from icn_rt.kernels.reference import mask_nms
+from icn_rt.models.classifier import PeakClassifier
+from icn_rt.models.peaks import PeakSettings, find_peaks
+from icn_rt.models.prm import PRMSettings, peak_response_maps, recorded_forward
+from icn_rt.models.store import load_classifier, settings_from
+from icn_rt.runtime.matching import MatchingSettings, match
+from icn_rt.data.preprocess import preprocess
+
+CONFIDENCES = ("peak_quality", "peak", "match")
+
+
+@dataclass
+class InstanceSettings:
+    nms_iou: float = 0.3
+    confidence: str = "peak_quality"
+
+    def __post_init__(self) -> None:
+        if self.confidence not in CONFIDENCES:
+            raise ValueError(f"unknown confidence {self.confidence!r}; choose one of {', '.join(CONFIDENCES)}")
+
+
+@dataclass
+class Instance:
+    """One instance: ``class_id`` (0-based), ``score`` (the confidence), ``mask: bool [H, W]``
+    at the image's size, ``proposal`` (index into the image's proposals), ``peak`` (y, x)
+    in image pixels, ``value`` (class map at the peak), ``match`` (matching score),
+    ``prm: float [S, S]`` (its PRM plus those it suppressed)."""
+
+    class_id: int
+    score: float
+    mask: np.ndarray
+    proposal: int
+    peak: tuple[float, float]
+    value: float
+    match: float
+    prm: np.ndarray
+
+
+@dataclass
+class Prediction:
+    """One image's result: ``instances`` by descending score, ``class_scores: float [C]``."""
+
+    instances: list[Instance]
+    class_scores: np.ndarray
+
+
+class Predictor:
+    def __init__(self, model: PeakClassifier, classes: tuple[str, ...], peaks: PeakSettings | None = None,
+                 prm: PRMSettings | None = None, matching: MatchingSettings | None = None,
+                 instances: InstanceSettings | None = None, device: str | torch.device = "cpu") -> None:
+        self.model = model.eval().to(device)
+        self.classes = tuple(classes)
+        self.peaks = peaks or PeakSettings()
+        self.prm = prm or PRMSettings()
+        self.matching = matching or MatchingSettings()
+        self.instances = instances or InstanceSettings()
+        self.device = torch.device(device)
+
+    @classmethod
+    def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu", **overrides) -> Predictor:
+        """Load a model directory; its config gives every setting unless ``overrides``
+        (``peaks=``, ``prm=``, ``matching=``, ``instances=``) replace a section."""
+        model, config = load_classifier(directory, device)
+        sections = {"peaks": PeakSettings, "prm": PRMSettings, "matching": MatchingSettings,
+                    "instances": InstanceSettings}
+        kwargs = {name: overrides.get(name) or settings_from(config, name, kind, directory)
+                  for name, kind in sections.items()}
+        return cls(model, tuple(config["classes"]), device=device, **kwargs)
+
+    @property
+    def input_size(self) -> int:
+        return self.model.settings.input_size
+
+    def predict(self, images: list[np.ndarray], proposals: list[Proposals]) -> list[Prediction]:
+        """``images``: uint8 RGB ``[H, W, 3]`` each; ``proposals``: one per image, at its size."""
+        if not images:
+            return []
+        x = torch.stack([preprocess(im, self.input_size) for im in images]).to(self.device)
+        rec = recorded_forward(self.model, x)
+        peaks = find_peaks(rec.maps, rec.scores, self.peaks, self.model.settings.sub_pixel)
+        prms = peak_response_maps(self.model, rec, peaks, self.prm).cpu().numpy()
+        maps = rec.maps.cpu().numpy()
+        scores = rec.scores.cpu().numpy()
+        image_of = peaks.image.cpu().numpy()
+        out = []
+        for b, (image, props) in enumerate(zip(images, proposals)):
+            idx = np.flatnonzero(image_of == b)
+            out.append(Prediction(self._instances(image.shape[:2], props, peaks, idx, prms, maps[b]), scores[b]))
+        return out
+
+    def _instances(self, shape, props: Proposals, peaks, idx: np.ndarray, prms: np.ndarray,
+                   maps: np.ndarray) -> list[Instance]:
+        cls = peaks.cls.cpu().numpy()[idx]
+        ys, xs = peaks.y.cpu().numpy()[idx], peaks.x.cpu().numpy()[idx]
+        values = peaks.value.cpu().numpy()[idx].astype(np.float64)
+        best, match_scores, quality = match(prms[idx], maps[cls], props, self.matching, enhanced=False)
+        found = np.flatnonzero(best >= 0)
+        if len(found) == 0:
+            return []
+        confidence = {"peak_quality": values * quality, "peak": values, "match": match_scores}[self.instances.confidence]
+        masks = props.to_masks(best[found])
+        keep, owner = mask_nms(masks, confidence[found], self.instances.nms_iou)
+        h, w = shape
+        mh, mw = maps.shape[-2:]
+        result = []
+        for j in keep:
+            i = found[j]
+            merged = prms[idx[found[owner == j]]].sum(0)
+            result.append(Instance(int(cls[i]), float(confidence[i]), masks[j], int(best[i]),
+                                   ((ys[i] + 0.5) * h / mh, (xs[i] + 0.5) * w / mw), float(values[i]),
+                                   float(match_scores[i]), merged))
+        return result

@@ -1,0 +1,1 @@
+"""Training: the classifier (and, as they land, pseudo labels and the ICN)."""

@@ -1,0 +1,255 @@
+"""Training the peak-stimulation classifier on image-level labels (DESIGN.md §1 step 1).
+
+Multi-label soft-margin loss; Adam, lr 1e-4, ×0.1 after epoch 10, 20 epochs (the
+paper's schedule, all settings). Augmentation: horizontal flip and a random shift of up
+to ``shift`` × the input size (edge-padded) — no scale crops and no colour jitter,
+which could cut an object out of an image still labelled with it or change what a
+class looks like.
+
+Seeded: the model's initialisation, the sample order and every augmentation follow
+from ``seed`` (augmentations from (seed, epoch, index), so the number of loader workers
+does not change them). Resumable: after every epoch the model directory gets the
+weights, ``config.json`` and ``train_state.pt`` (optimiser, epoch); ``resume=True``
+continues from there with the stored settings (only ``epochs`` may be raised). A corrupt or missing training image is skipped, named in
+``train_errors.txt``, and the run goes on.
+
+After training, the inference thresholds are calibrated on the training images (no
+augmentation) and stored in the config's ``peaks`` section: ``class_threshold`` stays 0
+(a score of 0 is probability 0.5 under the soft-margin loss), and ``peak_threshold`` is
+``peak_fraction`` × the median, over (image, labelled class) pairs, of the class map's
+highest value — so a peak must be a sizeable fraction of what a present object
+typically produces, in this model's own units (PRM hard-codes 30 in its units).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from icn_rt.data.images import read_image
+from icn_rt.data.voc import VOCDataset
+from icn_rt.errors import InputError
+from icn_rt.eval.instance import voc_ap
+from icn_rt.models.backbones import load_pretrained
+from icn_rt.models.classifier import ClassifierSettings, PeakClassifier
+from icn_rt.models.peaks import PeakSettings
+from icn_rt.models.store import CLASSIFIER, read_config, save_classifier, settings_from
+from icn_rt.data.preprocess import preprocess
+
+STATE = "train_state.pt"
+ERRORS = "train_errors.txt"
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 1e-4
+    lr_step: int = 10
+    lr_factor: float = 0.1
+    weight_decay: float = 0.0
+    flip: bool = True
+    shift: float = 0.0625
+    seed: int = 0
+    workers: int = 0
+    split: str = "train"
+    val_split: str = "val"
+    pretrained: str | None = None
+    peak_fraction: float = 0.5
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    loss: float
+    lr: float
+    val_map: float
+    seconds: float
+
+
+@dataclass
+class TrainSummary:
+    epochs: list[EpochLog] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    peaks: PeakSettings | None = None
+
+
+class _LabelledImages(Dataset):
+    """(image tensor, multi-hot target) pairs; ``None`` for an unreadable image."""
+
+    def __init__(self, paths: list[Path], targets: np.ndarray, size: int, settings: TrainSettings | None) -> None:
+        self.paths, self.targets, self.size, self.settings = paths, targets, size, settings
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            x = preprocess(read_image(self.paths[i]), self.size)
+        except InputError as e:
+            return str(e)
+        if self.settings is not None:
+            x = self._augment(x, np.random.default_rng((self.settings.seed, self.epoch, i)))
+        return x, torch.from_numpy(self.targets[i])
+
+    def _augment(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        if self.settings.flip and rng.random() < 0.5:
+            x = x.flip(-1)
+        pad = int(round(self.settings.shift * self.size))
+        if pad:
+            dy, dx = rng.integers(0, 2 * pad + 1, size=2)
+            x = F.pad(x[None], (pad, pad, pad, pad), mode="replicate")[0, :, dy:dy + self.size, dx:dx + self.size]
+        return x
+
+
+def _collate(batch):
+    good = [b for b in batch if not isinstance(b, str)]
+    bad = [b for b in batch if isinstance(b, str)]
+    if not good:
+        return None, None, bad
+    return torch.stack([b[0] for b in good]), torch.stack([b[1] for b in good]), bad
+
+
+def _split(root: Path, split: str) -> tuple[VOCDataset, list[Path], np.ndarray]:
+    ds = VOCDataset(root, split, load_images=False)
+    targets = np.zeros((len(ds), len(ds.classes)), np.float32)
+    for i, image_id in enumerate(ds.ids):
+        targets[i, ds.get(image_id).labels] = 1
+    return ds, [ds.image_path(i) for i in ds.ids], targets
+
+
+def classification_map(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Mean over classes with positives of VOC AP of ranking images by score."""
+    aps = []
+    for c in range(targets.shape[1]):
+        if targets[:, c].sum() == 0:
+            continue
+        order = np.argsort(-scores[:, c], kind="stable")
+        hits = targets[order, c]
+        tp = np.cumsum(hits)
+        aps.append(voc_ap(tp / np.arange(1, len(hits) + 1), tp / hits.sum()))
+    return float(np.mean(aps)) if aps else float("nan")
+
+
+@torch.no_grad()
+def _predict(model: PeakClassifier, data: _LabelledImages, batch_size: int, device) -> tuple[np.ndarray, np.ndarray]:
+    """Scores ``[N, C]`` and per-class map maxima ``[N, C]`` of readable images (NaN rows otherwise)."""
+    model.eval()
+    scores = np.full(data.targets.shape, np.nan, np.float32)
+    maxima = np.full(data.targets.shape, np.nan, np.float32)
+    for start in range(0, len(data), batch_size):
+        items = [(i, data[i]) for i in range(start, min(start + batch_size, len(data)))]
+        items = [(i, it) for i, it in items if not isinstance(it, str)]
+        if not items:
+            continue
+        s, maps = model(torch.stack([it[0] for _, it in items]).to(device))
+        rows = [i for i, _ in items]
+        scores[rows] = s.cpu().numpy()
+        maxima[rows] = maps.flatten(2).amax(2).cpu().numpy()
+    return scores, maxima
+
+
+def calibrate_peaks(maxima: np.ndarray, targets: np.ndarray, fraction: float) -> PeakSettings:
+    """Default peak settings from the training images' map maxima (see the module doc)."""
+    present = maxima[(targets > 0) & np.isfinite(maxima)]
+    threshold = float(fraction * np.median(present)) if len(present) else 0.0
+    return PeakSettings(peak_threshold=round(threshold, 6))
+
+
+def train_classifier(root: str | Path, out: str | Path, settings: TrainSettings, model_settings: ClassifierSettings,
+                     resume: bool = False, device: str = "cpu",
+                     log: Callable[[str], None] = print, progress: bool = True) -> TrainSummary:
+    """Train on ``root``'s ``settings.split`` and write the model directory ``out``."""
+    root, out = Path(root), Path(out)
+    train_ds, train_paths, train_targets = _split(root, settings.split)
+    _, val_paths, val_targets = _split(root, settings.val_split)
+    classes = tuple(train_ds.classes)
+    state_path = out / STATE
+    start_epoch = 0
+    torch.manual_seed(settings.seed)
+    if resume and state_path.exists():
+        config = read_config(out)
+        model_settings = settings_from(config, "classifier", ClassifierSettings, out)
+        settings = replace(settings_from(config, "training", TrainSettings, out), epochs=settings.epochs)
+    model = PeakClassifier(len(classes), model_settings).to(device)
+    if settings.pretrained and not (resume and state_path.exists()):
+        load_pretrained(model.backbone, model_settings.backbone, settings.pretrained)
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    summary = TrainSummary()
+    if resume and state_path.exists():
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(out / CLASSIFIER)))
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        optimiser.load_state_dict(state["optimiser"])
+        start_epoch = int(state["epoch"])
+        summary.epochs = [EpochLog(**e) for e in json.loads((out / "train_log.json").read_text())]
+        log(f"resuming {out} after epoch {start_epoch}")
+    train = _LabelledImages(train_paths, train_targets, model_settings.input_size, settings)
+    val = _LabelledImages(val_paths, val_targets, model_settings.input_size, None)
+    skipped: set[str] = set()
+    for epoch in range(start_epoch, settings.epochs):
+        lr = settings.lr * settings.lr_factor ** (epoch // settings.lr_step)
+        for group in optimiser.param_groups:
+            group["lr"] = lr
+        train.epoch = epoch
+        order = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
+        loader = DataLoader(train, settings.batch_size, shuffle=True, generator=order, collate_fn=_collate,
+                            num_workers=settings.workers)
+        model.train()
+        started, total, seen = time.perf_counter(), 0.0, 0
+        batches = _progress(loader, f"epoch {epoch + 1}/{settings.epochs}", progress)
+        for x, y, bad in batches:
+            skipped.update(bad)
+            if x is None:
+                continue
+            scores, _ = model(x.to(device))
+            loss = F.multilabel_soft_margin_loss(scores, y.to(device))
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * len(x)
+            seen += len(x)
+        val_scores, _ = _predict(model, val, settings.batch_size, device)
+        ok = np.isfinite(val_scores).all(1)
+        entry = EpochLog(epoch + 1, total / max(seen, 1), lr, classification_map(val_scores[ok], val_targets[ok]),
+                         time.perf_counter() - started)
+        summary.epochs.append(entry)
+        log(f"epoch {entry.epoch}/{settings.epochs}  loss {entry.loss:.4f}  lr {lr:.0e}  "
+            f"val mAP {100 * entry.val_map:.1f}  ({entry.seconds:.0f} s)")
+        _checkpoint(out, model, classes, settings, optimiser, epoch + 1, summary)
+        if skipped:
+            (out / ERRORS).write_text("".join(f"{s}\n" for s in sorted(skipped)))
+    summary.skipped = sorted(skipped)
+    _, maxima = _predict(model, _LabelledImages(train_paths, train_targets, model_settings.input_size, None),
+                         settings.batch_size, device)
+    summary.peaks = calibrate_peaks(maxima, train_targets, settings.peak_fraction)
+    save_classifier(out, model, classes, {"training": settings, "peaks": summary.peaks})
+    return summary
+
+
+def _checkpoint(out: Path, model, classes, settings, optimiser, epoch: int, summary: TrainSummary) -> None:
+    save_classifier(out, model, classes, {"training": settings})
+    tmp = out / (STATE + ".tmp")
+    torch.save({"optimiser": optimiser.state_dict(), "epoch": epoch}, tmp)
+    tmp.replace(out / STATE)
+    (out / "train_log.json").write_text(json.dumps([asdict(e) for e in summary.epochs], indent=1))
+
+
+def _progress(loader, description: str, show: bool):
+    if not show:
+        yield from loader
+        return
+    from icn_rt.progress import track
+
+    yield from track(loader, description, total=len(loader), unit="batch")
+

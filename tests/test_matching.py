@@ -1,0 +1,100 @@
+"""The predictor's matching against the NumPy references, on both proposal forms."""
+
+import numpy as np
+import pytest
+
+from icn_rt.data.proposals import Proposals
+from icn_rt.kernels import reference as ref
+from icn_rt.runtime.matching import MatchingSettings, match, matching_map, rebalanced, resize_masks, vanilla
+
+
+def _segments(rng, shape=(24, 20), n_sp=30, n=40) -> Proposals:
+    sp = rng.integers(0, n_sp, size=shape)
+    groups = [np.unique(rng.choice(n_sp, size=rng.integers(1, 8))) for _ in range(n)]
+    return Proposals.from_segments(sp, groups, np.linspace(1, 0, n))
+
+
+@pytest.mark.parametrize("form", ["segments", "masks"])
+@pytest.mark.parametrize("binary", [True, False])
+def test_rebalanced_equals_reference(form, binary):
+    rng = np.random.default_rng(0)
+    props = _segments(rng)
+    if form == "masks":
+        props = Proposals.from_masks(props.to_masks(), props.scores)
+    v = rng.random((3, 24, 20))
+    v = (v > 0.6).astype(np.float64) if binary else v
+    s = MatchingSettings(score="rebalanced")
+    got = rebalanced(v, props, s)
+    masks = props.to_masks()
+    for k in range(3):
+        np.testing.assert_allclose(got[k], ref.rebalanced_scores(v[k], masks), rtol=1e-12, atol=1e-9)
+
+
+def test_rebalanced_hand_computed():
+    # V: a 2x2 block in a 4x4 image; P0 = V exactly, P1 = the whole left half.
+    v = np.zeros((1, 4, 4))
+    v[0, 1:3, 1:3] = 1
+    p0 = v[0].astype(bool)
+    p1 = np.zeros((4, 4), bool)
+    p1[:, :2] = True
+    props = Proposals.from_masks(np.stack([p0, p1]), np.ones(2))
+    s = MatchingSettings(score="rebalanced", band_width=3, area_limits=(0.0, 1.0))
+    # E(V) with a 3x3 square: dilation covers all 16 pixels, erosion none -> band = all.
+    got = rebalanced(v, props, s)[0]
+    assert got[0] == pytest.approx(0.95 * 1.0 + 0.1 * 4 - 0.8 * 0)
+    assert got[1] == pytest.approx(0.95 * 2 / 8 + 0.1 * 8 - 0.8 * 6)
+
+
+def test_vanilla_equals_reference():
+    rng = np.random.default_rng(1)
+    props = _segments(rng)
+    prm = rng.random((2, 24, 20))
+    prm /= prm.sum((1, 2), keepdims=True)
+    bg = rng.random((2, 24, 20)) > 0.5
+    got = vanilla(prm, props, bg, MatchingSettings(score="vanilla"))
+    masks = props.to_masks()
+    for k in range(2):
+        np.testing.assert_allclose(got[k], ref.vanilla_scores(prm[k], masks, bg[k]), rtol=1e-12, atol=1e-12)
+
+
+def test_area_limits_exclude_proposals():
+    props = Proposals.from_masks(np.stack([np.ones((10, 10), bool), np.eye(10, dtype=bool)]), np.ones(2))
+    got = rebalanced(np.ones((1, 10, 10)), props, MatchingSettings(score="rebalanced"))
+    assert got[0, 0] == -np.inf and np.isfinite(got[0, 1])  # the full image is >= 0.85 of it
+
+
+def test_match_picks_the_reference_best_and_respects_max_proposals():
+    rng = np.random.default_rng(2)
+    props = _segments(rng, shape=(32, 32), n=50)
+    prms = rng.random((3, 16, 16)) ** 4
+    class_maps = rng.random((3, 8, 8))
+    for s in (MatchingSettings(score="vanilla", at="input"), MatchingSettings(score="rebalanced", binarize=0.3),
+              MatchingSettings(score="vanilla", at="input", max_proposals=10)):
+        best, score, quality = match(prms, class_maps, props, s)
+        small = resize_masks(props, (16, 16)).to_masks() if s.at == "input" else props.to_masks()
+        for k in range(3):
+            if s.at == "input":
+                m = matching_map(prms[k], s)
+                scores = ref.vanilla_scores(m, small, ref.background_map(class_maps[k], (16, 16)))
+            else:
+                import cv2
+                m = matching_map(cv2.resize(prms[k], (32, 32), interpolation=cv2.INTER_LINEAR), s)
+                scores = ref.rebalanced_scores(m, small)
+            assert best[k] == ref.best_proposal(scores, s.max_proposals or None)
+            assert score[k] == pytest.approx(scores[best[k]])
+            assert 0 <= quality[k] <= 1
+        if s.max_proposals:
+            assert (best < 10).all()
+
+
+def test_auto_score_resolves_by_map_kind():
+    s = MatchingSettings()
+    assert s.resolved(enhanced=True).score == "rebalanced" and s.resolved(enhanced=False).score == "vanilla"
+    with pytest.raises(ValueError, match="unknown matching score"):
+        MatchingSettings(score="best")
+
+
+def test_no_proposals_means_no_match():
+    best, score, _ = match(np.ones((2, 8, 8)), np.ones((2, 4, 4)), Proposals.from_masks(np.zeros((0, 8, 8)), []),
+                           MatchingSettings())
+    assert best.tolist() == [-1, -1] and np.isneginf(score).all()
