@@ -136,3 +136,20 @@ def test_classification_map_and_calibration():
     assert classification_map(reversed_[:, :1], targets[:, :1]) == pytest.approx(0.5 * 2 / 4 + 0.5 * 2 / 4)
     maxima = np.array([[10.0, 1.0], [2.0, 4.0], [6.0, 0.0], [9.0, 9.0]])
     assert calibrate_peaks(maxima, targets, 0.5).peak_threshold == pytest.approx(0.5 * 6.0)
+
+
+def test_an_image_without_a_detected_class_has_no_instances(trained, tiny_voc, proposals):
+    from icn_rt.data.proposals import load_proposals
+    from icn_rt.models.peaks import PeakSettings
+    from icn_rt.runtime.predictor import Predictor
+
+    model, _ = trained
+    val = VOCDataset(tiny_voc, "val")
+    sample = val.get(val.ids[0])
+    props = load_proposals(proposals / f"{sample.image_id}.mat", sample.size)
+    nothing = Predictor.from_dir(model, peaks=PeakSettings(class_threshold=1e9))
+    assert nothing.predict([sample.image], [props])[0].instances == []
+    some = Predictor.from_dir(model, peaks=PeakSettings(class_threshold=-1e9, peak_threshold=-1e9))
+    found = some.predict([sample.image], [props])[0].instances
+    assert found and all(i.mask.shape == sample.size and i.mask.any() for i in found)
+    assert [i.score for i in found] == sorted((i.score for i in found), reverse=True)

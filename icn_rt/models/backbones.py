@@ -27,7 +27,6 @@ from torch import nn
 from icn_rt.errors import InputError
 
 BACKBONES = ("resnet50", "vgg16", "small")
-STRIDES = {"resnet50": 32, "vgg16": 16, "small": 8}
 CHANNELS = {"resnet50": 2048, "vgg16": 512, "small": 128}
 
 
