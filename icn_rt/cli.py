@@ -177,6 +177,13 @@ def train_classifier_cmd(
             resume=resume, device=device, log=out.print)
     except (InputError, ValueError) as e:
         _fail(e)
+    from icn_rt.models.prm import PRMSettings
+    from icn_rt.models.store import add_missing_sections
+    from icn_rt.runtime.matching import MatchingSettings
+    from icn_rt.runtime.predictor import InstanceSettings
+
+    add_missing_sections(model_dir, {"prm": PRMSettings(), "matching": MatchingSettings(),
+                                     "instances": InstanceSettings()})
     if summary.skipped:
         err.print(f"[yellow]skipped {len(summary.skipped)} unreadable images (see {model_dir / 'train_errors.txt'})[/yellow]")
     final = summary.epochs[-1] if summary.epochs else None

@@ -45,6 +45,8 @@ def test_train_writes_a_model_directory(trained):
                                     "stimulation": True}
     assert config["training"]["epochs"] == 2 and config["training"]["lr"] == 1e-3
     assert np.isfinite(config["peaks"]["peak_threshold"])
+    assert config["prm"] == {"rule": "gradient"}
+    assert config["matching"]["score"] == "auto" and config["instances"]["confidence"] == "peak_quality"
     assert len(json.loads((model / "train_log.json").read_text())) == 2
     assert (model / "classifier.safetensors").is_file() and (model / "train_state.pt").is_file()
 

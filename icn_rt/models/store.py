@@ -89,6 +89,15 @@ def save_classifier(directory: str | Path, model: PeakClassifier, classes: tuple
     write_config(directory, config)
 
 
+def add_missing_sections(directory: str | Path, sections: dict[str, object]) -> None:
+    """Write each of ``sections`` (dataclasses) into the config unless already there, so
+    the config spells out every setting a run used."""
+    config = read_config(directory)
+    missing = {k: asdict(v) for k, v in sections.items() if k not in config}
+    if missing:
+        write_config(directory, {**config, **missing})
+
+
 def load_classifier(directory: str | Path, device: str | torch.device = "cpu") -> tuple[PeakClassifier, dict]:
     """The classifier of a model directory, in eval mode on ``device``, and its config."""
     from safetensors.torch import load_file
