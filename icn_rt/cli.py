@@ -166,6 +166,10 @@ def train_classifier_cmd(
 ):
     """Train the peak-stimulation classifier; prints loss and val classification mAP per epoch."""
     from icn_rt.models.classifier import ClassifierSettings
+    from icn_rt.models.prm import PRMSettings
+    from icn_rt.models.store import add_missing_sections
+    from icn_rt.runtime.matching import MatchingSettings
+    from icn_rt.runtime.predictor import InstanceSettings
     from icn_rt.training.classifier import TrainSettings, train_classifier
 
     try:
@@ -177,11 +181,7 @@ def train_classifier_cmd(
             resume=resume, device=device, log=out.print)
     except (InputError, ValueError) as e:
         _fail(e)
-    from icn_rt.models.prm import PRMSettings
-    from icn_rt.models.store import add_missing_sections
-    from icn_rt.runtime.matching import MatchingSettings
-    from icn_rt.runtime.predictor import InstanceSettings
-
+    # the config spells out every setting inference will use, ready to edit
     add_missing_sections(model_dir, {"prm": PRMSettings(), "matching": MatchingSettings(),
                                      "instances": InstanceSettings()})
     if summary.skipped:
