@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from icn_rt.data import rle as rlelib
-from icn_rt.errors import InputError
+from icn_rt.errors import InputError, read_json
 
 MAT_V73_HEADER = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created by: icn-rt HDF5 schema 1.00 ."
 
@@ -286,10 +286,7 @@ def _write_mat_v73(path: Path, props: Proposals) -> None:
 
 
 def _read_json(path: Path) -> Proposals:
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(path, f"not valid JSON ({e})") from None
+    doc = read_json(path)
     if not isinstance(doc, dict) or not {"size", "masks"} <= doc.keys():
         raise InputError(path, "RLE proposal file needs 'size' and 'masks'")
     size = doc["size"]

@@ -13,19 +13,14 @@ from collections import defaultdict
 from pathlib import Path
 
 from icn_rt.data import rle as rlelib
-from icn_rt.errors import InputError
+from icn_rt.errors import InputError, read_json
 
 
 def load_results(path: str | Path, classes: tuple[str, ...]) -> dict[str, list[dict]]:
     """Read and validate a results file -> ``{image_id: [{"class_id" (0-based), "score",
     "segmentation"}]}``. Any malformed entry is an error naming the file and the entry."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(path, "results file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(path, f"not valid JSON ({e})") from None
+    doc = read_json(path, "results file not found")
     if isinstance(doc, dict) and "annotations" in doc:
         doc = doc["annotations"]
     if not isinstance(doc, list):

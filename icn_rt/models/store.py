@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import torch
 
-from icn_rt.errors import InputError
+from icn_rt.errors import InputError, read_json
 from icn_rt.models.classifier import ClassifierSettings, PeakClassifier
 
 CONFIG = "config.json"
@@ -34,12 +34,7 @@ def versions() -> dict[str, str]:
 
 def read_config(directory: str | Path) -> dict:
     path = Path(directory) / CONFIG
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(path, "not a model directory (config.json missing)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(path, f"not valid JSON ({e})") from None
+    config = read_json(path, "not a model directory (config.json missing)")
     if not isinstance(config, dict) or config.get("format") != FORMAT or "classes" not in config:
         raise InputError(path, f"not an icn-rt model config (format {FORMAT} with 'classes')")
     return config
