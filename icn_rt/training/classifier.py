@@ -10,8 +10,8 @@ Seeded: the model's initialisation, the sample order and every augmentation foll
 from ``seed`` (augmentations from (seed, epoch, index), so the number of loader workers
 does not change them). Resumable: after every epoch the model directory gets the
 weights, ``config.json`` and ``train_state.pt`` (optimiser, epoch); ``resume=True``
-continues from there with the stored settings (only ``epochs`` may be raised). A corrupt or missing training image is skipped, named in
-``train_errors.txt``, and the run goes on.
+continues from there with the stored settings (only ``epochs`` may be raised). A corrupt
+or missing training image is skipped, named in ``train_errors.txt``, and the run goes on.
 
 After training, the inference thresholds are calibrated on the training images (no
 augmentation) and stored in the config's ``peaks`` section: ``class_threshold`` stays 0
@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from icn_rt.data.images import read_image
+from icn_rt.data.preprocess import preprocess
 from icn_rt.data.voc import VOCDataset
 from icn_rt.errors import InputError
 from icn_rt.eval.instance import voc_ap
@@ -42,7 +43,6 @@ from icn_rt.models.backbones import load_pretrained
 from icn_rt.models.classifier import ClassifierSettings, PeakClassifier
 from icn_rt.models.peaks import PeakSettings
 from icn_rt.models.store import CLASSIFIER, read_config, save_classifier, settings_from
-from icn_rt.data.preprocess import preprocess
 
 STATE = "train_state.pt"
 ERRORS = "train_errors.txt"
@@ -83,7 +83,7 @@ class TrainSummary:
 
 
 class _LabelledImages(Dataset):
-    """(image tensor, multi-hot target) pairs; ``None`` for an unreadable image."""
+    """(image tensor, multi-hot target) pairs; for an unreadable image, its error message."""
 
     def __init__(self, paths: list[Path], targets: np.ndarray, size: int, settings: TrainSettings | None) -> None:
         self.paths, self.targets, self.size, self.settings = paths, targets, size, settings
@@ -174,18 +174,19 @@ def train_classifier(root: str | Path, out: str | Path, settings: TrainSettings,
     _, val_paths, val_targets = _split(root, settings.val_split)
     classes = tuple(train_ds.classes)
     state_path = out / STATE
+    resuming = resume and state_path.exists()
     start_epoch = 0
     torch.manual_seed(settings.seed)
-    if resume and state_path.exists():
+    if resuming:
         config = read_config(out)
         model_settings = settings_from(config, "classifier", ClassifierSettings, out)
         settings = replace(settings_from(config, "training", TrainSettings, out), epochs=settings.epochs)
     model = PeakClassifier(len(classes), model_settings).to(device)
-    if settings.pretrained and not (resume and state_path.exists()):
+    if settings.pretrained and not resuming:
         load_pretrained(model.backbone, model_settings.backbone, settings.pretrained)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     summary = TrainSummary()
-    if resume and state_path.exists():
+    if resuming:
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(str(out / CLASSIFIER)))
