@@ -29,11 +29,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from icn_rt.data.preprocess import preprocess
 from icn_rt.data.proposals import Proposals
 from icn_rt.kernels.reference import background_map
 from icn_rt.models.classifier import PeakClassifier
 from icn_rt.models.peak_stimulation import peak_stimulation
-from icn_rt.data.preprocess import preprocess
 
 from .excitation import excitation_backward
 

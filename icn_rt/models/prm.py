@@ -65,8 +65,8 @@ def input_gradients(model: PeakClassifier, rec: Recorded, peaks: Peaks, rule: st
     if k == 0:
         return torch.zeros(0, 3, *rec.input_size, device=dev, dtype=dtype)
     f = model.settings.sub_pixel
-    rows = upsample_weights(h, f, dev, dtype)[peaks.y] if f > 1 else torch.eye(h, device=dev, dtype=dtype)[peaks.y]
-    cols = upsample_weights(w, f, dev, dtype)[peaks.x] if f > 1 else torch.eye(w, device=dev, dtype=dtype)[peaks.x]
+    rows = upsample_weights(h, f, dev, dtype)[peaks.y]  # factor 1: the identity
+    cols = upsample_weights(w, f, dev, dtype)[peaks.x]
     g = torch.zeros(k, c, h, w, device=dev, dtype=dtype)
     g[torch.arange(k, device=dev), peaks.cls] = rows[:, :, None] * cols[:, None, :]
     g = vjp(model.classifier, g, peaks.image, rec.tape, rule)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from icn_rt.data.preprocess import preprocess
 from icn_rt.data.proposals import Proposals
 from icn_rt.kernels.reference import mask_nms
 from icn_rt.models.classifier import PeakClassifier
@@ -33,7 +34,6 @@ from icn_rt.models.peaks import PeakSettings, find_peaks
 from icn_rt.models.prm import PRMSettings, peak_response_maps, recorded_forward
 from icn_rt.models.store import load_classifier, settings_from
 from icn_rt.runtime.matching import MatchingSettings, match
-from icn_rt.data.preprocess import preprocess
 
 CONFIDENCES = ("peak_quality", "peak", "match")
 
@@ -110,18 +110,20 @@ class Predictor:
         prms = peak_response_maps(self.model, rec, peaks, self.prm).cpu().numpy()
         maps = rec.maps.cpu().numpy()
         scores = rec.scores.cpu().numpy()
-        image_of = peaks.image.cpu().numpy()
+        image_of, cls, ys, xs, values = (t.cpu().numpy() for t in (peaks.image, peaks.cls, peaks.y, peaks.x,
+                                                                      peaks.value))
         out = []
         for b, (image, props) in enumerate(zip(images, proposals)):
             idx = np.flatnonzero(image_of == b)
-            out.append(Prediction(self._instances(image.shape[:2], props, peaks, idx, prms, maps[b]), scores[b]))
+            found = self._instances(image.shape[:2], props, idx, cls[idx], ys[idx], xs[idx],
+                                    values[idx].astype(np.float64), prms, maps[b])
+            out.append(Prediction(found, scores[b]))
         return out
 
-    def _instances(self, shape, props: Proposals, peaks, idx: np.ndarray, prms: np.ndarray,
-                   maps: np.ndarray) -> list[Instance]:
-        cls = peaks.cls.cpu().numpy()[idx]
-        ys, xs = peaks.y.cpu().numpy()[idx], peaks.x.cpu().numpy()[idx]
-        values = peaks.value.cpu().numpy()[idx].astype(np.float64)
+    def _instances(self, shape, props: Proposals, idx: np.ndarray, cls: np.ndarray, ys: np.ndarray, xs: np.ndarray,
+                   values: np.ndarray, prms: np.ndarray, maps: np.ndarray) -> list[Instance]:
+        """Instances of one image from its peaks ``idx`` (into ``prms``) and their class,
+        position and value; ``maps``: the image's class maps."""
         best, match_scores, quality = match(prms[idx], maps[cls], props, self.matching, enhanced=False)
         found = np.flatnonzero(best >= 0)
         if len(found) == 0:
