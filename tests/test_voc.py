@@ -37,6 +37,18 @@ def test_roundtrip(tmp_path):
     assert (tmp_path / "ImageSets" / "Main" / "dog_val.txt").read_text() == "img1 -1\n"
 
 
+def test_labels_read_the_xml_alone(tmp_path):
+    """Image-level labels come from the annotation XML without decoding any PNG (VOC
+    trainaug has 10k images); without an XML they come from SegmentationClass."""
+    _write_two(tmp_path)
+    ds = VOCDataset(tmp_path, "val", load_images=False)
+    (tmp_path / "SegmentationClass" / "img1.png").write_bytes(b"not a png")
+    np.testing.assert_array_equal(ds.labels("img1"), [0, 2])
+    _write_two(tmp_path)
+    (tmp_path / "Annotations" / "img1.xml").unlink()
+    np.testing.assert_array_equal(ds.labels("img1"), [0, 2])
+
+
 def test_label_png_is_voc_palette(tmp_path):
     _write_two(tmp_path)
     from PIL import Image

@@ -216,6 +216,15 @@ class VOCDataset:
             raise InputError(xml_path, "no annotation XML and no SegmentationClass PNG: image has no labels")
         return Sample(image_id, image, np.array(sorted(labels), dtype=np.int64), instances, semantic, tuple(size))
 
+    def labels(self, image_id: str) -> np.ndarray:
+        """The image-level labels (sorted class ids), from the annotation XML alone when it
+        exists — no image or mask is decoded — else from the SegmentationClass PNG."""
+        xml_path = self.root / "Annotations" / f"{image_id}.xml"
+        if xml_path.exists():
+            _, objects = read_annotation(xml_path)
+            return np.array(sorted({self.class_id(o.name, xml_path) for o in objects}), dtype=np.int64)
+        return self.get(image_id).labels
+
     def ground_truth(self, image_id: str) -> Sample:
         """:meth:`get`, requiring instance annotations (for evaluation)."""
         sample = self.get(image_id)

@@ -123,7 +123,7 @@ def _split(root: Path, split: str) -> tuple[VOCDataset, list[Path], np.ndarray]:
     ds = VOCDataset(root, split, load_images=False)
     targets = np.zeros((len(ds), len(ds.classes)), np.float32)
     for i, image_id in enumerate(ds.ids):
-        targets[i, ds.get(image_id).labels] = 1
+        targets[i, ds.labels(image_id)] = 1
     return ds, [ds.image_path(i) for i in ds.ids], targets
 
 
