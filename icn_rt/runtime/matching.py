@@ -132,36 +132,49 @@ def vanilla(prm: np.ndarray, props: Proposals, backgrounds: np.ndarray, settings
     return np.where(_area_ok(area, props.shape, settings.area_limits)[None], score, -np.inf)
 
 
-def match(prms: np.ndarray, class_maps: np.ndarray, props: Proposals, settings: MatchingSettings,
-          enhanced: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Best proposal for each of K peaks of one image.
+def score_proposals(prms: np.ndarray, class_maps: np.ndarray, props: Proposals, settings: MatchingSettings,
+                    enhanced: bool = False) -> tuple[np.ndarray, Proposals, np.ndarray]:
+    """Every peak's map against every proposal of one image.
 
-    ``prms: float [K, h, w]`` (the PRMs, at the network input's size),
-    ``class_maps: float [K, h', w']`` (each peak's class map, for the vanilla background),
-    ``props``: the image's proposals (at the image's size); ``enhanced``: whether the maps
-    are ICN-enhanced (resolves ``score="auto"``).
-    Returns ``(best int64 [K] (-1: none in limits), score float64 [K], quality float64 [K])``;
-    ``quality`` is the soft IoU Σ_P V / (|P| + Σ V − Σ_P V) of the map with its proposal.
+    ``prms: float [K, h, w]`` (at the network input's size), ``class_maps: float [K, h', w']``
+    (each peak's class map, for the vanilla background), ``props``: the image's proposals
+    (at the image's size); ``enhanced``: whether the maps are ICN-enhanced (resolves
+    ``score="auto"``). Returns ``(scores float64 [K, N], the proposals as scored (after
+    ``max_proposals`` and, for ``at="input"``, resized), the matching maps float64 [K, H, W]
+    at their size)``; ``-inf`` marks proposals outside the area limits.
     """
     settings = settings.resolved(enhanced)
     if settings.max_proposals:
         props = props.select(np.arange(min(settings.max_proposals, len(props))))
     k = len(prms)
-    if k == 0 or len(props) == 0:
-        return np.full(k, -1, np.int64), np.full(k, -np.inf), np.zeros(k)
     if settings.at == "input":
         shape = prms.shape[1:]
         props = resize_masks(props, shape)
-        maps = prms
+        maps = prms.astype(np.float64)
     else:
         shape = props.shape
-        maps = np.stack([cv2.resize(p, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR) for p in prms])
-    v = np.stack([matching_map(m, settings) for m in maps])
+        maps = np.stack([cv2.resize(p, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR) for p in prms]) \
+            if k else np.zeros((0, *shape))
+    v = np.stack([matching_map(m, settings) for m in maps]) if k else np.zeros((0, *shape))
+    if k == 0 or len(props) == 0:
+        return np.full((k, len(props)), -np.inf), props, v
     if settings.score == "vanilla":
         backgrounds = np.stack([background_map(c, shape, settings.background_factor) for c in class_maps])
-        scores = vanilla(v, props, backgrounds, settings)
-    else:
-        scores = rebalanced(v, props, settings)
+        return vanilla(v, props, backgrounds, settings), props, v
+    return rebalanced(v, props, settings), props, v
+
+
+def match(prms: np.ndarray, class_maps: np.ndarray, props: Proposals, settings: MatchingSettings,
+          enhanced: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Best proposal for each of K peaks of one image (arguments as :func:`score_proposals`).
+
+    Returns ``(best int64 [K] (-1: none in limits), score float64 [K], quality float64 [K])``;
+    ``quality`` is the soft IoU Σ_P V / (|P| + Σ V − Σ_P V) of the map with its proposal.
+    """
+    scores, props, v = score_proposals(prms, class_maps, props, settings, enhanced)
+    k = len(prms)
+    if scores.shape[1] == 0:
+        return np.full(k, -1, np.int64), np.full(k, -np.inf), np.zeros(k)
     best = np.where(np.isfinite(scores).any(1), np.argmax(scores, 1), -1)
     top = np.full(k, -np.inf)
     quality = np.zeros(k)
