@@ -18,7 +18,8 @@ app = typer.Typer(help="Instance masks from image-level labels: PRM + ICN, fast.
                   add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Datasets: the synthetic benchmark.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-train_app = typer.Typer(help="Training: the classifier (image-level labels).", no_args_is_help=True)
+train_app = typer.Typer(help="Training: the classifier (image-level labels), pseudo labels, the ICN.",
+                        no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
 out = Console()
@@ -191,6 +192,82 @@ def train_classifier_cmd(
               + f"; peak threshold calibrated to {summary.peaks.peak_threshold:g}")
 
 
+def _label_run(root: Path, model_dir: Path, supervision: str, split: str, k: int, labels: Optional[Path],
+               proposals_dir: Optional[Path], batch_size: int, device: str) -> Path:
+    """Make (or reuse) the ICN's labels; returns their directory."""
+    from icn_rt.runtime.predictor import Predictor
+    from icn_rt.training.pseudo_labels import LabelSettings, default_label_dir, make_labels
+
+    settings = LabelSettings(supervision=supervision, split=split, k=k, batch_size=batch_size)
+    labels = labels or default_label_dir(model_dir, settings)
+    summary = make_labels(root, Predictor.from_dir(model_dir, device, icn_steps=0), labels, settings, proposals_dir,
+                          log=out.print)
+    for image_id, reason in summary.failed[:5]:
+        err.print(f"[yellow]skipped:[/yellow] {reason}", highlight=False, soft_wrap=True)
+    return labels
+
+
+@train_app.command("pseudo-labels")
+def train_pseudo_labels_cmd(
+    root: Path = typer.Argument(..., help="VOC-layout dataset root."),
+    model_dir: Path = typer.Option(..., "--model", help="Model directory with a trained classifier."),
+    supervision: str = typer.Option("proposals", help="proposals (pseudo labels) | saliency (GT instance masks)."),
+    split: str = typer.Option("train", help="Split to label."),
+    k: int = typer.Option(3, help="Proposals kept per peak (best first, none inside a kept one)."),
+    labels: Optional[Path] = typer.Option(None, "--out", help="Label directory [default: MODEL/labels-SUPERVISION-SPLIT]."),
+    proposals_dir: Optional[Path] = typer.Option(None, "--proposals", help="Proposal folder [default: ROOT/Proposals]."),
+    batch_size: int = typer.Option(8, help="Images per batch."),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+):
+    """Label every labelled-class peak of a split for ICN training (reruns resume)."""
+    try:
+        _label_run(root, model_dir, supervision, split, k, labels, proposals_dir, batch_size, device)
+    except (InputError, ValueError) as e:
+        _fail(e)
+
+
+@train_app.command("icn")
+def train_icn_cmd(
+    root: Path = typer.Argument(..., help="VOC-layout dataset root."),
+    model_dir: Path = typer.Option(..., "--model", help="Model directory with a trained classifier; the ICN is added."),
+    encoder: str = typer.Option("vgg16", help="vgg16 | small."),
+    width: int = typer.Option(64, help="Channels of the propagation blocks and mapping head."),
+    propagation: bool = typer.Option(True, help="CFM + DFM paths (--no-propagation: the ablation)."),
+    prm_input: bool = typer.Option(True, help="PRM as a fourth input channel (--no-prm-input: the ablation)."),
+    steps: int = typer.Option(3, help="Enhancement steps T at inference."),
+    supervision: str = typer.Option("proposals", help="proposals (pseudo labels) | saliency (GT instance masks)."),
+    split: str = typer.Option("train", help="Split whose labels train the ICN."),
+    labels: Optional[Path] = typer.Option(None, help="Label directory [default: MODEL/labels-SUPERVISION-SPLIT]; made when missing."),
+    proposals_dir: Optional[Path] = typer.Option(None, "--proposals", help="Proposal folder [default: ROOT/Proposals]."),
+    epochs: int = typer.Option(120, help="Epochs (paper: 120)."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate (paper: 1e-3)."),
+    lr_step: int = typer.Option(20, help="Halve the learning rate every this many epochs."),
+    batch_size: int = typer.Option(8, help="Peaks per step."),
+    crop: float = typer.Option(0.75, help="Smallest random crop side, as a fraction of the input."),
+    pretrained: Optional[str] = typer.Option(None, help="vgg16 encoder: 'imagenet' (torchvision download) or a vgg16_bn weights file."),
+    seed: int = typer.Option(0, help="Seed for initialisation, order and augmentation."),
+    workers: int = typer.Option(0, help="Loading worker processes."),
+    resume: bool = typer.Option(False, help="Continue an interrupted ICN run in --model."),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+):
+    """Train the ICN on pseudo labels (made first when missing); writes icn.safetensors into the model."""
+    from icn_rt.models.icn import ICNSettings
+    from icn_rt.training.icn import ICNTrainSettings, train_icn
+
+    try:
+        icn_settings = ICNSettings(encoder=encoder, width=width, propagation=propagation, prm_input=prm_input,
+                                   steps=steps)
+        label_dir = _label_run(root, model_dir, supervision, split, 3, labels, proposals_dir, 8, device)
+        summary = train_icn(root, model_dir,
+                            ICNTrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, lr_step=lr_step, crop=crop,
+                                             seed=seed, workers=workers, labels=str(label_dir), pretrained=pretrained),
+                            icn_settings, resume=resume, device=device, log=out.print)
+    except (InputError, ValueError) as e:
+        _fail(e)
+    final = summary.epochs[-1] if summary.epochs else None
+    out.print(f"ICN -> {model_dir} ({summary.samples} peaks" + (f", final loss {final.loss:.4f})" if final else ")"))
+
+
 @app.command("infer")
 def infer_cmd(
     model_dir: Path = typer.Argument(..., help="Model directory (from `icn-rt train classifier`)."),
@@ -200,16 +277,17 @@ def infer_cmd(
     backend: str = typer.Option("torch", help="Engine: torch (onnxruntime and tensorrt arrive with export)."),
     save_vis: Optional[Path] = typer.Option(None, help="Write <id>_overlay.png and <id>_prm.png here."),
     batch_size: int = typer.Option(8, help="Images per batch."),
+    icn_steps: Optional[int] = typer.Option(None, help="ICN enhancement steps T [default: the model's; 0 = naive PRMs]."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
 ):
-    """Instances for images tagged with nothing: peaks -> PRMs -> proposal matching -> NMS."""
+    """Instances for images tagged with nothing: peaks -> PRMs -> ICN -> proposal matching -> NMS."""
     from icn_rt.runtime.infer import BACKENDS, expand_images, infer
     from icn_rt.runtime.predictor import Predictor
 
     if backend not in BACKENDS:
         _fail(ValueError(f"backend {backend!r} is not available yet; choose one of {', '.join(BACKENDS)}"))
     try:
-        predictor = Predictor.from_dir(model_dir, device)
+        predictor = Predictor.from_dir(model_dir, device, icn_steps=icn_steps)
     except (InputError, ValueError) as e:
         _fail(e)
     paths = expand_images(images)

@@ -1,5 +1,5 @@
 """The model directory (DESIGN.md §2): ``config.json`` (classes, every stage's settings,
-versions) + ``classifier.safetensors`` (+ ``icn.safetensors`` once trained).
+versions) + ``classifier.safetensors`` (+ ``icn.safetensors`` once the ICN is trained).
 
 Each stage owns a section of ``config.json`` named after it (``classifier``, ``peaks``,
 ``prm``, ``matching``, ``instances``, ``training``); a section is a dataclass's fields.
@@ -18,9 +18,11 @@ import torch
 
 from icn_rt.errors import InputError, read_json
 from icn_rt.models.classifier import ClassifierSettings, PeakClassifier
+from icn_rt.models.icn import ICN, ICNSettings
 
 CONFIG = "config.json"
 CLASSIFIER = "classifier.safetensors"
+ICN_WEIGHTS = "icn.safetensors"
 FORMAT = 1
 
 T = TypeVar("T")
@@ -95,8 +97,6 @@ def add_missing_sections(directory: str | Path, sections: dict[str, object]) -> 
 
 def load_classifier(directory: str | Path, device: str | torch.device = "cpu") -> tuple[PeakClassifier, dict]:
     """The classifier of a model directory, in eval mode on ``device``, and its config."""
-    from safetensors.torch import load_file
-
     directory = Path(directory)
     config = read_config(directory)
     settings = settings_from(config, "classifier", ClassifierSettings, directory)
@@ -104,9 +104,45 @@ def load_classifier(directory: str | Path, device: str | torch.device = "cpu") -
     path = directory / CLASSIFIER
     if not path.is_file():
         raise InputError(path, "classifier weights missing (train it with `icn-rt train classifier`)")
+    _load_weights(path, model)
+    return model.eval().to(device), config
+
+
+def _load_weights(path: Path, model: torch.nn.Module) -> None:
+    from safetensors.torch import load_file
+
     try:
-        state = load_file(str(path))
-        model.load_state_dict(state)
+        model.load_state_dict(load_file(str(path)))
     except Exception as e:  # noqa: BLE001 - a bad or mismatched file, named in one line
         raise InputError(path, f"cannot load weights ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    return model.eval().to(device), config
+
+
+def save_icn(directory: str | Path, icn: ICN, sections: dict[str, object]) -> None:
+    """Write ``icn.safetensors`` and the config's ``icn`` section (+ ``sections``) into an
+    existing model directory."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    config = read_config(directory)
+    config["icn"] = asdict(icn.settings)
+    for name, value in sections.items():
+        config[name] = asdict(value) if hasattr(value, "__dataclass_fields__") else value
+    config["versions"] = versions()
+    state = {k: v.detach().contiguous().cpu() for k, v in icn.state_dict().items()}
+    tmp = directory / (ICN_WEIGHTS + ".tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, directory / ICN_WEIGHTS)
+    write_config(directory, config)
+
+
+def load_icn(directory: str | Path, config: dict | None = None, device: str | torch.device = "cpu") -> ICN | None:
+    """The ICN of a model directory in eval mode, or None when it has none (no
+    ``icn.safetensors``)."""
+    directory = Path(directory)
+    path = directory / ICN_WEIGHTS
+    if not path.is_file():
+        return None
+    config = config if config is not None else read_config(directory)
+    icn = ICN(settings_from(config, "icn", ICNSettings, directory))
+    _load_weights(path, icn)
+    return icn.eval().to(device)

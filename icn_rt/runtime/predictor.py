@@ -2,8 +2,8 @@
 steps 2, 3, 7, 8). The one place that knows image sizes.
 
 images -> preprocess -> recorded forward -> peaks -> PRMs (one batched backward) ->
-matching map (the naive PRM until the ICN lands) -> best proposal per peak
--> mask NMS -> instances.
+ICN enhancement (T steps, when the model has an ICN and ``icn.steps`` > 0) -> best
+proposal per peak -> mask NMS -> instances.
 
 Confidence (PRM returns none; ``InstanceSettings.confidence``):
 
@@ -20,7 +20,7 @@ one that suppressed it, as in PRM.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +30,10 @@ from icn_rt.data.preprocess import preprocess
 from icn_rt.data.proposals import Proposals
 from icn_rt.kernels.reference import mask_nms
 from icn_rt.models.classifier import PeakClassifier
-from icn_rt.models.peaks import PeakSettings, find_peaks
+from icn_rt.models.icn import ICN, ICNSettings, enhance
+from icn_rt.models.peaks import Peaks, PeakSettings, find_peaks
 from icn_rt.models.prm import PRMSettings, peak_response_maps, recorded_forward
-from icn_rt.models.store import load_classifier, settings_from
+from icn_rt.models.store import load_classifier, load_icn, settings_from
 from icn_rt.runtime.matching import MatchingSettings, match
 
 CONFIDENCES = ("peak_quality", "peak", "match")
@@ -53,7 +54,8 @@ class Instance:
     """One instance: ``class_id`` (0-based), ``score`` (the confidence), ``mask: bool [H, W]``
     at the image's size, ``proposal`` (index into the image's proposals), ``peak`` (y, x)
     in image pixels, ``value`` (class map at the peak), ``match`` (matching score),
-    ``prm: float [S, S]`` (its PRM plus those it suppressed)."""
+    ``prm: float [S, S]`` (its PRM plus those it suppressed), ``enhanced: float [S, S]``
+    (its ICN-enhanced map, in [0, 1]; None without the ICN)."""
 
     class_id: int
     score: float
@@ -63,6 +65,7 @@ class Instance:
     value: float
     match: float
     prm: np.ndarray
+    enhanced: np.ndarray | None = None
 
 
 @dataclass
@@ -73,11 +76,29 @@ class Prediction:
     class_scores: np.ndarray
 
 
+@dataclass
+class NaiveMaps:
+    """The PRM stage of a batch: ``x: float [B, 3, S, S]`` (the network input), ``maps:
+    float [B, C, h, w]`` (class maps), ``scores: float [B, C]``, ``peaks``, ``prms: float [K, S, S]``."""
+
+    x: torch.Tensor
+    maps: torch.Tensor
+    scores: torch.Tensor
+    peaks: Peaks
+    prms: torch.Tensor
+
+
 class Predictor:
+    """``icn``: the ICN (None: naive PRMs only) and ``icn_settings`` (its ``steps`` T; 0
+    also means naive PRMs)."""
+
     def __init__(self, model: PeakClassifier, classes: tuple[str, ...], peaks: PeakSettings | None = None,
                  prm: PRMSettings | None = None, matching: MatchingSettings | None = None,
-                 instances: InstanceSettings | None = None, device: str | torch.device = "cpu") -> None:
+                 instances: InstanceSettings | None = None, device: str | torch.device = "cpu",
+                 icn: ICN | None = None, icn_settings: ICNSettings | None = None) -> None:
         self.model = model.eval().to(device)
+        self.icn = icn.eval().to(device) if icn is not None else None
+        self.icn_settings = icn_settings or (icn.settings if icn is not None else ICNSettings())
         self.classes = tuple(classes)
         self.peaks = peaks or PeakSettings()
         self.prm = prm or PRMSettings()
@@ -87,44 +108,69 @@ class Predictor:
 
     @classmethod
     def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu", **overrides) -> Predictor:
-        """Load a model directory; its config gives every setting unless ``overrides``
-        (``peaks=``, ``prm=``, ``matching=``, ``instances=``) replace a section."""
+        """Load a model directory (with its ICN when it has one); its config gives every
+        setting unless ``overrides`` (``peaks=``, ``prm=``, ``matching=``, ``instances=``,
+        ``icn_steps=``) replace a section or T."""
         model, config = load_classifier(directory, device)
         sections = {"peaks": PeakSettings, "prm": PRMSettings, "matching": MatchingSettings,
                     "instances": InstanceSettings}
         kwargs = {name: overrides.get(name) or settings_from(config, name, kind, directory)
                   for name, kind in sections.items()}
-        return cls(model, tuple(config["classes"]), device=device, **kwargs)
+        icn = load_icn(directory, config, device)
+        icn_settings = icn.settings if icn is not None else ICNSettings(steps=0)
+        if overrides.get("icn_steps") is not None:
+            icn_settings = replace(icn_settings, steps=overrides["icn_steps"])
+        return cls(model, tuple(config["classes"]), device=device, icn=icn, icn_settings=icn_settings, **kwargs)
 
     @property
     def input_size(self) -> int:
         return self.model.settings.input_size
 
+    @property
+    def enhances(self) -> bool:
+        """Whether PRMs go through the ICN."""
+        return self.icn is not None and self.icn_settings.steps > 0
+
+    def naive_maps(self, images: list[np.ndarray]) -> NaiveMaps:
+        """Preprocess, one recorded forward, peaks, one batched backward. ``images``: uint8 RGB."""
+        x = torch.stack([preprocess(im, self.input_size) for im in images]).to(self.device)
+        rec = recorded_forward(self.model, x)
+        peaks = find_peaks(rec.maps, rec.scores, self.peaks, self.model.settings.sub_pixel)
+        prms = peak_response_maps(self.model, rec, peaks, self.prm)
+        return NaiveMaps(x, rec.maps.detach(), rec.scores.detach(), peaks, prms)
+
     def predict(self, images: list[np.ndarray], proposals: list[Proposals]) -> list[Prediction]:
         """``images``: uint8 RGB ``[H, W, 3]`` each; ``proposals``: one per image, at its size."""
         if not images:
             return []
-        x = torch.stack([preprocess(im, self.input_size) for im in images]).to(self.device)
-        rec = recorded_forward(self.model, x)
-        peaks = find_peaks(rec.maps, rec.scores, self.peaks, self.model.settings.sub_pixel)
-        prms = peak_response_maps(self.model, rec, peaks, self.prm).cpu().numpy()
-        maps = rec.maps.cpu().numpy()
-        scores = rec.scores.cpu().numpy()
+        naive = self.naive_maps(images)
+        peaks = naive.peaks
+        enhanced = None
+        if self.enhances:
+            enhanced = enhance(self.icn, naive.x, peaks.image, naive.prms, self.icn_settings.steps,
+                               self.icn_settings.chunk).cpu().numpy()
+        prms = naive.prms.cpu().numpy()
+        maps = naive.maps.cpu().numpy()
+        scores = naive.scores.cpu().numpy()
         image_of, cls, ys, xs, values = (t.cpu().numpy() for t in (peaks.image, peaks.cls, peaks.y, peaks.x,
                                                                       peaks.value))
         out = []
         for b, (image, props) in enumerate(zip(images, proposals)):
             idx = np.flatnonzero(image_of == b)
             found = self._instances(image.shape[:2], props, idx, cls[idx], ys[idx], xs[idx],
-                                    values[idx].astype(np.float64), prms, maps[b])
+                                    values[idx].astype(np.float64), prms, enhanced, maps[b])
             out.append(Prediction(found, scores[b]))
         return out
 
     def _instances(self, shape, props: Proposals, idx: np.ndarray, cls: np.ndarray, ys: np.ndarray, xs: np.ndarray,
-                   values: np.ndarray, prms: np.ndarray, maps: np.ndarray) -> list[Instance]:
-        """Instances of one image from its peaks ``idx`` (into ``prms``) and their class,
-        position and value; ``maps``: the image's class maps."""
-        best, match_scores, quality = match(prms[idx], maps[cls], props, self.matching, enhanced=False)
+                   values: np.ndarray, prms: np.ndarray, enhanced: np.ndarray | None,
+                   maps: np.ndarray) -> list[Instance]:
+        """Instances of one image from its peaks ``idx`` (into ``prms`` and ``enhanced``, the
+        ICN's maps or None) and their class, position and value; ``maps``: the image's
+        class maps."""
+        matched = prms if enhanced is None else enhanced
+        best, match_scores, quality = match(matched[idx], maps[cls], props, self.matching,
+                                            enhanced=enhanced is not None)
         found = np.flatnonzero(best >= 0)
         if len(found) == 0:
             return []
@@ -139,5 +185,6 @@ class Predictor:
             merged = prms[idx[found[owner == j]]].sum(0)
             result.append(Instance(int(cls[i]), float(confidence[i]), masks[j], int(best[i]),
                                    ((ys[i] + 0.5) * h / mh, (xs[i] + 0.5) * w / mw), float(values[i]),
-                                   float(match_scores[i]), merged))
+                                   float(match_scores[i]), merged,
+                                   None if enhanced is None else enhanced[idx[i]]))
         return result

@@ -1,0 +1,178 @@
+"""Training the ICN on stored labels (DESIGN.md §1 step 5).
+
+Each sample is one (image, peak): input = the normalised image + the peak's min-max
+PRM, target = its label (:mod:`icn_rt.training.pseudo_labels`), loss = pixel-wise binary
+cross entropy. Adam, lr 1e-3, ×0.5 every 20 epochs, 120 epochs (the paper's schedule,
+all settings). Augmentation: horizontal flip and a random square crop of side
+``crop``..1 × S at a random place, resized back to S (bilinear for image and PRM,
+nearest for the label).
+
+Seeded like the classifier's training (augmentations from (seed, epoch, index));
+resumable: after every epoch the model directory gets ``icn.safetensors``, the config's
+``icn`` and ``icn_training`` sections, ``icn_train_state.pt`` and ``icn_train_log.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from icn_rt.data.images import read_image
+from icn_rt.data.preprocess import preprocess
+from icn_rt.data.voc import VOCDataset
+from icn_rt.errors import InputError
+from icn_rt.models.icn import ICN, ICNSettings, load_pretrained_encoder
+from icn_rt.models.store import ICN_WEIGHTS, read_config, save_icn, settings_from
+
+STATE = "icn_train_state.pt"
+LOG = "icn_train_log.json"
+
+
+@dataclass
+class ICNTrainSettings:
+    epochs: int = 120
+    batch_size: int = 8
+    lr: float = 1e-3
+    lr_step: int = 20
+    lr_factor: float = 0.5
+    weight_decay: float = 0.0
+    flip: bool = True
+    crop: float = 0.75
+    seed: int = 0
+    workers: int = 0
+    labels: str = ""
+    pretrained: str | None = None
+
+
+@dataclass
+class ICNEpochLog:
+    epoch: int
+    loss: float
+    lr: float
+    seconds: float
+
+
+@dataclass
+class ICNTrainSummary:
+    epochs: list[ICNEpochLog] = field(default_factory=list)
+    samples: int = 0
+
+
+class PeakSamples(Dataset):
+    """(image ``[3, S, S]``, PRM ``[1, S, S]`` in [0, 1], label ``[1, S, S]``) per stored
+    peak; ``settings`` None: no augmentation."""
+
+    def __init__(self, root: Path, labels: Path, size: int, settings: ICNTrainSettings | None) -> None:
+        files = sorted(labels.glob("*.npz"))
+        if not files:
+            raise InputError(labels, "no label files (make them with `icn-rt train pseudo-labels`)")
+        ds = VOCDataset(root, json.loads((labels / "settings.json").read_text())["settings"]["split"],
+                        load_images=False)
+        self.items: list[tuple[Path, Path, int]] = []
+        for f in files:
+            with np.load(f) as z:
+                count = len(z["cls"])
+            self.items += [(f, ds.image_path(f.stem), k) for k in range(count)]
+        self.size, self.settings = size, settings
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        label_file, image_path, k = self.items[i]
+        with np.load(label_file) as z:
+            prm = torch.from_numpy(z["prm"][k].astype(np.float32) / 255)[None]
+            label = torch.from_numpy(z["label"][k].astype(np.float32))[None]
+        x = preprocess(read_image(image_path), self.size)
+        if self.settings is not None:
+            x, prm, label = self._augment(x, prm, label, np.random.default_rng((self.settings.seed, self.epoch, i)))
+        return x, prm, label
+
+    def _augment(self, x, prm, label, rng: np.random.Generator):
+        if self.settings.flip and rng.random() < 0.5:
+            x, prm, label = x.flip(-1), prm.flip(-1), label.flip(-1)
+        side = int(round(rng.uniform(self.settings.crop, 1.0) * self.size))
+        if side < self.size:
+            y0, x0 = rng.integers(0, self.size - side + 1, size=2)
+            crop = (slice(None), slice(y0, y0 + side), slice(x0, x0 + side))
+            size = (self.size, self.size)
+            x = F.interpolate(x[crop][None], size, mode="bilinear", align_corners=False)[0]
+            prm = F.interpolate(prm[crop][None], size, mode="bilinear", align_corners=False)[0]
+            label = F.interpolate(label[crop][None], size, mode="nearest")[0]
+        return x, prm, label
+
+
+def icn_loss(icn: ICN, x: torch.Tensor, prm: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Mean pixel-wise binary cross entropy of the ICN's logits against ``label``."""
+    return F.binary_cross_entropy_with_logits(icn(x, prm), label)
+
+
+def train_icn(root: str | Path, model_dir: str | Path, settings: ICNTrainSettings, icn_settings: ICNSettings,
+              resume: bool = False, device: str = "cpu", log: Callable[[str], None] = print,
+              progress: bool = True) -> ICNTrainSummary:
+    """Train the ICN of ``model_dir`` on the labels in ``settings.labels`` (images from ``root``)."""
+    root, model_dir = Path(root), Path(model_dir)
+    config = read_config(model_dir)
+    state_path = model_dir / STATE
+    resuming = resume and state_path.exists()
+    if resuming:
+        icn_settings = settings_from(config, "icn", ICNSettings, model_dir)
+        settings = replace(settings_from(config, "icn_training", ICNTrainSettings, model_dir), epochs=settings.epochs)
+    torch.manual_seed(settings.seed)
+    icn = ICN(icn_settings).to(device)
+    if settings.pretrained and not resuming:
+        load_pretrained_encoder(icn, settings.pretrained)
+    optimiser = torch.optim.Adam(icn.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    summary = ICNTrainSummary()
+    start_epoch = 0
+    if resuming:
+        from safetensors.torch import load_file
+
+        icn.load_state_dict(load_file(str(model_dir / ICN_WEIGHTS)))
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        optimiser.load_state_dict(state["optimiser"])
+        start_epoch = int(state["epoch"])
+        summary.epochs = [ICNEpochLog(**e) for e in json.loads((model_dir / LOG).read_text())]
+        log(f"resuming the ICN of {model_dir} after epoch {start_epoch}")
+    size = config["classifier"]["input_size"]
+    data = PeakSamples(root, Path(settings.labels), size, settings)
+    summary.samples = len(data)
+    for epoch in range(start_epoch, settings.epochs):
+        lr = settings.lr * settings.lr_factor ** (epoch // settings.lr_step)
+        for group in optimiser.param_groups:
+            group["lr"] = lr
+        data.epoch = epoch
+        order = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
+        loader = DataLoader(data, settings.batch_size, shuffle=True, generator=order, num_workers=settings.workers)
+        icn.train()
+        started, total, seen = time.perf_counter(), 0.0, 0
+        batches = loader
+        if progress:
+            from icn_rt.progress import track
+
+            batches = track(loader, f"ICN epoch {epoch + 1}/{settings.epochs}", total=len(loader), unit="batch")
+        for x, prm, label in batches:
+            loss = icn_loss(icn, x.to(device), prm.to(device), label.to(device))
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * len(x)
+            seen += len(x)
+        entry = ICNEpochLog(epoch + 1, total / max(seen, 1), lr, time.perf_counter() - started)
+        summary.epochs.append(entry)
+        log(f"ICN epoch {entry.epoch}/{settings.epochs}  loss {entry.loss:.4f}  lr {lr:.0e}  ({entry.seconds:.0f} s)")
+        save_icn(model_dir, icn, {"icn_training": settings})
+        tmp = model_dir / (STATE + ".tmp")
+        torch.save({"optimiser": optimiser.state_dict(), "epoch": epoch + 1}, tmp)
+        tmp.replace(state_path)
+        (model_dir / LOG).write_text(json.dumps([asdict(e) for e in summary.epochs], indent=1))
+    return summary
