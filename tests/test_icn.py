@@ -310,7 +310,13 @@ def test_infer_cli_uses_the_icn(with_icn, tiny_voc, tmp_path):
     for steps in ("0", "2"):
         results = tmp_path / f"r{steps}.json"
         r = runner.invoke(app, ["infer", str(model), *paths, "--proposals", str(tiny_voc / "Proposals"),
-                                "--out", str(results), "--icn-steps", steps])
+                                "--out", str(results), "--icn-steps", steps, "--save-vis", str(tmp_path / steps)])
         assert r.exit_code == 0, r.output
         outs[steps] = load_results(results, ("disc", "triangle", "square"))
     assert outs["0"] != outs["2"]
+    from icn_rt.data.images import read_image
+
+    image_id = next(i for i in outs["2"] if outs["2"][i])
+    # the PRM strip gets a second row, the enhanced maps, when the ICN ran
+    assert read_image(tmp_path / "0" / f"{image_id}_prm.png").shape[0] == 64
+    assert read_image(tmp_path / "2" / f"{image_id}_prm.png").shape[0] == 2 * 64 + 2

@@ -42,10 +42,21 @@ def heatmap(image: np.ndarray, prm: np.ndarray, alpha: float = 0.6) -> np.ndarra
 
 
 def prm_strip(image: np.ndarray, instances, limit: int = 8) -> np.ndarray:
-    """The PRM heatmaps of the first ``limit`` instances side by side (the image alone if none)."""
-    tiles = [heatmap(image, inst.prm) for inst in instances[:limit]] or [image]
+    """The PRM heatmaps of the first ``limit`` instances side by side (the image alone if
+    none); when the ICN ran, a second row holds each instance's enhanced map below its PRM."""
+    shown = instances[:limit]
+    rows = [[heatmap(image, inst.prm) for inst in shown] or [image]]
+    if shown and all(inst.enhanced is not None for inst in shown):
+        rows.append([heatmap(image, inst.enhanced) for inst in shown])
     gap = np.full((image.shape[0], 2, 3), 255, np.uint8)
-    parts = []
-    for tile in tiles:
-        parts += [tile, gap]
-    return np.concatenate(parts[:-1], axis=1)
+    lines = []
+    for row in rows:
+        parts = []
+        for tile in row:
+            parts += [tile, gap]
+        lines += [np.concatenate(parts[:-1], axis=1), np.full((2, *parts[0].shape[1:]), 255, np.uint8)]
+    lines = lines[:-1]
+    width = max(line.shape[1] for line in lines)
+    return np.concatenate([line if line.shape[1] == width else
+                           np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0)), constant_values=255)
+                           for line in lines], axis=0)
