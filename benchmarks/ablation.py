@@ -1,0 +1,148 @@
+"""The paper's ablations (Tables 1, 3, 4) on a VOC-layout split: naive PRM (w/o ICN), w/o
+CFM&DFM, w/o PRM input, w/o rebalance (PRM's vanilla matching on the enhanced map), the
+full model, and T = 1..4 enhancement steps — each as mAP^r 0.25/0.5/0.75, ABO, mIoU —
+plus the quality of the pseudo labels the ICNs were trained on. Writes JSON and a
+markdown table. The models come from (one classifier, its pseudo labels made once,
+three ICNs on them)::
+
+    icn-rt data synth synth
+    icn-rt proposals synth --split val
+    icn-rt proposals synth --split train
+    icn-rt train classifier synth --out model --backbone small --input-size 128 --sub-pixel 1 --lr 1e-3
+    icn-rt train pseudo-labels synth --model model
+    cp -r model model_full; cp -r model model_noprop; cp -r model model_noprm
+    icn-rt train icn synth --model model_full --encoder small --width 16 --epochs 20 --lr-step 5
+    icn-rt train icn synth --model model_noprop --encoder small --width 16 --epochs 20 --lr-step 5 --no-propagation
+    icn-rt train icn synth --model model_noprm --encoder small --width 16 --epochs 20 --lr-step 5 --no-prm-input
+    python benchmarks/ablation.py --root synth --full model_full --no-propagation model_noprop \\
+        --no-prm-input model_noprm --out benchmarks/results/ablation_synth_val.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from machine import machine_info
+
+from icn_rt.data.images import read_image, write_image
+from icn_rt.data.voc import VOCDataset
+from icn_rt.eval.report import evaluate
+from icn_rt.models.store import read_config
+from icn_rt.runtime.infer import infer
+from icn_rt.runtime.predictor import Predictor
+
+_RECIPE = __doc__.split("::")[1].replace("\\\n", "")
+COMMANDS = [" ".join(line.split()) for line in _RECIPE.splitlines() if line.strip()]
+
+
+def _variants(args) -> list[tuple[str, str, Path, dict]]:
+    """(table, name, model dir, predictor overrides) in the order of the paper's tables."""
+    full = args.full
+    vanilla = replace(Predictor.from_dir(full, icn_steps=0).matching, score="vanilla")
+    rows = [("ablation", "w/o ICN (naive PRM)", full, {"icn_steps": 0}),
+            ("ablation", "w/o CFM&DFM", args.no_propagation, {}),
+            ("ablation", "w/o PRM input", args.no_prm_input, {}),
+            ("ablation", "w/o rebalance (vanilla matching)", full, {"matching": vanilla}),
+            ("ablation", "full", full, {})]
+    rows += [("steps", f"T = {t}", full, {"icn_steps": t}) for t in args.steps]
+    return rows
+
+
+def label_quality(root: Path, labels: Path) -> dict:
+    """Pseudo labels against the ground truth: per stored peak, the IoU of its label with
+    the best-overlapping GT instance of its class (at the label's size)."""
+    import cv2
+
+    ds = VOCDataset(root, json.loads((labels / "settings.json").read_text())["settings"]["split"], load_images=False)
+    ious, areas = [], []
+    for f in sorted(labels.glob("*.npz")):
+        z = np.load(f)
+        gt = ds.ground_truth(f.stem).instances
+        for label, c in zip(z["label"], z["cls"]):
+            best = 0.0
+            for inst in gt:
+                if inst.class_id != c:
+                    continue
+                m = cv2.resize(inst.mask.view(np.uint8), label.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+                union = (m | label).sum()
+                best = max(best, (m & label).sum() / union if union else 0.0)
+            ious.append(best)
+            areas.append(label.mean())
+    ious = np.array(ious)
+    return {"peaks": len(ious), "mean_iou_with_gt": float(ious.mean()) if len(ious) else None,
+            "fraction_iou_ge_0.5": float((ious >= 0.5).mean()) if len(ious) else None,
+            "mean_label_area_fraction": float(np.mean(areas)) if areas else None}
+
+
+def _markdown(rows: list[dict], quality: dict, split: str) -> str:
+    lines = [f"Ablations on the synthetic `{split}` split (CPU; commands and settings in the JSON beside this file).",
+             "", "| table | variant | mAP^r@0.25 | mAP^r@0.5 | mAP^r@0.75 | ABO | mIoU |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m = r["metrics"]
+        lines.append(f"| {r['table']} | {r['variant']} | {m['mAP']['0.25']:.1f} | {m['mAP']['0.5']:.1f} | "
+                     f"{m['mAP']['0.75']:.1f} | {m['ABO']:.1f} | {m['mIoU']:.1f} |")
+    lines += ["", f"Pseudo labels ({quality['peaks']} training peaks): mean IoU with the best GT instance of the "
+              f"peak's class {100 * quality['mean_iou_with_gt']:.1f}, IoU ≥ 0.5 for "
+              f"{100 * quality['fraction_iou_ge_0.5']:.1f} %, mean label area "
+              f"{100 * quality['mean_label_area_fraction']:.1f} % of the image.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", type=Path, required=True)
+    ap.add_argument("--full", type=Path, required=True, help="model with the full ICN")
+    ap.add_argument("--no-propagation", type=Path, required=True, help="model whose ICN has no CFM/DFM")
+    ap.add_argument("--no-prm-input", type=Path, required=True, help="model whose ICN has no PRM input")
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 3, 4])
+    ap.add_argument("--proposals", type=Path, default=None)
+    ap.add_argument("--picture", default=None, help="image id to draw (overlay + PRM/enhanced strip) per variant")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    proposals = args.proposals or args.root / "Proposals"
+    ds = VOCDataset(args.root, args.split, load_images=False)
+    images = [ds.image_path(i) for i in ds.ids]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for table, name, model, overrides in _variants(args):
+            predictor = Predictor.from_dir(model, **overrides)
+            results = Path(tmp) / "results.json"
+            vis = Path(tmp) / "vis" if args.picture else None
+            summary = infer(predictor, images, proposals, results, vis, progress=False)
+            report = evaluate(args.root, results, args.split, progress=False).to_json()
+            rows.append({"table": table, "variant": name, "model": str(model),
+                         "icn_steps": predictor.icn_settings.steps if predictor.enhances else 0,
+                         "matching": predictor.matching.resolved(predictor.enhances).score,
+                         "instances": summary.instances, "images_without_instances": summary.empty,
+                         "metrics": report})
+            m = report["mAP"]
+            print(f"{name:34s} mAP^r {m['0.25']:.1f} / {m['0.5']:.1f} / {m['0.75']:.1f}  ABO {report['ABO']:.1f}  "
+                  f"mIoU {report['mIoU']:.1f}", flush=True)
+            if args.picture and table == "ablation":
+                slug = name.split(" (")[0].replace("/", "").replace("&", "").replace(" ", "_").lower()
+                for kind in ("overlay", "prm"):
+                    source = vis / f"{args.picture}_{kind}.png"
+                    target = args.out.parent / f"ablation_{args.picture}_{slug}_{kind}.png"
+                    write_image(target, read_image(source))
+    label_dir = next(args.full.glob("labels-*"), None)
+    quality = label_quality(args.root, label_dir) if label_dir else {}
+    record = {"what": "the paper's ablations (Tables 1, 3, 4) on a VOC-layout split", "split": args.split,
+              "commands": COMMANDS, "rows": rows, "pseudo_labels": quality,
+              "models": {k: read_config(getattr(args, k)) for k in ("full", "no_propagation", "no_prm_input")},
+              "icn_training_logs": {k: json.loads((getattr(args, k) / "icn_train_log.json").read_text())
+                                    for k in ("full", "no_propagation", "no_prm_input")},
+              "machine": machine_info()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    args.out.with_suffix(".md").write_text(_markdown(rows, quality, args.split))
+    print(f"-> {args.out} and {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
