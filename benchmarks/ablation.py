@@ -50,6 +50,8 @@ def _variants(args) -> list[tuple[str, str, Path, dict]]:
             ("ablation", "w/o rebalance (vanilla matching)", full, {"matching": vanilla}),
             ("ablation", "full", full, {})]
     rows += [("steps", f"T = {t}", full, {"icn_steps": t}) for t in args.steps]
+    if args.saliency:
+        rows.append(("supervision", "full, trained on GT instance masks (saliency variant)", args.saliency, {}))
     return rows
 
 
@@ -99,6 +101,8 @@ def main() -> None:
     ap.add_argument("--full", type=Path, required=True, help="model with the full ICN")
     ap.add_argument("--no-propagation", type=Path, required=True, help="model whose ICN has no CFM/DFM")
     ap.add_argument("--no-prm-input", type=Path, required=True, help="model whose ICN has no PRM input")
+    ap.add_argument("--saliency", type=Path, default=None,
+                    help="optional: model whose full ICN was trained with --supervision saliency")
     ap.add_argument("--split", default="val")
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 3, 4])
     ap.add_argument("--proposals", type=Path, default=None)
@@ -106,39 +110,43 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     proposals = args.proposals or args.root / "Proposals"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     ds = VOCDataset(args.root, args.split, load_images=False)
     images = [ds.image_path(i) for i in ds.ids]
     rows = []
+    done: dict[tuple, dict] = {}  # the same run under two names (full = T 3) is run once
     with tempfile.TemporaryDirectory() as tmp:
         for table, name, model, overrides in _variants(args):
             predictor = Predictor.from_dir(model, **overrides)
-            results = Path(tmp) / "results.json"
-            vis = Path(tmp) / "vis" if args.picture else None
-            summary = infer(predictor, images, proposals, results, vis, progress=False)
-            report = evaluate(args.root, results, args.split, progress=False).to_json()
-            rows.append({"table": table, "variant": name, "model": str(model),
-                         "icn_steps": predictor.icn_settings.steps if predictor.enhances else 0,
-                         "matching": predictor.matching.resolved(predictor.enhances).score,
-                         "instances": summary.instances, "images_without_instances": summary.empty,
-                         "metrics": report})
+            steps = predictor.icn_settings.steps if predictor.enhances else 0
+            key = (str(model), steps, repr(predictor.matching))
+            if key not in done:
+                results = Path(tmp) / "results.json"
+                vis = Path(tmp) / "vis" if args.picture else None
+                summary = infer(predictor, images, proposals, results, vis, progress=False)
+                done[key] = {"icn_steps": steps, "matching": predictor.matching.resolved(predictor.enhances).score,
+                             "instances": summary.instances, "images_without_instances": summary.empty,
+                             "metrics": evaluate(args.root, results, args.split, progress=False).to_json()}
+            rows.append({"table": table, "variant": name, "model": str(model), **done[key]})
+            report = done[key]["metrics"]
             m = report["mAP"]
             print(f"{name:34s} mAP^r {m['0.25']:.1f} / {m['0.5']:.1f} / {m['0.75']:.1f}  ABO {report['ABO']:.1f}  "
                   f"mIoU {report['mIoU']:.1f}", flush=True)
-            if args.picture and table == "ablation":
+            if args.picture and name in ("w/o ICN (naive PRM)", "full"):
                 slug = name.split(" (")[0].replace("/", "").replace("&", "").replace(" ", "_").lower()
                 for kind in ("overlay", "prm"):
                     source = vis / f"{args.picture}_{kind}.png"
                     target = args.out.parent / f"ablation_{args.picture}_{slug}_{kind}.png"
                     write_image(target, read_image(source))
+    models = [k for k in ("full", "no_propagation", "no_prm_input", "saliency") if getattr(args, k)]
     label_dir = next(args.full.glob("labels-*"), None)
     quality = label_quality(args.root, label_dir) if label_dir else {}
     record = {"what": "the paper's ablations (Tables 1, 3, 4) on a VOC-layout split", "split": args.split,
               "commands": COMMANDS, "rows": rows, "pseudo_labels": quality,
-              "models": {k: read_config(getattr(args, k)) for k in ("full", "no_propagation", "no_prm_input")},
+              "models": {k: read_config(getattr(args, k)) for k in models},
               "icn_training_logs": {k: json.loads((getattr(args, k) / "icn_train_log.json").read_text())
-                                    for k in ("full", "no_propagation", "no_prm_input")},
+                                    for k in models},
               "machine": machine_info()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(_markdown(rows, quality, args.split))
     print(f"-> {args.out} and {args.out.with_suffix('.md')}")

@@ -320,3 +320,28 @@ def test_infer_cli_uses_the_icn(with_icn, tiny_voc, tmp_path):
     # the PRM strip gets a second row, the enhanced maps, when the ICN ran
     assert read_image(tmp_path / "0" / f"{image_id}_prm.png").shape[0] == 64
     assert read_image(tmp_path / "2" / f"{image_id}_prm.png").shape[0] == 2 * 64 + 2
+
+
+def test_ablation_benchmark_writes_every_row(with_icn, tiny_voc, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model, _ = with_icn
+    out = tmp_path / "ablation.json"
+    script = Path(__file__).parents[1] / "benchmarks" / "ablation.py"
+    r = subprocess.run([sys.executable, str(script), "--root", str(tiny_voc), "--full", str(model),
+                        "--no-propagation", str(model), "--no-prm-input", str(model), "--steps", "1", "3",
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    record = json.loads(out.read_text())
+    assert [row["variant"] for row in record["rows"]] == [
+        "w/o ICN (naive PRM)", "w/o CFM&DFM", "w/o PRM input", "w/o rebalance (vanilla matching)", "full",
+        "T = 1", "T = 3"]
+    rows = {row["variant"]: row for row in record["rows"]}
+    assert rows["w/o ICN (naive PRM)"]["icn_steps"] == 0 and rows["w/o ICN (naive PRM)"]["matching"] == "vanilla"
+    assert rows["full"]["matching"] == "rebalanced" and rows["w/o rebalance (vanilla matching)"]["matching"] == "vanilla"
+    assert rows["T = 3"]["metrics"] == rows["full"]["metrics"]
+    assert record["pseudo_labels"]["peaks"] > 0 and record["machine"]
+    table = out.with_suffix(".md").read_text()
+    assert table.count("\n| ") == 8 and "|---|" in table  # header + 7 rows, and the rule

@@ -112,7 +112,9 @@ def make_labels(root: str | Path, predictor, out: str | Path, settings: LabelSet
     root, out = Path(root), Path(out)
     ds = VOCDataset(root, settings.split, load_images=False)
     proposals_dir = Path(proposals_dir) if proposals_dir else root / "Proposals"
-    record = {"settings": asdict(settings), "matching": asdict(predictor.matching), "peaks": asdict(predictor.peaks),
+    # what the labels depend on (not the batch size)
+    made_with = {k: v for k, v in asdict(settings).items() if k != "batch_size"}
+    record = {"settings": made_with, "matching": asdict(predictor.matching), "peaks": asdict(predictor.peaks),
               "prm": asdict(predictor.prm), "input_size": predictor.input_size}
     out.mkdir(parents=True, exist_ok=True)
     settings_path = out / SETTINGS
