@@ -274,22 +274,23 @@ def infer_cmd(
     images: list[Path] = typer.Argument(..., help="Image files or directories of images."),
     proposals_dir: Path = typer.Option(..., "--proposals", help="Directory of <image id>.mat / .json proposals."),
     results: Path = typer.Option(Path("results.json"), "--out", help="COCO-style results JSON to write."),
-    backend: str = typer.Option("torch", help="Engine: torch (onnxruntime and tensorrt arrive with export)."),
+    backend: str = typer.Option("torch", help="torch (eager) | onnxruntime | tensorrt (the exported graphs: "
+                                              "`icn-rt export`, `icn-rt build-engine`) | auto (the fastest present)."),
     save_vis: Optional[Path] = typer.Option(None, help="Write <id>_overlay.png and <id>_prm.png here."),
     batch_size: int = typer.Option(8, help="Images per batch."),
     icn_steps: Optional[int] = typer.Option(None, help="ICN enhancement steps T [default: the model's; 0 = naive PRMs]."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
 ):
     """Instances for images tagged with nothing: peaks -> PRMs -> ICN -> proposal matching -> NMS."""
-    from icn_rt.runtime.infer import BACKENDS, expand_images, infer
+    from icn_rt.runtime.infer import expand_images, infer
     from icn_rt.runtime.predictor import Predictor
 
-    if backend not in BACKENDS:
-        _fail(ValueError(f"backend {backend!r} is not available yet; choose one of {', '.join(BACKENDS)}"))
     try:
-        predictor = Predictor.from_dir(model_dir, device, icn_steps=icn_steps)
-    except (InputError, ValueError) as e:
+        predictor = Predictor.from_dir(model_dir, device, backend=backend, icn_steps=icn_steps)
+    except (InputError, ValueError, RuntimeError) as e:
         _fail(e)
+    if backend == "auto":
+        err.print(f"backend: {predictor.backend} (auto)", highlight=False)
     paths = expand_images(images)
     if not paths:
         _fail(ValueError("no images given (directories are searched for .jpg/.png files)"))
@@ -300,6 +301,64 @@ def infer_cmd(
         err.print(f"[yellow]{len(summary.failed)} images failed (reasons in {results}.errors.txt); first: "
                   f"{summary.failed[0][1]}[/yellow]", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+@app.command("export")
+def export_cmd(
+    model_dir: Path = typer.Argument(..., help="Model directory."),
+    slots: Optional[int] = typer.Option(None, help="Peak slots per image in the PRM graph [default: the model's "
+                                                  "peaks.max_peaks]; fewer is faster and keeps the highest peaks."),
+    verify: bool = typer.Option(True, help="Run each graph once in onnxruntime and record its difference from "
+                                           "PyTorch in the manifest."),
+):
+    """ONNX graphs beside the model: prm.onnx (classifier, peaks, peak backprop, PRMs) and
+    icn.onnx (T enhancement steps), checked, with manifest.json."""
+    from icn_rt.export.onnx_export import export_model
+
+    try:
+        manifest = export_model(model_dir, slots=slots, verify=verify)
+    except (InputError, ValueError) as e:
+        _fail(e)
+    table = Table(title=f"exported {model_dir}")
+    for column in ("graph", "file", "MiB", "nodes", "operators", "max |ONNX − torch|"):
+        table.add_column(column)
+    for name, g in manifest["graphs"].items():
+        diff = g.get("max_difference", {})
+        table.add_row(name, g["file"], f"{g['bytes'] / 2**20:.1f}", str(sum(g["operators"].values())),
+                      str(len(g["operators"])), ", ".join(f"{k} {v:.1e}" for k, v in diff.items()) or "-")
+    out.print(table)
+
+
+@app.command("build-engine")
+def build_engine_cmd(
+    model_dir: Path = typer.Argument(..., help="Model directory with exported graphs (`icn-rt export`)."),
+    precision: str = typer.Option("fp16", help="fp32 | fp16 | int8."),
+    min_batch: int = typer.Option(1, help="Smallest image batch of the PRM plan's profile."),
+    opt_batch: int = typer.Option(8, help="Image batch the PRM plan is tuned for."),
+    max_batch: int = typer.Option(16, help="Largest image batch of the PRM plan's profile."),
+    workspace: Optional[int] = typer.Option(None, help="Workspace limit in MiB [default: 4096; 1024 on Jetson]."),
+    dla_core: Optional[int] = typer.Option(None, help="Build for this DLA core, GPU fallback on (Jetson)."),
+    calibration: Optional[Path] = typer.Option(None, help="VOC root whose images calibrate INT8."),
+    calibration_split: str = typer.Option("train", help="Split of the calibration images."),
+    calibration_images: int = typer.Option(256, help="How many calibration images."),
+    timing_cache: Optional[Path] = typer.Option(None, help="Timing cache file [default: MODEL/timing.cache]."),
+    device: str = typer.Option("cuda", help="The GPU to build for (cuda | cuda:N)."),
+):
+    """TensorRT plans from the exported graphs, recorded in manifest.json with the GPU and
+    TensorRT version they are valid for."""
+    from icn_rt.export.tensorrt import BuildSettings, build_engines
+
+    try:
+        settings = BuildSettings(precision=precision, batch=(min_batch, opt_batch, max_batch),
+                                 workspace_mib=workspace, dla_core=dla_core,
+                                 calibration=str(calibration) if calibration else None,
+                                 calibration_split=calibration_split, calibration_images=calibration_images,
+                                 timing_cache=str(timing_cache) if timing_cache else None)
+        manifest = build_engines(model_dir, settings, device)
+    except (InputError, ValueError, RuntimeError) as e:
+        _fail(e)
+    for name, plan in manifest["plans"].items():
+        out.print(f"{name}: {plan['file']} ({plan['precision']}, TensorRT {plan['tensorrt']}, {plan['gpu']['name']})")
 
 
 @app.command("demo")

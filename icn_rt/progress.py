@@ -39,3 +39,10 @@ def track(items: Iterable[T], description: str, total: int | None = None, unit: 
             yield item
             elapsed = time.perf_counter() - start
             bar.update(task, advance=1, rate=f"{n / elapsed:.1f} {unit}/s" if elapsed > 0 else "")
+
+
+def say(message: str) -> None:
+    """One line of progress for a step without a count (stderr, so stdout stays data)."""
+    import sys
+
+    print(message, file=sys.stderr, flush=True)

@@ -2,6 +2,9 @@ from pathlib import Path
 
 import pytest
 
+from typer.testing import CliRunner
+
+from icn_rt.cli import app
 from icn_rt.data.synth import SynthConfig, generate
 
 TINY = SynthConfig(size=64, train=4, val=6, classes=3, seed=7)
@@ -13,3 +16,36 @@ def tiny_voc(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("voc")
     generate(root, TINY, progress=False)
     return root
+
+
+runner = CliRunner()
+CLASSIFIER = ["--backbone", "small", "--input-size", "64", "--sub-pixel", "1", "--lr", "1e-3", "--batch-size", "2"]
+ICN_ARGS = ["--encoder", "small", "--width", "8", "--batch-size", "4", "--lr", "3e-3", "--crop", "0.8"]
+
+
+@pytest.fixture(scope="session")
+def classifier(tiny_voc, tmp_path_factory):
+    """A 3-epoch small classifier on the tiny set (64 px), with proposals for both splits."""
+    from icn_rt.data.make_proposals import make_proposals
+
+    for split in ("train", "val"):
+        make_proposals(tiny_voc, tiny_voc / "Proposals", split, jobs=1, progress=False)
+    model = tmp_path_factory.mktemp("icn") / "model"
+    r = runner.invoke(app, ["train", "classifier", str(tiny_voc), "--out", str(model), "--epochs", "3", *CLASSIFIER])
+    assert r.exit_code == 0, r.output
+    return model
+
+
+@pytest.fixture(scope="session")
+def with_icn(classifier, tiny_voc, tmp_path_factory):
+    """A copy of ``classifier`` with a small ICN (10 epochs); (model dir, training output)."""
+    import shutil
+
+    model = tmp_path_factory.mktemp("icn") / "with_icn"
+    shutil.copytree(classifier, model)
+    # ground-truth supervision: a 3-epoch classifier's pseudo labels are too noisy for a
+    # loss that must fall within a few epochs
+    r = runner.invoke(app, ["train", "icn", str(tiny_voc), "--model", str(model), "--epochs", "10",
+                            "--supervision", "saliency", *ICN_ARGS])
+    assert r.exit_code == 0, r.output
+    return model, r.output

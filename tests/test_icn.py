@@ -18,6 +18,7 @@ from icn_rt.models.icn import ICN, ICNSettings, enhance, load_pretrained_encoder
 from icn_rt.models.store import load_icn
 from icn_rt.runtime.predictor import Predictor
 from icn_rt.training.pseudo_labels import proposal_label, saliency_label
+from tests.conftest import ICN_ARGS
 
 runner = CliRunner()
 SMALL = ICNSettings(encoder="small", width=8)
@@ -172,36 +173,6 @@ def test_saliency_label_takes_the_instance_of_the_class_with_most_prm_mass():
 
 
 # --- training and inference, end to end -----------------------------------------------
-
-CLASSIFIER = ["--backbone", "small", "--input-size", "64", "--sub-pixel", "1", "--lr", "1e-3", "--batch-size", "2"]
-ICN_ARGS = ["--encoder", "small", "--width", "8", "--batch-size", "4", "--lr", "3e-3", "--crop", "0.8"]
-
-
-@pytest.fixture(scope="module")
-def classifier(tiny_voc, tmp_path_factory):
-    from icn_rt.data.make_proposals import make_proposals
-
-    for split in ("train", "val"):
-        make_proposals(tiny_voc, tiny_voc / "Proposals", split, jobs=1, progress=False)
-    model = tmp_path_factory.mktemp("icn") / "model"
-    r = runner.invoke(app, ["train", "classifier", str(tiny_voc), "--out", str(model), "--epochs", "3", *CLASSIFIER])
-    assert r.exit_code == 0, r.output
-    return model
-
-
-@pytest.fixture(scope="module")
-def with_icn(classifier, tiny_voc, tmp_path_factory):
-    import shutil
-
-    model = tmp_path_factory.mktemp("icn") / "with_icn"
-    shutil.copytree(classifier, model)
-    # ground-truth supervision: a 3-epoch classifier's pseudo labels are too noisy for a
-    # loss that must fall within a few epochs
-    r = runner.invoke(app, ["train", "icn", str(tiny_voc), "--model", str(model), "--epochs", "10",
-                            "--supervision", "saliency", *ICN_ARGS])
-    assert r.exit_code == 0, r.output
-    return model, r.output
-
 
 def test_pseudo_labels_are_stored_per_image_and_reused(classifier, tiny_voc, tmp_path):
     out = tmp_path / "labels"

@@ -2,11 +2,17 @@
 pass over a batch of images, then one backward pass for all K peaks at once.
 
 The backward is a vector-Jacobian product of the class map at each peak with respect
-to the input image, built from forward operators only (transposed convolution, masks,
-max-pool routing by window offsets, residual sums), so the same code can later be
-traced into an ONNX graph with no autograd. Activations are recorded per image and
-gathered per peak (``index[k]`` = the image of peak k), so a batch of B images and K
-peaks costs one forward over B and one backward over K.
+to the input image, built from forward operators only (transposed convolution with the
+layer's weights, ReLU masks, max-pool routing, residual sums), so the same code is
+traced into the exported PRM graph (:mod:`icn_rt.export.graphs`) with no autograd.
+Max-pool routing: the forward records, per window offset, a mask of the outputs whose
+maximum sits at that offset (the first in row-major order on ties, as PyTorch's
+indices; overlapping windows included); the backward multiplies the gradient by each
+mask and scatters the lot with one grouped transposed convolution whose kernels are
+one-hot at their offset — no indices, no unpooling. Activations are recorded per image
+and spread to the peaks by ``spread`` (eager: ``t[index]`` with ``index[k]`` = the image
+of peak k; the graph: each image repeated for its fixed peak slots), so a batch of B
+images and K peaks costs one forward over B and one backward over K.
 
 Rules, a setting:
 
@@ -24,6 +30,9 @@ eval mode (the recorded forward uses running statistics).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +40,14 @@ from torchvision.models.resnet import Bottleneck
 
 RULES = ("gradient", "excitation")
 EPS = 1e-10
+
+Spread = Callable[[torch.Tensor], torch.Tensor]
+"""Maps a recorded per-image tensor ``[B, ...]`` to its per-peak rows ``[K, ...]``."""
+
+
+def by_index(index: torch.Tensor) -> Spread:
+    """The eager spread: peak k takes the rows of image ``index[k]``."""
+    return lambda t: t[index]
 
 
 def _pair(v) -> tuple[int, int]:
@@ -93,47 +110,53 @@ def _bottleneck_main(block: Bottleneck) -> list[nn.Module | None]:
 
 
 def _record_pool(pool: nn.MaxPool2d, x: torch.Tensor, tape: Tape) -> torch.Tensor:
-    """Max-pool, recording for every output which window offset holds its maximum
-    (the first in row-major order on ties, as PyTorch's indices)."""
+    """Max-pool, recording per window offset which outputs take their maximum there
+    (the first in row-major order on ties, as PyTorch's indices): ``bool [B, C, kh·kw, oh, ow]``."""
     if pool.ceil_mode or _pair(pool.dilation) != (1, 1):
         raise TypeError("peak backpropagation supports max-pool without ceil_mode or dilation")
     y = pool(x)
     (kh, kw), (sh, sw), (ph, pw) = _pair(pool.kernel_size), _pair(pool.stride), _pair(pool.padding)
-    xp = F.pad(x, (pw, pw, ph, ph), value=float("-inf"))
+    xp = F.pad(x, (pw, pw, ph, ph), value=float("-inf")) if ph or pw else x
     oh, ow = y.shape[-2:]
-    winner = torch.full(y.shape, -1, dtype=torch.int8, device=x.device)
+    taken = None
+    winners = []
     for dy in range(kh):
         for dx in range(kw):
-            cand = xp[:, :, dy: dy + sh * (oh - 1) + 1: sh, dx: dx + sw * (ow - 1) + 1: sw]
-            winner[(winner < 0) & (cand == y)] = dy * kw + dx
-    tape.saved[id(pool)] = (winner, x.shape[-2:])
+            hit = xp[:, :, dy: dy + sh * (oh - 1) + 1: sh, dx: dx + sw * (ow - 1) + 1: sw] == y
+            if taken is None:
+                taken = hit
+            else:
+                hit = hit & ~taken
+                taken = taken | hit
+            winners.append(hit)
+    tape.saved[id(pool)] = (torch.stack(winners, 2), (int(x.shape[-2]), int(x.shape[-1])))
     return y
 
 
-def vjp(module: nn.Module, g: torch.Tensor, index: torch.Tensor, tape: Tape, rule: str) -> torch.Tensor:
+def vjp(module: nn.Module, g: torch.Tensor, spread: Spread, tape: Tape, rule: str) -> torch.Tensor:
     """``g: [K, C_out, h, w]`` -> gradient at the module's input ``[K, C_in, H, W]`` for
-    peaks whose images are ``index: int64 [K]``."""
+    peaks whose recorded activations ``spread`` gives (see :func:`by_index`)."""
     if isinstance(module, nn.Sequential):
         for child in reversed(module):
-            g = vjp(child, g, index, tape, rule)
+            g = vjp(child, g, spread, tape, rule)
         return g
     if isinstance(module, nn.Conv2d):
-        return _conv_vjp(module, tape.saved[id(module)], g, index, rule)
+        return _conv_vjp(module, tape.saved[id(module)], g, spread, rule)
     if isinstance(module, nn.BatchNorm2d):
         return g * _bn_scale(module)[None, :, None, None]
     if isinstance(module, nn.ReLU):
-        return g * tape.saved[id(module)][index]
+        return g * spread(tape.saved[id(module)]).to(g.dtype)
     if isinstance(module, nn.MaxPool2d):
-        return _pool_vjp(module, tape.saved[id(module)], g, index)
+        return _pool_vjp(module, tape.saved[id(module)], g, spread)
     if isinstance(module, Bottleneck):
-        g = g * tape.saved[id(module)][index]
+        g = g * spread(tape.saved[id(module)]).to(g.dtype)
         g_main = g
         for step, child in reversed(list(enumerate(_bottleneck_main(module)))):
             if child is None:
-                g_main = g_main * tape.saved[(id(module), step)][index]
+                g_main = g_main * spread(tape.saved[(id(module), step)]).to(g.dtype)
             else:
-                g_main = vjp(child, g_main, index, tape, rule)
-        g_identity = vjp(module.downsample, g, index, tape, rule) if module.downsample is not None else g
+                g_main = vjp(child, g_main, spread, tape, rule)
+        g_identity = vjp(module.downsample, g, spread, tape, rule) if module.downsample is not None else g
         return g_main + g_identity
     raise TypeError(f"peak backpropagation does not support {type(module).__name__}")
 
@@ -147,7 +170,7 @@ def _conv_transpose(conv: nn.Conv2d, g: torch.Tensor, weight: torch.Tensor, in_s
     return F.conv_transpose2d(g, weight, None, conv.stride, conv.padding, out_pad, conv.groups, conv.dilation)
 
 
-def _conv_vjp(conv: nn.Conv2d, x: torch.Tensor, g: torch.Tensor, index: torch.Tensor, rule: str) -> torch.Tensor:
+def _conv_vjp(conv: nn.Conv2d, x: torch.Tensor, g: torch.Tensor, spread: Spread, rule: str) -> torch.Tensor:
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         raise TypeError("peak backpropagation supports zero-padded convolutions with numeric padding")
     if rule == "gradient":
@@ -155,22 +178,24 @@ def _conv_vjp(conv: nn.Conv2d, x: torch.Tensor, g: torch.Tensor, index: torch.Te
     if rule == "excitation":
         shifted = x - x.amin(dim=(1, 2, 3), keepdim=True)
         positive = F.relu(conv.weight)
-        z = F.conv2d(shifted, positive, None, conv.stride, conv.padding, conv.dilation, conv.groups)[index]
+        z = spread(F.conv2d(shifted, positive, None, conv.stride, conv.padding, conv.dilation, conv.groups))
         g_hat = torch.where(z >= EPS, g / (z.abs() + EPS), torch.zeros_like(g))
-        return shifted[index] * _conv_transpose(conv, g_hat, positive, x.shape[-2:])
+        return spread(shifted) * _conv_transpose(conv, g_hat, positive, x.shape[-2:])
     raise ValueError(f"unknown backprop rule {rule!r}; choose one of {', '.join(RULES)}")
 
 
-def _pool_vjp(pool: nn.MaxPool2d, saved, g: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    winner, (h, w) = saved
-    winner = winner[index]
+def _pool_vjp(pool: nn.MaxPool2d, saved, g: torch.Tensor, spread: Spread) -> torch.Tensor:
+    """Route ``g`` to the window offsets holding each maximum: one grouped transposed
+    convolution whose kernel for offset d is one-hot at d."""
     (kh, kw), (sh, sw), (ph, pw) = _pair(pool.kernel_size), _pair(pool.stride), _pair(pool.padding)
     k, c, oh, ow = g.shape
-    grad = g.new_zeros(k, c, h + 2 * ph, w + 2 * pw)
-    for dy in range(kh):
-        for dx in range(kw):
-            grad[:, :, dy: dy + sh * (oh - 1) + 1: sh, dx: dx + sw * (ow - 1) + 1: sw] += g * (winner == dy * kw + dx)
-    return grad[:, :, ph: ph + h, pw: pw + w]
+    winners, (h, w) = saved
+    routed = (g[:, :, None] * spread(winners).to(g.dtype)).reshape(k, c * kh * kw, oh, ow)
+    # built in NumPy so that a traced graph holds it as a constant initializer
+    one_hot = np.eye(kh * kw, dtype=np.float32).reshape(kh * kw, 1, kh, kw)
+    kernel = torch.as_tensor(np.tile(one_hot, (c, 1, 1, 1)), dtype=g.dtype, device=g.device)
+    out_pad = (h - ((oh - 1) * sh - 2 * ph + kh), w - ((ow - 1) * sw - 2 * pw + kw))
+    return F.conv_transpose2d(routed, kernel, None, (sh, sw), (ph, pw), out_pad, c)
 
 
 def upsample_weights(size: int, factor: int, device=None, dtype=torch.float32) -> torch.Tensor:

@@ -20,10 +20,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from icn_rt.models.peak_stimulation import local_maxima
+from icn_rt.models.peak_stimulation import local_maxima, lower_median
 
 RULES = ("eq1", "median")
 
@@ -56,20 +57,35 @@ class Peaks:
         return Peaks(self.image[keep], self.cls[keep], self.y[keep], self.x[keep], self.value[keep])
 
 
+def gaussian_kernel(sigma: float) -> np.ndarray:
+    """1-D Gaussian of σ ``sigma`` pixels, truncated at 3σ (at least radius 1), summing to 1."""
+    radius = max(1, math.ceil(3 * sigma))
+    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    return k / k.sum()
+
+
+def _edge_pad(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
+    # replicate padding from slices (exports as Slice/Expand/Concat, which TensorRT imports
+    # on every version, unlike Pad's edge mode)
+    first = x.narrow(dim, 0, 1)
+    last = x.narrow(dim, x.shape[dim] - 1, 1)
+    shape = list(x.shape)
+    shape[dim] = r
+    return torch.cat([first.expand(shape), x, last.expand(shape)], dim)
+
+
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian of ``maps: float [B, C, H, W]``, σ in pixels, truncated at 3σ,
     edge padding."""
     if sigma <= 0:
         return maps
-    radius = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
+    k = torch.as_tensor(gaussian_kernel(sigma), dtype=maps.dtype, device=maps.device)
+    radius = (len(k) - 1) // 2
     b, c, h, w = maps.shape
-    flat = maps.reshape(b * c, 1, h, w)
-    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1))
-    return flat.reshape(b, c, h, w)
+    flat = maps.reshape(-1, 1, h, w)
+    flat = F.conv2d(_edge_pad(flat, radius, 3), k.view(1, 1, 1, -1))
+    flat = F.conv2d(_edge_pad(flat, radius, 2), k.view(1, 1, -1, 1))
+    return flat.reshape(maps.shape)
 
 
 def peak_candidates(maps: torch.Tensor, settings: PeakSettings, sub_pixel: int = 1) -> torch.Tensor:
@@ -77,7 +93,7 @@ def peak_candidates(maps: torch.Tensor, settings: PeakSettings, sub_pixel: int =
     (before thresholds)."""
     maxima = local_maxima(maps, settings.window)
     if settings.rule == "median":
-        median = maps.flatten(2).median(dim=2).values[..., None, None]
+        median = lower_median(maps.flatten(2))[..., None, None]
         return maxima & (maps >= median)
     if settings.rule == "eq1":
         response = maps - gaussian_blur(maps, settings.sigma * sub_pixel) - maps.mean((2, 3), keepdim=True)
@@ -85,11 +101,17 @@ def peak_candidates(maps: torch.Tensor, settings: PeakSettings, sub_pixel: int =
     raise ValueError(f"unknown peak rule {settings.rule!r}; choose one of {', '.join(RULES)}")
 
 
+def peak_mask(maps: torch.Tensor, scores: torch.Tensor, settings: PeakSettings, sub_pixel: int = 1) -> torch.Tensor:
+    """``bool [B, C, H, W]``: the peaks of the classes whose ``scores: [B, C]`` pass, before
+    the ``max_peaks`` cut."""
+    keep = peak_candidates(maps, settings, sub_pixel)
+    keep = keep & (scores >= settings.class_threshold)[..., None, None]
+    return keep & (maps > settings.peak_threshold)
+
+
 def find_peaks(maps: torch.Tensor, scores: torch.Tensor, settings: PeakSettings, sub_pixel: int = 1) -> Peaks:
     """Peaks of the classes whose ``scores: [B, C]`` pass, from ``maps: [B, C, H, W]``."""
-    keep = peak_candidates(maps, settings, sub_pixel)
-    keep &= (scores >= settings.class_threshold)[..., None, None]
-    keep &= maps > settings.peak_threshold
+    keep = peak_mask(maps, scores, settings, sub_pixel)
     image, cls, y, x = keep.nonzero(as_tuple=True)
     value = maps[image, cls, y, x]
     peaks = Peaks(image, cls, y, x, value)
@@ -103,3 +125,28 @@ def find_peaks(maps: torch.Tensor, scores: torch.Tensor, settings: PeakSettings,
             chosen.append(idx)
         peaks = peaks.select(torch.cat(chosen))
     return peaks
+
+
+def peak_slots(maps: torch.Tensor, keep: torch.Tensor, slots: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`find_peaks` in fixed slots, with no data-dependent shapes (the exported PRM
+    graph): per image the ``slots`` highest peaks of ``keep`` in raster order, then empty
+    slots. Returns ``index: int32 [B, slots]`` (flat over C·H·W; empty slots 0),
+    ``value: float [B, slots]`` (empty 0) and ``valid: bool [B, slots]``.
+
+    Needs C·H·W ≥ ``slots`` and C·H·W < 2²⁴ (raster keys are sorted as float32). Equal
+    peak values compete by raster order, as in :func:`find_peaks`, where the runtime's
+    top-k keeps ties in index order (ONNX's TopK does)."""
+    b = maps.shape[0]
+    n = maps[0].numel()
+    flat_keep = keep.reshape(b, n)
+    scored = torch.where(flat_keep, maps.reshape(b, n), torch.full_like(maps.reshape(b, n), float("-inf")))
+    value, index = torch.topk(scored, slots, dim=1)
+    valid = value > float("-inf")
+    # back to raster order: sort the chosen flat indices, empty slots last
+    key = torch.where(valid, index.to(torch.float32), n + torch.arange(slots, device=maps.device, dtype=torch.float32))
+    _, order = torch.topk(key, slots, dim=1, largest=False)
+    index = torch.gather(index, 1, order)
+    valid = torch.gather(valid.to(torch.int32), 1, order) > 0
+    value = torch.where(valid, torch.gather(value, 1, order), torch.zeros_like(value))
+    index = torch.where(valid, index, torch.zeros_like(index)).to(torch.int32)
+    return index, value, valid

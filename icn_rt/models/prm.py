@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from icn_rt.models.backprop import RULES, Tape, record, upsample_weights, vjp
+from icn_rt.models.backprop import RULES, Tape, by_index, record, upsample_weights, vjp
 from icn_rt.models.classifier import PeakClassifier
 from icn_rt.models.peak_stimulation import peak_stimulation
 from icn_rt.models.peaks import Peaks
@@ -69,8 +69,9 @@ def input_gradients(model: PeakClassifier, rec: Recorded, peaks: Peaks, rule: st
     cols = upsample_weights(w, f, dev, dtype)[peaks.x]
     g = torch.zeros(k, c, h, w, device=dev, dtype=dtype)
     g[torch.arange(k, device=dev), peaks.cls] = rows[:, :, None] * cols[:, None, :]
-    g = vjp(model.classifier, g, peaks.image, rec.tape, rule)
-    return vjp(model.backbone, g, peaks.image, rec.tape, rule)
+    spread = by_index(peaks.image)
+    g = vjp(model.classifier, g, spread, rec.tape, rule)
+    return vjp(model.backbone, g, spread, rec.tape, rule)
 
 
 def normalise_prm(grad: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,6 @@ from icn_rt.runtime.predictor import Predictor
 from icn_rt.runtime.visualize import overlay, prm_strip
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-BACKENDS = ("torch",)
 
 
 @dataclass

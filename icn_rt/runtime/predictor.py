@@ -20,7 +20,7 @@ one that suppressed it, as in PRM.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from icn_rt.models.icn import ICN, ICNSettings, enhance
 from icn_rt.models.peaks import Peaks, PeakSettings, find_peaks
 from icn_rt.models.prm import PRMSettings, peak_response_maps, recorded_forward
 from icn_rt.models.store import load_classifier, load_icn, settings_from
+from icn_rt.runtime.engines import GraphEngines, pick_backend
 from icn_rt.runtime.matching import MatchingSettings, match
 
 CONFIDENCES = ("peak_quality", "peak", "match")
@@ -90,12 +91,14 @@ class NaiveMaps:
 
 class Predictor:
     """``icn``: the ICN (None: naive PRMs only) and ``icn_settings`` (its ``steps`` T; 0
-    also means naive PRMs)."""
+    also means naive PRMs). ``graphs``: run the networks as exported graphs on an engine
+    backend instead of eager PyTorch (:meth:`from_dir` opens them)."""
 
     def __init__(self, model: PeakClassifier, classes: tuple[str, ...], peaks: PeakSettings | None = None,
                  prm: PRMSettings | None = None, matching: MatchingSettings | None = None,
                  instances: InstanceSettings | None = None, device: str | torch.device = "cpu",
-                 icn: ICN | None = None, icn_settings: ICNSettings | None = None) -> None:
+                 icn: ICN | None = None, icn_settings: ICNSettings | None = None,
+                 graphs: GraphEngines | None = None) -> None:
         self.model = model.eval().to(device)
         self.icn = icn.eval().to(device) if icn is not None else None
         self.icn_settings = icn_settings or (icn.settings if icn is not None else ICNSettings())
@@ -105,12 +108,21 @@ class Predictor:
         self.matching = matching or MatchingSettings()
         self.instances = instances or InstanceSettings()
         self.device = torch.device(device)
+        self.graphs = graphs
+
+    @property
+    def backend(self) -> str:
+        """Where the networks run: ``torch`` (eager) or the graph engines' backend."""
+        return self.graphs.backend if self.graphs is not None else "torch"
 
     @classmethod
-    def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu", **overrides) -> Predictor:
+    def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu", backend: str = "torch",
+                 **overrides) -> Predictor:
         """Load a model directory (with its ICN when it has one); its config gives every
         setting unless ``overrides`` (``peaks=``, ``prm=``, ``matching=``, ``instances=``,
-        ``icn_steps=``) replace a section or T."""
+        ``icn_steps=``) replace a section or T. ``backend``: ``torch`` (eager), ``onnxruntime``
+        or ``tensorrt`` (the exported graphs: ``icn-rt export``, ``icn-rt build-engine``) or
+        ``auto`` (:func:`~icn_rt.runtime.engines.pick_backend`)."""
         model, config = load_classifier(directory, device)
         sections = {"peaks": PeakSettings, "prm": PRMSettings, "matching": MatchingSettings,
                     "instances": InstanceSettings}
@@ -120,7 +132,13 @@ class Predictor:
         icn_settings = icn.settings if icn is not None else ICNSettings(steps=0)
         if overrides.get("icn_steps") is not None:
             icn_settings = replace(icn_settings, steps=overrides["icn_steps"])
-        return cls(model, tuple(config["classes"]), device=device, icn=icn, icn_settings=icn_settings, **kwargs)
+        predictor = cls(model, tuple(config["classes"]), device=device, icn=icn, icn_settings=icn_settings, **kwargs)
+        backend = pick_backend(backend, predictor.device, directory)
+        if backend != "torch":
+            settings = {"peaks": asdict(predictor.peaks), "prm": asdict(predictor.prm),
+                        "icn": asdict(predictor.icn_settings)}
+            predictor.graphs = GraphEngines(directory, backend, predictor.device, settings, predictor.enhances)
+        return predictor
 
     @property
     def input_size(self) -> int:
@@ -132,12 +150,35 @@ class Predictor:
         return self.icn is not None and self.icn_settings.steps > 0
 
     def naive_maps(self, images: list[np.ndarray]) -> NaiveMaps:
-        """Preprocess, one recorded forward, peaks, one batched backward. ``images``: uint8 RGB."""
+        """Preprocess, one recorded forward, peaks, one batched backward (or the PRM graph).
+        ``images``: uint8 RGB."""
         x = torch.stack([preprocess(im, self.input_size) for im in images]).to(self.device)
+        if self.graphs is not None:
+            return self._graph_maps(x)
         rec = recorded_forward(self.model, x)
         peaks = find_peaks(rec.maps, rec.scores, self.peaks, self.model.settings.sub_pixel)
         prms = peak_response_maps(self.model, rec, peaks, self.prm)
         return NaiveMaps(x, rec.maps.detach(), rec.scores.detach(), peaks, prms)
+
+    def _graph_maps(self, x: torch.Tensor) -> NaiveMaps:
+        """The PRM graph's fixed slots -> the valid peaks in order, as the eager path lists them."""
+        out = self.graphs.prm(images=x)
+        valid = out["peak_valid"].to(self.device)
+        image, _ = valid.nonzero(as_tuple=True)
+        peaks = Peaks(image, out["peak_class"].to(self.device)[valid].long(), out["peak_y"].to(self.device)[valid].long(),
+                      out["peak_x"].to(self.device)[valid].long(), out["peak_value"].to(self.device)[valid])
+        return NaiveMaps(x, out["maps"].to(self.device), out["scores"].to(self.device), peaks,
+                         out["prms"].to(self.device)[valid])
+
+    def enhance(self, naive: NaiveMaps) -> torch.Tensor:
+        """The ICN's T steps on every peak's PRM, ``chunk`` peaks at a time -> ``float [K, S, S]``."""
+        steps, chunk = self.icn_settings.steps, self.icn_settings.chunk
+        if self.graphs is None or self.graphs.icn is None:
+            return enhance(self.icn, naive.x, naive.peaks.image, naive.prms, steps, chunk)
+        image_of = naive.peaks.image
+        out = [self.graphs.icn(images=naive.x[image_of[s: s + chunk]], prms=naive.prms[s: s + chunk])["enhanced"]
+               for s in range(0, len(image_of), chunk)]
+        return torch.cat(out).to(self.device) if out else naive.prms
 
     def predict(self, images: list[np.ndarray], proposals: list[Proposals]) -> list[Prediction]:
         """``images``: uint8 RGB ``[H, W, 3]`` each; ``proposals``: one per image, at its size."""
@@ -147,8 +188,7 @@ class Predictor:
         peaks = naive.peaks
         enhanced = None
         if self.enhances:
-            enhanced = enhance(self.icn, naive.x, peaks.image, naive.prms, self.icn_settings.steps,
-                               self.icn_settings.chunk).cpu().numpy()
+            enhanced = self.enhance(naive).cpu().numpy()
         prms = naive.prms.cpu().numpy()
         maps = naive.maps.cpu().numpy()
         scores = naive.scores.cpu().numpy()

@@ -1,0 +1,113 @@
+"""The two inference graphs as PyTorch modules with static control flow, the exact code
+that :mod:`icn_rt.export.onnx` traces (DESIGN.md §2, §4).
+
+- :class:`PRMGraph`: normalised images in; class scores, class maps, the peaks (Eq. 1,
+  in ``slots`` fixed places per image with a validity flag) and the naive PRMs out. The
+  peak backpropagation is :mod:`icn_rt.models.backprop`'s explicit VJP: forward
+  operators only, no autograd at run time. Every image's activations are repeated for
+  its ``slots`` peaks, so the backward runs over B·slots maps; an empty slot gets a
+  zero seed and a zero PRM.
+- :class:`ICNGraph`: per peak, the normalised image and its PRM in; the T enhancement
+  steps unrolled with shared weights (min-max normalisation inside), the enhanced map
+  and its binarisation (min-max, ≥ ``binarize``) out.
+
+Both compute exactly what the eager predictor computes (tested): the same peaks in the
+same order (the first ``slots`` by value, as ``max_peaks``), the same PRMs and maps.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from icn_rt.models.backprop import Tape, record, upsample_weights, vjp
+from icn_rt.models.classifier import PeakClassifier
+from icn_rt.models.icn import ICN, minmax
+from icn_rt.models.peak_stimulation import mean_at, stimulation_peaks
+from icn_rt.models.peaks import PeakSettings, peak_mask, peak_slots
+from icn_rt.models.prm import PRMSettings, normalise_prm
+
+PRM_INPUTS = ("images",)
+PRM_OUTPUTS = ("scores", "maps", "peak_class", "peak_y", "peak_x", "peak_value", "peak_valid", "prms")
+ICN_INPUTS = ("images", "prms")
+ICN_OUTPUTS = ("enhanced", "masks")
+
+
+class PRMGraph(nn.Module):
+    """``forward(images: float [B, 3, S, S])`` -> :data:`PRM_OUTPUTS`: ``scores [B, C]``,
+    ``maps [B, C, H, W]``, ``peak_class, peak_y, peak_x: int32 [B, slots]`` (y, x on
+    ``maps``), ``peak_value: float [B, slots]``, ``peak_valid: bool [B, slots]``,
+    ``prms: float [B, slots, S, S]`` (each sums to 1, or is all zero)."""
+
+    def __init__(self, model: PeakClassifier, peaks: PeakSettings, prm: PRMSettings, slots: int) -> None:
+        super().__init__()
+        if slots < 1:
+            raise ValueError("the PRM graph needs at least one peak slot per image")
+        self.model = model.eval()
+        self.peaks, self.rule, self.slots = peaks, prm.rule, slots
+        size = model.settings.input_size
+        with torch.no_grad():
+            low = model.classifier(model.backbone(torch.zeros(1, 3, size, size)))
+        c, h, w = low.shape[1:]
+        f = model.settings.sub_pixel
+        self.num_classes, self.low_size, self.map_size = c, (h, w), (h * f, w * f)
+        if c * h * f * w * f < slots or c * h * f * w * f >= 2 ** 24:
+            raise ValueError(f"the PRM graph needs slots <= C·H·W < 2^24 (C·H·W = {c * h * f * w * f})")
+        self.register_buffer("rows", upsample_weights(h, f), persistent=False)  # [H, h]
+        self.register_buffer("cols", upsample_weights(w, f), persistent=False)  # [W, w]
+        self.eval()  # the exporter restores the wrapper's mode, recursively
+
+    def forward(self, images: torch.Tensor):
+        model, n = self.model, self.slots
+        tape = Tape()
+        low = record(model.classifier, record(model.backbone, images, tape), tape)
+        maps = model.upsample(low)
+        if model.settings.stimulation:
+            scores = mean_at(maps, stimulation_peaks(maps, model.settings.window))
+        else:
+            scores = maps.mean((2, 3))
+        keep = peak_mask(maps, scores, self.peaks, model.settings.sub_pixel)
+        index, value, valid = peak_slots(maps, keep, n)
+        big_h, big_w = self.map_size
+        cls = torch.div(index, big_h * big_w, rounding_mode="trunc")
+        rest = index - cls * (big_h * big_w)
+        y = torch.div(rest, big_w, rounding_mode="trunc")
+        x = rest - y * big_w
+        # the seed: d maps[c, y, x] / d low, the bilinear weights of (y, x) over the low map
+        dtype = maps.dtype
+        one_c = (cls[..., None] == torch.arange(self.num_classes, dtype=torch.int32, device=maps.device)).to(dtype)
+        one_y = (y[..., None] == torch.arange(big_h, dtype=torch.int32, device=maps.device)).to(dtype)
+        one_x = (x[..., None] == torch.arange(big_w, dtype=torch.int32, device=maps.device)).to(dtype)
+        rows = torch.matmul(one_y, self.rows)  # [B, n, h]
+        cols = torch.matmul(one_x, self.cols)  # [B, n, w]
+        seed = (one_c * valid.to(dtype)[..., None])[..., None, None] * rows[:, :, None, :, None] \
+            * cols[:, :, None, None, :]
+        g = seed.reshape(-1, *seed.shape[2:])  # [B·n, C, h, w]
+
+        def spread(t: torch.Tensor) -> torch.Tensor:
+            return t.unsqueeze(1).expand(-1, n, *t.shape[1:]).reshape(-1, *t.shape[1:])
+
+        g = vjp(model.classifier, g, spread, tape, self.rule)
+        g = vjp(model.backbone, g, spread, tape, self.rule)
+        prms = normalise_prm(g)
+        prms = prms.reshape(-1, n, *prms.shape[1:])
+        return scores, maps, cls, y, x, value, valid, prms
+
+
+class ICNGraph(nn.Module):
+    """``forward(images: float [N, 3, S, S], prms: float [N, S, S])`` -> ``enhanced: float
+    [N, S, S]`` (``V_T`` in [0, 1]) and ``masks: bool [N, S, S]`` (min-max normalised
+    ``V_T`` ≥ ``binarize``). Row i of ``images`` is the image of peak i."""
+
+    def __init__(self, icn: ICN, steps: int, binarize: float = 0.5) -> None:
+        super().__init__()
+        if steps < 1:
+            raise ValueError("the ICN graph needs T >= 1 steps (T = 0 is the naive PRM: no ICN graph)")
+        self.icn, self.steps, self.binarize = icn, steps, binarize
+        self.eval()
+
+    def forward(self, images: torch.Tensor, prms: torch.Tensor):
+        v = prms
+        for _ in range(self.steps):
+            v = torch.sigmoid(self.icn(images, minmax(v)[:, None]))[:, 0]
+        return v, minmax(v) >= self.binarize

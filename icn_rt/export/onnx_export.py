@@ -1,0 +1,208 @@
+"""``icn-rt export MODEL``: the PRM graph and the ICN graph as ONNX files beside the model,
+checked, and a ``manifest.json`` of what was exported with what (DESIGN.md §2, §4).
+
+- ``prm.onnx``: ``images [B, 3, S, S]`` -> :data:`~icn_rt.export.graphs.PRM_OUTPUTS`.
+- ``icn.onnx`` (models with an ICN and T ≥ 1): ``images [N, 3, S, S]``, ``prms [N, S, S]``
+  -> ``enhanced``, ``masks``.
+
+Batch (B, N) is dynamic; S, the classes, the peak slots, T and every threshold are fixed
+at export (the manifest records them). Opset 17, TorchScript exporter, constant folding
+(BN folds into the convolutions, ReLU(W) of the excitation rule becomes its own
+initializer). Every graph is checked with ``onnx.checker`` (full check) and against the
+operators TensorRT's ONNX parser imports (:func:`unsupported_operators`); with
+``verify`` on, onnxruntime runs the graph once on a fixed input and the manifest records
+the largest difference from PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from icn_rt.errors import InputError
+from icn_rt.models.store import CLASSIFIER, ICN_WEIGHTS
+from icn_rt.export.graphs import ICN_INPUTS, ICN_OUTPUTS, PRM_INPUTS, PRM_OUTPUTS, ICNGraph, PRMGraph
+from icn_rt.progress import say
+from icn_rt.runtime.engines import file_sha256
+
+OPSET = 17
+MANIFEST = "manifest.json"
+TENSORRT_OPS = Path(__file__).with_name("tensorrt_onnx_ops.txt")
+
+
+def tensorrt_operators() -> set[str]:
+    """The ONNX operators TensorRT's parser imports (opset ≤ 17), from the list shipped
+    with the package."""
+    lines = TENSORRT_OPS.read_text().splitlines()
+    return {line.strip() for line in lines if line.strip() and not line.startswith("#")}
+
+
+def graph_operators(path: str | Path) -> dict[str, int]:
+    """Operator type -> node count of the ONNX file at ``path`` (subgraphs included)."""
+    import onnx
+
+    counts: dict[str, int] = {}
+
+    def visit(graph) -> None:
+        for node in graph.node:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    visit(attr.g)
+
+    visit(onnx.load(str(path), load_external_data=False).graph)
+    return dict(sorted(counts.items()))
+
+
+def unsupported_operators(path: str | Path) -> list[str]:
+    """Operators of the graph at ``path`` that TensorRT's ONNX parser does not import, and
+    Conv/ConvTranspose nodes whose weights are not initializers (TensorRT needs them so)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    allowed = tensorrt_operators()
+    initializers = {t.name for t in model.graph.initializer}
+    constants = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    bad = sorted({op for op in graph_operators(path) if op not in allowed})
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "ConvTranspose") and not (set(node.input[1:2]) & (initializers | constants)):
+            bad.append(f"{node.op_type} {node.name} (weights not an initializer)")
+        if node.op_type == "MaxPool" and len([o for o in node.output if o]) > 1:
+            bad.append(f"MaxPool {node.name} (indices output)")
+    return bad
+
+
+def _export(module: torch.nn.Module, args: tuple, path: Path, inputs: tuple, outputs: tuple) -> None:
+    dynamic = {name: {0: "batch"} for name in (*inputs, *outputs)}
+    with warnings.catch_warnings():
+        # the tracer warns about Python ints from shapes: every one of them is static here
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), input_names=list(inputs), output_names=list(outputs),
+                          dynamic_axes=dynamic, opset_version=OPSET, do_constant_folding=True, dynamo=False)
+
+
+def _inline_weight_identities(path: Path) -> None:
+    """The exporter shares the weights of the unrolled ICN steps through Identity nodes;
+    TensorRT wants convolution weights as initializers, so consumers are pointed at the
+    initializer itself and the Identity nodes dropped."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    alias = {n.output[0]: n.input[0] for n in graph.node
+             if n.op_type == "Identity" and n.input[0] in initializers and n.output[0] not in outputs}
+    if not alias:
+        return
+    kept = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+    del graph.node[:]
+    graph.node.extend(kept)
+    onnx.save(model, str(path))
+
+
+def _describe(path: Path, inputs: tuple, outputs: tuple) -> dict:
+    import onnx
+
+    _inline_weight_identities(path)
+    onnx.checker.check_model(str(path), full_check=True)
+    bad = unsupported_operators(path)
+    if bad:
+        raise RuntimeError(f"{path}: operators TensorRT does not import: {', '.join(bad)}")
+    return {"file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size, "opset": OPSET,
+            "inputs": list(inputs), "outputs": list(outputs), "operators": graph_operators(path)}
+
+
+def _max_difference(module: torch.nn.Module, path: Path, args: tuple, names: tuple) -> dict[str, float]:
+    """Run the exported graph in onnxruntime (CPU) on ``args``: the largest absolute
+    difference from PyTorch per output (booleans and integers: count of mismatches)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {n: a.numpy() for n, a in zip(names, args)})
+    with torch.no_grad():
+        want = module(*args)
+    diffs = {}
+    for name, g, w in zip([o.name for o in session.get_outputs()], got, want):
+        w = w.numpy()
+        if w.dtype.kind == "f":
+            diffs[name] = float(np.abs(g - w).max()) if w.size else 0.0
+        else:
+            diffs[name] = float((g != w).sum())
+    return diffs
+
+
+def _example_images(size: int) -> torch.Tensor:
+    """Two images of the synthetic benchmark (objects, so the verification sees real peaks
+    and PRMs, not the empty slots of noise), preprocessed."""
+    from icn_rt.data.preprocess import preprocess
+    from icn_rt.data.synth import SynthConfig, render
+
+    config = SynthConfig()
+    return torch.stack([preprocess(render(config, "val", i).image, size) for i in range(2)])
+
+
+def export_model(directory: str | Path, out: str | Path | None = None, slots: int | None = None,
+                 verify: bool = True) -> dict:
+    """Export the model directory's graphs into ``out`` (default: the model directory) and
+    write ``manifest.json`` there; returns the manifest. ``slots``: peaks per image in
+    the PRM graph (default: the model's ``peaks.max_peaks``; it must be > 0)."""
+    from icn_rt.runtime.predictor import Predictor
+
+    directory = Path(directory)
+    out = Path(out) if out else directory
+    out.mkdir(parents=True, exist_ok=True)
+    predictor = Predictor.from_dir(directory)
+    slots = slots or predictor.peaks.max_peaks
+    if slots < 1:
+        raise InputError(directory / "config.json", "peaks.max_peaks is 0 (unbounded); give --slots N for the graph")
+    size = predictor.input_size
+    example = _example_images(size)
+    weights = {name: file_sha256(directory / name) for name in (CLASSIFIER, ICN_WEIGHTS) if (directory / name).is_file()}
+    manifest: dict = {"model": str(directory.resolve()), "weights": weights, "input_size": size,
+                      "classes": list(predictor.classes),
+                      "slots": slots, "settings": {"peaks": asdict(predictor.peaks), "prm": asdict(predictor.prm),
+                                                   "icn": asdict(predictor.icn_settings),
+                                                   "matching": asdict(predictor.matching)},
+                      "versions": _versions(), "graphs": {}}
+    prm_graph = PRMGraph(predictor.model, predictor.peaks, predictor.prm, slots)
+    path = out / "prm.onnx"
+    say(f"exporting the PRM graph ({slots} peak slots per image) -> {path}")
+    _export(prm_graph, (example,), path, PRM_INPUTS, PRM_OUTPUTS)
+    manifest["graphs"]["prm"] = _describe(path, PRM_INPUTS, PRM_OUTPUTS)
+    if verify:
+        manifest["graphs"]["prm"]["max_difference"] = _max_difference(prm_graph, path, (example,), PRM_INPUTS)
+    if predictor.enhances:
+        settings = predictor.icn_settings
+        binarize = predictor.matching.binarize if predictor.matching.binarize is not None else 0.5
+        icn_graph = ICNGraph(predictor.icn, settings.steps, binarize)
+        with torch.no_grad():
+            prm = prm_graph(example)[-1][:, 0]  # each image's first peak's PRM (or zeros)
+        path = out / "icn.onnx"
+        say(f"exporting the ICN graph (T = {settings.steps} steps unrolled) -> {path}")
+        _export(icn_graph, (example, prm), path, ICN_INPUTS, ICN_OUTPUTS)
+        manifest["graphs"]["icn"] = {**_describe(path, ICN_INPUTS, ICN_OUTPUTS), "steps": settings.steps,
+                                     "binarize": binarize}
+        if verify:
+            manifest["graphs"]["icn"]["max_difference"] = _max_difference(icn_graph, path, (example, prm), ICN_INPUTS)
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+
+    from icn_rt import __version__
+
+    return {"icn_rt": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "python": platform.python_version()}

@@ -1,0 +1,289 @@
+"""Export and engines: the exportable forms of peak finding and max-pool routing, the
+graph modules against the eager predictor, the ONNX graphs against PyTorch in
+onnxruntime, TensorRT's operator list, and the engine backends."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from icn_rt.cli import app
+from icn_rt.data.images import read_image
+from icn_rt.data.proposals import load_proposals, proposal_path
+from icn_rt.data.voc import VOCDataset
+from icn_rt.errors import InputError
+from icn_rt.export.graphs import PRMGraph
+from icn_rt.export.onnx_export import export_model, tensorrt_operators, unsupported_operators
+from icn_rt.models.backprop import Tape, by_index, record, vjp
+from icn_rt.models.classifier import ClassifierSettings, PeakClassifier
+from icn_rt.models.peak_stimulation import local_maxima, lower_median
+from icn_rt.models.peaks import PeakSettings, find_peaks
+from icn_rt.models.prm import PRMSettings, peak_response_maps, recorded_forward
+from icn_rt.runtime.engines import OnnxRuntimeEngine, TorchEngine, pick_backend, tensorrt_available
+from icn_rt.runtime.predictor import Predictor
+
+runner = CliRunner()
+ALL_PEAKS = PeakSettings(class_threshold=-1e9, peak_threshold=-1e9, max_peaks=6)
+
+
+def _indexed_local_maxima(maps, window):
+    """The former definition: max-pool's argmax is the pixel itself."""
+    h, w = maps.shape[-2:]
+    r = window // 2
+    _, idx = F.max_pool2d(F.pad(maps, (r, r, r, r), value=float("-inf")), window, stride=1, return_indices=True)
+    own = (torch.arange(h)[:, None] + r) * (w + 2 * r) + torch.arange(w)[None, :] + r
+    return idx == own
+
+
+@pytest.mark.parametrize("window", [1, 3, 5])
+def test_index_free_local_maxima_equal_max_pool_indices_on_ties(window):
+    for seed in range(50):
+        maps = torch.randint(0, 3, (2, 2, 9, 11), generator=torch.Generator().manual_seed(seed)).float()
+        assert torch.equal(local_maxima(maps, window), _indexed_local_maxima(maps, window))
+
+
+def test_lower_median_by_top_k():
+    for n in range(1, 9):
+        flat = torch.randn(4, n, generator=torch.Generator().manual_seed(n))
+        assert torch.equal(lower_median(flat), flat.median(-1).values)
+
+
+@pytest.mark.parametrize("pool", [torch.nn.MaxPool2d(3, 2, 1), torch.nn.MaxPool2d(2), torch.nn.MaxPool2d(3, 1)])
+def test_max_pool_routing_equals_autograd_with_ties_and_overlapping_windows(pool):
+    # integer inputs: many ties, which must go to the first maximum in row-major order
+    x = torch.randint(0, 4, (2, 3, 11, 10), generator=torch.Generator().manual_seed(0)).float()
+    g = torch.randn(pool(x).shape, generator=torch.Generator().manual_seed(1))
+    tape = Tape()
+    record(pool, x, tape)
+    index = torch.tensor([1, 0, 1])
+    got = vjp(pool, g[index], by_index(index), tape, "gradient")
+    for k, b in enumerate(index.tolist()):
+        xr = x[b: b + 1].clone().requires_grad_(True)
+        want, = torch.autograd.grad((pool(xr) * g[b: b + 1]).sum(), xr)
+        # overlapping windows sum several gradients into one input: only the order differs
+        torch.testing.assert_close(got[k], want[0], rtol=0, atol=1e-6)
+        assert torch.equal(got[k] != 0, want[0] != 0)
+
+
+@pytest.mark.parametrize("rule", ["gradient", "excitation"])
+@pytest.mark.parametrize("backbone,size,sub_pixel,slots", [("small", 48, 2, 6), ("small", 48, 1, 3),
+                                                           ("resnet50", 64, 8, 4)])
+def test_prm_graph_equals_the_eager_peaks_and_prms(rule, backbone, size, sub_pixel, slots):
+    torch.manual_seed(0)
+    model = PeakClassifier(3, ClassifierSettings(backbone=backbone, input_size=size, sub_pixel=sub_pixel)).eval()
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(2))
+    settings = PeakSettings(class_threshold=-1e9, peak_threshold=-1e9, max_peaks=slots)
+    with torch.no_grad():
+        scores, maps, cls, y, xs, value, valid, prms = PRMGraph(model, settings, PRMSettings(rule), slots)(x)
+    rec = recorded_forward(model, x)
+    peaks = find_peaks(rec.maps, rec.scores, settings, sub_pixel)
+    assert len(peaks) > 0 and int(valid.sum()) == len(peaks)
+    assert torch.equal(scores, rec.scores) and torch.equal(maps, rec.maps)
+    image, _ = valid.nonzero(as_tuple=True)
+    assert torch.equal(image, peaks.image)
+    for got, want in ((cls, peaks.cls), (y, peaks.y), (xs, peaks.x)):
+        assert got.dtype == torch.int32 and torch.equal(got[valid].long(), want)
+    assert torch.equal(value[valid], peaks.value)
+    assert torch.equal(prms[valid], peak_response_maps(model, rec, peaks, PRMSettings(rule)))
+    assert (prms[~valid] == 0).all() and (value[~valid] == 0).all()
+
+
+def test_operator_check_flags_what_tensorrt_cannot_import(tmp_path):
+    assert {"Conv", "ConvTranspose", "TopK", "MaxPool", "Resize"} <= tensorrt_operators()
+    assert "MaxUnpool" not in tensorrt_operators()
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+    w = helper.make_tensor_value_info("w", TensorProto.FLOAT, [1, 1, 3, 3])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "z")]
+    idx = helper.make_tensor_value_info("i", TensorProto.INT64, None)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv_of_input"),
+             helper.make_node("MaxPool", ["x"], ["p", "i"], kernel_shape=[2, 2], name="pool_with_indices"),
+             helper.make_node("MaxUnpool", ["p", "i"], ["z"], kernel_shape=[2, 2], name="unpool")]
+    path = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(helper.make_graph(nodes, "bad", [x, w], [*outs, idx])), path)
+    bad = unsupported_operators(path)
+    assert "MaxUnpool" in bad
+    assert any(b.startswith("Conv conv_of_input") for b in bad)
+    assert any(b.startswith("MaxPool pool_with_indices") for b in bad)
+
+
+@pytest.fixture(scope="module")
+def exported(with_icn, tmp_path_factory):
+    model = tmp_path_factory.mktemp("export") / "model"
+    shutil.copytree(with_icn[0], model)
+    r = runner.invoke(app, ["export", str(model)])
+    assert r.exit_code == 0, r.output
+    return model
+
+
+def _val(tiny_voc, n=None):
+    ds = VOCDataset(tiny_voc, "val", load_images=False)
+    ids = ds.ids[:n]
+    images = [read_image(ds.image_path(i)) for i in ids]
+    return images, [load_proposals(proposal_path(tiny_voc / "Proposals", i)) for i in ids]
+
+
+def test_export_writes_checked_graphs_of_tensorrt_operators_and_a_manifest(exported):
+    manifest = json.loads((exported / "manifest.json").read_text())
+    assert set(manifest["graphs"]) == {"prm", "icn"}
+    assert manifest["slots"] == 32 and manifest["graphs"]["icn"]["steps"] == 3
+    for name, g in manifest["graphs"].items():
+        path = exported / g["file"]
+        onnx.checker.check_model(str(path), full_check=True)
+        assert unsupported_operators(path) == []
+        ops = set(g["operators"])
+        assert ops <= tensorrt_operators() and "MaxUnpool" not in ops
+        diff = g["max_difference"]
+        assert all(diff[k] == 0 for k in ("peak_class", "peak_y", "peak_x", "peak_valid") if k in diff), diff
+        assert max(diff.values()) < 1e-4, diff
+    assert {"ConvTranspose", "TopK", "Conv", "MaxPool"} <= set(manifest["graphs"]["prm"]["operators"])
+    assert manifest["graphs"]["icn"]["operators"]["Sigmoid"] == 3  # T steps unrolled
+    assert set(manifest["weights"]) == {"classifier.safetensors", "icn.safetensors"}
+    # dynamic batch
+    model = onnx.load(str(exported / "prm.onnx"))
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+def test_onnxruntime_graphs_equal_pytorch_on_synthetic_images(exported, tiny_voc):
+    predictor = Predictor.from_dir(exported)
+    images, _ = _val(tiny_voc)
+    naive = predictor.naive_maps(images)
+    assert len(naive.peaks) > 0
+    from icn_rt.data.preprocess import preprocess
+
+    prm = OnnxRuntimeEngine(exported / "prm.onnx")
+    graph = TorchEngine(PRMGraph(predictor.model, predictor.peaks, predictor.prm, 32), ("images",),
+                        ("scores", "maps", "peak_class", "peak_y", "peak_x", "peak_value", "peak_valid", "prms"))
+    for batch in (images[:1], images):  # dynamic batch
+        x = torch.stack([preprocess(im, 64) for im in batch])
+        got, want = prm(images=x), graph(images=x)
+        for name in ("peak_class", "peak_y", "peak_x", "peak_valid"):
+            assert torch.equal(got[name], want[name]), name  # peaks identical
+        for name, tol in (("scores", 1e-5), ("maps", 1e-5), ("peak_value", 1e-5), ("prms", 1e-6)):
+            torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=tol)
+    # ICN graph: T steps on each peak's image and PRM
+    icn = OnnxRuntimeEngine(exported / "icn.onnx")
+    out = icn(images=naive.x[naive.peaks.image], prms=naive.prms)
+    from icn_rt.models.icn import enhance, minmax
+
+    want = enhance(predictor.icn, naive.x, naive.peaks.image, naive.prms, 3)
+    torch.testing.assert_close(out["enhanced"], want, rtol=1e-4, atol=1e-5)
+    assert torch.equal(out["masks"], minmax(want) >= 0.5) or \
+        (out["masks"] != (minmax(want) >= 0.5)).float().mean() < 1e-4
+
+
+def test_onnxruntime_backend_gives_the_instances_of_the_torch_backend(exported, tiny_voc, tmp_path):
+    images, props = _val(tiny_voc)
+    eager = Predictor.from_dir(exported).predict(images, props)
+    ort = Predictor.from_dir(exported, backend="onnxruntime")
+    assert ort.backend == "onnxruntime"
+    graphs = ort.predict(images, props)
+    assert sum(len(p.instances) for p in eager) > 0
+    for a, b in zip(eager, graphs):
+        assert [(i.class_id, i.proposal, i.peak) for i in a.instances] == \
+               [(i.class_id, i.proposal, i.peak) for i in b.instances]
+        for i, j in zip(a.instances, b.instances):
+            assert np.array_equal(i.mask, j.mask) and abs(i.score - j.score) < 1e-4
+    # and through the CLI
+    paths = [str(p) for p in sorted((tiny_voc / "JPEGImages").glob("val_*.jpg"))[:3]]
+    outs = []
+    for backend in ("torch", "onnxruntime"):
+        results = tmp_path / f"{backend}.json"
+        r = runner.invoke(app, ["infer", str(exported), *paths, "--proposals", str(tiny_voc / "Proposals"),
+                                "--out", str(results), "--backend", backend])
+        assert r.exit_code == 0, r.output
+        outs.append([(d["image_id"], d["category_id"], d["segmentation"]["counts"])
+                     for d in json.loads(results.read_text())])
+    assert outs[0] == outs[1] and outs[0]
+
+
+def test_engines_refuse_stale_graphs_and_other_settings(exported, tmp_path):
+    model = tmp_path / "m"
+    shutil.copytree(exported, model)
+    with pytest.raises(InputError, match="T = 3.*T = 2"):
+        Predictor.from_dir(model, backend="onnxruntime", icn_steps=2)
+    assert Predictor.from_dir(model, backend="onnxruntime", icn_steps=0).graphs.icn is None
+    original = (model / "config.json").read_text()
+    config = json.loads(original)
+    config["peaks"]["sigma"] = 2.0
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="other peaks settings"):
+        Predictor.from_dir(model, backend="onnxruntime")
+    (model / "config.json").write_text(original)
+    weights = load_file(str(model / "classifier.safetensors"))
+    weights = {k: v + 1e-3 if v.is_floating_point() else v for k, v in weights.items()}
+    save_file(weights, str(model / "classifier.safetensors"))  # retrained after the export
+    with pytest.raises(InputError, match="another classifier.safetensors"):
+        Predictor.from_dir(model, backend="onnxruntime")
+    missing = tmp_path / "none"
+    shutil.copytree(exported, missing)
+    (missing / "manifest.json").unlink()
+    r = runner.invoke(app, ["infer", str(missing), "x.jpg", "--proposals", str(tmp_path), "--backend", "onnxruntime"])
+    assert r.exit_code == 2 and "icn-rt export" in r.output
+
+
+def test_auto_backend_on_cpu_is_torch(exported):
+    assert pick_backend("auto", torch.device("cpu"), exported) == "torch"
+    with pytest.raises(ValueError, match="unknown backend"):
+        pick_backend("tflite", torch.device("cpu"), exported)
+
+
+@pytest.mark.skipif(tensorrt_available(), reason="TensorRT is installed here")
+def test_build_engine_without_tensorrt_says_how_to_install_it(exported):
+    r = runner.invoke(app, ["build-engine", str(exported)])
+    assert r.exit_code == 2 and "TensorRT is not installed" in r.output and "pip install tensorrt" in r.output
+
+
+def _cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+_NO_TENSORRT = ("TensorRT is not installed (pip install tensorrt)" if not tensorrt_available() else
+                "TensorRT needs a CUDA GPU" if not _cuda() else None)
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(_NO_TENSORRT is not None, reason=_NO_TENSORRT or "")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_tensorrt_plans_match_pytorch(exported, tiny_voc, tmp_path, precision):
+    model = tmp_path / "m"
+    shutil.copytree(exported, model)
+    r = runner.invoke(app, ["build-engine", str(model), "--precision", precision, "--max-batch", "8"])
+    assert r.exit_code == 0, r.output
+    images, props = _val(tiny_voc)
+    eager = Predictor.from_dir(model, "cuda").predict(images, props)
+    trt = Predictor.from_dir(model, "cuda", backend="tensorrt")
+    assert trt.backend == "tensorrt"
+    got = trt.predict(images, props)
+    if precision == "fp32":
+        assert [[(i.class_id, i.proposal) for i in p.instances] for p in eager] == \
+               [[(i.class_id, i.proposal) for i in p.instances] for p in got]
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest["plans"]["prm"]["tensorrt"] = "0.0"
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="built with TensorRT 0.0"):
+        Predictor.from_dir(model, "cuda", backend="tensorrt")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
+def test_onnxruntime_io_binding_on_gpu_equals_cpu(exported, tiny_voc):
+    from icn_rt.runtime.engines import onnxruntime_has_gpu
+
+    if not onnxruntime_has_gpu():
+        pytest.skip("onnxruntime has no CUDA execution provider (install onnxruntime-gpu)")
+    from icn_rt.data.preprocess import preprocess
+
+    images, _ = _val(tiny_voc)
+    x = torch.stack([preprocess(im, 64) for im in images])
+    cpu = OnnxRuntimeEngine(exported / "prm.onnx")(images=x)
+    gpu = OnnxRuntimeEngine(exported / "prm.onnx", "cuda")(images=x.cuda())
+    assert gpu["prms"].is_cuda
+    assert torch.equal(gpu["peak_valid"].cpu(), cpu["peak_valid"])
+    torch.testing.assert_close(gpu["prms"].cpu(), cpu["prms"], rtol=1e-3, atol=1e-6)
