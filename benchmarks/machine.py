@@ -16,7 +16,7 @@ def machine_info() -> dict:
         "packages": {},
         "gpu": None,
     }
-    for pkg in ("icn-rt", "numpy", "scipy", "opencv-python-headless", "scikit-image", "torch", "onnxruntime", "numba"):
+    for pkg in ("icn-rt", "numpy", "scipy", "opencv-python-headless", "scikit-image", "torch", "onnx", "onnxruntime", "numba"):
         try:
             info["packages"][pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -287,3 +287,23 @@ def test_onnxruntime_io_binding_on_gpu_equals_cpu(exported, tiny_voc):
     assert gpu["prms"].is_cuda
     assert torch.equal(gpu["peak_valid"].cpu(), cpu["peak_valid"])
     torch.testing.assert_close(gpu["prms"].cpu(), cpu["prms"], rtol=1e-3, atol=1e-6)
+
+
+def test_engine_benchmark_compares_backends_side_by_side(with_icn, tiny_voc, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "engines.json"
+    script = Path(__file__).parents[1] / "benchmarks" / "engines.py"
+    r = subprocess.run([sys.executable, str(script), str(with_icn[0]), str(tiny_voc), "--images", "3",
+                        "--batch-size", "2", "--slots", "4", "--repeats", "1", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    record = json.loads(out.read_text())
+    assert [(row["backend"], row["slots"]) for row in record["rows"]] == [
+        ("torch eager", None), ("torch graph", 4), ("onnxruntime", 4)]
+    assert record["rows"][0]["networks"]["speedup_vs_torch_eager"] == 1.0
+    assert all(row[s]["images_per_s"] > 0 for row in record["rows"] for s in ("networks", "predict"))
+    assert record["onnxruntime_instances_equal_torch_eager"] == {"4": True}
+    assert record["machine"]["packages"]["onnxruntime"]
