@@ -1,5 +1,5 @@
 """The two inference graphs as PyTorch modules with static control flow, the exact code
-that :mod:`icn_rt.export.onnx` traces (DESIGN.md §2, §4).
+that :mod:`icn_rt.export.onnx_export` traces (DESIGN.md §2, §4).
 
 - :class:`PRMGraph`: normalised images in; class scores, class maps, the peaks (Eq. 1,
   in ``slots`` fixed places per image with a validity flag) and the naive PRMs out. The
