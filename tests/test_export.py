@@ -95,6 +95,24 @@ def test_prm_graph_equals_the_eager_peaks_and_prms(rule, backbone, size, sub_pix
     assert (prms[~valid] == 0).all() and (value[~valid] == 0).all()
 
 
+@pytest.mark.parametrize("rule", ["gradient", "excitation"])
+def test_resnet_prm_graph_exports_to_tensorrt_operators_and_runs_in_onnxruntime(rule, tmp_path):
+    from icn_rt.export.graphs import PRM_INPUTS, PRM_OUTPUTS
+    from icn_rt.export.onnx_export import _export
+
+    torch.manual_seed(0)
+    model = PeakClassifier(3, ClassifierSettings(backbone="resnet50", input_size=32, sub_pixel=8)).eval()
+    graph = PRMGraph(model, ALL_PEAKS, PRMSettings(rule), 3)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    path = tmp_path / "prm.onnx"
+    _export(graph, (x,), path, PRM_INPUTS, PRM_OUTPUTS)
+    assert unsupported_operators(path) == []  # ReLU(W) of the excitation rule: initializers too
+    got = OnnxRuntimeEngine(path)(images=x)
+    want = TorchEngine(graph, PRM_INPUTS, PRM_OUTPUTS)(images=x)
+    assert want["peak_valid"].any() and torch.equal(got["peak_valid"], want["peak_valid"])
+    torch.testing.assert_close(got["prms"], want["prms"], rtol=1e-4, atol=1e-6 * float(want["prms"].max()))
+
+
 def test_operator_check_flags_what_tensorrt_cannot_import(tmp_path):
     assert {"Conv", "ConvTranspose", "TopK", "MaxPool", "Resize"} <= tensorrt_operators()
     assert "MaxUnpool" not in tensorrt_operators()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from icn_rt.models.backprop import Tape, record, upsample_weights, vjp
+from icn_rt.models.backprop import Tape, positive_weight, record, upsample_weights, vjp
 from icn_rt.models.classifier import PeakClassifier
 from icn_rt.models.icn import ICN, minmax
 from icn_rt.models.peak_stimulation import mean_at, stimulation_peaks
@@ -56,6 +56,10 @@ class PRMGraph(nn.Module):
         self.register_buffer("rows", upsample_weights(h, f), persistent=False)  # [H, h]
         self.register_buffer("cols", upsample_weights(w, f), persistent=False)  # [W, w]
         self.eval()  # the exporter restores the wrapper's mode, recursively
+        if prm.rule == "excitation":
+            for module in model.modules():
+                if isinstance(module, nn.Conv2d):
+                    positive_weight(module)  # ReLU(W) made now, outside the trace: initializers
 
     def forward(self, images: torch.Tensor):
         model, n = self.model, self.slots

@@ -170,6 +170,21 @@ def _conv_transpose(conv: nn.Conv2d, g: torch.Tensor, weight: torch.Tensor, in_s
     return F.conv_transpose2d(g, weight, None, conv.stride, conv.padding, out_pad, conv.groups, conv.dilation)
 
 
+def positive_weight(conv: nn.Conv2d) -> torch.Tensor:
+    """ReLU(W) of the excitation rule, kept on the module until the weights change: a
+    tensor made outside a trace, so the exported graph holds it as its own initializer
+    (TensorRT wants convolution weights as initializers). :class:`~icn_rt.export.graphs.PRMGraph`
+    makes them before tracing."""
+    w = conv.weight
+    key = (w.data_ptr(), w._version, w.device)
+    cached = conv.__dict__.get("_positive_weight")
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, F.relu(w.detach()).clone())
+        conv.__dict__["_positive_weight"] = cached
+    return cached[1]
+
+
 def _conv_vjp(conv: nn.Conv2d, x: torch.Tensor, g: torch.Tensor, spread: Spread, rule: str) -> torch.Tensor:
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         raise TypeError("peak backpropagation supports zero-padded convolutions with numeric padding")
@@ -177,7 +192,7 @@ def _conv_vjp(conv: nn.Conv2d, x: torch.Tensor, g: torch.Tensor, spread: Spread,
         return _conv_transpose(conv, g, conv.weight, x.shape[-2:])
     if rule == "excitation":
         shifted = x - x.amin(dim=(1, 2, 3), keepdim=True)
-        positive = F.relu(conv.weight)
+        positive = positive_weight(conv)
         z = spread(F.conv2d(shifted, positive, None, conv.stride, conv.padding, conv.dilation, conv.groups))
         g_hat = torch.where(z >= EPS, g / (z.abs() + EPS), torch.zeros_like(g))
         return spread(shifted) * _conv_transpose(conv, g_hat, positive, x.shape[-2:])
