@@ -66,8 +66,6 @@ def save_classifier(directory: str | Path, model: PeakClassifier, classes: tuple
                     sections: dict[str, object]) -> None:
     """Write the classifier weights and a config with ``classes``, its settings and the
     given ``sections`` (dataclasses or dicts), keeping other sections already there."""
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     try:
@@ -76,13 +74,22 @@ def save_classifier(directory: str | Path, model: PeakClassifier, classes: tuple
         config = {"format": FORMAT}
     config["classes"] = list(classes)
     config["classifier"] = asdict(model.settings)
-    for name, value in sections.items():
-        config[name] = asdict(value) if hasattr(value, "__dataclass_fields__") else value
+    _save_weights(directory, CLASSIFIER, model, config, sections)
+
+
+def _save_weights(directory: Path, name: str, module: torch.nn.Module, config: dict,
+                  sections: dict[str, object]) -> None:
+    """Write ``module``'s weights to ``directory/name`` (atomically) and ``config`` with
+    ``sections`` (dataclasses or dicts) and the current versions."""
+    from safetensors.torch import save_file
+
+    for section, value in sections.items():
+        config[section] = asdict(value) if hasattr(value, "__dataclass_fields__") else value
     config["versions"] = versions()
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = directory / (CLASSIFIER + ".tmp")
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    tmp = directory / (name + ".tmp")
     save_file(state, str(tmp))
-    os.replace(tmp, directory / CLASSIFIER)
+    os.replace(tmp, directory / name)
     write_config(directory, config)
 
 
@@ -120,19 +127,10 @@ def _load_weights(path: Path, model: torch.nn.Module) -> None:
 def save_icn(directory: str | Path, icn: ICN, sections: dict[str, object]) -> None:
     """Write ``icn.safetensors`` and the config's ``icn`` section (+ ``sections``) into an
     existing model directory."""
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     config = read_config(directory)
     config["icn"] = asdict(icn.settings)
-    for name, value in sections.items():
-        config[name] = asdict(value) if hasattr(value, "__dataclass_fields__") else value
-    config["versions"] = versions()
-    state = {k: v.detach().contiguous().cpu() for k, v in icn.state_dict().items()}
-    tmp = directory / (ICN_WEIGHTS + ".tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, directory / ICN_WEIGHTS)
-    write_config(directory, config)
+    _save_weights(directory, ICN_WEIGHTS, icn, config, sections)
 
 
 def load_icn(directory: str | Path, config: dict | None = None, device: str | torch.device = "cpu") -> ICN | None:
