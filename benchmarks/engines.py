@@ -108,7 +108,7 @@ def main() -> None:
             export_model(model, slots=slots, verify=False)
             ort = Predictor.from_dir(model, args.device, backend="onnxruntime")
             graph = Predictor.from_dir(model, args.device)
-            graph.graphs = _torch_graphs(graph, slots, ort)
+            graph.graphs = _torch_graphs(graph, slots)
             add("torch graph", graph, slots)
             add("onnxruntime", ort, slots)
             identical[slots] = all(_same_instances(eager.predict(b, p), ort.predict(b, p)) for b, p in batches)
@@ -133,7 +133,7 @@ class _TorchGraphs:
         self.prm, self.icn, self.slots, self.backend = prm, icn, slots, "torch graph"
 
 
-def _torch_graphs(predictor: Predictor, slots: int, like) -> _TorchGraphs:
+def _torch_graphs(predictor: Predictor, slots: int) -> _TorchGraphs:
     prm = TorchEngine(PRMGraph(predictor.model, predictor.peaks, predictor.prm, slots), PRM_INPUTS, PRM_OUTPUTS,
                       predictor.device)
     icn = None

@@ -43,8 +43,15 @@ def tensorrt_operators() -> set[str]:
     return {line.strip() for line in lines if line.strip() and not line.startswith("#")}
 
 
-def graph_operators(path: str | Path) -> dict[str, int]:
-    """Operator type -> node count of the ONNX file at ``path`` (subgraphs included)."""
+def _model(source):
+    import onnx
+
+    return source if isinstance(source, onnx.ModelProto) else onnx.load(str(source))
+
+
+def graph_operators(source) -> dict[str, int]:
+    """Operator type -> node count of an ONNX model (a path or a loaded ``ModelProto``),
+    subgraphs included."""
     import onnx
 
     counts: dict[str, int] = {}
@@ -56,20 +63,19 @@ def graph_operators(path: str | Path) -> dict[str, int]:
                 if attr.type == onnx.AttributeProto.GRAPH:
                     visit(attr.g)
 
-    visit(onnx.load(str(path), load_external_data=False).graph)
+    visit(_model(source).graph)
     return dict(sorted(counts.items()))
 
 
-def unsupported_operators(path: str | Path) -> list[str]:
-    """Operators of the graph at ``path`` that TensorRT's ONNX parser does not import, and
-    Conv/ConvTranspose nodes whose weights are not initializers (TensorRT needs them so)."""
-    import onnx
-
-    model = onnx.load(str(path))
+def unsupported_operators(source) -> list[str]:
+    """Operators of an ONNX model (a path or a loaded ``ModelProto``) that TensorRT's ONNX
+    parser does not import, and Conv/ConvTranspose nodes whose weights are not
+    initializers (TensorRT needs them so)."""
+    model = _model(source)
     allowed = tensorrt_operators()
     initializers = {t.name for t in model.graph.initializer}
     constants = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    bad = sorted({op for op in graph_operators(path) if op not in allowed})
+    bad = sorted({op for op in graph_operators(model) if op not in allowed})
     for node in model.graph.node:
         if node.op_type in ("Conv", "ConvTranspose") and not (set(node.input[1:2]) & (initializers | constants)):
             bad.append(f"{node.op_type} {node.name} (weights not an initializer)")
@@ -87,10 +93,10 @@ def _export(module: torch.nn.Module, args: tuple, path: Path, inputs: tuple, out
                           dynamic_axes=dynamic, opset_version=OPSET, do_constant_folding=True, dynamo=False)
 
 
-def _inline_weight_identities(path: Path) -> None:
+def _inline_weight_identities(path: Path):
     """The exporter shares the weights of the unrolled ICN steps through Identity nodes;
     TensorRT wants convolution weights as initializers, so consumers are pointed at the
-    initializer itself and the Identity nodes dropped."""
+    initializer itself and the Identity nodes dropped. Returns the (loaded) model."""
     import onnx
 
     model = onnx.load(str(path))
@@ -100,7 +106,7 @@ def _inline_weight_identities(path: Path) -> None:
     alias = {n.output[0]: n.input[0] for n in graph.node
              if n.op_type == "Identity" and n.input[0] in initializers and n.output[0] not in outputs}
     if not alias:
-        return
+        return model
     kept = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
     for node in kept:
         for i, name in enumerate(node.input):
@@ -109,18 +115,19 @@ def _inline_weight_identities(path: Path) -> None:
     del graph.node[:]
     graph.node.extend(kept)
     onnx.save(model, str(path))
+    return model
 
 
 def _describe(path: Path, inputs: tuple, outputs: tuple) -> dict:
     import onnx
 
-    _inline_weight_identities(path)
+    model = _inline_weight_identities(path)
     onnx.checker.check_model(str(path), full_check=True)
-    bad = unsupported_operators(path)
+    bad = unsupported_operators(model)
     if bad:
         raise RuntimeError(f"{path}: operators TensorRT does not import: {', '.join(bad)}")
     return {"file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size, "opset": OPSET,
-            "inputs": list(inputs), "outputs": list(outputs), "operators": graph_operators(path)}
+            "inputs": list(inputs), "outputs": list(outputs), "operators": graph_operators(model)}
 
 
 def _max_difference(module: torch.nn.Module, path: Path, args: tuple, names: tuple) -> dict[str, float]:
