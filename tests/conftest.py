@@ -1,3 +1,11 @@
+import os
+import shutil
+
+# Without a GPU, Numba's CUDA kernels run in its simulator; this must be set before
+# anything imports numba. (nvidia-smi, not torch, to keep this import light.)
+if shutil.which("nvidia-smi") is None:
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
 from pathlib import Path
 
 import pytest

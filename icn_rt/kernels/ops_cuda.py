@@ -1,0 +1,590 @@
+"""The kernels of :mod:`.ops_numpy` in Numba CUDA: same functions, same results.
+
+Arrays are PyTorch CUDA tensors, shared with Numba zero-copy (``cuda.as_cuda_array``)
+and launched on PyTorch's current stream, so nothing goes back to the host between
+stages; results come back as tensors on the same device. Packed words travel as
+``torch.int32`` (PyTorch's unsigned 32-bit type has few operations) and are read by the
+kernels as ``uint32``. Under ``NUMBA_ENABLE_CUDASIM=1`` (CI, no GPU) the same kernels
+run in Numba's simulator on CPU tensors or NumPy arrays.
+
+The kernels use shared memory and ``syncthreads`` only — no warp intrinsics, which the
+simulator lacks — and per-thread accumulators of at most :data:`MAX_MAPS` maps (callers
+with more maps are served in chunks). Float sums (over runs, segments) add the same
+numbers as the CPU in another order: equal to rounding; integer terms are exact.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from numba import config, cuda
+
+from .ops_numpy import WORD, words_per_row
+
+FULL = 0xFFFFFFFF
+MAX_MAPS = 64
+SIMULATED = bool(config.ENABLE_CUDASIM)
+THREADS = 32 if SIMULATED else 128
+
+
+# --- arrays -----------------------------------------------------------------------------
+
+def _is_torch(x) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _device(x):
+    """A Numba view of ``x`` (no copy): a CUDA tensor's memory, or in the simulator the
+    array itself."""
+    if _is_torch(x):
+        if x.is_cuda:
+            return cuda.as_cuda_array(x.contiguous())
+        if not SIMULATED:
+            raise TypeError("the CUDA kernels take CUDA tensors; this one is on the CPU")
+        return x.contiguous().numpy()
+    if not SIMULATED:
+        raise TypeError("the CUDA kernels take CUDA tensors; got a NumPy array")
+    return np.ascontiguousarray(x)
+
+
+def _words(x):
+    """Packed words (int32 tensor or uint32 array) as a ``uint32`` Numba view."""
+    view = _device(x)
+    return view.view(np.uint32) if view.dtype != np.uint32 else view
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+_TORCH_DTYPES = {np.dtype(np.uint32): "int32", np.dtype(np.int64): "int64", np.dtype(np.float64): "float64",
+                 np.dtype(np.bool_): "bool", np.dtype(np.uint8): "uint8", np.dtype(np.int32): "int32"}
+
+
+def _empty(like, shape, dtype, fill=None):
+    """A new array on ``like``'s device (a tensor for a tensor, NumPy in the simulator)."""
+    dtype = np.dtype(dtype)
+    if _is_torch(like):
+        torch = _torch()
+        kind = getattr(torch, _TORCH_DTYPES[dtype])
+        out = torch.empty(shape, dtype=kind, device=like.device) if fill is None else \
+            torch.full(shape, fill, dtype=kind, device=like.device)
+        return out
+    return np.empty(shape, dtype) if fill is None else np.full(shape, fill, dtype)
+
+
+def _stream():
+    """PyTorch's current stream as a Numba stream (ordering with PyTorch's work is ours)."""
+    if SIMULATED:
+        return 0
+    torch = _torch()
+    return cuda.external_stream(torch.cuda.current_stream().cuda_stream)
+
+
+def _blocks(n: int, threads: int = THREADS) -> int:
+    return max(1, math.ceil(n / threads))
+
+
+# --- device functions -------------------------------------------------------------------
+
+@cuda.jit(device=True, inline=True)
+def _popc(v):
+    return cuda.popc(v)
+
+
+@cuda.jit(device=True, inline=True)
+def _ctz(v):
+    """Trailing zeros of a non-zero word."""
+    return cuda.popc((v - 1) & ~v & FULL)
+
+
+@cuda.jit(device=True, inline=True)
+def _last_mask(width):
+    rest = width - WORD * ((width + WORD - 1) // WORD - 1)
+    return FULL if rest == WORD else (1 << rest) - 1
+
+
+@cuda.jit(device=True, inline=True)
+def _word(words, i, y, k, nwords, last, fill):
+    if k < 0 or k >= nwords:
+        return fill
+    v = np.int64(words[i, y, k])
+    if k == nwords - 1:
+        v = (v & last) | (fill & ~last & FULL)
+    return v
+
+
+@cuda.jit(device=True, inline=True)
+def _shifted(words, i, y, k, d, nwords, last, fill):
+    if d == 0:
+        return _word(words, i, y, k, nwords, last, fill)
+    if d > 0:
+        return ((_word(words, i, y, k, nwords, last, fill) >> d)
+                | (_word(words, i, y, k + 1, nwords, last, fill) << (WORD - d))) & FULL
+    return ((_word(words, i, y, k, nwords, last, fill) << -d)
+            | (_word(words, i, y, k - 1, nwords, last, fill) >> (WORD + d))) & FULL
+
+
+@cuda.jit(device=True)
+def _band_word(words, i, y, k, width, size):
+    """Word ``k`` of row ``y`` of the morphological gradient of mask ``i``."""
+    h, nwords = words.shape[1], words.shape[2]
+    r = size // 2
+    last = _last_mask(width)
+    a = np.int64(0)
+    b = np.int64(FULL)
+    for yy in range(max(0, y - r), min(h, y + r + 1)):
+        for d in range(-r, r + 1):
+            a |= _shifted(words, i, yy, k, d, nwords, last, 0)
+            b &= _shifted(words, i, yy, k, d, nwords, last, FULL)
+    return a & ~b & (last if k == nwords - 1 else FULL)
+
+
+# --- kernels ----------------------------------------------------------------------------
+
+def _pack_kernel(masks, out):
+    n, h, w = masks.shape
+    nwords = out.shape[2]
+    t = cuda.grid(1)
+    if t >= n * h * nwords:
+        return
+    i, rest = t // (h * nwords), t % (h * nwords)
+    y, k = rest // nwords, rest % nwords
+    v = np.int64(0)
+    for j in range(min(WORD, w - WORD * k)):
+        if masks[i, y, WORD * k + j]:
+            v |= np.int64(1) << j
+    out[i, y, k] = v
+
+
+def _unpack_kernel(words, out):
+    n, h, w = out.shape
+    t = cuda.grid(1)
+    if t >= n * h * w:
+        return
+    i, rest = t // (h * w), t % (h * w)
+    y, x = rest // w, rest % w
+    out[i, y, x] = (np.int64(words[i, y, x // WORD]) >> (x % WORD)) & 1
+
+
+def _band_kernel(words, width, size, out):
+    n, h, nwords = words.shape
+    t = cuda.grid(1)
+    if t >= n * h * nwords:
+        return
+    i, rest = t // (h * nwords), t % (h * nwords)
+    y, k = rest // nwords, rest % nwords
+    out[i, y, k] = _band_word(words, i, y, k, width, size)
+
+
+def _popcounts_kernel(flat, out):
+    part = cuda.shared.array(THREADS, np.int64)
+    i, tid = cuda.blockIdx.x, cuda.threadIdx.x
+    c = 0
+    for k in range(tid, flat.shape[1], THREADS):
+        c += _popc(np.int64(flat[i, k]))
+    part[tid] = c
+    cuda.syncthreads()
+    step = THREADS // 2
+    while step > 0:
+        if tid < step:
+            part[tid] += part[tid + step]
+        cuda.syncthreads()
+        step //= 2
+    if tid == 0:
+        out[i] = part[0]
+
+
+def _and_counts_kernel(p, q, out):
+    """Block per mask of ``p``; each thread reads its words of the mask once and counts
+    against every map of ``q``, then the block adds the threads' counts."""
+    acc = cuda.local.array(MAX_MAPS, np.int64)
+    part = cuda.shared.array(THREADS, np.int64)
+    i, tid = cuda.blockIdx.x, cuda.threadIdx.x
+    m = q.shape[0]
+    for j in range(m):
+        acc[j] = 0
+    for k in range(tid, p.shape[1], THREADS):
+        v = np.int64(p[i, k])
+        if v != 0:
+            for j in range(m):
+                acc[j] += _popc(v & np.int64(q[j, k]))
+    for j in range(m):
+        part[tid] = acc[j]
+        cuda.syncthreads()
+        step = THREADS // 2
+        while step > 0:
+            if tid < step:
+                part[tid] += part[tid + step]
+            cuda.syncthreads()
+            step //= 2
+        if tid == 0:
+            out[j, i] = part[0]
+        cuda.syncthreads()
+
+
+def _run_sums_kernel(words, prefix, band_size, out):
+    """Block per mask, a thread per row (strided): walk the row's words, add
+    ``prefix[end] - prefix[start]`` for every run of set bits (of the mask, or of its
+    band computed on the fly), then the block adds the rows."""
+    acc = cuda.local.array(MAX_MAPS, np.float64)
+    part = cuda.shared.array(THREADS, np.float64)
+    i, tid = cuda.blockIdx.x, cuda.threadIdx.x
+    h, nwords = words.shape[1], words.shape[2]
+    width = prefix.shape[1] - 1
+    m = prefix.shape[2]
+    for j in range(m):
+        acc[j] = 0.0
+    for y in range(tid, h, THREADS):
+        carry = np.int64(0)
+        for k in range(nwords):
+            v = _band_word(words, i, y, k, width, band_size) if band_size else np.int64(words[i, y, k])
+            if v == 0 and carry == 0:
+                continue
+            before = ((v << 1) | carry) & FULL
+            starts = v & ~before
+            ends = ~v & before & FULL
+            while starts != 0:
+                x = WORD * k + _ctz(starts)
+                for j in range(m):
+                    acc[j] -= prefix[y, x, j]
+                starts &= starts - 1
+            while ends != 0:
+                x = WORD * k + _ctz(ends)
+                for j in range(m):
+                    acc[j] += prefix[y, x, j]
+                ends &= ends - 1
+            carry = v >> (WORD - 1)
+        if carry:
+            for j in range(m):
+                acc[j] += prefix[y, width, j]
+    for j in range(m):
+        part[tid] = acc[j]
+        cuda.syncthreads()
+        step = THREADS // 2
+        while step > 0:
+            if tid < step:
+                part[tid] += part[tid + step]
+            cuda.syncthreads()
+            step //= 2
+        if tid == 0:
+            out[j, i] = part[0]
+        cuda.syncthreads()
+
+
+def _segment_sums_kernel(labels, maps, out):
+    h, w = labels.shape
+    t = cuda.grid(1)
+    if t >= h * w:
+        return
+    y, x = t // w, t % w
+    s = labels[y, x]
+    if s >= 0:
+        for j in range(maps.shape[0]):
+            cuda.atomic.add(out, (j, s), maps[j, y, x])
+
+
+def _csr_sums_kernel(indptr, indices, values, out):
+    i = cuda.grid(1)
+    if i >= indptr.shape[0] - 1:
+        return
+    for j in range(values.shape[0]):
+        acc = 0.0
+        for t in range(indptr[i], indptr[i + 1]):
+            acc += values[j, indices[t]]
+        out[j, i] = acc
+
+
+def _members_kernel(indptr, indices, out):
+    i = cuda.grid(1)
+    if i >= out.shape[0]:
+        return
+    for k in range(out.shape[1]):
+        out[i, k] = 0
+    for t in range(indptr[i], indptr[i + 1]):
+        s = indices[t]
+        out[i, s // WORD] = np.int64(out[i, s // WORD]) | (np.int64(1) << (s % WORD))
+
+
+def _group_sums_kernel(member, group_indptr, group_labels, values, out):
+    acc = cuda.local.array(MAX_MAPS, np.float64)
+    i = cuda.grid(1)
+    if i >= member.shape[0]:
+        return
+    m = values.shape[0]
+    for j in range(m):
+        acc[j] = 0.0
+    for g in range(group_indptr.shape[0] - 1):
+        inside = 0
+        for t in range(group_indptr[g], group_indptr[g + 1]):
+            s = group_labels[t]
+            inside += (np.int64(member[i, s // WORD]) >> (s % WORD)) & 1
+        if 0 < inside < group_indptr[g + 1] - group_indptr[g]:
+            for j in range(m):
+                acc[j] += values[j, g]
+    for j in range(m):
+        out[j, i] = acc[j]
+
+
+def _over_kernel(flat, area, threshold, over):
+    """Thread per (mask i, 32 masks j): bit j of ``over[i]`` is IoU(i, j) ≥ threshold."""
+    n = flat.shape[0]
+    t = cuda.grid(1)
+    if t >= n * over.shape[1]:
+        return
+    i, block = t // over.shape[1], t % over.shape[1]
+    bits = np.int64(0)
+    for b in range(WORD):
+        j = block * WORD + b
+        if j >= n:
+            break
+        inter = 0
+        for k in range(flat.shape[1]):
+            inter += _popc(np.int64(flat[i, k]) & np.int64(flat[j, k]))
+        union = area[i] + area[j] - inter
+        iou = inter / max(union, 1) if union > 0 else 0.0
+        if iou >= threshold:
+            bits |= np.int64(1) << b
+    over[i, block] = bits
+
+
+def _greedy_kernel(over, order, owner):
+    """One block walks ``order``: an unowned mask is kept and owns every unowned mask
+    its row of ``over`` marks, the threads sharing the row."""
+    tid = cuda.threadIdx.x
+    n = owner.shape[0]
+    for t in range(n):
+        i = order[t]
+        cuda.syncthreads()
+        if owner[i] >= 0:
+            continue
+        cuda.syncthreads()
+        for j in range(tid, n, THREADS):
+            if j == i:
+                owner[j] = i
+            elif owner[j] < 0 and (np.int64(over[i, j // WORD]) >> (j % WORD)) & 1:
+                owner[j] = i
+
+
+def _top_k_kernel(flat, order, valid, k, out):
+    """Block per row of ``order``: walk it, the threads sharing each containment test."""
+    flag = cuda.shared.array(1, np.int32)
+    r, tid = cuda.blockIdx.x, cuda.threadIdx.x
+    kept = 0
+    for t in range(valid[r]):
+        if kept == k:
+            break
+        i = order[r, t]
+        inside = False
+        for q in range(kept):
+            j = out[r, q]
+            cuda.syncthreads()
+            if tid == 0:
+                flag[0] = 0
+            cuda.syncthreads()
+            for w in range(tid, flat.shape[1], THREADS):
+                if np.int64(flat[i, w]) & ~np.int64(flat[j, w]) & FULL:
+                    flag[0] = 1
+            cuda.syncthreads()
+            if flag[0] == 0:
+                inside = True
+                break
+        if not inside:
+            cuda.syncthreads()
+            if tid == 0:
+                out[r, kept] = i
+            kept += 1
+            cuda.syncthreads()
+
+
+_SIGNATURES = {
+    "pack": (_pack_kernel, "void(uint8[:, :, ::1], uint32[:, :, ::1])"),
+    "unpack": (_unpack_kernel, "void(uint32[:, :, ::1], uint8[:, :, ::1])"),
+    "band": (_band_kernel, "void(uint32[:, :, ::1], int64, int64, uint32[:, :, ::1])"),
+    "popcounts": (_popcounts_kernel, "void(uint32[:, ::1], int64[::1])"),
+    "and_counts": (_and_counts_kernel, "void(uint32[:, ::1], uint32[:, ::1], int64[:, ::1])"),
+    "run_sums": (_run_sums_kernel, "void(uint32[:, :, ::1], float64[:, :, ::1], int64, float64[:, ::1])"),
+    "segment_sums": (_segment_sums_kernel, "void(int32[:, ::1], float64[:, :, ::1], float64[:, ::1])"),
+    "csr_sums": (_csr_sums_kernel, "void(int64[::1], int32[::1], float64[:, ::1], float64[:, ::1])"),
+    "members": (_members_kernel, "void(int64[::1], int32[::1], uint32[:, ::1])"),
+    "group_sums": (_group_sums_kernel, "void(uint32[:, ::1], int64[::1], int32[::1], float64[:, ::1], "
+                                       "float64[:, ::1])"),
+    "over": (_over_kernel, "void(uint32[:, ::1], int64[::1], float64, uint32[:, ::1])"),
+    "greedy": (_greedy_kernel, "void(uint32[:, ::1], int64[::1], int64[::1])"),
+    "top_k": (_top_k_kernel, "void(uint32[:, ::1], int64[:, ::1], int64[::1], int64, int64[:, ::1])"),
+}
+
+
+@functools.cache
+def _kernel(name: str):
+    """Kernel ``name``, compiled for its signature on first use."""
+    func, signature = _SIGNATURES[name]
+    return cuda.jit(signature)(func)
+
+
+def available() -> bool:
+    """Whether these kernels can run: a CUDA GPU Numba can use, or the simulator."""
+    try:
+        return SIMULATED or cuda.is_available()
+    except Exception:  # a driver that fails to initialise is "not available"
+        return False
+
+
+# --- the interface of ops_numpy ----------------------------------------------------------
+
+def _launch(name, blocks, threads, *args):
+    _kernel(name)[blocks, threads, _stream()](*args)
+
+
+def _as(x, dtype):
+    """``x`` as ``dtype`` on its device (a no-op when it already is)."""
+    dtype = np.dtype(dtype)
+    if _is_torch(x):
+        want = getattr(_torch(), _TORCH_DTYPES[dtype])
+        return x if x.dtype == want else x.to(want)
+    return np.asarray(x, dtype)
+
+
+def pack(masks):
+    """``bool [N, H, W]`` -> packed ``[N, H, ceil(W/32)]`` (int32 tensor / uint32 array)."""
+    n, h, w = masks.shape
+    out = _empty(masks, (n, h, words_per_row(w)), np.uint32)
+    view = _device(_as(masks, np.uint8)) if _is_torch(masks) else np.ascontiguousarray(masks).view(np.uint8)
+    _launch("pack", _blocks(_numel(out)), THREADS, view, _words(out))
+    return out
+
+
+def _numel(x) -> int:
+    return x.numel() if _is_torch(x) else x.size
+
+
+def unpack(words, width: int):
+    """Packed ``[N, H, WW]`` -> ``bool [N, H, width]``."""
+    out = _empty(words, (*words.shape[:2], width), np.uint8)
+    _launch("unpack", _blocks(_numel(out)), THREADS, _words(words), _device(out))
+    return out.bool() if _is_torch(out) else out.astype(bool)
+
+
+def band(words, width: int, size: int):
+    """Morphological gradient (``size``² square, odd) of each packed mask, packed."""
+    out = _empty(words, tuple(words.shape), np.uint32)
+    _launch("band", _blocks(_numel(words)), THREADS, _words(words), width, size, _words(out))
+    return out
+
+
+def _flat(words):
+    return words.reshape(len(words), -1)
+
+
+def popcounts(words):
+    out = _empty(words, (len(words),), np.int64)
+    if len(words):
+        _launch("popcounts", len(words), THREADS, _words(_flat(words)), _device(out))
+    return out
+
+
+def _map_chunks(m: int):
+    return [(s, min(s + MAX_MAPS, m)) for s in range(0, m, MAX_MAPS)]
+
+
+def and_counts(p, q):
+    """``|P_n ∩ Q_m|`` -> ``int64 [M, N]``."""
+    out = _empty(p, (len(q), len(p)), np.int64)
+    if len(p) == 0 or len(q) == 0:
+        return out
+    fp, fq = _flat(p), _flat(q)
+    for s, e in _map_chunks(len(q)):
+        _launch("and_counts", len(p), THREADS, _words(fp), _words(fq[s:e]), _device(out[s:e]))
+    return out
+
+
+def prefix_sums(maps):
+    """``float [M, H, W]`` -> ``float64 [H, W+1, M]`` on the maps' device."""
+    if not _is_torch(maps):
+        from .ops_numpy import prefix_sums as host
+
+        return host(maps)
+    torch = _torch()
+    m, h, w = maps.shape
+    out = torch.zeros((h, w + 1, m), dtype=torch.float64, device=maps.device)
+    torch.cumsum(maps.permute(1, 2, 0).to(torch.float64), dim=1, out=out[:, 1:])
+    return out
+
+
+def run_sums(words, prefix, band_size: int = 0):
+    """Each real map summed over each mask (or its band) -> ``float64 [M, N]``."""
+    m = prefix.shape[2]
+    out = _empty(words, (m, len(words)), np.float64)
+    if len(words) == 0 or m == 0:
+        return out
+    for s, e in _map_chunks(m):
+        part = prefix[:, :, s:e]
+        part = part.contiguous() if _is_torch(part) else np.ascontiguousarray(part)
+        _launch("run_sums", len(words), THREADS, _words(words), _device(part), band_size, _device(out[s:e]))
+    return out
+
+
+def segment_sums(labels, maps, count: int):
+    out = _empty(maps, (len(maps), count), np.float64, fill=0.0)
+    if len(maps) and labels.shape[0] * labels.shape[1]:
+        _launch("segment_sums", _blocks(labels.shape[0] * labels.shape[1]), THREADS,
+                _device(_as(labels, np.int32)), _device(_as(maps, np.float64)), _device(out))
+    return out
+
+
+def csr_sums(indptr, indices, values):
+    out = _empty(values, (len(values), len(indptr) - 1), np.float64)
+    if len(indptr) > 1:
+        _launch("csr_sums", _blocks(len(indptr) - 1), THREADS, _device(_as(indptr, np.int64)),
+                _device(_as(indices, np.int32)), _device(_as(values, np.float64)), _device(out))
+    return out
+
+
+def members(indptr, indices, count: int):
+    out = _empty(indptr, (len(indptr) - 1, words_per_row(count)), np.uint32)
+    if len(indptr) > 1:
+        _launch("members", _blocks(len(indptr) - 1), THREADS, _device(_as(indptr, np.int64)),
+                _device(_as(indices, np.int32)), _words(out))
+    return out
+
+
+def group_sums(member, group_indptr, group_labels, values):
+    m = len(values)
+    out = _empty(values, (m, len(member)), np.float64)
+    if len(member) == 0 or m == 0:
+        return out
+    for s, e in _map_chunks(m):
+        part = values[s:e]
+        _launch("group_sums", _blocks(len(member)), THREADS, _words(member), _device(_as(group_indptr, np.int64)),
+                _device(_as(group_labels, np.int32)), _device(_as(part, np.float64)), _device(out[s:e]))
+    return out
+
+
+def nms(words, order, threshold: float):
+    """Greedy mask NMS -> ``(keep int64 [n] in order taken, owner int64 [N])``."""
+    n = len(words)
+    owner = _empty(words, (n,), np.int64, fill=-1)
+    if n == 0:
+        return _empty(words, (0,), np.int64), owner
+    flat = _flat(words)
+    area = popcounts(flat)
+    over = _empty(words, (n, words_per_row(n)), np.uint32)
+    _launch("over", _blocks(n * words_per_row(n)), THREADS, _words(flat), _device(area), float(threshold),
+            _words(over))
+    order = _as(order, np.int64)
+    _launch("greedy", 1, THREADS, _words(over), _device(order), _device(owner))
+    keep = order[owner[order] == order]
+    return keep, owner
+
+
+def top_k_not_contained(words, order, valid, k: int):
+    """See :func:`.ops_numpy.top_k_not_contained` -> ``int64 [K, k]`` (-1 padded)."""
+    out = _empty(words, (len(order), k), np.int64, fill=-1)
+    if len(order):
+        _launch("top_k", len(order), THREADS, _words(_flat(words)), _device(_as(order, np.int64)),
+                _device(_as(valid, np.int64)), k, _device(out))
+    return out

@@ -1,0 +1,226 @@
+"""Every kernel, Numba CPU and Numba CUDA (the simulator without a GPU), against its
+NumPy reference on random inputs and edge cases. Integer results and everything derived
+from them are compared exactly; real-valued sums (added in another order) to 1e-12
+relative."""
+
+import numpy as np
+import pytest
+from numba import config
+
+from icn_rt.kernels import ops
+from icn_rt.kernels import ops_numpy as ref
+from icn_rt.kernels.reference import contour_band
+
+CUDA = pytest.param("cuda", id="cuda-simulator" if config.ENABLE_CUDASIM else "cuda-gpu",
+                    marks=[] if config.ENABLE_CUDASIM else [pytest.mark.gpu])
+FAST = ["cpu", CUDA]
+
+
+def blobs(rng, n, h, w, density=0.3):
+    """Random masks with structure: rectangles, noise, empty and full ones."""
+    masks = np.zeros((n, h, w), bool)
+    for i in range(n):
+        kind = i % 5
+        if kind == 0:
+            y0, x0 = rng.integers(0, h), rng.integers(0, w)
+            masks[i, y0:y0 + rng.integers(1, h), x0:x0 + rng.integers(1, w)] = True
+        elif kind == 1:
+            masks[i] = rng.random((h, w)) < density
+        elif kind == 2 and i == 2:
+            pass  # empty
+        elif kind == 3 and i == 3:
+            masks[i] = True
+        else:
+            masks[i, rng.integers(0, h):, :rng.integers(1, w + 1)] = True
+    return masks
+
+
+def on(backend, x):
+    """Inputs for ``backend``: the CUDA kernels take CUDA tensors on a GPU, arrays in the simulator."""
+    if backend == "cuda" and not config.ENABLE_CUDASIM:
+        import torch
+
+        return torch.as_tensor(x).cuda()
+    return x
+
+
+def host(x):
+    if type(x).__module__.startswith("torch"):
+        x = x.cpu().numpy()
+    return np.asarray(x)
+
+
+def words_of(backend, w):
+    w = host(w)
+    return w.view(np.uint32) if w.dtype == np.int32 else w
+
+
+SHAPES = [(5, 7), (9, 32), (6, 33), (4, 70)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_pack_round_trip_numpy(shape):
+    masks = blobs(np.random.default_rng(0), 7, *shape)
+    words = ref.pack(masks)
+    assert words.dtype == np.uint32 and words.shape == (7, shape[0], (shape[1] + 31) // 32)
+    np.testing.assert_array_equal(ref.unpack(words, shape[1]), masks)
+    # bit j of word k is pixel 32k + j
+    one = np.zeros((1, 1, shape[1]), bool)
+    one[0, 0, shape[1] - 1] = True
+    assert ref.pack(one)[0, 0, (shape[1] - 1) // 32] == 1 << ((shape[1] - 1) % 32)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_pack_unpack(backend, shape):
+    k = ops(backend)
+    masks = blobs(np.random.default_rng(1), 6, *shape)
+    words = k.pack(on(backend, masks))
+    np.testing.assert_array_equal(words_of(backend, words), ref.pack(masks))
+    np.testing.assert_array_equal(host(k.unpack(words, shape[1])), masks)
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_band_reference_is_contour_band(size):
+    masks = blobs(np.random.default_rng(2), 6, 11, 37)
+    want = np.stack([contour_band(m, size) for m in masks])
+    np.testing.assert_array_equal(ref.unpack(ref.band(ref.pack(masks), 37, size), 37), want)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_band(backend, shape):
+    masks = blobs(np.random.default_rng(3), 6, *shape)
+    words = ref.pack(masks)
+    for size in (3, 5):
+        got = ops(backend).band(on(backend, words), shape[1], size)
+        np.testing.assert_array_equal(words_of(backend, got), ref.band(words, shape[1], size))
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_popcounts_and_counts(backend):
+    rng = np.random.default_rng(4)
+    p, q = ref.pack(blobs(rng, 7, 9, 45)), ref.pack(blobs(rng, 4, 9, 45, 0.6))
+    k = ops(backend)
+    np.testing.assert_array_equal(host(k.popcounts(on(backend, p))), ref.popcounts(p))
+    np.testing.assert_array_equal(host(k.and_counts(on(backend, p), on(backend, q))), ref.and_counts(p, q))
+    assert ref.popcounts(p)[3] == 9 * 45 and ref.popcounts(p)[2] == 0
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("shape", [(6, 32), (7, 45)])
+def test_run_sums(backend, shape):
+    rng = np.random.default_rng(5)
+    masks = blobs(rng, 6, *shape)
+    maps = rng.random((3, *shape))
+    words, prefix = ref.pack(masks), ref.prefix_sums(maps)
+    # the reference is the dense sum itself
+    np.testing.assert_allclose(ref.run_sums(words, prefix), np.einsum("mhw,nhw->mn", maps, masks), rtol=1e-12)
+    k = ops(backend)
+    for band_size in (0, 5):
+        want = ref.run_sums(words, prefix, band_size)
+        got = host(k.run_sums(on(backend, words), on(backend, k.prefix_sums(maps) if backend == "cpu" else prefix),
+                              band_size))
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    # a binary map sums to exact counts
+    binary = (maps > 0.5).astype(np.float64)
+    got = host(k.run_sums(on(backend, words), on(backend, ref.prefix_sums(binary))))
+    np.testing.assert_array_equal(got, ref.and_counts(words, ref.pack(binary > 0.5)))
+
+
+def segments(rng, h=12, w=17, count=9):
+    """A label map with ``count`` segments (one of them absent) and random CSR groups."""
+    labels = rng.integers(0, count - 1, (h // 3 + 1, w // 3 + 1)).repeat(3, 0).repeat(3, 1)[:h, :w].astype(np.int32)
+    groups = [rng.choice(count, rng.integers(1, count), replace=False) for _ in range(7)] + [np.zeros(0, int)]
+    indptr = np.concatenate([[0], np.cumsum([len(g) for g in groups])]).astype(np.int64)
+    return labels, indptr, np.concatenate(groups).astype(np.int32), count
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_segment_sums_and_csr(backend):
+    rng = np.random.default_rng(6)
+    labels, indptr, indices, count = segments(rng)
+    labels[0, :3] = -1
+    maps = rng.random((2, *labels.shape))
+    k = ops(backend)
+    want = ref.segment_sums(labels, maps, count)
+    np.testing.assert_allclose(host(k.segment_sums(on(backend, labels), on(backend, maps), count)), want, rtol=1e-12)
+    counts = ref.segment_sums(labels, np.ones((1, *labels.shape)), count)
+    np.testing.assert_array_equal(host(k.segment_sums(on(backend, labels), on(backend, np.ones((1, *labels.shape))),
+                                                      count)), counts)
+    np.testing.assert_allclose(host(k.csr_sums(on(backend, indptr), on(backend, indices), on(backend, want))),
+                               ref.csr_sums(indptr, indices, want), rtol=1e-12)
+    np.testing.assert_array_equal(host(k.csr_sums(on(backend, indptr), on(backend, indices), on(backend, counts))),
+                                  ref.csr_sums(indptr, indices, counts))
+    np.testing.assert_array_equal(words_of(backend, k.members(on(backend, indptr), on(backend, indices), count)),
+                                  ref.members(indptr, indices, count))
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_boundary_groups_give_the_contour_of_every_union(size):
+    rng = np.random.default_rng(7)
+    labels, indptr, indices, count = segments(rng)
+    group, gptr, glabels = ref.boundary_groups(labels, size)
+    fast = ops("cpu").boundary_groups(labels, size)
+    for a, b in zip(fast, (group, gptr, glabels)):
+        np.testing.assert_array_equal(a, b)
+    member = ref.members(indptr, indices, count)
+    maps = rng.random((2, *labels.shape))
+    gsums = ref.segment_sums(group, maps, len(gptr) - 1)
+    got = ref.group_sums(member, gptr, glabels, gsums)
+    for i in range(len(indptr) - 1):
+        mask = np.isin(labels, indices[indptr[i]:indptr[i + 1]])
+        band = contour_band(mask, size)
+        np.testing.assert_allclose(got[:, i], (maps * band).sum((1, 2)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_group_sums(backend):
+    rng = np.random.default_rng(8)
+    labels, indptr, indices, count = segments(rng)
+    group, gptr, glabels = ref.boundary_groups(labels, 5)
+    member = ref.members(indptr, indices, count)
+    values = rng.random((3, len(gptr) - 1))
+    got = ops(backend).group_sums(on(backend, member), on(backend, gptr), on(backend, glabels), on(backend, values))
+    np.testing.assert_allclose(host(got), ref.group_sums(member, gptr, glabels, values), rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu", CUDA])
+def test_nms_matches_the_method_reference(backend):
+    from icn_rt.kernels.reference import mask_nms
+
+    rng = np.random.default_rng(9)
+    base = blobs(rng, 4, 10, 40)
+    masks = np.concatenate([base, base[:3] ^ (rng.random((3, 10, 40)) < 0.05), np.zeros((1, 10, 40), bool)])
+    scores = rng.permutation(len(masks)).astype(np.float64)
+    scores[1] = scores[5]  # a tie: input order decides
+    order = np.argsort(-scores, kind="stable")
+    for threshold in (0.3, 0.5, 0.9):
+        keep, owner = ops(backend).nms(on(backend, ref.pack(masks)), on(backend, order), threshold)
+        want_keep, want_owner = mask_nms(masks, scores, threshold)
+        np.testing.assert_array_equal(host(keep), want_keep)
+        np.testing.assert_array_equal(host(owner), want_owner)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu", CUDA])
+def test_top_k_not_contained_matches_the_method_reference(backend):
+    from icn_rt.kernels.reference import top_k_not_contained
+
+    rng = np.random.default_rng(10)
+    big = np.zeros((12, 40), bool)
+    big[2:10, 5:30] = True
+    inner = big & (np.arange(40) < 20)[None]
+    masks = np.concatenate([np.stack([big, inner, inner, big]), blobs(rng, 6, 12, 40)])
+    rows = np.stack([rng.random(len(masks)) for _ in range(4)])
+    rows[0, :4] = [0.99, 0.98, 0.97, 0.96]  # inner (twice) and a copy of big lie inside big
+    rows[1, 5] = -np.inf
+    order = np.argsort(-rows, axis=1, kind="stable")
+    valid = np.isfinite(rows).sum(1)
+    for k in (1, 3):
+        got = host(ops(backend).top_k_not_contained(on(backend, ref.pack(masks)), on(backend, order),
+                                                     on(backend, valid), k))
+        for r in range(len(rows)):
+            want = top_k_not_contained(rows[r], masks, k)
+            np.testing.assert_array_equal(got[r], np.concatenate([want, np.full(k - len(want), -1)]))
+    assert host(ops(backend).top_k_not_contained(on(backend, ref.pack(masks)), on(backend, order),
+                                                 on(backend, valid), 3))[0, 1] not in (1, 2, 3)
