@@ -17,7 +17,7 @@ from icn_rt.errors import InputError
 from icn_rt.models.icn import ICN, ICNSettings, enhance, load_pretrained_encoder, minmax
 from icn_rt.models.store import load_icn
 from icn_rt.runtime.predictor import Predictor
-from icn_rt.training.pseudo_labels import proposal_label, saliency_label
+from icn_rt.training.pseudo_labels import proposal_labels, saliency_label
 from tests.conftest import ICN_ARGS
 
 runner = CliRunner()
@@ -151,16 +151,20 @@ def test_pseudo_label_skips_proposals_inside_a_kept_one():
     partial = _box(4, 8, 4, 8)       # overlaps big, not inside it
     apart = _box(8, 10, 0, 2)
     last = _box(0, 2, 8, 10)
-    props = Proposals.from_masks(np.stack([inside, big, partial, apart, last]), np.zeros(5))
-    label, kept = proposal_label(np.array([4.0, 5.0, 3.0, 2.0, 1.0]), props, 3)
-    assert kept.tolist() == [1, 2, 3]
-    np.testing.assert_array_equal(label, big | partial | apart)
-    # kept first, a small one does not stop the larger one that contains it
-    label, kept = proposal_label(np.array([5.0, 4.0, -np.inf, -np.inf, 1.0]), props, 3)
-    assert kept.tolist() == [0, 1, 4]
-    np.testing.assert_array_equal(label, big | last)
-    label, kept = proposal_label(np.array([-np.inf] * 5), props, 3)
-    assert kept.tolist() == [-1, -1, -1] and not label.any()
+    masks = np.stack([inside, big, partial, apart, last])
+    # the same proposals as segments: a superpixel per pixel, ids from 51 up shifted by
+    # one so that id 50 names no pixel; "inside" also lists it and is still inside "big"
+    pixel = np.arange(100).reshape(10, 10)
+    superpixels = pixel + (pixel >= 50)
+    groups = [np.append(superpixels[m], 50) if i == 0 else superpixels[m] for i, m in enumerate(masks)]
+    for props in (Proposals.from_masks(masks, np.zeros(5)), Proposals.from_segments(superpixels, groups, np.zeros(5))):
+        scores = np.array([[4.0, 5.0, 3.0, 2.0, 1.0], [5.0, 4.0, -np.inf, -np.inf, 1.0], [-np.inf] * 5])
+        labels, kept = proposal_labels(scores, props, 3)
+        assert kept.tolist() == [[1, 2, 3], [0, 1, 4], [-1, -1, -1]]
+        np.testing.assert_array_equal(labels[0], big | partial | apart)
+        # kept first, a small one does not stop the larger one that contains it
+        np.testing.assert_array_equal(labels[1], big | last)
+        assert not labels[2].any()
 
 
 def test_saliency_label_takes_the_instance_of_the_class_with_most_prm_mass():

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from numba import config
 
 from icn_rt.data.proposals import Proposals
 from icn_rt.kernels import reference as ref
@@ -14,20 +15,29 @@ def _segments(rng, shape=(24, 20), n_sp=30, n=40) -> Proposals:
     return Proposals.from_segments(sp, groups, np.linspace(1, 0, n))
 
 
+KERNELS = ["numpy", "cpu", pytest.param("cuda", id="cuda-simulator" if config.ENABLE_CUDASIM else "cuda-gpu",
+                                         marks=[] if config.ENABLE_CUDASIM else [pytest.mark.gpu])]
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("form", ["segments", "masks"])
 @pytest.mark.parametrize("binary", [True, False])
-def test_rebalanced_equals_reference(form, binary):
+def test_rebalanced_equals_reference(form, binary, kernels):
     rng = np.random.default_rng(0)
-    props = _segments(rng)
+    props = _segments(rng, n=40 if kernels != "cuda" else 10)
     if form == "masks":
         props = Proposals.from_masks(props.to_masks(), props.scores)
     v = rng.random((3, 24, 20))
     v = (v > 0.6).astype(np.float64) if binary else v
     s = MatchingSettings(score="rebalanced")
-    got = rebalanced(v, props, s)
+    got = rebalanced(v, props, s, kernels)
     masks = props.to_masks()
     for k in range(3):
-        np.testing.assert_allclose(got[k], ref.rebalanced_scores(v[k], masks), rtol=1e-12, atol=1e-9)
+        want = ref.rebalanced_scores(v[k], masks)
+        if binary:  # popcounts: exact
+            np.testing.assert_array_equal(got[k], want)
+        else:
+            np.testing.assert_allclose(got[k], want, rtol=1e-12, atol=1e-9)
 
 
 def test_rebalanced_hand_computed():
@@ -45,16 +55,40 @@ def test_rebalanced_hand_computed():
     assert got[1] == pytest.approx(0.95 * 2 / 8 + 0.1 * 8 - 0.8 * 6)
 
 
-def test_vanilla_equals_reference():
+@pytest.mark.parametrize("kernels", KERNELS)
+@pytest.mark.parametrize("form", ["segments", "masks"])
+def test_vanilla_equals_reference(form, kernels):
     rng = np.random.default_rng(1)
-    props = _segments(rng)
+    props = _segments(rng, n=40 if kernels != "cuda" else 10)
+    if form == "masks":
+        props = Proposals.from_masks(props.to_masks(), props.scores)
     prm = rng.random((2, 24, 20))
     prm /= prm.sum((1, 2), keepdims=True)
     bg = rng.random((2, 24, 20)) > 0.5
-    got = vanilla(prm, props, bg, MatchingSettings(score="vanilla"))
+    got = vanilla(prm, props, bg, MatchingSettings(score="vanilla"), kernels)
     masks = props.to_masks()
     for k in range(2):
         np.testing.assert_allclose(got[k], ref.vanilla_scores(prm[k], masks, bg[k]), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("score", ["vanilla", "rebalanced"])
+def test_cuda_kernels_take_tensors_end_to_end(score):
+    """The GPU path (tensors in, resize and normalise in torch, kernels on the device) picks
+    what the CPU path picks; without a GPU it runs in the simulator on CPU tensors."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    props = _segments(rng, shape=(32, 32), n=8)
+    prms = rng.random((2, 16, 16)).astype(np.float32) ** 4
+    class_maps = rng.random((2, 8, 8)).astype(np.float32)
+    device = "cpu" if config.ENABLE_CUDASIM else "cuda"
+    for form in (props, Proposals.from_masks(props.to_masks(), props.scores)):
+        s = MatchingSettings(score=score, binarize=0.3)
+        want = match(prms, class_maps, form, s, kernels="cpu")
+        got = match(torch.from_numpy(prms).to(device), torch.from_numpy(class_maps), form, s, kernels="cuda")
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
+        np.testing.assert_allclose(got[2], want[2], rtol=1e-5)
 
 
 def test_area_limits_exclude_proposals():

@@ -104,7 +104,7 @@ class Proposals:
     def areas(self) -> np.ndarray:
         """``int64 [N]`` pixel count of each proposal."""
         if self.masks is not None:
-            return self.masks.reshape(len(self), -1).sum(1).astype(np.int64)
+            return self.masks.reshape(len(self), self.shape[0] * self.shape[1]).sum(1).astype(np.int64)
         return self.segment_sums(np.bincount(self.superpixels.ravel(), minlength=self.num_superpixels))
 
     def segment_sums(self, per_superpixel: np.ndarray) -> np.ndarray:

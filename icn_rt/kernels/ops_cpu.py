@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from .ops_numpy import WORD, words_per_row
+from .ops_numpy import WORD, rows, words_per_row
 
 FULL = 0xFFFFFFFF
 
@@ -172,7 +172,7 @@ def _popcounts(flat, out):
 def popcounts(words: np.ndarray) -> np.ndarray:
     """``uint32 [N, ...]`` -> ``int64 [N]``."""
     out = np.empty(len(words), np.int64)
-    _popcounts(words.reshape(len(words), -1), out)
+    _popcounts(rows(words), out)
     return out
 
 
@@ -194,7 +194,7 @@ def _and_counts(p, qt, out):
 def and_counts(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """``p: uint32 [N, ...]``, ``q: uint32 [M, ...]`` -> ``int64 [M, N]``: ``|P_n ∩ Q_m|``."""
     out = np.empty((len(q), len(p)), np.int64)
-    _and_counts(p.reshape(len(p), -1), np.ascontiguousarray(q.reshape(len(q), -1).T), out)
+    _and_counts(rows(p), np.ascontiguousarray(rows(q).T), out)
     return out
 
 
@@ -376,7 +376,7 @@ def _greedy(over, order, owner):
 
 def nms(words: np.ndarray, order: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Greedy mask NMS (see :func:`.ops_numpy.nms`) -> ``(keep, owner)``."""
-    flat = words.reshape(len(words), -1)
+    flat = rows(words)
     over = np.empty((len(flat), len(flat)), np.bool_)
     _over(flat, popcounts(flat), float(threshold), over)
     owner = np.full(len(flat), -1, np.int64)
@@ -409,7 +409,7 @@ def _top_k(flat, order, valid, k, out):
 def top_k_not_contained(words: np.ndarray, order: np.ndarray, valid: np.ndarray, k: int) -> np.ndarray:
     """See :func:`.ops_numpy.top_k_not_contained` -> ``int64 [K, k]`` (-1 padded)."""
     out = np.full((len(order), k), -1, np.int64)
-    _top_k(words.reshape(len(words), -1), np.asarray(order, np.int64), np.asarray(valid, np.int64), k, out)
+    _top_k(rows(words), np.asarray(order, np.int64), np.asarray(valid, np.int64), k, out)
     return out
 
 

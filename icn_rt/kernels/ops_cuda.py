@@ -21,7 +21,7 @@ import math
 import numpy as np
 from numba import config, cuda
 
-from .ops_numpy import WORD, words_per_row
+from .ops_numpy import WORD, rows, words_per_row
 
 FULL = 0xFFFFFFFF
 MAX_MAPS = 64
@@ -476,14 +476,10 @@ def band(words, width: int, size: int):
     return out
 
 
-def _flat(words):
-    return words.reshape(len(words), -1)
-
-
 def popcounts(words):
     out = _empty(words, (len(words),), np.int64)
     if len(words):
-        _launch("popcounts", len(words), THREADS, _words(_flat(words)), _device(out))
+        _launch("popcounts", len(words), THREADS, _words(rows(words)), _device(out))
     return out
 
 
@@ -496,7 +492,7 @@ def and_counts(p, q):
     out = _empty(p, (len(q), len(p)), np.int64)
     if len(p) == 0 or len(q) == 0:
         return out
-    fp, fq = _flat(p), _flat(q)
+    fp, fq = rows(p), rows(q)
     for s, e in _map_chunks(len(q)):
         _launch("and_counts", len(p), THREADS, _words(fp), _words(fq[s:e]), _device(out[s:e]))
     return out
@@ -570,7 +566,7 @@ def nms(words, order, threshold: float):
     owner = _empty(words, (n,), np.int64, fill=-1)
     if n == 0:
         return _empty(words, (0,), np.int64), owner
-    flat = _flat(words)
+    flat = rows(words)
     area = popcounts(flat)
     over = _empty(words, (n, words_per_row(n)), np.uint32)
     _launch("over", _blocks(n * words_per_row(n)), THREADS, _words(flat), _device(area), float(threshold),
@@ -585,6 +581,6 @@ def top_k_not_contained(words, order, valid, k: int):
     """See :func:`.ops_numpy.top_k_not_contained` -> ``int64 [K, k]`` (-1 padded)."""
     out = _empty(words, (len(order), k), np.int64, fill=-1)
     if len(order):
-        _launch("top_k", len(order), THREADS, _words(_flat(words)), _device(_as(order, np.int64)),
+        _launch("top_k", len(order), THREADS, _words(rows(words)), _device(_as(order, np.int64)),
                 _device(_as(valid, np.int64)), k, _device(out))
     return out

@@ -20,6 +20,11 @@ from scipy import ndimage
 WORD = 32
 
 
+def rows(x):
+    """``[N, ...]`` -> ``[N, prod(...)]`` (also for N = 0), for arrays and tensors."""
+    return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))
+
+
 def words_per_row(width: int) -> int:
     return (width + WORD - 1) // WORD
 
@@ -51,13 +56,13 @@ def band(words: np.ndarray, width: int, size: int) -> np.ndarray:
 
 def popcounts(words: np.ndarray) -> np.ndarray:
     """``uint32 [N, ...]`` -> ``int64 [N]`` set bits of each mask."""
-    return np.unpackbits(words.reshape(len(words), -1).view(np.uint8), axis=1).sum(1, dtype=np.int64)
+    return np.unpackbits(rows(words).view(np.uint8), axis=1).sum(1, dtype=np.int64)
 
 
 def and_counts(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """``p: uint32 [N, ...]``, ``q: uint32 [M, ...]`` -> ``int64 [M, N]``: ``|P_n ∩ Q_m|``."""
-    bp = np.unpackbits(p.reshape(len(p), -1).view(np.uint8), axis=1).astype(np.int64)
-    bq = np.unpackbits(q.reshape(len(q), -1).view(np.uint8), axis=1).astype(np.int64)
+    bp = np.unpackbits(rows(p).view(np.uint8), axis=1).astype(np.int64)
+    bq = np.unpackbits(rows(q).view(np.uint8), axis=1).astype(np.int64)
     return bq @ bp.T
 
 
@@ -153,7 +158,7 @@ def top_k_not_contained(words: np.ndarray, order: np.ndarray, valid: np.ndarray,
     """For each row of ``order: int64 [K, N]`` (proposals best first, the first
     ``valid[r]`` eligible): walk it, keep a mask unless it lies inside one already kept,
     stop at ``k`` -> ``int64 [K, k]``, padded with -1."""
-    flat = words.reshape(len(words), -1)
+    flat = rows(words)
     out = np.full((len(order), k), -1, np.int64)
     for r in range(len(order)):
         kept = 0

@@ -25,16 +25,17 @@ Choices (settings, saved in the model's config):
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
 
 from icn_rt.data.proposals import Proposals
+from icn_rt.kernels import ops as kernel_ops
 from icn_rt.kernels.reference import background_map, contour_band
 
 SCORES = ("auto", "rebalanced", "vanilla")
 PLACES = ("image", "input")
-_CHUNK = 256
 
 
 @dataclass
@@ -86,102 +87,280 @@ def resize_masks(props: Proposals, shape: tuple[int, int]) -> Proposals:
     return Proposals.from_masks(out.astype(bool), props.scores)
 
 
-def _area_ok(area: np.ndarray, shape: tuple[int, int], limits: tuple[float, float]) -> np.ndarray:
+def _area_ok(area, shape: tuple[int, int], limits: tuple[float, float]):
     total = shape[0] * shape[1]
     return (area >= limits[0] * total) & (area < limits[1] * total)
 
 
-def _sums(props: Proposals, maps: np.ndarray) -> np.ndarray:
-    """``maps: [M, H, W]`` -> ``float64 [M, N]``: each map summed over each proposal."""
-    n = len(props)
-    out = np.zeros((len(maps), n))
-    if props.is_segments:
-        sp = props.superpixels.ravel()
-        for i, m in enumerate(maps):
-            out[i] = props.segment_sums(np.bincount(sp, weights=m.ravel(), minlength=props.num_superpixels))
-        return out
-    flat = maps.reshape(len(maps), -1).astype(np.float64).T
-    for start in range(0, n, _CHUNK):
-        chunk = props.masks[start:start + _CHUNK].reshape(-1, flat.shape[0]).astype(np.float64)
-        out[:, start:start + _CHUNK] = (chunk @ flat).T
-    return out
+def pick_kernels(device) -> str:
+    """``cuda`` for a CUDA device when Numba can use the GPU, else ``cpu``."""
+    if getattr(device, "type", str(device).split(":")[0]) != "cuda":
+        return "cpu"
+    from icn_rt.kernels import ops_cuda
+
+    return "cuda" if ops_cuda.available() and not ops_cuda.SIMULATED else "cpu"
 
 
-def rebalanced(v: np.ndarray, props: Proposals, settings: MatchingSettings) -> np.ndarray:
+class Prepared:
+    """One image's proposals in the form the kernels of ``backend`` read, made once and
+    reused for all its maps: packed words (mask form) or the superpixel map and CSR on
+    the device (segment form), areas, and (for the vanilla contour on segments) the
+    boundary groups. ``device``: a torch device for ``cuda``; ignored otherwise."""
+
+    def __init__(self, props: Proposals, backend: str = "cpu", device=None):
+        self.props, self.backend = props, backend
+        self.k = kernel_ops(backend)
+        self.device = device
+        self._groups = None
+        if props.is_segments:
+            self.labels = self._to(props.superpixels.astype(np.int32))
+            self.indptr, self.indices = self._to(props.indptr), self._to(props.indices)
+            self.count = props.num_superpixels
+            self.area = self._to(props.areas().astype(np.int64))
+        else:
+            host = kernel_ops("cpu" if backend == "cuda" else backend).pack(props.masks)
+            self.words = self._to(host.view(np.int32) if self._torch else host)
+            self.area = self.k.popcounts(self.words)
+
+    @property
+    def _torch(self) -> bool:
+        return self.backend == "cuda" and self.device is not None
+
+    def _to(self, a: np.ndarray):
+        if self._torch:
+            import torch
+
+            return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+        return a
+
+    def sums(self, maps):
+        """Each map ``[M, H, W]`` (at the proposals' size) summed over each proposal -> ``[M, N]``."""
+        if self.props.is_segments:
+            return self.k.csr_sums(self.indptr, self.indices, self.k.segment_sums(self.labels, maps, self.count))
+        return self.k.run_sums(self.words, self.k.prefix_sums(maps))
+
+    def counts(self, binary):
+        """Binary maps ``[M, H, W]`` -> ``int64 [M, N]`` pixels of each map in each proposal."""
+        if self.props.is_segments:
+            return self.sums(binary)
+        return self.k.and_counts(self.words, self.k.pack(binary))
+
+    def contour_sums(self, maps, width: int):
+        """Each map summed over each proposal's own contour band -> ``[M, N]``."""
+        if not self.props.is_segments:
+            return self.k.run_sums(self.words, self.k.prefix_sums(maps), width)
+        if self._groups is None or self._groups[0] != width:
+            group, gptr, glabels = kernel_ops("numpy" if self.backend == "numpy" else "cpu").boundary_groups(
+                self.props.superpixels, width)
+            member = self.k.members(self.indptr, self.indices, self.count)
+            self._groups = (width, self._to(group), self._to(gptr), self._to(glabels), member, len(gptr) - 1)
+        _, group, gptr, glabels, member, count = self._groups
+        return self.k.group_sums(member, gptr, glabels, self.k.segment_sums(group, maps, count))
+
+
+def _binary(v) -> bool:
+    return bool(((v == 0) | (v == 1)).all())
+
+
+def _cat(parts):
+    if type(parts[0]).__module__.startswith("torch"):
+        import torch
+
+        return torch.cat(parts)
+    return np.concatenate(parts)
+
+
+def _band_of(v, width: int, prepared: Prepared):
+    """E(V) of each map ``[K, H, W]``, dense: the packed band kernel for a binary V (exact),
+    else the grey morphological gradient."""
+    k = prepared.k
+    if _binary(v):
+        dense = k.unpack(k.band(k.pack(v > 0.5), v.shape[2], width), v.shape[2])
+        return _float(dense)
+    if type(v).__module__.startswith("torch"):
+        import torch.nn.functional as F
+
+        r = width // 2
+        grow = F.max_pool2d(v[:, None], width, 1, r)[:, 0]
+        shrink = -F.max_pool2d(-v[:, None], width, 1, r)[:, 0]
+        return grow - shrink
+    return np.stack([contour_band(m, width) for m in v])
+
+
+def rebalanced(v, props: Proposals | Prepared, settings: MatchingSettings, kernels: str = "cpu"):
     """Eq. 5 of ``v: float [K, H, W]`` in [0, 1] against every proposal -> ``float64 [K, N]``
-    (``-inf`` outside the area limits)."""
-    bands = np.stack([contour_band(m, settings.band_width) for m in v]) if len(v) else v
-    inside, band = np.split(_sums(props, np.concatenate([v, bands])), 2)
-    area = props.areas().astype(np.float64)
-    score = (settings.alpha * inside / np.maximum(area, 1) + settings.beta * band
-             - settings.gamma * (area[None] - inside))
-    return np.where(_area_ok(area, props.shape, settings.area_limits)[None], score, -np.inf)
+    (``-inf`` outside the area limits). A binary ``v`` is scored by popcounts, exactly."""
+    return _rebalanced_terms(v, _prepared(props, kernels), settings)[0]
 
 
-def vanilla(prm: np.ndarray, props: Proposals, backgrounds: np.ndarray, settings: MatchingSettings) -> np.ndarray:
+def _prepared(props, kernels: str) -> Prepared:
+    return props if isinstance(props, Prepared) else Prepared(props, kernels)
+
+
+def _rebalanced_terms(v, prepared: Prepared, settings: MatchingSettings):
+    """``(scores, inside)``: Eq. 5 and Σ_P V, both ``[K, N]``."""
+    k = prepared.k
+    if _binary(v) and not prepared.props.is_segments:
+        words = k.pack(v > 0.5)
+        both = k.and_counts(prepared.words, _cat([words, k.band(words, v.shape[2], settings.band_width)]))
+    else:
+        both = prepared.sums(_cat([v, _band_of(v, settings.band_width, prepared)]))
+    inside, edge = _split(both, len(v))
+    area = prepared.area
+    inside, edge = _float(inside), _float(edge)
+    area_f = _float(area)
+    score = (settings.alpha * inside / _clip1(area_f) + settings.beta * edge - settings.gamma * (area_f[None] - inside))
+    return _limit(score, area, prepared.props.shape, settings), inside
+
+
+def _split(x, k: int):
+    return x[:k], x[k:]
+
+
+def _float(x):
+    return x.double() if hasattr(x, "double") else x.astype(np.float64)
+
+
+def _clip1(x):
+    return x.clamp(min=1) if hasattr(x, "clamp") else np.maximum(x, 1)
+
+
+def _limit(score, area, shape, settings: MatchingSettings):
+    ok = _area_ok(area, shape, settings.area_limits)[None]
+    if hasattr(score, "masked_fill"):
+        return score.masked_fill(~ok, float("-inf"))
+    return np.where(ok, score, -np.inf)
+
+
+def vanilla(prm, props: Proposals | Prepared, backgrounds, settings: MatchingSettings, kernels: str = "cpu"):
     """The PRM reference's score of ``prm: float [K, H, W]`` with ``backgrounds: bool [K, H, W]``
     -> ``float64 [K, N]`` (``-inf`` outside the area limits)."""
-    masks = props.to_masks()
-    contours = Proposals.from_masks(np.stack([contour_band(m, settings.band_width) for m in masks])
-                                    if len(masks) else masks, props.scores)
-    dense = Proposals.from_masks(masks, props.scores)
-    inside = _sums(dense, prm)
-    score = (settings.vanilla_balance * inside + _sums(contours, prm)
-             - settings.vanilla_penalty * _sums(dense, backgrounds.astype(np.float64)))
-    area = dense.areas()
-    return np.where(_area_ok(area, props.shape, settings.area_limits)[None], score, -np.inf)
+    return _vanilla_terms(prm, _prepared(props, kernels), backgrounds, settings)[0]
 
 
-def score_proposals(prms: np.ndarray, class_maps: np.ndarray, props: Proposals, settings: MatchingSettings,
-                    enhanced: bool = False) -> tuple[np.ndarray, Proposals, np.ndarray]:
+def _vanilla_terms(prm, prepared: Prepared, backgrounds, settings: MatchingSettings):
+    inside = _float(prepared.sums(prm))
+    edge = _float(prepared.contour_sums(prm, settings.band_width))
+    bg = _float(prepared.counts(backgrounds))
+    score = settings.vanilla_balance * inside + edge - settings.vanilla_penalty * bg
+    return _limit(score, prepared.area, prepared.props.shape, settings), inside
+
+
+class Scored(NamedTuple):
+    """One image's matching: ``scores float64 [K, N]`` (``-inf``: outside the area
+    limits), ``props`` (the proposals as scored: after ``max_proposals`` and, for
+    ``at="input"``, resized), ``maps float64 [K, H, W]`` (the matching maps at their
+    size), ``inside float64 [K, N]`` (each map summed over each proposal), ``area [N]``.
+    Arrays are NumPy, or tensors on the GPU for the ``cuda`` kernels."""
+
+    scores: Any
+    props: Proposals
+    maps: Any
+    inside: Any
+    area: Any
+
+
+def _is_torch(x) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _matching_maps(maps, settings: MatchingSettings):
+    """:func:`matching_map` of every map ``[K, H, W]`` at once, NumPy or torch."""
+    if settings.score == "vanilla":
+        return _float(maps)
+    maps = _float(maps)
+    flat = maps.reshape(len(maps), -1)
+    if _is_torch(maps):
+        lo, hi = flat.min(1).values, flat.max(1).values
+    else:
+        lo, hi = flat.min(1), flat.max(1)
+    span = (hi - lo)[:, None, None]
+    v = (maps - lo[:, None, None]) / _where(span > 0, span, 1.0)
+    v = _where(span > 0, v, 0.0 * v)
+    return _float(v >= settings.binarize) if settings.binarize is not None else v
+
+
+def _where(cond, a, b):
+    if _is_torch(cond):
+        import torch
+
+        return torch.where(cond, a, torch.as_tensor(b, dtype=torch.float64, device=cond.device))
+    return np.where(cond, a, b)
+
+
+def _resized(prms, shape: tuple[int, int]):
+    """Bilinear resize of ``[K, h, w]`` to ``shape``: OpenCV on the host, torch on the GPU."""
+    if _is_torch(prms):
+        import torch.nn.functional as F
+
+        return F.interpolate(prms[:, None].double(), size=tuple(shape), mode="bilinear", align_corners=False)[:, 0]
+    return np.stack([cv2.resize(p, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR) for p in prms])
+
+
+def score_proposals(prms, class_maps, props: Proposals, settings: MatchingSettings, enhanced: bool = False,
+                    kernels: str = "cpu") -> Scored:
     """Every peak's map against every proposal of one image.
 
-    ``prms: float [K, h, w]`` (at the network input's size), ``class_maps: float [K, h', w']``
-    (each peak's class map, for the vanilla background), ``props``: the image's proposals
-    (at the image's size); ``enhanced``: whether the maps are ICN-enhanced (resolves
-    ``score="auto"``). Returns ``(scores float64 [K, N], the proposals as scored (after
-    ``max_proposals`` and, for ``at="input"``, resized), the matching maps float64 [K, H, W]
-    at their size)``; ``-inf`` marks proposals outside the area limits.
+    ``prms: float [K, h, w]`` (at the network input's size; a CUDA tensor for the
+    ``cuda`` kernels), ``class_maps: float [K, h', w']`` (each peak's class map, for the
+    vanilla background), ``props``: the image's proposals (at the image's size);
+    ``enhanced``: whether the maps are ICN-enhanced (resolves ``score="auto"``);
+    ``kernels``: ``numpy``, ``cpu`` or ``cuda`` (:mod:`icn_rt.kernels`).
     """
     settings = settings.resolved(enhanced)
     if settings.max_proposals:
         props = props.select(np.arange(min(settings.max_proposals, len(props))))
     k = len(prms)
+    device = prms.device if _is_torch(prms) else None
     if settings.at == "input":
-        shape = prms.shape[1:]
+        shape = tuple(prms.shape[1:])
         props = resize_masks(props, shape)
-        maps = prms.astype(np.float64)
+        maps = _float(prms)
     else:
         shape = props.shape
-        maps = np.stack([cv2.resize(p, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR) for p in prms]) \
-            if k else np.zeros((0, *shape))
-    v = np.stack([matching_map(m, settings) for m in maps]) if k else np.zeros((0, *shape))
+        maps = _resized(prms, shape) if k else np.zeros((0, *shape))
+    v = _matching_maps(maps, settings) if k else maps
     if k == 0 or len(props) == 0:
-        return np.full((k, len(props)), -np.inf), props, v
+        empty = np.full((k, len(props)), -np.inf)
+        return Scored(empty, props, v, np.zeros((k, len(props))), props.areas())
+    prepared = Prepared(props, kernels, device)
     if settings.score == "vanilla":
-        backgrounds = np.stack([background_map(c, shape, settings.background_factor) for c in class_maps])
-        return vanilla(v, props, backgrounds, settings), props, v
-    return rebalanced(v, props, settings), props, v
+        host_maps = class_maps.cpu().numpy() if _is_torch(class_maps) else class_maps
+        backgrounds = np.stack([background_map(c, shape, settings.background_factor) for c in host_maps])
+        if device is not None:
+            import torch
+
+            backgrounds = torch.from_numpy(backgrounds).to(device)
+        scores, inside = _vanilla_terms(v, prepared, backgrounds, settings)
+    else:
+        scores, inside = _rebalanced_terms(v, prepared, settings)
+    return Scored(scores, props, v, inside, prepared.area)
 
 
-def match(prms: np.ndarray, class_maps: np.ndarray, props: Proposals, settings: MatchingSettings,
-          enhanced: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def match(prms, class_maps, props: Proposals, settings: MatchingSettings, enhanced: bool = False,
+          kernels: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best proposal for each of K peaks of one image (arguments as :func:`score_proposals`).
 
-    Returns ``(best int64 [K] (-1: none in limits), score float64 [K], quality float64 [K])``;
-    ``quality`` is the soft IoU Σ_P V / (|P| + Σ V − Σ_P V) of the map with its proposal.
+    Returns ``(best int64 [K] (-1: none in limits; ties: the first), score float64 [K],
+    quality float64 [K])`` on the host; ``quality`` is the soft IoU Σ_P V / (|P| + Σ V −
+    Σ_P V) of the map with its proposal.
     """
-    scores, props, v = score_proposals(prms, class_maps, props, settings, enhanced)
+    scored = score_proposals(prms, class_maps, props, settings, enhanced, kernels)
     k = len(prms)
-    if scores.shape[1] == 0:
+    if k == 0 or scored.scores.shape[1] == 0:
         return np.full(k, -1, np.int64), np.full(k, -np.inf), np.zeros(k)
-    best = np.where(np.isfinite(scores).any(1), np.argmax(scores, 1), -1)
-    top = np.full(k, -np.inf)
-    quality = np.zeros(k)
-    for i in np.flatnonzero(best >= 0):
-        top[i] = scores[i, best[i]]
-        mask = props.mask(best[i])
-        inside = v[i][mask].sum()
-        union = mask.sum() + v[i].sum() - inside
-        quality[i] = inside / union if union > 0 else 0.0
-    return best.astype(np.int64), top, quality
+    scores, inside, area = (_host(x) for x in (scored.scores, scored.inside, scored.area))
+    total = _host(scored.maps.reshape(k, -1).sum(1))
+    found = np.isfinite(scores).any(1)
+    best = np.where(found, np.argmax(scores, 1), -1).astype(np.int64)
+    rows = np.arange(k)
+    pick = np.maximum(best, 0)
+    top = np.where(found, scores[rows, pick], -np.inf)
+    hit = inside[rows, pick]
+    union = area[pick] + total - hit
+    quality = np.where(found & (union > 0), hit / np.where(union > 0, union, 1), 0.0)
+    return best, top, quality
+
+
+def _host(x) -> np.ndarray:
+    return x.cpu().numpy() if _is_torch(x) else np.asarray(x)

@@ -28,14 +28,14 @@ import torch
 
 from icn_rt.data.preprocess import preprocess
 from icn_rt.data.proposals import Proposals
-from icn_rt.kernels.reference import mask_nms
+from icn_rt.kernels import ops as kernel_ops
 from icn_rt.models.classifier import PeakClassifier
 from icn_rt.models.icn import ICN, ICNSettings, enhance
 from icn_rt.models.peaks import Peaks, PeakSettings, find_peaks
 from icn_rt.models.prm import PRMSettings, peak_response_maps, recorded_forward
 from icn_rt.models.store import load_classifier, load_icn, settings_from
 from icn_rt.runtime.engines import GraphEngines, pick_backend
-from icn_rt.runtime.matching import MatchingSettings, match
+from icn_rt.runtime.matching import MatchingSettings, match, pick_kernels
 
 CONFIDENCES = ("peak_quality", "peak", "match")
 
@@ -108,6 +108,7 @@ class Predictor:
         self.matching = matching or MatchingSettings()
         self.instances = instances or InstanceSettings()
         self.device = torch.device(device)
+        self.kernels = pick_kernels(self.device)
         self.graphs = graphs
 
     @property
@@ -186,10 +187,12 @@ class Predictor:
             return []
         naive = self.naive_maps(images)
         peaks = naive.peaks
-        enhanced = None
-        if self.enhances:
-            enhanced = self.enhance(naive).cpu().numpy()
+        enhanced_maps = self.enhance(naive) if self.enhances else None
+        enhanced = enhanced_maps.cpu().numpy() if enhanced_maps is not None else None
         prms = naive.prms.cpu().numpy()
+        # the CUDA kernels match on the device, from the maps where they are
+        matched = (naive.prms if enhanced_maps is None else enhanced_maps) if self.kernels == "cuda" else \
+            (prms if enhanced is None else enhanced)
         maps = naive.maps.cpu().numpy()
         scores = naive.scores.cpu().numpy()
         image_of, cls, ys, xs, values = (t.cpu().numpy() for t in (peaks.image, peaks.cls, peaks.y, peaks.x,
@@ -198,25 +201,24 @@ class Predictor:
         for b, (image, props) in enumerate(zip(images, proposals)):
             idx = np.flatnonzero(image_of == b)
             found = self._instances(image.shape[:2], props, idx, cls[idx], ys[idx], xs[idx],
-                                    values[idx].astype(np.float64), prms, enhanced, maps[b])
+                                    values[idx].astype(np.float64), prms, enhanced, matched, maps[b])
             out.append(Prediction(found, scores[b]))
         return out
 
     def _instances(self, shape, props: Proposals, idx: np.ndarray, cls: np.ndarray, ys: np.ndarray, xs: np.ndarray,
-                   values: np.ndarray, prms: np.ndarray, enhanced: np.ndarray | None,
+                   values: np.ndarray, prms: np.ndarray, enhanced: np.ndarray | None, matched,
                    maps: np.ndarray) -> list[Instance]:
-        """Instances of one image from its peaks ``idx`` (into ``prms`` and ``enhanced``, the
-        ICN's maps or None) and their class, position and value; ``maps``: the image's
-        class maps."""
-        matched = prms if enhanced is None else enhanced
+        """Instances of one image from its peaks ``idx`` (into ``prms``, ``enhanced`` (the
+        ICN's maps or None) and ``matched`` (the maps to match, where the kernels read
+        them)) and their class, position and value; ``maps``: the image's class maps."""
         best, match_scores, quality = match(matched[idx], maps[cls], props, self.matching,
-                                            enhanced=enhanced is not None)
+                                            enhanced=enhanced is not None, kernels=self.kernels)
         found = np.flatnonzero(best >= 0)
         if len(found) == 0:
             return []
         confidence = {"peak_quality": values * quality, "peak": values, "match": match_scores}[self.instances.confidence]
         masks = props.to_masks(best[found])
-        keep, owner = mask_nms(masks, confidence[found], self.instances.nms_iou)
+        keep, owner = self._nms(masks, confidence[found])
         h, w = shape
         mh, mw = maps.shape[-2:]
         result = []
@@ -228,3 +230,14 @@ class Predictor:
                                    float(match_scores[i]), merged,
                                    None if enhanced is None else enhanced[idx[i]]))
         return result
+
+    def _nms(self, masks: np.ndarray, confidence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Greedy mask NMS by descending confidence (ties: peak order) with the predictor's
+        kernels -> ``(keep, owner)`` on the host."""
+        k = kernel_ops(self.kernels)
+        order = np.argsort(-confidence, kind="stable")
+        if self.kernels == "cuda":
+            dense = torch.from_numpy(masks).to(self.device)
+            keep, owner = k.nms(k.pack(dense), torch.from_numpy(order).to(self.device), self.instances.nms_iou)
+            return keep.cpu().numpy(), owner.cpu().numpy()
+        return k.nms(k.pack(masks), order, self.instances.nms_iou)

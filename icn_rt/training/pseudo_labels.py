@@ -37,7 +37,7 @@ from icn_rt.data.images import read_image
 from icn_rt.data.proposals import Proposals, load_proposals, proposal_path
 from icn_rt.data.voc import VOCDataset
 from icn_rt.errors import InputError
-from icn_rt.kernels.reference import top_k_not_contained
+from icn_rt.kernels import ops as kernel_ops
 from icn_rt.runtime.matching import score_proposals
 
 SUPERVISIONS = ("proposals", "saliency")
@@ -71,13 +71,31 @@ def default_label_dir(model_dir: str | Path, settings: LabelSettings) -> Path:
     return Path(model_dir) / f"labels-{settings.supervision}-{settings.split}"
 
 
-def proposal_label(scores: np.ndarray, props: Proposals, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """One peak's pseudo label from its proposal scores ``float [N]``: ``(bool [H, W] union
-    of the kept proposals, int64 [k] their indices, -1 padded)``."""
-    masks = props.to_masks()
-    kept = top_k_not_contained(scores, masks, k)
-    label = masks[kept].any(0) if len(kept) else np.zeros(props.shape, bool)
-    return label, np.concatenate([kept, np.full(k - len(kept), -1, np.int64)])
+def proposal_labels(scores: np.ndarray, props: Proposals, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pseudo labels of K peaks from their proposal scores ``float [K, N]``: ``(bool [K, H, W]``
+    union of each peak's kept proposals, ``int64 [K, k]`` their indices, -1 padded).
+
+    The top-k-not-contained walk runs on bit sets (Numba, :mod:`icn_rt.kernels`): packed
+    masks, or for segment proposals their superpixel sets (a union of superpixels lies
+    inside another iff its non-empty superpixels are among the other's).
+    """
+    cpu = kernel_ops("cpu")
+    scores = np.atleast_2d(scores)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    valid = np.isfinite(scores).sum(1)
+    if props.is_segments:
+        count = props.num_superpixels
+        present = np.bincount(props.superpixels.ravel(), minlength=count) > 0
+        sets = cpu.members(props.indptr, props.indices, count) & cpu.pack(present[None, None])[0]
+    else:
+        sets = cpu.pack(props.masks)
+    kept = cpu.top_k_not_contained(sets, order, valid, k)
+    labels = np.zeros((len(scores), *props.shape), bool)
+    for r, row in enumerate(kept):
+        chosen = row[row >= 0]
+        if len(chosen):
+            labels[r] = props.to_masks(chosen).any(0)
+    return labels, kept
 
 
 def saliency_label(prm: np.ndarray, instances: list, class_id: int) -> np.ndarray | None:
@@ -166,11 +184,12 @@ def _label_batch(predictor, loaded: list, out: Path, settings: LabelSettings, su
         idx = np.flatnonzero((image_of == b) & np.isin(cls, labels))
         rows: dict[str, list] = {"prm": [], "label": [], "cls": [], "peak": [], "kept": []}
         if settings.supervision == "proposals" and len(idx):
-            scores, props, _ = score_proposals(prms[idx], maps[b][cls[idx]], extra, predictor.matching)
+            scores, props = score_proposals(prms[idx], maps[b][cls[idx]], extra, predictor.matching,
+                                            kernels="cpu")[:2]
+            labels, kept = proposal_labels(scores, props, settings.k)
             for j, i in enumerate(idx):
-                label, kept = proposal_label(scores[j], props, settings.k)
-                rows["label"].append(_to_size(label, size))
-                rows["kept"].append(kept)
+                rows["label"].append(_to_size(labels[j], size))
+                rows["kept"].append(kept[j])
                 rows["prm"].append(i)
         elif len(idx):
             h, w = image.shape[:2]
