@@ -54,17 +54,40 @@ def _pack(masks, out):
     for t in prange(n * h):
         i, y = t // h, t % h
         for k in range(ww):
-            v = 0
-            for j in range(min(WORD, w - WORD * k)):
-                if masks[i, y, WORD * k + j]:
-                    v |= 1 << j
+            v = np.int64(0)
+            base = WORD * k
+            for j in range(min(WORD, w - base)):
+                v |= np.int64(masks[i, y, base + j]) << j
+            out[i, y, k] = v
+
+
+# bytes b0..b7 (each 0 or 1) of a little-endian uint64 times this: bits b0..b7 in the top byte
+_GATHER = np.uint64(0x0102040810204080)
+
+
+@njit(cache=True, parallel=True)
+def _pack8(eights, out):
+    """Rows of a width divisible by 8, read 8 pixels at a time."""
+    n, h, g = eights.shape
+    ww = out.shape[2]
+    for t in prange(n * h):
+        i, y = t // h, t % h
+        for k in range(ww):
+            v = np.int64(0)
+            for b in range(min(4, g - 4 * k)):
+                byte = (eights[i, y, 4 * k + b] * _GATHER) >> np.uint64(56)
+                v |= np.int64(byte) << (8 * b)
             out[i, y, k] = v
 
 
 def pack(masks: np.ndarray) -> np.ndarray:
     """``bool [N, H, W]`` -> ``uint32 [N, H, ceil(W/32)]``."""
     out = np.empty((*masks.shape[:2], words_per_row(masks.shape[2])), np.uint32)
-    _pack(np.ascontiguousarray(masks, dtype=np.bool_), out)
+    masks = np.ascontiguousarray(masks, dtype=np.bool_)
+    if masks.shape[2] % 8 == 0 and masks.size:
+        _pack8(masks.view(np.uint64), out)
+    else:
+        _pack(masks, out)
     return out
 
 
@@ -96,61 +119,94 @@ def _word(row, k, nwords, last, fill):
 
 
 @njit(cache=True, inline="always")
-def _shifted(row, k, d, nwords, last, fill):
-    """Word ``k`` of the row moved so that bit ``j`` holds pixel ``32k + j + d``."""
-    if d == 0:
-        return _word(row, k, nwords, last, fill)
-    if d > 0:
-        return ((_word(row, k, nwords, last, fill) >> d) | (_word(row, k + 1, nwords, last, fill) << (WORD - d))) & FULL
-    return ((_word(row, k, nwords, last, fill) << -d) | (_word(row, k - 1, nwords, last, fill) >> (WORD + d))) & FULL
+def _spread(row, k, r, nwords, last, fill, grow):
+    """Word ``k`` of the row dilated (``grow``) or eroded horizontally by ``r`` pixels."""
+    prev, cur, nxt = _word(row, k - 1, nwords, last, fill), _word(row, k, nwords, last, fill), \
+        _word(row, k + 1, nwords, last, fill)
+    acc = cur
+    for d in range(1, r + 1):
+        right = ((cur >> d) | (nxt << (WORD - d))) & FULL
+        left = ((cur << d) | (prev >> (WORD - d))) & FULL
+        acc = (acc | right | left) if grow else (acc & right & left)
+    return acc
 
 
 @njit(cache=True)
-def _band_into(mask, width, size, dil, ero, out):
-    """Morphological gradient of one packed mask ``[H, WW]`` into ``out`` (``dil``/``ero``:
-    scratch rows of the same shape). Returns the rows ``(y0, y1)`` that can be non-zero."""
+def _box(mask):
+    """The rows ``[y0, y1)`` and words ``[k0, k1)`` holding set bits (empty: y0 == y1)."""
     h, nwords = mask.shape
-    r = size // 2
-    last = _last_mask(width)
-    y0, y1 = h, 0
+    y0, y1, k0, k1 = h, 0, nwords, 0
     for y in range(h):
         for k in range(nwords):
             if mask[y, k] != 0:
                 y0 = min(y0, y)
                 y1 = y + 1
-                break
+                k0 = min(k0, k)
+                k1 = max(k1, k + 1)
+    return y0, max(y1, y0), k0, k1
+
+
+@njit(cache=True, parallel=True)
+def _boxes(words, out):
+    for i in prange(words.shape[0]):
+        out[i, 0], out[i, 1], out[i, 2], out[i, 3] = _box(words[i])
+
+
+def boxes(words: np.ndarray) -> np.ndarray:
+    """``int64 [N, 4]``: each packed mask's rows ``[y0, y1)`` and words ``[k0, k1)`` that
+    hold its set bits (``y0 == y1`` when empty) — the only part the CPU kernels read."""
+    out = np.empty((len(words), 4), np.int64)
+    _boxes(words, out)
+    return out
+
+
+@njit(cache=True)
+def _band_box(mask, width, size, y0, y1, k0, k1):
+    """Morphological gradient of one packed mask ``[H, WW]`` whose set bits lie in rows
+    ``[y0, y1)``, words ``[k0, k1)``, only where it can be set: returns ``(y, k, box)``
+    with ``box: int64 [rows, words]`` the band's words from row ``y``, word ``k`` on
+    (zero outside it)."""
+    h, nwords = mask.shape
+    r = size // 2
+    last = _last_mask(width)
     if y0 >= y1:
-        return 0, 0
+        return 0, 0, np.zeros((0, 0), np.int64)
     lo, hi = max(0, y0 - r), min(h, y1 + r)
+    klo, khi = max(0, k0 - 1), min(nwords, k1 + 1)
+    dil = np.zeros((y1 - y0, khi - klo), np.int64)
+    ero = np.zeros((y1 - y0, khi - klo), np.int64)
+    for y in range(y0, y1):
+        for k in range(klo, khi):
+            dil[y - y0, k - klo] = _spread(mask[y], k, r, nwords, last, 0, True)
+            ero[y - y0, k - klo] = _spread(mask[y], k, r, nwords, last, FULL, False)
+    box = np.zeros((hi - lo, khi - klo), np.int64)
     for y in range(lo, hi):
-        for k in range(nwords):
+        a0, a1 = max(0, y - r), min(h, y + r + 1)  # the window, clipped to the image
+        # rows of the window outside [y0, y1) are empty: they erode everything
+        whole = a0 >= y0 and a1 <= y1
+        for k in range(klo, khi):
             a, b = 0, FULL
-            for d in range(-r, r + 1):
-                a |= _shifted(mask[y], k, d, nwords, last, 0)
-                b &= _shifted(mask[y], k, d, nwords, last, FULL)
-            dil[y, k] = a
-            ero[y, k] = b
-    for y in range(lo, hi):
-        for k in range(nwords):
-            a, b = 0, FULL
-            for yy in range(max(0, y - r), min(h, y + r + 1)):
-                a |= dil[yy, k] if lo <= yy < hi else 0
-                b &= ero[yy, k] if lo <= yy < hi else 0
-            out[y, k] = a & ~b & (last if k == nwords - 1 else FULL)
-    return lo, hi
+            for yy in range(max(a0, y0), min(a1, y1)):
+                a |= dil[yy - y0, k - klo]
+                b &= ero[yy - y0, k - klo]
+            if not whole:
+                b = 0
+            box[y - lo, k - klo] = a & ~b & (last if k == nwords - 1 else FULL)
+    return lo, klo, box
 
 
 @njit(cache=True, parallel=True)
 def _band(words, width, size, out):
     n, h, nwords = words.shape
     for i in prange(n):
-        dil = np.empty((h, nwords), np.int64)
-        ero = np.empty((h, nwords), np.int64)
-        band = np.zeros((h, nwords), np.int64)
-        _band_into(words[i], width, size, dil, ero, band)
         for y in range(h):
             for k in range(nwords):
-                out[i, y, k] = band[y, k]
+                out[i, y, k] = 0
+        y0, y1, k0, k1 = _box(words[i])
+        lo, klo, box = _band_box(words[i], width, size, y0, y1, k0, k1)
+        for y in range(box.shape[0]):
+            for k in range(box.shape[1]):
+                out[i, lo + y, klo + k] = box[y, k]
 
 
 def band(words: np.ndarray, width: int, size: int) -> np.ndarray:
@@ -198,73 +254,101 @@ def and_counts(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return out
 
 
-@njit(cache=True, inline="always")
-def _add_runs(v, carry, base, y, prefix, acc):
-    """Add the runs of set bits of word ``v`` (pixels ``base``..) of row ``y``: each
-    run contributes ``prefix[end] - prefix[start]``. ``carry``: the previous pixel's bit."""
-    before = ((v << 1) | carry) & FULL
-    starts = v & ~before
-    ends = ~v & before & FULL
-    m = prefix.shape[2]
-    while starts != 0:
-        x = base + _ctz(starts)
-        for j in range(m):
-            acc[j] -= prefix[y, x, j]
-        starts &= starts - 1
-    while ends != 0:
-        x = base + _ctz(ends)
-        for j in range(m):
-            acc[j] += prefix[y, x, j]
-        ends &= ends - 1
-    return v >> (WORD - 1)
-
-
 @njit(cache=True)
-def _row_runs(rows, lo, hi, prefix, acc):
-    width = prefix.shape[1] - 1
-    for y in range(lo, hi):
+def _endpoints(rows, y0, k0, nwords, width, maps):
+    """The runs of set bits of ``rows`` (words of rows ``y0..``, from word ``k0`` of a row
+    of ``nwords``; zero before ``k0``) as row-prefix offsets and signs: a run ``[a, b)`` of
+    row y adds ``prefix[y, b] - prefix[y, a]``. Offsets index the flat ``[H, W+1, M]``
+    prefix at map 0."""
+    count = 0
+    for i in range(rows.shape[0]):
         carry = 0
-        for k in range(rows.shape[1]):
-            v = np.int64(rows[y, k])
+        for j in range(rows.shape[1]):
+            v = np.int64(rows[i, j])
             if v == 0 and carry == 0:
                 continue
-            carry = _add_runs(v, carry, WORD * k, y, prefix, acc)
-        if carry:  # a run reaching the last pixel of a row whose width is a multiple of 32
-            for j in range(prefix.shape[2]):
-                acc[j] += prefix[y, width, j]
+            before = ((v << 1) | carry) & FULL
+            count += _popc(v & ~before) + _popc(~v & before & FULL)
+            carry = v >> (WORD - 1)
+        count += carry
+    offs = np.empty(count, np.int64)
+    signs = np.empty(count, np.float64)
+    c = 0
+    for i in range(rows.shape[0]):
+        row = (y0 + i) * (width + 1)
+        carry = 0
+        for j in range(rows.shape[1]):
+            v = np.int64(rows[i, j])
+            if v == 0 and carry == 0:
+                continue
+            base = WORD * (k0 + j)
+            before = ((v << 1) | carry) & FULL
+            starts = v & ~before
+            ends = ~v & before & FULL
+            while starts != 0:
+                offs[c] = (row + base + _ctz(starts)) * maps
+                signs[c] = -1.0
+                c += 1
+                starts &= starts - 1
+            while ends != 0:
+                offs[c] = (row + base + _ctz(ends)) * maps
+                signs[c] = 1.0
+                c += 1
+                ends &= ends - 1
+            carry = v >> (WORD - 1)
+        if carry:  # the run reaches the first pixel past these words (the row's end when width % 32 == 0)
+            offs[c] = (row + min(WORD * (k0 + rows.shape[1]), width)) * maps
+            signs[c] = 1.0
+            c += 1
+    return offs, signs
 
 
 @njit(cache=True, parallel=True)
-def _run_sums(words, prefix, band_size, out):
+def _run_sums(words, prefix, band_size, box, out):
     n, h, nwords = words.shape
     width = prefix.shape[1] - 1
     m = prefix.shape[2]
+    flat = prefix.reshape(-1)
     for i in prange(n):
-        acc = np.zeros(m, np.float64)
+        y0, y1, k0, k1 = box[i, 0], box[i, 1], box[i, 2], box[i, 3]
         if band_size:
-            dil = np.empty((h, nwords), np.int64)
-            ero = np.empty((h, nwords), np.int64)
-            rows = np.zeros((h, nwords), np.int64)
-            lo, hi = _band_into(words[i], width, band_size, dil, ero, rows)
-            _row_runs(rows, lo, hi, prefix, acc)
+            lo, klo, band = _band_box(words[i], width, band_size, y0, y1, k0, k1)
+            offs, signs = _endpoints(band, lo, klo, nwords, width, m)
         else:
-            _row_runs(words[i], 0, h, prefix, acc)
+            offs, signs = _endpoints(words[i, y0:y1, k0:k1], y0, k0, nwords, width, m)
         for j in range(m):
-            out[j, i] = acc[j]
+            acc = 0.0
+            for e in range(len(offs)):
+                acc += signs[e] * flat[offs[e] + j]
+            out[j, i] = acc
+
+
+@njit(cache=True, parallel=True)
+def _prefix_sums(maps, out):
+    m, h, w = maps.shape
+    for y in prange(h):
+        for j in range(m):
+            acc = 0.0
+            out[y, 0, j] = 0.0
+            for x in range(w):
+                acc += maps[j, y, x]
+                out[y, x + 1, j] = acc
 
 
 def prefix_sums(maps: np.ndarray) -> np.ndarray:
     """``float [M, H, W]`` -> ``float64 [H, W+1, M]`` (see :func:`.ops_numpy.prefix_sums`)."""
     m, h, w = maps.shape
-    out = np.zeros((h, w + 1, m))
-    np.cumsum(maps.transpose(1, 2, 0), axis=1, dtype=np.float64, out=out[:, 1:])
+    out = np.empty((h, w + 1, m))
+    _prefix_sums(np.ascontiguousarray(maps, np.float64), out)
     return out
 
 
-def run_sums(words: np.ndarray, prefix: np.ndarray, band_size: int = 0) -> np.ndarray:
-    """Each real map summed over each mask (or, ``band_size`` > 0, its band) -> ``float64 [M, N]``."""
+def run_sums(words: np.ndarray, prefix: np.ndarray, band_size: int = 0,
+             box: np.ndarray | None = None) -> np.ndarray:
+    """Each real map summed over each mask (or, ``band_size`` > 0, its band) -> ``float64 [M, N]``.
+    ``box``: the masks' :func:`boxes`, when the caller keeps them."""
     out = np.empty((prefix.shape[2], len(words)))
-    _run_sums(words, prefix, band_size, out)
+    _run_sums(words, prefix, band_size, boxes(words) if box is None else box, out)
     return out
 
 

@@ -511,8 +511,9 @@ def prefix_sums(maps):
     return out
 
 
-def run_sums(words, prefix, band_size: int = 0):
-    """Each real map summed over each mask (or its band) -> ``float64 [M, N]``."""
+def run_sums(words, prefix, band_size: int = 0, box=None):
+    """Each real map summed over each mask (or its band) -> ``float64 [M, N]``. ``box``
+    (the CPU kernels' bounding boxes) is accepted and not needed: threads skip empty words."""
     m = prefix.shape[2]
     out = _empty(words, (m, len(words)), np.float64)
     if len(words) == 0 or m == 0:

@@ -75,11 +75,12 @@ def prefix_sums(maps: np.ndarray) -> np.ndarray:
     return out
 
 
-def run_sums(words: np.ndarray, prefix: np.ndarray, band_size: int = 0) -> np.ndarray:
+def run_sums(words: np.ndarray, prefix: np.ndarray, band_size: int = 0, box=None) -> np.ndarray:
     """Each real map summed over each mask -> ``float64 [M, N]``.
 
     ``words: uint32 [N, H, WW]``, ``prefix``: the maps' :func:`prefix_sums`. With
-    ``band_size`` > 0 the sum is over each mask's own :func:`band` instead.
+    ``band_size`` > 0 the sum is over each mask's own :func:`band` instead. ``box``
+    (the CPU kernels' bounding boxes) is accepted and not needed.
     """
     width = prefix.shape[1] - 1
     if band_size:

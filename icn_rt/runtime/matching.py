@@ -107,11 +107,14 @@ class Prepared:
     the device (segment form), areas, and (for the vanilla contour on segments) the
     boundary groups. ``device``: a torch device for ``cuda``; ignored otherwise."""
 
-    def __init__(self, props: Proposals, backend: str = "cpu", device=None):
+    def __init__(self, props: Proposals | None, backend: str = "cpu", device=None):
         self.props, self.backend = props, backend
         self.k = kernel_ops(backend)
         self.device = device
         self._groups = None
+        if props is None:
+            return
+        self.shape, self.segments = tuple(props.shape), props.is_segments
         if props.is_segments:
             self.labels = self._to(props.superpixels.astype(np.int32))
             self.indptr, self.indices = self._to(props.indptr), self._to(props.indices)
@@ -121,6 +124,17 @@ class Prepared:
             host = kernel_ops("cpu" if backend == "cuda" else backend).pack(props.masks)
             self.words = self._to(host.view(np.int32) if self._torch else host)
             self.area = self.k.popcounts(self.words)
+            self.box = self.k.boxes(self.words) if backend == "cpu" else None
+
+    @classmethod
+    def from_words(cls, words, shape: tuple[int, int], backend: str = "cpu", device=None) -> Prepared:
+        """Mask proposals already packed (``[N, H, ceil(W/32)]``, on ``backend``'s device)."""
+        prepared = cls(None, backend, device)
+        prepared.shape, prepared.segments = tuple(shape), False
+        prepared.words = words
+        prepared.area = prepared.k.popcounts(words)
+        prepared.box = prepared.k.boxes(words) if backend == "cpu" else None
+        return prepared
 
     @property
     def _torch(self) -> bool:
@@ -135,20 +149,25 @@ class Prepared:
 
     def sums(self, maps):
         """Each map ``[M, H, W]`` (at the proposals' size) summed over each proposal -> ``[M, N]``."""
-        if self.props.is_segments:
+        if self.segments:
             return self.k.csr_sums(self.indptr, self.indices, self.k.segment_sums(self.labels, maps, self.count))
-        return self.k.run_sums(self.words, self.k.prefix_sums(maps))
+        return self.k.run_sums(self.words, self.k.prefix_sums(maps), 0, self.box)
 
     def counts(self, binary):
         """Binary maps ``[M, H, W]`` -> ``int64 [M, N]`` pixels of each map in each proposal."""
-        if self.props.is_segments:
+        if self.segments:
             return self.sums(binary)
         return self.k.and_counts(self.words, self.k.pack(binary))
 
-    def contour_sums(self, maps, width: int):
-        """Each map summed over each proposal's own contour band -> ``[M, N]``."""
-        if not self.props.is_segments:
-            return self.k.run_sums(self.words, self.k.prefix_sums(maps), width)
+    def sums_and_contours(self, maps, width: int):
+        """Each map summed over each proposal and over its own contour band -> two ``[M, N]``."""
+        if not self.segments:
+            prefix = self.k.prefix_sums(maps)
+            return (self.k.run_sums(self.words, prefix, 0, self.box),
+                    self.k.run_sums(self.words, prefix, width, self.box))
+        return self.sums(maps), self._contour_sums(maps, width)
+
+    def _contour_sums(self, maps, width: int):
         if self._groups is None or self._groups[0] != width:
             group, gptr, glabels = kernel_ops("numpy" if self.backend == "numpy" else "cpu").boundary_groups(
                 self.props.superpixels, width)
@@ -200,7 +219,7 @@ def _prepared(props, kernels: str) -> Prepared:
 def _rebalanced_terms(v, prepared: Prepared, settings: MatchingSettings):
     """``(scores, inside)``: Eq. 5 and Σ_P V, both ``[K, N]``."""
     k = prepared.k
-    if _binary(v) and not prepared.props.is_segments:
+    if _binary(v) and not prepared.segments:
         words = k.pack(v > 0.5)
         both = k.and_counts(prepared.words, _cat([words, k.band(words, v.shape[2], settings.band_width)]))
     else:
@@ -210,7 +229,7 @@ def _rebalanced_terms(v, prepared: Prepared, settings: MatchingSettings):
     inside, edge = _float(inside), _float(edge)
     area_f = _float(area)
     score = (settings.alpha * inside / _clip1(area_f) + settings.beta * edge - settings.gamma * (area_f[None] - inside))
-    return _limit(score, area, prepared.props.shape, settings), inside
+    return _limit(score, area, prepared.shape, settings), inside
 
 
 def _split(x, k: int):
@@ -239,11 +258,10 @@ def vanilla(prm, props: Proposals | Prepared, backgrounds, settings: MatchingSet
 
 
 def _vanilla_terms(prm, prepared: Prepared, backgrounds, settings: MatchingSettings):
-    inside = _float(prepared.sums(prm))
-    edge = _float(prepared.contour_sums(prm, settings.band_width))
+    inside, edge = (_float(x) for x in prepared.sums_and_contours(prm, settings.band_width))
     bg = _float(prepared.counts(backgrounds))
     score = settings.vanilla_balance * inside + edge - settings.vanilla_penalty * bg
-    return _limit(score, prepared.area, prepared.props.shape, settings), inside
+    return _limit(score, prepared.area, prepared.shape, settings), inside
 
 
 class Scored(NamedTuple):
