@@ -98,6 +98,19 @@ def test_band(backend, shape):
 
 
 @pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_background(backend, shape):
+    v = blobs(np.random.default_rng(11), 5, *shape)
+    words = ref.pack(v)
+    want = ref.background(words, shape[1])
+    np.testing.assert_array_equal(ref.unpack(want, shape[1]), ~v)
+    np.testing.assert_array_equal(words_of(backend, ops(backend).background(on(backend, words), shape[1])), want)
+    # Eq. 5's background term: |P ∩ B(V)| = |P| - |P ∩ V|
+    p = ref.pack(blobs(np.random.default_rng(12), 6, *shape))
+    np.testing.assert_array_equal(ref.and_counts(p, want), ref.popcounts(p)[None] - ref.and_counts(p, words))
+
+
+@pytest.mark.parametrize("backend", FAST)
 def test_popcounts_and_counts(backend):
     rng = np.random.default_rng(4)
     p, q = ref.pack(blobs(rng, 7, 9, 45)), ref.pack(blobs(rng, 4, 9, 45, 0.6))

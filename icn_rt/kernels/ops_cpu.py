@@ -2,8 +2,10 @@
 proposals (or maps, or rows): same functions, same arguments, same results.
 
 Integer results (popcounts, and every score term of a binary map) are exact and equal
-the reference; real sums (:func:`run_sums`, sums over segments) add the same numbers in
-another order, so they agree to rounding. Words are handled as ``int64`` holding 32
+the reference; real sums over segments add the same numbers in another order, and
+:func:`run_sums` takes each run's sum as a difference of float64 row prefix sums, so its
+rounding error scales with the row's total rather than the run's sum: they agree with
+the reference to rounding of the scores' scale, not digit for digit on tiny sums. Words are handled as ``int64`` holding 32
 bits, so no operation depends on Numba's typing of unsigned mixed arithmetic.
 """
 
@@ -213,6 +215,23 @@ def band(words: np.ndarray, width: int, size: int) -> np.ndarray:
     """Morphological gradient (``size``² square, odd) of each packed mask, packed."""
     out = np.empty_like(words)
     _band(words, width, size, out)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _background(words, width, out):
+    n, h, nwords = words.shape
+    last = _last_mask(width)
+    for t in prange(n * h):
+        i, y = t // h, t % h
+        for k in range(nwords):
+            out[i, y, k] = ~np.int64(words[i, y, k]) & (last if k == nwords - 1 else FULL)
+
+
+def background(words: np.ndarray, width: int) -> np.ndarray:
+    """B(V) = 1 − V of each packed binary map, packed (see :func:`.ops_numpy.background`)."""
+    out = np.empty_like(words)
+    _background(words, width, out)
     return out
 
 

@@ -181,6 +181,16 @@ def _band_kernel(words, width, size, out):
     out[i, y, k] = _band_word(words, i, y, k, width, size)
 
 
+def _background_kernel(words, width, out):
+    n, h, nwords = words.shape
+    t = cuda.grid(1)
+    if t >= n * h * nwords:
+        return
+    k = t % nwords
+    out[t // (h * nwords), (t // nwords) % h, k] = ~np.int64(words[t // (h * nwords), (t // nwords) % h, k]) & (
+        _last_mask(width) if k == nwords - 1 else FULL)
+
+
 def _popcounts_kernel(flat, out):
     part = cuda.shared.array(THREADS, np.int64)
     i, tid = cuda.blockIdx.x, cuda.threadIdx.x
@@ -405,6 +415,7 @@ _SIGNATURES = {
     "pack": (_pack_kernel, "void(uint8[:, :, ::1], uint32[:, :, ::1])"),
     "unpack": (_unpack_kernel, "void(uint32[:, :, ::1], uint8[:, :, ::1])"),
     "band": (_band_kernel, "void(uint32[:, :, ::1], int64, int64, uint32[:, :, ::1])"),
+    "background": (_background_kernel, "void(uint32[:, :, ::1], int64, uint32[:, :, ::1])"),
     "popcounts": (_popcounts_kernel, "void(uint32[:, ::1], int64[::1])"),
     "and_counts": (_and_counts_kernel, "void(uint32[:, ::1], uint32[:, ::1], int64[:, ::1])"),
     "run_sums": (_run_sums_kernel, "void(uint32[:, :, ::1], float64[:, :, ::1], int64, float64[:, ::1])"),
@@ -473,6 +484,13 @@ def band(words, width: int, size: int):
     """Morphological gradient (``size``² square, odd) of each packed mask, packed."""
     out = _empty(words, tuple(words.shape), np.uint32)
     _launch("band", _blocks(_numel(words)), THREADS, _words(words), width, size, _words(out))
+    return out
+
+
+def background(words, width: int):
+    """B(V) = 1 − V of each packed binary map, packed."""
+    out = _empty(words, tuple(words.shape), np.uint32)
+    _launch("background", _blocks(_numel(words)), THREADS, _words(words), width, _words(out))
     return out
 
 

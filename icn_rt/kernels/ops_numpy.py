@@ -54,6 +54,12 @@ def band(words: np.ndarray, width: int, size: int) -> np.ndarray:
     return pack(grad)
 
 
+def background(words: np.ndarray, width: int) -> np.ndarray:
+    """B(V) = 1 − V of each packed binary map of image width ``width``, packed (padding
+    stays 0). Eq. 5's background term Σ_P B(V) is ``|P ∩ B(V)| = |P| − |P ∩ V|``."""
+    return pack(~unpack(words, width))
+
+
 def popcounts(words: np.ndarray) -> np.ndarray:
     """``uint32 [N, ...]`` -> ``int64 [N]`` set bits of each mask."""
     return np.unpackbits(rows(words).view(np.uint8), axis=1).sum(1, dtype=np.int64)

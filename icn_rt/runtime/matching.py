@@ -1,9 +1,9 @@
 """Proposal matching (DESIGN.md §1 step 7): every peak's map against every proposal.
 
 The same numbers as :mod:`icn_rt.kernels.reference` (tested), computed for all K maps of
-an image at once: by segment sums when the proposals are segments (exact, no dense
-masks), by matrix products over chunks of dense masks otherwise. The Numba kernels of
-the kernels issue replace these.
+an image at once by the kernels of :mod:`icn_rt.kernels` (``numpy``, ``cpu`` or
+``cuda``): packed masks scored by popcounts (binary maps) or run sums (real maps);
+segment proposals by segment sums and a CSR gather, never made into masks.
 
 Choices (settings, saved in the model's config):
 
@@ -64,6 +64,8 @@ class MatchingSettings:
             raise ValueError(f"unknown matching score {self.score!r}; choose one of {', '.join(SCORES)}")
         if self.at not in PLACES:
             raise ValueError(f"unknown matching place {self.at!r}; choose one of {', '.join(PLACES)}")
+        if self.band_width % 2 == 0 or not 1 <= self.band_width < 64:
+            raise ValueError(f"band width must be odd and below 64 (the kernels' square), got {self.band_width}")
 
 
 def matching_map(prm: np.ndarray, settings: MatchingSettings) -> np.ndarray:
@@ -177,12 +179,16 @@ class Prepared:
         return self.k.group_sums(member, gptr, glabels, self.k.segment_sums(group, maps, count))
 
 
+def _is_torch(x) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
 def _binary(v) -> bool:
     return bool(((v == 0) | (v == 1)).all())
 
 
 def _cat(parts):
-    if type(parts[0]).__module__.startswith("torch"):
+    if _is_torch(parts[0]):
         import torch
 
         return torch.cat(parts)
@@ -196,7 +202,7 @@ def _band_of(v, width: int, prepared: Prepared):
     if _binary(v):
         dense = k.unpack(k.band(k.pack(v > 0.5), v.shape[2], width), v.shape[2])
         return _float(dense)
-    if type(v).__module__.startswith("torch"):
+    if _is_torch(v):
         import torch.nn.functional as F
 
         r = width // 2
@@ -276,10 +282,6 @@ class Scored(NamedTuple):
     maps: Any
     inside: Any
     area: Any
-
-
-def _is_torch(x) -> bool:
-    return type(x).__module__.startswith("torch")
 
 
 def _matching_maps(maps, settings: MatchingSettings):
@@ -367,17 +369,23 @@ def match(prms, class_maps, props: Proposals, settings: MatchingSettings, enhanc
     k = len(prms)
     if k == 0 or scored.scores.shape[1] == 0:
         return np.full(k, -1, np.int64), np.full(k, -np.inf), np.zeros(k)
-    scores, inside, area = (_host(x) for x in (scored.scores, scored.inside, scored.area))
-    total = _host(scored.maps.reshape(k, -1).sum(1))
-    found = np.isfinite(scores).any(1)
-    best = np.where(found, np.argmax(scores, 1), -1).astype(np.int64)
-    rows = np.arange(k)
-    pick = np.maximum(best, 0)
-    top = np.where(found, scores[rows, pick], -np.inf)
-    hit = inside[rows, pick]
+    scores, inside, area = scored.scores, scored.inside, _float(scored.area)
+    total = scored.maps.reshape(k, -1).sum(1)
+    if _is_torch(scores):  # pick on the device; only K numbers come back
+        import torch
+
+        found = torch.isfinite(scores).any(1)
+        rows = torch.arange(k, device=scores.device)
+    else:
+        found = np.isfinite(scores).any(1)
+        rows = np.arange(k)
+    pick = scores.argmax(1)
+    top, hit = scores[rows, pick], inside[rows, pick]
     union = area[pick] + total - hit
+    found, pick, top, hit, union = (_host(x) for x in (found, pick, top, hit, union))
+    best = np.where(found, pick, -1).astype(np.int64)
     quality = np.where(found & (union > 0), hit / np.where(union > 0, union, 1), 0.0)
-    return best, top, quality
+    return best, np.where(found, top, -np.inf), quality
 
 
 def _host(x) -> np.ndarray:
