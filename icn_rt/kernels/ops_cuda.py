@@ -144,6 +144,24 @@ def _band_word(words, i, y, k, width, size):
     return a & ~b & (last if k == nwords - 1 else FULL)
 
 
+@cuda.jit(device=True)
+def _block_sum(part, value):
+    """The sum of ``value`` over the block's threads, returned to all of them (``part``:
+    shared scratch of :data:`THREADS` entries, free again on return)."""
+    tid = cuda.threadIdx.x
+    part[tid] = value
+    cuda.syncthreads()
+    step = THREADS // 2
+    while step > 0:
+        if tid < step:
+            part[tid] += part[tid + step]
+        cuda.syncthreads()
+        step //= 2
+    total = part[0]
+    cuda.syncthreads()
+    return total
+
+
 # --- kernels ----------------------------------------------------------------------------
 
 def _pack_kernel(masks, out):
@@ -197,16 +215,9 @@ def _popcounts_kernel(flat, out):
     c = 0
     for k in range(tid, flat.shape[1], THREADS):
         c += _popc(np.int64(flat[i, k]))
-    part[tid] = c
-    cuda.syncthreads()
-    step = THREADS // 2
-    while step > 0:
-        if tid < step:
-            part[tid] += part[tid + step]
-        cuda.syncthreads()
-        step //= 2
+    total = _block_sum(part, c)
     if tid == 0:
-        out[i] = part[0]
+        out[i] = total
 
 
 def _and_counts_kernel(p, q, out):
@@ -224,17 +235,9 @@ def _and_counts_kernel(p, q, out):
             for j in range(m):
                 acc[j] += _popc(v & np.int64(q[j, k]))
     for j in range(m):
-        part[tid] = acc[j]
-        cuda.syncthreads()
-        step = THREADS // 2
-        while step > 0:
-            if tid < step:
-                part[tid] += part[tid + step]
-            cuda.syncthreads()
-            step //= 2
+        total = _block_sum(part, acc[j])
         if tid == 0:
-            out[j, i] = part[0]
-        cuda.syncthreads()
+            out[j, i] = total
 
 
 def _run_sums_kernel(words, prefix, band_size, out):
@@ -273,17 +276,9 @@ def _run_sums_kernel(words, prefix, band_size, out):
             for j in range(m):
                 acc[j] += prefix[y, width, j]
     for j in range(m):
-        part[tid] = acc[j]
-        cuda.syncthreads()
-        step = THREADS // 2
-        while step > 0:
-            if tid < step:
-                part[tid] += part[tid + step]
-            cuda.syncthreads()
-            step //= 2
+        total = _block_sum(part, acc[j])
         if tid == 0:
-            out[j, i] = part[0]
-        cuda.syncthreads()
+            out[j, i] = total
 
 
 def _segment_sums_kernel(labels, maps, out):
