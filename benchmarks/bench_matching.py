@@ -166,29 +166,31 @@ def _numba(backend, words, size, prms, backgrounds, binary, settings, repeats, n
 
     prepared = Prepared.from_words(words, (size, size), backend, device)
 
-    def run(terms, *args):
+    def run(terms, maps, *extra):
         def go():
-            scores = terms(*args, prepared, *([backgrounds_d] if terms is _vanilla_terms else []), settings)[0]
-            best = scores.argmax(1)
-            chosen = words[best]
-            order = (-scores.max(1).values if hasattr(scores, "values") else -scores.max(1))
-            keep, _ = k.nms(chosen, (order.argsort(stable=True) if hasattr(order, "device")
-                                     else np.argsort(order, kind="stable")), nms_iou)
+            scores = terms(maps, prepared, *extra, settings)[0]
+            chosen = words[scores.argmax(1)]
+            if device is None:
+                order = np.argsort(-scores.max(1), kind="stable")
+            else:
+                order = torch.argsort(-scores.max(1).values, stable=True)
+            k.nms(chosen, order, nms_iou)
             sync()
             return scores
         return go
 
     out = {}
-    for name, terms, maps in (("vanilla", _vanilla_terms, prms_d), ("rebalanced", _rebalanced_terms, binary_d)):
-        timing, scores = _timed(run(terms, maps), repeats)
-        host = scores.cpu().numpy() if hasattr(scores, "cpu") else scores
+    for name, go in (("vanilla", run(_vanilla_terms, prms_d, backgrounds_d)),
+                     ("rebalanced", run(_rebalanced_terms, binary_d))):
+        timing, scores = _timed(go, repeats)
+        host = scores.cpu().numpy() if device is not None else scores
         out[name] = (timing, _best(host), host)
     if backend == "cuda":
-        out["bandwidth"] = _bandwidth(k, words, prepared, binary_d, settings)
+        out["bandwidth"] = _bandwidth(k, words, binary_d, settings)
     return out
 
 
-def _bandwidth(k, words, prepared, binary, settings, repeats: int = 20) -> dict:
+def _bandwidth(k, words, binary, settings, repeats: int = 20) -> dict:
     """The popcount kernel alone, timed with CUDA events: bytes of packed proposals read per second."""
     import torch
 

@@ -162,6 +162,12 @@ def _block_sum(part, value):
     return total
 
 
+@cuda.jit(device=True, inline=True)
+def _split3(t, h, w):
+    """Flat index ``t`` of an ``[n, h, w]`` array -> ``(i, y, x)``."""
+    return t // (h * w), (t // w) % h, t % w
+
+
 # --- kernels ----------------------------------------------------------------------------
 
 def _pack_kernel(masks, out):
@@ -170,8 +176,7 @@ def _pack_kernel(masks, out):
     t = cuda.grid(1)
     if t >= n * h * nwords:
         return
-    i, rest = t // (h * nwords), t % (h * nwords)
-    y, k = rest // nwords, rest % nwords
+    i, y, k = _split3(t, h, nwords)
     v = np.int64(0)
     for j in range(min(WORD, w - WORD * k)):
         if masks[i, y, WORD * k + j]:
@@ -184,8 +189,7 @@ def _unpack_kernel(words, out):
     t = cuda.grid(1)
     if t >= n * h * w:
         return
-    i, rest = t // (h * w), t % (h * w)
-    y, x = rest // w, rest % w
+    i, y, x = _split3(t, h, w)
     out[i, y, x] = (np.int64(words[i, y, x // WORD]) >> (x % WORD)) & 1
 
 
@@ -194,8 +198,7 @@ def _band_kernel(words, width, size, out):
     t = cuda.grid(1)
     if t >= n * h * nwords:
         return
-    i, rest = t // (h * nwords), t % (h * nwords)
-    y, k = rest // nwords, rest % nwords
+    i, y, k = _split3(t, h, nwords)
     out[i, y, k] = _band_word(words, i, y, k, width, size)
 
 
@@ -204,9 +207,8 @@ def _background_kernel(words, width, out):
     t = cuda.grid(1)
     if t >= n * h * nwords:
         return
-    k = t % nwords
-    out[t // (h * nwords), (t // nwords) % h, k] = ~np.int64(words[t // (h * nwords), (t // nwords) % h, k]) & (
-        _last_mask(width) if k == nwords - 1 else FULL)
+    i, y, k = _split3(t, h, nwords)
+    out[i, y, k] = ~np.int64(words[i, y, k]) & (_last_mask(width) if k == nwords - 1 else FULL)
 
 
 def _popcounts_kernel(flat, out):

@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .reference import greedy_suppression, mask_iou_matrix
+
 WORD = 32
 
 
@@ -146,19 +148,9 @@ def nms(words: np.ndarray, order: np.ndarray, threshold: float) -> tuple[np.ndar
     mask that suppressed i (itself if kept). IoU ≥ ``threshold`` suppresses; two empty
     masks have IoU 0.
     """
-    inter = and_counts(words, words).astype(np.float64)
-    area = np.diag(inter)
-    union = area[:, None] + area[None, :] - inter
-    over = np.where(union > 0, inter / np.maximum(union, 1), 0.0) >= threshold
-    owner = np.full(len(words), -1, np.int64)
-    keep = []
-    for i in order:
-        if owner[i] >= 0:
-            continue
-        owner[i] = i
-        keep.append(i)
-        owner[(owner < 0) & over[i]] = i
-    return np.array(keep, np.int64), owner
+    flat = rows(words)
+    masks = unpack(flat[:, None], flat.shape[1] * WORD)  # padding bits are 0: no effect on IoU
+    return greedy_suppression(mask_iou_matrix(masks) >= threshold, np.asarray(order))
 
 
 def top_k_not_contained(words: np.ndarray, order: np.ndarray, valid: np.ndarray, k: int) -> np.ndarray:

@@ -111,17 +111,20 @@ def mask_nms(masks: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.3) 
     if kept), so callers can merge suppressed PRMs into their owner as PRM does.
     IoU ≥ ``iou_threshold`` suppresses."""
     order = np.argsort(-np.asarray(scores), kind="stable")
-    iou = mask_iou_matrix(masks)
-    owner = np.full(len(scores), -1, np.int64)
+    return greedy_suppression(mask_iou_matrix(masks) >= iou_threshold, order)
+
+
+def greedy_suppression(over: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Walk ``order``: an unowned mask is kept and owns every unowned mask its row of
+    ``over: bool [N, N]`` (IoU at or over the threshold) marks -> ``(keep, owner)``."""
+    owner = np.full(len(over), -1, np.int64)
     keep = []
     for i in order:
         if owner[i] >= 0:
             continue
         owner[i] = i
         keep.append(i)
-        for j in order:
-            if owner[j] < 0 and iou[i, j] >= iou_threshold:
-                owner[j] = i
+        owner[(owner < 0) & over[i]] = i
     return np.array(keep, np.int64), owner
 
 

@@ -124,19 +124,21 @@ class Prepared:
             self.area = self._to(props.areas().astype(np.int64))
         else:
             host = kernel_ops("cpu" if backend == "cuda" else backend).pack(props.masks)
-            self.words = self._to(host.view(np.int32) if self._torch else host)
-            self.area = self.k.popcounts(self.words)
-            self.box = self.k.boxes(self.words) if backend == "cpu" else None
+            self._use_words(self._to(host.view(np.int32) if self._torch else host))
 
     @classmethod
     def from_words(cls, words, shape: tuple[int, int], backend: str = "cpu", device=None) -> Prepared:
         """Mask proposals already packed (``[N, H, ceil(W/32)]``, on ``backend``'s device)."""
         prepared = cls(None, backend, device)
         prepared.shape, prepared.segments = tuple(shape), False
-        prepared.words = words
-        prepared.area = prepared.k.popcounts(words)
-        prepared.box = prepared.k.boxes(words) if backend == "cpu" else None
+        prepared._use_words(words)
         return prepared
+
+    def _use_words(self, words) -> None:
+        """Packed mask proposals, their areas and (CPU kernels) bounding boxes."""
+        self.words = words
+        self.area = self.k.popcounts(words)
+        self.box = self.k.boxes(words) if self.backend == "cpu" else None
 
     @property
     def _torch(self) -> bool:
@@ -195,11 +197,11 @@ def _cat(parts):
     return np.concatenate(parts)
 
 
-def _band_of(v, width: int, prepared: Prepared):
-    """E(V) of each map ``[K, H, W]``, dense: the packed band kernel for a binary V (exact),
-    else the grey morphological gradient."""
+def _band_of(v, width: int, prepared: Prepared, binary: bool):
+    """E(V) of each map ``[K, H, W]``, dense: the packed band kernel for a ``binary`` V
+    (exact), else the grey morphological gradient."""
     k = prepared.k
-    if _binary(v):
+    if binary:
         dense = k.unpack(k.band(k.pack(v > 0.5), v.shape[2], width), v.shape[2])
         return _float(dense)
     if _is_torch(v):
@@ -225,21 +227,18 @@ def _prepared(props, kernels: str) -> Prepared:
 def _rebalanced_terms(v, prepared: Prepared, settings: MatchingSettings):
     """``(scores, inside)``: Eq. 5 and Σ_P V, both ``[K, N]``."""
     k = prepared.k
-    if _binary(v) and not prepared.segments:
+    binary = _binary(v)
+    if binary and not prepared.segments:
         words = k.pack(v > 0.5)
         both = k.and_counts(prepared.words, _cat([words, k.band(words, v.shape[2], settings.band_width)]))
     else:
-        both = prepared.sums(_cat([v, _band_of(v, settings.band_width, prepared)]))
-    inside, edge = _split(both, len(v))
+        both = prepared.sums(_cat([v, _band_of(v, settings.band_width, prepared, binary)]))
+    inside, edge = both[:len(v)], both[len(v):]
     area = prepared.area
     inside, edge = _float(inside), _float(edge)
     area_f = _float(area)
     score = (settings.alpha * inside / _clip1(area_f) + settings.beta * edge - settings.gamma * (area_f[None] - inside))
     return _limit(score, area, prepared.shape, settings), inside
-
-
-def _split(x, k: int):
-    return x[:k], x[k:]
 
 
 def _float(x):
