@@ -271,32 +271,67 @@ def train_icn_cmd(
 @app.command("infer")
 def infer_cmd(
     model_dir: Path = typer.Argument(..., help="Model directory (from `icn-rt train classifier`)."),
-    images: list[Path] = typer.Argument(..., help="Image files or directories of images."),
-    proposals_dir: Path = typer.Option(..., "--proposals", help="Directory of <image id>.mat / .json proposals."),
+    images: list[str] = typer.Argument(..., help="Image files, directories, glob patterns ('imgs/**/*.jpg') or "
+                                                 "list files (.txt, a path a line)."),
+    proposals_dir: Optional[Path] = typer.Option(None, "--proposals", help="Directory of <image id>.mat (MCG) / "
+                                                 ".json (RLE) proposals [default: selective search on the fly, slow]."),
     results: Path = typer.Option(Path("results.json"), "--out", help="COCO-style results JSON to write."),
     backend: str = typer.Option("torch", help="torch (eager) | onnxruntime | tensorrt (the exported graphs: "
                                               "`icn-rt export`, `icn-rt build-engine`) | auto (the fastest present)."),
     save_vis: Optional[Path] = typer.Option(None, help="Write <id>_overlay.png and <id>_prm.png here."),
     batch_size: int = typer.Option(8, help="Images per batch."),
+    workers: Optional[int] = typer.Option(None, help="Loader workers: decode, proposals, preprocessing "
+                                                     "[default: up to 4, one per core; 0 = none]."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run: skip images with results in "
+                                            "OUT.parts/, retry those that failed."),
+    overwrite: bool = typer.Option(False, help="Discard an unfinished run's results in OUT.parts/ and start over."),
+    max_pixels: float = typer.Option(64, help="Refuse images larger than this many megapixels."),
     icn_steps: Optional[int] = typer.Option(None, help="ICN enhancement steps T [default: the model's; 0 = naive PRMs]."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
 ):
-    """Instances for images tagged with nothing: peaks -> PRMs -> ICN -> proposal matching -> NMS."""
-    from icn_rt.runtime.infer import expand_images, infer
+    """Instances for images tagged with nothing: peaks -> PRMs -> ICN -> proposal matching -> NMS.
+    Streams, records bad inputs and goes on (exit 1 if any failed), resumes (exit 130 when
+    interrupted: rerun with --resume)."""
+    import os
+    import signal
+
+    from icn_rt.runtime.infer import infer, list_images
     from icn_rt.runtime.predictor import Predictor
 
+    if batch_size < 1:
+        _fail(ValueError(f"--batch-size must be at least 1, got {batch_size}"))
     try:
         predictor = Predictor.from_dir(model_dir, device, backend=backend, icn_steps=icn_steps)
+        paths = list_images(images)
+        if not paths:
+            raise ValueError("no images given (directories are searched for .jpg/.png files)")
+        if proposals_dir is not None and not proposals_dir.is_dir():
+            raise InputError(proposals_dir, "proposal directory not found")
     except (InputError, ValueError, RuntimeError) as e:
         _fail(e)
     if backend == "auto":
         err.print(f"backend: {predictor.backend} (auto)", highlight=False)
-    paths = expand_images(images)
-    if not paths:
-        _fail(ValueError("no images given (directories are searched for .jpg/.png files)"))
-    summary = infer(predictor, paths, proposals_dir, results, save_vis, batch_size)
+    if proposals_dir is None:
+        err.print("no --proposals: making selective-search proposals on the fly (slow; `icn-rt proposals` "
+                  "makes them once)", highlight=False)
+    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    # a kill (SIGTERM) stops like Ctrl-C: what is written stays, --resume continues
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        summary = infer(predictor, paths, proposals_dir, results, save_vis, batch_size, workers, resume, overwrite,
+                        int(max_pixels * 1e6), progress=not quiet)
+    except InputError as e:
+        _fail(e)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if summary.interrupted:
+        err.print(f"interrupted: results of {summary.images} images are kept in {results}.parts; rerun with "
+                  "--resume to finish", highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
     out.print(f"{summary.images} images, {summary.instances} instances ({summary.empty} images without any) "
-              f"-> {results}" + (f"; pictures -> {save_vis}" if save_vis else ""))
+              f"-> {results}" + (f" ({summary.skipped} done by an earlier run)" if summary.skipped else "")
+              + (f"; pictures -> {save_vis}" if save_vis else ""), soft_wrap=True)
     if summary.failed:
         err.print(f"[yellow]{len(summary.failed)} images failed (reasons in {results}.errors.txt); first: "
                   f"{summary.failed[0][1]}[/yellow]", highlight=False, soft_wrap=True)

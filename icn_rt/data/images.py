@@ -50,6 +50,26 @@ def read_image(path: str | Path) -> np.ndarray:
     return decode_image(data, path)
 
 
+def image_size(path: str | Path) -> tuple[int, int] | None:
+    """``(H, W)`` from the file's header, without decoding it; None when the header
+    cannot be read (decoding will say why). Beyond PIL's decompression-bomb limit
+    (~179 MP) it is an :class:`InputError`."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's decompression-bomb warning: we check the size ourselves
+            with Image.open(path) as im:
+                return im.height, im.width
+    except Image.DecompressionBombError:
+        raise InputError(path, f"image is over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} MP: refused before "
+                               "decoding") from None
+    except Exception:
+        return None
+
+
 def write_image(path: str | Path, rgb: np.ndarray, jpeg_quality: int = 95) -> None:
     """Write ``uint8 [H, W, 3]`` RGB as JPEG or PNG by the file's suffix."""
     path = Path(path)

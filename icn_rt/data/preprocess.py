@@ -12,13 +12,18 @@ _MEAN = np.array(IMAGENET_MEAN, np.float32) * 255
 _STD = np.array(IMAGENET_STD, np.float32) * 255
 
 
-def preprocess(image: np.ndarray, size: int) -> torch.Tensor:
+def preprocess_array(image: np.ndarray, size: int) -> np.ndarray:
     """``image: uint8 [H, W, 3]`` RGB -> ``float32 [3, size, size]``: bilinear resize
     (OpenCV; area averaging when shrinking, so small objects survive), ImageNet
-    normalisation."""
+    normalisation. NumPy only, so loader threads and processes can run it."""
     h, w = image.shape[:2]
     if (h, w) != (size, size):
         shrink = size < h and size < w
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     x = (image.astype(np.float32) - _MEAN) / _STD
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def preprocess(image: np.ndarray, size: int) -> torch.Tensor:
+    """:func:`preprocess_array` as a tensor."""
+    return torch.from_numpy(preprocess_array(image, size))

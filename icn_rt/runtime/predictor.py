@@ -20,6 +20,7 @@ one that suppressed it, as in PRM.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from icn_rt.models.prm import PRMSettings, peak_response_maps, recorded_forward
 from icn_rt.models.store import load_classifier, load_icn, settings_from
 from icn_rt.runtime.engines import GraphEngines, pick_backend
 from icn_rt.runtime.matching import MatchingSettings, match, pick_kernels
+from icn_rt.runtime.stages import StageTimes
 
 CONFIDENCES = ("peak_quality", "peak", "match")
 
@@ -110,6 +112,10 @@ class Predictor:
         self.device = torch.device(device)
         self.kernels = pick_kernels(self.device)
         self.graphs = graphs
+        self.stages: StageTimes | None = None  # set one to time the stages of each call
+
+    def _stage(self, name: str) -> AbstractContextManager:
+        return self.stages(name) if self.stages is not None else nullcontext()
 
     @property
     def backend(self) -> str:
@@ -150,16 +156,31 @@ class Predictor:
         """Whether PRMs go through the ICN."""
         return self.icn is not None and self.icn_settings.steps > 0
 
-    def naive_maps(self, images: list[np.ndarray]) -> NaiveMaps:
+    def network_input(self, images: list[np.ndarray], inputs: list[np.ndarray] | None = None) -> torch.Tensor:
+        """The batch on the device, ``float [B, 3, S, S]``: ``inputs`` (already preprocessed
+        by loader workers: :func:`~icn_rt.data.preprocess.preprocess_array`) or ``images``
+        preprocessed here. On a GPU the batch goes through pinned memory, copied without
+        blocking the host."""
+        if inputs is None:
+            x = torch.stack([preprocess(im, self.input_size) for im in images])
+        else:
+            x = torch.from_numpy(np.stack(inputs))
+        if self.device.type == "cuda":
+            return x.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device)
+
+    def naive_maps(self, images: list[np.ndarray], inputs: list[np.ndarray] | None = None) -> NaiveMaps:
         """Preprocess, one recorded forward, peaks, one batched backward (or the PRM graph).
-        ``images``: uint8 RGB."""
-        x = torch.stack([preprocess(im, self.input_size) for im in images]).to(self.device)
-        if self.graphs is not None:
-            return self._graph_maps(x)
-        rec = recorded_forward(self.model, x)
-        peaks = find_peaks(rec.maps, rec.scores, self.peaks, self.model.settings.sub_pixel)
-        prms = peak_response_maps(self.model, rec, peaks, self.prm)
-        return NaiveMaps(x, rec.maps.detach(), rec.scores.detach(), peaks, prms)
+        ``images``: uint8 RGB; ``inputs``: see :meth:`network_input`."""
+        with self._stage("preprocess"):
+            x = self.network_input(images, inputs)
+        with self._stage("prm"):
+            if self.graphs is not None:
+                return self._graph_maps(x)
+            rec = recorded_forward(self.model, x)
+            peaks = find_peaks(rec.maps, rec.scores, self.peaks, self.model.settings.sub_pixel)
+            prms = peak_response_maps(self.model, rec, peaks, self.prm)
+            return NaiveMaps(x, rec.maps.detach(), rec.scores.detach(), peaks, prms)
 
     def _graph_maps(self, x: torch.Tensor) -> NaiveMaps:
         """The PRM graph's fixed slots -> the valid peaks in order, as the eager path lists them."""
@@ -181,13 +202,16 @@ class Predictor:
                for s in range(0, len(image_of), chunk)]
         return torch.cat(out).to(self.device) if out else naive.prms
 
-    def predict(self, images: list[np.ndarray], proposals: list[Proposals]) -> list[Prediction]:
-        """``images``: uint8 RGB ``[H, W, 3]`` each; ``proposals``: one per image, at its size."""
+    def predict(self, images: list[np.ndarray], proposals: list[Proposals],
+                inputs: list[np.ndarray] | None = None) -> list[Prediction]:
+        """``images``: uint8 RGB ``[H, W, 3]`` each; ``proposals``: one per image, at its size;
+        ``inputs``: their network inputs when a loader made them (:meth:`network_input`)."""
         if not images:
             return []
-        naive = self.naive_maps(images)
+        naive = self.naive_maps(images, inputs)
         peaks = naive.peaks
-        enhanced_maps = self.enhance(naive) if self.enhances else None
+        with self._stage("icn"):
+            enhanced_maps = self.enhance(naive) if self.enhances else None
         enhanced = enhanced_maps.cpu().numpy() if enhanced_maps is not None else None
         prms = naive.prms.cpu().numpy()
         # the CUDA kernels match on the device, from the maps where they are
@@ -211,14 +235,16 @@ class Predictor:
         """Instances of one image from its peaks ``idx`` (into ``prms``, ``enhanced`` (the
         ICN's maps or None) and ``matched`` (the maps to match, where the kernels read
         them)) and their class, position and value; ``maps``: the image's class maps."""
-        best, match_scores, quality = match(matched[idx], maps[cls], props, self.matching,
-                                            enhanced=enhanced is not None, kernels=self.kernels)
+        with self._stage("matching"):
+            best, match_scores, quality = match(matched[idx], maps[cls], props, self.matching,
+                                                enhanced=enhanced is not None, kernels=self.kernels)
         found = np.flatnonzero(best >= 0)
         if len(found) == 0:
             return []
         confidence = {"peak_quality": values * quality, "peak": values, "match": match_scores}[self.instances.confidence]
-        masks = props.to_masks(best[found])
-        keep, owner = self._nms(masks, confidence[found])
+        with self._stage("nms"):
+            masks = props.to_masks(best[found])
+            keep, owner = self._nms(masks, confidence[found])
         h, w = shape
         mh, mw = maps.shape[-2:]
         result = []
