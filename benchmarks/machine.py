@@ -1,31 +1,5 @@
-"""What a benchmark ran on: machine, Python and package versions, GPU if any."""
+"""What a benchmark ran on (kept in the package: ``icn-rt bench`` reports it too)."""
 
-from __future__ import annotations
+from icn_rt.machine import machine_info
 
-import os
-import platform
-from importlib import metadata
-
-
-def machine_info() -> dict:
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "packages": {},
-        "gpu": None,
-    }
-    for pkg in ("icn-rt", "numpy", "scipy", "opencv-python-headless", "scikit-image", "torch", "onnx", "onnxruntime", "numba"):
-        try:
-            info["packages"][pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            info["packages"][pkg] = None
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
-    return info
+__all__ = ["machine_info"]

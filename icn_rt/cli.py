@@ -338,6 +338,64 @@ def infer_cmd(
         raise typer.Exit(1)
 
 
+@app.command("bench")
+def bench_cmd(
+    model_dir: Path = typer.Argument(..., help="Model directory (graphs and plans beside it are benchmarked too)."),
+    images: Optional[list[str]] = typer.Argument(None, help="Images (files, directories, globs, list files) "
+                                                            "[default: the demo's]."),
+    proposals_dir: Optional[Path] = typer.Option(None, "--proposals", help="Their proposals [default: the demo's]."),
+    count: int = typer.Option(32, "--images", help="Images per measurement (cycling through those given)."),
+    batch_sizes: str = typer.Option("1,4,16", help="Batch sizes, comma separated."),
+    backends: str = typer.Option("torch,onnxruntime,tensorrt", help="Backends to measure (absent ones are reported "
+                                                                   "as skipped, with why)."),
+    baseline: bool = typer.Option(True, help="Run the baseline pipeline (benchmarks/reference/) too."),
+    json_out: Path = typer.Option(Path("bench.json"), "--out", help="Report JSON; the plot goes beside it (.png)."),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+):
+    """Per-stage latency (median/p90/p99), images/s vs batch size per backend, and the
+    speed-up over the baseline pipeline on the same images with the same instances."""
+    import json as jsonlib
+
+    from icn_rt import demo
+    from icn_rt.runtime.bench import BenchSettings, bench, plot
+    from icn_rt.runtime.infer import list_images
+
+    try:
+        sizes = tuple(int(b) for b in batch_sizes.split(","))
+        if not sizes or min(sizes) < 1:
+            raise ValueError
+    except ValueError:
+        _fail(ValueError(f"--batch-sizes must be positive integers separated by commas, got {batch_sizes!r}"))
+    try:
+        paths = list_images(images or [demo.IMAGES])
+        settings = BenchSettings(batch_sizes=sizes, backends=tuple(b.strip() for b in backends.split(",")),
+                                 images=count, baseline=baseline, device=device)
+        report = bench(model_dir, paths, proposals_dir or demo.PROPOSALS, settings,
+                       log=lambda m: err.print(m, highlight=False))
+    except (InputError, ValueError, RuntimeError) as e:
+        _fail(e)
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(jsonlib.dumps(report, indent=2) + "\n")
+    plot(report, json_out.with_suffix(".png"))
+    table = Table(title=f"{report['images']} images ({report['image_sizes'][0][0]}x{report['image_sizes'][0][1]}"
+                        f"{'…' if len(report['image_sizes']) > 1 else ''}), input {report['input_size']}², "
+                        f"{report['device']}",
+                  caption="same: the baseline's instances; ms/batch: median, then p90, p99")
+    for column in ("contestant", "backend", "batch", "img/s", "×base", "same", "ms/batch", "p90", "p99"):
+        table.add_column(column, justify="left" if column in ("contestant", "backend") else "right")
+    for row in report["rows"]:
+        total = row["latency_s"]["total"]
+        same = {True: "yes", False: "NO", None: "-"}[row["same_instances_as_baseline"]]
+        ratio = row["speedup_vs_baseline"]
+        table.add_row(row["contestant"], row["backend"], str(row["batch_size"]), f"{row['images_per_s']:.1f}",
+                      f"{ratio:.1f}" if ratio else "-", same, f"{1e3 * total['median']:.1f}",
+                      f"{1e3 * total['p90']:.1f}", f"{1e3 * total['p99']:.1f}")
+    out.print(table)
+    for name, reason in report["skipped"].items():
+        err.print(f"[yellow]skipped {name}:[/yellow] {reason}", highlight=False, soft_wrap=True)
+    out.print(f"report -> {json_out}; plot -> {json_out.with_suffix('.png')}", soft_wrap=True)
+
+
 @app.command("export")
 def export_cmd(
     model_dir: Path = typer.Argument(..., help="Model directory."),

@@ -237,3 +237,14 @@ def test_top_k_not_contained_matches_the_method_reference(backend):
             np.testing.assert_array_equal(got[r], np.concatenate([want, np.full(k - len(want), -1)]))
     assert host(ops(backend).top_k_not_contained(on(backend, ref.pack(masks)), on(backend, order),
                                                  on(backend, valid), 3))[0, 1] not in (1, 2, 3)
+
+
+def test_unique_rows_by_hash_is_numpys_unique():
+    from icn_rt.kernels.ops_cpu import _unique_rows
+
+    rng = np.random.default_rng(2)
+    keys = rng.integers(-1, 6, size=(3000, 9)).astype(np.int32)
+    keys[::7] = keys[3]  # many repeats
+    unique, inverse = _unique_rows(keys)
+    want, want_inverse = np.unique(keys, axis=0, return_inverse=True)
+    assert np.array_equal(unique, want) and np.array_equal(inverse, want_inverse.ravel())

@@ -6,13 +6,31 @@ from numba import config
 
 from icn_rt.data.proposals import Proposals
 from icn_rt.kernels import reference as ref
-from icn_rt.runtime.matching import MatchingSettings, match, matching_map, rebalanced, resize_masks, vanilla
+from icn_rt.runtime.matching import MatchingSettings, match, matching_map, rebalanced, resize_proposals, vanilla
 
 
 def _segments(rng, shape=(24, 20), n_sp=30, n=40) -> Proposals:
     sp = rng.integers(0, n_sp, size=shape)
     groups = [np.unique(rng.choice(n_sp, size=rng.integers(1, 8))) for _ in range(n)]
     return Proposals.from_segments(sp, groups, np.linspace(1, 0, n))
+
+
+@pytest.mark.parametrize("shape", [(7, 9), (24, 20), (50, 33)])
+def test_resized_segments_are_the_resized_masks(shape):
+    import cv2
+
+    props = _segments(np.random.default_rng(5))
+    props.superpixels[props.superpixels == 29] = 0
+    props.superpixels[0, 0] = 29  # one pixel: gone at (7, 9), still a proposal's superpixel
+    resized = resize_proposals(props, shape)
+    assert resized.is_segments and resized.num_superpixels == 30 and len(resized) == len(props)
+    dense = np.stack([cv2.resize(m.view(np.uint8), shape[::-1], interpolation=cv2.INTER_NEAREST)
+                      for m in props.to_masks()]).astype(bool)
+    assert np.array_equal(resized.to_masks(), dense)
+    assert np.array_equal(resized.areas(), dense.sum((1, 2)))
+    masks = Proposals.from_masks(props.to_masks(), props.scores)
+    assert np.array_equal(resize_proposals(masks, shape).to_masks(), dense)
+    assert resize_proposals(props, props.shape) is props
 
 
 KERNELS = ["numpy", "cpu", pytest.param("cuda", id="cuda-simulator" if config.ENABLE_CUDASIM else "cuda-gpu",
@@ -105,7 +123,7 @@ def test_match_picks_the_reference_best_and_respects_max_proposals():
     for s in (MatchingSettings(score="vanilla", at="input"), MatchingSettings(score="rebalanced", binarize=0.3),
               MatchingSettings(score="vanilla", at="input", max_proposals=10)):
         best, score, quality = match(prms, class_maps, props, s)
-        small = resize_masks(props, (16, 16)).to_masks() if s.at == "input" else props.to_masks()
+        small = resize_proposals(props, (16, 16)).to_masks() if s.at == "input" else props.to_masks()
         for k in range(3):
             if s.at == "input":
                 m = matching_map(prms[k], s)

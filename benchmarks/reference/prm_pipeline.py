@@ -61,17 +61,14 @@ class BaselineInstance:
 
 
 def _median_peaks(crm: torch.Tensor, window: int) -> list[tuple[int, int]]:
+    """Local maxima of the ``window``² neighbourhood at or above the map's median, row by row."""
     h, w = crm.shape
     r = window // 2
     padded = F.pad(crm[None, None], (r, r, r, r), value=float("-inf"))
     _, idx = F.max_pool2d(padded, window, stride=1, return_indices=True)
-    median = crm.flatten().median()
-    peaks = []
-    for y in range(h):
-        for x in range(w):
-            if idx[0, 0, y, x].item() == (y + r) * (w + 2 * r) + x + r and crm[y, x] >= median:
-                peaks.append((y, x))
-    return peaks
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    is_max = idx[0, 0] == (ys + r) * (w + 2 * r) + xs + r
+    return [tuple(p) for p in (is_max & (crm >= crm.flatten().median())).nonzero().tolist()]
 
 
 def _best_proposal(prm: np.ndarray, background: np.ndarray, props: Proposals, s: BaselineSettings):
@@ -110,9 +107,11 @@ def _nms(candidates: list[BaselineInstance], iou: float) -> list[BaselineInstanc
 
 def run_baseline(model: PeakClassifier, image: np.ndarray, props: Proposals,
                  settings: BaselineSettings) -> list[BaselineInstance]:
-    """Instances of one image (``uint8 [H, W, 3]``, proposals at its size), by descending score."""
+    """Instances of one image (``uint8 [H, W, 3]``, proposals at its size), by descending
+    score. The networks run on the model's device; peaks and matching on the host."""
     model.eval()
-    x = preprocess(image, settings.input_size)[None].requires_grad_(True)
+    device = next(model.parameters()).device
+    x = preprocess(image, settings.input_size)[None].to(device).requires_grad_(True)
     with excitation_backward(model):
         maps = model.class_maps(x)
         scores = peak_stimulation(maps, model.settings.window)
@@ -120,7 +119,7 @@ def run_baseline(model: PeakClassifier, image: np.ndarray, props: Proposals,
         for c in range(maps.shape[1]):
             if scores[0, c].item() < settings.class_threshold:
                 continue
-            crm = maps[0, c].detach()
+            crm = maps[0, c].detach().cpu()
             background = None
             for y, xx in _median_peaks(crm, model.settings.window):
                 if crm[y, xx].item() <= settings.peak_threshold:
@@ -128,7 +127,7 @@ def run_baseline(model: PeakClassifier, image: np.ndarray, props: Proposals,
                 grad, = torch.autograd.grad(maps[0, c, y, xx], x, retain_graph=True)
                 prm = grad[0].sum(0).clamp(min=0)
                 total = prm.sum()
-                prm = (prm / total if total > 0 else prm).numpy()
+                prm = (prm / total if total > 0 else prm).cpu().numpy()
                 if background is None:
                     background = background_map(crm.numpy(), prm.shape, settings.background_factor)
                 best, score = _best_proposal(prm, background, props, settings)

@@ -70,7 +70,10 @@ class Proposals:
 
     @property
     def num_superpixels(self) -> int:
-        return int(self.superpixels.max()) + 1 if self.is_segments and self.superpixels.size else 0
+        if not self.is_segments:
+            return 0
+        # a superpixel may be named by a proposal and absent from the map (e.g. resized away)
+        return int(max(self.superpixels.max(initial=-1), self.indices.max(initial=-1))) + 1
 
     def __len__(self) -> int:
         return len(self.scores)

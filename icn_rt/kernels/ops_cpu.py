@@ -424,16 +424,31 @@ def members(indptr: np.ndarray, indices: np.ndarray, count: int) -> np.ndarray:
 
 
 @njit(cache=True, parallel=True)
-def _group_sums(member, group_indptr, group_labels, values, out):
+def _group_sums(member, seg_indptr, seg_groups, group_size, values, out):
+    """Per set: walk its segments' groups (``seg_*``: the groups of each segment, CSR),
+    counting how many of each group's segments the set holds; a group met (count > 0)
+    but not contained (count < size) adds its values. Work ~ the groups the set touches."""
     m = values.shape[0]
+    n_groups = len(group_size)
     for i in prange(member.shape[0]):
+        held = np.zeros(n_groups, np.int32)
+        touched = np.empty(n_groups, np.int64)
+        n_touched = 0
+        for w in range(member.shape[1]):
+            bits = np.int64(member[i, w])
+            while bits:
+                s = w * WORD + _ctz(bits)
+                bits &= bits - 1
+                for t in range(seg_indptr[s], seg_indptr[s + 1]):
+                    g = seg_groups[t]
+                    if held[g] == 0:
+                        touched[n_touched] = g
+                        n_touched += 1
+                    held[g] += 1
         acc = np.zeros(m, np.float64)
-        for g in range(len(group_indptr) - 1):
-            inside = 0
-            for t in range(group_indptr[g], group_indptr[g + 1]):
-                s = group_labels[t]
-                inside += (np.int64(member[i, s // WORD]) >> (s % WORD)) & 1
-            if 0 < inside < group_indptr[g + 1] - group_indptr[g]:
+        for q in range(n_touched):
+            g = touched[q]
+            if held[g] < group_size[g]:
                 for j in range(m):
                     acc[j] += values[j, g]
         for j in range(m):
@@ -444,7 +459,13 @@ def group_sums(member: np.ndarray, group_indptr: np.ndarray, group_labels: np.nd
                values: np.ndarray) -> np.ndarray:
     """``values: float [M, G]`` summed over the groups each set meets but does not contain -> ``[M, N]``."""
     out = np.empty((len(values), len(member)))
-    _group_sums(member, group_indptr, group_labels, np.ascontiguousarray(values, np.float64), out)
+    sizes = np.diff(group_indptr)
+    group_of = np.repeat(np.arange(len(sizes)), sizes)
+    by_segment = np.argsort(group_labels, kind="stable")
+    seg_indptr = np.zeros(member.shape[1] * WORD + 1, np.int64)
+    np.cumsum(np.bincount(group_labels, minlength=len(seg_indptr) - 1), out=seg_indptr[1:])
+    _group_sums(member, seg_indptr, group_of[by_segment].astype(np.int64), sizes.astype(np.int64),
+                np.ascontiguousarray(values, np.float64), out)
     return out
 
 
@@ -537,6 +558,32 @@ def _window_sets(labels, size, sets, counts):
             counts[y * w + x] = u
 
 
+@njit(cache=True, parallel=True)
+def _row_hashes(keys, out):
+    for i in prange(keys.shape[0]):
+        h = np.uint64(14695981039346656037)
+        for k in range(keys.shape[1]):
+            h = (h ^ np.uint64(keys[i, k] & 0xFFFFFFFF)) * np.uint64(1099511628211)
+        out[i] = h
+
+
+def _unique_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(keys, axis=0, return_inverse=True)`` (rows in lexicographic order),
+    by sorting 64-bit row hashes instead of rows; any hash collision is caught and
+    falls back to NumPy."""
+    hashes = np.empty(len(keys), np.uint64)
+    _row_hashes(keys, hashes)
+    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    distinct = keys[first]
+    if not np.array_equal(distinct[inverse], keys):
+        unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+        return unique, inverse.ravel()
+    order = np.lexsort(distinct.T[::-1])
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return distinct[order], rank[inverse]
+
+
 def boundary_groups(labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """See :func:`.ops_numpy.boundary_groups`: ``(group int32 [H, W], indptr, labels)``."""
     h, w = labels.shape
@@ -547,8 +594,8 @@ def boundary_groups(labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarr
     group = np.full(h * w, -1, np.int32)
     if len(edge) == 0:
         return group.reshape(h, w), np.zeros(1, np.int64), np.zeros(0, np.int32)
-    unique, inverse = np.unique(sets[edge], axis=0, return_inverse=True)
-    group[edge] = inverse.ravel()
+    unique, inverse = _unique_rows(sets[edge])
+    group[edge] = inverse
     lengths = (unique >= 0).sum(1)
     indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     return group.reshape(h, w), indptr, unique[unique >= 0].astype(np.int32)

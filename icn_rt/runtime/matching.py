@@ -79,11 +79,16 @@ def matching_map(prm: np.ndarray, settings: MatchingSettings) -> np.ndarray:
     return (v >= settings.binarize).astype(np.float64) if settings.binarize is not None else v
 
 
-def resize_masks(props: Proposals, shape: tuple[int, int]) -> Proposals:
-    """Proposals resized (nearest, OpenCV) to ``shape`` (H, W), as dense masks."""
-    masks = props.to_masks()
+def resize_proposals(props: Proposals, shape: tuple[int, int]) -> Proposals:
+    """Proposals resized (nearest, OpenCV) to ``shape`` (H, W), in their own form: a
+    nearest resize of each mask equals the mask, in the resized superpixel map, of the same
+    superpixels (every pixel copies one source pixel), so segments stay segments."""
     if tuple(props.shape) == tuple(shape):
-        return Proposals.from_masks(masks, props.scores)
+        return props
+    if props.is_segments:
+        labels = cv2.resize(props.superpixels, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+        return Proposals.from_segments(labels, (props.indptr, props.indices), props.scores)
+    masks = props.to_masks()
     out = np.stack([cv2.resize(m.view(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
                     for m in masks]) if len(masks) else np.zeros((0, *shape), np.uint8)
     return Proposals.from_masks(out.astype(bool), props.scores)
@@ -333,7 +338,7 @@ def score_proposals(prms, class_maps, props: Proposals, settings: MatchingSettin
     device = prms.device if _is_torch(prms) else None
     if settings.at == "input":
         shape = tuple(prms.shape[1:])
-        props = resize_masks(props, shape)
+        props = resize_proposals(props, shape)
         maps = _float(prms)
     else:
         shape = props.shape

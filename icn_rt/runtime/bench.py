@@ -1,0 +1,279 @@
+"""``icn-rt bench``: the pipeline's speed, stage by stage, beside the baseline.
+
+On the same images in one process (ratios hold on a noisy machine), after a warm-up:
+
+- ``baseline``: the PRM authors' style of pipeline (``benchmarks/reference/``: one image
+  at a time, one autograd backward per peak, a Python loop over proposals with OpenCV),
+  with PRM's rules (median peaks, excitation backprop, vanilla matching at the input);
+- ``icn-rt, PRM rules``: icn-rt's predictor set to the same rules (eager torch), whose
+  instances are checked against the baseline's — the like-for-like speed-up;
+- ``icn-rt, model``: the model as configured (its ICN, rebalanced matching) on each
+  backend that is present.
+
+Per contestant and batch size: latency per batch of every stage (decode, proposals,
+preprocess, PRM graph, ICN graph, matching, NMS) and of the whole batch, median / p90 /
+p99; images/s of the predictor (decode and proposal reading are timed per image apart:
+``icn-rt infer`` runs them in parallel loader workers) and the ratio to the baseline.
+Writes JSON with the machine and versions, and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import importlib
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from icn_rt.data.images import read_image
+from icn_rt.data.preprocess import preprocess_array
+from icn_rt.data.proposals import Proposals, load_proposals, proposal_path
+from icn_rt.errors import InputError
+from icn_rt.machine import machine_info
+from icn_rt.runtime.stages import StageTimes
+
+STAGES = ("decode", "proposals", "preprocess", "prm", "icn", "matching", "nms")
+
+
+@dataclass
+class BenchSettings:
+    batch_sizes: tuple[int, ...] = (1, 4, 16)
+    backends: tuple[str, ...] = ("torch", "onnxruntime", "tensorrt")
+    images: int = 32
+    baseline: bool = True
+    device: str = "cpu"
+
+
+@dataclass
+class Item:
+    image_id: str
+    image: np.ndarray
+    proposals: Proposals
+    x: np.ndarray
+
+
+@dataclass
+class Run:
+    """One contestant at one batch size."""
+
+    name: str
+    backend: str
+    batch_size: int
+    seconds: list[float] = field(default_factory=list)  # per batch
+    stages: dict[str, list[float]] = field(default_factory=dict)  # per batch
+    instances: list[list[tuple[int, int]]] = field(default_factory=list)  # (class, proposal) per image
+    scores: list[list[float]] = field(default_factory=list)
+    gpu_memory: int | None = None
+
+    def to_json(self, images: int, baseline_rate: float | None) -> dict:
+        rate = images / sum(self.seconds)
+        total = float(np.median(self.seconds))
+        return {"contestant": self.name, "backend": self.backend, "batch_size": self.batch_size,
+                "images_per_s": rate, "speedup_vs_baseline": rate / baseline_rate if baseline_rate else None,
+                "latency_s": {"total": percentiles(self.seconds), **{k: percentiles(v) for k, v in self.stages.items()}},
+                "stage_shares": {k: float(np.median(v)) / total for k, v in self.stages.items()} if total else {},
+                "gpu_peak_bytes": self.gpu_memory}
+
+
+def percentiles(values: list[float]) -> dict:
+    v = np.asarray(values, np.float64)
+    return {"median": float(np.median(v)), "p90": float(np.percentile(v, 90)), "p99": float(np.percentile(v, 99)),
+            "n": len(v)}
+
+
+def load_items(paths: list[Path], proposals_dir: Path, input_size: int, count: int) -> tuple[list[Item], dict]:
+    """Decode every image and read its proposals once, timing both per image; ``count``
+    items cycling through them."""
+    items, times = [], {"decode": [], "proposals": []}
+    for path in paths:
+        start = time.perf_counter()
+        image = read_image(path)
+        mid = time.perf_counter()
+        props = load_proposals(proposal_path(proposals_dir, path.stem), expected_shape=image.shape[:2])
+        times["decode"].append(mid - start)
+        times["proposals"].append(time.perf_counter() - mid)
+        items.append(Item(path.stem, image, props, preprocess_array(image, input_size)))
+    if not items:
+        raise InputError(proposals_dir, "no images to benchmark")
+    return [items[i % len(items)] for i in range(count)], times
+
+
+def run_predictor(predictor, name: str, items: list[Item], batch_size: int) -> Run:
+    """Every item through ``predictor`` in batches (after one warm-up batch), timed."""
+    run = Run(name, predictor.backend, batch_size)
+    batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    cuda = predictor.device.type == "cuda"
+    predictor.predict([b.image for b in batches[0]], [b.proposals for b in batches[0]], [b.x for b in batches[0]])
+    if cuda:
+        torch.cuda.synchronize(predictor.device)
+        torch.cuda.reset_peak_memory_stats(predictor.device)
+    predictor.stages = StageTimes(predictor.device)
+    try:
+        for batch in batches:
+            start = time.perf_counter()
+            found = predictor.predict([b.image for b in batch], [b.proposals for b in batch], [b.x for b in batch])
+            if cuda:
+                torch.cuda.synchronize(predictor.device)
+            run.seconds.append(time.perf_counter() - start)
+            for stage, seconds in predictor.stages.take().items():
+                run.stages.setdefault(stage, []).append(seconds)
+            run.instances += [[(i.class_id, i.proposal) for i in p.instances] for p in found]
+            run.scores += [[i.score for i in p.instances] for p in found]
+    finally:
+        predictor.stages = None
+    if cuda:
+        run.gpu_memory = int(torch.cuda.max_memory_allocated(predictor.device))
+    return run
+
+
+def baseline_module():
+    """``benchmarks/reference/prm_pipeline.py`` of the checkout icn-rt runs from, or None
+    (an installed package has no benchmarks folder)."""
+    repo = Path(__file__).resolve().parents[2]
+    if not (repo / "benchmarks" / "reference" / "prm_pipeline.py").is_file():
+        return None
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    return importlib.import_module("benchmarks.reference.prm_pipeline")
+
+
+def prm_rules(predictor):
+    """The predictor set to PRM's rules — the baseline's, so both find the same instances."""
+    from icn_rt.models.peaks import PeakSettings
+    from icn_rt.models.prm import PRMSettings
+    from icn_rt.runtime.matching import MatchingSettings
+    from icn_rt.runtime.predictor import InstanceSettings, Predictor
+
+    p = predictor.peaks
+    return Predictor(predictor.model, predictor.classes,
+                     PeakSettings(rule="median", class_threshold=p.class_threshold, peak_threshold=p.peak_threshold,
+                                  max_peaks=0),
+                     PRMSettings("excitation"),
+                     MatchingSettings(score="vanilla", at="input", max_proposals=predictor.matching.max_proposals,
+                                      area_limits=predictor.matching.area_limits),
+                     InstanceSettings(nms_iou=predictor.instances.nms_iou, confidence="match"),
+                     device=predictor.device)
+
+
+def run_baseline(reference, predictor, items: list[Item]) -> Run:
+    """The baseline on every item, one at a time (after one warm-up image)."""
+    p = predictor.peaks
+    most = max(len(item.proposals) for item in items)
+    settings = reference.BaselineSettings(
+        input_size=predictor.input_size, class_threshold=p.class_threshold, peak_threshold=p.peak_threshold,
+        max_proposals=predictor.matching.max_proposals or most, area_limits=tuple(predictor.matching.area_limits),
+        nms_iou=predictor.instances.nms_iou)
+    model = predictor.model
+    reference.run_baseline(model, items[0].image, items[0].proposals, settings)
+    run = Run("baseline", "torch", 1)
+    for item in items:
+        start = time.perf_counter()
+        found = reference.run_baseline(model, item.image, item.proposals, settings)
+        run.seconds.append(time.perf_counter() - start)
+        run.instances.append([(i.class_id, i.proposal) for i in found])
+        run.scores.append([i.score for i in found])
+    return run
+
+
+def same_instances(a: Run, b: Run) -> bool:
+    """The same (class, proposal) per image in the same order, scores to float32 rounding."""
+    return a.instances == b.instances and all(np.allclose(x, y, rtol=1e-4, atol=0) for x, y in zip(a.scores, b.scores))
+
+
+def bench(model_dir: Path, paths: list[Path], proposals_dir: Path, settings: BenchSettings, log=print) -> dict:
+    """Run every contestant; returns the report (see the module's docstring)."""
+    from icn_rt.runtime.predictor import Predictor
+
+    model = Predictor.from_dir(model_dir, settings.device)
+    items, load_times = load_items(paths, proposals_dir, model.input_size, settings.images)
+    runs: list[Run] = []
+    skipped: dict[str, str] = {}
+    reference = baseline_module() if settings.baseline else None
+    if settings.baseline and reference is None:
+        skipped["baseline"] = "benchmarks/reference/ is not here (run icn-rt from a checkout of its repository)"
+    base = None
+    if reference is not None:
+        log("baseline (one image at a time)")
+        base = run_baseline(reference, model, items)
+        rules = prm_rules(model)
+        for b in settings.batch_sizes:
+            log(f"icn-rt, PRM rules, torch, batch {b}")
+            runs.append(run_predictor(rules, "icn-rt, PRM rules", items, b))
+    for backend in settings.backends:
+        try:
+            predictor = model if backend == "torch" else Predictor.from_dir(model_dir, settings.device, backend)
+        except (InputError, ValueError, RuntimeError, ImportError) as e:
+            skipped[f"icn-rt, model, {backend}"] = str(e)
+            continue
+        for b in settings.batch_sizes:
+            log(f"icn-rt, model, {backend}, batch {b}")
+            runs.append(run_predictor(predictor, "icn-rt, model", items, b))
+    base_rate = len(items) / sum(base.seconds) if base else None
+    rows = ([{**base.to_json(len(items), base_rate), "same_instances_as_baseline": True}] if base else [])
+    for run in runs:
+        row = run.to_json(len(items), base_rate)
+        row["same_instances_as_baseline"] = same_instances(run, base) if base and run.name.endswith("PRM rules") \
+            else None
+        rows.append(row)
+    like = [r for r in rows if r["contestant"] == "icn-rt, PRM rules"]
+    return {
+        "benchmark": "icn-rt bench",
+        "machine": machine_info(),
+        "model": str(model_dir),
+        "device": settings.device,
+        "images": len(items),
+        "distinct_images": len(paths),
+        "input_size": model.input_size,
+        "image_sizes": sorted({tuple(i.image.shape[:2]) for i in items}),
+        "proposals_per_image": float(np.mean([len(i.proposals) for i in items])),
+        "peaks_per_image": float(np.mean([len(x) for x in base.instances])) if base else None,
+        "per_image_load_s": {k: percentiles(v) for k, v in load_times.items()},
+        "rows": rows,
+        "best_like_for_like_speedup": max((r["speedup_vs_baseline"] for r in like), default=None),
+        "skipped": skipped,
+        "peak_host_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+
+
+def plot(report: dict, path: Path) -> None:
+    """Throughput vs batch size per contestant (the baseline as a line) and, per
+    contestant at its best batch size, the shares of the stages."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    groups: dict[str, list[dict]] = {}
+    for row in report["rows"]:
+        groups.setdefault(f"{row['contestant']} ({row['backend']})", []).append(row)
+    best = {}
+    for label, rows in groups.items():
+        if rows[0]["contestant"] == "baseline":
+            left.axhline(rows[0]["images_per_s"], color="black", linestyle="--", label="baseline")
+            continue
+        left.plot([r["batch_size"] for r in rows], [r["images_per_s"] for r in rows], marker="o", label=label)
+        best[label] = max(rows, key=lambda r: r["images_per_s"])
+    left.set_xscale("log", base=2)
+    left.set_xlabel("batch size (images)")
+    left.set_ylabel("images / s")
+    left.set_title(f"{report['images']} images, {report['device']}, input {report['input_size']}²")
+    left.grid(True, alpha=0.3)
+    left.legend(fontsize=8)
+    stages = [s for s in STAGES if any(s in r["stage_shares"] for r in best.values())]
+    bottom = np.zeros(len(best))
+    for stage in stages:
+        shares = np.array([r["stage_shares"].get(stage, 0.0) for r in best.values()])
+        right.barh(range(len(best)), shares, left=bottom, label=stage)
+        bottom += shares
+    right.set_yticks(range(len(best)), [f"{k}\nbatch {r['batch_size']}" for k, r in best.items()], fontsize=8)
+    right.set_xlabel("share of the batch's median latency")
+    right.set_xlim(0, 1)
+    right.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
