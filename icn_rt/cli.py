@@ -457,30 +457,34 @@ def build_engine_cmd(
 @app.command("demo")
 def demo(
     out_dir: Path = typer.Option(Path("icn-rt-demo"), "--out", help="Where to write everything."),
-    images: int = typer.Option(16, help="Images in the demo set."),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
 ):
-    """Run the pipeline end to end on a small synthetic set and show where the results are."""
-    from icn_rt.data.make_proposals import make_proposals
-    from icn_rt.data.results import write_results
-    from icn_rt.data.synth import SynthConfig, generate
+    """The whole job on the embedded demo: a small model trained by icn-rt on the synthetic
+    benchmark, run on sample images with their proposals -> instances, evaluation, pictures."""
+    from icn_rt import demo as assets
     from icn_rt.eval.proposal_recall import proposal_recall
     from icn_rt.eval.report import evaluate as run_eval
     from icn_rt.eval.report import write_report
+    from icn_rt.runtime.infer import infer, list_images
+    from icn_rt.runtime.predictor import Predictor
 
-    root = out_dir / "dataset"
-    generate(root, SynthConfig(train=0, val=images))
-    make_proposals(root, root / "Proposals", "val")
-    recall = proposal_recall(root, root / "Proposals", "val")
-    out.print(_recall_table(recall, "proposal upper bound"))
-    results = out_dir / "oracle_results.json"
-    write_results(results, recall.oracle)
-    report = run_eval(root, results, "val")
+    if not (assets.MODEL / "config.json").is_file():
+        _fail(InputError(assets.MODEL, "the demo model is missing; rebuild it with scripts/build_demo.py"))
+    predictor = Predictor.from_dir(assets.MODEL, device)
+    results, pictures = out_dir / "results.json", out_dir / "pictures"
+    summary = infer(predictor, list_images([assets.IMAGES]), assets.PROPOSALS, results, pictures, batch_size=8,
+                    workers=0, overwrite=True)
+    out.print(f"{summary.images} images -> {summary.instances} instances "
+              f"(model: {predictor.model.settings.backbone} classifier + ICN, T = {predictor.icn_settings.steps})")
+    recall = proposal_recall(assets.DATA, assets.PROPOSALS, "val")
+    out.print(_recall_table(recall, "proposal upper bound (the best proposal per object)"))
+    report = run_eval(assets.DATA, results, "val")
     out.print(_eval_table(report))
     write_report(report, out_dir / "metrics.json")
-    out.print(f"dataset: {root}\nproposals: {root / 'Proposals'}\noracle results: {results}\n"
+    out.print(f"instances (COCO JSON, RLE masks): {results}\n"
+              f"overlays and PRM heatmaps: {pictures}/<id>_overlay.png, <id>_prm.png\n"
               f"metrics: {out_dir / 'metrics.json'}\n"
-              "(the oracle labels the best proposal per GT instance with its true class: the "
-              "ceiling any peak-to-proposal matching can reach)")
+              f"the model and the images with their annotations and proposals: {assets.DEMO}", soft_wrap=True)
 
 
 def main() -> None:

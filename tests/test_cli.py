@@ -81,8 +81,28 @@ def test_eval_bad_results_is_one_line(tiny_voc, tmp_path):
 
 
 def test_demo(tmp_path):
-    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--images", "4"])
+    from icn_rt import demo
+
+    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "d")])
     assert r.exit_code == 0, r.output
+    ids = sorted(p.stem for p in demo.IMAGES.iterdir())
+    assert len(ids) == 8
     metrics = json.loads((tmp_path / "d" / "metrics.json").read_text())
-    assert metrics["images"] == 4 and metrics["mAP"]["0.25"] == pytest.approx(100.0)
-    assert np.isfinite(metrics["mIoU"])
+    assert metrics["images"] == 8 and metrics["predictions"] > 0 and np.isfinite(metrics["mIoU"])
+    for image_id in ids:
+        assert (tmp_path / "d" / "pictures" / f"{image_id}_overlay.png").is_file()
+    results = json.loads((tmp_path / "d" / "results.json").read_text())
+    assert {e["image_id"] for e in results} <= set(ids)
+    assert "mAP^r" in r.output and "pictures" in r.output
+    # the demo's results are the model's own: the same as `icn-rt infer` on those files
+    r = runner.invoke(app, ["infer", str(demo.MODEL), str(demo.IMAGES), "--proposals", str(demo.PROPOSALS),
+                            "--out", str(tmp_path / "r.json"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "r.json").read_text()) == results
+
+
+def test_demo_assets_are_small():
+    from icn_rt import demo
+
+    size = sum(p.stat().st_size for p in demo.DEMO.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    assert size < 5 * 2**20
