@@ -36,7 +36,8 @@ def test_bench_reports_stages_throughput_and_the_baseline(classifier, tiny_voc, 
     stages = like[0]["latency_s"]
     assert {"preprocess", "prm", "matching"} <= stages.keys()
     assert stages["prm"]["median"] <= stages["total"]["median"]
-    assert 0.5 < sum(like[0]["stage_shares"].values()) <= 1.0 + 1e-9
+    shares = like[0]["stage_shares"]
+    assert shares["prm"] > 0 and sum(shares.values()) <= 1.0 + 1e-9
     assert report["per_image_load_s"]["decode"]["n"] == 3
     assert out.with_suffix(".png").stat().st_size > 10_000
     assert "PRM rules" in r.output and "yes" in r.output

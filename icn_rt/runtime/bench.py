@@ -71,11 +71,10 @@ class Run:
 
     def to_json(self, images: int, baseline_rate: float | None) -> dict:
         rate = images / sum(self.seconds)
-        total = float(np.median(self.seconds))
         return {"contestant": self.name, "backend": self.backend, "batch_size": self.batch_size,
                 "images_per_s": rate, "speedup_vs_baseline": rate / baseline_rate if baseline_rate else None,
                 "latency_s": {"total": percentiles(self.seconds), **{k: percentiles(v) for k, v in self.stages.items()}},
-                "stage_shares": {k: float(np.median(v)) / total for k, v in self.stages.items()} if total else {},
+                "stage_shares": {k: sum(v) / sum(self.seconds) for k, v in self.stages.items()},
                 "gpu_peak_bytes": self.gpu_memory}
 
 
@@ -271,9 +270,9 @@ def plot(report: dict, path: Path) -> None:
         right.barh(range(len(best)), shares, left=bottom, label=stage)
         bottom += shares
     right.set_yticks(range(len(best)), [f"{k}\nbatch {r['batch_size']}" for k, r in best.items()], fontsize=8)
-    right.set_xlabel("share of the batch's median latency")
+    right.set_xlabel("share of the time")
     right.set_xlim(0, 1)
-    right.legend(fontsize=8, loc="lower right")
+    right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=len(stages))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

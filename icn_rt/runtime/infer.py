@@ -297,23 +297,6 @@ def _write_json(path: Path, doc: dict) -> None:
 
 # --- the job ----------------------------------------------------------------------------
 
-def release_large_blocks(threshold: int = 1 << 20) -> bool:
-    """Make glibc's malloc return every block of ``threshold`` bytes or more to the system
-    when it is freed. By default glibc raises that threshold each time such a block is
-    freed, after which images, maps and masks of that size stay in the heap: the job's
-    resident memory climbs for the first hundred-odd images (by ~40 % here) before it
-    levels off. A fixed threshold keeps it flat from the first batch. False (and nothing
-    done) where the C library is not glibc."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(-3, threshold))  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        return False
-
-
 @dataclass
 class InferSummary:
     """Of the images asked for: ``images`` with results (``empty``: without instances),
@@ -354,7 +337,6 @@ def infer(predictor, images: list[Path], proposals_dir: Path | None, out: Path, 
     ``interrupted`` set; nothing written is lost."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    release_large_blocks()
     if overwrite:
         shutil.rmtree(out.with_name(out.name + ".parts"), ignore_errors=True)
     log = ResultLog(out, fingerprint(predictor, proposals_dir), resume)
