@@ -26,19 +26,46 @@ def progress_bar(transient: bool = False) -> Progress:
     )
 
 
+class Counter:
+    """A progress bar advanced by counts (e.g. a batch of images at a time), showing count,
+    ``unit``/s and ETA; nothing at all when ``show`` is False. :meth:`close` ends it."""
+
+    def __init__(self, description: str, total: int | None, unit: str = "it", show: bool = True) -> None:
+        import time
+
+        self._clock = time.perf_counter
+        self._start = self._clock()
+        self._done = 0
+        self._unit = unit
+        self._bar = progress_bar() if show else None
+        if self._bar is not None:
+            self._bar.start()
+            self._task = self._bar.add_task(description, total=total, rate="")
+
+    def advance(self, n: int = 1) -> None:
+        self._done += n
+        if self._bar is not None and n:
+            elapsed = self._clock() - self._start
+            rate = f"{self._done / elapsed:.1f} {self._unit}/s" if elapsed > 0 else ""
+            self._bar.update(self._task, advance=n, rate=rate)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
 def track(items: Iterable[T], description: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
     """Iterate ``items`` with a progress bar showing count, ``unit``/s and ETA."""
-    import time
-
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
-    with progress_bar() as bar:
-        task = bar.add_task(description, total=total, rate="")
-        start = time.perf_counter()
-        for n, item in enumerate(items, 1):
+    counter = Counter(description, total, unit)
+    try:
+        for item in items:
             yield item
-            elapsed = time.perf_counter() - start
-            bar.update(task, advance=1, rate=f"{n / elapsed:.1f} {unit}/s" if elapsed > 0 else "")
+            counter.advance()
+    finally:
+        counter.close()
 
 
 def say(message: str) -> None:

@@ -35,6 +35,7 @@ from icn_rt.data.preprocess import preprocess_array
 from icn_rt.data.proposals import Proposals, load_proposals, proposal_path
 from icn_rt.data.results import result_entry
 from icn_rt.errors import InputError
+from icn_rt.progress import Counter
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LIST_SUFFIXES = (".txt", ".lst", ".list")
@@ -175,10 +176,12 @@ class ResultLog:
     result entries]}`` or ``{"image", "id", "ok": false, "error": reason}``; for an
     image with several lines the last one counts. A line cut short by a crash is ignored."""
 
-    def __init__(self, out: Path, fingerprint: dict, resume: bool) -> None:
+    def __init__(self, out: Path, fingerprint: dict, resume: bool, overwrite: bool = False) -> None:
         self.out = out
         self.dir = out.with_name(out.name + ".parts")
         run = self.dir / "run.json"
+        if overwrite:
+            shutil.rmtree(self.dir, ignore_errors=True)
         if self.dir.exists() and not resume:
             state = _read_state(run)
             if state is not None and not state.get("finished", False):
@@ -337,30 +340,32 @@ def infer(predictor, images: list[Path], proposals_dir: Path | None, out: Path, 
     ``interrupted`` set; nothing written is lost."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        shutil.rmtree(out.with_name(out.name + ".parts"), ignore_errors=True)
-    log = ResultLog(out, fingerprint(predictor, proposals_dir), resume)
+    log = ResultLog(out, fingerprint(predictor, proposals_dir), resume, overwrite)
     todo = [p for p in images if _key(p) not in log.done]
     if save_vis is not None:
         save_vis.mkdir(parents=True, exist_ok=True)
     settings = LoadSettings(predictor.input_size, proposals_dir, max_pixels)
     loaded = stream(todo, partial(load_or_failed, settings=settings), workers, processes=proposals_dir is None)
     interrupted = False
-    bar = _Progress(len(todo), progress)
+    bar = Counter("infer", len(todo), "images", progress)
+    batch: list[Loaded] = []
+    failed: list[dict] = []
+
+    def flush() -> None:
+        log.write(failed + _predict(predictor, batch, save_vis))
+        bar.advance(len(batch) + len(failed))
+        batch.clear()
+        failed.clear()
+
     try:
-        batch: list[Loaded] = []
-        failed: list[dict] = []
         for item in loaded:
             if isinstance(item, Failed):
                 failed.append({"image": _key(item.path), "id": item.path.stem, "ok": False, "error": item.reason})
             else:
                 batch.append(item)
             if len(batch) + len(failed) >= batch_size:
-                log.write(failed + _predict(predictor, batch, save_vis))
-                bar.advance(len(batch) + len(failed))
-                batch, failed = [], []
-        log.write(failed + _predict(predictor, batch, save_vis))
-        bar.advance(len(batch) + len(failed))
+                flush()
+        flush()
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -391,31 +396,3 @@ def _predict(predictor, batch: list[Loaded], save_vis: Path | None) -> list[dict
             write_image(save_vis / f"{image_id}_overlay.png", overlay(item.image, pred.instances, predictor.classes))
             write_image(save_vis / f"{image_id}_prm.png", prm_strip(item.image, pred.instances))
     return records
-
-
-class _Progress:
-    """A progress bar counting images, with images/s (nothing when ``show`` is False)."""
-
-    def __init__(self, total: int, show: bool) -> None:
-        import time
-
-        self._clock = time.perf_counter
-        self._start = self._clock()
-        self._done = 0
-        self._bar = None
-        if show:
-            from icn_rt.progress import progress_bar
-
-            self._bar = progress_bar()
-            self._bar.start()
-            self._task = self._bar.add_task("infer", total=total, rate="")
-
-    def advance(self, n: int) -> None:
-        self._done += n
-        if self._bar is not None and n:
-            elapsed = self._clock() - self._start
-            self._bar.update(self._task, advance=n, rate=f"{self._done / elapsed:.1f} images/s")
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
