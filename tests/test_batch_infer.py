@@ -277,7 +277,10 @@ def _command(model, images, props, out, *extra):
 
 def _interrupt(cmd, out: Path, sig: int, after: int) -> subprocess.CompletedProcess:
     """Start ``cmd``, send ``sig`` once ``after`` images are in the shards."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # SIGINT at its default in the child, as under a terminal: a shell script's background
+    # job (CI may be one) starts with SIGINT ignored, and Python keeps an inherited SIG_IGN
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     parts = out.with_name(out.name + ".parts")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
