@@ -82,7 +82,8 @@ def test_prm_graph_equals_the_eager_peaks_and_prms(rule, backbone, size, sub_pix
     settings = PeakSettings(class_threshold=-1e9, peak_threshold=-1e9, max_peaks=slots)
     with torch.no_grad():
         scores, maps, cls, y, xs, value, valid, prms = PRMGraph(model, settings, PRMSettings(rule), slots)(x)
-    rec = recorded_forward(model, x)
+    # the graph runs the eager path's operations in its layout, over whole maps
+    rec = recorded_forward(model, x, channels_last=False)
     peaks = find_peaks(rec.maps, rec.scores, settings, sub_pixel)
     assert len(peaks) > 0 and int(valid.sum()) == len(peaks)
     assert torch.equal(scores, rec.scores) and torch.equal(maps, rec.maps)
@@ -91,7 +92,7 @@ def test_prm_graph_equals_the_eager_peaks_and_prms(rule, backbone, size, sub_pix
     for got, want in ((cls, peaks.cls), (y, peaks.y), (xs, peaks.x)):
         assert got.dtype == torch.int32 and torch.equal(got[valid].long(), want)
     assert torch.equal(value[valid], peaks.value)
-    assert torch.equal(prms[valid], peak_response_maps(model, rec, peaks, PRMSettings(rule)))
+    assert torch.equal(prms[valid], peak_response_maps(model, rec, peaks, PRMSettings(rule), local=False))
     assert (prms[~valid] == 0).all() and (value[~valid] == 0).all()
 
 

@@ -1,12 +1,14 @@
-"""Batched peak backpropagation against per-peak autograd on the same batch."""
+"""Batched peak backpropagation (over whole maps, and on each peak's receptive field)
+against per-peak autograd on the same batch."""
 
 import pytest
 import torch
 
 from benchmarks.reference.excitation import excitation_backward
 from icn_rt.models.classifier import ClassifierSettings, PeakClassifier
-from icn_rt.models.peaks import PeakSettings, find_peaks
-from icn_rt.models.prm import PRMSettings, input_gradients, normalise_prm, peak_response_maps, recorded_forward
+from icn_rt.models.peaks import Peaks, PeakSettings, find_peaks
+from icn_rt.models.prm import (PRMSettings, input_gradients, normalise_prm, peak_response_maps, receptive_field,
+                               recorded_forward)
 
 ALL_PEAKS = PeakSettings(rule="median", class_threshold=-1e9, peak_threshold=-1e9, max_peaks=4)
 
@@ -31,17 +33,18 @@ def _autograd(model, x, peaks, k):
     return grad[0]
 
 
+@pytest.mark.parametrize("local", [False, True], ids=["whole", "local"])
 @pytest.mark.parametrize("rule", ["gradient", "excitation"])
 @pytest.mark.parametrize("backbone,size,sub_pixel", [("small", 48, 1), ("small", 48, 4), ("vgg16", 64, 2),
                                                      ("resnet50", 64, 8)])
-def test_batched_backward_equals_per_peak_autograd(rule, backbone, size, sub_pixel):
+def test_batched_backward_equals_per_peak_autograd(rule, backbone, size, sub_pixel, local):
     model = _model(backbone, size, sub_pixel)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     rec = recorded_forward(model, x)
     peaks = find_peaks(rec.maps, rec.scores, ALL_PEAKS, sub_pixel)
     assert set(peaks.image.tolist()) == {0, 1}
     peaks = peaks.select(torch.cat([(peaks.image == b).nonzero()[:2, 0] for b in (0, 1)]))  # 2 per image: fast
-    batched = input_gradients(model, rec, peaks, rule)
+    batched = input_gradients(model, rec, peaks, rule, local=local)
     for k in range(len(peaks)):
         if rule == "excitation":
             with excitation_backward(model):
@@ -52,14 +55,49 @@ def test_batched_backward_equals_per_peak_autograd(rule, backbone, size, sub_pix
         torch.testing.assert_close(batched[k], ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
 
 
+@pytest.mark.parametrize("rule", ["gradient", "excitation"])
+@pytest.mark.parametrize("backbone,size,sub_pixel", [("small", 96, 1), ("small", 64, 4)])
+def test_local_backward_equals_the_whole_one_for_every_peak(rule, backbone, size, sub_pixel):
+    """Peaks everywhere, corners and edges included: windows overhanging the maps.
+    (Residual blocks: the autograd test above.)"""
+    model = _model(backbone, size, sub_pixel)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2))
+    rec = recorded_forward(model, x)
+    b, c, h, w = rec.maps.shape
+    grid = torch.tensor([0, 1, h // 2, h - 2, h - 1])
+    ys, xs = torch.meshgrid(grid, grid, indexing="ij")
+    n = ys.numel()
+    image = torch.arange(n) % b
+    peaks = Peaks(image, torch.arange(n) % c, ys.flatten(), xs.flatten(), torch.ones(n))
+    whole = input_gradients(model, rec, peaks, rule, local=False)
+    local = input_gradients(model, rec, peaks, rule, local=True)
+    torch.testing.assert_close(local, whole, rtol=1e-4, atol=1e-5 * whole.abs().max().item())
+    assert (whole != 0).flatten(1).any(1).all()
+
+
+@pytest.mark.parametrize("backbone,size,sub_pixel,field", [("small", 128, 1, (38, 38)), ("small", 128, 4, (46, 46)),
+                                                           ("resnet50", 64, 1, (427, 427))])
+def test_receptive_field(backbone, size, sub_pixel, field):
+    """small: 1 cell -> conv 3 -> pool 6 -> conv 8 -> pool 16 -> conv 18 -> pool 36 -> conv 38;
+    sub-pixel upsampling starts from 2 cells. ResNet-50: 427, its known theoretical field,
+    far beyond the image: the whole-map backward runs."""
+    model = _model(backbone, size, sub_pixel)
+    rec = recorded_forward(model, torch.randn(1, 3, size, size))
+    peaks = find_peaks(rec.maps, rec.scores, ALL_PEAKS, sub_pixel)
+    assert receptive_field(model, rec, peaks) == field
+
+
 def test_recorded_forward_equals_the_model():
     model = _model("resnet50", 64, 8)
     x = torch.randn(2, 3, 64, 64)
     rec = recorded_forward(model, x)
     with torch.no_grad():
         scores, maps = model(x)
-    torch.testing.assert_close(rec.maps, maps)
-    torch.testing.assert_close(rec.scores, scores)
+    # on the CPU the recorded pass runs channels-last: the same sums in another order
+    scale = maps.abs().max().item()
+    torch.testing.assert_close(rec.maps, maps, rtol=1e-4, atol=1e-5 * scale)
+    torch.testing.assert_close(rec.scores, scores, rtol=1e-4, atol=1e-5 * scale)
+    assert rec.maps.is_contiguous()
 
 
 def test_excitation_differs_from_gradient():

@@ -5,10 +5,10 @@ The backward is a vector-Jacobian product of the class map at each peak with res
 to the input image, built from forward operators only (transposed convolution with the
 layer's weights, ReLU masks, max-pool routing, residual sums), so the same code is
 traced into the exported PRM graph (:mod:`icn_rt.export.graphs`) with no autograd.
-Max-pool routing: the forward records, per window offset, a mask of the outputs whose
-maximum sits at that offset (the first in row-major order on ties, as PyTorch's
-indices; overlapping windows included); the backward multiplies the gradient by each
-mask and scatters the lot with one grouped transposed convolution whose kernels are
+Max-pool routing: the forward keeps the pool's input and output; the backward finds,
+per window offset, a mask of the outputs whose maximum sits at that offset (the first
+in row-major order on ties, as PyTorch's indices; overlapping windows included),
+multiplies the gradient by each mask and scatters the lot with one grouped transposed convolution whose kernels are
 one-hot at their offset — no indices, no unpooling. Activations are recorded per image
 and spread to the peaks by ``spread`` (eager: ``t[index]`` with ``index[k]`` = the image
 of peak k; the graph: each image repeated for its fixed peak slots), so a batch of B
@@ -84,21 +84,25 @@ def record(module: nn.Module, x: torch.Tensor, tape: Tape) -> torch.Tensor:
         return module(x)
     if isinstance(module, nn.ReLU):
         y = F.relu(x)
-        tape.saved[id(module)] = y > 0
+        tape.saved[id(module)] = y  # the mask (y > 0) is taken where the backward needs it
         return y
     if isinstance(module, nn.MaxPool2d):
-        return _record_pool(module, x, tape)
+        if module.ceil_mode or _pair(module.dilation) != (1, 1):
+            raise TypeError("peak backpropagation supports max-pool without ceil_mode or dilation")
+        y = module(x)
+        tape.saved[id(module)] = (x, y)
+        return y
     if isinstance(module, Bottleneck):
         out = x
         for step, child in enumerate(_bottleneck_main(module)):
             if child is None:
-                tape.saved[(id(module), step)] = out > 0
                 out = F.relu(out)
+                tape.saved[(id(module), step)] = out
             else:
                 out = record(child, out, tape)
         identity = record(module.downsample, x, tape) if module.downsample is not None else x
         y = F.relu(out + identity)
-        tape.saved[id(module)] = y > 0
+        tape.saved[id(module)] = y
         return y
     raise TypeError(f"peak backpropagation does not support {type(module).__name__}")
 
@@ -109,28 +113,24 @@ def _bottleneck_main(block: Bottleneck) -> list[nn.Module | None]:
     return [block.conv1, block.bn1, None, block.conv2, block.bn2, None, block.conv3, block.bn3]
 
 
-def _record_pool(pool: nn.MaxPool2d, x: torch.Tensor, tape: Tape) -> torch.Tensor:
-    """Max-pool, recording per window offset which outputs take their maximum there
-    (the first in row-major order on ties, as PyTorch's indices): ``bool [B, C, kh·kw, oh, ow]``."""
-    if pool.ceil_mode or _pair(pool.dilation) != (1, 1):
-        raise TypeError("peak backpropagation supports max-pool without ceil_mode or dilation")
-    y = pool(x)
-    (kh, kw), (sh, sw), (ph, pw) = _pair(pool.kernel_size), _pair(pool.stride), _pair(pool.padding)
-    xp = F.pad(x, (pw, pw, ph, ph), value=float("-inf")) if ph or pw else x
+def first_hits(xp: torch.Tensor, y: torch.Tensor, kernel, stride) -> torch.Tensor:
+    """Per window offset, which outputs ``y`` of a max-pool over ``xp`` (padded with -inf)
+    take their maximum there, the first in row-major order on ties (as PyTorch's
+    indices): ``bool [..., C, kh·kw, oh, ow]``."""
+    (kh, kw), (sh, sw) = _pair(kernel), _pair(stride)
     oh, ow = y.shape[-2:]
     taken = None
     winners = []
     for dy in range(kh):
         for dx in range(kw):
-            hit = xp[:, :, dy: dy + sh * (oh - 1) + 1: sh, dx: dx + sw * (ow - 1) + 1: sw] == y
+            hit = xp[..., dy: dy + sh * (oh - 1) + 1: sh, dx: dx + sw * (ow - 1) + 1: sw] == y
             if taken is None:
                 taken = hit
             else:
                 hit = hit & ~taken
                 taken = taken | hit
             winners.append(hit)
-    tape.saved[id(pool)] = (torch.stack(winners, 2), (int(x.shape[-2]), int(x.shape[-1])))
-    return y
+    return torch.stack(winners, -3)
 
 
 def vjp(module: nn.Module, g: torch.Tensor, spread: Spread, tape: Tape, rule: str) -> torch.Tensor:
@@ -145,15 +145,15 @@ def vjp(module: nn.Module, g: torch.Tensor, spread: Spread, tape: Tape, rule: st
     if isinstance(module, nn.BatchNorm2d):
         return g * _bn_scale(module)[None, :, None, None]
     if isinstance(module, nn.ReLU):
-        return g * spread(tape.saved[id(module)]).to(g.dtype)
+        return g * spread(tape.saved[id(module)] > 0).to(g.dtype)
     if isinstance(module, nn.MaxPool2d):
         return _pool_vjp(module, tape.saved[id(module)], g, spread)
     if isinstance(module, Bottleneck):
-        g = g * spread(tape.saved[id(module)]).to(g.dtype)
+        g = g * spread(tape.saved[id(module)] > 0).to(g.dtype)
         g_main = g
         for step, child in reversed(list(enumerate(_bottleneck_main(module)))):
             if child is None:
-                g_main = g_main * spread(tape.saved[(id(module), step)]).to(g.dtype)
+                g_main = g_main * spread(tape.saved[(id(module), step)] > 0).to(g.dtype)
             else:
                 g_main = vjp(child, g_main, spread, tape, rule)
         g_identity = vjp(module.downsample, g, spread, tape, rule) if module.downsample is not None else g
@@ -204,7 +204,10 @@ def _pool_vjp(pool: nn.MaxPool2d, saved, g: torch.Tensor, spread: Spread) -> tor
     convolution whose kernel for offset d is one-hot at d."""
     (kh, kw), (sh, sw), (ph, pw) = _pair(pool.kernel_size), _pair(pool.stride), _pair(pool.padding)
     k, c, oh, ow = g.shape
-    winners, (h, w) = saved
+    x, y = saved
+    h, w = x.shape[-2:]
+    xp = F.pad(x, (pw, pw, ph, ph), value=float("-inf")) if ph or pw else x
+    winners = first_hits(xp, y, (kh, kw), (sh, sw))
     routed = (g[:, :, None] * spread(winners).to(g.dtype)).reshape(k, c * kh * kw, oh, ow)
     # built in NumPy so that a traced graph holds it as a constant initializer
     one_hot = np.eye(kh * kw, dtype=np.float32).reshape(kh * kw, 1, kh, kw)
