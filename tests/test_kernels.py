@@ -187,13 +187,18 @@ def test_boundary_groups_give_the_contour_of_every_union(size):
         np.testing.assert_allclose(got[:, i], (maps * band).sum((1, 2)), rtol=1e-12)
 
 
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
 @pytest.mark.parametrize("backend", FAST)
-def test_group_sums(backend):
+def test_group_sums(backend, sparse):
+    """Sparse: most groups zero for every map, as a PRM outside its receptive field."""
     rng = np.random.default_rng(8)
     labels, indptr, indices, count = segments(rng)
     group, gptr, glabels = ref.boundary_groups(labels, 5)
     member = ref.members(indptr, indices, count)
     values = rng.random((3, len(gptr) - 1))
+    if sparse:
+        values[:, rng.random(values.shape[1]) < 0.8] = 0
+        values[1, rng.random(values.shape[1]) < 0.5] = 0
     got = ops(backend).group_sums(on(backend, member), on(backend, gptr), on(backend, glabels), on(backend, values))
     np.testing.assert_allclose(host(got), ref.group_sums(member, gptr, glabels, values), rtol=1e-12)
 
@@ -239,12 +244,18 @@ def test_top_k_not_contained_matches_the_method_reference(backend):
                                                  on(backend, valid), 3))[0, 1] not in (1, 2, 3)
 
 
-def test_unique_rows_by_hash_is_numpys_unique():
-    from icn_rt.kernels.ops_cpu import _unique_rows
+@pytest.mark.parametrize("hashes", ["distinct", "all colliding"])
+def test_unique_sets_by_hash_is_numpys_unique(hashes):
+    from icn_rt.kernels.ops_cpu import _unique_sets
 
     rng = np.random.default_rng(2)
-    keys = rng.integers(-1, 6, size=(3000, 9)).astype(np.int32)
-    keys[::7] = keys[3]  # many repeats
-    unique, inverse = _unique_rows(keys)
-    want, want_inverse = np.unique(keys, axis=0, return_inverse=True)
+    sets = rng.integers(-1, 6, size=(3000, 9)).astype(np.int32)
+    sets[::7] = sets[3]  # many repeats
+    pixels = np.arange(1, 3000, 2)
+    if hashes == "distinct":
+        h = np.array([hash(tuple(row)) % 2**64 for row in sets.tolist()], np.uint64)
+    else:  # every set hashes alike: the collision is caught, NumPy decides
+        h = np.zeros(len(sets), np.uint64)
+    unique, inverse = _unique_sets(sets, h, pixels)
+    want, want_inverse = np.unique(sets[pixels], axis=0, return_inverse=True)
     assert np.array_equal(unique, want) and np.array_equal(inverse, want_inverse.ravel())

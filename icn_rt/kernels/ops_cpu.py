@@ -12,6 +12,7 @@ bits, so no operation depends on Numba's typing of unsigned mixed arithmetic.
 from __future__ import annotations
 
 import numpy as np
+import numba
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
@@ -424,48 +425,59 @@ def members(indptr: np.ndarray, indices: np.ndarray, count: int) -> np.ndarray:
 
 
 @njit(cache=True, parallel=True)
-def _group_sums(member, seg_indptr, seg_groups, group_size, values, out):
+def _group_sums(member, seg_indptr, seg_groups, group_size, values, chunks, out):
     """Per set: walk its segments' groups (``seg_*``: the groups of each segment, CSR),
     counting how many of each group's segments the set holds; a group met (count > 0)
-    but not contained (count < size) adds its values. Work ~ the groups the set touches."""
+    but not contained (count < size) adds its values. Work ~ the groups the set touches:
+    the counts are reset group by group, never cleared whole."""
     m = values.shape[0]
+    n = member.shape[0]
     n_groups = len(group_size)
-    for i in prange(member.shape[0]):
+    for c in prange(chunks):
         held = np.zeros(n_groups, np.int32)
         touched = np.empty(n_groups, np.int64)
-        n_touched = 0
-        for w in range(member.shape[1]):
-            bits = np.int64(member[i, w])
-            while bits:
-                s = w * WORD + _ctz(bits)
-                bits &= bits - 1
-                for t in range(seg_indptr[s], seg_indptr[s + 1]):
-                    g = seg_groups[t]
-                    if held[g] == 0:
-                        touched[n_touched] = g
-                        n_touched += 1
-                    held[g] += 1
-        acc = np.zeros(m, np.float64)
-        for q in range(n_touched):
-            g = touched[q]
-            if held[g] < group_size[g]:
-                for j in range(m):
-                    acc[j] += values[j, g]
-        for j in range(m):
-            out[j, i] = acc[j]
+        acc = np.empty(m, np.float64)
+        for i in range(c * n // chunks, (c + 1) * n // chunks):
+            n_touched = 0
+            for w in range(member.shape[1]):
+                bits = np.int64(member[i, w])
+                while bits:
+                    s = w * WORD + _ctz(bits)
+                    bits &= bits - 1
+                    for t in range(seg_indptr[s], seg_indptr[s + 1]):
+                        g = seg_groups[t]
+                        if held[g] == 0:
+                            touched[n_touched] = g
+                            n_touched += 1
+                        held[g] += 1
+            acc[:] = 0.0
+            for q in range(n_touched):
+                g = touched[q]
+                if held[g] < group_size[g]:
+                    for j in range(m):
+                        acc[j] += values[j, g]
+                held[g] = 0
+            for j in range(m):
+                out[j, i] = acc[j]
 
 
 def group_sums(member: np.ndarray, group_indptr: np.ndarray, group_labels: np.ndarray,
                values: np.ndarray) -> np.ndarray:
-    """``values: float [M, G]`` summed over the groups each set meets but does not contain -> ``[M, N]``."""
+    """``values: float [M, G]`` summed over the groups each set meets but does not contain
+    -> ``[M, N]``. Groups whose values are all zero are left out of the walk (a PRM is zero
+    outside its peak's receptive field and wherever its gradient is negative)."""
     out = np.empty((len(values), len(member)))
+    values = np.ascontiguousarray(values, np.float64)
     sizes = np.diff(group_indptr)
     group_of = np.repeat(np.arange(len(sizes)), sizes)
+    live = (values != 0).any(0)[group_of]
+    group_labels, group_of = group_labels[live], group_of[live]
     by_segment = np.argsort(group_labels, kind="stable")
     seg_indptr = np.zeros(member.shape[1] * WORD + 1, np.int64)
     np.cumsum(np.bincount(group_labels, minlength=len(seg_indptr) - 1), out=seg_indptr[1:])
-    _group_sums(member, seg_indptr, group_of[by_segment].astype(np.int64), sizes.astype(np.int64),
-                np.ascontiguousarray(values, np.float64), out)
+    chunks = max(1, min(len(member), 8 * numba.get_num_threads()))
+    _group_sums(member, seg_indptr, group_of[by_segment].astype(np.int64), sizes.astype(np.int64), values, chunks,
+                out)
     return out
 
 
@@ -538,46 +550,71 @@ def top_k_not_contained(words: np.ndarray, order: np.ndarray, valid: np.ndarray,
 
 
 @njit(cache=True, parallel=True)
-def _window_sets(labels, size, sets, counts):
+def _window_sets(labels, size, sets, counts, hashes):
+    """Per pixel: the sorted distinct labels of its window into ``sets`` (padded with -1;
+    rows of one-label windows are left unwritten), their number, and their FNV-1a hash."""
     h, w = labels.shape
     r = size // 2
     for y in prange(h):
-        buf = np.empty(size * size, np.int32)
+        y0, y1 = max(0, y - r), min(h, y + r + 1)
         for x in range(w):
-            c = 0
-            for yy in range(max(0, y - r), min(h, y + r + 1)):
-                for xx in range(max(0, x - r), min(w, x + r + 1)):
-                    buf[c] = labels[yy, xx]
-                    c += 1
-            part = np.sort(buf[:c])
+            x0, x1 = max(0, x - r), min(w, x + r + 1)
+            first = labels[y, x]
+            uniform = True
+            for yy in range(y0, y1):
+                for xx in range(x0, x1):
+                    if labels[yy, xx] != first:
+                        uniform = False
+            p = y * w + x
+            if uniform:
+                counts[p] = 1
+                continue
+            row = sets[p]
             u = 0
-            for t in range(c):
-                if t == 0 or part[t] != part[t - 1]:
-                    sets[y * w + x, u] = part[t]
+            for yy in range(y0, y1):
+                for xx in range(x0, x1):
+                    v = labels[yy, xx]
+                    at = u
+                    for t in range(u):
+                        if row[t] >= v:
+                            at = t
+                            break
+                    if at < u and row[at] == v:
+                        continue
+                    for t in range(u, at, -1):
+                        row[t] = row[t - 1]
+                    row[at] = v
                     u += 1
-            counts[y * w + x] = u
+            hsh = np.uint64(14695981039346656037)
+            for t in range(u):
+                hsh = (hsh ^ np.uint64(row[t] & 0xFFFFFFFF)) * np.uint64(1099511628211)
+            for t in range(u, row.shape[0]):
+                row[t] = -1
+            counts[p] = u
+            hashes[p] = hsh
 
 
-@njit(cache=True, parallel=True)
-def _row_hashes(keys, out):
-    for i in prange(keys.shape[0]):
-        h = np.uint64(14695981039346656037)
-        for k in range(keys.shape[1]):
-            h = (h ^ np.uint64(keys[i, k] & 0xFFFFFFFF)) * np.uint64(1099511628211)
-        out[i] = h
+@njit(cache=True)
+def _same_sets(sets, pixels, first, inverse):
+    """Whether every pixel's set equals that of the first pixel with its hash."""
+    for t in range(len(pixels)):
+        a, b = sets[pixels[t]], sets[pixels[first[inverse[t]]]]
+        for q in range(a.shape[0]):
+            if a[q] != b[q]:
+                return False
+    return True
 
 
-def _unique_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.unique(keys, axis=0, return_inverse=True)`` (rows in lexicographic order),
-    by sorting 64-bit row hashes instead of rows; any hash collision is caught and
-    falls back to NumPy."""
-    hashes = np.empty(len(keys), np.uint64)
-    _row_hashes(keys, hashes)
-    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
-    distinct = keys[first]
-    if not np.array_equal(distinct[inverse], keys):
-        unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+def _unique_sets(sets: np.ndarray, hashes: np.ndarray, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(sets[pixels], axis=0, return_inverse=True)`` (rows in lexicographic
+    order), by sorting the rows' 64-bit hashes instead of the rows; any hash collision is
+    caught and falls back to NumPy."""
+    _, first, inverse = np.unique(hashes[pixels], return_index=True, return_inverse=True)
+    inverse = inverse.ravel()
+    if not _same_sets(sets, pixels, first, inverse):
+        unique, inverse = np.unique(sets[pixels], axis=0, return_inverse=True)
         return unique, inverse.ravel()
+    distinct = sets[pixels[first]]
     order = np.lexsort(distinct.T[::-1])
     rank = np.empty(len(order), np.int64)
     rank[order] = np.arange(len(order))
@@ -587,14 +624,15 @@ def _unique_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def boundary_groups(labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """See :func:`.ops_numpy.boundary_groups`: ``(group int32 [H, W], indptr, labels)``."""
     h, w = labels.shape
-    sets = np.full((h * w, size * size), -1, np.int32)
+    sets = np.empty((h * w, size * size), np.int32)
     counts = np.empty(h * w, np.int64)
-    _window_sets(np.ascontiguousarray(labels, np.int32), size, sets, counts)
+    hashes = np.empty(h * w, np.uint64)
+    _window_sets(np.ascontiguousarray(labels, np.int32), size, sets, counts, hashes)
     edge = np.flatnonzero(counts > 1)
     group = np.full(h * w, -1, np.int32)
     if len(edge) == 0:
         return group.reshape(h, w), np.zeros(1, np.int64), np.zeros(0, np.int32)
-    unique, inverse = _unique_rows(sets[edge])
+    unique, inverse = _unique_sets(sets, hashes, edge)
     group[edge] = inverse
     lengths = (unique >= 0).sum(1)
     indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
