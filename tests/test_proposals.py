@@ -33,6 +33,8 @@ def test_segment_and_mask_forms_agree():
     np.testing.assert_allclose(p.iou(gt), inter / (masks.reshape(len(p), -1).sum(1) + gt.sum() - inter))
     sel = p.select([3, 1])
     np.testing.assert_array_equal(sel.to_masks(), masks[[3, 1]])
+    for idx in ([7, 2, 7, 0], [11], []):  # some proposals, in any order, repeated
+        np.testing.assert_array_equal(p.to_masks(np.array(idx, np.int64)), masks[idx])
     assert sel.scores.tolist() == p.scores[[3, 1]].tolist()
 
 

@@ -102,7 +102,12 @@ class Proposals:
         idx = np.arange(len(self)) if idx is None else np.asarray(idx)
         if self.masks is not None:
             return self.masks[idx]
-        return self.incidence()[idx][:, self.superpixels]
+        starts, lengths = self.indptr[idx], self.indptr[idx + 1] - self.indptr[idx]
+        rows = np.repeat(np.arange(len(idx)), lengths)
+        at = np.arange(lengths.sum()) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+        member = np.zeros((len(idx), self.num_superpixels), bool)
+        member[rows, self.indices[at]] = True
+        return member[:, self.superpixels]
 
     def areas(self) -> np.ndarray:
         """``int64 [N]`` pixel count of each proposal."""

@@ -606,19 +606,18 @@ def _same_sets(sets, pixels, first, inverse):
 
 
 def _unique_sets(sets: np.ndarray, hashes: np.ndarray, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.unique(sets[pixels], axis=0, return_inverse=True)`` (rows in lexicographic
-    order), by sorting the rows' 64-bit hashes instead of the rows; any hash collision is
-    caught and falls back to NumPy."""
+    """The distinct rows of ``sets[pixels]`` in order of first occurrence, and each
+    pixel's row number, by sorting the rows' 64-bit hashes instead of the rows; any hash
+    collision is caught and falls back to NumPy's row comparison."""
     _, first, inverse = np.unique(hashes[pixels], return_index=True, return_inverse=True)
     inverse = inverse.ravel()
     if not _same_sets(sets, pixels, first, inverse):
-        unique, inverse = np.unique(sets[pixels], axis=0, return_inverse=True)
-        return unique, inverse.ravel()
-    distinct = sets[pixels[first]]
-    order = np.lexsort(distinct.T[::-1])
+        _, first, inverse = np.unique(sets[pixels], axis=0, return_index=True, return_inverse=True)
+        inverse = inverse.ravel()
+    order = np.argsort(first)
     rank = np.empty(len(order), np.int64)
     rank[order] = np.arange(len(order))
-    return distinct[order], rank[inverse]
+    return sets[pixels[first[order]]], rank[inverse]
 
 
 def boundary_groups(labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -179,7 +179,7 @@ def boundary_groups(labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarr
     the set and does not contain it, and no other pixel ever; so a proposal's contour
     sum is a sum over groups (:func:`group_sums`). Returns ``(group int32 [H, W]`` (-1:
     interior pixel), ``indptr int64 [G+1]``, ``labels int32 [nnz]``); each set sorted, the
-    groups in lexicographic order of their sets.
+    groups in order of their first pixel (row by row).
     """
     h, w = labels.shape
     r = size // 2
@@ -190,8 +190,10 @@ def boundary_groups(labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarr
             ids = tuple(np.unique(window).tolist())
             if len(ids) > 1:
                 pixel_sets[y, x] = ids
-    groups = sorted(set(pixel_sets.values()))
-    number = {g: i for i, g in enumerate(groups)}
+    number: dict[tuple, int] = {}
+    for ids in pixel_sets.values():  # row by row
+        number.setdefault(ids, len(number))
+    groups = list(number)
     group = np.full((h, w), -1, np.int32)
     for (y, x), ids in pixel_sets.items():
         group[y, x] = number[ids]
