@@ -87,6 +87,15 @@ def test_receptive_field(backbone, size, sub_pixel, field):
     assert receptive_field(model, rec, peaks) == field
 
 
+@pytest.mark.parametrize("backbone,size,local", [("small", 128, True), ("resnet50", 64, False)])
+def test_the_local_backward_runs_where_the_field_is_small(backbone, size, local):
+    model = _model(backbone, size, 1)
+    rec = recorded_forward(model, torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(4)))
+    peaks = find_peaks(rec.maps, rec.scores, ALL_PEAKS, 1)
+    auto = input_gradients(model, rec, peaks, "gradient")
+    assert torch.equal(auto, input_gradients(model, rec, peaks, "gradient", local=local))
+
+
 def test_recorded_forward_equals_the_model():
     model = _model("resnet50", 64, 8)
     x = torch.randn(2, 3, 64, 64)

@@ -84,8 +84,8 @@ def input_gradients(model: PeakClassifier, rec: Recorded, peaks: Peaks, rule: st
     cols = upsample_weights(w, f, dev, dtype)
     seed = _seed_window(rows, cols, peaks)
     if local is None:
-        field = input_window(model.backbone, input_window(model.classifier, seed, rec.tape), rec.tape)
-        local = field.size[0] * field.size[1] <= LOCAL_AREA * rec.input_size[0] * rec.input_size[1]
+        field = _input_window(model, rec, seed).size
+        local = field[0] * field[1] <= LOCAL_AREA * rec.input_size[0] * rec.input_size[1]
     spread = by_index(peaks.image)
     if not local:
         g = torch.zeros(k, c, h, w, device=dev, dtype=dtype)
@@ -110,7 +110,11 @@ def receptive_field(model: PeakClassifier, rec: Recorded, peaks: Peaks) -> tuple
     f = model.settings.sub_pixel
     dev, dtype = rec.maps.device, rec.maps.dtype
     seed = _seed_window(upsample_weights(h, f, dev, dtype), upsample_weights(w, f, dev, dtype), peaks)
-    return input_window(model.backbone, input_window(model.classifier, seed, rec.tape), rec.tape).size
+    return _input_window(model, rec, seed).size
+
+
+def _input_window(model: PeakClassifier, rec: Recorded, seed: Window) -> Window:
+    return input_window(model.backbone, input_window(model.classifier, seed, rec.tape), rec.tape)
 
 
 def _seed_window(rows: torch.Tensor, cols: torch.Tensor, peaks: Peaks) -> Window:
