@@ -31,6 +31,11 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _n(count: int, noun: str) -> str:
+    """``1 image``, ``2 images``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _pct(v: float) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
 
@@ -326,14 +331,14 @@ def infer_cmd(
     finally:
         signal.signal(signal.SIGTERM, previous)
     if summary.interrupted:
-        err.print(f"interrupted: results of {summary.images} images are kept in {results}.parts; rerun with "
+        err.print(f"interrupted: results of {_n(summary.images, 'image')} are kept in {results}.parts; rerun with "
                   "--resume to finish", highlight=False, soft_wrap=True)
         raise typer.Exit(130)
-    out.print(f"{summary.images} images, {summary.instances} instances ({summary.empty} images without any) "
+    out.print(f"{_n(summary.images, 'image')}, {_n(summary.instances, 'instance')} ({summary.empty} without any) "
               f"-> {results}" + (f" ({summary.skipped} done by an earlier run)" if summary.skipped else "")
               + (f"; pictures -> {save_vis}" if save_vis else ""), soft_wrap=True)
     if summary.failed:
-        err.print(f"[yellow]{len(summary.failed)} images failed (reasons in {results}.errors.txt); first: "
+        err.print(f"[yellow]{_n(len(summary.failed), 'image')} failed (reasons in {results}.errors.txt); first: "
                   f"{summary.failed[0][1]}[/yellow]", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
@@ -474,7 +479,7 @@ def demo(
     results, pictures = out_dir / "results.json", out_dir / "pictures"
     summary = infer(predictor, list_images([assets.IMAGES]), assets.PROPOSALS, results, pictures, batch_size=8,
                     workers=0, overwrite=True)
-    out.print(f"{summary.images} images -> {summary.instances} instances "
+    out.print(f"{_n(summary.images, 'image')} -> {_n(summary.instances, 'instance')} "
               f"(model: {predictor.model.settings.backbone} classifier + ICN, T = {predictor.icn_settings.steps})")
     recall = proposal_recall(assets.DATA, assets.PROPOSALS, "val")
     out.print(_recall_table(recall, "proposal upper bound (the best proposal per object)"))

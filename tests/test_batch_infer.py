@@ -150,7 +150,7 @@ def test_bad_inputs_are_recorded_and_the_rest_is_processed(job, tmp_path):
     assert merged == [e for k in sorted(done) for e in records[k]["instances"]]
     # --max-pixels lets the large one through: decoded, it meets its (wrong) proposals
     r = _infer(model, [images / "huge.png"], props, tmp_path / "huge.json", "--max-pixels", "80")
-    assert r.exit_code == 1
+    assert r.exit_code == 1 and "1 image failed" in r.output
     assert "huge.mat: proposals are 64x64 but the image is 8000x9000" in (tmp_path / "huge.json.errors.txt").read_text()
 
 
