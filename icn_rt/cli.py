@@ -249,6 +249,8 @@ def train_icn_cmd(
     lr_step: int = typer.Option(20, help="Halve the learning rate every this many epochs."),
     batch_size: int = typer.Option(8, help="Peaks per step."),
     crop: float = typer.Option(0.75, help="Smallest random crop side, as a fraction of the input."),
+    self_feed: float = typer.Option(0.0, help="Share of samples whose PRM input is the ICN's own output on it, as "
+                                    "steps 2..T see it at inference (not in the paper; 0: off)."),
     pretrained: Optional[str] = typer.Option(None, help="vgg16 encoder: 'imagenet' (torchvision download) or a vgg16_bn weights file."),
     seed: int = typer.Option(0, help="Seed for initialisation, order and augmentation."),
     workers: int = typer.Option(0, help="Loading worker processes."),
@@ -256,17 +258,19 @@ def train_icn_cmd(
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
 ):
     """Train the ICN on pseudo labels (made first when missing); writes icn.safetensors into the model."""
+    from dataclasses import replace
+
     from icn_rt.models.icn import ICNSettings
     from icn_rt.training.icn import ICNTrainSettings, train_icn
 
     try:
         icn_settings = ICNSettings(encoder=encoder, width=width, propagation=propagation, prm_input=prm_input,
                                    steps=steps)
+        settings = ICNTrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, lr_step=lr_step, crop=crop, seed=seed,
+                                    workers=workers, pretrained=pretrained, self_feed=self_feed)
         label_dir = _label_run(root, model_dir, supervision, split, 3, labels, proposals_dir, 8, device)
-        summary = train_icn(root, model_dir,
-                            ICNTrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, lr_step=lr_step, crop=crop,
-                                             seed=seed, workers=workers, labels=str(label_dir), pretrained=pretrained),
-                            icn_settings, resume=resume, device=device, log=out.print)
+        summary = train_icn(root, model_dir, replace(settings, labels=str(label_dir)), icn_settings, resume=resume,
+                            device=device, log=out.print)
     except (InputError, ValueError) as e:
         _fail(e)
     final = summary.epochs[-1] if summary.epochs else None

@@ -237,6 +237,40 @@ def test_icn_training_lowers_the_loss_and_is_stored(with_icn):
     assert load_icn(model).settings.width == 8
 
 
+def test_self_fed_rows_are_what_the_loop_feeds_back():
+    from icn_rt.training.icn import self_fed
+
+    x, prm = _inputs(k=3, size=32, seed=3)
+    chosen = torch.tensor([True, False, True])
+    got = self_fed(_Recorder(), x, prm, chosen)
+    want = minmax(torch.sigmoid(4 * (prm[:, 0] - 0.5) + x[:, 0]))
+    torch.testing.assert_close(got[chosen, 0], want[chosen])
+    assert torch.equal(got[1], prm[1])
+    icn = ICN(SMALL)
+    assert not self_fed(icn, x, prm, chosen).requires_grad  # a fixed input, like the PRM
+    assert self_fed(icn, x, prm, torch.zeros(3, dtype=torch.bool)) is prm
+
+
+def test_self_feeding_training_is_a_setting(with_icn, classifier, tiny_voc, tmp_path):
+    import shutil
+
+    model, _ = with_icn
+    weights = {}
+    for share in ("1.5", "0", "0.5"):
+        out = tmp_path / share
+        shutil.copytree(classifier, out)
+        r = runner.invoke(app, ["train", "icn", str(tiny_voc), "--model", str(out), "--labels",
+                                str(model / "labels-saliency-train"), "--supervision", "saliency", *ICN_ARGS,
+                                "--epochs", "2", "--self-feed", share])
+        if share == "1.5":
+            assert r.exit_code == 2 and "self_feed must be in [0, 1], got 1.5" in r.output
+            continue
+        assert r.exit_code == 0, r.output
+        assert json.loads((out / "config.json").read_text())["icn_training"]["self_feed"] == float(share)
+        weights[share] = load_file(str(out / "icn.safetensors"))
+    assert any(not torch.equal(v, weights["0"][k]) for k, v in weights["0.5"].items())
+
+
 def test_icn_resume_continues_exactly(with_icn, classifier, tiny_voc, tmp_path):
     import shutil
 

@@ -7,6 +7,12 @@ all settings). Augmentation: horizontal flip and a random square crop of side
 ``crop``..1 × S at a random place, resized back to S (bilinear for image and PRM,
 nearest for the label).
 
+Self-feeding (``self_feed``, not in the paper; 0 turns it off): at inference the ICN
+runs T times, from step 2 on its own output, min-max normalised — a blob, not a peaky
+PRM — which it never saw in training. With ``self_feed`` = p, each sample's PRM input
+is, with probability p, replaced by that: the ICN's current output on it (one step, no
+gradient), min-max normalised; the target stays the label.
+
 Seeded like the classifier's training (augmentations from (seed, epoch, index));
 resumable: after every epoch the model directory gets ``icn.safetensors``, the config's
 ``icn`` and ``icn_training`` sections, ``icn_train_state.pt`` and ``icn_train_log.json``.
@@ -29,7 +35,7 @@ from icn_rt.data.images import read_image
 from icn_rt.data.preprocess import preprocess
 from icn_rt.data.voc import VOCDataset
 from icn_rt.errors import InputError
-from icn_rt.models.icn import ICN, ICNSettings, load_pretrained_encoder
+from icn_rt.models.icn import ICN, ICNSettings, load_pretrained_encoder, minmax
 from icn_rt.models.store import ICN_WEIGHTS, read_config, save_icn, settings_from
 
 STATE = "icn_train_state.pt"
@@ -50,6 +56,11 @@ class ICNTrainSettings:
     workers: int = 0
     labels: str = ""
     pretrained: str | None = None
+    self_feed: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.self_feed <= 1.0:
+            raise ValueError(f"self_feed must be in [0, 1], got {self.self_feed}")
 
 
 @dataclass
@@ -111,6 +122,18 @@ class PeakSamples(Dataset):
         return x, prm, label
 
 
+def self_fed(icn: ICN, x: torch.Tensor, prm: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """``prm [N, 1, S, S]`` with the ``chosen`` rows replaced by the ICN's output on them,
+    as the T-step loop feeds it back: min-max normalised probabilities, no gradient."""
+    if not chosen.any():
+        return prm
+    with torch.no_grad():
+        fed = minmax(torch.sigmoid(icn(x[chosen], prm[chosen]))[:, 0])[:, None]
+    prm = prm.clone()
+    prm[chosen] = fed
+    return prm
+
+
 def icn_loss(icn: ICN, x: torch.Tensor, prm: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     """Mean pixel-wise binary cross entropy of the ICN's logits against ``label``."""
     return F.binary_cross_entropy_with_logits(icn(x, prm), label)
@@ -160,8 +183,12 @@ def train_icn(root: str | Path, model_dir: str | Path, settings: ICNTrainSetting
             from icn_rt.progress import track
 
             batches = track(loader, f"ICN epoch {epoch + 1}/{settings.epochs}", total=len(loader), unit="batch")
-        for x, prm, label in batches:
-            loss = icn_loss(icn, x.to(device), prm.to(device), label.to(device))
+        for b, (x, prm, label) in enumerate(batches):
+            x, prm = x.to(device), prm.to(device)
+            if settings.self_feed > 0:
+                pick = np.random.default_rng((settings.seed, epoch, b, 1)).random(len(x)) < settings.self_feed
+                prm = self_fed(icn, x, prm, torch.from_numpy(pick).to(device))
+            loss = icn_loss(icn, x, prm, label.to(device))
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
