@@ -249,8 +249,8 @@ def train_icn_cmd(
     lr_step: int = typer.Option(20, help="Halve the learning rate every this many epochs."),
     batch_size: int = typer.Option(8, help="Peaks per step."),
     crop: float = typer.Option(0.75, help="Smallest random crop side, as a fraction of the input."),
-    self_feed: float = typer.Option(0.0, help="Share of samples whose PRM input is the ICN's own output on it, as "
-                                    "steps 2..T see it at inference (not in the paper; 0: off)."),
+    self_feed: float = typer.Option(0.5, help="Share of samples whose PRM input is the ICN's own output on it, as "
+                                    "steps 2..T see it at inference (not in the paper; 0: off, as the paper)."),
     pretrained: Optional[str] = typer.Option(None, help="vgg16 encoder: 'imagenet' (torchvision download) or a vgg16_bn weights file."),
     seed: int = typer.Option(0, help="Seed for initialisation, order and augmentation."),
     workers: int = typer.Option(0, help="Loading worker processes."),

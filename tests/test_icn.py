@@ -234,6 +234,7 @@ def test_icn_training_lowers_the_loss_and_is_stored(with_icn):
     assert config["icn"] == {"encoder": "small", "width": 8, "propagation": True, "prm_input": True, "steps": 3,
                              "chunk": 16}
     assert config["icn_training"]["epochs"] == 10 and config["icn_training"]["lr_step"] == 20
+    assert config["icn_training"]["self_feed"] == 0.5  # the default
     assert load_icn(model).settings.width == 8
 
 
@@ -255,20 +256,35 @@ def test_self_feeding_training_is_a_setting(with_icn, classifier, tiny_voc, tmp_
     import shutil
 
     model, _ = with_icn
-    weights = {}
-    for share in ("1.5", "0", "0.5"):
-        out = tmp_path / share
-        shutil.copytree(classifier, out)
-        r = runner.invoke(app, ["train", "icn", str(tiny_voc), "--model", str(out), "--labels",
-                                str(model / "labels-saliency-train"), "--supervision", "saliency", *ICN_ARGS,
-                                "--epochs", "2", "--self-feed", share])
-        if share == "1.5":
-            assert r.exit_code == 2 and "self_feed must be in [0, 1], got 1.5" in r.output
-            continue
+    labels = ["--labels", str(model / "labels-saliency-train"), "--supervision", "saliency", *ICN_ARGS]
+
+    def train(name: str, *extra: str) -> dict:
+        out = tmp_path / name
+        if not out.exists():
+            shutil.copytree(classifier, out)
+        r = runner.invoke(app, ["train", "icn", str(tiny_voc), "--model", str(out), *labels, *extra])
         assert r.exit_code == 0, r.output
-        assert json.loads((out / "config.json").read_text())["icn_training"]["self_feed"] == float(share)
-        weights[share] = load_file(str(out / "icn.safetensors"))
-    assert any(not torch.equal(v, weights["0"][k]) for k, v in weights["0.5"].items())
+        return load_file(str(out / "icn.safetensors"))
+
+    def same(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    shutil.copytree(classifier, tmp_path / "bad")
+    r = runner.invoke(app, ["train", "icn", str(tiny_voc), "--model", str(tmp_path / "bad"), *labels, "--epochs", "2",
+                            "--self-feed", "1.5"])
+    assert r.exit_code == 2 and "self_feed must be in [0, 1], got 1.5" in r.output
+    off, fed = train("0", "--epochs", "2", "--self-feed", "0"), train("0.5", "--epochs", "2", "--self-feed", "0.5")
+    assert json.loads((tmp_path / "0.5" / "config.json").read_text())["icn_training"]["self_feed"] == 0.5
+    assert not same(off, fed)
+    # without PRM input there is nothing to feed: the same training either way
+    assert same(train("noprm-0", "--epochs", "2", "--no-prm-input", "--self-feed", "0"),
+                train("noprm-0.5", "--epochs", "2", "--no-prm-input", "--self-feed", "0.5"))
+    # a run stored before the setting existed resumes as it started: without self-feeding
+    train("old", "--epochs", "1", "--self-feed", "0")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    del config["icn_training"]["self_feed"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    assert same(train("old", "--epochs", "2", "--resume"), off)
 
 
 def test_icn_resume_continues_exactly(with_icn, classifier, tiny_voc, tmp_path):

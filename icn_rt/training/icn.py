@@ -7,11 +7,14 @@ all settings). Augmentation: horizontal flip and a random square crop of side
 ``crop``..1 × S at a random place, resized back to S (bilinear for image and PRM,
 nearest for the label).
 
-Self-feeding (``self_feed``, not in the paper; 0 turns it off): at inference the ICN
-runs T times, from step 2 on its own output, min-max normalised — a blob, not a peaky
-PRM — which it never saw in training. With ``self_feed`` = p, each sample's PRM input
-is, with probability p, replaced by that: the ICN's current output on it (one step, no
-gradient), min-max normalised; the target stays the label.
+Self-feeding (``self_feed``, default 0.5, not in the paper; 0 turns it off): at
+inference the ICN runs T times, from step 2 on its own output, min-max normalised — a
+blob, not a peaky PRM — which without it the ICN never sees in training, and the maps
+then grow with every step (benchmarks/results/ablation_synth_val.md). With
+``self_feed`` = p, each sample's PRM input is, with probability p, replaced by that: the
+ICN's current output on it (one step, no gradient), min-max normalised; the target stays
+the label. An ICN without PRM input (the ablation) has nothing to feed; runs stored
+before the setting existed resume without it.
 
 Seeded like the classifier's training (augmentations from (seed, epoch, index));
 resumable: after every epoch the model directory gets ``icn.safetensors``, the config's
@@ -56,7 +59,7 @@ class ICNTrainSettings:
     workers: int = 0
     labels: str = ""
     pretrained: str | None = None
-    self_feed: float = 0.0
+    self_feed: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.self_feed <= 1.0:
@@ -149,7 +152,9 @@ def train_icn(root: str | Path, model_dir: str | Path, settings: ICNTrainSetting
     resuming = resume and state_path.exists()
     if resuming:
         icn_settings = settings_from(config, "icn", ICNSettings, model_dir)
-        settings = replace(settings_from(config, "icn_training", ICNTrainSettings, model_dir), epochs=settings.epochs)
+        stored = {"self_feed": 0.0, **config.get("icn_training", {})}  # runs from before self-feeding
+        settings = replace(settings_from({"icn_training": stored}, "icn_training", ICNTrainSettings, model_dir),
+                           epochs=settings.epochs)
     torch.manual_seed(settings.seed)
     icn = ICN(icn_settings).to(device)
     if settings.pretrained and not resuming:
@@ -185,7 +190,7 @@ def train_icn(root: str | Path, model_dir: str | Path, settings: ICNTrainSetting
             batches = track(loader, f"ICN epoch {epoch + 1}/{settings.epochs}", total=len(loader), unit="batch")
         for b, (x, prm, label) in enumerate(batches):
             x, prm = x.to(device), prm.to(device)
-            if settings.self_feed > 0:
+            if settings.self_feed > 0 and icn.settings.prm_input:
                 pick = np.random.default_rng((settings.seed, epoch, b, 1)).random(len(x)) < settings.self_feed
                 prm = self_fed(icn, x, prm, torch.from_numpy(pick).to(device))
             loss = icn_loss(icn, x, prm, label.to(device))
