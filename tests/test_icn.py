@@ -356,17 +356,27 @@ def test_ablation_benchmark_writes_every_row(with_icn, tiny_voc, tmp_path):
     out = tmp_path / "ablation.json"
     script = Path(__file__).parents[1] / "benchmarks" / "ablation.py"
     r = subprocess.run([sys.executable, str(script), "--root", str(tiny_voc), "--full", str(model),
-                        "--no-propagation", str(model), "--no-prm-input", str(model), "--steps", "1", "3",
-                        "--out", str(out)], capture_output=True, text=True)
+                        "--no-propagation", str(model), "--no-prm-input", str(model), "--paper-training", str(model),
+                        "--steps", "1", "3", "--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     record = json.loads(out.read_text())
     assert [row["variant"] for row in record["rows"]] == [
         "w/o ICN (naive PRM)", "w/o CFM&DFM", "w/o PRM input", "w/o rebalance (vanilla matching)", "full",
-        "T = 1", "T = 3"]
+        "T = 1", "T = 3", "T = 1", "T = 3"]
+    assert [row["table"] for row in record["rows"]][-2:] == ["steps, trained without self-feeding (the paper)"] * 2
+    assert record["rows"][-1]["metrics"] == record["rows"][6]["metrics"]  # the same model given twice
+    maps = record["enhanced_maps"]
+    assert list(maps) == ["full", "full, trained without self-feeding"] and maps["full"] == maps[
+        "full, trained without self-feeding"]
+    assert [s["step"] for s in maps["full"]] == [0, 1, 2, 3]
+    assert all(s["peaks"] == maps["full"][0]["peaks"] > 0 for s in maps["full"])
+    assert all(0 <= s["mean_area_fraction"] <= 1 and 0 <= s["mean_iou_with_gt"] <= 1 for s in maps["full"])
+    assert len({s["mean_area_fraction"] for s in maps["full"]}) > 1  # the steps change the maps
     rows = {row["variant"]: row for row in record["rows"]}
     assert rows["w/o ICN (naive PRM)"]["icn_steps"] == 0 and rows["w/o ICN (naive PRM)"]["matching"] == "vanilla"
     assert rows["full"]["matching"] == "rebalanced" and rows["w/o rebalance (vanilla matching)"]["matching"] == "vanilla"
     assert rows["T = 3"]["metrics"] == rows["full"]["metrics"]
     assert record["pseudo_labels"]["peaks"] > 0 and record["machine"]
     table = out.with_suffix(".md").read_text()
-    assert table.count("\n| ") == 8 and "|---|" in table  # header + 7 rows, and the rule
+    assert table.count("\n| ") == 10 + 3 and table.count("\n|---|") == 2  # header + 9 rows; header + 2 models
+    assert "| full | " in table
