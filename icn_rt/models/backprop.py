@@ -203,17 +203,26 @@ def _pool_vjp(pool: nn.MaxPool2d, saved, g: torch.Tensor, spread: Spread) -> tor
     """Route ``g`` to the window offsets holding each maximum: one grouped transposed
     convolution whose kernel for offset d is one-hot at d."""
     (kh, kw), (sh, sw), (ph, pw) = _pair(pool.kernel_size), _pair(pool.stride), _pair(pool.padding)
-    k, c, oh, ow = g.shape
+    oh, ow = g.shape[-2:]
     x, y = saved
     h, w = x.shape[-2:]
     xp = F.pad(x, (pw, pw, ph, ph), value=float("-inf")) if ph or pw else x
-    winners = first_hits(xp, y, (kh, kw), (sh, sw))
-    routed = (g[:, :, None] * spread(winners).to(g.dtype)).reshape(k, c * kh * kw, oh, ow)
+    winners = spread(first_hits(xp, y, (kh, kw), (sh, sw)))
+    out_pad = (h - ((oh - 1) * sh - 2 * ph + kh), w - ((ow - 1) * sw - 2 * pw + kw))
+    return route(g, winners, (kh, kw), (sh, sw), (ph, pw), out_pad)
+
+
+def route(g: torch.Tensor, winners: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+          padding: tuple[int, int] = (0, 0), output_padding: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """``g [K, C, oh, ow]`` sent to the window offsets ``winners [K, C, kh·kw, oh, ow]``
+    (:func:`first_hits`) mark: one grouped transposed convolution whose kernel for offset
+    d is one-hot at d."""
+    (kh, kw), (k, c, oh, ow) = kernel, g.shape
+    routed = (g[:, :, None] * winners.to(g.dtype)).reshape(k, c * kh * kw, oh, ow)
     # built in NumPy so that a traced graph holds it as a constant initializer
     one_hot = np.eye(kh * kw, dtype=np.float32).reshape(kh * kw, 1, kh, kw)
-    kernel = torch.as_tensor(np.tile(one_hot, (c, 1, 1, 1)), dtype=g.dtype, device=g.device)
-    out_pad = (h - ((oh - 1) * sh - 2 * ph + kh), w - ((ow - 1) * sw - 2 * pw + kw))
-    return F.conv_transpose2d(routed, kernel, None, (sh, sw), (ph, pw), out_pad, c)
+    weight = torch.as_tensor(np.tile(one_hot, (c, 1, 1, 1)), dtype=g.dtype, device=g.device)
+    return F.conv_transpose2d(routed, weight, None, stride, padding, output_padding, c)
 
 
 def upsample_weights(size: int, factor: int, device=None, dtype=torch.float32) -> torch.Tensor:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from icn_rt.models.backprop import EPS, Tape, _bn_scale, _bottleneck_main, _pair, first_hits, positive_weight
+from icn_rt.models.backprop import EPS, Tape, _bn_scale, _bottleneck_main, _pair, first_hits, positive_weight, route
 
 
 @dataclass(frozen=True)
@@ -197,13 +197,9 @@ def _conv(conv: nn.Conv2d, x: torch.Tensor, g: torch.Tensor, win: Window, rule: 
 
 
 def _pool(pool: nn.MaxPool2d, saved, g: torch.Tensor, win: Window) -> tuple[torch.Tensor, Window]:
-    """Max-pool routing on the windows (see :func:`icn_rt.models.backprop._pool_vjp`): the
+    """Max-pool routing on the windows (:func:`icn_rt.models.backprop.route`): the
     winners found on the windows, the input's overhang (the padding) at -inf."""
     x, y = saved
-    (kh, kw) = _pair(pool.kernel_size)
     into = win.through(pool.kernel_size, pool.stride, pool.padding, 1, x.shape[-2:])
-    k, c, h, w = g.shape
     winners = first_hits(into.crop(x, float("-inf")), win.crop(y), pool.kernel_size, pool.stride)
-    routed = (g[:, :, None] * winners.to(g.dtype)).reshape(k, c * kh * kw, h, w)
-    one_hot = torch.eye(kh * kw, dtype=g.dtype, device=g.device).reshape(kh * kw, 1, kh, kw).repeat(c, 1, 1, 1)
-    return F.conv_transpose2d(routed, one_hot, None, _pair(pool.stride), 0, 0, c), into
+    return route(g, winners, _pair(pool.kernel_size), _pair(pool.stride)), into
