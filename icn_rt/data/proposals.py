@@ -82,11 +82,15 @@ class Proposals:
         """Superpixel ids of proposal ``i`` (segment form)."""
         return self.indices[self.indptr[i]:self.indptr[i + 1]]
 
-    def incidence(self) -> np.ndarray:
-        """``bool [N, S]``: proposal i contains superpixel s (segment form)."""
-        inc = np.zeros((len(self), self.num_superpixels), bool)
-        rows = np.repeat(np.arange(len(self)), np.diff(self.indptr))
-        inc[rows, self.indices] = True
+    def incidence(self, idx: np.ndarray | None = None) -> np.ndarray:
+        """``bool [n, S]``: proposal ``idx[r]`` (all by default) contains superpixel s
+        (segment form); only the asked rows are built."""
+        idx = np.arange(len(self)) if idx is None else np.asarray(idx)
+        starts, lengths = self.indptr[idx], self.indptr[idx + 1] - self.indptr[idx]
+        rows = np.repeat(np.arange(len(idx)), lengths)
+        at = np.arange(lengths.sum()) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+        inc = np.zeros((len(idx), self.num_superpixels), bool)
+        inc[rows, self.indices[at]] = True
         return inc
 
     def mask(self, i: int) -> np.ndarray:
@@ -102,12 +106,7 @@ class Proposals:
         idx = np.arange(len(self)) if idx is None else np.asarray(idx)
         if self.masks is not None:
             return self.masks[idx]
-        starts, lengths = self.indptr[idx], self.indptr[idx + 1] - self.indptr[idx]
-        rows = np.repeat(np.arange(len(idx)), lengths)
-        at = np.arange(lengths.sum()) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-        member = np.zeros((len(idx), self.num_superpixels), bool)
-        member[rows, self.indices[at]] = True
-        return member[:, self.superpixels]
+        return self.incidence(idx)[:, self.superpixels]
 
     def areas(self) -> np.ndarray:
         """``int64 [N]`` pixel count of each proposal."""
