@@ -79,10 +79,7 @@ def input_gradients(model: PeakClassifier, rec: Recorded, peaks: Peaks, rule: st
     dev, dtype = rec.maps.device, rec.maps.dtype
     if k == 0:
         return torch.zeros(0, 3, *rec.input_size, device=dev, dtype=dtype)
-    f = model.settings.sub_pixel
-    rows = upsample_weights(h, f, dev, dtype)  # [H, h], factor 1: the identity
-    cols = upsample_weights(w, f, dev, dtype)
-    seed = _seed_window(rows, cols, peaks)
+    rows, cols, seed = _seed(model, rec, peaks)
     if local is None:
         field = _input_window(model, rec, seed).size
         local = field[0] * field[1] <= LOCAL_AREA * rec.input_size[0] * rec.input_size[1]
@@ -106,11 +103,16 @@ def receptive_field(model: PeakClassifier, rec: Recorded, peaks: Peaks) -> tuple
     """The size of the input window where a peak's gradient can be non-zero (the local
     VJP's window at the input: the receptive field of the class-map cells a peak's value
     is interpolated from)."""
-    h, w = rec.low_size
-    f = model.settings.sub_pixel
-    dev, dtype = rec.maps.device, rec.maps.dtype
-    seed = _seed_window(upsample_weights(h, f, dev, dtype), upsample_weights(w, f, dev, dtype), peaks)
-    return _input_window(model, rec, seed).size
+    return _input_window(model, rec, _seed(model, rec, peaks)[2]).size
+
+
+def _seed(model: PeakClassifier, rec: Recorded, peaks: Peaks) -> tuple[torch.Tensor, torch.Tensor, Window]:
+    """The class-map upsampling weights ``rows [H, h]``, ``cols [W, w]`` (factor 1: the
+    identity) and the peaks' windows of the cells they weigh."""
+    (h, w), f = rec.low_size, model.settings.sub_pixel
+    rows = upsample_weights(h, f, rec.maps.device, rec.maps.dtype)
+    cols = upsample_weights(w, f, rec.maps.device, rec.maps.dtype)
+    return rows, cols, _seed_window(rows, cols, peaks)
 
 
 def _input_window(model: PeakClassifier, rec: Recorded, seed: Window) -> Window:
