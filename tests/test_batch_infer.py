@@ -115,6 +115,18 @@ def test_bad_inputs_are_recorded_and_the_rest_is_processed(job, tmp_path):
     masks[0, 100:500, 200:700] = masks[1, 400:880, 600:1150] = masks[2, :, :] = True
     (props / "large.json").write_text(json.dumps({"size": [900, 1200], "masks": [rlelib.encode(m)["counts"]
                                                                                   for m in masks]}))
+    # a phone photo: pixels stored sideways, EXIF orientation 6 turns them into the large
+    # image; its proposals are the large image's (made on the turned image): works, same
+    # instances. The same photo with proposals made on the stored pixels: fails, saying why.
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for name in ("turned", "sideways"):
+        Image.fromarray(np.rot90(read_image(images / "large.jpg"), k=1)).save(images / f"{name}.png", exif=exif)
+    shutil.copy(props / "large.json", props / "turned.json")
+    (props / "sideways.json").write_text(json.dumps({"size": [1200, 900], "masks": [
+        rlelib.encode(np.ascontiguousarray(np.rot90(m, k=1)))["counts"] for m in masks]}))
     # images that must fail, each for its own reason
     (images / "corrupt.jpg").write_bytes((images / f"{ids[1]}.jpg").read_bytes()[:200])
     (images / "empty.png").write_bytes(b"")
@@ -130,17 +142,22 @@ def test_bad_inputs_are_recorded_and_the_rest_is_processed(job, tmp_path):
     assert r.exit_code == 1, r.output
     errors = dict(line.split("\t") for line in (tmp_path / "out" / "results.json.errors.txt").read_text().splitlines())
     reasons = {Path(k).stem: v for k, v in errors.items()}
-    assert set(reasons) == {"corrupt", "empty", "huge", "wrongsize", ids[3]}
+    assert set(reasons) == {"corrupt", "empty", "huge", "wrongsize", "sideways", ids[3]}
     assert reasons["corrupt"].endswith("not a decodable image (corrupt or unsupported format)")
     assert reasons["empty"].endswith("empty.png: file is empty")
     assert reasons["huge"].endswith("huge.png: image is 9000x8000 (72 MP), above the 64 MP limit (--max-pixels)")
     assert reasons["wrongsize"].endswith("wrongsize.json: proposals are 900x1200 but the image is 64x64")
     assert reasons[ids[3]].endswith(f"{ids[3]}.mat: proposal file not found")
-    assert "5 images failed" in r.output
+    assert reasons["sideways"].endswith("sideways.json: proposals are 1200x900 but the image is 900x1200 (turned "
+                                        "from 1200x900 by its EXIF orientation; make the proposals on the turned "
+                                        "image, as icn-rt proposals does)")
+    assert "6 images failed" in r.output
     records = _records(out)
     done = {k for k, v in records.items() if v["ok"]}
-    assert done == {"grey", "rgba", "deep", "large", *ids} - {ids[3]}
-    assert records["large"]["size"] == [900, 1200]
+    assert done == {"grey", "rgba", "deep", "large", "turned", *ids} - {ids[3]}
+    assert records["large"]["size"] == records["turned"]["size"] == [900, 1200]
+    assert records["large"]["instances"]
+    _same(records["turned"]["instances"], [{**e, "image_id": "turned"} for e in records["large"]["instances"]])
     for inst in records["large"]["instances"]:
         assert inst["segmentation"]["size"] == [900, 1200]
     # the 16-bit copy is the 8-bit image exactly; the RGBA one too: same instances

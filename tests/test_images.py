@@ -49,3 +49,22 @@ def test_bad_files_name_the_file(tmp_path, content, problem):
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match="not found"):
         read_image(tmp_path / "nope.jpg")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_as_viewers_do(tmp_path, orientation):
+    """Phone photos store the pixels sideways and an EXIF tag says how to turn them: the
+    decoded image is the turned one (PIL's exif_transpose is the reference), 8 orientations."""
+    from PIL import ImageOps
+
+    raw = _rgb(9, 7)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(raw).save(tmp_path / "phone.png", exif=exif)
+    with Image.open(tmp_path / "phone.png") as im:
+        expected = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    got = read_image(tmp_path / "phone.png")
+    assert got.shape == ((9, 7, 3) if orientation < 5 else (7, 9, 3))
+    np.testing.assert_array_equal(got, expected)
+    if orientation == 6:  # "rotate 90° clockwise to display"
+        np.testing.assert_array_equal(got, np.rot90(raw, k=-1))

@@ -1,4 +1,5 @@
-"""Image decoding: any JPEG/PNG (grey, RGB, RGBA, palette, 8 or 16 bit) to RGB uint8."""
+"""Image decoding: any JPEG/PNG (grey, RGB, RGBA, palette, 8 or 16 bit) to RGB uint8,
+turned the way viewers show it (the EXIF orientation applied)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ def decode_image(data: bytes | np.ndarray, path: str | Path = "<bytes>") -> np.n
     """Decode encoded image bytes to ``uint8 [H, W, 3]`` RGB.
 
     16-bit images are scaled to 8 bits, alpha is dropped (not composited: the colour
-    channels are what the network sees), grey is replicated to three channels.
+    channels are what the network sees), grey is replicated to three channels. An EXIF
+    orientation (phone photos) is applied, as viewers, OpenCV's ``imread`` and PIL's
+    ``exif_transpose`` do, so masks line up with the image people see; sizes are those
+    of the turned image.
     """
     buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray)) else data
     if buf.size == 0:
         raise InputError(path, "file is empty")
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)  # 3 channels, 8 or 16 bit, EXIF applied
     if img is None:
         raise InputError(path, "not a decodable image (corrupt or unsupported format)")
     if img.dtype == np.uint16:
@@ -27,15 +31,9 @@ def decode_image(data: bytes | np.ndarray, path: str | Path = "<bytes>") -> np.n
         img = img.astype(np.uint8)
     elif img.dtype != np.uint8:
         raise InputError(path, f"unsupported pixel type {img.dtype}")
-    if img.ndim == 2:
-        return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
-    if img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    if img.shape[2] == 3:
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    if img.shape[2] == 1:
-        return np.ascontiguousarray(np.repeat(img, 3, axis=2))
-    raise InputError(path, f"unsupported channel count {img.shape[2]}")
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise InputError(path, f"unsupported pixel layout {img.shape}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def read_image(path: str | Path) -> np.ndarray:
