@@ -297,6 +297,8 @@ def infer_cmd(
     max_pixels: float = typer.Option(64, help="Refuse images larger than this many megapixels."),
     icn_steps: Optional[int] = typer.Option(None, help="ICN enhancement steps T [default: the model's; 0 = naive PRMs]."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+    overlap: Optional[bool] = typer.Option(None, help="Copy the next batch to the device while this one computes "
+                                                      "[default: on a GPU]."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ):
     """Instances for images tagged with nothing: peaks -> PRMs -> ICN -> proposal matching -> NMS.
@@ -329,7 +331,7 @@ def infer_cmd(
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         summary = infer(predictor, paths, proposals_dir, results, save_vis, batch_size, workers, resume, overwrite,
-                        int(max_pixels * 1e6), progress=not quiet)
+                        int(max_pixels * 1e6), progress=not quiet, overlap=overlap)
     except InputError as e:
         _fail(e)
     finally:

@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from icn_rt.cli import app
@@ -20,7 +21,7 @@ from icn_rt.data import rle as rlelib
 from icn_rt.data.images import read_image
 from icn_rt.data.voc import VOCDataset
 from icn_rt.errors import InputError
-from icn_rt.runtime.infer import list_images
+from icn_rt.runtime.infer import Loaded, list_images
 
 runner = CliRunner()
 
@@ -192,6 +193,73 @@ def test_loader_workers_do_not_change_the_results(job, tmp_path):
     assert json.loads((tmp_path / "w0.json").read_text())  # some instances
 
 
+def test_the_next_batch_is_staged_before_this_one_is_predicted(job, tmp_path):
+    """Overlap of copy and compute: with ``ahead=1`` batch k+1 is on its way to the device
+    before batch k is handed to the predictor; the results are those of no overlap."""
+    from icn_rt.runtime.infer import Batch, stage_ahead
+    from icn_rt.runtime.predictor import Predictor, Staged
+
+    model, images, props = job
+    predictor = Predictor.from_dir(model)
+    events = []
+
+    class Recording:  # the real predictor's staging, with its calls written down
+        def stage(self, inputs):
+            events.append(f"stage {len(inputs)}")
+            return predictor.stage(inputs)
+
+    x = [np.full((3, 4, 4), i, np.float32) for i in range(5)]
+
+    def run(ahead):
+        events.clear()
+        batches = [Batch([Loaded(Path(f"{i}"), None, None, x[i]) for i in range(s, min(s + 2, 5))], [])
+                   for s in (0, 2, 4)] + [Batch([], [{"image": "bad"}])]
+        for batch in stage_ahead(Recording(), iter(batches), ahead):
+            events.append(f"predict {[b.path.name for b in batch.loaded]}")
+            if batch.loaded:
+                assert isinstance(batch.staged, Staged)
+                np.testing.assert_array_equal(batch.staged.x.numpy(), np.stack([b.x for b in batch.loaded]))
+            else:
+                assert batch.staged is None and batch.failed == [{"image": "bad"}]
+        return events
+
+    assert run(ahead=1) == ["stage 2", "stage 2", "predict ['0', '1']", "stage 1", "predict ['2', '3']",
+                            "predict ['4']", "predict []"]
+    assert run(ahead=0) == ["stage 2", "predict ['0', '1']", "stage 2", "predict ['2', '3']", "stage 1",
+                            "predict ['4']", "predict []"]
+    for flag in ("--overlap", "--no-overlap"):
+        r = _infer(model, [images], props, tmp_path / f"{flag}.json", flag, "--batch-size", "4")
+        assert r.exit_code == 0, r.output
+    assert (tmp_path / "--overlap.json").read_bytes() == (tmp_path / "--no-overlap.json").read_bytes()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_batch_staged_on_the_copy_stream_predicts_as_one_copied_in_line(job):
+    """On a GPU the staged copy runs on its own stream: waited for on the GPU, it gives the
+    instances of the plain copy, also with the next batch's copy under way."""
+    from icn_rt.runtime.infer import LoadSettings, load
+    from icn_rt.runtime.predictor import Predictor
+
+    model, images, props = job
+    items = [load(p, LoadSettings(64, props)) for p in sorted(images.iterdir())]
+    args = [b.image for b in items], [b.proposals for b in items]
+    xs = [b.x for b in items]
+    gpu = Predictor.from_dir(model, "cuda")
+    staged = gpu.stage(xs)
+    assert staged.ready is not None and staged.x.is_cuda
+    ahead = gpu.stage(xs[::-1])  # the next batch, on its way while this one computes
+    got = gpu.predict(*args, staged)
+    again = gpu.predict(args[0][::-1], args[1][::-1], ahead)
+    plain = gpu.predict(*args, xs)
+
+    def instances(predictions):
+        return [[(i.class_id, i.proposal) for i in p.instances] for p in predictions]
+
+    assert instances(got) == instances(plain) == instances(again)[::-1]
+    assert instances(plain) != [[]] * len(items)
+
+
 def test_resume_processes_only_what_is_missing(job, tmp_path):
     model, images, props = job
     paths = sorted(images.iterdir())
@@ -310,14 +378,16 @@ def _interrupt(cmd, out: Path, sig: int, after: int) -> subprocess.CompletedProc
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
-def test_a_killed_job_resumes_to_the_uninterrupted_result(job, tmp_path, sig):
+@pytest.mark.parametrize("sig, overlap", [(signal.SIGKILL, "--overlap"), (signal.SIGINT, "--no-overlap")],
+                         ids=["kill-overlapped", "ctrl-c"])
+def test_a_killed_job_resumes_to_the_uninterrupted_result(job, tmp_path, sig, overlap):
+    """Killed with a batch staged ahead (as on a GPU) or Ctrl-C without: resumed, the same results."""
     model, many, props = _many(job, tmp_path, copies=12)  # 72 images, 24 batches
     full = tmp_path / "full.json"
     done = subprocess.run(_command(model, many, props, full), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     out = tmp_path / "r.json"
-    first = _interrupt(_command(model, many, props, out), out, sig, after=6)
+    first = _interrupt(_command(model, many, props, out, overlap), out, sig, after=6)
     if sig == signal.SIGKILL:
         assert first.returncode == -signal.SIGKILL
     else:

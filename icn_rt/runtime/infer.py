@@ -8,8 +8,9 @@ whatever the number of images.
 Results are appended as they come to JSONL shards in ``<out>.parts/`` (one shard per
 run, one line per image, flushed and synced after every batch), and merged into the COCO
 results JSON ``<out>`` (in input order) when the job ends. A crash, a kill or Ctrl-C
-loses at most the batch in flight: ``resume=True`` skips every image that has a result
-and retries those that failed. An image that cannot be used — unreadable, too large,
+loses at most the batches in flight (one; on a GPU also the next, whose copy overlaps
+this one's compute): ``resume=True`` skips every image that has a result and retries
+those that failed. An image that cannot be used — unreadable, too large,
 missing or mismatched proposals — is recorded with the reason (in its shard and in
 ``<out>.errors.txt``) and the job goes on.
 """
@@ -27,6 +28,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +38,9 @@ from icn_rt.data.proposals import Proposals, load_proposals, proposal_path
 from icn_rt.data.results import result_entry
 from icn_rt.errors import InputError
 from icn_rt.progress import Counter
+
+if TYPE_CHECKING:  # loader processes import this module: keep the models and kernels out of them
+    from icn_rt.runtime.predictor import Staged
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LIST_SUFFIXES = (".txt", ".lst", ".list")
@@ -340,11 +345,13 @@ def fingerprint(predictor, proposals: Path | None) -> dict:
 
 def infer(predictor, images: list[Path], proposals_dir: Path | None, out: Path, save_vis: Path | None = None,
           batch_size: int = 8, workers: int = 2, resume: bool = False, overwrite: bool = False,
-          max_pixels: int = MAX_PIXELS, progress: bool = True) -> InferSummary:
+          max_pixels: int = MAX_PIXELS, progress: bool = True, overlap: bool | None = None) -> InferSummary:
     """Run ``predictor`` over ``images`` (their stems are the image ids) and write ``out``
     (see the module's docstring). ``proposals_dir`` None: selective search on the fly (in
-    worker processes). Ctrl-C ends the job after the batch in flight is dropped, with
-    ``interrupted`` set; nothing written is lost."""
+    worker processes). ``overlap``: stage each batch on the device before the one ahead
+    of it is predicted, so its copy overlaps that compute (None: on a GPU only; see
+    :meth:`~icn_rt.runtime.predictor.Predictor.stage`). Ctrl-C ends the job after the
+    batches in flight are dropped, with ``interrupted`` set; nothing written is lost."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     log = ResultLog(out, fingerprint(predictor, proposals_dir), resume, overwrite)
@@ -353,30 +360,20 @@ def infer(predictor, images: list[Path], proposals_dir: Path | None, out: Path, 
         save_vis.mkdir(parents=True, exist_ok=True)
     settings = LoadSettings(predictor.input_size, proposals_dir, max_pixels)
     loaded = stream(todo, partial(load_or_failed, settings=settings), workers, processes=proposals_dir is None)
+    if overlap is None:
+        overlap = predictor.device.type == "cuda"
+    batches = stage_ahead(predictor, groups(loaded, batch_size), ahead=int(overlap))
     interrupted = False
     bar = Counter("infer", len(todo), "images", progress)
-    batch: list[Loaded] = []
-    failed: list[dict] = []
-
-    def flush() -> None:
-        log.write(failed + _predict(predictor, batch, save_vis))
-        bar.advance(len(batch) + len(failed))
-        batch.clear()
-        failed.clear()
-
     try:
-        for item in loaded:
-            if isinstance(item, Failed):
-                failed.append({"image": _key(item.path), "id": item.path.stem, "ok": False, "error": item.reason})
-            else:
-                batch.append(item)
-            if len(batch) + len(failed) >= batch_size:
-                flush()
-        flush()
+        for batch in batches:
+            log.write(batch.failed + _predict(predictor, batch, save_vis))
+            bar.advance(len(batch.loaded) + len(batch.failed))
     except KeyboardInterrupt:
         interrupted = True
     finally:
         bar.close()
+        batches.close()
         loaded.close()
         log.close()
     if interrupted:
@@ -386,13 +383,53 @@ def infer(predictor, images: list[Path], proposals_dir: Path | None, out: Path, 
     return summary
 
 
-def _predict(predictor, batch: list[Loaded], save_vis: Path | None) -> list[dict]:
-    """Records of one batch (and its pictures)."""
-    if not batch:
+@dataclass
+class Batch:
+    """Up to ``batch_size`` images in input order: ``loaded`` ones, the ``failed`` ones'
+    records, and ``staged``: the loaded ones' network input on its way to the device
+    (None until :func:`stage_ahead` starts it, or when none loaded)."""
+
+    loaded: list[Loaded]
+    failed: list[dict]
+    staged: Staged | None = None
+
+
+def groups(items: Iterator[Loaded | Failed], batch_size: int) -> Iterator[Batch]:
+    """``items`` in batches of ``batch_size`` (loaded and failed together, the last one short)."""
+    batch = Batch([], [])
+    for item in items:
+        if isinstance(item, Failed):
+            batch.failed.append({"image": _key(item.path), "id": item.path.stem, "ok": False, "error": item.reason})
+        else:
+            batch.loaded.append(item)
+        if len(batch.loaded) + len(batch.failed) >= batch_size:
+            yield batch
+            batch = Batch([], [])
+    if batch.loaded or batch.failed:
+        yield batch
+
+
+def stage_ahead(predictor, batches: Iterator[Batch], ahead: int) -> Iterator[Batch]:
+    """``batches`` with their inputs staged on the predictor's device ``ahead`` batches
+    before each is handed on: with ``ahead=1`` the next batch's copy is under way while
+    this one is predicted. Memory: ``ahead`` more batches."""
+    waiting: deque[Batch] = deque()
+    for batch in batches:
+        if batch.loaded:
+            batch.staged = predictor.stage([b.x for b in batch.loaded])
+        waiting.append(batch)
+        if len(waiting) > ahead:
+            yield waiting.popleft()
+    yield from waiting
+
+
+def _predict(predictor, batch: Batch, save_vis: Path | None) -> list[dict]:
+    """Records of one batch's loaded images (and their pictures)."""
+    if not batch.loaded:
         return []
-    predictions = predictor.predict([b.image for b in batch], [b.proposals for b in batch], [b.x for b in batch])
+    predictions = predictor.predict([b.image for b in batch.loaded], [b.proposals for b in batch.loaded], batch.staged)
     records = []
-    for item, pred in zip(batch, predictions):
+    for item, pred in zip(batch.loaded, predictions):
         image_id = item.path.stem
         records.append({"image": _key(item.path), "id": image_id, "ok": True, "size": list(item.image.shape[:2]),
                         "instances": [result_entry(image_id, inst.class_id, inst.score, inst.mask, predictor.classes)

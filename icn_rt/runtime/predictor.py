@@ -80,6 +80,15 @@ class Prediction:
 
 
 @dataclass
+class Staged:
+    """A batch's network input on its way to the device (:meth:`Predictor.stage`): ``x:
+    float [B, 3, S, S]`` there, ``ready``: the CUDA event its copy records (None: already there)."""
+
+    x: torch.Tensor
+    ready: torch.cuda.Event | None = None
+
+
+@dataclass
 class NaiveMaps:
     """The PRM stage of a batch: ``x: float [B, 3, S, S]`` (the network input), ``maps:
     float [B, C, h, w]`` (class maps), ``scores: float [B, C]``, ``peaks``, ``prms: float [K, S, S]``."""
@@ -116,6 +125,7 @@ class Predictor:
         self.graphs = graphs
         self.stages: StageTimes | None = None  # set one to time the stages of each call
         self._layout_set = False
+        self._copy_stream: torch.cuda.Stream | None = None
 
     def _stage(self, name: str) -> AbstractContextManager:
         return self.stages(name) if self.stages is not None else nullcontext()
@@ -159,11 +169,13 @@ class Predictor:
         """Whether PRMs go through the ICN."""
         return self.icn is not None and self.icn_settings.steps > 0
 
-    def network_input(self, images: list[np.ndarray], inputs: list[np.ndarray] | None = None) -> torch.Tensor:
+    def network_input(self, images: list[np.ndarray], inputs: list[np.ndarray] | Staged | None = None) -> torch.Tensor:
         """The batch on the device, ``float [B, 3, S, S]``: ``inputs`` (already preprocessed
-        by loader workers: :func:`~icn_rt.data.preprocess.preprocess_array`) or ``images``
-        preprocessed here. On a GPU the batch goes through pinned memory, copied without
-        blocking the host."""
+        by loader workers: :func:`~icn_rt.data.preprocess.preprocess_array`; or staged by
+        :meth:`stage`) or ``images`` preprocessed here. On a GPU the batch goes through
+        pinned memory, copied without blocking the host."""
+        if isinstance(inputs, Staged):
+            return self._arrived(inputs)
         if inputs is None:
             x = torch.stack([preprocess(im, self.input_size) for im in images])
         else:
@@ -172,7 +184,34 @@ class Predictor:
             return x.pin_memory().to(self.device, non_blocking=True)
         return x.to(self.device)
 
-    def naive_maps(self, images: list[np.ndarray], inputs: list[np.ndarray] | None = None) -> NaiveMaps:
+    def stage(self, inputs: list[np.ndarray]) -> Staged:
+        """Start a batch's network inputs on their way to the device and return at once.
+        On a GPU the copy runs from pinned memory on a copy stream of its own, so staging
+        the next batch before :meth:`predict` on this one overlaps that copy with this
+        batch's compute; :meth:`predict` given the :class:`Staged` batch waits on the GPU
+        (not the host) for its copy. Elsewhere it is the batch as a tensor."""
+        x = torch.from_numpy(np.stack(inputs))
+        if self.device.type != "cuda":
+            return Staged(x.to(self.device))
+        if self._copy_stream is None:
+            self._copy_stream = torch.cuda.Stream(self.device)
+        host = x.pin_memory()  # the caching host allocator keeps it until the copy is done
+        with torch.cuda.stream(self._copy_stream):
+            on_device = host.to(self.device, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record(self._copy_stream)
+        return Staged(on_device, ready)
+
+    def _arrived(self, staged: Staged) -> torch.Tensor:
+        """The staged input, with the computing stream told to wait for its copy and the
+        allocator told that this stream uses it (so its memory is not reused early)."""
+        if staged.ready is not None:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(staged.ready)
+            staged.x.record_stream(stream)
+        return staged.x
+
+    def naive_maps(self, images: list[np.ndarray], inputs: list[np.ndarray] | Staged | None = None) -> NaiveMaps:
         """Preprocess, one recorded forward, peaks, one batched backward (or the PRM graph).
         ``images``: uint8 RGB; ``inputs``: see :meth:`network_input`."""
         with self._stage("preprocess"):
@@ -215,9 +254,10 @@ class Predictor:
         return torch.cat(out).to(self.device) if out else naive.prms
 
     def predict(self, images: list[np.ndarray], proposals: list[Proposals],
-                inputs: list[np.ndarray] | None = None) -> list[Prediction]:
+                inputs: list[np.ndarray] | Staged | None = None) -> list[Prediction]:
         """``images``: uint8 RGB ``[H, W, 3]`` each; ``proposals``: one per image, at its size;
-        ``inputs``: their network inputs when a loader made them (:meth:`network_input`)."""
+        ``inputs``: their network inputs when a loader made them, or those staged on the
+        device (:meth:`network_input`, :meth:`stage`)."""
         if not images:
             return []
         naive = self.naive_maps(images, inputs)
