@@ -102,16 +102,18 @@ def load_items(paths: list[Path], proposals_dir: Path, input_size: int, count: i
 
 
 def run_predictor(predictor, name: str, items: list[Item], batch_size: int) -> Run:
-    """Every item through ``predictor`` in batches (after one warm-up batch), timed."""
+    """Every item through ``predictor`` in batches (after one warm-up batch), timed; as
+    ``icn-rt infer`` without pictures (and as the baseline), no per-instance maps."""
     run = Run(name, predictor.backend, batch_size)
     batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
     cuda = predictor.device.type == "cuda"
-    predictor.predict([b.image for b in batches[0]], [b.proposals for b in batches[0]], [b.x for b in batches[0]])
-    if cuda:
-        torch.cuda.synchronize(predictor.device)
-        torch.cuda.reset_peak_memory_stats(predictor.device)
-    predictor.stages = StageTimes(predictor.device)
+    kept, predictor.keep_maps = predictor.keep_maps, False
     try:
+        predictor.predict([b.image for b in batches[0]], [b.proposals for b in batches[0]], [b.x for b in batches[0]])
+        if cuda:
+            torch.cuda.synchronize(predictor.device)
+            torch.cuda.reset_peak_memory_stats(predictor.device)
+        predictor.stages = StageTimes(predictor.device)
         for batch in batches:
             start = time.perf_counter()
             found = predictor.predict([b.image for b in batch], [b.proposals for b in batch], [b.x for b in batch])
@@ -124,6 +126,7 @@ def run_predictor(predictor, name: str, items: list[Item], batch_size: int) -> R
             run.scores += [[i.score for i in p.instances] for p in found]
     finally:
         predictor.stages = None
+        predictor.keep_maps = kept
     if cuda:
         run.gpu_memory = int(torch.cuda.max_memory_allocated(predictor.device))
     return run

@@ -365,6 +365,8 @@ def infer(predictor, images: list[Path], proposals_dir: Path | None, out: Path, 
     batches = stage_ahead(predictor, groups(loaded, batch_size), ahead=int(overlap))
     interrupted = False
     bar = Counter("infer", len(todo), "images", progress)
+    kept = predictor.keep_maps
+    predictor.keep_maps = save_vis is not None  # the maps are for the pictures only
     try:
         for batch in batches:
             log.write(batch.failed + _predict(predictor, batch, save_vis))
@@ -372,6 +374,7 @@ def infer(predictor, images: list[Path], proposals_dir: Path | None, out: Path, 
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        predictor.keep_maps = kept
         bar.close()
         batches.close()
         loaded.close()
