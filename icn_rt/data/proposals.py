@@ -154,10 +154,11 @@ def proposal_path(directory: str | Path, image_id: str) -> Path:
     return rle if rle.exists() and not mat.exists() else mat
 
 
-def load_proposals(path: str | Path, expected_shape: tuple[int, int] | None = None) -> Proposals:
+def load_proposals(path: str | Path, expected_shape: tuple[int, int] | None = None, why: str = "") -> Proposals:
     """Read an MCG ``.mat`` (v5 or v7.3) or an RLE ``.json`` proposal file.
 
-    ``expected_shape``: the image's (H, W); a file of another size is an error naming it.
+    ``expected_shape``: the image's (H, W); a file of another size is an error naming it,
+    with ``why`` (what may explain it) appended.
     """
     path = Path(path)
     if not path.exists():
@@ -170,7 +171,7 @@ def load_proposals(path: str | Path, expected_shape: tuple[int, int] | None = No
         raise InputError(path, "unknown proposal format (expected .mat or .json)")
     if expected_shape is not None and tuple(props.shape) != tuple(expected_shape):
         raise InputError(path, f"proposals are {props.shape[0]}x{props.shape[1]} but the image is "
-                               f"{expected_shape[0]}x{expected_shape[1]}")
+                               f"{expected_shape[0]}x{expected_shape[1]}{why}")
     return props
 
 

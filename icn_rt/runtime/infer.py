@@ -117,14 +117,10 @@ def load(path: Path, settings: LoadSettings) -> Loaded:
                                f"{settings.max_pixels / 1e6:g} MP limit (--max-pixels)")
     image = read_image(path)
     if settings.proposals is not None:
-        where = proposal_path(settings.proposals, path.stem)
-        props = load_proposals(where)
-        if props.shape != image.shape[:2]:
-            turned = size is not None and size != image.shape[:2]
-            raise InputError(where, f"proposals are {props.shape[0]}x{props.shape[1]} but the image is "
-                                    f"{image.shape[0]}x{image.shape[1]}" +
-                             (f" (turned from {size[0]}x{size[1]} by its EXIF orientation; make the proposals "
-                              "on the turned image, as icn-rt proposals does)" if turned else ""))
+        turned = size is not None and size != image.shape[:2]
+        why = (f" (turned from {size[0]}x{size[1]} by its EXIF orientation; make the proposals on the turned "
+               "image, as icn-rt proposals does)") if turned else ""
+        props = load_proposals(proposal_path(settings.proposals, path.stem), expected_shape=image.shape[:2], why=why)
     else:
         from icn_rt.data.selective_search import SelectiveSearchConfig, selective_search
 
