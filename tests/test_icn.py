@@ -327,8 +327,7 @@ def test_predictor_enhances_and_steps_zero_is_the_naive_predictor(with_icn, clas
     direct = enhance(on.icn, naive_maps.x, naive_maps.peaks.image, naive_maps.prms, 3).numpy()
     assert any(np.allclose(enhanced[0].enhanced, d, atol=1e-6) for d in direct)
     # without maps kept (infer without pictures): the same instances, no maps
-    on.keep_maps = False
-    bare = on.predict(images, props)
+    bare = on.predict(images, props, keep_maps=False)
     assert [[(i.class_id, i.proposal, i.score, i.peak, i.match) for i in p.instances] for p in bare] == \
            [[(i.class_id, i.proposal, i.score, i.peak, i.match) for i in p.instances] for p in got]
     assert all(np.array_equal(i.mask, j.mask) for p, q in zip(bare, got) for i, j in zip(p.instances, q.instances))

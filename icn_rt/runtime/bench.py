@@ -107,16 +107,17 @@ def run_predictor(predictor, name: str, items: list[Item], batch_size: int) -> R
     run = Run(name, predictor.backend, batch_size)
     batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
     cuda = predictor.device.type == "cuda"
-    kept, predictor.keep_maps = predictor.keep_maps, False
+    predictor.predict([b.image for b in batches[0]], [b.proposals for b in batches[0]], [b.x for b in batches[0]],
+                      keep_maps=False)
+    if cuda:
+        torch.cuda.synchronize(predictor.device)
+        torch.cuda.reset_peak_memory_stats(predictor.device)
+    predictor.stages = StageTimes(predictor.device)
     try:
-        predictor.predict([b.image for b in batches[0]], [b.proposals for b in batches[0]], [b.x for b in batches[0]])
-        if cuda:
-            torch.cuda.synchronize(predictor.device)
-            torch.cuda.reset_peak_memory_stats(predictor.device)
-        predictor.stages = StageTimes(predictor.device)
         for batch in batches:
             start = time.perf_counter()
-            found = predictor.predict([b.image for b in batch], [b.proposals for b in batch], [b.x for b in batch])
+            found = predictor.predict([b.image for b in batch], [b.proposals for b in batch], [b.x for b in batch],
+                                      keep_maps=False)
             if cuda:
                 torch.cuda.synchronize(predictor.device)
             run.seconds.append(time.perf_counter() - start)
@@ -126,7 +127,6 @@ def run_predictor(predictor, name: str, items: list[Item], batch_size: int) -> R
             run.scores += [[i.score for i in p.instances] for p in found]
     finally:
         predictor.stages = None
-        predictor.keep_maps = kept
     if cuda:
         run.gpu_memory = int(torch.cuda.max_memory_allocated(predictor.device))
     return run

@@ -361,8 +361,6 @@ def infer(predictor, images: list[Path], proposals_dir: Path | None, out: Path, 
     batches = stage_ahead(predictor, groups(loaded, batch_size), ahead=int(overlap))
     interrupted = False
     bar = Counter("infer", len(todo), "images", progress)
-    kept = predictor.keep_maps
-    predictor.keep_maps = save_vis is not None  # the maps are for the pictures only
     try:
         for batch in batches:
             log.write(batch.failed + _predict(predictor, batch, save_vis))
@@ -370,7 +368,6 @@ def infer(predictor, images: list[Path], proposals_dir: Path | None, out: Path, 
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        predictor.keep_maps = kept
         bar.close()
         batches.close()
         loaded.close()
@@ -426,7 +423,8 @@ def _predict(predictor, batch: Batch, save_vis: Path | None) -> list[dict]:
     """Records of one batch's loaded images (and their pictures)."""
     if not batch.loaded:
         return []
-    predictions = predictor.predict([b.image for b in batch.loaded], [b.proposals for b in batch.loaded], batch.staged)
+    predictions = predictor.predict([b.image for b in batch.loaded], [b.proposals for b in batch.loaded], batch.staged,
+                                    keep_maps=save_vis is not None)  # the maps are for the pictures only
     records = []
     for item, pred in zip(batch.loaded, predictions):
         image_id = item.path.stem

@@ -58,8 +58,8 @@ class Instance:
     at the image's size, ``proposal`` (index into the image's proposals), ``peak`` (y, x)
     in image pixels, ``value`` (class map at the peak), ``match`` (matching score),
     ``prm: float [S, S]`` (its PRM plus those it suppressed), ``enhanced: float [S, S]``
-    (its ICN-enhanced map, in [0, 1]; None without the ICN). Both None when the predictor
-    does not keep maps (:attr:`Predictor.keep_maps`)."""
+    (its ICN-enhanced map, in [0, 1]; None without the ICN). Both None when the maps are
+    not kept (:meth:`Predictor.predict`'s ``keep_maps``)."""
 
     class_id: int
     score: float
@@ -106,14 +106,13 @@ class Predictor:
     also means naive PRMs). ``graphs``: run the networks as exported graphs on an engine
     backend instead of eager PyTorch (:meth:`from_dir` opens them). Eager on the CPU, the
     first prediction puts the networks' weights channels-last (oneDNN runs them about
-    1.7× faster so). ``keep_maps``: give each instance its PRM and enhanced map (for
-    pictures); off, with the CUDA kernels no map leaves the GPU: only instances do."""
+    1.7× faster so)."""
 
     def __init__(self, model: PeakClassifier, classes: tuple[str, ...], peaks: PeakSettings | None = None,
                  prm: PRMSettings | None = None, matching: MatchingSettings | None = None,
                  instances: InstanceSettings | None = None, device: str | torch.device = "cpu",
                  icn: ICN | None = None, icn_settings: ICNSettings | None = None,
-                 graphs: GraphEngines | None = None, keep_maps: bool = True) -> None:
+                 graphs: GraphEngines | None = None) -> None:
         self.model = model.eval().to(device)
         self.icn = icn.eval().to(device) if icn is not None else None
         self.icn_settings = icn_settings or (icn.settings if icn is not None else ICNSettings())
@@ -125,7 +124,6 @@ class Predictor:
         self.device = torch.device(device)
         self.kernels = pick_kernels(self.device)
         self.graphs = graphs
-        self.keep_maps = keep_maps
         self.stages: StageTimes | None = None  # set one to time the stages of each call
         self._layout_set = False
         self._copy_stream: torch.cuda.Stream | None = None
@@ -257,10 +255,12 @@ class Predictor:
         return torch.cat(out).to(self.device) if out else naive.prms
 
     def predict(self, images: list[np.ndarray], proposals: list[Proposals],
-                inputs: list[np.ndarray] | Staged | None = None) -> list[Prediction]:
+                inputs: list[np.ndarray] | Staged | None = None, keep_maps: bool = True) -> list[Prediction]:
         """``images``: uint8 RGB ``[H, W, 3]`` each; ``proposals``: one per image, at its size;
         ``inputs``: their network inputs when a loader made them, or those staged on the
-        device (:meth:`network_input`, :meth:`stage`)."""
+        device (:meth:`network_input`, :meth:`stage`). ``keep_maps``: give each instance its
+        PRM and enhanced map (for pictures); off, with the CUDA kernels no map leaves the
+        GPU: only instances do."""
         if not images:
             return []
         naive = self.naive_maps(images, inputs)
@@ -270,7 +270,7 @@ class Predictor:
         matched = naive.prms if enhanced_maps is None else enhanced_maps
         # the CUDA kernels match on the device, from the maps where they are; the maps come
         # to the host for the CPU kernels, and for the instances when they keep maps
-        on_host = self.keep_maps or self.kernels != "cuda"
+        on_host = keep_maps or self.kernels != "cuda"
         prms = naive.prms.cpu().numpy() if on_host else None
         enhanced = enhanced_maps.cpu().numpy() if enhanced_maps is not None and on_host else None
         if self.kernels != "cuda":
@@ -283,18 +283,18 @@ class Predictor:
         for b, (image, props) in enumerate(zip(images, proposals)):
             idx = np.flatnonzero(image_of == b)
             found = self._instances(image.shape[:2], props, idx, cls[idx], ys[idx], xs[idx],
-                                    values[idx].astype(np.float64), prms, enhanced_maps is not None, enhanced,
-                                    matched, maps[b])
+                                    values[idx].astype(np.float64), prms if keep_maps else None,
+                                    enhanced if keep_maps else None, matched, enhanced_maps is not None, maps[b])
             out.append(Prediction(found, scores[b]))
         return out
 
     def _instances(self, shape, props: Proposals, idx: np.ndarray, cls: np.ndarray, ys: np.ndarray, xs: np.ndarray,
-                   values: np.ndarray, prms: np.ndarray | None, enhances: bool, enhanced: np.ndarray | None,
-                   matched, maps: np.ndarray) -> list[Instance]:
+                   values: np.ndarray, prms: np.ndarray | None, enhanced: np.ndarray | None, matched,
+                   enhances: bool, maps: np.ndarray) -> list[Instance]:
         """Instances of one image from its peaks ``idx`` (into ``prms`` and ``enhanced`` (the
-        naive and the ICN's maps on the host; None when not there) and ``matched`` (the maps
-        to match, where the kernels read them; the ICN's when ``enhances``)) and their class,
-        position and value; ``maps``: the image's class maps."""
+        naive and the ICN's maps on the host, for the instances; None: not kept) and
+        ``matched`` (the maps to match, where the kernels read them; the ICN's when
+        ``enhances``)) and their class, position and value; ``maps``: the image's class maps."""
         with self._stage("matching"):
             best, match_scores, quality = match(matched[idx], maps[cls], props, self.matching,
                                                 enhanced=enhances, kernels=self.kernels)
@@ -310,11 +310,11 @@ class Predictor:
         result = []
         for j in keep:
             i = found[j]
-            merged = prms[idx[found[owner == j]]].sum(0) if self.keep_maps else None
+            merged = prms[idx[found[owner == j]]].sum(0) if prms is not None else None
             result.append(Instance(int(cls[i]), float(confidence[i]), masks[j], int(best[i]),
                                    ((ys[i] + 0.5) * h / mh, (xs[i] + 0.5) * w / mw), float(values[i]),
                                    float(match_scores[i]), merged,
-                                   enhanced[idx[i]] if self.keep_maps and enhanced is not None else None))
+                                   enhanced[idx[i]] if enhanced is not None else None))
         return result
 
     def _nms(self, masks: np.ndarray, confidence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
