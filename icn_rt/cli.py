@@ -15,6 +15,7 @@ from rich.table import Table
 from icn_rt.errors import InputError
 
 app = typer.Typer(help="Instance masks from image-level labels: PRM + ICN, fast.", no_args_is_help=True,
+                  rich_markup_mode=None,  # help texts are plain: their "[default: ...]" is text, not markup
                   add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Datasets: the synthetic benchmark.", no_args_is_help=True)
 app.add_typer(data_app, name="data")

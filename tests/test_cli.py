@@ -19,6 +19,15 @@ def test_help_lists_commands():
         assert cmd in r.output
 
 
+def test_help_texts_show_their_defaults():
+    """A help text's "[default: ...]" is text, not markup that swallows it."""
+    for command, default in ((["infer"], "[default: on a GPU]"),
+                             (["infer"], "[default: up to 4, one per core; 0 = none]"),
+                             (["build-engine"], "[default: 4096; 1024 on Jetson]")):
+        r = runner.invoke(app, [*command, "--help"])
+        assert r.exit_code == 0 and default in " ".join(r.output.split()), r.output
+
+
 def test_synth_proposals_eval_end_to_end(tmp_path):
     root = tmp_path / "voc"
     r = runner.invoke(app, ["data", "synth", str(root), "--size", "64", "--train", "2", "--val", "5", "--classes", "3"])
