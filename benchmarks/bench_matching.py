@@ -1,6 +1,6 @@
 """The matching stage side by side: the baseline's per-proposal loop
-(``benchmarks/reference/prm_pipeline.py``), the NumPy reference, Numba CPU and Numba
-CUDA, on the same inputs, for N proposals × K maps at S² pixels.
+(:mod:`icn_rt.baseline`), the NumPy reference (``tests/reference.py``), Numba CPU and
+Numba CUDA, on the same inputs, for N proposals × K maps at S² pixels.
 
 Two contests per case:
 
@@ -30,6 +30,7 @@ with the machine and versions, and a Markdown table beside it::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import time
@@ -38,13 +39,25 @@ from pathlib import Path
 import cv2
 import numpy as np
 from machine import machine_info
-from reference.prm_pipeline import BaselineSettings, _best_proposal
 
+from icn_rt import kernels
+from icn_rt.baseline.pipeline import BaselineSettings, _best_proposal
 from icn_rt.data.proposals import Proposals
-from icn_rt.kernels import ops
-from icn_rt.kernels import reference as ref
-from icn_rt.kernels.ops_numpy import rows
-from icn_rt.runtime.matching import MatchingSettings, Prepared, _rebalanced_terms, _vanilla_terms
+from icn_rt.matching import background_map
+from icn_rt.matching.scores import MatchingSettings, Prepared, _rebalanced_terms, _vanilla_terms
+
+
+def _test_reference():
+    """The tests' plain references (``tests/reference.py``): the NumPy contestant. Loaded
+    from its file, as this script runs from the benchmarks folder."""
+    path = Path(__file__).resolve().parents[1] / "tests" / "reference.py"
+    spec = importlib.util.spec_from_file_location("icn_rt_tests_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ref = _test_reference()
 
 
 def _timed(fn, repeats: int):
@@ -77,7 +90,7 @@ def _ellipse_masks(rng, n: int, size: int, start: int = 0, count: int | None = N
 
 def _packed(seed: int, n: int, size: int, chunk: int = 256) -> tuple[np.ndarray, float]:
     """All n masks packed, built in chunks (N × S² bools need not fit); and the Numba packing time."""
-    cpu = ops("cpu")
+    cpu = kernels.backend("cpu")
     cpu.pack(np.zeros((1, 8, size), bool))  # compile (or load Numba's cache) outside the timing
     parts, pack_s = [], 0.0
     for s in range(0, n, chunk):
@@ -101,7 +114,7 @@ def _maps(seed: int, k: int, size: int):
         prms[i] /= prms[i].sum()
     class_maps = cv2.GaussianBlur(rng.random((k, size // 8, size // 8)).astype(np.float32).transpose(1, 2, 0),
                                   (5, 5), 0).reshape(size // 8, size // 8, k).transpose(2, 0, 1)
-    backgrounds = np.stack([ref.background_map(c, (size, size)) for c in class_maps])
+    backgrounds = np.stack([background_map(c, (size, size)) for c in class_maps])
     binary = (prms / prms.reshape(k, -1).max(1)[:, None, None] >= 0.5).astype(np.float64)
     return prms, backgrounds, binary
 
@@ -147,7 +160,6 @@ def _best(scores) -> np.ndarray:
 
 def _numba(backend, words, size, prms, backgrounds, binary, settings, repeats, nms_iou=0.3):
     """Numba matching (both contests) + NMS of the chosen masks -> timings and selections."""
-    k = ops(backend)
     device = None
     if backend == "cuda":
         import torch
@@ -164,7 +176,8 @@ def _numba(backend, words, size, prms, backgrounds, binary, settings, repeats, n
         def sync():
             return None
 
-    prepared = Prepared.from_words(words, (size, size), backend, device)
+    k = kernels.backend(backend, device)
+    prepared = Prepared.from_words(words, (size, size), k)
 
     def run(terms, maps, *extra):
         def go():

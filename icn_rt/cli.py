@@ -175,8 +175,7 @@ def train_classifier_cmd(
     from icn_rt.models.classifier import ClassifierSettings
     from icn_rt.models.prm import PRMSettings
     from icn_rt.models.store import add_missing_sections
-    from icn_rt.runtime.matching import MatchingSettings
-    from icn_rt.runtime.predictor import InstanceSettings
+    from icn_rt.matching import InstanceSettings, MatchingSettings
     from icn_rt.training.classifier import TrainSettings, train_classifier
 
     try:
@@ -360,7 +359,7 @@ def bench_cmd(
     batch_sizes: str = typer.Option("1,4,16", help="Batch sizes, comma separated."),
     backends: str = typer.Option("torch,onnxruntime,tensorrt", help="Backends to measure (absent ones are reported "
                                                                    "as skipped, with why)."),
-    baseline: bool = typer.Option(True, help="Run the baseline pipeline (benchmarks/reference/) too."),
+    baseline: bool = typer.Option(True, help="Run the baseline pipeline (icn_rt.baseline) too."),
     json_out: Path = typer.Option(Path("bench.json"), "--out", help="Report JSON; the plot goes beside it (.png)."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
 ):

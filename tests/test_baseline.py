@@ -1,18 +1,18 @@
-"""The baseline (benchmarks/reference) and icn-rt's predictor give the same instances
+"""The baseline (icn_rt.baseline) and icn-rt's predictor give the same instances
 when icn-rt is set to the PRM reference's rules."""
 
 import numpy as np
 import pytest
 import torch
 
-from benchmarks.reference.prm_pipeline import BaselineSettings, run_baseline
+from icn_rt.baseline import BaselineSettings, run_baseline
 from icn_rt.data.selective_search import SelectiveSearchConfig, selective_search
 from icn_rt.data.voc import VOCDataset
 from icn_rt.models.classifier import ClassifierSettings, PeakClassifier
 from icn_rt.models.peaks import PeakSettings
 from icn_rt.models.prm import PRMSettings
-from icn_rt.runtime.matching import MatchingSettings
-from icn_rt.runtime.predictor import InstanceSettings, Predictor
+from icn_rt.matching import InstanceSettings, MatchingSettings
+from icn_rt.runtime.predictor import Predictor
 
 
 @pytest.fixture(scope="module")

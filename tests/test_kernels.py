@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from numba import config
 
-from icn_rt.kernels import ops
+from icn_rt import kernels
 from icn_rt.kernels import ops_numpy as ref
-from icn_rt.kernels.reference import contour_band
+from tests.reference import contour_band
 
 CUDA = pytest.param("cuda", id="cuda-simulator" if config.ENABLE_CUDASIM else "cuda-gpu",
                     marks=[] if config.ENABLE_CUDASIM else [pytest.mark.gpu])
@@ -73,7 +73,7 @@ def test_pack_round_trip_numpy(shape):
 @pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_pack_unpack(backend, shape):
-    k = ops(backend)
+    k = kernels.backend(backend)
     masks = blobs(np.random.default_rng(1), 6, *shape)
     words = k.pack(on(backend, masks))
     np.testing.assert_array_equal(words_of(backend, words), ref.pack(masks))
@@ -93,7 +93,7 @@ def test_band(backend, shape):
     masks = blobs(np.random.default_rng(3), 6, *shape)
     words = ref.pack(masks)
     for size in (3, 5):
-        got = ops(backend).band(on(backend, words), shape[1], size)
+        got = kernels.backend(backend).band(on(backend, words), shape[1], size)
         np.testing.assert_array_equal(words_of(backend, got), ref.band(words, shape[1], size))
 
 
@@ -104,7 +104,7 @@ def test_background(backend, shape):
     words = ref.pack(v)
     want = ref.background(words, shape[1])
     np.testing.assert_array_equal(ref.unpack(want, shape[1]), ~v)
-    np.testing.assert_array_equal(words_of(backend, ops(backend).background(on(backend, words), shape[1])), want)
+    np.testing.assert_array_equal(words_of(backend, kernels.backend(backend).background(on(backend, words), shape[1])), want)
     # Eq. 5's background term: |P ∩ B(V)| = |P| - |P ∩ V|
     p = ref.pack(blobs(np.random.default_rng(12), 6, *shape))
     np.testing.assert_array_equal(ref.and_counts(p, want), ref.popcounts(p)[None] - ref.and_counts(p, words))
@@ -114,7 +114,7 @@ def test_background(backend, shape):
 def test_popcounts_and_counts(backend):
     rng = np.random.default_rng(4)
     p, q = ref.pack(blobs(rng, 7, 9, 45)), ref.pack(blobs(rng, 4, 9, 45, 0.6))
-    k = ops(backend)
+    k = kernels.backend(backend)
     np.testing.assert_array_equal(host(k.popcounts(on(backend, p))), ref.popcounts(p))
     np.testing.assert_array_equal(host(k.and_counts(on(backend, p), on(backend, q))), ref.and_counts(p, q))
     assert ref.popcounts(p)[3] == 9 * 45 and ref.popcounts(p)[2] == 0
@@ -129,7 +129,7 @@ def test_run_sums(backend, shape):
     words, prefix = ref.pack(masks), ref.prefix_sums(maps)
     # the reference is the dense sum itself
     np.testing.assert_allclose(ref.run_sums(words, prefix), np.einsum("mhw,nhw->mn", maps, masks), rtol=1e-12)
-    k = ops(backend)
+    k = kernels.backend(backend)
     for band_size in (0, 5):
         want = ref.run_sums(words, prefix, band_size)
         got = host(k.run_sums(on(backend, words), on(backend, k.prefix_sums(maps) if backend == "cpu" else prefix),
@@ -155,7 +155,7 @@ def test_segment_sums_and_csr(backend):
     labels, indptr, indices, count = segments(rng)
     labels[0, :3] = -1
     maps = rng.random((2, *labels.shape))
-    k = ops(backend)
+    k = kernels.backend(backend)
     want = ref.segment_sums(labels, maps, count)
     np.testing.assert_allclose(host(k.segment_sums(on(backend, labels), on(backend, maps), count)), want, rtol=1e-12)
     counts = ref.segment_sums(labels, np.ones((1, *labels.shape)), count)
@@ -174,7 +174,7 @@ def test_boundary_groups_give_the_contour_of_every_union(size):
     rng = np.random.default_rng(7)
     labels, indptr, indices, count = segments(rng)
     group, gptr, glabels = ref.boundary_groups(labels, size)
-    fast = ops("cpu").boundary_groups(labels, size)
+    fast = kernels.backend("cpu").boundary_groups(labels, size)
     for a, b in zip(fast, (group, gptr, glabels)):
         np.testing.assert_array_equal(a, b)
     member = ref.members(indptr, indices, count)
@@ -199,13 +199,13 @@ def test_group_sums(backend, sparse):
     if sparse:
         values[:, rng.random(values.shape[1]) < 0.8] = 0
         values[1, rng.random(values.shape[1]) < 0.5] = 0
-    got = ops(backend).group_sums(on(backend, member), on(backend, gptr), on(backend, glabels), on(backend, values))
+    got = kernels.backend(backend).group_sums(on(backend, member), on(backend, gptr), on(backend, glabels), on(backend, values))
     np.testing.assert_allclose(host(got), ref.group_sums(member, gptr, glabels, values), rtol=1e-12)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "cpu", CUDA])
 def test_nms_matches_the_method_reference(backend):
-    from icn_rt.kernels.reference import mask_nms
+    from tests.reference import mask_nms
 
     rng = np.random.default_rng(9)
     base = blobs(rng, 4, 10, 40)
@@ -214,7 +214,7 @@ def test_nms_matches_the_method_reference(backend):
     scores[1] = scores[5]  # a tie: input order decides
     order = np.argsort(-scores, kind="stable")
     for threshold in (0.3, 0.5, 0.9):
-        keep, owner = ops(backend).nms(on(backend, ref.pack(masks)), on(backend, order), threshold)
+        keep, owner = kernels.backend(backend).nms(on(backend, ref.pack(masks)), on(backend, order), threshold)
         want_keep, want_owner = mask_nms(masks, scores, threshold)
         np.testing.assert_array_equal(host(keep), want_keep)
         np.testing.assert_array_equal(host(owner), want_owner)
@@ -222,7 +222,7 @@ def test_nms_matches_the_method_reference(backend):
 
 @pytest.mark.parametrize("backend", ["numpy", "cpu", CUDA])
 def test_top_k_not_contained_matches_the_method_reference(backend):
-    from icn_rt.kernels.reference import top_k_not_contained
+    from tests.reference import top_k_not_contained
 
     rng = np.random.default_rng(10)
     big = np.zeros((12, 40), bool)
@@ -235,12 +235,12 @@ def test_top_k_not_contained_matches_the_method_reference(backend):
     order = np.argsort(-rows, axis=1, kind="stable")
     valid = np.isfinite(rows).sum(1)
     for k in (1, 3):
-        got = host(ops(backend).top_k_not_contained(on(backend, ref.pack(masks)), on(backend, order),
+        got = host(kernels.backend(backend).top_k_not_contained(on(backend, ref.pack(masks)), on(backend, order),
                                                      on(backend, valid), k))
         for r in range(len(rows)):
             want = top_k_not_contained(rows[r], masks, k)
             np.testing.assert_array_equal(got[r], np.concatenate([want, np.full(k - len(want), -1)]))
-    assert host(ops(backend).top_k_not_contained(on(backend, ref.pack(masks)), on(backend, order),
+    assert host(kernels.backend(backend).top_k_not_contained(on(backend, ref.pack(masks)), on(backend, order),
                                                  on(backend, valid), 3))[0, 1] not in (1, 2, 3)
 
 
@@ -263,3 +263,57 @@ def test_unique_sets_by_hash(hashes):
             want.append(row)
     assert unique.tolist() == want
     assert [want[i] for i in inverse] == sets[pixels].tolist()
+
+
+def test_every_backend_offers_the_whole_interface():
+    import inspect
+
+    from icn_rt.kernels.interface import Kernels
+
+    declared = sorted(Kernels.__abstractmethods__)
+    assert {"pack", "boxes", "boundary_groups", "run_sums", "nms", "top_k_not_contained"} <= set(declared)
+    for name in kernels.BACKENDS:
+        k = kernels.backend(name)
+        assert isinstance(k, Kernels) and k.name == name
+        for method in declared:
+            want = list(inspect.signature(getattr(Kernels, method)).parameters)[1:]  # without self
+            got = list(inspect.signature(getattr(k, method)).parameters)
+            assert got == want, (name, method, got, want)
+
+
+def test_host_arrays_pick_the_cpu_kernels():
+    assert kernels.ops().name == "cpu" and kernels.ops().device is None
+    assert kernels.ops("cpu").name == "cpu"
+    with pytest.raises(ValueError, match="unknown kernel backend"):
+        kernels.backend("opencl")
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_boxes(backend):
+    masks = blobs(np.random.default_rng(13), 7, 9, 70)
+    words = ref.pack(masks)
+    want = ref.boxes(words)
+    assert want[2].tolist() == [9, 9, 3, 0]  # empty
+    assert want[3].tolist() == [0, 9, 0, 3]  # full
+    for i, m in enumerate(masks):
+        ys, xs = np.nonzero(m)
+        if len(ys):
+            assert want[i].tolist() == [ys.min(), ys.max() + 1, xs.min() // 32, xs.max() // 32 + 1]
+    np.testing.assert_array_equal(host(kernels.backend(backend).boxes(on(backend, words))), want)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu", CUDA])
+def test_host_inputs_arrive_on_the_backends_device(backend):
+    """``pack_masks`` and ``boundary_groups`` take host arrays and give the backend's."""
+    rng = np.random.default_rng(14)
+    device = None
+    if backend == "cuda":
+        import torch
+
+        device = torch.device("cpu" if config.ENABLE_CUDASIM else "cuda")
+    k = kernels.backend(backend, device)
+    masks = blobs(rng, 5, 6, 40)
+    np.testing.assert_array_equal(words_of(backend, k.pack_masks(masks)), ref.pack(masks))
+    labels, *_ = segments(rng)
+    for got, want in zip(k.boundary_groups(labels, 5), ref.boundary_groups(labels, 5)):
+        np.testing.assert_array_equal(host(got), want)

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from numba import config
 
+from icn_rt import kernels as backends
 from icn_rt.data.proposals import Proposals
-from icn_rt.kernels import reference as ref
-from icn_rt.runtime.matching import MatchingSettings, match, matching_map, rebalanced, resize_proposals, vanilla
+from icn_rt.matching import MatchingSettings, background_map, match, matching_map, rebalanced, resize_proposals, vanilla
+from tests import reference as ref
 
 
 def _segments(rng, shape=(24, 20), n_sp=30, n=40) -> Proposals:
@@ -48,7 +49,7 @@ def test_rebalanced_equals_reference(form, binary, kernels):
     v = rng.random((3, 24, 20))
     v = (v > 0.6).astype(np.float64) if binary else v
     s = MatchingSettings(score="rebalanced")
-    got = rebalanced(v, props, s, kernels)
+    got = rebalanced(v, props, s, backends.backend(kernels))
     masks = props.to_masks()
     for k in range(3):
         want = ref.rebalanced_scores(v[k], masks)
@@ -83,7 +84,7 @@ def test_vanilla_equals_reference(form, kernels):
     prm = rng.random((2, 24, 20))
     prm /= prm.sum((1, 2), keepdims=True)
     bg = rng.random((2, 24, 20)) > 0.5
-    got = vanilla(prm, props, bg, MatchingSettings(score="vanilla"), kernels)
+    got = vanilla(prm, props, bg, MatchingSettings(score="vanilla"), backends.backend(kernels))
     masks = props.to_masks()
     for k in range(2):
         np.testing.assert_allclose(got[k], ref.vanilla_scores(prm[k], masks, bg[k]), rtol=1e-12, atol=1e-12)
@@ -102,8 +103,9 @@ def test_cuda_kernels_take_tensors_end_to_end(score):
     device = "cpu" if config.ENABLE_CUDASIM else "cuda"
     for form in (props, Proposals.from_masks(props.to_masks(), props.scores)):
         s = MatchingSettings(score=score, binarize=0.3)
-        want = match(prms, class_maps, form, s, kernels="cpu")
-        got = match(torch.from_numpy(prms).to(device), torch.from_numpy(class_maps), form, s, kernels="cuda")
+        want = match(prms, class_maps, form, s, kernels=backends.backend("cpu"))
+        got = match(torch.from_numpy(prms).to(device), torch.from_numpy(class_maps), form, s,
+                    kernels=backends.backend("cuda", torch.device(device)))
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
         np.testing.assert_allclose(got[2], want[2], rtol=1e-5)
@@ -127,7 +129,7 @@ def test_match_picks_the_reference_best_and_respects_max_proposals():
         for k in range(3):
             if s.at == "input":
                 m = matching_map(prms[k], s)
-                scores = ref.vanilla_scores(m, small, ref.background_map(class_maps[k], (16, 16)))
+                scores = ref.vanilla_scores(m, small, background_map(class_maps[k], (16, 16)))
             else:
                 import cv2
                 m = matching_map(cv2.resize(prms[k], (32, 32), interpolation=cv2.INTER_LINEAR), s)

@@ -4,7 +4,7 @@ against per-peak autograd on the same batch."""
 import pytest
 import torch
 
-from benchmarks.reference.excitation import excitation_backward
+from icn_rt.baseline.excitation import excitation_backward
 from icn_rt.models.classifier import ClassifierSettings, PeakClassifier
 from icn_rt.models.peaks import Peaks, PeakSettings, find_peaks
 from icn_rt.models.prm import (PRMSettings, input_gradients, normalise_prm, peak_response_maps, receptive_field,

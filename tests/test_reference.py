@@ -4,8 +4,9 @@ import cv2
 import numpy as np
 import pytest
 
-from icn_rt.kernels.reference import (background_map, best_proposal, contour_band, mask_nms, rebalanced_scores,
-                                      top_k_not_contained, vanilla_scores)
+from icn_rt.matching import background_map
+from tests.reference import (best_proposal, contour_band, mask_nms, rebalanced_scores, top_k_not_contained,
+                             vanilla_scores)
 
 
 def square(shape, y0, x0, y1, x1):

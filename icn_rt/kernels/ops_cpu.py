@@ -1,5 +1,6 @@
-"""The kernels of :mod:`.ops_numpy`, compiled by Numba for the CPU and parallel over
-proposals (or maps, or rows): same functions, same arguments, same results.
+"""The kernels of proposal matching (:mod:`.interface`), compiled by Numba for the CPU and
+parallel over proposals (or maps, or rows): the functions of the NumPy reference
+(:mod:`.ops_numpy`), with the same arguments and results.
 
 Integer results (popcounts, and every score term of a binary map) are exact and equal
 the reference; real sums over segments add the same numbers in another order, and
@@ -16,7 +17,7 @@ import numba
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from .ops_numpy import WORD, rows, words_per_row
+from .interface import WORD, Kernels, rows, words_per_row
 
 FULL = 0xFFFFFFFF
 
@@ -636,3 +637,24 @@ def boundary_groups(labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarr
     lengths = (unique >= 0).sum(1)
     indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     return group.reshape(h, w), indptr, unique[unique >= 0].astype(np.int32)
+
+
+class CpuKernels(Kernels):
+    name = "cpu"
+    pack = staticmethod(pack)
+    pack_masks = staticmethod(pack)
+    unpack = staticmethod(unpack)
+    band = staticmethod(band)
+    background = staticmethod(background)
+    boxes = staticmethod(boxes)
+    popcounts = staticmethod(popcounts)
+    and_counts = staticmethod(and_counts)
+    prefix_sums = staticmethod(prefix_sums)
+    run_sums = staticmethod(run_sums)
+    segment_sums = staticmethod(segment_sums)
+    csr_sums = staticmethod(csr_sums)
+    members = staticmethod(members)
+    boundary_groups = staticmethod(boundary_groups)
+    group_sums = staticmethod(group_sums)
+    nms = staticmethod(nms)
+    top_k_not_contained = staticmethod(top_k_not_contained)

@@ -1,4 +1,5 @@
-"""The kernels of :mod:`.ops_numpy` in Numba CUDA: same functions, same results.
+"""The kernels of proposal matching (:mod:`.interface`) in Numba CUDA: the functions of the
+NumPy reference (:mod:`.ops_numpy`), with the same arguments and results.
 
 Arrays are PyTorch CUDA tensors, shared with Numba zero-copy (``cuda.as_cuda_array``)
 and launched on PyTorch's current stream, so nothing goes back to the host between
@@ -21,7 +22,9 @@ import math
 import numpy as np
 from numba import config, cuda
 
-from .ops_numpy import WORD, rows, words_per_row
+from . import arrays
+from .arrays import cast, empty, is_tensor, numel
+from .interface import WORD, Kernels, rows, words_per_row
 
 FULL = 0xFFFFFFFF
 MAX_MAPS = 64
@@ -31,14 +34,10 @@ THREADS = 32 if SIMULATED else 128
 
 # --- arrays -----------------------------------------------------------------------------
 
-def _is_torch(x) -> bool:
-    return type(x).__module__.startswith("torch")
-
-
 def _device(x):
     """A Numba view of ``x`` (no copy): a CUDA tensor's memory, or in the simulator the
     array itself."""
-    if _is_torch(x):
+    if is_tensor(x):
         if x.is_cuda:
             return cuda.as_cuda_array(x.contiguous())
         if not SIMULATED:
@@ -55,33 +54,12 @@ def _words(x):
     return view.view(np.uint32) if view.dtype != np.uint32 else view
 
 
-def _torch():
-    import torch
-
-    return torch
-
-
-_TORCH_DTYPES = {np.dtype(np.uint32): "int32", np.dtype(np.int64): "int64", np.dtype(np.float64): "float64",
-                 np.dtype(np.bool_): "bool", np.dtype(np.uint8): "uint8", np.dtype(np.int32): "int32"}
-
-
-def _empty(like, shape, dtype, fill=None):
-    """A new array on ``like``'s device (a tensor for a tensor, NumPy in the simulator)."""
-    dtype = np.dtype(dtype)
-    if _is_torch(like):
-        torch = _torch()
-        kind = getattr(torch, _TORCH_DTYPES[dtype])
-        out = torch.empty(shape, dtype=kind, device=like.device) if fill is None else \
-            torch.full(shape, fill, dtype=kind, device=like.device)
-        return out
-    return np.empty(shape, dtype) if fill is None else np.full(shape, fill, dtype)
-
-
 def _stream():
     """PyTorch's current stream as a Numba stream (ordering with PyTorch's work is ours)."""
     if SIMULATED:
         return 0
-    torch = _torch()
+    import torch
+
     return cuda.external_stream(torch.cuda.current_stream().cuda_stream)
 
 
@@ -209,6 +187,25 @@ def _background_kernel(words, width, out):
         return
     i, y, k = _split3(t, h, nwords)
     out[i, y, k] = ~np.int64(words[i, y, k]) & (_last_mask(width) if k == nwords - 1 else FULL)
+
+
+def _boxes_kernel(words, out):
+    n, h, nwords = words.shape
+    i = cuda.grid(1)
+    if i >= n:
+        return
+    y0, y1, k0, k1 = h, 0, nwords, 0
+    for y in range(h):
+        for k in range(nwords):
+            if words[i, y, k] != 0:
+                y0 = min(y0, y)
+                y1 = y + 1
+                k0 = min(k0, k)
+                k1 = max(k1, k + 1)
+    out[i, 0] = y0
+    out[i, 1] = max(y1, y0)
+    out[i, 2] = k0
+    out[i, 3] = k1
 
 
 def _popcounts_kernel(flat, out):
@@ -413,6 +410,7 @@ _SIGNATURES = {
     "unpack": (_unpack_kernel, "void(uint32[:, :, ::1], uint8[:, :, ::1])"),
     "band": (_band_kernel, "void(uint32[:, :, ::1], int64, int64, uint32[:, :, ::1])"),
     "background": (_background_kernel, "void(uint32[:, :, ::1], int64, uint32[:, :, ::1])"),
+    "boxes": (_boxes_kernel, "void(uint32[:, :, ::1], int64[:, ::1])"),
     "popcounts": (_popcounts_kernel, "void(uint32[:, ::1], int64[::1])"),
     "and_counts": (_and_counts_kernel, "void(uint32[:, ::1], uint32[:, ::1], int64[:, ::1])"),
     "run_sums": (_run_sums_kernel, "void(uint32[:, :, ::1], float64[:, :, ::1], int64, float64[:, ::1])"),
@@ -442,57 +440,53 @@ def available() -> bool:
         return False
 
 
-# --- the interface of ops_numpy ----------------------------------------------------------
+# --- the interface ----------------------------------------------------------------------
 
 def _launch(name, blocks, threads, *args):
     _kernel(name)[blocks, threads, _stream()](*args)
 
 
-def _as(x, dtype):
-    """``x`` as ``dtype`` on its device (a no-op when it already is)."""
-    dtype = np.dtype(dtype)
-    if _is_torch(x):
-        want = getattr(_torch(), _TORCH_DTYPES[dtype])
-        return x if x.dtype == want else x.to(want)
-    return np.asarray(x, dtype)
-
-
 def pack(masks):
     """``bool [N, H, W]`` -> packed ``[N, H, ceil(W/32)]`` (int32 tensor / uint32 array)."""
     n, h, w = masks.shape
-    out = _empty(masks, (n, h, words_per_row(w)), np.uint32)
-    view = _device(_as(masks, np.uint8)) if _is_torch(masks) else np.ascontiguousarray(masks).view(np.uint8)
-    _launch("pack", _blocks(_numel(out)), THREADS, view, _words(out))
+    out = empty(masks, (n, h, words_per_row(w)), np.uint32)
+    view = _device(cast(masks, np.uint8)) if is_tensor(masks) else np.ascontiguousarray(masks).view(np.uint8)
+    _launch("pack", _blocks(numel(out)), THREADS, view, _words(out))
     return out
-
-
-def _numel(x) -> int:
-    return x.numel() if _is_torch(x) else x.size
 
 
 def unpack(words, width: int):
     """Packed ``[N, H, WW]`` -> ``bool [N, H, width]``."""
-    out = _empty(words, (*words.shape[:2], width), np.uint8)
-    _launch("unpack", _blocks(_numel(out)), THREADS, _words(words), _device(out))
-    return out.bool() if _is_torch(out) else out.astype(bool)
+    out = empty(words, (*words.shape[:2], width), np.uint8)
+    _launch("unpack", _blocks(numel(out)), THREADS, _words(words), _device(out))
+    return out.bool() if is_tensor(out) else out.astype(bool)
 
 
 def band(words, width: int, size: int):
     """Morphological gradient (``size``² square, odd) of each packed mask, packed."""
-    out = _empty(words, tuple(words.shape), np.uint32)
-    _launch("band", _blocks(_numel(words)), THREADS, _words(words), width, size, _words(out))
+    out = empty(words, tuple(words.shape), np.uint32)
+    _launch("band", _blocks(numel(words)), THREADS, _words(words), width, size, _words(out))
     return out
 
 
 def background(words, width: int):
     """B(V) = 1 − V of each packed binary map, packed."""
-    out = _empty(words, tuple(words.shape), np.uint32)
-    _launch("background", _blocks(_numel(words)), THREADS, _words(words), width, _words(out))
+    out = empty(words, tuple(words.shape), np.uint32)
+    _launch("background", _blocks(numel(words)), THREADS, _words(words), width, _words(out))
+    return out
+
+
+def boxes(words):
+    """``int64 [N, 4]``: each packed mask's rows ``[y0, y1)`` and words ``[k0, k1)`` holding
+    set bits (empty: ``(H, H, WW, 0)``)."""
+    out = empty(words, (len(words), 4), np.int64)
+    if len(words):
+        _launch("boxes", _blocks(len(words)), THREADS, _words(words), _device(out))
     return out
 
 
 def popcounts(words):
-    out = _empty(words, (len(words),), np.int64)
+    out = empty(words, (len(words),), np.int64)
     if len(words):
         _launch("popcounts", len(words), THREADS, _words(rows(words)), _device(out))
     return out
@@ -504,7 +498,7 @@ def _map_chunks(m: int):
 
 def and_counts(p, q):
     """``|P_n ∩ Q_m|`` -> ``int64 [M, N]``."""
-    out = _empty(p, (len(q), len(p)), np.int64)
+    out = empty(p, (len(q), len(p)), np.int64)
     if len(p) == 0 or len(q) == 0:
         return out
     fp, fq = rows(p), rows(q)
@@ -515,11 +509,12 @@ def and_counts(p, q):
 
 def prefix_sums(maps):
     """``float [M, H, W]`` -> ``float64 [H, W+1, M]`` on the maps' device."""
-    if not _is_torch(maps):
+    if not is_tensor(maps):
         from .ops_numpy import prefix_sums as host
 
         return host(maps)
-    torch = _torch()
+    import torch
+
     m, h, w = maps.shape
     out = torch.zeros((h, w + 1, m), dtype=torch.float64, device=maps.device)
     torch.cumsum(maps.permute(1, 2, 0).to(torch.float64), dim=1, out=out[:, 1:])
@@ -530,64 +525,64 @@ def run_sums(words, prefix, band_size: int = 0, box=None):
     """Each real map summed over each mask (or its band) -> ``float64 [M, N]``. ``box``
     (the CPU kernels' bounding boxes) is accepted and not needed: threads skip empty words."""
     m = prefix.shape[2]
-    out = _empty(words, (m, len(words)), np.float64)
+    out = empty(words, (m, len(words)), np.float64)
     if len(words) == 0 or m == 0:
         return out
     for s, e in _map_chunks(m):
         part = prefix[:, :, s:e]
-        part = part.contiguous() if _is_torch(part) else np.ascontiguousarray(part)
+        part = part.contiguous() if is_tensor(part) else np.ascontiguousarray(part)
         _launch("run_sums", len(words), THREADS, _words(words), _device(part), band_size, _device(out[s:e]))
     return out
 
 
 def segment_sums(labels, maps, count: int):
-    out = _empty(maps, (len(maps), count), np.float64, fill=0.0)
+    out = empty(maps, (len(maps), count), np.float64, fill=0.0)
     if len(maps) and labels.shape[0] * labels.shape[1]:
         _launch("segment_sums", _blocks(labels.shape[0] * labels.shape[1]), THREADS,
-                _device(_as(labels, np.int32)), _device(_as(maps, np.float64)), _device(out))
+                _device(cast(labels, np.int32)), _device(cast(maps, np.float64)), _device(out))
     return out
 
 
 def csr_sums(indptr, indices, values):
-    out = _empty(values, (len(values), len(indptr) - 1), np.float64)
+    out = empty(values, (len(values), len(indptr) - 1), np.float64)
     if len(indptr) > 1:
-        _launch("csr_sums", _blocks(len(indptr) - 1), THREADS, _device(_as(indptr, np.int64)),
-                _device(_as(indices, np.int32)), _device(_as(values, np.float64)), _device(out))
+        _launch("csr_sums", _blocks(len(indptr) - 1), THREADS, _device(cast(indptr, np.int64)),
+                _device(cast(indices, np.int32)), _device(cast(values, np.float64)), _device(out))
     return out
 
 
 def members(indptr, indices, count: int):
-    out = _empty(indptr, (len(indptr) - 1, words_per_row(count)), np.uint32)
+    out = empty(indptr, (len(indptr) - 1, words_per_row(count)), np.uint32)
     if len(indptr) > 1:
-        _launch("members", _blocks(len(indptr) - 1), THREADS, _device(_as(indptr, np.int64)),
-                _device(_as(indices, np.int32)), _words(out))
+        _launch("members", _blocks(len(indptr) - 1), THREADS, _device(cast(indptr, np.int64)),
+                _device(cast(indices, np.int32)), _words(out))
     return out
 
 
 def group_sums(member, group_indptr, group_labels, values):
     m = len(values)
-    out = _empty(values, (m, len(member)), np.float64)
+    out = empty(values, (m, len(member)), np.float64)
     if len(member) == 0 or m == 0:
         return out
     for s, e in _map_chunks(m):
         part = values[s:e]
-        _launch("group_sums", _blocks(len(member)), THREADS, _words(member), _device(_as(group_indptr, np.int64)),
-                _device(_as(group_labels, np.int32)), _device(_as(part, np.float64)), _device(out[s:e]))
+        _launch("group_sums", _blocks(len(member)), THREADS, _words(member), _device(cast(group_indptr, np.int64)),
+                _device(cast(group_labels, np.int32)), _device(cast(part, np.float64)), _device(out[s:e]))
     return out
 
 
 def nms(words, order, threshold: float):
     """Greedy mask NMS -> ``(keep int64 [n] in order taken, owner int64 [N])``."""
     n = len(words)
-    owner = _empty(words, (n,), np.int64, fill=-1)
+    owner = empty(words, (n,), np.int64, fill=-1)
     if n == 0:
-        return _empty(words, (0,), np.int64), owner
+        return empty(words, (0,), np.int64), owner
     flat = rows(words)
     area = popcounts(flat)
-    over = _empty(words, (n, words_per_row(n)), np.uint32)
+    over = empty(words, (n, words_per_row(n)), np.uint32)
     _launch("over", _blocks(n * words_per_row(n)), THREADS, _words(flat), _device(area), float(threshold),
             _words(over))
-    order = _as(order, np.int64)
+    order = cast(order, np.int64)
     _launch("greedy", 1, THREADS, _words(over), _device(order), _device(owner))
     keep = order[owner[order] == order]
     return keep, owner
@@ -595,8 +590,44 @@ def nms(words, order, threshold: float):
 
 def top_k_not_contained(words, order, valid, k: int):
     """See :func:`.ops_numpy.top_k_not_contained` -> ``int64 [K, k]`` (-1 padded)."""
-    out = _empty(words, (len(order), k), np.int64, fill=-1)
+    out = empty(words, (len(order), k), np.int64, fill=-1)
     if len(order):
-        _launch("top_k", len(order), THREADS, _words(rows(words)), _device(_as(order, np.int64)),
-                _device(_as(valid, np.int64)), k, _device(out))
+        _launch("top_k", len(order), THREADS, _words(rows(words)), _device(cast(order, np.int64)),
+                _device(cast(valid, np.int64)), k, _device(out))
     return out
+
+
+class CudaKernels(Kernels):
+    """``device``: the CUDA device its tensors live on (in the simulator also the CPU, or
+    None for NumPy arrays)."""
+
+    name = "cuda"
+
+    def __init__(self, device=None) -> None:
+        self.device = device
+
+    def pack_masks(self, masks: np.ndarray):
+        from .ops_cpu import pack as pack_on_host
+
+        return self.to(pack_on_host(masks))
+
+    def boundary_groups(self, labels: np.ndarray, size: int):
+        from .ops_cpu import boundary_groups as on_host
+
+        return tuple(self.to(a) for a in on_host(arrays.host(labels), size))
+
+    pack = staticmethod(pack)
+    unpack = staticmethod(unpack)
+    band = staticmethod(band)
+    background = staticmethod(background)
+    boxes = staticmethod(boxes)
+    popcounts = staticmethod(popcounts)
+    and_counts = staticmethod(and_counts)
+    prefix_sums = staticmethod(prefix_sums)
+    run_sums = staticmethod(run_sums)
+    segment_sums = staticmethod(segment_sums)
+    csr_sums = staticmethod(csr_sums)
+    members = staticmethod(members)
+    group_sums = staticmethod(group_sums)
+    nms = staticmethod(nms)
+    top_k_not_contained = staticmethod(top_k_not_contained)

@@ -1,34 +1,13 @@
-"""The kernels of proposal matching, in plain NumPy: the reference each fast version
-(:mod:`.ops_cpu`, :mod:`.ops_cuda`) is tested against, function for function.
-
-Bit-packed masks: ``uint32 [N, H, WW]``, ``WW = ceil(W / 32)``; bit ``j`` of word ``w``
-of a row is pixel ``x = 32 w + j``; padding bits past ``W`` are 0. Rows are packed
-separately so the 2-D neighbourhood of a word is its neighbours in the array.
-
-Binary maps are packed the same way and every term of a score is a popcount of an AND
-(:func:`and_counts`); real-valued maps are summed over a proposal's runs of set pixels
-from row prefix sums (:func:`run_sums`). Segment proposals never become masks:
-:func:`segment_sums` reduces a map over superpixels in one pass over the pixels and
-:func:`csr_sums` gathers each proposal's superpixels.
-"""
+"""The kernels of proposal matching (:mod:`.interface`) in plain NumPy: slow and exact,
+the reference each fast backend (:mod:`.ops_cpu`, :mod:`.ops_cuda`) is tested against,
+function for function."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
 
-from .reference import greedy_suppression, mask_iou_matrix
-
-WORD = 32
-
-
-def rows(x):
-    """``[N, ...]`` -> ``[N, prod(...)]`` (also for N = 0), for arrays and tensors."""
-    return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))
-
-
-def words_per_row(width: int) -> int:
-    return (width + WORD - 1) // WORD
+from .interface import WORD, Kernels, rows, words_per_row
 
 
 def pack(masks: np.ndarray) -> np.ndarray:
@@ -60,6 +39,18 @@ def background(words: np.ndarray, width: int) -> np.ndarray:
     """B(V) = 1 − V of each packed binary map of image width ``width``, packed (padding
     stays 0). Eq. 5's background term Σ_P B(V) is ``|P ∩ B(V)| = |P| − |P ∩ V|``."""
     return pack(~unpack(words, width))
+
+
+def boxes(words: np.ndarray) -> np.ndarray:
+    """``int64 [N, 4]``: each mask's rows ``[y0, y1)`` and words ``[k0, k1)`` holding set
+    bits; an empty mask gives ``(H, H, WW, 0)``."""
+    n, h, nwords = words.shape
+    out = np.tile(np.array([h, h, nwords, 0], np.int64), (n, 1))
+    for i in range(n):
+        ys, ks = np.nonzero(words[i])
+        if len(ys):
+            out[i] = ys.min(), ys.max() + 1, ks.min(), ks.max() + 1
+    return out
 
 
 def popcounts(words: np.ndarray) -> np.ndarray:
@@ -141,6 +132,29 @@ def group_sums(member: np.ndarray, group_indptr: np.ndarray, group_labels: np.nd
     return out
 
 
+def mask_iou_matrix(masks: np.ndarray) -> np.ndarray:
+    """``bool [N, H, W]`` -> ``float64 [N, N]`` pairwise IoU (0 for two empty masks)."""
+    flat = masks.reshape(len(masks), -1).astype(np.float64)
+    inter = flat @ flat.T
+    area = flat.sum(1)
+    union = area[:, None] + area[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+def greedy_suppression(over: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Walk ``order``: an unowned mask is kept and owns every unowned mask its row of
+    ``over: bool [N, N]`` (IoU at or over the threshold) marks -> ``(keep, owner)``."""
+    owner = np.full(len(over), -1, np.int64)
+    keep = []
+    for i in order:
+        if owner[i] >= 0:
+            continue
+        owner[i] = i
+        keep.append(i)
+        owner[(owner < 0) & over[i]] = i
+    return np.array(keep, np.int64), owner
+
+
 def nms(words: np.ndarray, order: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Greedy mask NMS over packed masks ``uint32 [N, ...]`` taken in ``order``.
 
@@ -200,3 +214,24 @@ def boundary_groups(labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarr
     indptr = np.concatenate([[0], np.cumsum([len(g) for g in groups], dtype=np.int64)]).astype(np.int64)
     flat = np.array([i for g in groups for i in g], np.int32)
     return group, indptr, flat
+
+
+class NumpyKernels(Kernels):
+    name = "numpy"
+    pack = staticmethod(pack)
+    pack_masks = staticmethod(pack)
+    unpack = staticmethod(unpack)
+    band = staticmethod(band)
+    background = staticmethod(background)
+    boxes = staticmethod(boxes)
+    popcounts = staticmethod(popcounts)
+    and_counts = staticmethod(and_counts)
+    prefix_sums = staticmethod(prefix_sums)
+    run_sums = staticmethod(run_sums)
+    segment_sums = staticmethod(segment_sums)
+    csr_sums = staticmethod(csr_sums)
+    members = staticmethod(members)
+    boundary_groups = staticmethod(boundary_groups)
+    group_sums = staticmethod(group_sums)
+    nms = staticmethod(nms)
+    top_k_not_contained = staticmethod(top_k_not_contained)

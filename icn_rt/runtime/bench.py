@@ -2,7 +2,7 @@
 
 On the same images in one process (ratios hold on a noisy machine), after a warm-up:
 
-- ``baseline``: the PRM authors' style of pipeline (``benchmarks/reference/``: one image
+- ``baseline``: the PRM authors' style of pipeline (:mod:`icn_rt.baseline`: one image
   at a time, one autograd backward per peak, a Python loop over proposals with OpenCV),
   with PRM's rules (median peaks, excitation backprop, vanilla matching at the input);
 - ``icn-rt, PRM rules``: icn-rt's predictor set to the same rules (eager torch), whose
@@ -19,9 +19,7 @@ Writes JSON with the machine and versions, and a PNG plot.
 
 from __future__ import annotations
 
-import importlib
 import resource
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from icn_rt.baseline import BaselineSettings
+from icn_rt.baseline import run_baseline as baseline_instances
 from icn_rt.data.images import read_image
 from icn_rt.data.preprocess import preprocess_array
 from icn_rt.data.proposals import Proposals, load_proposals, proposal_path
@@ -132,23 +132,12 @@ def run_predictor(predictor, name: str, items: list[Item], batch_size: int) -> R
     return run
 
 
-def baseline_module():
-    """``benchmarks/reference/prm_pipeline.py`` of the checkout icn-rt runs from, or None
-    (an installed package has no benchmarks folder)."""
-    repo = Path(__file__).resolve().parents[2]
-    if not (repo / "benchmarks" / "reference" / "prm_pipeline.py").is_file():
-        return None
-    if str(repo) not in sys.path:
-        sys.path.insert(0, str(repo))
-    return importlib.import_module("benchmarks.reference.prm_pipeline")
-
-
 def prm_rules(predictor):
     """The predictor set to PRM's rules — the baseline's, so both find the same instances."""
     from icn_rt.models.peaks import PeakSettings
     from icn_rt.models.prm import PRMSettings
-    from icn_rt.runtime.matching import MatchingSettings
-    from icn_rt.runtime.predictor import InstanceSettings, Predictor
+    from icn_rt.matching import InstanceSettings, MatchingSettings
+    from icn_rt.runtime.predictor import Predictor
 
     p = predictor.peaks
     return Predictor(predictor.model, predictor.classes,
@@ -161,20 +150,20 @@ def prm_rules(predictor):
                      device=predictor.device)
 
 
-def run_baseline(reference, predictor, items: list[Item]) -> Run:
+def run_baseline(predictor, items: list[Item]) -> Run:
     """The baseline on every item, one at a time (after one warm-up image)."""
     p = predictor.peaks
     most = max(len(item.proposals) for item in items)
-    settings = reference.BaselineSettings(
+    settings = BaselineSettings(
         input_size=predictor.input_size, class_threshold=p.class_threshold, peak_threshold=p.peak_threshold,
         max_proposals=predictor.matching.max_proposals or most, area_limits=tuple(predictor.matching.area_limits),
         nms_iou=predictor.instances.nms_iou)
     model = predictor.model
-    reference.run_baseline(model, items[0].image, items[0].proposals, settings)
+    baseline_instances(model, items[0].image, items[0].proposals, settings)
     run = Run("baseline", "torch", 1)
     for item in items:
         start = time.perf_counter()
-        found = reference.run_baseline(model, item.image, item.proposals, settings)
+        found = baseline_instances(model, item.image, item.proposals, settings)
         run.seconds.append(time.perf_counter() - start)
         run.instances.append([(i.class_id, i.proposal) for i in found])
         run.scores.append([i.score for i in found])
@@ -194,13 +183,10 @@ def bench(model_dir: Path, paths: list[Path], proposals_dir: Path, settings: Ben
     items, load_times = load_items(paths, proposals_dir, model.input_size, settings.images)
     runs: list[Run] = []
     skipped: dict[str, str] = {}
-    reference = baseline_module() if settings.baseline else None
-    if settings.baseline and reference is None:
-        skipped["baseline"] = "benchmarks/reference/ is not here (run icn-rt from a checkout of its repository)"
     base = None
-    if reference is not None:
+    if settings.baseline:
         log("baseline (one image at a time)")
-        base = run_baseline(reference, model, items)
+        base = run_baseline(model, items)
         rules = prm_rules(model)
         for b in settings.batch_sizes:
             log(f"icn-rt, PRM rules, torch, batch {b}")

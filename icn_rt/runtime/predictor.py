@@ -5,17 +5,8 @@ images -> preprocess -> recorded forward -> peaks -> PRMs (one batched backward)
 ICN enhancement (T steps, when the model has an ICN and ``icn.steps`` > 0) -> best
 proposal per peak -> mask NMS -> instances.
 
-Confidence (PRM returns none; ``InstanceSettings.confidence``):
-
-- ``peak_quality`` (default): the peak's class-map value times the soft IoU of the
-  matching map with the chosen proposal — strong evidence that the proposal explains;
-- ``peak``: the peak's class-map value;
-- ``match``: the matching score (PRM's own ordering for NMS; not comparable across
-  images or object sizes).
-
-NMS: instances in order of confidence (ties: peak order), greedy, class-agnostic, mask
-IoU ≥ ``nms_iou`` suppresses (PRM: 0.3); a suppressed instance's PRM is added into the
-one that suppressed it, as in PRM.
+Confidence and NMS: :mod:`icn_rt.matching.instances`; a suppressed instance's PRM is
+added into the one that suppressed it, as in PRM.
 """
 
 from __future__ import annotations
@@ -29,28 +20,15 @@ import torch
 
 from icn_rt.data.preprocess import preprocess
 from icn_rt.data.proposals import Proposals
-from icn_rt.kernels import ops as kernel_ops
+from icn_rt import kernels
 from icn_rt.models.classifier import PeakClassifier
 from icn_rt.models.icn import ICN, ICNSettings, enhance
 from icn_rt.models.peaks import Peaks, PeakSettings, find_peaks
 from icn_rt.models.prm import PRMSettings, peak_response_maps, recorded_forward
 from icn_rt.models.store import load_classifier, load_icn, settings_from
 from icn_rt.runtime.engines import GraphEngines, pick_backend
-from icn_rt.runtime.matching import MatchingSettings, match, pick_kernels
+from icn_rt.matching import InstanceSettings, MatchingSettings, confidence, match, suppress
 from icn_rt.runtime.stages import StageTimes
-
-CONFIDENCES = ("peak_quality", "peak", "match")
-
-
-@dataclass
-class InstanceSettings:
-    nms_iou: float = 0.3
-    confidence: str = "peak_quality"
-
-    def __post_init__(self) -> None:
-        if self.confidence not in CONFIDENCES:
-            raise ValueError(f"unknown confidence {self.confidence!r}; choose one of {', '.join(CONFIDENCES)}")
-
 
 @dataclass
 class Instance:
@@ -122,7 +100,7 @@ class Predictor:
         self.matching = matching or MatchingSettings()
         self.instances = instances or InstanceSettings()
         self.device = torch.device(device)
-        self.kernels = pick_kernels(self.device)
+        self.kernels = kernels.ops(self.device)
         self.graphs = graphs
         self.stages: StageTimes | None = None  # set one to time the stages of each call
         self._layout_set = False
@@ -270,10 +248,10 @@ class Predictor:
         matched = naive.prms if enhanced_maps is None else enhanced_maps
         # the CUDA kernels match on the device, from the maps where they are; the maps come
         # to the host for the CPU kernels, and for the instances when they keep maps
-        on_host = keep_maps or self.kernels != "cuda"
+        on_host = keep_maps or self.kernels.device is None
         prms = naive.prms.cpu().numpy() if on_host else None
         enhanced = enhanced_maps.cpu().numpy() if enhanced_maps is not None and on_host else None
-        if self.kernels != "cuda":
+        if self.kernels.device is None:
             matched = prms if enhanced is None else enhanced
         maps = naive.maps.cpu().numpy()
         scores = naive.scores.cpu().numpy()
@@ -301,29 +279,18 @@ class Predictor:
         found = np.flatnonzero(best >= 0)
         if len(found) == 0:
             return []
-        confidence = {"peak_quality": values * quality, "peak": values, "match": match_scores}[self.instances.confidence]
+        score = confidence(self.instances, values, match_scores, quality)
         with self._stage("nms"):
             masks = props.to_masks(best[found])
-            keep, owner = self._nms(masks, confidence[found])
+            keep, owner = suppress(masks, score[found], self.instances.nms_iou, self.kernels)
         h, w = shape
         mh, mw = maps.shape[-2:]
         result = []
         for j in keep:
             i = found[j]
             merged = prms[idx[found[owner == j]]].sum(0) if prms is not None else None
-            result.append(Instance(int(cls[i]), float(confidence[i]), masks[j], int(best[i]),
+            result.append(Instance(int(cls[i]), float(score[i]), masks[j], int(best[i]),
                                    ((ys[i] + 0.5) * h / mh, (xs[i] + 0.5) * w / mw), float(values[i]),
                                    float(match_scores[i]), merged,
                                    enhanced[idx[i]] if enhanced is not None else None))
         return result
-
-    def _nms(self, masks: np.ndarray, confidence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Greedy mask NMS by descending confidence (ties: peak order) with the predictor's
-        kernels -> ``(keep, owner)`` on the host."""
-        k = kernel_ops(self.kernels)
-        order = np.argsort(-confidence, kind="stable")
-        if self.kernels == "cuda":
-            dense = torch.from_numpy(masks).to(self.device)
-            keep, owner = k.nms(k.pack(dense), torch.from_numpy(order).to(self.device), self.instances.nms_iou)
-            return keep.cpu().numpy(), owner.cpu().numpy()
-        return k.nms(k.pack(masks), order, self.instances.nms_iou)

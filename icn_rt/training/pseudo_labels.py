@@ -37,8 +37,8 @@ from icn_rt.data.images import read_image
 from icn_rt.data.proposals import Proposals, load_proposals, proposal_path
 from icn_rt.data.voc import VOCDataset
 from icn_rt.errors import InputError
-from icn_rt.kernels import ops as kernel_ops
-from icn_rt.runtime.matching import score_proposals
+from icn_rt.kernels import ops
+from icn_rt.matching import score_proposals
 
 SUPERVISIONS = ("proposals", "saliency")
 SETTINGS = "settings.json"
@@ -75,11 +75,11 @@ def proposal_labels(scores: np.ndarray, props: Proposals, k: int) -> tuple[np.nd
     """Pseudo labels of K peaks from their proposal scores ``float [K, N]``: ``(bool [K, H, W]``
     union of each peak's kept proposals, ``int64 [K, k]`` their indices, -1 padded).
 
-    The top-k-not-contained walk runs on bit sets (Numba, :mod:`icn_rt.kernels`): packed
-    masks, or for segment proposals their superpixel sets (a union of superpixels lies
-    inside another iff its non-empty superpixels are among the other's).
+    The top-k-not-contained walk runs on bit sets (the host kernels, :func:`icn_rt.kernels.ops`):
+    packed masks, or for segment proposals their superpixel sets (a union of superpixels
+    lies inside another iff its non-empty superpixels are among the other's).
     """
-    cpu = kernel_ops("cpu")
+    cpu = ops()
     scores = np.atleast_2d(scores)
     order = np.argsort(-scores, axis=1, kind="stable")
     valid = np.isfinite(scores).sum(1)
@@ -184,8 +184,7 @@ def _label_batch(predictor, loaded: list, out: Path, settings: LabelSettings, su
         idx = np.flatnonzero((image_of == b) & np.isin(cls, labels))
         rows: dict[str, list] = {"prm": [], "label": [], "cls": [], "peak": [], "kept": []}
         if settings.supervision == "proposals" and len(idx):
-            scores, props = score_proposals(prms[idx], maps[b][cls[idx]], extra, predictor.matching,
-                                            kernels="cpu")[:2]
+            scores, props = score_proposals(prms[idx], maps[b][cls[idx]], extra, predictor.matching)[:2]
             labels, kept = proposal_labels(scores, props, settings.k)
             for j, i in enumerate(idx):
                 rows["label"].append(_to_size(labels[j], size))

@@ -1,9 +1,10 @@
-"""Proposal matching (DESIGN.md §1 step 7): every peak's map against every proposal.
+"""Proposal scores (DESIGN.md §1 step 7): every peak's map against every proposal.
 
-The same numbers as :mod:`icn_rt.kernels.reference` (tested), computed for all K maps of
-an image at once by the kernels of :mod:`icn_rt.kernels` (``numpy``, ``cpu`` or
-``cuda``): packed masks scored by popcounts (binary maps) or run sums (real maps);
-segment proposals by segment sums and a CSR gather, never made into masks.
+The numbers of the plain references (``tests/reference.py``, tested), computed for all
+K maps of an image at once by a kernel backend (:func:`icn_rt.kernels.ops`): packed masks
+scored by popcounts (binary maps) or run sums (real maps); segment proposals by segment
+sums and a CSR gather, never made into masks. Maps are NumPy arrays for the CPU
+kernels, or tensors on the GPU for the CUDA kernels.
 
 Choices (settings, saved in the model's config):
 
@@ -31,8 +32,8 @@ import cv2
 import numpy as np
 
 from icn_rt.data.proposals import Proposals
-from icn_rt.kernels import ops as kernel_ops
-from icn_rt.kernels.reference import background_map, contour_band
+from icn_rt.kernels import Kernels, ops
+from icn_rt.kernels import arrays as xp
 
 SCORES = ("auto", "rebalanced", "vanilla")
 PLACES = ("image", "input")
@@ -99,62 +100,39 @@ def _area_ok(area, shape: tuple[int, int], limits: tuple[float, float]):
     return (area >= limits[0] * total) & (area < limits[1] * total)
 
 
-def pick_kernels(device) -> str:
-    """``cuda`` for a CUDA device when Numba can use the GPU, else ``cpu``."""
-    if getattr(device, "type", str(device).split(":")[0]) != "cuda":
-        return "cpu"
-    from icn_rt.kernels import ops_cuda
-
-    return "cuda" if ops_cuda.available() and not ops_cuda.SIMULATED else "cpu"
-
-
 class Prepared:
-    """One image's proposals in the form the kernels of ``backend`` read, made once and
-    reused for all its maps: packed words (mask form) or the superpixel map and CSR on
-    the device (segment form), areas, and (for the vanilla contour on segments) the
-    boundary groups. ``device``: a torch device for ``cuda``; ignored otherwise."""
+    """One image's proposals in the form ``kernels`` read, made once and reused for all
+    its maps: packed words (mask form) or the superpixel map and CSR on the kernels'
+    device (segment form), areas, bounding boxes (mask form) and, for the vanilla contour
+    on segments, the boundary groups."""
 
-    def __init__(self, props: Proposals | None, backend: str = "cpu", device=None):
-        self.props, self.backend = props, backend
-        self.k = kernel_ops(backend)
-        self.device = device
+    def __init__(self, props: Proposals | None, kernels: Kernels):
+        self.props, self.k = props, kernels
         self._groups = None
         if props is None:
             return
         self.shape, self.segments = tuple(props.shape), props.is_segments
         if props.is_segments:
-            self.labels = self._to(props.superpixels.astype(np.int32))
-            self.indptr, self.indices = self._to(props.indptr), self._to(props.indices)
+            self.labels = kernels.to(props.superpixels.astype(np.int32))
+            self.indptr, self.indices = kernels.to(props.indptr), kernels.to(props.indices)
             self.count = props.num_superpixels
-            self.area = self._to(props.areas().astype(np.int64))
+            self.area = kernels.to(props.areas().astype(np.int64))
         else:
-            host = kernel_ops("cpu" if backend == "cuda" else backend).pack(props.masks)
-            self._use_words(self._to(host.view(np.int32) if self._torch else host))
+            self._use_words(kernels.pack_masks(props.masks))
 
     @classmethod
-    def from_words(cls, words, shape: tuple[int, int], backend: str = "cpu", device=None) -> Prepared:
-        """Mask proposals already packed (``[N, H, ceil(W/32)]``, on ``backend``'s device)."""
-        prepared = cls(None, backend, device)
+    def from_words(cls, words, shape: tuple[int, int], kernels: Kernels) -> Prepared:
+        """Mask proposals already packed (``[N, H, ceil(W/32)]``, on the kernels' device)."""
+        prepared = cls(None, kernels)
         prepared.shape, prepared.segments = tuple(shape), False
         prepared._use_words(words)
         return prepared
 
     def _use_words(self, words) -> None:
-        """Packed mask proposals, their areas and (CPU kernels) bounding boxes."""
+        """Packed mask proposals, their areas and bounding boxes."""
         self.words = words
         self.area = self.k.popcounts(words)
-        self.box = self.k.boxes(words) if self.backend == "cpu" else None
-
-    @property
-    def _torch(self) -> bool:
-        return self.backend == "cuda" and self.device is not None
-
-    def _to(self, a: np.ndarray):
-        if self._torch:
-            import torch
-
-            return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
-        return a
+        self.box = self.k.boxes(words)
 
     def sums(self, maps):
         """Each map ``[M, H, W]`` (at the proposals' size) summed over each proposal -> ``[M, N]``."""
@@ -178,28 +156,15 @@ class Prepared:
 
     def _contour_sums(self, maps, width: int):
         if self._groups is None or self._groups[0] != width:
-            group, gptr, glabels = kernel_ops("numpy" if self.backend == "numpy" else "cpu").boundary_groups(
-                self.props.superpixels, width)
+            group, gptr, glabels = self.k.boundary_groups(self.props.superpixels, width)
             member = self.k.members(self.indptr, self.indices, self.count)
-            self._groups = (width, self._to(group), self._to(gptr), self._to(glabels), member, len(gptr) - 1)
+            self._groups = (width, group, gptr, glabels, member, len(gptr) - 1)
         _, group, gptr, glabels, member, count = self._groups
         return self.k.group_sums(member, gptr, glabels, self.k.segment_sums(group, maps, count))
 
 
-def _is_torch(x) -> bool:
-    return type(x).__module__.startswith("torch")
-
-
 def _binary(v) -> bool:
     return bool(((v == 0) | (v == 1)).all())
-
-
-def _cat(parts):
-    if _is_torch(parts[0]):
-        import torch
-
-        return torch.cat(parts)
-    return np.concatenate(parts)
 
 
 def _band_of(v, width: int, prepared: Prepared, binary: bool):
@@ -207,26 +172,19 @@ def _band_of(v, width: int, prepared: Prepared, binary: bool):
     (exact), else the grey morphological gradient."""
     k = prepared.k
     if binary:
-        dense = k.unpack(k.band(k.pack(v > 0.5), v.shape[2], width), v.shape[2])
-        return _float(dense)
-    if _is_torch(v):
-        import torch.nn.functional as F
-
-        r = width // 2
-        grow = F.max_pool2d(v[:, None], width, 1, r)[:, 0]
-        shrink = -F.max_pool2d(-v[:, None], width, 1, r)[:, 0]
-        return grow - shrink
-    return np.stack([contour_band(m, width) for m in v])
+        return xp.float64(k.unpack(k.band(k.pack(v > 0.5), v.shape[2], width), v.shape[2]))
+    return xp.grey_gradient(v, width)
 
 
-def rebalanced(v, props: Proposals | Prepared, settings: MatchingSettings, kernels: str = "cpu"):
+def rebalanced(v, props: Proposals | Prepared, settings: MatchingSettings, kernels: Kernels | None = None):
     """Eq. 5 of ``v: float [K, H, W]`` in [0, 1] against every proposal -> ``float64 [K, N]``
-    (``-inf`` outside the area limits). A binary ``v`` is scored by popcounts, exactly."""
+    (``-inf`` outside the area limits). A binary ``v`` is scored by popcounts, exactly.
+    ``kernels``: the backend (default: the CPU kernels)."""
     return _rebalanced_terms(v, _prepared(props, kernels), settings)[0]
 
 
-def _prepared(props, kernels: str) -> Prepared:
-    return props if isinstance(props, Prepared) else Prepared(props, kernels)
+def _prepared(props, kernels: Kernels | None) -> Prepared:
+    return props if isinstance(props, Prepared) else Prepared(props, kernels or ops())
 
 
 def _rebalanced_terms(v, prepared: Prepared, settings: MatchingSettings):
@@ -235,43 +193,48 @@ def _rebalanced_terms(v, prepared: Prepared, settings: MatchingSettings):
     binary = _binary(v)
     if binary and not prepared.segments:
         words = k.pack(v > 0.5)
-        both = k.and_counts(prepared.words, _cat([words, k.band(words, v.shape[2], settings.band_width)]))
+        both = k.and_counts(prepared.words, xp.concat([words, k.band(words, v.shape[2], settings.band_width)]))
     else:
-        both = prepared.sums(_cat([v, _band_of(v, settings.band_width, prepared, binary)]))
+        both = prepared.sums(xp.concat([v, _band_of(v, settings.band_width, prepared, binary)]))
     inside, edge = both[:len(v)], both[len(v):]
     area = prepared.area
-    inside, edge = _float(inside), _float(edge)
-    area_f = _float(area)
-    score = (settings.alpha * inside / _clip1(area_f) + settings.beta * edge - settings.gamma * (area_f[None] - inside))
+    inside, edge = xp.float64(inside), xp.float64(edge)
+    area_f = xp.float64(area)
+    score = (settings.alpha * inside / xp.clip_min(area_f, 1) + settings.beta * edge
+             - settings.gamma * (area_f[None] - inside))
     return _limit(score, area, prepared.shape, settings), inside
 
 
-def _float(x):
-    return x.double() if hasattr(x, "double") else x.astype(np.float64)
-
-
-def _clip1(x):
-    return x.clamp(min=1) if hasattr(x, "clamp") else np.maximum(x, 1)
-
-
 def _limit(score, area, shape, settings: MatchingSettings):
-    ok = _area_ok(area, shape, settings.area_limits)[None]
-    if hasattr(score, "masked_fill"):
-        return score.masked_fill(~ok, float("-inf"))
-    return np.where(ok, score, -np.inf)
+    """``-inf`` for the proposals outside the area limits."""
+    return xp.where(_area_ok(area, shape, settings.area_limits)[None], score, -np.inf)
 
 
-def vanilla(prm, props: Proposals | Prepared, backgrounds, settings: MatchingSettings, kernels: str = "cpu"):
+def vanilla(prm, props: Proposals | Prepared, backgrounds, settings: MatchingSettings,
+            kernels: Kernels | None = None):
     """The PRM reference's score of ``prm: float [K, H, W]`` with ``backgrounds: bool [K, H, W]``
-    -> ``float64 [K, N]`` (``-inf`` outside the area limits)."""
+    -> ``float64 [K, N]`` (``-inf`` outside the area limits). ``kernels``: as :func:`rebalanced`."""
     return _vanilla_terms(prm, _prepared(props, kernels), backgrounds, settings)[0]
 
 
 def _vanilla_terms(prm, prepared: Prepared, backgrounds, settings: MatchingSettings):
-    inside, edge = (_float(x) for x in prepared.sums_and_contours(prm, settings.band_width))
-    bg = _float(prepared.counts(backgrounds))
+    inside, edge = (xp.float64(x) for x in prepared.sums_and_contours(prm, settings.band_width))
+    bg = xp.float64(prepared.counts(backgrounds))
     score = settings.vanilla_balance * inside + edge - settings.vanilla_penalty * bg
     return _limit(score, prepared.area, prepared.shape, settings), inside
+
+
+def background_map(class_map: np.ndarray, shape: tuple[int, int], factor: float = 0.95) -> np.ndarray:
+    """PRM's background for the vanilla score: the class map min-max scaled to 0-255
+    (bytescaled), resized bicubically to ``shape`` (H, W) as 8-bit, then ``< factor ×``
+    its mean -> ``bool [H, W]``."""
+    from PIL import Image
+
+    cmin, cmax = float(class_map.min()), float(class_map.max())
+    scale = 255.0 / (cmax - cmin) if cmax > cmin else 1.0
+    byte = ((class_map - cmin) * scale).clip(0, 255) + 0.5
+    resized = np.asarray(Image.fromarray(byte.astype(np.uint8)).resize((shape[1], shape[0]), Image.BICUBIC))
+    return resized < factor * resized.mean()
 
 
 class Scored(NamedTuple):
@@ -279,7 +242,7 @@ class Scored(NamedTuple):
     limits), ``props`` (the proposals as scored: after ``max_proposals`` and, for
     ``at="input"``, resized), ``maps float64 [K, H, W]`` (the matching maps at their
     size), ``inside float64 [K, N]`` (each map summed over each proposal), ``area [N]``.
-    Arrays are NumPy, or tensors on the GPU for the ``cuda`` kernels."""
+    Arrays of the kernels' kind: NumPy, or tensors on the GPU for the CUDA kernels."""
 
     scores: Any
     props: Proposals
@@ -291,106 +254,70 @@ class Scored(NamedTuple):
 def _matching_maps(maps, settings: MatchingSettings):
     """:func:`matching_map` of every map ``[K, H, W]`` at once, NumPy or torch."""
     if settings.score == "vanilla":
-        return _float(maps)
-    maps = _float(maps)
-    flat = maps.reshape(len(maps), -1)
-    if _is_torch(maps):
-        lo, hi = flat.min(1).values, flat.max(1).values
-    else:
-        lo, hi = flat.min(1), flat.max(1)
+        return xp.float64(maps)
+    maps = xp.float64(maps)
+    lo, hi = xp.row_min_max(maps.reshape(len(maps), -1))
     span = (hi - lo)[:, None, None]
-    v = (maps - lo[:, None, None]) / _where(span > 0, span, 1.0)
-    v = _where(span > 0, v, 0.0 * v)
-    return _float(v >= settings.binarize) if settings.binarize is not None else v
-
-
-def _where(cond, a, b):
-    if _is_torch(cond):
-        import torch
-
-        return torch.where(cond, a, torch.as_tensor(b, dtype=torch.float64, device=cond.device))
-    return np.where(cond, a, b)
-
-
-def _resized(prms, shape: tuple[int, int]):
-    """Bilinear resize of ``[K, h, w]`` to ``shape``: OpenCV on the host, torch on the GPU."""
-    if _is_torch(prms):
-        import torch.nn.functional as F
-
-        return F.interpolate(prms[:, None].double(), size=tuple(shape), mode="bilinear", align_corners=False)[:, 0]
-    return np.stack([cv2.resize(p, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR) for p in prms])
+    v = (maps - lo[:, None, None]) / xp.where(span > 0, span, 1.0)
+    v = xp.where(span > 0, v, 0.0 * v)
+    return xp.float64(v >= settings.binarize) if settings.binarize is not None else v
 
 
 def score_proposals(prms, class_maps, props: Proposals, settings: MatchingSettings, enhanced: bool = False,
-                    kernels: str = "cpu") -> Scored:
+                    kernels: Kernels | None = None) -> Scored:
     """Every peak's map against every proposal of one image.
 
-    ``prms: float [K, h, w]`` (at the network input's size; a CUDA tensor for the
-    ``cuda`` kernels), ``class_maps: float [K, h', w']`` (each peak's class map, for the
-    vanilla background), ``props``: the image's proposals (at the image's size);
-    ``enhanced``: whether the maps are ICN-enhanced (resolves ``score="auto"``);
-    ``kernels``: ``numpy``, ``cpu`` or ``cuda`` (:mod:`icn_rt.kernels`).
+    ``prms: float [K, h, w]`` (at the network input's size; on the kernels' device),
+    ``class_maps: float [K, h', w']`` (each peak's class map, for the vanilla
+    background), ``props``: the image's proposals (at the image's size); ``enhanced``:
+    whether the maps are ICN-enhanced (resolves ``score="auto"``); ``kernels``: the
+    backend (:func:`icn_rt.kernels.ops`; default: the CPU kernels).
     """
+    kernels = kernels or ops()
     settings = settings.resolved(enhanced)
     if settings.max_proposals:
         props = props.select(np.arange(min(settings.max_proposals, len(props))))
     k = len(prms)
-    device = prms.device if _is_torch(prms) else None
     if settings.at == "input":
         shape = tuple(prms.shape[1:])
         props = resize_proposals(props, shape)
-        maps = _float(prms)
+        maps = xp.float64(prms)
     else:
         shape = props.shape
-        maps = _resized(prms, shape) if k else np.zeros((0, *shape))
+        maps = xp.resize_bilinear(prms, shape) if k else np.zeros((0, *shape))
     v = _matching_maps(maps, settings) if k else maps
     if k == 0 or len(props) == 0:
         empty = np.full((k, len(props)), -np.inf)
         return Scored(empty, props, v, np.zeros((k, len(props))), props.areas())
-    prepared = Prepared(props, kernels, device)
+    prepared = Prepared(props, kernels)
     if settings.score == "vanilla":
-        host_maps = class_maps.cpu().numpy() if _is_torch(class_maps) else class_maps
-        backgrounds = np.stack([background_map(c, shape, settings.background_factor) for c in host_maps])
-        if device is not None:
-            import torch
-
-            backgrounds = torch.from_numpy(backgrounds).to(device)
-        scores, inside = _vanilla_terms(v, prepared, backgrounds, settings)
+        backgrounds = np.stack([background_map(c, shape, settings.background_factor) for c in xp.host(class_maps)])
+        scores, inside = _vanilla_terms(v, prepared, kernels.to(backgrounds), settings)
     else:
         scores, inside = _rebalanced_terms(v, prepared, settings)
     return Scored(scores, props, v, inside, prepared.area)
 
 
 def match(prms, class_maps, props: Proposals, settings: MatchingSettings, enhanced: bool = False,
-          kernels: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+          kernels: Kernels | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best proposal for each of K peaks of one image (arguments as :func:`score_proposals`).
 
     Returns ``(best int64 [K] (-1: none in limits; ties: the first), score float64 [K],
     quality float64 [K])`` on the host; ``quality`` is the soft IoU Σ_P V / (|P| + Σ V −
-    Σ_P V) of the map with its proposal.
+    Σ_P V) of the map with its proposal. On the GPU the pick is made there: only K
+    numbers come back.
     """
     scored = score_proposals(prms, class_maps, props, settings, enhanced, kernels)
     k = len(prms)
     if k == 0 or scored.scores.shape[1] == 0:
         return np.full(k, -1, np.int64), np.full(k, -np.inf), np.zeros(k)
-    scores, inside, area = scored.scores, scored.inside, _float(scored.area)
+    scores, inside, area = scored.scores, scored.inside, xp.float64(scored.area)
     total = scored.maps.reshape(k, -1).sum(1)
-    if _is_torch(scores):  # pick on the device; only K numbers come back
-        import torch
-
-        found = torch.isfinite(scores).any(1)
-        rows = torch.arange(k, device=scores.device)
-    else:
-        found = np.isfinite(scores).any(1)
-        rows = np.arange(k)
+    found, rows = xp.finite_rows(scores), xp.arange(k, scores)
     pick = scores.argmax(1)
     top, hit = scores[rows, pick], inside[rows, pick]
     union = area[pick] + total - hit
-    found, pick, top, hit, union = (_host(x) for x in (found, pick, top, hit, union))
+    found, pick, top, hit, union = (xp.host(x) for x in (found, pick, top, hit, union))
     best = np.where(found, pick, -1).astype(np.int64)
     quality = np.where(found & (union > 0), hit / np.where(union > 0, union, 1), 0.0)
     return best, np.where(found, top, -np.inf), quality
-
-
-def _host(x) -> np.ndarray:
-    return x.cpu().numpy() if _is_torch(x) else np.asarray(x)

@@ -1,7 +1,11 @@
-"""NumPy references for proposal matching (Eq. 5), mask NMS and pseudo-label selection.
+"""The method-level references the tests hold production code to: proposal matching
+(Eq. 5 and PRM's vanilla score), mask NMS and pseudo-label selection, one map at a time.
 
-Plain, slow and exact: every fast kernel (Numba CPU, Numba CUDA, segment path) is tested
-against these on the same inputs. Shapes: maps ``[H, W]``, proposals ``bool [N, H, W]``.
+Plain, slow and exact: every fast path (the kernels on every backend, the segment path,
+the matching of :mod:`icn_rt.matching`) is tested against these on the same inputs.
+Production code never imports this file. Shapes: maps ``[H, W]``, proposals
+``bool [N, H, W]``; the constants' defaults are the settings' own
+(:class:`~icn_rt.matching.MatchingSettings`).
 
 Choices where the paper is silent (settings of the caller, documented here):
 
@@ -17,11 +21,14 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-ALPHA, BETA, GAMMA = 0.95, 0.1, 0.8
-AREA_LIMITS = (2e-5, 0.85)
+from icn_rt.kernels.ops_numpy import greedy_suppression, mask_iou_matrix
+from icn_rt.matching import InstanceSettings, MatchingSettings
+
+MATCHING = MatchingSettings()
+NMS_IOU = InstanceSettings().nms_iou
 
 
-def contour_band(v: np.ndarray, width: int = 5) -> np.ndarray:
+def contour_band(v: np.ndarray, width: int = MATCHING.band_width) -> np.ndarray:
     """Morphological gradient (dilation minus erosion, ``width``² square) of a map.
 
     Pixels outside the image do not take part (OpenCV's default), so an object touching
@@ -42,9 +49,9 @@ def _area_ok(masks: np.ndarray, area_limits: tuple[float, float]) -> tuple[np.nd
     return area, ok
 
 
-def rebalanced_scores(v: np.ndarray, masks: np.ndarray, alpha: float = ALPHA, beta: float = BETA,
-                      gamma: float = GAMMA, band_width: int = 5,
-                      area_limits: tuple[float, float] = AREA_LIMITS) -> np.ndarray:
+def rebalanced_scores(v: np.ndarray, masks: np.ndarray, alpha: float = MATCHING.alpha, beta: float = MATCHING.beta,
+                      gamma: float = MATCHING.gamma, band_width: int = MATCHING.band_width,
+                      area_limits: tuple[float, float] = MATCHING.area_limits) -> np.ndarray:
     """The paper's Eq. 5 for every proposal -> ``float64 [N]`` (``-inf``: outside the limits).
 
     S = α·mean_P(V) + β·Σ_P E(V) − γ·Σ_P (1 − V).
@@ -58,22 +65,10 @@ def rebalanced_scores(v: np.ndarray, masks: np.ndarray, alpha: float = ALPHA, be
     return np.where(ok, score, -np.inf)
 
 
-def background_map(class_map: np.ndarray, shape: tuple[int, int], factor: float = 0.95) -> np.ndarray:
-    """PRM's background for the vanilla score: the class map min-max scaled to 0-255
-    (bytescaled), resized bicubically to ``shape`` (H, W) as 8-bit, then ``< factor ×``
-    its mean -> ``bool [H, W]``."""
-    from PIL import Image
-
-    cmin, cmax = float(class_map.min()), float(class_map.max())
-    scale = 255.0 / (cmax - cmin) if cmax > cmin else 1.0
-    byte = ((class_map - cmin) * scale).clip(0, 255) + 0.5
-    resized = np.asarray(Image.fromarray(byte.astype(np.uint8)).resize((shape[1], shape[0]), Image.BICUBIC))
-    return resized < factor * resized.mean()
-
-
-def vanilla_scores(prm: np.ndarray, masks: np.ndarray, background: np.ndarray, balance: float = 0.8,
-                   penalty: float = 1e-5, band_width: int = 5,
-                   area_limits: tuple[float, float] = AREA_LIMITS) -> np.ndarray:
+def vanilla_scores(prm: np.ndarray, masks: np.ndarray, background: np.ndarray,
+                   balance: float = MATCHING.vanilla_balance, penalty: float = MATCHING.vanilla_penalty,
+                   band_width: int = MATCHING.band_width,
+                   area_limits: tuple[float, float] = MATCHING.area_limits) -> np.ndarray:
     """The PRM reference's score (the ablation "w/o rebalance") -> ``float64 [N]``.
 
     S = balance·Σ_P R + Σ_{contour(P)} R − penalty·Σ_P B, contour(P) the proposal's own
@@ -96,36 +91,13 @@ def best_proposal(scores: np.ndarray, max_proposals: int | None = None) -> int:
     return int(np.argmax(s))
 
 
-def mask_iou_matrix(masks: np.ndarray) -> np.ndarray:
-    """``bool [N, H, W]`` -> ``float64 [N, N]`` pairwise IoU (0 for two empty masks)."""
-    flat = masks.reshape(len(masks), -1).astype(np.float64)
-    inter = flat @ flat.T
-    area = flat.sum(1)
-    union = area[:, None] + area[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
-
-
-def mask_nms(masks: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+def mask_nms(masks: np.ndarray, scores: np.ndarray, iou_threshold: float = NMS_IOU) -> tuple[np.ndarray, np.ndarray]:
     """Greedy class-agnostic NMS. Returns ``(keep, owner)``: ``keep`` indices by descending
     score (ties: input order); ``owner[i]`` the kept instance that suppressed i (itself
     if kept), so callers can merge suppressed PRMs into their owner as PRM does.
     IoU ≥ ``iou_threshold`` suppresses."""
     order = np.argsort(-np.asarray(scores), kind="stable")
     return greedy_suppression(mask_iou_matrix(masks) >= iou_threshold, order)
-
-
-def greedy_suppression(over: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Walk ``order``: an unowned mask is kept and owns every unowned mask its row of
-    ``over: bool [N, N]`` (IoU at or over the threshold) marks -> ``(keep, owner)``."""
-    owner = np.full(len(over), -1, np.int64)
-    keep = []
-    for i in order:
-        if owner[i] >= 0:
-            continue
-        owner[i] = i
-        keep.append(i)
-        owner[(owner < 0) & over[i]] = i
-    return np.array(keep, np.int64), owner
 
 
 def top_k_not_contained(scores: np.ndarray, masks: np.ndarray, k: int = 3) -> np.ndarray:

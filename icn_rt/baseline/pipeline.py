@@ -31,11 +31,11 @@ import torch.nn.functional as F
 
 from icn_rt.data.preprocess import preprocess
 from icn_rt.data.proposals import Proposals
-from icn_rt.kernels.reference import background_map
+from icn_rt.matching import background_map
 from icn_rt.models.classifier import PeakClassifier
 from icn_rt.models.peak_stimulation import peak_stimulation
 
-from .excitation import excitation_backward
+from icn_rt.baseline.excitation import excitation_backward
 
 
 @dataclass
