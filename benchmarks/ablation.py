@@ -38,7 +38,7 @@ from icn_rt.data.images import read_image, write_image
 from icn_rt.data.voc import VOCDataset
 from icn_rt.eval.report import evaluate
 from icn_rt.models.store import read_config
-from icn_rt.runtime.infer import infer
+from icn_rt.runtime.infer import InferSettings, infer
 from icn_rt.runtime.predictor import Predictor
 
 _RECIPE = __doc__.split("::")[1].replace("\\\n", "")
@@ -48,7 +48,7 @@ COMMANDS = [" ".join(line.split()) for line in _RECIPE.splitlines() if line.stri
 def _variants(args) -> list[tuple[str, str, Path, dict]]:
     """(table, name, model dir, predictor overrides) in the order of the paper's tables."""
     full = args.full
-    vanilla = replace(Predictor.from_dir(full, icn_steps=0).matching, score="vanilla")
+    vanilla = replace(Predictor.from_dir(full, icn_steps=0).model.matching, score="vanilla")
     rows = [("ablation", "w/o ICN (naive PRM)", full, {"icn_steps": 0}),
             ("ablation", "w/o CFM&DFM", args.no_propagation, {}),
             ("ablation", "w/o PRM input", args.no_prm_input, {}),
@@ -111,7 +111,8 @@ def step_maps(root: Path, split: str, model: Path, steps: int) -> list[dict]:
         with torch.no_grad():
             for t in range(steps + 1):
                 if t:
-                    v = enhance(predictor.icn, naive.x, naive.peaks.image, v, 1, predictor.icn_settings.chunk)
+                    v = enhance(predictor.model.icn, naive.x, naive.peaks.image, v, 1,
+                                predictor.model.icn_settings.chunk)
                 masks = (minmax(v) if t == 0 else v).numpy() > 0.5
                 for mask, c in zip(masks, naive.peaks.cls.tolist()):
                     areas[t].append(mask.mean())
@@ -169,13 +170,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for table, name, model, overrides in _variants(args):
             predictor = Predictor.from_dir(model, **overrides)
-            steps = predictor.icn_settings.steps if predictor.enhances else 0
-            key = (str(model), steps, repr(predictor.matching))
+            steps = predictor.model.icn_settings.steps if predictor.enhances else 0
+            key = (str(model), steps, repr(predictor.model.matching))
             if key not in done:
                 results = Path(tmp) / "results.json"
                 vis = Path(tmp) / "vis" if args.picture else None
-                summary = infer(predictor, images, proposals, results, vis, progress=False)
-                done[key] = {"icn_steps": steps, "matching": predictor.matching.resolved(predictor.enhances).score,
+                summary = infer(predictor, images, results, InferSettings(proposals=proposals, save_vis=vis,
+                                                                          progress=False))
+                done[key] = {"icn_steps": steps,
+                             "matching": predictor.model.matching.resolved(predictor.enhances).score,
                              "instances": summary.instances, "images_without_instances": summary.empty,
                              "metrics": evaluate(args.root, results, args.split, progress=False).to_json()}
             rows.append({"table": table, "variant": name, "model": str(model), **done[key]})

@@ -23,14 +23,15 @@ from machine import machine_info
 
 
 def child(model: str, images: str, proposals: str, out: str, batch_size: int, workers: int) -> None:
-    from icn_rt.runtime.infer import infer, list_images
+    from icn_rt.runtime.infer import InferSettings, infer
     from icn_rt.runtime.predictor import Predictor
+    from icn_rt.runtime.sources import list_images
 
     predictor = Predictor.from_dir(model)
     paths = list_images([images])
     start = time.perf_counter()
-    summary = infer(predictor, paths, Path(proposals), Path(out), batch_size=batch_size, workers=workers,
-                    progress=False)
+    summary = infer(predictor, paths, Path(out), InferSettings(proposals=Path(proposals), batch_size=batch_size,
+                                                               workers=workers, progress=False))
     seconds = time.perf_counter() - start
     print(json.dumps({"images": summary.images, "instances": summary.instances, "failed": len(summary.failed),
                       "seconds": seconds, "images_per_s": summary.images / seconds,

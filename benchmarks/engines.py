@@ -119,7 +119,7 @@ def main() -> None:
     result = {"benchmark": "engines", "machine": machine_info(), "model": str(args.model),
               "device": args.device, "images": len(images), "batch_size": args.batch_size,
               "peaks_per_image": peaks_per_image, "input_size": eager.input_size,
-              "icn_steps": eager.icn_settings.steps if eager.enhances else 0,
+              "icn_steps": eager.model.icn_settings.steps if eager.enhances else 0,
               "onnxruntime_instances_equal_torch_eager": identical, "rows": rows,
               "torch_threads": torch.get_num_threads()}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -134,12 +134,10 @@ class _TorchGraphs:
 
 
 def _torch_graphs(predictor: Predictor, slots: int) -> _TorchGraphs:
-    prm = TorchEngine(PRMGraph(predictor.model, predictor.peaks, predictor.prm, slots), PRM_INPUTS, PRM_OUTPUTS,
-                      predictor.device)
+    prm = TorchEngine(PRMGraph(predictor.model, slots), PRM_INPUTS, PRM_OUTPUTS, predictor.device)
     icn = None
     if predictor.enhances:
-        icn = TorchEngine(ICNGraph(predictor.icn, predictor.icn_settings.steps), ICN_INPUTS, ICN_OUTPUTS,
-                          predictor.device)
+        icn = TorchEngine(ICNGraph(predictor.model), ICN_INPUTS, ICN_OUTPUTS, predictor.device)
     return _TorchGraphs(prm, icn, slots)
 
 

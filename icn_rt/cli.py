@@ -173,9 +173,6 @@ def train_classifier_cmd(
 ):
     """Train the peak-stimulation classifier; prints loss and val classification mAP per epoch."""
     from icn_rt.models.classifier import ClassifierSettings
-    from icn_rt.models.prm import PRMSettings
-    from icn_rt.models.store import add_missing_sections
-    from icn_rt.matching import InstanceSettings, MatchingSettings
     from icn_rt.training.classifier import TrainSettings, train_classifier
 
     try:
@@ -187,9 +184,6 @@ def train_classifier_cmd(
             resume=resume, device=device, log=out.print)
     except (InputError, ValueError) as e:
         _fail(e)
-    # the config spells out every setting inference will use, ready to edit
-    add_missing_sections(model_dir, {"prm": PRMSettings(), "matching": MatchingSettings(),
-                                     "instances": InstanceSettings()})
     if summary.skipped:
         err.print(f"[yellow]skipped {len(summary.skipped)} unreadable images (see {model_dir / 'train_errors.txt'})[/yellow]")
     final = summary.epochs[-1] if summary.epochs else None
@@ -197,19 +191,10 @@ def train_classifier_cmd(
               + f"; peak threshold calibrated to {summary.peaks.peak_threshold:g}")
 
 
-def _label_run(root: Path, model_dir: Path, supervision: str, split: str, k: int, labels: Optional[Path],
-               proposals_dir: Optional[Path], batch_size: int, device: str) -> Path:
-    """Make (or reuse) the ICN's labels; returns their directory."""
-    from icn_rt.runtime.predictor import Predictor
-    from icn_rt.training.pseudo_labels import LabelSettings, default_label_dir, make_labels
-
-    settings = LabelSettings(supervision=supervision, split=split, k=k, batch_size=batch_size)
-    labels = labels or default_label_dir(model_dir, settings)
-    summary = make_labels(root, Predictor.from_dir(model_dir, device, icn_steps=0), labels, settings, proposals_dir,
-                          log=out.print)
+def _skipped(summary) -> None:
+    """The first few images a label run could not use."""
     for image_id, reason in summary.failed[:5]:
         err.print(f"[yellow]skipped:[/yellow] {reason}", highlight=False, soft_wrap=True)
-    return labels
 
 
 @train_app.command("pseudo-labels")
@@ -225,10 +210,14 @@ def train_pseudo_labels_cmd(
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
 ):
     """Label every labelled-class peak of a split for ICN training (reruns resume)."""
+    from icn_rt.training.pseudo_labels import LabelSettings, label_model
+
     try:
-        _label_run(root, model_dir, supervision, split, k, labels, proposals_dir, batch_size, device)
+        settings = LabelSettings(supervision=supervision, split=split, k=k, batch_size=batch_size)
+        _, summary = label_model(root, model_dir, settings, labels, proposals_dir, device, log=out.print)
     except (InputError, ValueError) as e:
         _fail(e)
+    _skipped(summary)
 
 
 @train_app.command("icn")
@@ -258,21 +247,21 @@ def train_icn_cmd(
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
 ):
     """Train the ICN on pseudo labels (made first when missing); writes icn.safetensors into the model."""
-    from dataclasses import replace
-
     from icn_rt.models.icn import ICNSettings
-    from icn_rt.training.icn import ICNTrainSettings, train_icn
+    from icn_rt.training.icn import ICNTrainSettings, label_and_train
+    from icn_rt.training.pseudo_labels import LabelSettings
 
     try:
         icn_settings = ICNSettings(encoder=encoder, width=width, propagation=propagation, prm_input=prm_input,
                                    steps=steps)
         settings = ICNTrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, lr_step=lr_step, crop=crop, seed=seed,
                                     workers=workers, pretrained=pretrained, self_feed=self_feed)
-        label_dir = _label_run(root, model_dir, supervision, split, 3, labels, proposals_dir, 8, device)
-        summary = train_icn(root, model_dir, replace(settings, labels=str(label_dir)), icn_settings, resume=resume,
-                            device=device, log=out.print)
+        labelled, summary = label_and_train(root, model_dir, settings, icn_settings,
+                                            LabelSettings(supervision=supervision, split=split), labels,
+                                            proposals_dir, resume, device, log=out.print)
     except (InputError, ValueError) as e:
         _fail(e)
+    _skipped(labelled)
     final = summary.epochs[-1] if summary.epochs else None
     out.print(f"ICN -> {model_dir} ({summary.samples} peaks" + (f", final loss {final.loss:.4f})" if final else ")"))
 
@@ -307,8 +296,9 @@ def infer_cmd(
     import os
     import signal
 
-    from icn_rt.runtime.infer import infer, list_images
+    from icn_rt.runtime.infer import InferSettings, infer
     from icn_rt.runtime.predictor import Predictor
+    from icn_rt.runtime.sources import list_images
 
     if batch_size < 1:
         _fail(ValueError(f"--batch-size must be at least 1, got {batch_size}"))
@@ -326,12 +316,14 @@ def infer_cmd(
     if proposals_dir is None:
         err.print("no --proposals: making selective-search proposals on the fly (slow; `icn-rt proposals` "
                   "makes them once)", highlight=False)
-    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    settings = InferSettings(proposals=proposals_dir, save_vis=save_vis, batch_size=batch_size,
+                             workers=min(4, os.cpu_count() or 1) if workers is None else workers, resume=resume,
+                             overwrite=overwrite, max_pixels=int(max_pixels * 1e6), progress=not quiet,
+                             overlap=overlap)
     # a kill (SIGTERM) stops like Ctrl-C: what is written stays, --resume continues
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        summary = infer(predictor, paths, proposals_dir, results, save_vis, batch_size, workers, resume, overwrite,
-                        int(max_pixels * 1e6), progress=not quiet, overlap=overlap)
+        summary = infer(predictor, paths, results, settings)
     except InputError as e:
         _fail(e)
     finally:
@@ -369,7 +361,7 @@ def bench_cmd(
 
     from icn_rt import demo
     from icn_rt.runtime.bench import BenchSettings, bench, plot
-    from icn_rt.runtime.infer import list_images
+    from icn_rt.runtime.sources import list_images
 
     try:
         sizes = tuple(int(b) for b in batch_sizes.split(","))
@@ -473,28 +465,20 @@ def demo(
     """The whole job on the embedded demo: a small model trained by icn-rt on the synthetic
     benchmark, run on sample images with their proposals -> instances, evaluation, pictures."""
     from icn_rt import demo as assets
-    from icn_rt.eval.proposal_recall import proposal_recall
-    from icn_rt.eval.report import evaluate as run_eval
-    from icn_rt.eval.report import write_report
-    from icn_rt.runtime.infer import infer, list_images
-    from icn_rt.runtime.predictor import Predictor
+    from icn_rt.demo.job import run_demo
 
-    if not (assets.MODEL / "config.json").is_file():
-        _fail(InputError(assets.MODEL, "the demo model is missing; rebuild it with scripts/build_demo.py"))
-    predictor = Predictor.from_dir(assets.MODEL, device)
-    results, pictures = out_dir / "results.json", out_dir / "pictures"
-    summary = infer(predictor, list_images([assets.IMAGES]), assets.PROPOSALS, results, pictures, batch_size=8,
-                    workers=0, overwrite=True)
+    try:
+        report = run_demo(out_dir, device)
+    except InputError as e:
+        _fail(e)
+    summary = report.summary
     out.print(f"{_n(summary.images, 'image')} -> {_n(summary.instances, 'instance')} "
-              f"(model: {predictor.model.settings.backbone} classifier + ICN, T = {predictor.icn_settings.steps})")
-    recall = proposal_recall(assets.DATA, assets.PROPOSALS, "val")
-    out.print(_recall_table(recall, "proposal upper bound (the best proposal per object)"))
-    report = run_eval(assets.DATA, results, "val")
-    out.print(_eval_table(report))
-    write_report(report, out_dir / "metrics.json")
-    out.print(f"instances (COCO JSON, RLE masks): {results}\n"
-              f"overlays and PRM heatmaps: {pictures}/<id>_overlay.png, <id>_prm.png\n"
-              f"metrics: {out_dir / 'metrics.json'}\n"
+              f"(model: {report.backbone} classifier + ICN, T = {report.steps})")
+    out.print(_recall_table(report.recall, "proposal upper bound (the best proposal per object)"))
+    out.print(_eval_table(report.metrics))
+    out.print(f"instances (COCO JSON, RLE masks): {report.results}\n"
+              f"overlays and PRM heatmaps: {report.pictures}/<id>_overlay.png, <id>_prm.png\n"
+              f"metrics: {report.metrics_file}\n"
               f"the model and the images with their annotations and proposals: {assets.DEMO}", soft_wrap=True)
 
 

@@ -12,6 +12,7 @@ from icn_rt.models.classifier import ClassifierSettings, PeakClassifier
 from icn_rt.models.peaks import PeakSettings
 from icn_rt.models.prm import PRMSettings
 from icn_rt.matching import InstanceSettings, MatchingSettings
+from icn_rt.models.store import Model
 from icn_rt.runtime.predictor import Predictor
 
 
@@ -29,10 +30,11 @@ def model():
 def test_baseline_gives_the_predictors_instances(model, tiny_voc):
     threshold = 0.0
     baseline = BaselineSettings(input_size=80, class_threshold=-1e9, peak_threshold=threshold)
-    predictor = Predictor(model, ("a", "b", "c"),
-                          PeakSettings(rule="median", class_threshold=-1e9, peak_threshold=threshold, max_peaks=0),
-                          PRMSettings("excitation"), MatchingSettings(score="vanilla", at="input", max_proposals=100),
-                          InstanceSettings(confidence="match"))
+    rules = Model(model, ("a", "b", "c"),
+                  PeakSettings(rule="median", class_threshold=-1e9, peak_threshold=threshold, max_peaks=0),
+                  PRMSettings("excitation"), MatchingSettings(score="vanilla", at="input", max_proposals=100),
+                  InstanceSettings(confidence="match"))
+    predictor = Predictor(rules)
     val = VOCDataset(tiny_voc, "val")
     compared = 0
     for image_id in val.ids[:3]:

@@ -21,7 +21,8 @@ from icn_rt.data import rle as rlelib
 from icn_rt.data.images import read_image
 from icn_rt.data.voc import VOCDataset
 from icn_rt.errors import InputError
-from icn_rt.runtime.infer import Loaded, list_images
+from icn_rt.runtime.loading import Loaded
+from icn_rt.runtime.sources import list_images
 
 runner = CliRunner()
 
@@ -238,7 +239,7 @@ def test_the_next_batch_is_staged_before_this_one_is_predicted(job, tmp_path):
 def test_a_batch_staged_on_the_copy_stream_predicts_as_one_copied_in_line(job):
     """On a GPU the staged copy runs on its own stream: waited for on the GPU, it gives the
     instances of the plain copy, also with the next batch's copy under way."""
-    from icn_rt.runtime.infer import LoadSettings, load
+    from icn_rt.runtime.loading import LoadSettings, load
     from icn_rt.runtime.predictor import Predictor
 
     model, images, props = job

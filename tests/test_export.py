@@ -26,11 +26,13 @@ from icn_rt.models.classifier import ClassifierSettings, PeakClassifier
 from icn_rt.models.peak_stimulation import local_maxima, lower_median
 from icn_rt.models.peaks import PeakSettings, find_peaks
 from icn_rt.models.prm import PRMSettings, peak_response_maps, recorded_forward
+from icn_rt.models.store import Model
 from icn_rt.runtime.engines import OnnxRuntimeEngine, TorchEngine, pick_backend, tensorrt_available
 from icn_rt.runtime.predictor import Predictor
 
 runner = CliRunner()
 ALL_PEAKS = PeakSettings(class_threshold=-1e9, peak_threshold=-1e9, max_peaks=6)
+CLASSES = ("a", "b", "c")
 
 
 def _indexed_local_maxima(maps, window):
@@ -81,7 +83,8 @@ def test_prm_graph_equals_the_eager_peaks_and_prms(rule, backbone, size, sub_pix
     x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(2))
     settings = PeakSettings(class_threshold=-1e9, peak_threshold=-1e9, max_peaks=slots)
     with torch.no_grad():
-        scores, maps, cls, y, xs, value, valid, prms = PRMGraph(model, settings, PRMSettings(rule), slots)(x)
+        scores, maps, cls, y, xs, value, valid, prms = PRMGraph(Model(model, CLASSES, settings,
+                                                                      PRMSettings(rule)), slots)(x)
     # the graph runs the eager path's operations in its layout, over whole maps
     rec = recorded_forward(model, x, channels_last=False)
     peaks = find_peaks(rec.maps, rec.scores, settings, sub_pixel)
@@ -103,7 +106,7 @@ def test_resnet_prm_graph_exports_to_tensorrt_operators_and_runs_in_onnxruntime(
 
     torch.manual_seed(0)
     model = PeakClassifier(3, ClassifierSettings(backbone="resnet50", input_size=32, sub_pixel=8)).eval()
-    graph = PRMGraph(model, ALL_PEAKS, PRMSettings(rule), 3)
+    graph = PRMGraph(Model(model, CLASSES, ALL_PEAKS, PRMSettings(rule)), 3)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     path = tmp_path / "prm.onnx"
     _export(graph, (x,), path, PRM_INPUTS, PRM_OUTPUTS)
@@ -177,7 +180,7 @@ def test_onnxruntime_graphs_equal_pytorch_on_synthetic_images(exported, tiny_voc
     from icn_rt.data.preprocess import preprocess
 
     prm = OnnxRuntimeEngine(exported / "prm.onnx")
-    graph = TorchEngine(PRMGraph(predictor.model, predictor.peaks, predictor.prm, 32), ("images",),
+    graph = TorchEngine(PRMGraph(predictor.model, 32), ("images",),
                         ("scores", "maps", "peak_class", "peak_y", "peak_x", "peak_value", "peak_valid", "prms"))
     for batch in (images[:1], images):  # dynamic batch
         x = torch.stack([preprocess(im, 64) for im in batch])
@@ -191,7 +194,7 @@ def test_onnxruntime_graphs_equal_pytorch_on_synthetic_images(exported, tiny_voc
     out = icn(images=naive.x[naive.peaks.image], prms=naive.prms)
     from icn_rt.models.icn import enhance, minmax
 
-    want = enhance(predictor.icn, naive.x, naive.peaks.image, naive.prms, 3)
+    want = enhance(predictor.model.icn, naive.x, naive.peaks.image, naive.prms, 3)
     torch.testing.assert_close(out["enhanced"], want, rtol=1e-4, atol=1e-5)
     assert torch.equal(out["masks"], minmax(want) >= 0.5) or \
         (out["masks"] != (minmax(want) >= 0.5)).float().mean() < 1e-4

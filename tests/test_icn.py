@@ -317,14 +317,14 @@ def test_predictor_enhances_and_steps_zero_is_the_naive_predictor(with_icn, clas
     assert [[(i.class_id, i.proposal, i.score) for i in p.instances] for p in naive] == \
            [[(i.class_id, i.proposal, i.score) for i in p.instances] for p in off]
     on = Predictor.from_dir(model)
-    assert on.enhances and on.icn_settings.steps == 3
+    assert on.enhances and on.model.icn_settings.steps == 3
     got = on.predict(images, props)
     enhanced = [i for p in got for i in p.instances]
     assert enhanced and all(i.enhanced.shape == (64, 64) and 0 <= i.enhanced.min() <= i.enhanced.max() <= 1
                             for i in enhanced)
     # each enhanced map is T steps of the ICN on that peak's image
     naive_maps = on.naive_maps(images)
-    direct = enhance(on.icn, naive_maps.x, naive_maps.peaks.image, naive_maps.prms, 3).numpy()
+    direct = enhance(on.model.icn, naive_maps.x, naive_maps.peaks.image, naive_maps.prms, 3).numpy()
     assert any(np.allclose(enhanced[0].enhanced, d, atol=1e-6) for d in direct)
     # without maps kept (infer without pictures): the same instances, no maps
     bare = on.predict(images, props, keep_maps=False)

@@ -1,5 +1,6 @@
 """The two inference graphs as PyTorch modules with static control flow, the exact code
-that :mod:`icn_rt.export.onnx_export` traces (DESIGN.md §2, §4).
+that :mod:`icn_rt.export.onnx_export` traces (DESIGN.md §2, §4). Both wrap the loaded
+:class:`~icn_rt.models.store.Model` (never the predictor).
 
 - :class:`PRMGraph`: normalised images in; class scores, class maps, the peaks (Eq. 1,
   in ``slots`` fixed places per image with a validity flag) and the naive PRMs out. The
@@ -21,11 +22,11 @@ import torch
 from torch import nn
 
 from icn_rt.models.backprop import Tape, positive_weight, record, upsample_weights, vjp
-from icn_rt.models.classifier import PeakClassifier
-from icn_rt.models.icn import ICN, minmax
+from icn_rt.models.icn import minmax
 from icn_rt.models.peak_stimulation import mean_at, stimulation_peaks
-from icn_rt.models.peaks import PeakSettings, peak_mask, peak_slots
-from icn_rt.models.prm import PRMSettings, normalise_prm
+from icn_rt.models.peaks import peak_mask, peak_slots
+from icn_rt.models.prm import normalise_prm
+from icn_rt.models.store import Model
 
 PRM_INPUTS = ("images",)
 PRM_OUTPUTS = ("scores", "maps", "peak_class", "peak_y", "peak_x", "peak_value", "peak_valid", "prms")
@@ -37,27 +38,29 @@ class PRMGraph(nn.Module):
     """``forward(images: float [B, 3, S, S])`` -> :data:`PRM_OUTPUTS`: ``scores [B, C]``,
     ``maps [B, C, H, W]``, ``peak_class, peak_y, peak_x: int32 [B, slots]`` (y, x on
     ``maps``), ``peak_value: float [B, slots]``, ``peak_valid: bool [B, slots]``,
-    ``prms: float [B, slots, S, S]`` (each sums to 1, or is all zero)."""
+    ``prms: float [B, slots, S, S]`` (each sums to 1, or is all zero). The model's
+    classifier, with its peak and PRM settings."""
 
-    def __init__(self, model: PeakClassifier, peaks: PeakSettings, prm: PRMSettings, slots: int) -> None:
+    def __init__(self, model: Model, slots: int) -> None:
         super().__init__()
         if slots < 1:
             raise ValueError("the PRM graph needs at least one peak slot per image")
-        self.model = model.eval()
-        self.peaks, self.rule, self.slots = peaks, prm.rule, slots
-        size = model.settings.input_size
+        net = model.classifier.eval()
+        self.model = net  # (the attribute names the exported nodes: /model/backbone/...)
+        self.peaks, self.rule, self.slots = model.peaks, model.prm.rule, slots
+        size = net.settings.input_size
         with torch.no_grad():
-            low = model.classifier(model.backbone(torch.zeros(1, 3, size, size)))
+            low = net.classifier(net.backbone(torch.zeros(1, 3, size, size)))
         c, h, w = low.shape[1:]
-        f = model.settings.sub_pixel
+        f = net.settings.sub_pixel
         self.num_classes, self.low_size, self.map_size = c, (h, w), (h * f, w * f)
         if c * h * f * w * f < slots or c * h * f * w * f >= 2 ** 24:
             raise ValueError(f"the PRM graph needs slots <= C·H·W < 2^24 (C·H·W = {c * h * f * w * f})")
         self.register_buffer("rows", upsample_weights(h, f), persistent=False)  # [H, h]
         self.register_buffer("cols", upsample_weights(w, f), persistent=False)  # [W, w]
         self.eval()  # the exporter restores the wrapper's mode, recursively
-        if prm.rule == "excitation":
-            for module in model.modules():
+        if self.rule == "excitation":
+            for module in net.modules():
                 if isinstance(module, nn.Conv2d):
                     positive_weight(module)  # ReLU(W) made now, outside the trace: initializers
 
@@ -101,13 +104,16 @@ class PRMGraph(nn.Module):
 class ICNGraph(nn.Module):
     """``forward(images: float [N, 3, S, S], prms: float [N, S, S])`` -> ``enhanced: float
     [N, S, S]`` (``V_T`` in [0, 1]) and ``masks: bool [N, S, S]`` (min-max normalised
-    ``V_T`` ≥ ``binarize``). Row i of ``images`` is the image of peak i."""
+    ``V_T`` ≥ ``binarize``: the model's matching setting, 0.5 when it has none). Row i of
+    ``images`` is the image of peak i. The model's ICN, T = its ``icn_settings.steps``."""
 
-    def __init__(self, icn: ICN, steps: int, binarize: float = 0.5) -> None:
+    def __init__(self, model: Model) -> None:
         super().__init__()
-        if steps < 1:
-            raise ValueError("the ICN graph needs T >= 1 steps (T = 0 is the naive PRM: no ICN graph)")
-        self.icn, self.steps, self.binarize = icn, steps, binarize
+        steps = model.icn_settings.steps
+        if model.icn is None or steps < 1:
+            raise ValueError("the ICN graph needs an ICN and T >= 1 steps (T = 0 is the naive PRM: no ICN graph)")
+        binarize = model.matching.binarize
+        self.icn, self.steps, self.binarize = model.icn, steps, 0.5 if binarize is None else binarize
         self.eval()
 
     def forward(self, images: torch.Tensor, prms: torch.Tensor):

@@ -16,7 +16,6 @@ the largest difference from PyTorch.
 
 from __future__ import annotations
 
-import json
 import platform
 import warnings
 from dataclasses import asdict
@@ -26,13 +25,12 @@ import numpy as np
 import torch
 
 from icn_rt.errors import InputError
-from icn_rt.models.store import CLASSIFIER, ICN_WEIGHTS
 from icn_rt.export.graphs import ICN_INPUTS, ICN_OUTPUTS, PRM_INPUTS, PRM_OUTPUTS, ICNGraph, PRMGraph
+from icn_rt.models import manifest as manifests
+from icn_rt.models.store import load_model
 from icn_rt.progress import say
-from icn_rt.runtime.engines import file_sha256
 
 OPSET = 17
-MANIFEST = "manifest.json"
 TENSORRT_OPS = Path(__file__).with_name("tensorrt_onnx_ops.txt")
 
 
@@ -126,7 +124,7 @@ def _describe(path: Path, inputs: tuple, outputs: tuple) -> dict:
     bad = unsupported_operators(model)
     if bad:
         raise RuntimeError(f"{path}: operators TensorRT does not import: {', '.join(bad)}")
-    return {"file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size, "opset": OPSET,
+    return {"file": path.name, "sha256": manifests.file_sha256(path), "bytes": path.stat().st_size, "opset": OPSET,
             "inputs": list(inputs), "outputs": list(outputs), "operators": graph_operators(model)}
 
 
@@ -164,45 +162,40 @@ def export_model(directory: str | Path, out: str | Path | None = None, slots: in
     """Export the model directory's graphs into ``out`` (default: the model directory) and
     write ``manifest.json`` there; returns the manifest. ``slots``: peaks per image in
     the PRM graph (default: the model's ``peaks.max_peaks``; it must be > 0)."""
-    from icn_rt.runtime.predictor import Predictor
-
     directory = Path(directory)
     out = Path(out) if out else directory
     out.mkdir(parents=True, exist_ok=True)
-    predictor = Predictor.from_dir(directory)
-    slots = slots or predictor.peaks.max_peaks
+    model = load_model(directory)
+    slots = slots or model.peaks.max_peaks
     if slots < 1:
         raise InputError(directory / "config.json", "peaks.max_peaks is 0 (unbounded); give --slots N for the graph")
-    size = predictor.input_size
+    size = model.input_size
     example = _example_images(size)
-    weights = {name: file_sha256(directory / name) for name in (CLASSIFIER, ICN_WEIGHTS) if (directory / name).is_file()}
-    manifest: dict = {"model": str(directory.resolve()), "weights": weights, "input_size": size,
-                      "classes": list(predictor.classes),
-                      "slots": slots, "settings": {"peaks": asdict(predictor.peaks), "prm": asdict(predictor.prm),
-                                                   "icn": asdict(predictor.icn_settings),
-                                                   "matching": asdict(predictor.matching)},
+    manifest: dict = {"model": str(directory.resolve()), "weights": manifests.weight_hashes(directory),
+                      "input_size": size, "classes": list(model.classes),
+                      "slots": slots, "settings": {"peaks": asdict(model.peaks), "prm": asdict(model.prm),
+                                                   "icn": asdict(model.icn_settings),
+                                                   "matching": asdict(model.matching)},
                       "versions": _versions(), "graphs": {}}
-    prm_graph = PRMGraph(predictor.model, predictor.peaks, predictor.prm, slots)
-    path = out / "prm.onnx"
+    prm_graph = PRMGraph(model, slots)
+    path = out / manifests.GRAPHS["prm"]
     say(f"exporting the PRM graph ({slots} peak slots per image) -> {path}")
     _export(prm_graph, (example,), path, PRM_INPUTS, PRM_OUTPUTS)
     manifest["graphs"]["prm"] = _describe(path, PRM_INPUTS, PRM_OUTPUTS)
     if verify:
         manifest["graphs"]["prm"]["max_difference"] = _max_difference(prm_graph, path, (example,), PRM_INPUTS)
-    if predictor.enhances:
-        settings = predictor.icn_settings
-        binarize = predictor.matching.binarize if predictor.matching.binarize is not None else 0.5
-        icn_graph = ICNGraph(predictor.icn, settings.steps, binarize)
+    if model.enhances:
+        icn_graph = ICNGraph(model)
         with torch.no_grad():
             prm = prm_graph(example)[-1][:, 0]  # each image's first peak's PRM (or zeros)
-        path = out / "icn.onnx"
-        say(f"exporting the ICN graph (T = {settings.steps} steps unrolled) -> {path}")
+        path = out / manifests.GRAPHS["icn"]
+        say(f"exporting the ICN graph (T = {icn_graph.steps} steps unrolled) -> {path}")
         _export(icn_graph, (example, prm), path, ICN_INPUTS, ICN_OUTPUTS)
-        manifest["graphs"]["icn"] = {**_describe(path, ICN_INPUTS, ICN_OUTPUTS), "steps": settings.steps,
-                                     "binarize": binarize}
+        manifest["graphs"]["icn"] = {**_describe(path, ICN_INPUTS, ICN_OUTPUTS), "steps": icn_graph.steps,
+                                     "binarize": icn_graph.binarize}
         if verify:
             manifest["graphs"]["icn"]["max_difference"] = _max_difference(icn_graph, path, (example, prm), ICN_INPUTS)
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    manifests.write(out, manifest)
     return manifest
 
 

@@ -6,8 +6,8 @@ INT8 flags, INT8 entropy calibration (``IInt8EntropyCalibrator2``) on images of 
 directory with a calibration cache, a timing cache reused across builds, DLA with GPU
 fallback for Jetson, and a progress monitor where TensorRT has one (10.x). Each plan is
 recorded in the model's ``manifest.json`` with the GPU, its compute capability, the
-TensorRT version and the settings; :class:`icn_rt.runtime.engines.TensorRTEngine`
-refuses a plan whose GPU or TensorRT version differs.
+TensorRT version and the settings; the runtime's TensorRT engine refuses a plan whose
+GPU or TensorRT version differs (:func:`icn_rt.models.manifest.check_plan`).
 
 TensorRT cannot be installed on this project's build machines; the tests that build and
 run plans skip there, with the reason.
@@ -15,21 +15,20 @@ run plans skip there, with the reason.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from icn_rt import extras
+from icn_rt.data.preprocess import preprocess
 from icn_rt.errors import InputError
+from icn_rt.models import manifest as manifests
+from icn_rt.models.store import load_model
 from icn_rt.progress import say
-from icn_rt.runtime.engines import current_gpu, read_manifest, tensorrt_available
 
 PRECISIONS = ("fp32", "fp16", "int8")
-INSTALL_HINT = ("TensorRT is not installed: `pip install tensorrt` (x86-64 Linux/Windows with a CUDA GPU) or, on "
-                "Jetson, the JetPack TensorRT; then run `icn-rt build-engine` again")
 
 
 def is_jetson() -> bool:
@@ -69,18 +68,17 @@ class BuildSettings:
 def _calibration_feeds(directory: Path, settings: BuildSettings, graph: str, device: torch.device) -> list[dict]:
     """Batches of the graph's inputs on ``device`` from the calibration images: the PRM
     graph takes the images; the ICN graph takes each peak's image and naive PRM (made by
-    the PyTorch predictor)."""
+    the model in PyTorch)."""
     from icn_rt.data.images import read_image
     from icn_rt.data.voc import VOCDataset
-    from icn_rt.runtime.predictor import Predictor
 
-    predictor = Predictor.from_dir(directory, device)
+    model = load_model(directory, device)
     ds = VOCDataset(settings.calibration, settings.calibration_split, load_images=False)
     ids = ds.ids[: settings.calibration_images]
     feeds = []
     for start in range(0, len(ids), settings.calibration_batch):
         images = [read_image(ds.image_path(i)) for i in ids[start: start + settings.calibration_batch]]
-        naive = predictor.naive_maps(images)
+        naive = model.naive_maps(torch.stack([preprocess(im, model.input_size) for im in images]).to(device))
         if graph == "prm":
             feeds.append({"images": naive.x.contiguous()})
         elif len(naive.peaks):
@@ -90,14 +88,11 @@ def _calibration_feeds(directory: Path, settings: BuildSettings, graph: str, dev
 
 def build_engines(directory: str | Path, settings: BuildSettings, device: str | torch.device = "cuda") -> dict:
     """Build a plan for every graph of the model's manifest; returns the updated manifest."""
-    if not tensorrt_available():
-        raise RuntimeError(INSTALL_HINT)
-    import tensorrt as trt
-
+    trt = extras.require("tensorrt", then="run `icn-rt build-engine` again")
     directory, device = Path(directory), torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         raise RuntimeError("building TensorRT plans needs a CUDA GPU")
-    manifest = read_manifest(directory)
+    manifest = manifests.read(directory)
     workspace = settings.workspace_mib or (1024 if is_jetson() else 4096)
     cache_path = Path(settings.timing_cache) if settings.timing_cache else directory / "timing.cache"
     logger = trt.Logger(trt.Logger.WARNING)
@@ -148,14 +143,14 @@ def build_engines(directory: str | Path, settings: BuildSettings, device: str | 
         plan_path = directory / f"{graph}.{settings.precision}.plan"
         plan_path.write_bytes(bytes(plan))
         cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
-        plans[graph] = {"file": plan_path.name, "sha256": hashlib.sha256(plan_path.read_bytes()).hexdigest(),
+        plans[graph] = {"file": plan_path.name, "sha256": manifests.file_sha256(plan_path),
                         "onnx_sha256": record["sha256"], "precision": settings.precision, "batch": list(batch),
                         "workspace_mib": workspace, "dla_core": settings.dla_core, "tensorrt": trt.__version__,
-                        "gpu": current_gpu(device), "jetson": is_jetson(), "timing_cache": str(cache_path),
+                        "gpu": manifests.current_gpu(device), "jetson": is_jetson(), "timing_cache": str(cache_path),
                         "settings": {k: v for k, v in asdict(settings).items() if k != "timing_cache"}}
         say(f"wrote {plan_path} ({plan_path.stat().st_size / 2**20:.1f} MiB)")
     manifest["plans"] = plans
-    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    manifests.write(directory, manifest)
     return manifest
 
 

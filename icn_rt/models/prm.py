@@ -1,5 +1,5 @@
 """Peak Response Maps (DESIGN.md §1 step 3, Eq. 2): one recorded forward pass over the
-images, one batched backward for all their peaks.
+images, their peaks (step 2), one batched backward for all of them — the naive maps.
 
 PRM of a peak = the gradient of the class map at the peak w.r.t. the input image,
 summed over colour channels, clamped at 0 and divided by its sum (all zeros stays all
@@ -16,7 +16,7 @@ from icn_rt.models.backprop import RULES, Tape, by_index, record, upsample_weigh
 from icn_rt.models.classifier import PeakClassifier
 from icn_rt.models.local_backprop import Window, input_window, local_vjp, seed_window
 from icn_rt.models.peak_stimulation import peak_stimulation
-from icn_rt.models.peaks import Peaks
+from icn_rt.models.peaks import Peaks, PeakSettings, find_peaks
 
 
 @dataclass
@@ -146,3 +146,24 @@ def peak_response_maps(model: PeakClassifier, rec: Recorded, peaks: Peaks, setti
     """PRMs of ``peaks`` -> ``float [K, S, S]``, each summing to 1 (or all zero); ``local``:
     see :func:`input_gradients`."""
     return normalise_prm(input_gradients(model, rec, peaks, settings.rule, local))
+
+
+@dataclass
+class NaiveMaps:
+    """The PRM stage of a batch: ``x: float [B, 3, S, S]`` (the network input), ``maps:
+    float [B, C, h, w]`` (class maps), ``scores: float [B, C]``, ``peaks``, ``prms: float
+    [K, S, S]``."""
+
+    x: torch.Tensor
+    maps: torch.Tensor
+    scores: torch.Tensor
+    peaks: Peaks
+    prms: torch.Tensor
+
+
+def naive_maps(model: PeakClassifier, x: torch.Tensor, peaks: PeakSettings, prm: PRMSettings) -> NaiveMaps:
+    """One recorded forward over ``x: float [B, 3, S, S]`` (normalised), its peaks and one
+    batched backward for all of them -> :class:`NaiveMaps`."""
+    rec = recorded_forward(model, x)
+    found = find_peaks(rec.maps, rec.scores, peaks, model.settings.sub_pixel)
+    return NaiveMaps(x, rec.maps.detach(), rec.scores.detach(), found, peak_response_maps(model, rec, found, prm))

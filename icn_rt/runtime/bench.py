@@ -34,7 +34,12 @@ from icn_rt.data.preprocess import preprocess_array
 from icn_rt.data.proposals import Proposals, load_proposals, proposal_path
 from icn_rt.errors import InputError
 from icn_rt.machine import machine_info
-from icn_rt.runtime.stages import StageTimes
+from icn_rt.matching import InstanceSettings, MatchingSettings
+from icn_rt.models.peaks import PeakSettings
+from icn_rt.models.prm import PRMSettings
+from icn_rt.models.store import Model
+from icn_rt.runtime.predictor import Predictor
+from icn_rt.runtime.timing import StageTimes
 
 STAGES = ("decode", "proposals", "preprocess", "prm", "icn", "matching", "nms")
 
@@ -112,53 +117,46 @@ def run_predictor(predictor, name: str, items: list[Item], batch_size: int) -> R
     if cuda:
         torch.cuda.synchronize(predictor.device)
         torch.cuda.reset_peak_memory_stats(predictor.device)
-    predictor.stages = StageTimes(predictor.device)
-    try:
-        for batch in batches:
-            start = time.perf_counter()
-            found = predictor.predict([b.image for b in batch], [b.proposals for b in batch], [b.x for b in batch],
-                                      keep_maps=False)
-            if cuda:
-                torch.cuda.synchronize(predictor.device)
-            run.seconds.append(time.perf_counter() - start)
-            for stage, seconds in predictor.stages.take().items():
-                run.stages.setdefault(stage, []).append(seconds)
-            run.instances += [[(i.class_id, i.proposal) for i in p.instances] for p in found]
-            run.scores += [[i.score for i in p.instances] for p in found]
-    finally:
-        predictor.stages = None
+    timer = StageTimes(predictor.device)
+    for batch in batches:
+        start = time.perf_counter()
+        found = predictor.predict([b.image for b in batch], [b.proposals for b in batch], [b.x for b in batch],
+                                  keep_maps=False, timer=timer)
+        if cuda:
+            torch.cuda.synchronize(predictor.device)
+        run.seconds.append(time.perf_counter() - start)
+        for stage, seconds in timer.take().items():
+            run.stages.setdefault(stage, []).append(seconds)
+        run.instances += [[(i.class_id, i.proposal) for i in p.instances] for p in found]
+        run.scores += [[i.score for i in p.instances] for p in found]
     if cuda:
         run.gpu_memory = int(torch.cuda.max_memory_allocated(predictor.device))
     return run
 
 
 def prm_rules(predictor):
-    """The predictor set to PRM's rules — the baseline's, so both find the same instances."""
-    from icn_rt.models.peaks import PeakSettings
-    from icn_rt.models.prm import PRMSettings
-    from icn_rt.matching import InstanceSettings, MatchingSettings
-    from icn_rt.runtime.predictor import Predictor
-
-    p = predictor.peaks
-    return Predictor(predictor.model, predictor.classes,
-                     PeakSettings(rule="median", class_threshold=p.class_threshold, peak_threshold=p.peak_threshold,
-                                  max_peaks=0),
-                     PRMSettings("excitation"),
-                     MatchingSettings(score="vanilla", at="input", max_proposals=predictor.matching.max_proposals,
-                                      area_limits=predictor.matching.area_limits),
-                     InstanceSettings(nms_iou=predictor.instances.nms_iou, confidence="match"),
-                     device=predictor.device)
+    """The predictor's classifier set to PRM's rules — the baseline's, so both find the same
+    instances (no ICN)."""
+    m = predictor.model
+    rules = Model(m.classifier, m.classes,
+                  PeakSettings(rule="median", class_threshold=m.peaks.class_threshold,
+                               peak_threshold=m.peaks.peak_threshold, max_peaks=0),
+                  PRMSettings("excitation"),
+                  MatchingSettings(score="vanilla", at="input", max_proposals=m.matching.max_proposals,
+                                   area_limits=m.matching.area_limits),
+                  InstanceSettings(nms_iou=m.instances.nms_iou, confidence="match"))
+    return Predictor(rules, predictor.device)
 
 
 def run_baseline(predictor, items: list[Item]) -> Run:
     """The baseline on every item, one at a time (after one warm-up image)."""
-    p = predictor.peaks
+    m = predictor.model
     most = max(len(item.proposals) for item in items)
     settings = BaselineSettings(
-        input_size=predictor.input_size, class_threshold=p.class_threshold, peak_threshold=p.peak_threshold,
-        max_proposals=predictor.matching.max_proposals or most, area_limits=tuple(predictor.matching.area_limits),
-        nms_iou=predictor.instances.nms_iou)
-    model = predictor.model
+        input_size=m.input_size, class_threshold=m.peaks.class_threshold, peak_threshold=m.peaks.peak_threshold,
+        max_proposals=m.matching.max_proposals or most, area_limits=tuple(m.matching.area_limits),
+        nms_iou=m.instances.nms_iou)
+    model = m.classifier
     baseline_instances(model, items[0].image, items[0].proposals, settings)
     run = Run("baseline", "torch", 1)
     for item in items:
@@ -177,8 +175,6 @@ def same_instances(a: Run, b: Run) -> bool:
 
 def bench(model_dir: Path, paths: list[Path], proposals_dir: Path, settings: BenchSettings, log=print) -> dict:
     """Run every contestant; returns the report (see the module's docstring)."""
-    from icn_rt.runtime.predictor import Predictor
-
     model = Predictor.from_dir(model_dir, settings.device)
     items, load_times = load_items(paths, proposals_dir, model.input_size, settings.images)
     runs: list[Run] = []

@@ -18,7 +18,9 @@ augmentation) and stored in the config's ``peaks`` section: ``class_threshold`` 
 (a score of 0 is probability 0.5 under the soft-margin loss), and ``peak_threshold`` is
 ``peak_fraction`` × the median, over (image, labelled class) pairs, of the class map's
 highest value — so a peak must be a sizeable fraction of what a present object
-typically produces, in this model's own units (PRM hard-codes 30 in its units).
+typically produces, in this model's own units (PRM hard-codes 30 in its units). Every
+other inference section is then written with its defaults, so the config spells out
+every setting inference will use, ready to edit.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from icn_rt.eval.instance import voc_ap
 from icn_rt.models.backbones import load_pretrained
 from icn_rt.models.classifier import ClassifierSettings, PeakClassifier
 from icn_rt.models.peaks import PeakSettings
-from icn_rt.models.store import CLASSIFIER, read_config, save_classifier, settings_from
+from icn_rt.models.store import CLASSIFIER, complete_config, read_config, save_classifier, settings_from
 
 STATE = "train_state.pt"
 ERRORS = "train_errors.txt"
@@ -235,6 +237,7 @@ def train_classifier(root: str | Path, out: str | Path, settings: TrainSettings,
                          settings.batch_size, device)
     summary.peaks = calibrate_peaks(maxima, train_targets, settings.peak_fraction)
     save_classifier(out, model, classes, {"training": settings, "peaks": summary.peaks})
+    complete_config(out)
     return summary
 
 

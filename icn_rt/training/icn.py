@@ -40,6 +40,7 @@ from icn_rt.data.voc import VOCDataset
 from icn_rt.errors import InputError
 from icn_rt.models.icn import ICN, ICNSettings, load_pretrained_encoder, minmax
 from icn_rt.models.store import ICN_WEIGHTS, read_config, save_icn, settings_from
+from icn_rt.training.pseudo_labels import LabelSettings, LabelSummary, label_model
 
 STATE = "icn_train_state.pt"
 LOG = "icn_train_log.json"
@@ -208,3 +209,16 @@ def train_icn(root: str | Path, model_dir: str | Path, settings: ICNTrainSetting
         tmp.replace(state_path)
         (model_dir / LOG).write_text(json.dumps([asdict(e) for e in summary.epochs], indent=1))
     return summary
+
+
+def label_and_train(root: str | Path, model_dir: str | Path, settings: ICNTrainSettings, icn_settings: ICNSettings,
+                    labels: LabelSettings, label_dir: str | Path | None = None,
+                    proposals_dir: str | Path | None = None, resume: bool = False, device: str = "cpu",
+                    log: Callable[[str], None] = print) -> tuple[LabelSummary, ICNTrainSummary]:
+    """``icn-rt train icn``: the labels of ``labels.split`` (made first where missing, in
+    ``label_dir``: see :func:`~icn_rt.training.pseudo_labels.label_model`), then the ICN
+    trained on them into the model directory."""
+    label_dir, made = label_model(root, model_dir, labels, label_dir, proposals_dir, device, log=log)
+    trained = train_icn(root, model_dir, replace(settings, labels=str(label_dir)), icn_settings, resume=resume,
+                        device=device, log=log)
+    return made, trained

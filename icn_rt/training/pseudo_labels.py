@@ -34,11 +34,13 @@ import numpy as np
 import torch
 
 from icn_rt.data.images import read_image
+from icn_rt.data.preprocess import preprocess
 from icn_rt.data.proposals import Proposals, load_proposals, proposal_path
 from icn_rt.data.voc import VOCDataset
 from icn_rt.errors import InputError
 from icn_rt.kernels import ops
 from icn_rt.matching import score_proposals
+from icn_rt.models.store import Model, load_model
 
 SUPERVISIONS = ("proposals", "saliency")
 SETTINGS = "settings.json"
@@ -69,6 +71,16 @@ class LabelSummary:
 
 def default_label_dir(model_dir: str | Path, settings: LabelSettings) -> Path:
     return Path(model_dir) / f"labels-{settings.supervision}-{settings.split}"
+
+
+def label_model(root: str | Path, model_dir: str | Path, settings: LabelSettings, out: str | Path | None = None,
+                proposals_dir: str | Path | None = None, device: str = "cpu", progress: bool = True,
+                log: Callable[[str], None] = print) -> tuple[Path, LabelSummary]:
+    """``icn-rt train pseudo-labels``: make (or, where made already, reuse) the labels of a
+    model directory's classifier in ``out`` (default: :func:`default_label_dir`); returns
+    that directory and what was done."""
+    out = Path(out) if out else default_label_dir(model_dir, settings)
+    return out, make_labels(root, load_model(model_dir, device), out, settings, proposals_dir, progress, log)
 
 
 def proposal_labels(scores: np.ndarray, props: Proposals, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -121,19 +133,18 @@ def _quantise(prms: np.ndarray) -> np.ndarray:
     return np.round(v * 255).astype(np.uint8)
 
 
-def make_labels(root: str | Path, predictor, out: str | Path, settings: LabelSettings,
+def make_labels(root: str | Path, model: Model, out: str | Path, settings: LabelSettings,
                 proposals_dir: str | Path | None = None, progress: bool = True,
                 log: Callable[[str], None] = print) -> LabelSummary:
-    """Write the labels of ``root``'s ``settings.split`` into ``out`` using ``predictor``
-    (a :class:`~icn_rt.runtime.predictor.Predictor`: its classifier, peaks, PRM and
-    matching settings). ``proposals_dir`` defaults to ``root/Proposals``."""
+    """Write the labels of ``root``'s ``settings.split`` into ``out`` using ``model``'s
+    classifier, peak, PRM and matching settings (its naive PRMs: the ICN takes no part). ``proposals_dir`` defaults to ``root/Proposals``."""
     root, out = Path(root), Path(out)
     ds = VOCDataset(root, settings.split, load_images=False)
     proposals_dir = Path(proposals_dir) if proposals_dir else root / "Proposals"
     # what the labels depend on (not the batch size)
     made_with = {k: v for k, v in asdict(settings).items() if k != "batch_size"}
-    record = {"settings": made_with, "matching": asdict(predictor.matching), "peaks": asdict(predictor.peaks),
-              "prm": asdict(predictor.prm), "input_size": predictor.input_size}
+    record = {"settings": made_with, "matching": asdict(model.matching), "peaks": asdict(model.peaks),
+              "prm": asdict(model.prm), "input_size": model.input_size}
     out.mkdir(parents=True, exist_ok=True)
     settings_path = out / SETTINGS
     if settings_path.exists():
@@ -163,7 +174,7 @@ def make_labels(root: str | Path, predictor, out: str | Path, settings: LabelSet
             except InputError as e:
                 summary.failed.append((image_id, str(e)))
         if loaded:
-            _label_batch(predictor, loaded, out, settings, summary)
+            _label_batch(model, loaded, out, settings, summary)
     if summary.failed:
         (out / ERRORS).write_text("".join(f"{i}\t{reason}\n" for i, reason in summary.failed))
     log(f"labels -> {out}: {summary.images} images, {summary.peaks} peaks"
@@ -172,19 +183,20 @@ def make_labels(root: str | Path, predictor, out: str | Path, settings: LabelSet
     return summary
 
 
-def _label_batch(predictor, loaded: list, out: Path, settings: LabelSettings, summary: LabelSummary) -> None:
-    naive = predictor.naive_maps([im for _, im, _, _ in loaded])
+def _label_batch(model: Model, loaded: list, out: Path, settings: LabelSettings, summary: LabelSummary) -> None:
+    x = torch.stack([preprocess(im, model.input_size) for _, im, _, _ in loaded]).to(model.device)
+    naive = model.naive_maps(x)
     peaks = naive.peaks
     image_of, cls = peaks.image.cpu().numpy(), peaks.cls.cpu().numpy()
     yx = torch.stack([peaks.y, peaks.x], 1).float().cpu().numpy()
     prms = naive.prms.cpu().numpy()
     maps = naive.maps.cpu().numpy()
-    size = predictor.input_size
+    size = model.input_size
     for b, (image_id, image, labels, extra) in enumerate(loaded):
         idx = np.flatnonzero((image_of == b) & np.isin(cls, labels))
         rows: dict[str, list] = {"prm": [], "label": [], "cls": [], "peak": [], "kept": []}
         if settings.supervision == "proposals" and len(idx):
-            scores, props = score_proposals(prms[idx], maps[b][cls[idx]], extra, predictor.matching)[:2]
+            scores, props = score_proposals(prms[idx], maps[b][cls[idx]], extra, model.matching)[:2]
             labels, kept = proposal_labels(scores, props, settings.k)
             for j, i in enumerate(idx):
                 rows["label"].append(_to_size(labels[j], size))

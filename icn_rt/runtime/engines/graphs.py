@@ -1,0 +1,62 @@
+"""A model's exported graphs on one engine backend — the PRM graph and, when the model
+enhances, the ICN graph — checked against the model (the same weights and settings as
+at export: :func:`icn_rt.models.manifest.check_graphs`), and the choice of backend."""
+
+from __future__ import annotations
+
+import torch
+
+from icn_rt.models import manifest
+from icn_rt.models.store import Model
+from icn_rt.runtime.engines import Engine
+from icn_rt.runtime.engines.onnxruntime import OnnxRuntimeEngine, onnxruntime_has_gpu
+from icn_rt.runtime.engines.tensorrt import TensorRTEngine, tensorrt_available
+
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+
+
+def pick_backend(backend: str, device: torch.device, directory) -> str:
+    """``auto`` -> the fastest backend present for ``device``: TensorRT plans when they
+    exist and TensorRT imports, else onnxruntime with a GPU provider, else torch on a GPU;
+    on a CPU, torch (measured faster than onnxruntime-CPU on the padded graphs:
+    ``benchmarks/results/engines_cpu.json``)."""
+    if backend != "auto":
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        return backend
+    if device.type == "cuda":
+        if tensorrt_available() and manifest.has_plans(directory):
+            return "tensorrt"
+        if manifest.has_graph(directory) and onnxruntime_has_gpu():
+            return "onnxruntime"
+    return "torch"
+
+
+class GraphEngines:
+    """The PRM engine and (when ``model`` enhances) the ICN engine of a loaded model on
+    ``backend`` (``onnxruntime`` or ``tensorrt``), refused when the graphs or plans do not
+    fit the model."""
+
+    def __init__(self, model: Model, backend: str, device: str | torch.device) -> None:
+        self.directory, self.device = model.directory, torch.device(device)
+        record = manifest.read(self.directory)
+        manifest.check_graphs(model, record)
+        self.slots = int(record["slots"])
+        self.backend = backend
+        self.engines: dict[str, Engine] = {}
+        for name in (["prm", "icn"] if model.enhances else ["prm"]):
+            if backend == "onnxruntime":
+                self.engines[name] = OnnxRuntimeEngine(self.directory / record["graphs"][name]["file"], self.device)
+            elif backend == "tensorrt":
+                plan = manifest.plan_record(self.directory, record, name)
+                self.engines[name] = TensorRTEngine(self.directory / plan["file"], plan, self.device)
+            else:
+                raise ValueError(f"graph engines run on onnxruntime or tensorrt, not {backend!r}")
+
+    @property
+    def prm(self) -> Engine:
+        return self.engines["prm"]
+
+    @property
+    def icn(self) -> Engine | None:
+        return self.engines.get("icn")

@@ -1,0 +1,91 @@
+"""The ``onnxruntime`` engine: one exported ``.onnx`` graph in an onnxruntime session;
+execution providers TensorRT > CUDA > CPU, whichever this onnxruntime build has and the
+device allows. On CUDA the inputs and outputs are bound to PyTorch's device buffers (IO
+binding, no host copies)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from icn_rt.errors import InputError
+
+_ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(int32)": torch.int32,
+              "tensor(int64)": torch.int64, "tensor(bool)": torch.bool}
+
+
+def onnxruntime_providers(device: torch.device) -> list:
+    """Execution providers for ``device``, fastest first, among those this onnxruntime has."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    chosen: list = []
+    if device.type == "cuda":
+        options = {"device_id": device.index or 0}
+        if "TensorrtExecutionProvider" in available:
+            chosen.append(("TensorrtExecutionProvider", options))
+        if "CUDAExecutionProvider" in available:
+            chosen.append(("CUDAExecutionProvider", options))
+        if not chosen:
+            raise RuntimeError("onnxruntime has no CUDA execution provider here; install onnxruntime-gpu or use "
+                               "--device cpu")
+    return chosen + ["CPUExecutionProvider"]
+
+
+def onnxruntime_has_gpu() -> bool:
+    import onnxruntime as ort
+
+    return bool({"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers()))
+
+
+class OnnxRuntimeEngine:
+    """One ``.onnx`` graph in an onnxruntime session."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        self.path, self.device = Path(path), torch.device(device)
+        if not self.path.is_file():
+            raise InputError(self.path, "graph not found; run `icn-rt export MODEL` first")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(self.path), options, providers=onnxruntime_providers(self.device))
+        self.providers = tuple(self.session.get_providers())
+        self.inputs = tuple(i.name for i in self.session.get_inputs())
+        self.outputs = tuple(o.name for o in self.session.get_outputs())
+        self._output_meta = [(o.name, o.shape[1:], _ORT_TYPES[o.type]) for o in self.session.get_outputs()]
+
+    def __call__(self, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.device.type == "cpu":
+            arrays = {name: np.ascontiguousarray(feeds[name].detach().cpu().numpy()) for name in self.inputs}
+            return {name: torch.from_numpy(a) for name, a in zip(self.outputs, self.session.run(None, arrays))}
+        return self._run_bound(feeds)
+
+    def _run_bound(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """IO binding on PyTorch's device buffers: no copies through the host."""
+        binding = self.session.io_binding()
+        index = self.device.index or 0
+        kept = []
+        for name in self.inputs:
+            t = feeds[name].to(self.device).contiguous()
+            kept.append(t)
+            binding.bind_input(name, "cuda", index, _numpy_type(t.dtype), tuple(t.shape), t.data_ptr())
+        batch = kept[0].shape[0]
+        out = {}
+        for name, rest, dtype in self._output_meta:
+            t = torch.empty((batch, *rest), dtype=dtype, device=self.device)
+            out[name] = t
+            binding.bind_output(name, "cuda", index, _numpy_type(dtype), tuple(t.shape), t.data_ptr())
+        torch.cuda.current_stream(self.device).synchronize()  # inputs written before ORT reads them
+        self.session.run_with_iobinding(binding)
+        return out
+
+
+def _numpy_type(dtype: torch.dtype):
+    return {torch.float32: np.float32, torch.float16: np.float16, torch.int32: np.int32, torch.int64: np.int64,
+            torch.bool: np.bool_}[dtype]
