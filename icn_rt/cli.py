@@ -442,7 +442,7 @@ def build_engine_cmd(
 ):
     """TensorRT plans from the exported graphs, recorded in manifest.json with the GPU and
     TensorRT version they are valid for."""
-    from icn_rt.export.tensorrt import BuildSettings, build_engines
+    from icn_rt.export.build_engine import BuildSettings, build_engines
 
     try:
         settings = BuildSettings(precision=precision, batch=(min_batch, opt_batch, max_batch),

@@ -104,7 +104,8 @@ def test_background(backend, shape):
     words = ref.pack(v)
     want = ref.background(words, shape[1])
     np.testing.assert_array_equal(ref.unpack(want, shape[1]), ~v)
-    np.testing.assert_array_equal(words_of(backend, kernels.backend(backend).background(on(backend, words), shape[1])), want)
+    got = kernels.backend(backend).background(on(backend, words), shape[1])
+    np.testing.assert_array_equal(words_of(backend, got), want)
     # Eq. 5's background term: |P ∩ B(V)| = |P| - |P ∩ V|
     p = ref.pack(blobs(np.random.default_rng(12), 6, *shape))
     np.testing.assert_array_equal(ref.and_counts(p, want), ref.popcounts(p)[None] - ref.and_counts(p, words))
@@ -199,7 +200,8 @@ def test_group_sums(backend, sparse):
     if sparse:
         values[:, rng.random(values.shape[1]) < 0.8] = 0
         values[1, rng.random(values.shape[1]) < 0.5] = 0
-    got = kernels.backend(backend).group_sums(on(backend, member), on(backend, gptr), on(backend, glabels), on(backend, values))
+    got = kernels.backend(backend).group_sums(on(backend, member), on(backend, gptr), on(backend, glabels),
+                                              on(backend, values))
     np.testing.assert_allclose(host(got), ref.group_sums(member, gptr, glabels, values), rtol=1e-12)
 
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from icn_rt.models.peak_stimulation import local_maxima, peak_stimulation, stimulation_peaks
+from icn_rt.models.class_scores import peak_stimulation, stimulation_peaks
+from icn_rt.models.peaks import local_maxima
 
 
 def test_local_maxima_plateau_and_border():

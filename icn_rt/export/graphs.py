@@ -4,7 +4,7 @@ that :mod:`icn_rt.export.onnx_export` traces (DESIGN.md §2, §4). Both wrap the
 
 - :class:`PRMGraph`: normalised images in; class scores, class maps, the peaks (Eq. 1,
   in ``slots`` fixed places per image with a validity flag) and the naive PRMs out. The
-  peak backpropagation is :mod:`icn_rt.models.backprop`'s explicit VJP: forward
+  peak backpropagation is :mod:`icn_rt.models.whole_map_vjp`'s explicit VJP: forward
   operators only, no autograd at run time. Every image's activations are repeated for
   its ``slots`` peaks, so the backward runs over B·slots maps; an empty slot gets a
   zero seed and a zero PRM.
@@ -21,9 +21,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from icn_rt.models.backprop import Tape, positive_weight, record, upsample_weights, vjp
+from icn_rt.models.whole_map_vjp import Tape, positive_weight, record, upsample_weights, vjp
 from icn_rt.models.icn import minmax
-from icn_rt.models.peak_stimulation import mean_at, stimulation_peaks
+from icn_rt.models.class_scores import mean_at, stimulation_peaks
 from icn_rt.models.peaks import peak_mask, peak_slots
 from icn_rt.models.prm import normalise_prm
 from icn_rt.models.store import Model

@@ -2,7 +2,7 @@
 
 Each is an ``nn.Sequential`` built only from Conv2d, BatchNorm2d, ReLU, MaxPool2d and
 torchvision's ResNet ``Bottleneck`` — the module types the explicit peak backpropagation
-(:mod:`icn_rt.models.backprop`) knows, which keeps the gradient subgraph exportable.
+(:mod:`icn_rt.models.whole_map_vjp`) knows, which keeps the gradient subgraph exportable.
 
 - ``resnet50``: torchvision ResNet-50 without avgpool/fc (the PRM reference), stride 32,
   2048 channels.

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from icn_rt.models.backbones import CHANNELS, build_backbone
-from icn_rt.models.peak_stimulation import peak_stimulation
+from icn_rt.models.class_scores import peak_stimulation
 
 
 @dataclass

@@ -12,7 +12,8 @@ Either way a class is considered only if its score is ≥ ``class_threshold`` an
 kept only if its map value is > ``peak_threshold`` (PRM: 0 and a hard-coded 30 — its maps'
 units; ours are calibrated on the training data and stored in the model's config). At
 most ``max_peaks`` per image, the highest values kept. Peaks are listed in raster order
-(image, class, y, x), as ``nonzero`` gives them.
+(image, class, y, x), as ``nonzero`` gives them. The local maxima and the lower median are
+the training-time class scores' too (:mod:`.class_scores`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,31 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from icn_rt.models.peak_stimulation import local_maxima, lower_median
-
 RULES = ("eq1", "median")
+
+
+def local_maxima(maps: torch.Tensor, window: int = 3) -> torch.Tensor:
+    """``maps: float [B, C, H, W]`` -> ``bool [B, C, H, W]``, True where a pixel is the
+    first maximum of its ``window``² neighbourhood: no neighbour is larger and none
+    before it in row-major order is equal. (Max-pool with indices gives the same; this
+    form needs no indices, so it exports to TensorRT.)"""
+    if window % 2 != 1:
+        raise ValueError(f"peak window must be odd, got {window}")
+    h, w = maps.shape[-2:]
+    r = window // 2
+    padded = F.pad(maps, (r, r, r, r), value=float("-inf"))
+    keep = F.max_pool2d(padded, window, stride=1) == maps
+    for dy in range(r + 1):
+        for dx in range(window if dy < r else r):
+            keep = keep & (padded[..., dy: dy + h, dx: dx + w] < maps)
+    return keep
+
+
+def lower_median(flat: torch.Tensor) -> torch.Tensor:
+    """Lower median over the last axis of ``flat`` (the ⌈n/2⌉-th smallest value), by
+    top-k, which exports."""
+    k = (flat.shape[-1] + 1) // 2
+    return torch.topk(flat, k, dim=-1, largest=False).values.amax(-1)
 
 
 @dataclass

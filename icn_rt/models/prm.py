@@ -12,17 +12,17 @@ from dataclasses import dataclass
 
 import torch
 
-from icn_rt.models.backprop import RULES, Tape, by_index, record, upsample_weights, vjp
+from icn_rt.models.whole_map_vjp import RULES, Tape, by_index, record, upsample_weights, vjp
 from icn_rt.models.classifier import PeakClassifier
-from icn_rt.models.local_backprop import Window, input_window, local_vjp, seed_window
-from icn_rt.models.peak_stimulation import peak_stimulation
+from icn_rt.models.receptive_field_vjp import Window, input_window, local_vjp, seed_window
+from icn_rt.models.class_scores import peak_stimulation
 from icn_rt.models.peaks import Peaks, PeakSettings, find_peaks
 
 
 @dataclass
 class PRMSettings:
     """``rule``: ``gradient`` (the paper) or ``excitation`` (the PRM reference's conv
-    backward); see :mod:`icn_rt.models.backprop`."""
+    backward); see :mod:`icn_rt.models.whole_map_vjp`."""
 
     rule: str = "gradient"
 
@@ -63,7 +63,7 @@ def recorded_forward(model: PeakClassifier, x: torch.Tensor, channels_last: bool
 
 
 LOCAL_AREA = 0.5
-"""The local VJP (:mod:`icn_rt.models.local_backprop`) runs when the receptive field
+"""The local VJP (:mod:`icn_rt.models.receptive_field_vjp`) runs when the receptive field
 window at the input covers at most this share of the image."""
 
 

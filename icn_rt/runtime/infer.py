@@ -121,7 +121,8 @@ def groups(items: Iterator[Loaded | Failed], batch_size: int) -> Iterator[Batch]
     batch = Batch([], [])
     for item in items:
         if isinstance(item, Failed):
-            batch.failed.append({"image": image_key(item.path), "id": item.path.stem, "ok": False, "error": item.reason})
+            batch.failed.append({"image": image_key(item.path), "id": item.path.stem, "ok": False,
+                                 "error": item.reason})
         else:
             batch.loaded.append(item)
         if len(batch.loaded) + len(batch.failed) >= batch_size:

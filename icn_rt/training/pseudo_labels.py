@@ -137,7 +137,8 @@ def make_labels(root: str | Path, model: Model, out: str | Path, settings: Label
                 proposals_dir: str | Path | None = None, progress: bool = True,
                 log: Callable[[str], None] = print) -> LabelSummary:
     """Write the labels of ``root``'s ``settings.split`` into ``out`` using ``model``'s
-    classifier, peak, PRM and matching settings (its naive PRMs: the ICN takes no part). ``proposals_dir`` defaults to ``root/Proposals``."""
+    classifier, peak, PRM and matching settings (its naive PRMs: the ICN takes no part).
+    ``proposals_dir`` defaults to ``root/Proposals``."""
     root, out = Path(root), Path(out)
     ds = VOCDataset(root, settings.split, load_images=False)
     proposals_dir = Path(proposals_dir) if proposals_dir else root / "Proposals"

@@ -1,5 +1,7 @@
-"""Peak backpropagation (DESIGN.md §1 step 3) written out by hand: one recorded forward
-pass over a batch of images, then one backward pass for all K peaks at once.
+"""Peak backpropagation (DESIGN.md §1 step 3) written out by hand, over whole maps: one
+recorded forward pass over a batch of images, then one backward pass for all K peaks at
+once. The exported PRM graph runs this; the eager path runs the same VJP on each peak's
+receptive field (:mod:`.receptive_field_vjp`) where that is smaller.
 
 The backward is a vector-Jacobian product of the class map at each peak with respect
 to the input image, built from forward operators only (transposed convolution with the

@@ -1,8 +1,9 @@
-"""Peak backpropagation on each peak's receptive field: the eager path's fast VJP.
+"""Peak backpropagation on each peak's receptive field: the eager path's fast VJP (the
+whole-map one is :mod:`.whole_map_vjp`).
 
 A peak's gradient is zero outside the receptive field of its class-map cells. For a
 backbone whose field is small beside the input (the ``small`` backbone at 128²: a
-38×38 field), the full VJP of :mod:`icn_rt.models.backprop` spends nine tenths of every
+38×38 field), the full VJP of :mod:`icn_rt.models.whole_map_vjp` spends nine tenths of every
 transposed convolution on zeros. Here each peak carries a window, the part of each map
 where its gradient can be non-zero, and every layer's VJP runs on the windows only:
 
@@ -29,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from icn_rt.models.backprop import EPS, Tape, _bn_scale, _bottleneck_main, _pair, first_hits, positive_weight, route
+from icn_rt.models.whole_map_vjp import (EPS, Tape, _bn_scale, _bottleneck_main, _pair, first_hits, positive_weight,
+                                         route)
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,7 @@ def _widen(g: torch.Tensor, win: Window, to: Window) -> torch.Tensor:
 
 def local_vjp(module: nn.Module, g: torch.Tensor, win: Window, tape: Tape, rule: str) -> tuple[torch.Tensor, Window]:
     """``g: [K, C_out, h, w]`` on ``win`` -> the gradient at the module's input on its
-    window (see the module's docstring); ``rule`` as :func:`icn_rt.models.backprop.vjp`."""
+    window (see the module's docstring); ``rule`` as :func:`icn_rt.models.whole_map_vjp.vjp`."""
     if isinstance(module, nn.Sequential):
         for child in reversed(module):
             g, win = local_vjp(child, g, win, tape, rule)
@@ -197,7 +199,7 @@ def _conv(conv: nn.Conv2d, x: torch.Tensor, g: torch.Tensor, win: Window, rule: 
 
 
 def _pool(pool: nn.MaxPool2d, saved, g: torch.Tensor, win: Window) -> tuple[torch.Tensor, Window]:
-    """Max-pool routing on the windows (:func:`icn_rt.models.backprop.route`): the
+    """Max-pool routing on the windows (:func:`icn_rt.models.whole_map_vjp.route`): the
     winners found on the windows, the input's overhang (the padding) at -inf."""
     x, y = saved
     into = win.through(pool.kernel_size, pool.stride, pool.padding, 1, x.shape[-2:])
