@@ -8,10 +8,10 @@ import torch
 from icn_rt.baseline import BaselineSettings, run_baseline
 from icn_rt.data.selective_search import SelectiveSearchConfig, selective_search
 from icn_rt.data.voc import VOCDataset
+from icn_rt.matching import InstanceSettings, MatchingSettings
 from icn_rt.models.classifier import ClassifierSettings, PeakClassifier
 from icn_rt.models.peaks import PeakSettings
 from icn_rt.models.prm import PRMSettings
-from icn_rt.matching import InstanceSettings, MatchingSettings
 from icn_rt.models.store import Model
 from icn_rt.runtime.predictor import Predictor
 

@@ -2,7 +2,6 @@
 shards merged into COCO JSON, --resume after a kill or Ctrl-C equal to an uninterrupted run."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess

@@ -20,13 +20,12 @@ from icn_rt.data.proposals import load_proposals, proposal_path
 from icn_rt.data.voc import VOCDataset
 from icn_rt.errors import InputError
 from icn_rt.export.graphs import PRMGraph
-from icn_rt.export.onnx_export import export_model, tensorrt_operators, unsupported_operators
-from icn_rt.models.whole_map_vjp import Tape, by_index, record, vjp
+from icn_rt.export.onnx_export import tensorrt_operators, unsupported_operators
 from icn_rt.models.classifier import ClassifierSettings, PeakClassifier
-from icn_rt.models.peaks import local_maxima, lower_median
-from icn_rt.models.peaks import PeakSettings, find_peaks
+from icn_rt.models.peaks import PeakSettings, find_peaks, local_maxima, lower_median
 from icn_rt.models.prm import PRMSettings, peak_response_maps, recorded_forward
 from icn_rt.models.store import Model
+from icn_rt.models.whole_map_vjp import Tape, by_index, record, vjp
 from icn_rt.runtime.engines import OnnxRuntimeEngine, TorchEngine, pick_backend, tensorrt_available
 from icn_rt.runtime.predictor import Predictor
 

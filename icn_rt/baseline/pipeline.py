@@ -29,13 +29,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from icn_rt.baseline.excitation import excitation_backward
 from icn_rt.data.preprocess import preprocess
 from icn_rt.data.proposals import Proposals
 from icn_rt.matching import background_map
-from icn_rt.models.classifier import PeakClassifier
 from icn_rt.models.class_scores import peak_stimulation
-
-from icn_rt.baseline.excitation import excitation_backward
+from icn_rt.models.classifier import PeakClassifier
 
 
 @dataclass

@@ -27,3 +27,8 @@ def preprocess_array(image: np.ndarray, size: int) -> np.ndarray:
 def preprocess(image: np.ndarray, size: int) -> torch.Tensor:
     """:func:`preprocess_array` as a tensor."""
     return torch.from_numpy(preprocess_array(image, size))
+
+
+def preprocess_batch(images: list[np.ndarray], size: int) -> torch.Tensor:
+    """Images (``uint8 [H, W, 3]`` RGB each) -> ``float32 [B, 3, size, size]`` on the host."""
+    return torch.stack([preprocess(image, size) for image in images])

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from icn_rt import extras
-from icn_rt.data.preprocess import preprocess
+from icn_rt.data.preprocess import preprocess_batch
 from icn_rt.errors import InputError
 from icn_rt.models import manifest as manifests
 from icn_rt.models.store import load_model
@@ -78,7 +78,7 @@ def _calibration_feeds(directory: Path, settings: BuildSettings, graph: str, dev
     feeds = []
     for start in range(0, len(ids), settings.calibration_batch):
         images = [read_image(ds.image_path(i)) for i in ids[start: start + settings.calibration_batch]]
-        naive = model.naive_maps(torch.stack([preprocess(im, model.input_size) for im in images]).to(device))
+        naive = model.naive_maps(preprocess_batch(images, model.input_size).to(device))
         if graph == "prm":
             feeds.append({"images": naive.x.contiguous()})
         elif len(naive.peaks):

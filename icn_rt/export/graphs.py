@@ -21,12 +21,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from icn_rt.models.whole_map_vjp import Tape, positive_weight, record, upsample_weights, vjp
-from icn_rt.models.icn import minmax
 from icn_rt.models.class_scores import mean_at, stimulation_peaks
+from icn_rt.models.icn import minmax
 from icn_rt.models.peaks import peak_mask, peak_slots
 from icn_rt.models.prm import normalise_prm
 from icn_rt.models.store import Model
+from icn_rt.models.whole_map_vjp import Tape, positive_weight, record, upsample_weights, vjp
 
 PRM_INPUTS = ("images",)
 PRM_OUTPUTS = ("scores", "maps", "peak_class", "peak_y", "peak_x", "peak_value", "peak_valid", "prms")

@@ -150,11 +150,11 @@ def _max_difference(module: torch.nn.Module, path: Path, args: tuple, names: tup
 def _example_images(size: int) -> torch.Tensor:
     """Two images of the synthetic benchmark (objects, so the verification sees real peaks
     and PRMs, not the empty slots of noise), preprocessed."""
-    from icn_rt.data.preprocess import preprocess
+    from icn_rt.data.preprocess import preprocess_batch
     from icn_rt.data.synth import SynthConfig, render
 
     config = SynthConfig()
-    return torch.stack([preprocess(render(config, "val", i).image, size) for i in range(2)])
+    return preprocess_batch([render(config, "val", i).image for i in range(2)], size)
 
 
 def export_model(directory: str | Path, out: str | Path | None = None, slots: int | None = None,

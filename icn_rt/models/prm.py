@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
-from icn_rt.models.whole_map_vjp import RULES, Tape, by_index, record, upsample_weights, vjp
-from icn_rt.models.classifier import PeakClassifier
-from icn_rt.models.receptive_field_vjp import Window, input_window, local_vjp, seed_window
 from icn_rt.models.class_scores import peak_stimulation
+from icn_rt.models.classifier import PeakClassifier
 from icn_rt.models.peaks import Peaks, PeakSettings, find_peaks
+from icn_rt.models.receptive_field_vjp import Window, input_window, local_vjp, seed_window
+from icn_rt.models.whole_map_vjp import RULES, Tape, by_index, record, upsample_weights, vjp
 
 
 @dataclass

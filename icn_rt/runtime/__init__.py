@@ -1,1 +1,2 @@
-"""Running a trained model: preprocessing, the predictor, batch inference and pictures."""
+"""Running a trained model: the predictor, the engines it runs the networks on, the
+streaming batch job (``icn-rt infer``), the benchmark (``icn-rt bench``) and pictures."""

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from icn_rt import kernels
-from icn_rt.data.preprocess import preprocess
+from icn_rt.data.preprocess import preprocess_batch
 from icn_rt.data.proposals import Proposals
 from icn_rt.matching import confidence, match, suppress
 from icn_rt.models.peaks import Peaks
@@ -138,7 +138,7 @@ class Predictor:
         if isinstance(inputs, Staged):
             return self._arrived(inputs)
         if inputs is None:
-            x = torch.stack([preprocess(im, self.input_size) for im in images])
+            x = preprocess_batch(images, self.input_size)
         else:
             x = torch.from_numpy(np.stack(inputs))
         if self.device.type == "cuda":

@@ -1,1 +1,1 @@
-"""Training: the classifier (and, as they land, pseudo labels and the ICN)."""
+"""Training: the classifier, the ICN's labels (pseudo labels or ground truth) and the ICN."""

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from icn_rt.data.images import read_image
-from icn_rt.data.preprocess import preprocess
+from icn_rt.data.preprocess import preprocess_batch
 from icn_rt.data.proposals import Proposals, load_proposals, proposal_path
 from icn_rt.data.voc import VOCDataset
 from icn_rt.errors import InputError
@@ -185,8 +185,7 @@ def make_labels(root: str | Path, model: Model, out: str | Path, settings: Label
 
 
 def _label_batch(model: Model, loaded: list, out: Path, settings: LabelSettings, summary: LabelSummary) -> None:
-    x = torch.stack([preprocess(im, model.input_size) for _, im, _, _ in loaded]).to(model.device)
-    naive = model.naive_maps(x)
+    naive = model.naive_maps(preprocess_batch([im for _, im, _, _ in loaded], model.input_size).to(model.device))
     peaks = naive.peaks
     image_of, cls = peaks.image.cpu().numpy(), peaks.cls.cpu().numpy()
     yx = torch.stack([peaks.y, peaks.x], 1).float().cpu().numpy()
