@@ -450,8 +450,7 @@ def pack(masks):
     """``bool [N, H, W]`` -> packed ``[N, H, ceil(W/32)]`` (int32 tensor / uint32 array)."""
     n, h, w = masks.shape
     out = empty(masks, (n, h, words_per_row(w)), np.uint32)
-    view = _device(cast(masks, np.uint8)) if is_tensor(masks) else np.ascontiguousarray(masks).view(np.uint8)
-    _launch("pack", _blocks(numel(out)), THREADS, view, _words(out))
+    _launch("pack", _blocks(numel(out)), THREADS, _device(cast(masks, np.uint8)), _words(out))
     return out
 
 
@@ -459,7 +458,7 @@ def unpack(words, width: int):
     """Packed ``[N, H, WW]`` -> ``bool [N, H, width]``."""
     out = empty(words, (*words.shape[:2], width), np.uint8)
     _launch("unpack", _blocks(numel(out)), THREADS, _words(words), _device(out))
-    return out.bool() if is_tensor(out) else out.astype(bool)
+    return cast(out, np.bool_)
 
 
 def band(words, width: int, size: int):
@@ -529,9 +528,8 @@ def run_sums(words, prefix, band_size: int = 0, box=None):
     if len(words) == 0 or m == 0:
         return out
     for s, e in _map_chunks(m):
-        part = prefix[:, :, s:e]
-        part = part.contiguous() if is_tensor(part) else np.ascontiguousarray(part)
-        _launch("run_sums", len(words), THREADS, _words(words), _device(part), band_size, _device(out[s:e]))
+        _launch("run_sums", len(words), THREADS, _words(words), _device(prefix[:, :, s:e]), band_size,
+                _device(out[s:e]))
     return out
 
 
