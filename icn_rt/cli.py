@@ -128,6 +128,34 @@ def _eval_table(report) -> Table:
     return table
 
 
+def _interval(d: dict) -> str:
+    """``7.6 [4.5, 10.7]`` from an interval's JSON (percent already)."""
+    lo, hi = d["interval"]
+    f = (lambda v: "-" if v is None else f"{v:.1f}")
+    return f"{f(d['estimate'])} [{f(lo)}, {f(hi)}]"
+
+
+def _intervals_table(report) -> Table:
+    """The metrics with their bootstrap intervals (and, with --against, the other results'
+    and the paired difference)."""
+    doc = report.to_json()["bootstrap"]
+    table = Table(title=f"{100 * doc['level']:g}% bootstrap intervals ({doc['samples']} draws of the images, "
+                        f"seed {doc['seed']})")
+    columns = {"these results": doc["intervals"]}
+    if report.against is not None:
+        columns |= {"--against": report.against["metrics"], "difference": report.against["difference"]}
+        table.caption = "~0: the interval of the difference holds 0 (no difference the images support)"
+    table.add_column("")
+    for name in columns:
+        table.add_column(name, justify="right", no_wrap=True)
+    for metric in doc["intervals"]:
+        cells = [_interval(c[metric]) for c in columns.values()]
+        if report.against is not None and not columns["difference"][metric]["excludes_zero"]:
+            cells[-1] += " ~0"
+        table.add_row(metric.replace("mAP@", "mAP^r@"), *cells)
+    return table
+
+
 @app.command("eval")
 def evaluate(
     voc_root: Path = typer.Argument(..., help="Dataset root (VOC layout) with the ground truth."),
@@ -135,16 +163,23 @@ def evaluate(
     split: str = typer.Option("val", help="Split to evaluate on."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics as JSON."),
     count_difficult: bool = typer.Option(False, help="Count 'difficult' objects as positives (chainercv's behaviour)."),
+    bootstrap: int = typer.Option(0, help="Bootstrap draws of the images for 95% intervals (e.g. 1000; 0: none)."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap draws."),
+    against: Optional[Path] = typer.Option(None, help="Another results JSON on the same images: paired comparison "
+                                                      "(needs --bootstrap)."),
 ):
-    """Score instance results: mAP^r at IoU 0.25/0.5/0.75, ABO, semantic mIoU."""
+    """Score instance results: mAP^r at IoU 0.25/0.5/0.75, ABO, semantic mIoU; with
+    --bootstrap, their 95% intervals; with --against, the interval of each difference."""
     from icn_rt.eval.report import evaluate as run_eval
     from icn_rt.eval.report import write_report
 
     try:
-        report = run_eval(voc_root, results, split, count_difficult)
-    except InputError as e:
+        report = run_eval(voc_root, results, split, count_difficult, samples=bootstrap, seed=seed, against=against)
+    except (InputError, ValueError) as e:
         _fail(e)
     out.print(_eval_table(report))
+    if report.intervals is not None:
+        out.print(_intervals_table(report))
     if report.ignored_images:
         err.print(f"[yellow]ignored results for {len(report.ignored_images)} images outside split '{split}'[/yellow]")
     if json_out:

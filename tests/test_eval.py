@@ -182,3 +182,107 @@ def test_agrees_with_pycocotools_on_a_random_case():
     ours = ev.result()["ap"][0.5]
     assert 0.2 < ours.mean() < 0.9  # a non-trivial case
     np.testing.assert_allclose(ours, coco_ap, atol=0.01)
+
+
+def _random_image(rng, shape=(24, 24), n_classes=2):
+    """Ground truth in separate cells and noisy predictions (distinct scores) of one image."""
+    gms, gls, pms, pls, pss = [], [], [], [], []
+    for cy in (0, 12):
+        for cx in (0, 12):
+            label = int(rng.integers(n_classes))
+            if rng.random() < 0.8:
+                gms.append(box(shape, cy + 2, cx + 2, cy + 9, cx + 9))
+                gls.append(label)
+            for _ in range(rng.integers(0, 3)):
+                d = int(rng.integers(-3, 4))
+                pms.append(box(shape, cy + 2 + d, cx + 2, cy + 9 + d, cx + 9))
+                pls.append(label if rng.random() < 0.8 else 1 - label)
+                pss.append(float(rng.random()))
+    stack = (lambda ms: np.stack(ms) if ms else np.zeros((0, *shape), bool))
+    return stack(pms), pls, pss, stack(gms), gls
+
+
+def test_image_weights_equal_repeating_the_images():
+    rng = np.random.default_rng(5)
+    images = [_random_image(rng) for _ in range(6)]
+    weights = np.array([1, 3, 0, 2, 1, 1])
+    weighted, repeated = InstanceEvaluator(2), InstanceEvaluator(2)
+    sw, sr = SemanticEvaluator(2), SemanticEvaluator(2)
+    for image, w in zip(images, weights):
+        pm, pl, ps, gm, gl = image
+        weighted.add(pm, pl, ps, gm, gl)
+        sw.add(merge_instances(pm, np.array(pl), np.array(ps), (24, 24)), merge_instances(gm, np.array(gl),
+                                                                                         np.ones(len(gl)), (24, 24)))
+        for _ in range(w):
+            repeated.add(pm, pl, ps, gm, gl)
+            sr.add(merge_instances(pm, np.array(pl), np.array(ps), (24, 24)),
+                   merge_instances(gm, np.array(gl), np.ones(len(gl)), (24, 24)))
+    got, want = weighted.result(weights), repeated.result()
+    for t in want["ap"]:
+        np.testing.assert_allclose(got["ap"][t], want["ap"][t], rtol=1e-12)
+    assert 0 < want["map"][0.5] < 1 and got["abo"] == pytest.approx(want["abo"], rel=1e-12)
+    np.testing.assert_array_equal(sw.result(weights)["iou"], sr.result()["iou"])
+    # all weights one is the plain result, bit for bit
+    assert weighted.result(np.ones(6, np.int64))["ap"][0.5].tolist() == weighted.result()["ap"][0.5].tolist()
+
+
+def test_bootstrap_interval_of_a_known_case():
+    """One class, two images with one object each: found in the first, missed in the
+    second. A draw of both images scores 50, two copies of the first 100, of the second 0
+    (probabilities 1/2, 1/4, 1/4), so the 95% interval is [0, 100] around 50."""
+    from icn_rt.eval.bootstrap import bootstrap
+
+    s = (8, 8)
+    g = box(s, 2, 2, 6, 6)
+    ev = InstanceEvaluator(1, (0.5,))
+    ev.add(g[None], [0], [0.9], g[None], [0])
+    ev.add(np.zeros((0, *s), bool), [], [], g[None], [0])
+    got = bootstrap(lambda w: {"mAP": 100 * ev.result(w)["map"][0.5]}, ev.num_images, samples=400, seed=1)["mAP"]
+    assert (got.estimate, got.low, got.high) == (50.0, 0.0, 100.0)
+    # identical images: every draw is the same, the interval has no width
+    same = InstanceEvaluator(1, (0.5,))
+    for _ in range(5):
+        same.add(g[None], [0], [0.9], g[None], [0])
+    got = bootstrap(lambda w: {"mAP": 100 * same.result(w)["map"][0.5]}, 5, samples=50)["mAP"]
+    assert (got.estimate, got.low, got.high) == (100.0, 100.0, 100.0)
+
+
+def test_paired_comparison(tiny_voc, tmp_path):
+    entries = _gt_results(tiny_voc)
+    write_results(tmp_path / "gt.json", entries)
+    ids = sorted({e["image_id"] for e in entries})
+    write_results(tmp_path / "half.json", [e for e in entries if e["image_id"] in ids[::2]])
+    # the same file against itself: a difference of exactly 0 in every draw
+    r = evaluate(tiny_voc, tmp_path / "gt.json", progress=False, samples=100, against=tmp_path / "gt.json")
+    for d in r.against["difference"].values():
+        assert d["estimate"] == 0 and d["interval"] == [0, 0] and d["excludes_zero"] is False
+    # ground truth against ground truth on half the images: better in every draw
+    r = evaluate(tiny_voc, tmp_path / "gt.json", progress=False, samples=200, against=tmp_path / "half.json")
+    assert r.intervals["mAP@0.5"].estimate == pytest.approx(100) and r.intervals["mAP@0.5"].low == pytest.approx(100)
+    half = r.against["metrics"]["mAP@0.5"]
+    diff = r.against["difference"]["mAP@0.5"]
+    assert diff["estimate"] == pytest.approx(100 - half["estimate"]) and diff["excludes_zero"]
+    assert 0 < diff["interval"][0] <= diff["estimate"] <= diff["interval"][1]
+    doc = r.to_json()
+    assert doc["bootstrap"]["samples"] == 200 and set(doc["bootstrap"]["intervals"]) == {
+        "mAP@0.25", "mAP@0.5", "mAP@0.75", "ABO", "mIoU"}
+    with pytest.raises(ValueError, match="needs bootstrap samples"):
+        evaluate(tiny_voc, tmp_path / "gt.json", progress=False, against=tmp_path / "half.json")
+
+
+def test_eval_cli_prints_intervals_and_the_difference(tiny_voc, tmp_path):
+    from typer.testing import CliRunner
+
+    from icn_rt.cli import app
+
+    entries = _gt_results(tiny_voc)
+    write_results(tmp_path / "gt.json", entries)
+    write_results(tmp_path / "some.json", entries[::2])
+    r = CliRunner().invoke(app, ["eval", str(tiny_voc), str(tmp_path / "gt.json"), "--bootstrap", "100", "--against",
+                                 str(tmp_path / "some.json"), "--json", str(tmp_path / "m.json")])
+    assert r.exit_code == 0, r.output
+    assert "95% bootstrap intervals (100 draws" in r.output and "difference" in r.output
+    assert "100.0 [100.0, 100.0]" in r.output
+    import json
+
+    assert json.loads((tmp_path / "m.json").read_text())["against"]["results"] == str(tmp_path / "some.json")

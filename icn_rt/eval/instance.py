@@ -12,6 +12,11 @@ neither a true nor a false positive (chainercv loads no difficult flags; pass
 
 ABO (average best overlap): mean over ground-truth instances of the best IoU with any
 prediction, whatever its class.
+
+Every image's share is kept apart, so :meth:`InstanceEvaluator.result` can weigh the
+images (a bootstrap sample: image i taken ``weights[i]`` times), giving exactly what
+evaluating the images that many times would give (ties in score between copies and
+other images aside).
 """
 
 from __future__ import annotations
@@ -48,10 +53,16 @@ class InstanceEvaluator:
         self.num_classes = num_classes
         self.thresholds = tuple(iou_thresholds)
         self.count_difficult = count_difficult
-        self.n_pos = np.zeros(num_classes, np.int64)
+        self.positives: list[np.ndarray] = []  # per image: int64 [C] non-difficult ground truth
         self.scores: dict[int, list[np.ndarray]] = defaultdict(list)
+        self.images: dict[int, list[np.ndarray]] = defaultdict(list)  # the image of each prediction
         self.matches: dict[tuple[float, int], list[np.ndarray]] = defaultdict(list)
         self.best_overlaps: list[np.ndarray] = []
+        self.overlap_images: list[np.ndarray] = []
+
+    @property
+    def num_images(self) -> int:
+        return len(self.positives)
 
     def add(self, pred_masks, pred_labels, pred_scores, gt_masks, gt_labels, gt_difficult=None) -> None:
         """One image. ``pred_masks: bool [P, H, W]``, ``pred_labels: int [P]`` (0-based),
@@ -63,49 +74,65 @@ class InstanceEvaluator:
         if self.count_difficult:
             difficult = np.zeros_like(difficult)
         iou = mask_iou(pred_masks, gt_masks)
+        image = self.num_images
+        self.positives.append(np.bincount(gt_labels[~difficult], minlength=self.num_classes).astype(np.int64))
         if len(gt_labels):
             self.best_overlaps.append(iou.max(0) if len(pred_labels) else np.zeros(len(gt_labels)))
+            self.overlap_images.append(np.full(len(gt_labels), image))
         for c in np.union1d(pred_labels, gt_labels):
             p = np.flatnonzero(pred_labels == c)
             p = p[np.argsort(-pred_scores[p], kind="stable")]
             g = np.flatnonzero(gt_labels == c)
-            self.n_pos[c] += int((~difficult[g]).sum())
             if len(p) == 0:
                 continue
             self.scores[c].append(pred_scores[p])
+            self.images[c].append(np.full(len(p), image))
             sub = iou[np.ix_(p, g)]
             for t in self.thresholds:
                 self.matches[(t, c)].append(_match(sub, difficult[g], t))
 
-    def result(self) -> dict:
+    @property
+    def n_pos(self) -> np.ndarray:
+        """``int64 [C]``: non-difficult ground truth per class over all images."""
+        return np.sum(self.positives, 0) if self.positives else np.zeros(self.num_classes, np.int64)
+
+    def result(self, weights: np.ndarray | None = None) -> dict:
         """``{"ap": {t: float [C] (nan: class without ground truth)}, "map": {t: float},
-        "abo": float}``."""
+        "abo": float}``. ``weights: int [images]``: how many times each image counts
+        (None: once each)."""
+        w = np.ones(self.num_images, np.int64) if weights is None else np.asarray(weights, np.int64)
+        n_pos = w @ np.asarray(self.positives).reshape(-1, self.num_classes) if self.positives else self.n_pos
         ap = {}
         for t in self.thresholds:
             per_class = np.full(self.num_classes, np.nan)
             for c in range(self.num_classes):
-                if self.n_pos[c] == 0:
+                if n_pos[c] == 0:
                     continue
                 if not self.scores[c]:
                     per_class[c] = 0.0
                     continue
                 score = np.concatenate(self.scores[c])
-                match = np.concatenate(self.matches[(t, c)])
                 order = np.argsort(-score, kind="stable")
-                match = match[order]
-                tp = np.cumsum(match == 1)
-                fp = np.cumsum(match == 0)
+                match = np.concatenate(self.matches[(t, c)])[order]
+                count = w[np.concatenate(self.images[c])[order]]
+                tp = np.cumsum(count * (match == 1))
+                fp = np.cumsum(count * (match == 0))
                 with np.errstate(invalid="ignore"):
                     precision = tp / (tp + fp)
-                recall = tp / self.n_pos[c]
+                recall = tp / n_pos[c]
                 # Difficult-only prefixes give 0/0: they hold no operating point.
                 valid = (tp + fp) > 0
                 per_class[c] = voc_ap(precision[valid], recall[valid])
             ap[t] = per_class
         with np.errstate(invalid="ignore"):
             maps = {t: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for t, v in ap.items()}
-        overlaps = np.concatenate(self.best_overlaps) if self.best_overlaps else np.zeros(0)
-        return {"ap": ap, "map": maps, "abo": float(overlaps.mean()) if len(overlaps) else float("nan")}
+        return {"ap": ap, "map": maps, "abo": self._abo(w)}
+
+    def _abo(self, w: np.ndarray) -> float:
+        if not self.best_overlaps:
+            return float("nan")
+        count = w[np.concatenate(self.overlap_images)]
+        return float((count * np.concatenate(self.best_overlaps)).sum() / count.sum()) if count.sum() else float("nan")
 
 
 def _match(iou: np.ndarray, difficult: np.ndarray, threshold: float) -> np.ndarray:
