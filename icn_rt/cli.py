@@ -46,21 +46,28 @@ def data_synth(
     out_dir: Path = typer.Argument(..., help="Root to write the dataset to (VOC layout)."),
     size: int = typer.Option(128, help="Image side in pixels."),
     train: int = typer.Option(500, help="Training images."),
-    val: int = typer.Option(100, help="Validation images."),
+    val: int = typer.Option(500, help="Validation images (reporting only)."),
+    dev: int = typer.Option(300, help="Development images (every choice of settings is made on these)."),
     classes: int = typer.Option(5, help="Number of classes (1-8)."),
     max_instances: int = typer.Option(4, help="Most objects per image."),
+    body_evidence: float = typer.Option(0.0, help="Class evidence on the object's body, 0-1: 0 = part only (the "
+                                                  "harsh regime), 1 = body colour, texture and shape follow the "
+                                                  "class (VOC-like)."),
+    distractor_bodies: bool = typer.Option(True, help="Part-less bodies in the background (distractors)."),
     seed: int = typer.Option(0, help="Seed: the same seed gives the same dataset."),
 ):
     """Write the synthetic benchmark (objects recognisable by a small part) in VOC layout."""
     from icn_rt.data.synth import SynthConfig, generate
 
     try:
-        config = SynthConfig(size=size, train=train, val=val, classes=classes, max_instances=max_instances, seed=seed)
+        config = SynthConfig(size=size, train=train, val=val, dev=dev, classes=classes, max_instances=max_instances,
+                             seed=seed, body_evidence=body_evidence, distractor_bodies=distractor_bodies)
     except ValueError as e:
         _fail(e)
     splits = generate(out_dir, config)
-    out.print(f"wrote {len(splits.get('train', []))} train + {len(splits.get('val', []))} val images, "
-              f"{config.classes} classes ({', '.join(config.class_names)}) to {out_dir}")
+    out.print(f"wrote {len(splits.get('train', []))} train + {len(splits.get('val', []))} val images and "
+              f"{len(splits.get('dev', []))} dev images, {config.classes} classes ({', '.join(config.class_names)}), "
+              f"body evidence {config.body_evidence:g}, to {out_dir}")
 
 
 def _recall_table(report, title: str) -> Table:

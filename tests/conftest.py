@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from icn_rt.cli import app
 from icn_rt.data.synth import SynthConfig, generate
 
-TINY = SynthConfig(size=64, train=4, val=6, classes=3, seed=7)
+TINY = SynthConfig(size=64, train=4, val=6, dev=2, classes=3, seed=7)
 
 
 @pytest.fixture(scope="session")

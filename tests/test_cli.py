@@ -30,7 +30,8 @@ def test_help_texts_show_their_defaults():
 
 def test_synth_proposals_eval_end_to_end(tmp_path):
     root = tmp_path / "voc"
-    r = runner.invoke(app, ["data", "synth", str(root), "--size", "64", "--train", "2", "--val", "5", "--classes", "3"])
+    r = runner.invoke(app, ["data", "synth", str(root), "--size", "64", "--train", "2", "--val", "5", "--dev", "1",
+                            "--classes", "3"])
     assert r.exit_code == 0, r.output
     assert "2 train + 5 val images" in r.output
     props = tmp_path / "props"

@@ -60,3 +60,63 @@ def test_generated_dataset_reads_back(tiny_voc):
             assert got.class_id == want.class_id
             np.testing.assert_array_equal(got.mask, want.mask)
     assert MIN_PART_VISIBLE > 0.5
+
+
+def _body_hues(config: SynthConfig, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(class, hue angle of the mean colour of the visible body) of every object of ``n`` images."""
+    import cv2
+
+    classes, angles = [], []
+    for i in range(n):
+        s = render(config, "train", i)
+        for inst, part in zip(s.instances, s.parts):
+            body = inst.mask & ~part
+            if body.sum() < 20:
+                continue
+            mean = s.image[body].mean(0).astype(np.uint8)[None, None]
+            hue = cv2.cvtColor(mean, cv2.COLOR_RGB2HSV)[0, 0, 0]
+            classes.append(inst.class_id)
+            angles.append(2 * np.pi * hue / 180)
+    return np.array(classes), np.array(angles)
+
+
+def _hue_accuracy(classes: np.ndarray, angles: np.ndarray, n_classes: int) -> float:
+    """Nearest class centroid on the hue circle, fitted on half the bodies, scored on the rest."""
+    vec = np.stack([np.cos(angles), np.sin(angles)], 1)
+    fit, test = np.arange(len(vec)) % 2 == 0, np.arange(len(vec)) % 2 == 1
+    centroids = np.stack([vec[fit & (classes == c)].mean(0) for c in range(n_classes)])
+    return float(((vec[test] @ centroids.T).argmax(1) == classes[test]).mean())
+
+
+def test_body_evidence_makes_bodies_class_conditional_only_above_zero():
+    from dataclasses import replace
+
+    part_only = _hue_accuracy(*_body_hues(CFG, 60), 5)
+    voc_like = _hue_accuracy(*_body_hues(replace(CFG, body_evidence=1.0), 60), 5)
+    assert part_only < 0.45 < 0.9 < voc_like  # chance is 0.2
+    assert _hue_accuracy(*_body_hues(replace(CFG, body_evidence=0.5), 60), 5) > 0.45
+    # at 0 the knob changes nothing: the images of the default regime, bit for bit
+    for i in range(5):
+        np.testing.assert_array_equal(render(replace(CFG, body_evidence=0.0), "val", i).image,
+                                      render(SynthConfig(size=96, classes=5, seed=3), "val", i).image)
+    with pytest.raises(ValueError, match="body_evidence"):
+        SynthConfig(body_evidence=1.5)
+
+
+def test_distractor_bodies_off_keeps_the_objects():
+    from dataclasses import replace
+
+    differ = 0
+    for i in range(10):
+        a, b = render(CFG, "val", i), render(replace(CFG, distractor_bodies=False), "val", i)
+        assert [x.class_id for x in a.instances] == [x.class_id for x in b.instances]
+        assert all(np.array_equal(x.mask, y.mask) for x, y in zip(a.instances, b.instances))
+        differ += not np.array_equal(a.image, b.image)
+    assert differ >= 2  # a part-less body is drawn in about half the images
+
+
+def test_dev_split_is_drawn_apart(tiny_voc):
+    dev = VOCDataset(tiny_voc, "dev", load_images=False)
+    assert dev.ids == ["dev_000000", "dev_000001"] and not set(dev.ids) & set(VOCDataset(tiny_voc, "val").ids)
+    assert not np.array_equal(render(TINY, "dev", 0).image, render(TINY, "val", 0).image)
+    assert len(VOCDataset(tiny_voc, "trainval")) == TINY.train + TINY.val

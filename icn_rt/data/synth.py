@@ -13,6 +13,17 @@ of the image, drawn in depth order so later ones occlude earlier ones (each obje
 at least 45% of its area and 65% of its part visible), and sometimes a thin occluder in
 front. Deterministic: image ``i`` of a split is drawn from ``seed`` and ``(split, i)``
 alone, so any subset can be regenerated bit for bit.
+
+Splits: ``train`` (learning), ``dev`` (every choice: defaults, thresholds, options) and
+``val`` (reporting only), each drawn apart.
+
+Regimes (``body_evidence``): at 0 (the default, the harsh regime above) no image-level
+signal points at a body. Above 0 the body carries class evidence too, as a dog's body
+does on VOC: its hue is drawn around a class hue (spread ±90·(1 − e) OpenCV hue units of
+180, so e = 1 fixes it), its texture is the class's kind with probability e, and its
+aspect ratio moves towards a class aspect by e. ``distractor_bodies`` off leaves the
+part-less bodies out (the scene is otherwise the same). At 0 the renderer draws exactly
+the images it drew before the knob existed.
 """
 
 from __future__ import annotations
@@ -48,7 +59,8 @@ class SynthConfig:
 
     size: int = 128
     train: int = 500
-    val: int = 100
+    val: int = 500
+    dev: int = 300
     classes: int = 5
     min_instances: int = 1
     max_instances: int = 4
@@ -56,10 +68,14 @@ class SynthConfig:
     max_scale: float = 0.6
     seed: int = 0
     jpeg_quality: int = 92
+    body_evidence: float = 0.0
+    distractor_bodies: bool = True
 
     def __post_init__(self):
-        if self.train < 0 or self.val < 0:
-            raise ValueError(f"image counts must be >= 0, got train={self.train}, val={self.val}")
+        if self.train < 0 or self.val < 0 or self.dev < 0:
+            raise ValueError(f"image counts must be >= 0, got train={self.train}, dev={self.dev}, val={self.val}")
+        if not 0 <= self.body_evidence <= 1:
+            raise ValueError(f"body_evidence must be in [0, 1], got {self.body_evidence}")
         if not 1 <= self.classes <= len(PARTS):
             raise ValueError(f"classes must be 1..{len(PARTS)}, got {self.classes}")
         if not 1 <= self.min_instances <= self.max_instances:
@@ -90,7 +106,9 @@ def render(config: SynthConfig, split: str, index: int) -> SynthImage:
         _draw_distractor(rng, canvas)
     if rng.random() < 0.5:  # a body without a part: looks like an object, is background
         body, _ = _body_mask(rng, s, rng.uniform(config.min_scale, config.max_scale) * s / 2)
-        _paint(canvas, body, _body_texture(rng, s))
+        texture = _body_texture(rng, s)
+        if config.distractor_bodies:
+            _paint(canvas, body, texture)
 
     full: list[np.ndarray] = []
     part_full: list[np.ndarray] = []
@@ -102,7 +120,8 @@ def render(config: SynthConfig, split: str, index: int) -> SynthImage:
         for _attempt in range(25):
             cls = int(rng.integers(config.classes))
             radius = rng.uniform(config.min_scale, config.max_scale) * s / 2
-            body, rim = _body_mask(rng, s, radius)
+            look = _class_look(cls, config) if config.body_evidence > 0 else None
+            body, rim = _body_mask(rng, s, radius, look)
             part = _part_mask(rng, s, PARTS[cls][0], rim, max(4.0, 0.32 * radius))
             obj = body | part
             if _accept_new(obj, part, full, part_full, visible, part_visible):
@@ -112,7 +131,7 @@ def render(config: SynthConfig, split: str, index: int) -> SynthImage:
         for j in range(len(visible)):
             visible[j] &= ~obj
             part_visible[j] &= ~obj
-        _paint(canvas, body, _body_texture(rng, s))
+        _paint(canvas, body, _body_texture(rng, s, look))
         _paint(canvas, part, _part_texture(rng, s, PARTS[cls][1]))
         full.append(obj)
         part_full.append(part)
@@ -149,7 +168,8 @@ def generate(out: str | Path, config: SynthConfig, progress: bool = True) -> dic
     (out / "synth.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     splits: dict[str, list[str]] = {}
     labels: dict[str, set[int]] = {}
-    jobs = [(split, i) for split, n in (("train", config.train), ("val", config.val)) for i in range(n)]
+    jobs = [(split, i) for split, n in (("train", config.train), ("dev", config.dev), ("val", config.val))
+            for i in range(n)]
     items = track(jobs, "synthesising", unit="img") if progress else jobs
     for split, i in items:
         image_id = f"{split}_{i:06d}"
@@ -231,13 +251,34 @@ def _draw_distractor(rng, canvas: np.ndarray) -> None:
         cv2.line(canvas, (int(p0[0]), int(p0[1])), (int(p1[0]), int(p1[1])), colour, int(rng.integers(2, 5)))
 
 
-def _body_mask(rng, s: int, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """A smooth random blob: ``(mask bool [s, s], rim float [64, 2] xy points)``."""
+@dataclass(frozen=True)
+class _Look:
+    """A body's class evidence: the class's ``hue`` (OpenCV units, 0-180), texture ``kind``
+    and ``aspect`` ratio, and how strongly the body follows them (``evidence``, 0-1)."""
+
+    hue: float
+    kind: int
+    aspect: float
+    evidence: float
+
+
+def _class_look(cls: int, config: SynthConfig) -> _Look:
+    """Class ``cls``'s body look: hues evenly spread, texture kinds in turn, aspect ratios
+    from 1 down to 0.55."""
+    return _Look(hue=(cls + 0.5) * 180 / config.classes, kind=cls % 3,
+                 aspect=1.0 - 0.45 * cls / max(config.classes - 1, 1), evidence=config.body_evidence)
+
+
+def _body_mask(rng, s: int, radius: float, look: _Look | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth random blob: ``(mask bool [s, s], rim float [64, 2] xy points)``; ``look``:
+    its class evidence (None: none)."""
     theta = np.linspace(0, 2 * np.pi, 64, endpoint=False)
     r = np.ones_like(theta)
     for k in (2, 3, 4):
         r += rng.uniform(-0.12, 0.12) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
     aspect = rng.uniform(0.6, 1.0)
+    if look is not None:
+        aspect = (1 - look.evidence) * aspect + look.evidence * look.aspect
     rot = rng.uniform(0, 2 * np.pi)
     x, y = radius * r * np.cos(theta), radius * aspect * r * np.sin(theta)
     xr, yr = x * math.cos(rot) - y * math.sin(rot), x * math.sin(rot) + y * math.cos(rot)
@@ -249,12 +290,17 @@ def _body_mask(rng, s: int, radius: float) -> tuple[np.ndarray, np.ndarray]:
     return mask.astype(bool), rim
 
 
-def _body_texture(rng, s: int) -> np.ndarray:
-    """Class-agnostic texture: any hue, striped, spotted or mottled."""
-    hsv = np.array([[[rng.uniform(0, 180), rng.uniform(50, 160), rng.uniform(90, 230)]]], np.float32)
+def _body_texture(rng, s: int, look: _Look | None = None) -> np.ndarray:
+    """Texture of a body: any hue, striped, spotted or mottled; with a ``look``, the hue
+    near the class's and the kind the class's with probability ``look.evidence``."""
+    if look is None:
+        hue = rng.uniform(0, 180)
+    else:
+        hue = (look.hue + (1 - look.evidence) * rng.uniform(-90, 90)) % 180
+    hsv = np.array([[[hue, rng.uniform(50, 160), rng.uniform(90, 230)]]], np.float32)
     base = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
-    kind = rng.integers(3)
+    kind = rng.integers(3) if look is None or rng.random() >= look.evidence else look.kind
     if kind == 0:
         a = rng.uniform(0, np.pi)
         period = rng.uniform(4, 10)
