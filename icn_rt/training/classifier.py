@@ -40,7 +40,7 @@ from icn_rt.data.images import read_image
 from icn_rt.data.preprocess import preprocess
 from icn_rt.data.voc import VOCDataset
 from icn_rt.errors import InputError
-from icn_rt.eval.instance import voc_ap
+from icn_rt.eval.diagnosis import classification_ap
 from icn_rt.models.backbones import load_pretrained
 from icn_rt.models.classifier import ClassifierSettings, PeakClassifier
 from icn_rt.models.peaks import PeakSettings
@@ -130,16 +130,10 @@ def _split(root: Path, split: str) -> tuple[VOCDataset, list[Path], np.ndarray]:
 
 
 def classification_map(scores: np.ndarray, targets: np.ndarray) -> float:
-    """Mean over classes with positives of VOC AP of ranking images by score."""
-    aps = []
-    for c in range(targets.shape[1]):
-        if targets[:, c].sum() == 0:
-            continue
-        order = np.argsort(-scores[:, c], kind="stable")
-        hits = targets[order, c]
-        tp = np.cumsum(hits)
-        aps.append(voc_ap(tp / np.arange(1, len(hits) + 1), tp / hits.sum()))
-    return float(np.mean(aps)) if aps else float("nan")
+    """Mean over classes with positives of VOC AP of ranking images by score
+    (:func:`~icn_rt.eval.diagnosis.classification_ap`)."""
+    aps = classification_ap(scores, targets)
+    return float(np.mean(aps[np.isfinite(aps)])) if np.isfinite(aps).any() else float("nan")
 
 
 @torch.no_grad()

@@ -1,0 +1,86 @@
+"""The per-stage diagnosis: each measurement on a hand-made case with a known answer, and
+the runner (benchmarks/diagnose.py) on a trained tiny model, whose shipped instances must
+be the predictor's."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from icn_rt.eval.diagnosis import (PeakCensus, average_precision, best_match, classification_ap, pair_overlap,
+                                   peak_owners)
+
+
+def box(y0, x0, y1, x1, shape=(10, 10)):
+    m = np.zeros(shape, bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_classification_ap():
+    targets = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0]], float)
+    scores = np.array([[0.9, 0.1, 0], [0.8, 0.7, 0], [0.1, 0.2, 0], [0.2, 0.9, 0]])
+    ap = classification_ap(scores, targets)
+    assert ap[0] == pytest.approx(1.0)
+    # class 1 ranks: image 3 (pos), image 1 (neg), image 2 (pos): precision 1 at recall .5, 2/3 at 1
+    assert ap[1] == pytest.approx(0.5 + 0.5 * 2 / 3)
+    assert np.isnan(ap[2])  # no image has class 2
+
+
+def test_peak_owners_and_census():
+    gt = np.stack([box(0, 0, 5, 5), box(0, 5, 5, 10), box(5, 0, 10, 10)])
+    gt_cls = np.array([0, 0, 1])
+    cls = np.array([0, 0, 1, 0, 1])
+    yx = np.array([[2, 2], [3, 1], [1, 1], [7, 7], [8, 8]])  # on 0; on 0 again; class 1 on a class-0 object;
+    value = np.array([5.0, 6.0, 4.0, 3.0, 2.0])               # class 0 on the class-1 object; on 2
+    owner, duplicate = peak_owners(cls, yx, value, gt, gt_cls)
+    assert owner.tolist() == [0, 0, -1, -1, 2]
+    assert duplicate.tolist() == [True, False, False, False, False]  # the higher peak (6.0) came first
+    census = PeakCensus()
+    census.add(owner, duplicate, len(gt_cls))
+    census.add(np.zeros(0, np.int64), np.zeros(0, bool), 2)  # an image with two objects and no peaks
+    doc = census.to_json()
+    assert (doc["instances"], doc["found"], doc["peaks"], doc["off_instance"], doc["duplicates"]) == (5, 2, 5, 2, 1)
+    assert doc["recall"] == pytest.approx(2 / 5) and doc["off_instance_share"] == pytest.approx(2 / 5)
+    assert peak_owners(cls, yx, value, np.zeros((0, 10, 10), bool), np.zeros(0, int))[0].tolist() == [-1] * 5
+
+
+def test_pair_overlap_and_best_match():
+    a = np.stack([box(0, 0, 4, 5), box(0, 0, 0, 0), box(0, 0, 2, 2)])
+    b = np.stack([box(2, 0, 6, 5), box(0, 0, 0, 0), box(5, 5, 7, 7)])
+    iou, area = pair_overlap(a, b)
+    np.testing.assert_allclose(iou, [10 / 30, 0, 0])
+    np.testing.assert_allclose(area, [0.2, 0, 0.04])
+    proposals = np.stack([box(0, 0, 10, 10), box(2, 0, 6, 5), box(0, 0, 4, 4)])
+    index, best = best_match(np.stack([box(2, 0, 6, 5), box(0, 0, 4, 5)]), proposals)
+    assert index.tolist() == [1, 2] and best.tolist() == pytest.approx([1.0, 16 / 20])
+    assert best_match(a, np.zeros((0, 10, 10), bool))[0].tolist() == [-1, -1, -1]
+
+
+def test_average_precision():
+    g = np.stack([box(0, 0, 5, 5), box(5, 5, 10, 10)])
+    perfect = (g, np.array([0, 1]), np.array([0.9, 0.8]), g, np.array([0, 1]))
+    assert average_precision([perfect], 2) == {"mAP@0.25": 100.0, "mAP@0.5": 100.0, "mAP@0.75": 100.0}
+    half = (g[:1], np.array([0]), np.array([0.9]), g, np.array([0, 1]))
+    assert average_precision([half], 2)["mAP@0.5"] == pytest.approx(50.0)  # class 1 found by nothing
+
+
+def test_diagnose_runs_the_predictor_stage_by_stage(with_icn, tiny_voc, tmp_path):
+    script = Path(__file__).parents[1] / "benchmarks" / "diagnose.py"
+    out = tmp_path / "diagnose.json"
+    r = subprocess.run([sys.executable, str(script), str(with_icn[0]), str(tiny_voc), "--split", "val",
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["consistent_with_predictor"] is True and doc["images"] == 6
+    stages = [row["stage"] for row in doc["rows"]]
+    assert stages[:3] == ["classification", "peaks", "pseudo labels (top-k union)"]
+    assert [s for s in stages if s.startswith("map V_")] == ["map V_0 (naive PRM)", "map V_1 (ICN)",
+                                                              "map V_2 (ICN)", "map V_3 (ICN)"]
+    assert all(row["value"] is None or 0 <= row["value"] <= 1 for row in doc["rows"])
+    assert set(doc["ap"]) == {"shipped", "oracle ranking", "oracle matching", "oracle matching + ranking"}
+    assert doc["census"]["instances"] > 0 and 0 <= doc["census"]["recall"] <= 1
+    assert out.with_suffix(".md").read_text().startswith("Per-stage diagnosis")
