@@ -65,6 +65,17 @@ def rebalanced_scores(v: np.ndarray, masks: np.ndarray, alpha: float = MATCHING.
     return np.where(ok, score, -np.inf)
 
 
+def iou_scores(v: np.ndarray, masks: np.ndarray, area_limits: tuple[float, float] = MATCHING.area_limits) -> np.ndarray:
+    """IoU(V, P) = Σ_P V / (|P| + Σ V − Σ_P V) for every proposal -> ``float64 [N]``
+    (``-inf``: outside the limits; 0 when the union is empty)."""
+    v = v.astype(np.float64)
+    flat = masks.reshape(len(masks), -1)
+    area, ok = _area_ok(masks, area_limits)
+    inside = flat @ v.ravel()
+    union = area + v.sum() - inside
+    return np.where(ok, np.where(union > 0, inside / np.where(union > 0, union, 1), 0.0), -np.inf)
+
+
 def vanilla_scores(prm: np.ndarray, masks: np.ndarray, background: np.ndarray,
                    balance: float = MATCHING.vanilla_balance, penalty: float = MATCHING.vanilla_penalty,
                    band_width: int = MATCHING.band_width,

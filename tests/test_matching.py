@@ -6,7 +6,8 @@ from numba import config
 
 from icn_rt import kernels as backends
 from icn_rt.data.proposals import Proposals
-from icn_rt.matching import MatchingSettings, background_map, match, matching_map, rebalanced, resize_proposals, vanilla
+from icn_rt.matching import (MatchingSettings, background_map, iou, match, matching_map, rebalanced, resize_proposals,
+                             vanilla)
 from tests import reference as ref
 
 
@@ -57,6 +58,40 @@ def test_rebalanced_equals_reference(form, binary, kernels):
             np.testing.assert_array_equal(got[k], want)
         else:
             np.testing.assert_allclose(got[k], want, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+@pytest.mark.parametrize("form", ["segments", "masks"])
+@pytest.mark.parametrize("binary", [True, False])
+def test_iou_equals_reference(form, binary, kernels):
+    rng = np.random.default_rng(4)
+    props = _segments(rng, n=40 if kernels != "cuda" else 10)
+    if form == "masks":
+        props = Proposals.from_masks(props.to_masks(), props.scores)
+    v = rng.random((3, 24, 20))
+    v = (v > 0.6).astype(np.float64) if binary else v
+    got = iou(v, props, MatchingSettings(score="iou"), backends.backend(kernels))
+    masks = props.to_masks()
+    for k in range(3):
+        want = ref.iou_scores(v[k], masks)
+        if binary:  # popcounts: exact
+            np.testing.assert_array_equal(got[k], want)
+        else:
+            np.testing.assert_allclose(got[k], want, rtol=1e-12, atol=1e-12)
+
+
+def test_iou_hand_computed():
+    v = np.zeros((1, 4, 4))
+    v[0, 1:3, 1:3] = 1  # 4 pixels
+    p0 = v[0].astype(bool)
+    p1 = np.zeros((4, 4), bool)
+    p1[:, :2] = True  # 8 pixels, 2 of them in V
+    props = Proposals.from_masks(np.stack([p0, p1]), np.ones(2))
+    got = iou(v, props, MatchingSettings(score="iou", area_limits=(0.0, 1.0)))[0]
+    assert got.tolist() == [1.0, 2 / 10]
+    best, score, quality = match(v.astype(np.float32), np.ones((1, 2, 2)), props,
+                                 MatchingSettings(score="iou", at="input", area_limits=(0.0, 1.0)))
+    assert best.tolist() == [0] and score.tolist() == [1.0] and quality.tolist() == [1.0]
 
 
 def test_rebalanced_hand_computed():

@@ -4,9 +4,9 @@ confidences, and mask NMS. Runtime and training both import it; it imports the k
 the proposals and nothing above them."""
 
 from icn_rt.matching.instances import CONFIDENCES, InstanceSettings, confidence, suppress
-from icn_rt.matching.scores import (PLACES, SCORES, MatchingSettings, Prepared, Scored, background_map, match,
+from icn_rt.matching.scores import (PLACES, SCORES, MatchingSettings, Prepared, Scored, background_map, iou, match,
                                     matching_map, rebalanced, resize_proposals, score_proposals, vanilla)
 
 __all__ = ["CONFIDENCES", "PLACES", "SCORES", "InstanceSettings", "MatchingSettings", "Prepared", "Scored",
-           "background_map", "confidence", "match", "matching_map", "rebalanced", "resize_proposals",
+           "background_map", "confidence", "iou", "match", "matching_map", "rebalanced", "resize_proposals",
            "score_proposals", "suppress", "vanilla"]
