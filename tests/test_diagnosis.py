@@ -84,3 +84,27 @@ def test_diagnose_runs_the_predictor_stage_by_stage(with_icn, tiny_voc, tmp_path
     assert set(doc["ap"]) == {"shipped", "oracle ranking", "oracle matching", "oracle matching + ranking"}
     assert doc["census"]["instances"] > 0 and 0 <= doc["census"]["recall"] <= 1
     assert out.with_suffix(".md").read_text().startswith("Per-stage diagnosis")
+
+
+def test_accuracy_benchmark_rows_intervals_and_paired_differences(with_icn, tiny_voc, tmp_path):
+    script = Path(__file__).parents[1] / "benchmarks" / "accuracy.py"
+    out = tmp_path / "accuracy.json"
+    model = str(with_icn[0])
+    r = subprocess.run([sys.executable, str(script), str(tiny_voc), "--split", "val", "--bootstrap", "50",
+                        "--row", f"naive={model}:T=0", "--row", f"again naive={model}:T=0",
+                        "--row", f"iou, T 1={model}:T=1,score=iou,confidence=match", "--reference", "naive",
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert [row["name"] for row in doc["rows"]] == ["naive", "again naive", "iou, T 1"]
+    naive, again, iou = doc["rows"]
+    assert naive["resolved"]["icn_steps"] == 0 and naive["resolved"]["matching"] == "vanilla"
+    assert iou["resolved"] == {"icn_steps": 1, "matching": "iou", "binarize": 0.5, "confidence": "match",
+                               "nms_iou": 0.3}
+    assert naive["metrics"] == again["metrics"] and "minus_reference" not in naive
+    assert all(d["estimate"] == 0 and d["interval"] == [0, 0] for d in again["minus_reference"].values())
+    m = iou["metrics"]["mAP@0.5"]
+    assert m["interval"][0] <= m["estimate"] <= m["interval"][1]
+    assert doc["bootstrap"] == {"samples": 50, "seed": 0, "level": 0.95, "unit": "image"}
+    assert iou["training_seeds"] == {"training": 0, "icn_training": 0}
+    assert "naive" in out.with_suffix(".md").read_text()

@@ -1,0 +1,168 @@
+"""Accuracy with intervals: named configurations of one or more models on a split, each
+as mAP^r 0.25/0.5/0.75, ABO and mIoU with 95% bootstrap intervals over the images, and
+paired against a reference row (the difference and its interval, on the same draws).
+
+Every choice is made on ``dev``; ``val`` only reports (issue 19). The paper as written
+(Eq. 5 on the ICN's maps, vanilla matching on naive PRMs: ``score=auto``, T = 3) is a
+row of every table, beside our readings. A row is ``NAME=MODEL[:key=value,...]`` with
+keys ``T`` (ICN steps), ``score`` (matching score), ``binarize``, ``confidence`` and
+``nms``; e.g.::
+
+    python benchmarks/accuracy.py synth --split dev \\
+        --row "paper as written=model_paper" --row "naive PRM=model:T=0" \\
+        --row "full, iou matching=model:score=iou" --reference "naive PRM" \\
+        --out benchmarks/results/accuracy_part_only_dev.json
+
+Writes JSON (rows with settings, metrics, intervals and differences; the bootstrap seed
+and draws; the models' training seeds; the command; the machine) and a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from machine import machine_info
+
+from icn_rt.data.voc import VOCDataset
+from icn_rt.eval.bootstrap import difference, draws, intervals
+from icn_rt.eval.report import score
+from icn_rt.models.store import read_config
+from icn_rt.runtime.infer import InferSettings, infer
+from icn_rt.runtime.predictor import Predictor
+
+KEYS = {"T": int, "score": str, "binarize": float, "confidence": str, "nms": float}
+
+
+def parse_row(text: str) -> tuple[str, Path, dict]:
+    """``NAME=MODEL[:key=value,...]`` -> (name, model directory, settings)."""
+    name, _, rest = text.partition("=")
+    model, _, options = rest.partition(":")
+    settings = {}
+    for item in filter(None, options.split(",")):
+        key, _, value = item.partition("=")
+        if key not in KEYS:
+            raise SystemExit(f"row {name!r}: unknown key {key!r} (keys: {', '.join(KEYS)})")
+        settings[key] = None if value == "none" else KEYS[key](value)
+    return name, Path(model), settings
+
+
+def predictor_for(model: Path, settings: dict) -> Predictor:
+    """The model with a row's settings over its config's."""
+    m = Predictor.from_dir(model).model
+    matching, instances = m.matching, m.instances
+    if "score" in settings:
+        matching = replace(matching, score=settings["score"])
+    if "binarize" in settings:
+        matching = replace(matching, binarize=settings["binarize"])
+    if "confidence" in settings:
+        instances = replace(instances, confidence=settings["confidence"])
+    if "nms" in settings:
+        instances = replace(instances, nms_iou=settings["nms"])
+    return Predictor(m.replace(icn_steps=settings.get("T"), matching=matching, instances=instances))
+
+
+def _training_seeds(model: Path) -> dict:
+    config = read_config(model)
+    return {section: config[section]["seed"] for section in ("training", "icn_training")
+            if "seed" in config.get(section, {})}
+
+
+def run(args) -> dict:
+    rows = [parse_row(r) for r in args.row]
+    names = [name for name, _, _ in rows]
+    if args.reference and args.reference not in names:
+        raise SystemExit(f"--reference {args.reference!r} is not a row ({', '.join(names)})")
+    ds = VOCDataset(args.root, args.split, load_images=False)
+    images = [ds.image_path(i) for i in ds.ids]
+    weights = draws(len(images), args.bootstrap, args.seed)
+    scored, out = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model, settings in rows:
+            predictor = predictor_for(model, settings)
+            results = Path(tmp) / f"{len(scored)}.json"
+            infer(predictor, images, results, InferSettings(proposals=args.proposals or args.root / "Proposals",
+                                                             workers=args.workers, progress=False))
+            scored[name] = score(args.root, results, args.split, progress=False)
+            m = predictor.model
+            out.append({"name": name, "model": str(model), "settings": settings,
+                        "resolved": {"icn_steps": m.icn_settings.steps if m.enhances else 0,
+                                     "matching": m.matching.resolved(m.enhances).score,
+                                     "binarize": m.matching.binarize, "confidence": m.instances.confidence,
+                                     "nms_iou": m.instances.nms_iou},
+                        "training_seeds": _training_seeds(model)})
+            print(f"{name}: {scored[name].metrics()['mAP@0.5']:.1f} mAP^r@0.5", file=sys.stderr, flush=True)
+    replicates = {name: [s.metrics(w) for w in weights] for name, s in scored.items()}
+    for row in out:
+        s, reps = scored[row["name"]], replicates[row["name"]]
+        row["metrics"] = {k: v.to_json() for k, v in intervals(s.metrics(), reps, args.level).items()}
+        if args.reference and row["name"] != args.reference:
+            ref, ref_reps = scored[args.reference], replicates[args.reference]
+            diff = intervals(difference(s.metrics(), ref.metrics()),
+                             [difference(a, b) for a, b in zip(reps, ref_reps)], args.level)
+            row["minus_reference"] = {k: {**v.to_json(), "excludes_zero": v.excludes_zero()} for k, v in diff.items()}
+        row["ap_per_class_0.5"] = dict(zip(s.classes, [None if a != a else 100 * a
+                                                       for a in s.inst.result()["ap"][0.5]]))
+    return {"rows": out, "images": len(images), "reference": args.reference}
+
+
+def markdown(doc: dict) -> str:
+    def cell(m):
+        lo, hi = m["interval"]
+        return f"{m['estimate']:.1f} [{lo:.1f}, {hi:.1f}]" if m["estimate"] is not None else "-"
+
+    lines = [f"Accuracy on the `{doc['split']}` split of `{doc['root']}` ({doc['images']} images; {doc['regime']}); "
+             f"{100 * doc['bootstrap']['level']:g}% bootstrap intervals over the images ({doc['bootstrap']['samples']} "
+             f"draws, seed {doc['bootstrap']['seed']}). Commands and settings in the JSON beside this file.", "",
+             "| row | T | matching | confidence | mAP^r@0.25 | mAP^r@0.5 | mAP^r@0.75 | ABO | mIoU | "
+             + (f"mAP^r@0.5 − {doc['reference']} |" if doc["reference"] else ""),
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if doc["reference"] else "")]
+    for r in doc["rows"]:
+        m, s = r["metrics"], r["resolved"]
+        diff = ""
+        if doc["reference"]:
+            d = r.get("minus_reference", {}).get("mAP@0.5")
+            diff = "(reference) |" if d is None else f"{cell(d)}{'' if d['excludes_zero'] else ' ~0'} |"
+        lines.append(f"| {r['name']} | {s['icn_steps']} | {s['matching']} | {s['confidence']} | "
+                     + " | ".join(cell(m[k]) for k in ("mAP@0.25", "mAP@0.5", "mAP@0.75", "ABO", "mIoU"))
+                     + f" | {diff}")
+    if doc["reference"]:
+        lines += ["", "~0: the difference's interval holds 0 (not a difference the images support)."]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("root", type=Path, help="VOC-layout root with Proposals/ for the split")
+    ap.add_argument("--split", default="dev")
+    ap.add_argument("--row", action="append", required=True, help="NAME=MODEL[:key=value,...] (repeat)")
+    ap.add_argument("--reference", default=None, help="the row every other is compared with, paired")
+    ap.add_argument("--proposals", type=Path, default=None, help="[default: ROOT/Proposals]")
+    ap.add_argument("--bootstrap", type=int, default=1000, help="draws of the images")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    ap.add_argument("--level", type=float, default=0.95)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--regime", default=None, help="a name for the data's regime [default: from ROOT/synth.json]")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    result = run(args)
+    synth = args.root / "synth.json"
+    regime = args.regime or (f"synthetic, body evidence {json.loads(synth.read_text()).get('body_evidence', 0)}"
+                             if synth.is_file() else "VOC layout")
+    doc = {"benchmark": "accuracy", "command": " ".join(["python", *sys.argv]), "root": str(args.root),
+           "split": args.split, "regime": regime,
+           "bootstrap": {"samples": args.bootstrap, "seed": args.seed, "level": args.level, "unit": "image"},
+           **result, "machine": machine_info()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(doc))
+    print(markdown(doc))
+
+
+if __name__ == "__main__":
+    main()
