@@ -137,7 +137,8 @@ def markdown(doc: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", type=Path, help="VOC-layout root with Proposals/ for the split")
     ap.add_argument("--split", default="dev")
     ap.add_argument("--row", action="append", required=True, help="NAME=MODEL[:key=value,...] (repeat)")

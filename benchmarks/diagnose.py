@@ -228,8 +228,8 @@ def markdown(doc: dict) -> str:
              f"Command and settings in the JSON beside this file.", "",
              "| stage | measure | % |", "|---|---|---|"]
     lines += [f"| {r['stage']} | {r['measure']} | {_pct(r['value'])} |" for r in doc["rows"]]
-    lines += ["", f"The shipped instances equal the predictor's: {'yes' if doc['consistent_with_predictor'] else 'NO'}.",
-              ""]
+    same = "yes" if doc["consistent_with_predictor"] else "NO"
+    lines += ["", f"The shipped instances equal the predictor's: {same}.", ""]
     return "\n".join(lines)
 
 
