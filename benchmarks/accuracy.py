@@ -42,13 +42,18 @@ def parse_row(text: str) -> tuple[str, Path, dict]:
     """``NAME=MODEL[:key=value,...]`` -> (name, model directory, settings)."""
     name, _, rest = text.partition("=")
     model, _, options = rest.partition(":")
+    return name, Path(model), parse_settings(options, name)
+
+
+def parse_settings(options: str, what: str = "settings") -> dict:
+    """``key=value,...`` (keys: :data:`KEYS`; ``none`` for None) -> settings."""
     settings = {}
     for item in filter(None, options.split(",")):
         key, _, value = item.partition("=")
         if key not in KEYS:
-            raise SystemExit(f"row {name!r}: unknown key {key!r} (keys: {', '.join(KEYS)})")
+            raise SystemExit(f"{what}: unknown key {key!r} (keys: {', '.join(KEYS)})")
         settings[key] = None if value == "none" else KEYS[key](value)
-    return name, Path(model), settings
+    return settings
 
 
 def predictor_for(model: Path, settings: dict) -> Predictor:
@@ -158,7 +163,8 @@ def main() -> None:
     doc = {"benchmark": "accuracy", "command": " ".join(["python", *sys.argv]), "root": str(args.root),
            "split": args.split, "regime": regime,
            "bootstrap": {"samples": args.bootstrap, "seed": args.seed, "level": args.level, "unit": "image"},
-           **result, "machine": machine_info()}
+           "dataset": json.loads(synth.read_text()) if synth.is_file() else None, **result,
+           "machine": machine_info()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(markdown(doc))

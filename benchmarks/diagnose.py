@@ -35,6 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from accuracy import parse_settings, predictor_for
 from machine import machine_info
 
 from icn_rt.data.images import read_image
@@ -154,7 +155,7 @@ def diagnose_image(predictor: Predictor, image, props, gt, naive, b: int, steps:
 
 
 def run(args) -> dict:
-    predictor = Predictor.from_dir(args.model)
+    predictor = predictor_for(args.model, parse_settings(args.settings))
     model = predictor.model
     ds = VOCDataset(args.root, args.split, load_images=False)
     ids = ds.ids[: args.images] if args.images else ds.ids
@@ -242,6 +243,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=0, help="the first N images of the split (0: all)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--k", type=int, default=3, help="proposals per pseudo label (training's k)")
+    ap.add_argument("--settings", default="", help="over the model's config: T=,score=,binarize=,confidence=,nms= "
+                                                   "(as benchmarks/accuracy.py's rows)")
     ap.add_argument("--regime", default=None, help="a name for the data's regime [default: from ROOT/synth.json]")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
@@ -250,11 +253,13 @@ def main() -> None:
     regime = args.regime or (f"synthetic, body evidence {json.loads(synth.read_text()).get('body_evidence', 0)}"
                              if synth.is_file() else "VOC layout")
     doc = {"benchmark": "diagnose", "command": " ".join(["python", *sys.argv]), "model": str(args.model),
+           "settings": parse_settings(args.settings),
            "root": str(args.root), "split": args.split, "regime": regime, "images": result["images"],
            "rows": rows_of(result), "census": result["census"],
            "class_ap": dict(zip(result["classes"], [None if not np.isfinite(a) else float(a)
                                                      for a in result["class_ap"]])),
            "ap": result["aps"], "consistent_with_predictor": result["consistent_with_predictor"],
+           "dataset": json.loads(synth.read_text()) if synth.is_file() else None,
            "model_config": read_config(args.model), "machine": machine_info()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
