@@ -1,11 +1,12 @@
 """Bootstrap intervals of the evaluation metrics, and paired comparisons of two results.
 
 The percentile bootstrap over images: each of ``samples`` replicates draws the split's
-images with replacement (seeded) and evaluates every metric on that draw — image i
-counted as many times as it was drawn (:meth:`~icn_rt.eval.instance.InstanceEvaluator.result`'s
-weights). The interval is the ``(1 − level) / 2`` and ``(1 + level) / 2`` quantiles of
-the replicates. A paired comparison draws the same images for both results in every
-replicate and takes the quantiles of the difference, so the noise the two share (which
+images with replacement (seeded, :func:`draws`) and evaluates every metric on that draw —
+image i counted as many times as it was drawn
+(:meth:`~icn_rt.eval.instance.InstanceEvaluator.result`'s weights). The interval is the
+``(1 − level) / 2`` and ``(1 + level) / 2`` quantiles of the replicates (:func:`intervals`).
+A paired comparison uses the same draws for both results and takes the quantiles of the
+difference (:func:`difference` of each replicate), so the noise the two share (which
 images are hard) cancels; a difference whose interval excludes 0 is one the images
 support at that level.
 """
@@ -68,11 +69,3 @@ def bootstrap(metrics: Metrics, images: int, samples: int = 1000, seed: int = 0,
               level: float = 0.95) -> dict[str, Interval]:
     """Each metric's estimate and percentile interval over ``samples`` image draws."""
     return intervals(metrics(None), [metrics(w) for w in draws(images, samples, seed)], level)
-
-
-def paired(metrics_a: Metrics, metrics_b: Metrics, images: int, samples: int = 1000, seed: int = 0,
-           level: float = 0.95) -> dict[str, Interval]:
-    """Each metric's difference A − B on the same images, with its percentile interval over
-    ``samples`` draws shared by A and B."""
-    replicates = [difference(metrics_a(w), metrics_b(w)) for w in draws(images, samples, seed)]
-    return intervals(difference(metrics_a(None), metrics_b(None)), replicates, level)

@@ -19,8 +19,6 @@ from icn_rt.eval.instance import InstanceEvaluator
 from icn_rt.eval.semantic import SemanticEvaluator, merge_instances
 
 THRESHOLDS = (0.25, 0.5, 0.75)
-METRICS = ("mAP@0.25", "mAP@0.5", "mAP@0.75", "ABO", "mIoU")
-"""The metrics that get intervals, in percent."""
 
 
 @dataclass
@@ -73,7 +71,8 @@ class Evaluation:
         return self.inst.num_images
 
     def metrics(self, weights: np.ndarray | None = None) -> dict[str, float]:
-        """:data:`METRICS` in percent, image i counted ``weights[i]`` times (None: once)."""
+        """mAP^r@0.25/0.5/0.75, ABO and mIoU in percent, image i counted ``weights[i]`` times
+        (None: once)."""
         r_inst, r_sem = self.inst.result(weights), self.sem.result(weights)
         return {**{f"mAP@{t:g}": 100 * r_inst["map"][t] for t in THRESHOLDS}, "ABO": 100 * r_inst["abo"],
                 "mIoU": 100 * r_sem["miou"]}
