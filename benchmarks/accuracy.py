@@ -71,6 +71,22 @@ def predictor_for(model: Path, settings: dict) -> Predictor:
     return Predictor(m.replace(icn_steps=settings.get("T"), matching=matching, instances=instances))
 
 
+def dataset_record(root: Path, regime: str | None) -> tuple[str, dict | None]:
+    """The regime's name (``regime``, else from ``root/synth.json``) and the synthetic
+    dataset's config (None for other data), for a report."""
+    synth = root / "synth.json"
+    config = json.loads(synth.read_text()) if synth.is_file() else None
+    return regime or (f"synthetic, body evidence {config.get('body_evidence', 0)}" if config else "VOC layout"), config
+
+
+def write_report(out: Path, doc: dict, text: str) -> None:
+    """``doc`` as JSON at ``out`` and ``text`` (markdown) beside it, printed too."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    out.with_suffix(".md").write_text(text)
+    print(text)
+
+
 def _training_seeds(model: Path) -> dict:
     config = read_config(model)
     return {section: config[section]["seed"] for section in ("training", "icn_training")
@@ -157,18 +173,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     result = run(args)
-    synth = args.root / "synth.json"
-    regime = args.regime or (f"synthetic, body evidence {json.loads(synth.read_text()).get('body_evidence', 0)}"
-                             if synth.is_file() else "VOC layout")
+    regime, dataset = dataset_record(args.root, args.regime)
     doc = {"benchmark": "accuracy", "command": " ".join(["python", *sys.argv]), "root": str(args.root),
            "split": args.split, "regime": regime,
            "bootstrap": {"samples": args.bootstrap, "seed": args.seed, "level": args.level, "unit": "image"},
-           "dataset": json.loads(synth.read_text()) if synth.is_file() else None, **result,
-           "machine": machine_info()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(doc))
-    print(markdown(doc))
+           "dataset": dataset, **result, "machine": machine_info()}
+    write_report(args.out, doc, markdown(doc))
 
 
 if __name__ == "__main__":

@@ -28,14 +28,13 @@ Writes JSON (with the machine, the model's config and the command) and a markdow
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from accuracy import parse_settings, predictor_for
+from accuracy import dataset_record, parse_settings, predictor_for, write_report
 from machine import machine_info
 
 from icn_rt.data.images import read_image
@@ -249,9 +248,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     result = run(args)
-    synth = args.root / "synth.json"
-    regime = args.regime or (f"synthetic, body evidence {json.loads(synth.read_text()).get('body_evidence', 0)}"
-                             if synth.is_file() else "VOC layout")
+    regime, dataset = dataset_record(args.root, args.regime)
     doc = {"benchmark": "diagnose", "command": " ".join(["python", *sys.argv]), "model": str(args.model),
            "settings": parse_settings(args.settings),
            "root": str(args.root), "split": args.split, "regime": regime, "images": result["images"],
@@ -259,12 +256,8 @@ def main() -> None:
            "class_ap": dict(zip(result["classes"], [None if not np.isfinite(a) else float(a)
                                                      for a in result["class_ap"]])),
            "ap": result["aps"], "consistent_with_predictor": result["consistent_with_predictor"],
-           "dataset": json.loads(synth.read_text()) if synth.is_file() else None,
-           "model_config": read_config(args.model), "machine": machine_info()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(doc))
-    print(markdown(doc))
+           "dataset": dataset, "model_config": read_config(args.model), "machine": machine_info()}
+    write_report(args.out, doc, markdown(doc))
 
 
 if __name__ == "__main__":

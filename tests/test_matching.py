@@ -39,45 +39,31 @@ KERNELS = ["numpy", "cpu", pytest.param("cuda", id="cuda-simulator" if config.EN
                                          marks=[] if config.ENABLE_CUDASIM else [pytest.mark.gpu])]
 
 
-@pytest.mark.parametrize("kernels", KERNELS)
-@pytest.mark.parametrize("form", ["segments", "masks"])
-@pytest.mark.parametrize("binary", [True, False])
-def test_rebalanced_equals_reference(form, binary, kernels):
-    rng = np.random.default_rng(0)
-    props = _segments(rng, n=40 if kernels != "cuda" else 10)
-    if form == "masks":
-        props = Proposals.from_masks(props.to_masks(), props.scores)
-    v = rng.random((3, 24, 20))
-    v = (v > 0.6).astype(np.float64) if binary else v
-    s = MatchingSettings(score="rebalanced")
-    got = rebalanced(v, props, s, backends.backend(kernels))
-    masks = props.to_masks()
-    for k in range(3):
-        want = ref.rebalanced_scores(v[k], masks)
-        if binary:  # popcounts: exact
-            np.testing.assert_array_equal(got[k], want)
-        else:
-            np.testing.assert_allclose(got[k], want, rtol=1e-12, atol=1e-9)
+SCORES = {"rebalanced": (rebalanced, lambda v, masks: ref.rebalanced_scores(v, masks), 0, 1e-9),
+          "iou": (iou, lambda v, masks: ref.iou_scores(v, masks), 4, 1e-12)}
+"""score -> (the kernels' function, the reference, the seed of the case, atol for real maps)."""
 
 
 @pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("form", ["segments", "masks"])
 @pytest.mark.parametrize("binary", [True, False])
-def test_iou_equals_reference(form, binary, kernels):
-    rng = np.random.default_rng(4)
+@pytest.mark.parametrize("score", list(SCORES))
+def test_scores_equal_reference(score, form, binary, kernels):
+    fn, reference, seed, atol = SCORES[score]
+    rng = np.random.default_rng(seed)
     props = _segments(rng, n=40 if kernels != "cuda" else 10)
     if form == "masks":
         props = Proposals.from_masks(props.to_masks(), props.scores)
     v = rng.random((3, 24, 20))
     v = (v > 0.6).astype(np.float64) if binary else v
-    got = iou(v, props, MatchingSettings(score="iou"), backends.backend(kernels))
+    got = fn(v, props, MatchingSettings(score=score), backends.backend(kernels))
     masks = props.to_masks()
     for k in range(3):
-        want = ref.iou_scores(v[k], masks)
+        want = reference(v[k], masks)
         if binary:  # popcounts: exact
             np.testing.assert_array_equal(got[k], want)
         else:
-            np.testing.assert_allclose(got[k], want, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(got[k], want, rtol=1e-12, atol=atol)
 
 
 def test_iou_hand_computed():
