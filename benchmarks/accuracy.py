@@ -35,7 +35,7 @@ from icn_rt.models.store import read_config
 from icn_rt.runtime.infer import InferSettings, infer
 from icn_rt.runtime.predictor import Predictor
 
-KEYS = {"T": int, "score": str, "binarize": float, "confidence": str, "nms": float}
+KEYS = {"T": int, "score": str, "binarize": float, "confidence": str, "nms": float, "rerank": int}
 
 
 def parse_row(text: str) -> tuple[str, Path, dict]:
@@ -64,6 +64,8 @@ def predictor_for(model: Path, settings: dict) -> Predictor:
         matching = replace(matching, score=settings["score"])
     if "binarize" in settings:
         matching = replace(matching, binarize=settings["binarize"])
+    if "rerank" in settings:
+        matching = replace(matching, rerank=settings["rerank"])
     if "confidence" in settings:
         instances = replace(instances, confidence=settings["confidence"])
     if "nms" in settings:

@@ -111,7 +111,8 @@ def diagnose_image(predictor: Predictor, image, props, gt, naive, b: int, steps:
     class_maps = naive.maps[b].cpu().numpy()
     # pseudo labels, from the naive PRMs with the model's matching, as training makes them
     if len(idx):
-        scores, scored = score_proposals(naive.prms[idx].cpu().numpy(), class_maps[cls], props, model.matching)[:2]
+        scores, scored = score_proposals(naive.prms[idx].cpu().numpy(), class_maps[cls], props, model.matching,
+                                         image=image)[:2]
         labels, _ = proposal_labels(scores, scored, k)
         iou, area = pair_overlap(_to_shape(labels, shape)[on], truth)
         tally.add("label_iou", iou)
@@ -125,7 +126,7 @@ def diagnose_image(predictor: Predictor, image, props, gt, naive, b: int, steps:
     # matching, as the predictor does it
     matched = steps[-1][idx].cpu().numpy()
     best, match_score, quality = match(matched, class_maps[cls], props, model.matching, enhanced=len(steps) > 1,
-                                       kernels=predictor.kernels)
+                                       kernels=predictor.kernels, image=image)
     found = best >= 0
     dense = props.to_masks()
     chosen = dense[np.where(found, best, 0)] & found[:, None, None]

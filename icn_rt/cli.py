@@ -246,6 +246,8 @@ def train_pseudo_labels_cmd(
     supervision: str = typer.Option("proposals", help="proposals (pseudo labels) | saliency (GT instance masks)."),
     split: str = typer.Option("train", help="Split to label."),
     k: int = typer.Option(3, help="Proposals kept per peak (best first, none inside a kept one)."),
+    rerank: Optional[int] = typer.Option(None, help="Re-rank each peak's N best proposals by objectness (0: off, "
+                                                    "the paper) [default: the model's matching.rerank]."),
     labels: Optional[Path] = typer.Option(None, "--out", help="Label directory [default: MODEL/labels-SUPERVISION-SPLIT]."),
     proposals_dir: Optional[Path] = typer.Option(None, "--proposals", help="Proposal folder [default: ROOT/Proposals]."),
     batch_size: int = typer.Option(8, help="Images per batch."),
@@ -255,7 +257,7 @@ def train_pseudo_labels_cmd(
     from icn_rt.training.pseudo_labels import LabelSettings, label_model
 
     try:
-        settings = LabelSettings(supervision=supervision, split=split, k=k, batch_size=batch_size)
+        settings = LabelSettings(supervision=supervision, split=split, k=k, batch_size=batch_size, rerank=rerank)
         _, summary = label_model(root, model_dir, settings, labels, proposals_dir, device, log=out.print)
     except (InputError, ValueError) as e:
         _fail(e)
@@ -274,6 +276,9 @@ def train_icn_cmd(
     supervision: str = typer.Option("proposals", help="proposals (pseudo labels) | saliency (GT instance masks)."),
     split: str = typer.Option("train", help="Split whose labels train the ICN."),
     labels: Optional[Path] = typer.Option(None, help="Label directory [default: MODEL/labels-SUPERVISION-SPLIT]; made when missing."),
+    k: int = typer.Option(3, help="Proposals per pseudo label when they are made (see `train pseudo-labels`)."),
+    rerank: Optional[int] = typer.Option(None, help="Objectness re-ranking of the pseudo labels' candidates when "
+                                                    "they are made (see `train pseudo-labels`)."),
     proposals_dir: Optional[Path] = typer.Option(None, "--proposals", help="Proposal folder [default: ROOT/Proposals]."),
     epochs: int = typer.Option(120, help="Epochs (paper: 120)."),
     lr: float = typer.Option(1e-3, help="Adam learning rate (paper: 1e-3)."),
@@ -299,7 +304,8 @@ def train_icn_cmd(
         settings = ICNTrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, lr_step=lr_step, crop=crop, seed=seed,
                                     workers=workers, pretrained=pretrained, self_feed=self_feed)
         labelled, summary = label_and_train(root, model_dir, settings, icn_settings,
-                                            LabelSettings(supervision=supervision, split=split), labels,
+                                            LabelSettings(supervision=supervision, split=split, k=k, rerank=rerank),
+                                            labels,
                                             proposals_dir, resume, device, log=out.print)
     except (InputError, ValueError) as e:
         _fail(e)

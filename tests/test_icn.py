@@ -19,6 +19,7 @@ from icn_rt.models.store import load_icn
 from icn_rt.runtime.predictor import Predictor
 from icn_rt.training.pseudo_labels import proposal_labels, saliency_label
 from tests.conftest import ICN_ARGS
+from tests import reference as ref
 
 runner = CliRunner()
 SMALL = ICNSettings(encoder="small", width=8)
@@ -202,6 +203,43 @@ def test_pseudo_labels_are_stored_per_image_and_reused(classifier, tiny_voc, tmp
     r = runner.invoke(app, ["train", "pseudo-labels", str(tiny_voc), "--model", str(classifier), "--out", str(out),
                             "--k", "2"])
     assert r.exit_code == 2 and "settings.json" in r.output and "other settings" in r.output
+
+
+def test_pseudo_labels_rerank_by_objectness(classifier, tiny_voc, tmp_path):
+    from icn_rt.data.images import read_image
+    from icn_rt.data.preprocess import preprocess_batch
+    from icn_rt.data.proposals import load_proposals, proposal_path
+    from icn_rt.data.voc import VOCDataset
+    from icn_rt.matching import score_proposals
+    from icn_rt.models.store import load_model
+
+    plain, ranked = tmp_path / "plain", tmp_path / "ranked"
+    for out, extra in ((plain, []), (ranked, ["--rerank", "5", "--k", "1"])):
+        r = runner.invoke(app, ["train", "pseudo-labels", str(tiny_voc), "--model", str(classifier), "--out", str(out),
+                                *extra])
+        assert r.exit_code == 0, r.output
+    # off (the model's 0) is recorded as labels made before the setting existed were
+    assert "rerank" not in json.loads((plain / "settings.json").read_text())["matching"]
+    assert json.loads((ranked / "settings.json").read_text())["matching"]["rerank"] == 5
+    model = load_model(classifier, "cpu")
+    ds = VOCDataset(tiny_voc, "train", load_images=False)
+    checked = 0
+    for image_id in ds.ids:
+        image = read_image(ds.image_path(image_id))
+        props = load_proposals(proposal_path(tiny_voc / "Proposals", image_id), expected_shape=image.shape[:2])
+        naive = model.naive_maps(preprocess_batch([image], model.input_size))
+        keep = np.isin(naive.peaks.cls.numpy(), ds.labels(image_id))
+        cls = naive.peaks.cls.numpy()[keep]
+        scores = score_proposals(naive.prms.numpy()[keep], naive.maps[0].numpy()[cls], props, model.matching).scores
+        kept = np.load(ranked / f"{image_id}.npz")["kept"]
+        assert kept.shape == (len(cls), 1)
+        value = ref.objectness(image, props.to_masks(), np.arange(len(props)))
+        for row, got in zip(scores, kept[:, 0]):
+            top = np.argsort(-row, kind="stable")[:5]
+            top = top[np.isfinite(row[top])]
+            assert got == top[np.argmax(value[top])]
+            checked += 1
+    assert checked > 0
 
 
 def _image_labels(root, image_id):

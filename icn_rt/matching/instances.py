@@ -7,7 +7,10 @@ Confidence (PRM returns none; ``InstanceSettings.confidence``):
   matching map with the chosen proposal — strong evidence that the proposal explains;
 - ``peak``: the peak's class-map value;
 - ``match``: the matching score (PRM's own ordering for NMS; not comparable across
-  images or object sizes).
+  images or object sizes);
+- ``peak_match``: the peak's class-map value times the matching score; with objectness
+  re-ranking (``MatchingSettings.rerank``) that score is the proposal's objectness, so
+  strong class evidence on an object-like proposal ranks first (our addition).
 
 NMS: instances in order of confidence (ties: peak order), greedy, class-agnostic, mask
 IoU ≥ ``nms_iou`` suppresses (PRM: 0.3); the caller adds a suppressed instance's PRM into
@@ -22,7 +25,7 @@ import numpy as np
 
 from icn_rt.kernels import Kernels
 
-CONFIDENCES = ("peak_quality", "peak", "match")
+CONFIDENCES = ("peak_quality", "peak", "match", "peak_match")
 
 
 @dataclass
@@ -38,7 +41,8 @@ class InstanceSettings:
 def confidence(settings: InstanceSettings, value: np.ndarray, match: np.ndarray, quality: np.ndarray) -> np.ndarray:
     """Each peak's confidence from its class-map ``value``, its ``match`` score and the
     ``quality`` of its match (:func:`~icn_rt.matching.scores.match`), all ``float64 [K]``."""
-    return {"peak_quality": value * quality, "peak": value, "match": match}[settings.confidence]
+    return {"peak_quality": value * quality, "peak": value, "match": match,
+            "peak_match": value * match}[settings.confidence]
 
 
 def suppress(masks: np.ndarray, confidence: np.ndarray, threshold: float,

@@ -25,6 +25,9 @@ Choices (settings, saved in the model's config):
   thresholded at this value (the paper binarises its enhanced map; the naive PRM is
   binarised the same way until the ICN lands). The vanilla score takes the PRM as is.
 - ``max_proposals``: only the first N proposals are scanned (PRM: 100; 0 = all).
+- ``rerank``: 0 (the paper) picks the best-scored proposal; N > 0 re-ranks each peak's N
+  best-scored proposals by their objectness (:mod:`icn_rt.matching.objectness`, needs the
+  image) and picks the most object-like — our addition for maps that cover a part.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import numpy as np
 from icn_rt.data.proposals import Proposals
 from icn_rt.kernels import Kernels, ops
 from icn_rt.kernels import arrays as xp
+from icn_rt.matching.objectness import rerank
 
 SCORES = ("auto", "rebalanced", "vanilla", "iou")
 PLACES = ("image", "input")
@@ -57,6 +61,7 @@ class MatchingSettings:
     vanilla_penalty: float = 1e-5
     background_factor: float = 0.95
     max_proposals: int = 0
+    rerank: int = 0
 
     def resolved(self, enhanced: bool) -> MatchingSettings:
         """These settings with ``auto`` made concrete for an enhanced (ICN) or naive map."""
@@ -71,6 +76,8 @@ class MatchingSettings:
             raise ValueError(f"unknown matching place {self.at!r}; choose one of {', '.join(PLACES)}")
         if self.band_width % 2 == 0 or not 1 <= self.band_width < 64:
             raise ValueError(f"band width must be odd and below 64 (the kernels' square), got {self.band_width}")
+        if self.rerank < 0:
+            raise ValueError(f"rerank must be >= 0 (0 = off), got {self.rerank}")
 
 
 def matching_map(prm: np.ndarray, settings: MatchingSettings) -> np.ndarray:
@@ -288,17 +295,22 @@ def _matching_maps(maps, settings: MatchingSettings):
 
 
 def score_proposals(prms, class_maps, props: Proposals, settings: MatchingSettings, enhanced: bool = False,
-                    kernels: Kernels | None = None) -> Scored:
+                    kernels: Kernels | None = None, image: np.ndarray | None = None) -> Scored:
     """Every peak's map against every proposal of one image.
 
     ``prms: float [K, h, w]`` (at the network input's size; on the kernels' device),
     ``class_maps: float [K, h', w']`` (each peak's class map, for the vanilla
     background), ``props``: the image's proposals (at the image's size); ``enhanced``:
     whether the maps are ICN-enhanced (resolves ``score="auto"``); ``kernels``: the
-    backend (:func:`icn_rt.kernels.ops`; default: the CPU kernels).
+    backend (:func:`icn_rt.kernels.ops`; default: the CPU kernels); ``image``: uint8 RGB
+    ``[H, W, 3]``, needed when ``settings.rerank`` is on (the scores are then the
+    re-ranked ones: objectness for each peak's ``rerank`` best proposals, ``-inf`` for the
+    rest).
     """
     kernels = kernels or ops()
     settings = settings.resolved(enhanced)
+    if settings.rerank and image is None:
+        raise ValueError("matching with rerank > 0 needs the image (objectness reads its colours)")
     if settings.max_proposals:
         props = props.select(np.arange(min(settings.max_proposals, len(props))))
     k = len(prms)
@@ -321,19 +333,22 @@ def score_proposals(prms, class_maps, props: Proposals, settings: MatchingSettin
         scores, inside = _iou_terms(v, prepared, settings)
     else:
         scores, inside = _rebalanced_terms(v, prepared, settings)
+    if settings.rerank:
+        scores = kernels.to(rerank(xp.host(scores), image, props, settings.rerank))
     return Scored(scores, props, v, inside, prepared.area)
 
 
 def match(prms, class_maps, props: Proposals, settings: MatchingSettings, enhanced: bool = False,
-          kernels: Kernels | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+          kernels: Kernels | None = None, image: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best proposal for each of K peaks of one image (arguments as :func:`score_proposals`).
 
     Returns ``(best int64 [K] (-1: none in limits; ties: the first), score float64 [K],
-    quality float64 [K])`` on the host; ``quality`` is the soft IoU Σ_P V / (|P| + Σ V −
+    quality float64 [K])`` on the host; ``score`` is the one that picked the proposal (with
+    ``rerank``: its objectness); ``quality`` is the soft IoU Σ_P V / (|P| + Σ V −
     Σ_P V) of the map with its proposal. On the GPU the pick is made there: only K
     numbers come back.
     """
-    scored = score_proposals(prms, class_maps, props, settings, enhanced, kernels)
+    scored = score_proposals(prms, class_maps, props, settings, enhanced, kernels, image)
     k = len(prms)
     if k == 0 or scored.scores.shape[1] == 0:
         return np.full(k, -1, np.int64), np.full(k, -np.inf), np.zeros(k)

@@ -218,7 +218,7 @@ class Predictor:
             enhanced = self.enhance(naive) if self.model.enhances else None
         peaks = self._where_matched(naive, enhanced, keep_maps)
         scores = naive.scores.cpu().numpy()
-        return [Prediction(self._instances(b, image.shape[:2], props, peaks, timer), scores[b])
+        return [Prediction(self._instances(b, image, props, peaks, timer), scores[b])
                 for b, (image, props) in enumerate(zip(images, proposals))]
 
     def _where_matched(self, naive: NaiveMaps, enhanced: torch.Tensor | None, keep_maps: bool) -> _Peaks:
@@ -236,16 +236,16 @@ class Predictor:
         return _Peaks(image, cls, y, x, value.astype(np.float64), naive.maps.cpu().numpy(), matched,
                       enhanced is not None, prms if keep_maps else None, enhanced_maps if keep_maps else None)
 
-    def _instances(self, b: int, shape: tuple[int, int], props: Proposals, peaks: _Peaks,
+    def _instances(self, b: int, image: np.ndarray, props: Proposals, peaks: _Peaks,
                    timer: StageTimes | None) -> list[Instance]:
-        """Instances of image ``b`` of the batch, of ``shape`` (H, W), from its peaks."""
+        """Instances of image ``b`` of the batch from its peaks."""
         idx = np.flatnonzero(peaks.image == b)
         maps = peaks.class_maps[b]
         cls, values = peaks.cls[idx], peaks.value[idx]
         settings = self.model.instances
         with _stage(timer, "matching"):
             best, match_scores, quality = match(peaks.matched[idx], maps[cls], props, self.model.matching,
-                                                enhanced=peaks.enhanced, kernels=self.kernels)
+                                                enhanced=peaks.enhanced, kernels=self.kernels, image=image)
         found = np.flatnonzero(best >= 0)
         if len(found) == 0:
             return []
@@ -253,7 +253,7 @@ class Predictor:
         with _stage(timer, "nms"):
             masks = props.to_masks(best[found])
             keep, owner = suppress(masks, score[found], settings.nms_iou, self.kernels)
-        h, w = shape
+        h, w = image.shape[:2]
         mh, mw = maps.shape[-2:]
         result = []
         for j in keep:

@@ -6,7 +6,8 @@ training time; other peaks are dropped):
 - ``proposals`` (the paper's pseudo labels): score every proposal against the naive PRM
   with the model's matching settings (``auto`` -> PRM's vanilla score for a naive
   map), walk them best first, keep one unless it lies entirely inside one already kept,
-  stop at ``k`` = 3; the label is the union of the kept ones.
+  stop at ``k`` = 3; the label is the union of the kept ones. With objectness
+  re-ranking on (``MatchingSettings.rerank``) the walk follows the re-ranked order.
 - ``saliency`` (the paper's variant with a separate mask dataset): the ground-truth
   instance of the peak's class that holds the most PRM mass; the split needs
   SegmentationObject PNGs.
@@ -26,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -39,7 +40,7 @@ from icn_rt.data.proposals import Proposals, load_proposals, proposal_path
 from icn_rt.data.voc import VOCDataset
 from icn_rt.errors import InputError
 from icn_rt.kernels import ops
-from icn_rt.matching import score_proposals
+from icn_rt.matching import MatchingSettings, score_proposals
 from icn_rt.models.store import Model, load_model
 
 SUPERVISIONS = ("proposals", "saliency")
@@ -53,12 +54,19 @@ class LabelSettings:
     split: str = "train"
     k: int = 3
     batch_size: int = 8
+    rerank: int | None = None  # objectness re-ranking of the candidates; None: the model's matching setting
 
     def __post_init__(self) -> None:
         if self.supervision not in SUPERVISIONS:
             raise ValueError(f"unknown supervision {self.supervision!r}; choose one of {', '.join(SUPERVISIONS)}")
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.rerank is not None and self.rerank < 0:
+            raise ValueError(f"rerank must be >= 0 (0 = off), got {self.rerank}")
+
+    def matching(self, model: Model) -> MatchingSettings:
+        """The matching settings labels are made with: the model's, ``rerank`` overridden when set."""
+        return model.matching if self.rerank is None else replace(model.matching, rerank=self.rerank)
 
 
 @dataclass
@@ -133,6 +141,15 @@ def _quantise(prms: np.ndarray) -> np.ndarray:
     return np.round(v * 255).astype(np.uint8)
 
 
+def _matching_record(matching: MatchingSettings) -> dict:
+    """The matching settings the labels depend on; ``rerank`` only when on, so labels made
+    before it existed (it was off) are still recognised as made with these settings."""
+    record = asdict(matching)
+    if not record["rerank"]:
+        del record["rerank"]
+    return record
+
+
 def make_labels(root: str | Path, model: Model, out: str | Path, settings: LabelSettings,
                 proposals_dir: str | Path | None = None, progress: bool = True,
                 log: Callable[[str], None] = print) -> LabelSummary:
@@ -142,9 +159,9 @@ def make_labels(root: str | Path, model: Model, out: str | Path, settings: Label
     root, out = Path(root), Path(out)
     ds = VOCDataset(root, settings.split, load_images=False)
     proposals_dir = Path(proposals_dir) if proposals_dir else root / "Proposals"
-    # what the labels depend on (not the batch size)
-    made_with = {k: v for k, v in asdict(settings).items() if k != "batch_size"}
-    record = {"settings": made_with, "matching": asdict(model.matching), "peaks": asdict(model.peaks),
+    # what the labels depend on (not the batch size; rerank through the matching record)
+    made_with = {k: v for k, v in asdict(settings).items() if k not in ("batch_size", "rerank")}
+    record = {"settings": made_with, "matching": _matching_record(settings.matching(model)), "peaks": asdict(model.peaks),
               "prm": asdict(model.prm), "input_size": model.input_size}
     out.mkdir(parents=True, exist_ok=True)
     settings_path = out / SETTINGS
@@ -196,7 +213,8 @@ def _label_batch(model: Model, loaded: list, out: Path, settings: LabelSettings,
         idx = np.flatnonzero((image_of == b) & np.isin(cls, labels))
         rows: dict[str, list] = {"prm": [], "label": [], "cls": [], "peak": [], "kept": []}
         if settings.supervision == "proposals" and len(idx):
-            scores, props = score_proposals(prms[idx], maps[b][cls[idx]], extra, model.matching)[:2]
+            scores, props = score_proposals(prms[idx], maps[b][cls[idx]], extra, settings.matching(model),
+                                            image=image)[:2]
             labels, kept = proposal_labels(scores, props, settings.k)
             for j, i in enumerate(idx):
                 rows["label"].append(_to_size(labels[j], size))
