@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import tempfile
 from dataclasses import replace
@@ -176,7 +177,7 @@ def main() -> None:
     args = ap.parse_args()
     result = run(args)
     regime, dataset = dataset_record(args.root, args.regime)
-    doc = {"benchmark": "accuracy", "command": " ".join(["python", *sys.argv]), "root": str(args.root),
+    doc = {"benchmark": "accuracy", "command": shlex.join(["python", *sys.argv]), "root": str(args.root),
            "split": args.split, "regime": regime,
            "bootstrap": {"samples": args.bootstrap, "seed": args.seed, "level": args.level, "unit": "image"},
            "dataset": dataset, **result, "machine": machine_info()}

@@ -28,6 +28,7 @@ Writes JSON (with the machine, the model's config and the command) and a markdow
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -250,7 +251,7 @@ def main() -> None:
     args = ap.parse_args()
     result = run(args)
     regime, dataset = dataset_record(args.root, args.regime)
-    doc = {"benchmark": "diagnose", "command": " ".join(["python", *sys.argv]), "model": str(args.model),
+    doc = {"benchmark": "diagnose", "command": shlex.join(["python", *sys.argv]), "model": str(args.model),
            "settings": parse_settings(args.settings),
            "root": str(args.root), "split": args.split, "regime": regime, "images": result["images"],
            "rows": rows_of(result), "census": result["census"],

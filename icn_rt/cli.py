@@ -210,6 +210,8 @@ def train_classifier_cmd(
     pretrained: Optional[str] = typer.Option(None, help="'imagenet' (torchvision download) or a weights file."),
     seed: int = typer.Option(0, help="Seed for initialisation, order and augmentation."),
     workers: int = typer.Option(0, help="Image loading worker processes."),
+    per_class_peaks: bool = typer.Option(True, help="Calibrate one peak threshold per class at the end "
+                                                    "(--no-per-class-peaks: one for all)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
 ):
@@ -221,7 +223,7 @@ def train_classifier_cmd(
         summary = train_classifier(
             root, model_dir,
             TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, lr_step=lr_step, seed=seed, workers=workers,
-                          split=split, val_split=val_split, pretrained=pretrained),
+                          split=split, val_split=val_split, pretrained=pretrained, per_class_peaks=per_class_peaks),
             ClassifierSettings(backbone=backbone, input_size=input_size, sub_pixel=sub_pixel),
             resume=resume, device=device, log=out.print)
     except (InputError, ValueError) as e:
@@ -230,7 +232,30 @@ def train_classifier_cmd(
         err.print(f"[yellow]skipped {len(summary.skipped)} unreadable images (see {model_dir / 'train_errors.txt'})[/yellow]")
     final = summary.epochs[-1] if summary.epochs else None
     out.print(f"model -> {model_dir}" + (f"  (val classification mAP {_pct(final.val_map)})" if final else "")
-              + f"; peak threshold calibrated to {summary.peaks.peak_threshold:g}")
+              + f"; peak threshold calibrated to {_thresholds(summary.peaks.peak_threshold)}")
+
+
+def _thresholds(value) -> str:
+    return ", ".join(f"{v:g}" for v in value) if isinstance(value, list) else f"{value:g}"
+
+
+@train_app.command("calibrate-peaks")
+def calibrate_peaks_cmd(
+    root: Path = typer.Argument(..., help="VOC-layout dataset root (image-level labels from Annotations/)."),
+    model_dir: Path = typer.Option(..., "--model", help="Model directory with a trained classifier."),
+    split: str = typer.Option("train", help="Split to calibrate on."),
+    fraction: float = typer.Option(0.5, help="Threshold = this × the median class-map maximum of labelled images."),
+    per_class: bool = typer.Option(True, help="One threshold per class (--no-per-class: one for all, as before)."),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+):
+    """Calibrate a trained model's peak thresholds again (as training does at its end)."""
+    from icn_rt.training.classifier import recalibrate_peaks
+
+    try:
+        peaks = recalibrate_peaks(root, model_dir, split, fraction, per_class, device=device)
+    except (InputError, ValueError) as e:
+        _fail(e)
+    out.print(f"peak threshold of {model_dir} calibrated to {_thresholds(peaks.peak_threshold)}", soft_wrap=True)
 
 
 def _skipped(summary) -> None:

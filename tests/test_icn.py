@@ -206,6 +206,8 @@ def test_pseudo_labels_are_stored_per_image_and_reused(classifier, tiny_voc, tmp
 
 
 def test_pseudo_labels_rerank_by_objectness(classifier, tiny_voc, tmp_path):
+    from dataclasses import replace
+
     from icn_rt.data.images import read_image
     from icn_rt.data.preprocess import preprocess_batch
     from icn_rt.data.proposals import load_proposals, proposal_path
@@ -214,14 +216,15 @@ def test_pseudo_labels_rerank_by_objectness(classifier, tiny_voc, tmp_path):
     from icn_rt.models.store import load_model
 
     plain, ranked = tmp_path / "plain", tmp_path / "ranked"
-    for out, extra in ((plain, []), (ranked, ["--rerank", "5", "--k", "1"])):
+    for out, extra in ((plain, ["--rerank", "0"]), (ranked, ["--rerank", "5", "--k", "1"])):
         r = runner.invoke(app, ["train", "pseudo-labels", str(tiny_voc), "--model", str(classifier), "--out", str(out),
                                 *extra])
         assert r.exit_code == 0, r.output
-    # off (the model's 0) is recorded as labels made before the setting existed were
+    # off is recorded as labels made before the setting existed were
     assert "rerank" not in json.loads((plain / "settings.json").read_text())["matching"]
     assert json.loads((ranked / "settings.json").read_text())["matching"]["rerank"] == 5
     model = load_model(classifier, "cpu")
+    plain_matching = replace(model.matching, rerank=0)
     ds = VOCDataset(tiny_voc, "train", load_images=False)
     checked = 0
     for image_id in ds.ids:
@@ -230,7 +233,7 @@ def test_pseudo_labels_rerank_by_objectness(classifier, tiny_voc, tmp_path):
         naive = model.naive_maps(preprocess_batch([image], model.input_size))
         keep = np.isin(naive.peaks.cls.numpy(), ds.labels(image_id))
         cls = naive.peaks.cls.numpy()[keep]
-        scores = score_proposals(naive.prms.numpy()[keep], naive.maps[0].numpy()[cls], props, model.matching).scores
+        scores = score_proposals(naive.prms.numpy()[keep], naive.maps[0].numpy()[cls], props, plain_matching).scores
         kept = np.load(ranked / f"{image_id}.npz")["kept"]
         assert kept.shape == (len(cls), 1)
         value = ref.objectness(image, props.to_masks(), np.arange(len(props)))
@@ -418,7 +421,7 @@ def test_ablation_benchmark_writes_every_row(with_icn, tiny_voc, tmp_path):
     assert len({s["mean_area_fraction"] for s in maps["full"]}) > 1  # the steps change the maps
     rows = {row["variant"]: row for row in record["rows"]}
     assert rows["w/o ICN (naive PRM)"]["icn_steps"] == 0 and rows["w/o ICN (naive PRM)"]["matching"] == "vanilla"
-    assert rows["full"]["matching"] == "rebalanced" and rows["w/o rebalance (vanilla matching)"]["matching"] == "vanilla"
+    assert rows["full"]["matching"] == "iou" and rows["w/o rebalance (vanilla matching)"]["matching"] == "vanilla"
     assert rows["T = 3"]["metrics"] == rows["full"]["metrics"]
     assert record["pseudo_labels"]["peaks"] > 0 and record["machine"]
     table = out.with_suffix(".md").read_text()

@@ -111,8 +111,8 @@ def test_vanilla_equals_reference(form, kernels):
         np.testing.assert_allclose(got[k], ref.vanilla_scores(prm[k], masks, bg[k]), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("score", ["vanilla", "rebalanced"])
-def test_cuda_kernels_take_tensors_end_to_end(score):
+@pytest.mark.parametrize("score,rerank", [("vanilla", 0), ("rebalanced", 0), ("iou", 4)])
+def test_cuda_kernels_take_tensors_end_to_end(score, rerank):
     """The GPU path (tensors in, resize and normalise in torch, kernels on the device) picks
     what the CPU path picks; without a GPU it runs in the simulator on CPU tensors."""
     import torch
@@ -122,11 +122,12 @@ def test_cuda_kernels_take_tensors_end_to_end(score):
     prms = rng.random((2, 16, 16)).astype(np.float32) ** 4
     class_maps = rng.random((2, 8, 8)).astype(np.float32)
     device = "cpu" if config.ENABLE_CUDASIM else "cuda"
+    image = rng.integers(0, 256, (32, 32, 3)).astype(np.uint8)
     for form in (props, Proposals.from_masks(props.to_masks(), props.scores)):
-        s = MatchingSettings(score=score, binarize=0.3)
-        want = match(prms, class_maps, form, s, kernels=backends.backend("cpu"))
+        s = MatchingSettings(score=score, binarize=0.3, rerank=rerank)
+        want = match(prms, class_maps, form, s, kernels=backends.backend("cpu"), image=image)
         got = match(torch.from_numpy(prms).to(device), torch.from_numpy(class_maps), form, s,
-                    kernels=backends.backend("cuda", torch.device(device)))
+                    kernels=backends.backend("cuda", torch.device(device)), image=image)
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
         np.testing.assert_allclose(got[2], want[2], rtol=1e-5)
@@ -165,6 +166,9 @@ def test_match_picks_the_reference_best_and_respects_max_proposals():
 def test_auto_score_resolves_by_map_kind():
     s = MatchingSettings()
     assert s.resolved(enhanced=True).score == "rebalanced" and s.resolved(enhanced=False).score == "vanilla"
+    s = MatchingSettings(score="auto-iou")
+    assert s.resolved(enhanced=True).score == "iou" and s.resolved(enhanced=False).score == "vanilla"
+    assert MatchingSettings(score="iou").resolved(enhanced=False).score == "iou"
     with pytest.raises(ValueError, match="unknown matching score"):
         MatchingSettings(score="best")
 

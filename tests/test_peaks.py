@@ -56,3 +56,20 @@ def test_thresholds_and_max_peaks():
 def test_unknown_rule_is_rejected():
     with pytest.raises(ValueError, match="unknown peak rule"):
         peak_candidates(torch.zeros(1, 1, 3, 3), PeakSettings(rule="nms"))
+
+
+def test_per_class_peak_thresholds():
+    rng = np.random.default_rng(3)
+    maps = torch.from_numpy(rng.random((2, 3, 8, 8)).astype(np.float32) * 10)
+    scores = torch.ones(2, 3)
+    thresholds = [2.0, 9.0, 5.0]
+    got = find_peaks(maps, scores, PeakSettings(rule="median", peak_threshold=thresholds, max_peaks=0))
+    # one class at a time with its own single threshold: the same peaks
+    for c, t in enumerate(thresholds):
+        one = find_peaks(maps[:, c:c + 1], scores[:, c:c + 1], PeakSettings(rule="median", peak_threshold=t,
+                                                                             max_peaks=0))
+        mine = got.cls == c
+        assert torch.equal(got.y[mine], one.y) and torch.equal(got.x[mine], one.x) and len(one.y) > 0
+        assert (got.value[mine] > t).all()
+    with pytest.raises(ValueError, match="2 values for 3 classes"):
+        find_peaks(maps, scores, PeakSettings(peak_threshold=[1.0, 2.0]))

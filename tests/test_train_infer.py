@@ -44,9 +44,11 @@ def test_train_writes_a_model_directory(trained):
     assert config["classifier"] == {"backbone": "small", "input_size": 64, "sub_pixel": 2, "window": 3,
                                     "stimulation": True}
     assert config["training"]["epochs"] == 2 and config["training"]["lr"] == 1e-3
-    assert np.isfinite(config["peaks"]["peak_threshold"])
+    assert np.isfinite(config["peaks"]["peak_threshold"]).all() and len(config["peaks"]["peak_threshold"]) == 3
     assert config["prm"] == {"rule": "gradient"}
-    assert config["matching"]["score"] == "auto" and config["instances"]["confidence"] == "peak_quality"
+    # a new model gets the recommended settings over the (paper's) defaults
+    assert config["matching"]["score"] == "auto-iou" and config["matching"]["rerank"] == 50
+    assert config["instances"]["confidence"] == "peak_match"
     assert len(json.loads((model / "train_log.json").read_text())) == 2
     assert (model / "classifier.safetensors").is_file() and (model / "train_state.pt").is_file()
 
@@ -137,7 +139,34 @@ def test_classification_map_and_calibration():
     # positives ranked 3rd and 4th: precision 1/3 then 2/4; interpolated, both recall halves get 1/2
     assert classification_map(reversed_[:, :1], targets[:, :1]) == pytest.approx(0.5 * 2 / 4 + 0.5 * 2 / 4)
     maxima = np.array([[10.0, 1.0], [2.0, 4.0], [6.0, 0.0], [9.0, 9.0]])
-    assert calibrate_peaks(maxima, targets, 0.5).peak_threshold == pytest.approx(0.5 * 6.0)
+    assert calibrate_peaks(maxima, targets, 0.5, per_class=False).peak_threshold == pytest.approx(0.5 * 6.0)
+    # per class: the median of each class's labelled images (10, 6 | 4)
+    assert calibrate_peaks(maxima, targets, 0.5).peak_threshold == pytest.approx([0.5 * 8.0, 0.5 * 4.0])
+    # a class without a labelled image takes the one threshold
+    unseen = np.concatenate([targets, np.zeros((4, 1), np.float32)], 1)
+    wide = np.concatenate([maxima, np.full((4, 1), 50.0)], 1)
+    assert calibrate_peaks(wide, unseen, 0.5).peak_threshold == pytest.approx([4.0, 2.0, 3.0])
+
+
+def test_calibrate_peaks_rewrites_a_models_thresholds(trained, tiny_voc, tmp_path):
+    import shutil
+
+    model, _ = trained
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    before = json.loads((copy / "config.json").read_text())
+    r = runner.invoke(app, ["train", "calibrate-peaks", str(tiny_voc), "--model", str(copy)])
+    assert r.exit_code == 0, r.output
+    after = json.loads((copy / "config.json").read_text())
+    # the same images and rule as at the end of training: the same thresholds, one per class
+    assert len(after["peaks"]["peak_threshold"]) == len(after["classes"]) and "calibrated to" in r.output
+    assert after["peaks"]["peak_threshold"] == pytest.approx(before["peaks"]["peak_threshold"], rel=1e-5)
+    assert {k: v for k, v in after.items() if k != "peaks"} == {k: v for k, v in before.items() if k != "peaks"}
+    r = runner.invoke(app, ["train", "calibrate-peaks", str(tiny_voc), "--model", str(copy), "--no-per-class"])
+    assert r.exit_code == 0, r.output
+    assert isinstance(json.loads((copy / "config.json").read_text())["peaks"]["peak_threshold"], float)
+    r = runner.invoke(app, ["train", "calibrate-peaks", str(tmp_path / "nowhere"), "--model", str(copy)])
+    assert r.exit_code != 0 and "nowhere" in r.output
 
 
 def test_an_image_without_a_detected_class_has_no_instances(trained, tiny_voc, proposals):

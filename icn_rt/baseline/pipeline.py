@@ -41,7 +41,7 @@ from icn_rt.models.classifier import PeakClassifier
 class BaselineSettings:
     input_size: int = 448
     class_threshold: float = 0.0
-    peak_threshold: float = 0.0
+    peak_threshold: float | list[float] = 0.0  # one for every class, or one per class
     max_proposals: int = 100
     contour_width: int = 5
     area_limits: tuple[float, float] = (2e-5, 0.85)
@@ -104,6 +104,11 @@ def _nms(candidates: list[BaselineInstance], iou: float) -> list[BaselineInstanc
     return kept
 
 
+def _threshold(value, c: int) -> float:
+    """Class ``c``'s peak threshold: one for all classes, or one per class."""
+    return value[c] if isinstance(value, (list, tuple)) else value
+
+
 def run_baseline(model: PeakClassifier, image: np.ndarray, props: Proposals,
                  settings: BaselineSettings) -> list[BaselineInstance]:
     """Instances of one image (``uint8 [H, W, 3]``, proposals at its size), by descending
@@ -121,7 +126,7 @@ def run_baseline(model: PeakClassifier, image: np.ndarray, props: Proposals,
             crm = maps[0, c].detach().cpu()
             background = None
             for y, xx in _median_peaks(crm, model.settings.window):
-                if crm[y, xx].item() <= settings.peak_threshold:
+                if crm[y, xx].item() <= _threshold(settings.peak_threshold, c):
                     continue
                 grad, = torch.autograd.grad(maps[0, c, y, xx], x, retain_graph=True)
                 prm = grad[0].sum(0).clamp(min=0)

@@ -9,8 +9,9 @@ kernels, or tensors on the GPU for the CUDA kernels.
 Choices (settings, saved in the model's config):
 
 - ``score``: ``rebalanced`` (the paper's Eq. 5 as printed), ``vanilla`` (the PRM
-  reference, the "w/o rebalance" ablation), ``iou`` or ``auto`` (the paper's choice:
-  rebalanced for an ICN-enhanced map, vanilla for the naive PRM). Eq. 5 sums its
+  reference, the "w/o rebalance" ablation), ``iou``, ``auto`` (the paper's choice:
+  rebalanced for an ICN-enhanced map, vanilla for the naive PRM) or ``auto-iou`` (ours:
+  iou for an enhanced map, vanilla for the naive PRM). Eq. 5 sums its
   background penalty in pixels, so it assumes V covers the object; against a naive PRM,
   which covers only the most discriminative part, it picks fragments inside that part (on
   the synthetic val split with the small backbone: mAP^r@0.5 0.0 rebalanced vs 6.4
@@ -43,7 +44,7 @@ from icn_rt.kernels import Kernels, ops
 from icn_rt.kernels import arrays as xp
 from icn_rt.matching.objectness import rerank
 
-SCORES = ("auto", "rebalanced", "vanilla", "iou")
+SCORES = ("auto", "auto-iou", "rebalanced", "vanilla", "iou")
 PLACES = ("image", "input")
 
 
@@ -64,10 +65,12 @@ class MatchingSettings:
     rerank: int = 0
 
     def resolved(self, enhanced: bool) -> MatchingSettings:
-        """These settings with ``auto`` made concrete for an enhanced (ICN) or naive map."""
-        if self.score != "auto":
+        """These settings with ``auto``/``auto-iou`` made concrete for an enhanced (ICN) or naive map."""
+        if not self.score.startswith("auto"):
             return self
-        return replace(self, score="rebalanced" if enhanced else "vanilla")
+        if not enhanced:
+            return replace(self, score="vanilla")
+        return replace(self, score="rebalanced" if self.score == "auto" else "iou")
 
     def __post_init__(self) -> None:
         if self.score not in SCORES:
@@ -301,7 +304,7 @@ def score_proposals(prms, class_maps, props: Proposals, settings: MatchingSettin
     ``prms: float [K, h, w]`` (at the network input's size; on the kernels' device),
     ``class_maps: float [K, h', w']`` (each peak's class map, for the vanilla
     background), ``props``: the image's proposals (at the image's size); ``enhanced``:
-    whether the maps are ICN-enhanced (resolves ``score="auto"``); ``kernels``: the
+    whether the maps are ICN-enhanced (resolves ``score="auto"``/``"auto-iou"``); ``kernels``: the
     backend (:func:`icn_rt.kernels.ops`; default: the CPU kernels); ``image``: uint8 RGB
     ``[H, W, 3]``, needed when ``settings.rerank`` is on (the scores are then the
     re-ranked ones: objectness for each peak's ``rerank`` best proposals, ``-inf`` for the

@@ -70,7 +70,7 @@ def check_graphs(model: Model, manifest: dict) -> None:
     exported = manifest["settings"]
     wanted = {"peaks": model.peaks, "prm": model.prm}
     for section, settings in wanted.items():
-        if exported[section] != asdict(settings):
+        if exported[section] != json.loads(json.dumps(asdict(settings))):  # tuples as JSON has them: lists
             raise InputError(where, f"the graphs were exported with other {section} settings; run `icn-rt export` "
                                     "again")
     if model.enhances:

@@ -10,7 +10,9 @@ Two rules, a setting:
 
 Either way a class is considered only if its score is ≥ ``class_threshold`` and a peak is
 kept only if its map value is > ``peak_threshold`` (PRM: 0 and a hard-coded 30 — its maps'
-units; ours are calibrated on the training data and stored in the model's config). At
+units; ours are calibrated on the training data and stored in the model's config, one
+value, or one per class: a class the network learned with a weaker response, such as the
+synthetic benchmark's triangle, then still gets peaks). At
 most ``max_peaks`` per image, the highest values kept. Peaks are listed in raster order
 (image, class, y, x), as ``nonzero`` gives them. The local maxima and the lower median are
 the training-time class scores' too (:mod:`.class_scores`).
@@ -58,8 +60,18 @@ class PeakSettings:
     sigma: float = 1.0
     window: int = 3
     class_threshold: float = 0.0
-    peak_threshold: float = 0.0
+    peak_threshold: float | list[float] = 0.0  # one for every class, or one per class
     max_peaks: int = 32
+
+
+def peak_thresholds(settings: PeakSettings, maps: torch.Tensor) -> torch.Tensor | float:
+    """``peak_threshold`` in the form ``maps [B, C, H, W]`` compare with: a float, or a
+    ``[1, C, 1, 1]`` tensor of per-class thresholds (its length must be C)."""
+    if not isinstance(settings.peak_threshold, (list, tuple)):
+        return settings.peak_threshold
+    if len(settings.peak_threshold) != maps.shape[1]:
+        raise ValueError(f"peak_threshold has {len(settings.peak_threshold)} values for {maps.shape[1]} classes")
+    return torch.tensor(settings.peak_threshold, dtype=maps.dtype, device=maps.device)[None, :, None, None]
 
 
 @dataclass
@@ -129,7 +141,7 @@ def peak_mask(maps: torch.Tensor, scores: torch.Tensor, settings: PeakSettings, 
     the ``max_peaks`` cut."""
     keep = peak_candidates(maps, settings, sub_pixel)
     keep = keep & (scores >= settings.class_threshold)[..., None, None]
-    return keep & (maps > settings.peak_threshold)
+    return keep & (maps > peak_thresholds(settings, maps))
 
 
 def find_peaks(maps: torch.Tensor, scores: torch.Tensor, settings: PeakSettings, sub_pixel: int = 1) -> Peaks:

@@ -35,6 +35,11 @@ ICN_WEIGHTS = "icn.safetensors"
 FORMAT = 1
 SECTIONS = {"peaks": PeakSettings, "prm": PRMSettings, "matching": MatchingSettings, "instances": InstanceSettings}
 """The inference settings sections besides the networks' own (``classifier``, ``icn``)."""
+RECOMMENDED = {"matching": {"score": "auto-iou", "rerank": 50}, "instances": {"confidence": "peak_match"}}
+"""What a new model's config gets over the settings' defaults (which are the paper's, so a
+config written before these existed keeps its meaning): objectness re-ranking of 50
+candidates, IoU matching of enhanced maps and the peak × objectness confidence, chosen on
+the synthetic dev split (README, Accuracy)."""
 
 T = TypeVar("T")
 
@@ -191,10 +196,10 @@ def _save_weights(directory: Path, name: str, module: torch.nn.Module, config: d
 
 def complete_config(directory: str | Path) -> None:
     """Write every inference settings section (:data:`SECTIONS`) missing from the config,
-    with its defaults, so the config spells out every setting inference will use, ready
-    to edit."""
+    with its defaults and :data:`RECOMMENDED` over them, so the config spells out every
+    setting inference will use, ready to edit."""
     config = read_config(directory)
-    missing = {name: asdict(kind()) for name, kind in SECTIONS.items() if name not in config}
+    missing = {name: asdict(kind(**RECOMMENDED.get(name, {}))) for name, kind in SECTIONS.items() if name not in config}
     if missing:
         write_config(directory, {**config, **missing})
 
