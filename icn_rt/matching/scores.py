@@ -304,8 +304,8 @@ def score_proposals(prms, class_maps, props: Proposals, settings: MatchingSettin
     ``prms: float [K, h, w]`` (at the network input's size; on the kernels' device),
     ``class_maps: float [K, h', w']`` (each peak's class map, for the vanilla
     background), ``props``: the image's proposals (at the image's size); ``enhanced``:
-    whether the maps are ICN-enhanced (resolves ``score="auto"``/``"auto-iou"``); ``kernels``: the
-    backend (:func:`icn_rt.kernels.ops`; default: the CPU kernels); ``image``: uint8 RGB
+    whether the maps are ICN-enhanced (resolves ``score="auto"``/``"auto-iou"``);
+    ``kernels``: the backend (:func:`icn_rt.kernels.ops`; default: the CPU kernels); ``image``: uint8 RGB
     ``[H, W, 3]``, needed when ``settings.rerank`` is on (the scores are then the
     re-ranked ones: objectness for each peak's ``rerank`` best proposals, ``-inf`` for the
     rest).
@@ -342,7 +342,8 @@ def score_proposals(prms, class_maps, props: Proposals, settings: MatchingSettin
 
 
 def match(prms, class_maps, props: Proposals, settings: MatchingSettings, enhanced: bool = False,
-          kernels: Kernels | None = None, image: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+          kernels: Kernels | None = None,
+          image: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best proposal for each of K peaks of one image (arguments as :func:`score_proposals`).
 
     Returns ``(best int64 [K] (-1: none in limits; ties: the first), score float64 [K],

@@ -199,7 +199,8 @@ def complete_config(directory: str | Path) -> None:
     with its defaults and :data:`RECOMMENDED` over them, so the config spells out every
     setting inference will use, ready to edit."""
     config = read_config(directory)
-    missing = {name: asdict(kind(**RECOMMENDED.get(name, {}))) for name, kind in SECTIONS.items() if name not in config}
+    missing = {name: asdict(kind(**RECOMMENDED.get(name, {})))
+               for name, kind in SECTIONS.items() if name not in config}
     if missing:
         write_config(directory, {**config, **missing})
 
