@@ -5,8 +5,9 @@ paired against a reference row (the difference and its interval, on the same dra
 Every choice is made on ``dev``; ``val`` only reports (issue 19). The paper as written
 (Eq. 5 on the ICN's maps, vanilla matching on naive PRMs: ``score=auto``, T = 3) is a
 row of every table, beside our readings. A row is ``NAME=MODEL[:key=value,...]`` with
-keys ``T`` (ICN steps), ``score`` (matching score), ``binarize``, ``confidence`` and
-``nms``; e.g.::
+keys ``T`` (ICN steps), ``score`` (matching score), ``binarize``, ``confidence``,
+``nms``, ``rerank`` and ``backend`` (where the networks run: ``onnxruntime``,
+``onnxruntime:int8``, ...: the model's exported graphs, whose T is the export's); e.g.::
 
     python benchmarks/accuracy.py synth --split dev \\
         --row "paper as written=model_paper" --row "naive PRM=model:T=0" \\
@@ -33,10 +34,11 @@ from icn_rt.data.voc import VOCDataset
 from icn_rt.eval.bootstrap import difference, draws, intervals
 from icn_rt.eval.report import score
 from icn_rt.models.store import read_config
+from icn_rt.runtime.engines import GraphEngines, split_backend
 from icn_rt.runtime.infer import InferSettings, infer
 from icn_rt.runtime.predictor import Predictor
 
-KEYS = {"T": int, "score": str, "binarize": float, "confidence": str, "nms": float, "rerank": int}
+KEYS = {"T": int, "score": str, "binarize": float, "confidence": str, "nms": float, "rerank": int, "backend": str}
 
 
 def parse_row(text: str) -> tuple[str, Path, dict]:
@@ -71,7 +73,11 @@ def predictor_for(model: Path, settings: dict) -> Predictor:
         instances = replace(instances, confidence=settings["confidence"])
     if "nms" in settings:
         instances = replace(instances, nms_iou=settings["nms"])
-    return Predictor(m.replace(icn_steps=settings.get("T"), matching=matching, instances=instances))
+    m = m.replace(icn_steps=settings.get("T"), matching=matching, instances=instances)
+    if settings.get("backend", "torch") == "torch":
+        return Predictor(m)
+    backend, precision = split_backend(settings["backend"])
+    return Predictor(m, graphs=GraphEngines(m, backend, "cpu", precision))
 
 
 def dataset_record(root: Path, regime: str | None) -> tuple[str, dict | None]:
@@ -113,7 +119,7 @@ def run(args) -> dict:
                                                              workers=args.workers, progress=False))
             scored[name] = score(args.root, results, args.split, progress=False)
             m = predictor.model
-            out.append({"name": name, "model": str(model), "settings": settings,
+            out.append({"name": name, "model": str(model), "settings": settings, "backend": predictor.backend,
                         "resolved": {"icn_steps": m.icn_settings.steps if m.enhances else 0,
                                      "matching": m.matching.resolved(m.enhances).score,
                                      "binarize": m.matching.binarize, "confidence": m.instances.confidence,

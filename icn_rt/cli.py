@@ -32,6 +32,18 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
+DEVICE_HELP = "auto (the GPU when one is present, else the CPU) | cpu | cuda | cuda:N."
+
+
+def _device(value: str) -> str:
+    """``--device auto`` -> ``cuda`` when PyTorch sees a GPU, else ``cpu``; others as given."""
+    if value != "auto":
+        return value
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _n(count: int, noun: str) -> str:
     """``1 image``, ``2 images``."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
@@ -213,7 +225,7 @@ def train_classifier_cmd(
     per_class_peaks: bool = typer.Option(True, help="Calibrate one peak threshold per class at the end "
                                                     "(--no-per-class-peaks: one for all)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
-    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+    device: str = typer.Option("auto", help=DEVICE_HELP, callback=_device),
 ):
     """Train the peak-stimulation classifier; prints loss and val classification mAP per epoch."""
     from icn_rt.models.classifier import ClassifierSettings
@@ -246,7 +258,7 @@ def calibrate_peaks_cmd(
     split: str = typer.Option("train", help="Split to calibrate on."),
     fraction: float = typer.Option(0.5, help="Threshold = this × the median class-map maximum of labelled images."),
     per_class: bool = typer.Option(True, help="One threshold per class (--no-per-class: one for all, as before)."),
-    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+    device: str = typer.Option("auto", help=DEVICE_HELP, callback=_device),
 ):
     """Calibrate a trained model's peak thresholds again (as training does at its end)."""
     from icn_rt.training.classifier import recalibrate_peaks
@@ -276,7 +288,7 @@ def train_pseudo_labels_cmd(
     labels: Optional[Path] = typer.Option(None, "--out", help="Label directory [default: MODEL/labels-SUPERVISION-SPLIT]."),
     proposals_dir: Optional[Path] = typer.Option(None, "--proposals", help="Proposal folder [default: ROOT/Proposals]."),
     batch_size: int = typer.Option(8, help="Images per batch."),
-    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+    device: str = typer.Option("auto", help=DEVICE_HELP, callback=_device),
 ):
     """Label every labelled-class peak of a split for ICN training (reruns resume)."""
     from icn_rt.training.pseudo_labels import LabelSettings, label_model
@@ -316,7 +328,7 @@ def train_icn_cmd(
     seed: int = typer.Option(0, help="Seed for initialisation, order and augmentation."),
     workers: int = typer.Option(0, help="Loading worker processes."),
     resume: bool = typer.Option(False, help="Continue an interrupted ICN run in --model."),
-    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+    device: str = typer.Option("auto", help=DEVICE_HELP, callback=_device),
 ):
     """Train the ICN on pseudo labels (made first when missing); writes icn.safetensors into the model."""
     from icn_rt.models.icn import ICNSettings
@@ -348,7 +360,8 @@ def infer_cmd(
                                                  ".json (RLE) proposals [default: selective search on the fly, slow]."),
     results: Path = typer.Option(Path("results.json"), "--out", help="COCO-style results JSON to write."),
     backend: str = typer.Option("torch", help="torch (eager) | onnxruntime | tensorrt (the exported graphs: "
-                                              "`icn-rt export`, `icn-rt build-engine`) | auto (the fastest present)."),
+                                              "`icn-rt export`, `icn-rt build-engine`) | auto (the fastest present); "
+                                              "a graph backend may name a precision: onnxruntime:int8."),
     save_vis: Optional[Path] = typer.Option(None, help="Write <id>_overlay.png and <id>_prm.png here."),
     batch_size: int = typer.Option(8, help="Images per batch."),
     workers: Optional[int] = typer.Option(None, help="Loader workers: decode, proposals, preprocessing "
@@ -358,7 +371,7 @@ def infer_cmd(
     overwrite: bool = typer.Option(False, help="Discard an unfinished run's results in OUT.parts/ and start over."),
     max_pixels: float = typer.Option(64, help="Refuse images larger than this many megapixels."),
     icn_steps: Optional[int] = typer.Option(None, help="ICN enhancement steps T [default: the model's; 0 = naive PRMs]."),
-    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+    device: str = typer.Option("auto", help=DEVICE_HELP, callback=_device),
     overlap: Optional[bool] = typer.Option(None, help="Copy the next batch to the device while this one computes "
                                                       "[default: on a GPU]."),
     quiet: bool = typer.Option(False, help="No progress bar."),
@@ -425,8 +438,12 @@ def bench_cmd(
     backends: str = typer.Option("torch,onnxruntime,tensorrt", help="Backends to measure (absent ones are reported "
                                                                    "as skipped, with why)."),
     baseline: bool = typer.Option(True, help="Run the baseline pipeline (icn_rt.baseline) too."),
+    warmup: int = typer.Option(1, help="Untimed batches before each measurement."),
+    iterations: int = typer.Option(20, help="Least timed batches per contestant and batch size (passes over the "
+                                            "images repeat; p90/p99 need 20 samples)."),
+    duration: Optional[float] = typer.Option(None, help="Least seconds timed per contestant and batch size."),
     json_out: Path = typer.Option(Path("bench.json"), "--out", help="Report JSON; the plot goes beside it (.png)."),
-    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+    device: str = typer.Option("auto", help=DEVICE_HELP, callback=_device),
 ):
     """Per-stage latency (median/p90/p99), images/s vs batch size per backend, and the
     speed-up over the baseline pipeline on the same images with the same instances."""
@@ -445,7 +462,8 @@ def bench_cmd(
     try:
         paths = list_images(images or [demo.IMAGES])
         settings = BenchSettings(batch_sizes=sizes, backends=tuple(b.strip() for b in backends.split(",")),
-                                 images=count, baseline=baseline, device=device)
+                                 images=count, baseline=baseline, device=device, warmup=warmup,
+                                 iterations=iterations, duration=duration)
         report = bench(model_dir, paths, proposals_dir or demo.PROPOSALS, settings,
                        log=lambda m: err.print(m, highlight=False))
     except (InputError, ValueError, RuntimeError) as e:
@@ -456,8 +474,9 @@ def bench_cmd(
     table = Table(title=f"{report['images']} images ({report['image_sizes'][0][0]}x{report['image_sizes'][0][1]}"
                         f"{'…' if len(report['image_sizes']) > 1 else ''}), input {report['input_size']}², "
                         f"{report['device']}",
-                  caption="same: the baseline's instances; ms/batch: median, then p90, p99")
-    for column in ("contestant", "backend", "batch", "img/s", "×base", "same", "ms/batch", "p90", "p99"):
+                  caption="same: the baseline's instances; ms/batch: median, then p90, p99 (from n timed batches; "
+                          "none from fewer than 20)")
+    for column in ("contestant", "backend", "batch", "img/s", "×base", "same", "ms/batch", "p90", "p99", "n"):
         table.add_column(column, justify="left" if column in ("contestant", "backend") else "right")
     for row in report["rows"]:
         total = row["latency_s"]["total"]
@@ -465,7 +484,8 @@ def bench_cmd(
         ratio = row["speedup_vs_baseline"]
         table.add_row(row["contestant"], row["backend"], str(row["batch_size"]), f"{row['images_per_s']:.1f}",
                       f"{ratio:.1f}" if ratio else "-", same, f"{1e3 * total['median']:.1f}",
-                      f"{1e3 * total['p90']:.1f}", f"{1e3 * total['p99']:.1f}")
+                      *("-" if total[q] is None else f"{1e3 * total[q]:.1f}" for q in ("p90", "p99")),
+                      str(total["n"]))
     out.print(table)
     for name, reason in report["skipped"].items():
         err.print(f"[yellow]skipped {name}:[/yellow] {reason}", highlight=False, soft_wrap=True)
@@ -477,39 +497,104 @@ def export_cmd(
     model_dir: Path = typer.Argument(..., help="Model directory."),
     slots: Optional[int] = typer.Option(None, help="Peak slots per image in the PRM graph [default: the model's "
                                                   "peaks.max_peaks]; fewer is faster and keeps the highest peaks."),
+    precision: str = typer.Option("fp32", help="Comma-separated: fp32 (always written) | fp16 (the networks' "
+                                               "convolutions in fp16, the rest fp32) | int8 (Q/DQ, calibrated)."),
+    calibration: Optional[Path] = typer.Option(None, help="VOC root whose images calibrate int8."),
+    calibration_split: str = typer.Option("train", help="Split of the calibration images."),
+    calibration_images: int = typer.Option(64, help="How many calibration images."),
+    calibration_method: str = typer.Option("minmax", help="minmax | entropy | percentile."),
     verify: bool = typer.Option(True, help="Run each graph once in onnxruntime and record its difference from "
                                            "PyTorch in the manifest."),
 ):
     """ONNX graphs beside the model: prm.onnx (classifier, peaks, peak backprop, PRMs) and
-    icn.onnx (T enhancement steps), checked, with manifest.json."""
-    from icn_rt.export.onnx_export import export_model
+    icn.onnx (T enhancement steps), checked, with manifest.json; --precision adds their
+    fp16 / int8 variants (prm.fp16.onnx, ...), which build-engine builds strongly typed."""
+    from icn_rt.export.onnx_export import Calibration, export_model
 
     try:
-        manifest = export_model(model_dir, slots=slots, verify=verify)
+        precisions = tuple(dict.fromkeys(["fp32", *(p.strip() for p in precision.split(",") if p.strip())]))
+        calibrate = None
+        if calibration is not None:
+            calibrate = Calibration(str(calibration), calibration_split, calibration_images, method=calibration_method)
+        manifest = export_model(model_dir, slots=slots, verify=verify, precisions=precisions, calibration=calibrate)
     except (InputError, ValueError) as e:
         _fail(e)
     table = Table(title=f"exported {model_dir}")
     for column in ("graph", "file", "MiB", "nodes", "operators", "max |ONNX − torch|"):
         table.add_column(column)
     for name, g in manifest["graphs"].items():
-        diff = g.get("max_difference", {})
-        table.add_row(name, g["file"], f"{g['bytes'] / 2**20:.1f}", str(sum(g["operators"].values())),
-                      str(len(g["operators"])), ", ".join(f"{k} {v:.1e}" for k, v in diff.items()) or "-")
+        for record in (g, *g.get("precisions", {}).values()):
+            diff = record.get("max_difference", {})
+            table.add_row(name, record["file"], f"{record['bytes'] / 2**20:.1f}",
+                          str(sum(record["operators"].values())), str(len(record["operators"])),
+                          ", ".join(f"{k} {v:.1e}" for k, v in diff.items()) or "-")
     out.print(table)
+
+
+@app.command("compare")
+def compare_cmd(
+    model_dir: Path = typer.Argument(..., help="Model directory (with exported graphs / plans for the graph "
+                                               "backends)."),
+    images: list[str] = typer.Argument(..., help="Image files, directories, glob patterns or list files."),
+    contestants: list[str] = typer.Option(..., "--with", help="A backend to run, repeatable; the first is the "
+                                                              "reference: torch | onnxruntime[:fp16|:int8] | "
+                                                              "tensorrt[:fp16|:int8]."),
+    proposals_dir: Optional[Path] = typer.Option(None, "--proposals", help="Proposals (<id>.mat / .json) for the "
+                                                 "same-instance agreement [default: not compared]."),
+    report_out: Path = typer.Option(Path("compare.json"), "--out", help="JSON report."),
+    atol: Optional[float] = typer.Option(None, help="Absolute tolerance [default: by precision]."),
+    rtol: Optional[float] = typer.Option(None, help="Relative tolerance [default: by precision]."),
+    min_peak_agreement: Optional[float] = typer.Option(None, help="Least peak agreement (IoU of the peak sets)."),
+    min_instance_agreement: Optional[float] = typer.Option(None, help="Least same-instance agreement."),
+    device: str = typer.Option("auto", help=DEVICE_HELP, callback=_device),
+):
+    """Run the same images through several backends and precisions and compare each with
+    the first, as Polygraphy does: per output the largest absolute and relative error
+    against stated tolerances, peak agreement, same-instance agreement (class, chosen
+    proposal). Exit 1 on a mismatch."""
+    from icn_rt.runtime.compare import compare
+    from icn_rt.runtime.sources import list_images
+
+    try:
+        paths = list_images(images)
+        if not paths:
+            raise ValueError("no images given (directories are searched for .jpg/.png files)")
+        if proposals_dir is not None and not proposals_dir.is_dir():
+            raise InputError(proposals_dir, "proposal directory not found")
+        report = compare(model_dir, paths, contestants, device, proposals_dir,
+                         {"atol": atol, "rtol": rtol, "peaks": min_peak_agreement,
+                          "instances": min_instance_agreement})
+    except (InputError, ValueError, RuntimeError) as e:
+        _fail(e)
+    report_out.write_text(json.dumps(report, indent=2) + "\n")
+    table = Table(title=f"against {report['reference']} on {_n(len(paths), 'image')}")
+    table.add_column("contestant", no_wrap=True)
+    for column in ("scores", "maps", "prms", "enhanced", "peaks", "instances", ""):
+        table.add_column(column, no_wrap=True)
+    for name, c in report["contestants"].items():
+        cells = [f"{o['max_abs']:.1e}" + ("" if o["ok"] else " ✗") for o in c["outputs"].values()]
+        inst = c.get("instances")
+        table.add_row(name, *cells, f"{c['peaks']['agreement']:.2f}" + ("" if c["peaks"]["ok"] else " ✗"),
+                      "-" if inst is None else f"{inst['agreement']:.2f}" + ("" if inst["ok"] else " ✗"),
+                      "ok" if c["ok"] else "MISMATCH")
+    out.print(table)
+    out.print(f"report -> {report_out}", soft_wrap=True)
+    if not report["ok"]:
+        err.print("[red]mismatch:[/red] " + ", ".join(n for n, c in report["contestants"].items() if not c["ok"])
+                  + " (tolerances and errors in the report)", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command("build-engine")
 def build_engine_cmd(
     model_dir: Path = typer.Argument(..., help="Model directory with exported graphs (`icn-rt export`)."),
-    precision: str = typer.Option("fp16", help="fp32 | fp16 | int8."),
+    precision: str = typer.Option("fp16", help="fp32 | fp16 | int8: which exported graphs to build (`icn-rt "
+                                               "export --precision`); the plan runs each layer in the graph's type."),
     min_batch: int = typer.Option(1, help="Smallest image batch of the PRM plan's profile."),
     opt_batch: int = typer.Option(8, help="Image batch the PRM plan is tuned for."),
     max_batch: int = typer.Option(16, help="Largest image batch of the PRM plan's profile."),
     workspace: Optional[int] = typer.Option(None, help="Workspace limit in MiB [default: 4096; 1024 on Jetson]."),
     dla_core: Optional[int] = typer.Option(None, help="Build for this DLA core, GPU fallback on (Jetson)."),
-    calibration: Optional[Path] = typer.Option(None, help="VOC root whose images calibrate INT8."),
-    calibration_split: str = typer.Option("train", help="Split of the calibration images."),
-    calibration_images: int = typer.Option(256, help="How many calibration images."),
     timing_cache: Optional[Path] = typer.Option(None, help="Timing cache file [default: MODEL/timing.cache]."),
     device: str = typer.Option("cuda", help="The GPU to build for (cuda | cuda:N)."),
 ):
@@ -520,8 +605,6 @@ def build_engine_cmd(
     try:
         settings = BuildSettings(precision=precision, batch=(min_batch, opt_batch, max_batch),
                                  workspace_mib=workspace, dla_core=dla_core,
-                                 calibration=str(calibration) if calibration else None,
-                                 calibration_split=calibration_split, calibration_images=calibration_images,
                                  timing_cache=str(timing_cache) if timing_cache else None)
         manifest = build_engines(model_dir, settings, device)
     except (InputError, ValueError, RuntimeError) as e:
@@ -533,7 +616,7 @@ def build_engine_cmd(
 @app.command("demo")
 def demo(
     out_dir: Path = typer.Option(Path("icn-rt-demo"), "--out", help="Where to write everything."),
-    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+    device: str = typer.Option("auto", help=DEVICE_HELP, callback=_device),
 ):
     """The whole job on the embedded demo: a small model trained by icn-rt on the synthetic
     benchmark, run on sample images with their proposals -> instances, evaluation, pictures."""

@@ -116,3 +116,17 @@ def test_demo_assets_are_small():
 
     size = sum(p.stat().st_size for p in demo.DEMO.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     assert size < 5 * 2**20
+
+
+def test_device_auto_means_the_gpu_when_one_is_present(monkeypatch):
+    import torch
+
+    from icn_rt.cli import _device
+
+    assert _device("cuda:1") == "cuda:1" and _device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _device("auto") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _device("auto") == "cuda"
+    r = runner.invoke(app, ["infer", "--help"])
+    assert "auto (the GPU when one is present" in r.output

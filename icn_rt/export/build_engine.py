@@ -1,16 +1,25 @@
 """``icn-rt build-engine MODEL``: TensorRT plans from the exported graphs (DESIGN.md §4).
 
-Written against TensorRT's documented Python API (8.6 and 10.x): ``OnnxParser``, one
-optimisation profile over the batch axis (min / opt / max), a workspace limit, FP16 and
-INT8 flags, INT8 entropy calibration (``IInt8EntropyCalibrator2``) on images of a VOC
-directory with a calibration cache, a timing cache reused across builds, DLA with GPU
-fallback for Jetson, and a progress monitor where TensorRT has one (10.x). Each plan is
-recorded in the model's ``manifest.json`` with the GPU, its compute capability, the
-TensorRT version and the settings; the runtime's TensorRT engine refuses a plan whose
-GPU or TensorRT version differs (:func:`icn_rt.models.manifest.check_plan`).
+The precision lives in the graph (:mod:`icn_rt.export.precision`): ``--precision fp16``
+builds ``prm.fp16.onnx`` and ``icn.fp16.onnx``, ``int8`` the Q/DQ graphs, both made by
+``icn-rt export --precision``. Every network is built **strongly typed** — the only kind
+TensorRT 11 builds, and available throughout 10.x — so no precision builder flag is set
+and TensorRT runs each layer in the type the graph gives it. The one exception is DLA on
+TensorRT 10 (Jetson Orin on JetPack 6), whose builds are weakly typed and need the FP16
+or INT8 builder flag: that path exists only there, behind a version branch.
 
-TensorRT cannot be installed on this project's build machines; the tests that build and
-run plans skip there, with the reason.
+Also: one optimisation profile over the batch axis (min / opt / max), a workspace limit,
+a timing cache reused across builds, DLA with GPU fallback, and a progress monitor. Each
+plan is recorded in the model's ``manifest.json`` with the GPU, its compute capability,
+the TensorRT version, the graph's hash and the settings; the runtime's TensorRT engine
+refuses a plan whose GPU or TensorRT version differs
+(:func:`icn_rt.models.manifest.check_plan`).
+
+Supported: TensorRT 10.0 to 11.x. Every TensorRT name used here exists in each supported
+version or sits behind a version branch: ``tests/test_tensorrt_api.py`` checks that
+against the names of each version's Python module (``tests/data/tensorrt_api/``). TensorRT
+cannot be installed on this project's build machines; the tests that build and run plans
+skip there, with the reason.
 """
 
 from __future__ import annotations
@@ -22,13 +31,10 @@ from pathlib import Path
 import torch
 
 from icn_rt import extras
-from icn_rt.data.preprocess import preprocess_batch
 from icn_rt.errors import InputError
+from icn_rt.export.onnx_export import PRECISIONS
 from icn_rt.models import manifest as manifests
-from icn_rt.models.store import load_model
 from icn_rt.progress import say
-
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def is_jetson() -> bool:
@@ -36,24 +42,28 @@ def is_jetson() -> bool:
     return platform.machine() == "aarch64" and Path("/etc/nv_tegra_release").exists()
 
 
+SUPPORTED = (10, 11)
+"""TensorRT major versions this module is written for (the ``gpu`` extra pins the same)."""
+
+
+def tensorrt_major(trt) -> int:
+    return int(trt.__version__.split(".")[0])
+
+
 @dataclass
 class BuildSettings:
-    """``batch``: (min, opt, max) of the PRM graph's image batch; ``icn_batch``: the same
-    for the ICN graph's peak batch (default: 1, the ICN chunk, 4 × the chunk).
+    """``precision``: which exported graphs to build (``icn-rt export --precision``).
+    ``batch``: (min, opt, max) of the PRM graph's image batch; ``icn_batch``: the same for
+    the ICN graph's peak batch (default: 1, the ICN chunk, 4 × the chunk).
     ``workspace_mib``: TensorRT's scratch memory limit (default 4096, or 1024 on Jetson,
     whose GPU shares the board's memory). ``dla_core``: build for that DLA core with GPU
-    fallback (Jetson Xavier/Orin). ``calibration``: VOC root whose ``calibration_split``
-    images calibrate INT8 (``calibration_images`` of them, ``calibration_batch`` a batch)."""
+    fallback (Jetson Orin)."""
 
     precision: str = "fp16"
     batch: tuple[int, int, int] = (1, 8, 16)
     icn_batch: tuple[int, int, int] | None = None
     workspace_mib: int | None = None
     dla_core: int | None = None
-    calibration: str | None = None
-    calibration_split: str = "train"
-    calibration_images: int = 256
-    calibration_batch: int = 8
     timing_cache: str | None = None
 
     def __post_init__(self) -> None:
@@ -61,50 +71,43 @@ class BuildSettings:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if not (1 <= self.batch[0] <= self.batch[1] <= self.batch[2]):
             raise ValueError(f"batch sizes must satisfy 1 <= min <= opt <= max, got {self.batch}")
-        if self.precision == "int8" and not self.calibration:
-            raise ValueError("INT8 needs calibration images: give --calibration VOCROOT")
 
 
-def _calibration_feeds(directory: Path, settings: BuildSettings, graph: str, device: torch.device) -> list[dict]:
-    """Batches of the graph's inputs on ``device`` from the calibration images: the PRM
-    graph takes the images; the ICN graph takes each peak's image and naive PRM (made by
-    the model in PyTorch)."""
-    from icn_rt.data.images import read_image
-    from icn_rt.data.voc import VOCDataset
-
-    model = load_model(directory, device)
-    ds = VOCDataset(settings.calibration, settings.calibration_split, load_images=False)
-    ids = ds.ids[: settings.calibration_images]
-    feeds = []
-    for start in range(0, len(ids), settings.calibration_batch):
-        images = [read_image(ds.image_path(i)) for i in ids[start: start + settings.calibration_batch]]
-        naive = model.naive_maps(preprocess_batch(images, model.input_size).to(device))
-        if graph == "prm":
-            feeds.append({"images": naive.x.contiguous()})
-        elif len(naive.peaks):
-            feeds.append({"images": naive.x[naive.peaks.image].contiguous(), "prms": naive.prms.contiguous()})
-    return feeds
+def graph_file(directory: Path, manifest: dict, graph: str, precision: str) -> tuple[Path, str]:
+    """The exported ``graph`` at ``precision`` (path, sha256); an :class:`InputError` saying
+    how to make it when it was not exported."""
+    record = manifest["graphs"][graph]
+    if precision != "fp32":
+        record = record.get("precisions", {}).get(precision)
+        if record is None:
+            raise InputError(manifests.path(directory), f"no {precision} {graph} graph; run `icn-rt export MODEL "
+                                                        f"--precision {precision}` first")
+    return directory / record["file"], record["sha256"]
 
 
 def build_engines(directory: str | Path, settings: BuildSettings, device: str | torch.device = "cuda") -> dict:
     """Build a plan for every graph of the model's manifest; returns the updated manifest."""
     trt = extras.require("tensorrt", then="run `icn-rt build-engine` again")
     directory, device = Path(directory), torch.device(device)
+    if tensorrt_major(trt) not in SUPPORTED:
+        raise RuntimeError(f"TensorRT {trt.__version__} is not supported; install TensorRT 10 or 11 "
+                           "(`pip install 'icn-rt[gpu]'`)")
     if device.type != "cuda" or not torch.cuda.is_available():
         raise RuntimeError("building TensorRT plans needs a CUDA GPU")
     manifest = manifests.read(directory)
+    files = {graph: graph_file(directory, manifest, graph, settings.precision) for graph in manifest["graphs"]}
     workspace = settings.workspace_mib or (1024 if is_jetson() else 4096)
     cache_path = Path(settings.timing_cache) if settings.timing_cache else directory / "timing.cache"
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
+    weakly_typed = settings.dla_core is not None and tensorrt_major(trt) < 11
     plans = {}
-    for graph, record in manifest["graphs"].items():
-        onnx_path = directory / record["file"]
+    for graph, (onnx_path, onnx_sha256) in files.items():
         batch = settings.batch if graph == "prm" else (settings.icn_batch or _icn_batch(manifest))
-        flags = 0
-        if int(trt.__version__.split(".")[0]) < 10:
-            flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-        network = builder.create_network(flags)
+        if weakly_typed:  # DLA on TensorRT 10: weakly typed, the precision as builder flags
+            network = builder.create_network(0)
+        else:
+            network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
         parser = trt.OnnxParser(network, logger)
         if not parser.parse_from_file(str(onnx_path)):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -117,26 +120,20 @@ def build_engines(directory: str | Path, settings: BuildSettings, device: str | 
             rest = tuple(tensor.shape)[1:]
             profile.set_shape(tensor.name, (batch[0], *rest), (batch[1], *rest), (batch[2], *rest))
         config.add_optimization_profile(profile)
-        if settings.precision in ("fp16", "int8"):
-            config.set_flag(trt.BuilderFlag.FP16)
-        calibrator = None
-        if settings.precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)
-            calibrator = _calibrator(trt, _calibration_feeds(directory, settings, graph, device),
-                                     directory / f"{graph}.int8.calibration")
-            config.int8_calibrator = calibrator
-            config.set_calibration_profile(profile)
         if settings.dla_core is not None:
             config.default_device_type = trt.DeviceType.DLA
             config.DLA_core = settings.dla_core
             config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+            if tensorrt_major(trt) < 11:
+                config.set_flag(trt.BuilderFlag.FP16)
+                if settings.precision == "int8":
+                    config.set_flag(trt.BuilderFlag.INT8)
         timing = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
         config.set_timing_cache(timing, False)
-        monitor = _monitor(trt, graph)
-        if monitor is not None:
-            config.progress_monitor = monitor
-        say(f"building the {graph} plan ({settings.precision}, batch {batch[0]}/{batch[1]}/{batch[2]}, workspace "
-            f"{workspace} MiB{'' if settings.dla_core is None else f', DLA core {settings.dla_core}'})")
+        config.progress_monitor = _monitor(trt, graph)
+        say(f"building the {graph} plan ({settings.precision}, {'weakly' if weakly_typed else 'strongly'} typed, "
+            f"batch {batch[0]}/{batch[1]}/{batch[2]}, workspace {workspace} MiB"
+            f"{'' if settings.dla_core is None else f', DLA core {settings.dla_core}'})")
         plan = builder.build_serialized_network(network, config)
         if plan is None:
             raise RuntimeError(f"TensorRT could not build a plan from {onnx_path} (see its log above)")
@@ -144,7 +141,8 @@ def build_engines(directory: str | Path, settings: BuildSettings, device: str | 
         plan_path.write_bytes(bytes(plan))
         cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
         plans[graph] = {"file": plan_path.name, "sha256": manifests.file_sha256(plan_path),
-                        "onnx_sha256": record["sha256"], "precision": settings.precision, "batch": list(batch),
+                        "onnx_file": onnx_path.name, "onnx_sha256": onnx_sha256, "precision": settings.precision,
+                        "strongly_typed": not weakly_typed, "batch": list(batch),
                         "workspace_mib": workspace, "dla_core": settings.dla_core, "tensorrt": trt.__version__,
                         "gpu": manifests.current_gpu(device), "jetson": is_jetson(), "timing_cache": str(cache_path),
                         "settings": {k: v for k, v in asdict(settings).items() if k != "timing_cache"}}
@@ -159,40 +157,8 @@ def _icn_batch(manifest: dict) -> tuple[int, int, int]:
     return (1, chunk, 4 * chunk)
 
 
-def _calibrator(trt, feeds: list[dict], cache: Path):
-    """An entropy calibrator over ``feeds`` (device tensors), with a cache file."""
-    if not feeds and not cache.is_file():
-        raise RuntimeError("no calibration batches (no peaks found in the calibration images?)")
-
-    class Calibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self.next = 0
-
-        def get_batch_size(self) -> int:
-            return int(next(iter(feeds[0].values())).shape[0]) if feeds else 1
-
-        def get_batch(self, names):
-            if self.next >= len(feeds):
-                return None
-            batch = feeds[self.next]
-            self.next += 1
-            torch.cuda.synchronize()
-            return [int(batch[name].data_ptr()) for name in names]
-
-        def read_calibration_cache(self):
-            return cache.read_bytes() if cache.is_file() else None
-
-        def write_calibration_cache(self, data) -> None:
-            cache.write_bytes(bytes(data))
-
-    return Calibrator()
-
-
 def _monitor(trt, graph: str):
-    """One line per top-level build phase (TensorRT 10's IProgressMonitor), else None."""
-    if not hasattr(trt, "IProgressMonitor"):
-        return None
+    """One line per top-level build phase (TensorRT's ``IProgressMonitor``)."""
 
     class Monitor(trt.IProgressMonitor):
         def __init__(self) -> None:

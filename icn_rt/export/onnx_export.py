@@ -6,7 +6,11 @@ checked, and a ``manifest.json`` of what was exported with what (DESIGN.md §2, 
   -> ``enhanced``, ``masks``.
 
 Batch (B, N) is dynamic; S, the classes, the peak slots, T and every threshold are fixed
-at export (the manifest records them). Opset 17, TorchScript exporter, constant folding
+at export (the manifest records them). ``precisions`` adds lower-precision variants of
+both graphs (:mod:`icn_rt.export.precision`): ``prm.fp16.onnx``, ``icn.int8.onnx``, ...,
+each recorded under its fp32 graph with the hash of the graph it was made from; an int8
+variant whose source hash and calibration settings are unchanged is kept, not
+recalibrated. Opset 17, TorchScript exporter, constant folding
 (BN folds into the convolutions, ReLU(W) of the excitation rule becomes its own
 initializer). Every graph is checked with ``onnx.checker`` (full check) and against the
 operators TensorRT's ONNX parser imports (:func:`unsupported_operators`); with
@@ -18,20 +22,42 @@ from __future__ import annotations
 
 import platform
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from icn_rt.errors import InputError
+from icn_rt.export import precision as lower
 from icn_rt.export.graphs import ICN_INPUTS, ICN_OUTPUTS, PRM_INPUTS, PRM_OUTPUTS, ICNGraph, PRMGraph
 from icn_rt.models import manifest as manifests
 from icn_rt.models.store import load_model
 from icn_rt.progress import say
 
 OPSET = 17
+PRECISIONS = manifests.PRECISIONS
 TENSORRT_OPS = Path(__file__).with_name("tensorrt_onnx_ops.txt")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """INT8 calibration: the first ``images`` images of ``root``'s ``split`` (a VOC
+    directory), in batches of ``batch``; activation ranges by ``method``
+    (:data:`~icn_rt.export.precision.CALIBRATION_METHODS`)."""
+
+    root: str
+    split: str = "train"
+    images: int = 64
+    batch: int = 8
+    method: str = "minmax"
+
+    def __post_init__(self) -> None:
+        if self.method not in lower.CALIBRATION_METHODS:
+            raise ValueError(f"unknown calibration method {self.method!r}; choose one of "
+                             f"{', '.join(lower.CALIBRATION_METHODS)}")
+        if self.images < 1 or self.batch < 1:
+            raise ValueError("calibration needs at least one image and a batch of at least one")
 
 
 def tensorrt_operators() -> set[str]:
@@ -68,11 +94,14 @@ def graph_operators(source) -> dict[str, int]:
 def unsupported_operators(source) -> list[str]:
     """Operators of an ONNX model (a path or a loaded ``ModelProto``) that TensorRT's ONNX
     parser does not import, and Conv/ConvTranspose nodes whose weights are not
-    initializers (TensorRT needs them so)."""
+    initializers (TensorRT needs them so; in an int8 graph, the dequantized initializer)."""
     model = _model(source)
     allowed = tensorrt_operators()
     initializers = {t.name for t in model.graph.initializer}
     constants = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    # an int8 graph's weights: DequantizeLinear of a (quantized) initializer
+    constants |= {n.output[0] for n in model.graph.node
+                  if n.op_type == "DequantizeLinear" and n.input[0] in initializers | constants}
     bad = sorted({op for op in graph_operators(model) if op not in allowed})
     for node in model.graph.node:
         if node.op_type in ("Conv", "ConvTranspose") and not (set(node.input[1:2]) & (initializers | constants)):
@@ -129,8 +158,9 @@ def _describe(path: Path, inputs: tuple, outputs: tuple) -> dict:
 
 
 def _max_difference(module: torch.nn.Module, path: Path, args: tuple, names: tuple) -> dict[str, float]:
-    """Run the exported graph in onnxruntime (CPU) on ``args``: the largest absolute
-    difference from PyTorch per output (booleans and integers: count of mismatches)."""
+    """Run the exported graph (or one of its variants) in onnxruntime (CPU) on ``args``: the
+    largest absolute difference from PyTorch per output (booleans and integers: count of
+    mismatches)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -157,13 +187,78 @@ def _example_images(size: int) -> torch.Tensor:
     return preprocess_batch([render(config, "val", i).image for i in range(2)], size)
 
 
+def calibration_feeds(model, calibration: Calibration, graph: str) -> list[dict[str, np.ndarray]]:
+    """Batches of ``graph``'s inputs from the calibration images: the PRM graph takes the
+    normalised images; the ICN graph takes each peak's image and naive PRM (made by the
+    model in PyTorch)."""
+    from icn_rt.data.images import read_image
+    from icn_rt.data.preprocess import preprocess_batch
+    from icn_rt.data.voc import VOCDataset
+
+    ds = VOCDataset(calibration.root, calibration.split, load_images=False)
+    ids = ds.ids[: calibration.images]
+    feeds = []
+    for start in range(0, len(ids), calibration.batch):
+        x = preprocess_batch([read_image(ds.image_path(i)) for i in ids[start: start + calibration.batch]],
+                             model.input_size)
+        if graph == "prm":
+            feeds.append({"images": x.numpy()})
+            continue
+        with torch.no_grad():
+            naive = model.naive_maps(x)
+        if len(naive.peaks):
+            feeds.append({"images": naive.x[naive.peaks.image].contiguous().numpy(),
+                          "prms": naive.prms.contiguous().numpy()})
+    return feeds
+
+
+def _variant(graph: str, record: dict, out: Path, precision: str, old: dict, model, calibration: Calibration | None,
+             check) -> dict:
+    """Make (or keep) the ``precision`` variant of the exported ``graph``; its record."""
+    import onnx
+
+    source = out / record["file"]
+    path = out / f"{graph}.{precision}.onnx"
+    settings = asdict(calibration) if precision == "int8" else None
+    if old.get("source_sha256") == record["sha256"] and old.get("calibration") == settings and path.is_file() \
+            and manifests.file_sha256(path) == old.get("sha256"):
+        say(f"keeping {path} (made from this very {record['file']})")
+        return old
+    say(f"making the {precision} variant of the {graph} graph -> {path}")
+    if precision == "fp16":
+        onnx.save(lower.to_fp16(onnx.load(str(source))), str(path))
+        nodes = len(lower.fp16_nodes(onnx.load(str(source))))
+    else:
+        lower.to_int8(source, path, calibration_feeds(model, calibration, graph))
+        nodes = len(lower.int8_nodes(onnx.load(str(source))))
+    onnx.checker.check_model(str(path), full_check=True)
+    bad = unsupported_operators(path)
+    if bad:
+        raise RuntimeError(f"{path}: operators TensorRT does not import: {', '.join(bad)}")
+    made = {"file": path.name, "sha256": manifests.file_sha256(path), "bytes": path.stat().st_size,
+            "source_sha256": record["sha256"], "nodes_lowered": nodes, "operators": graph_operators(path),
+            "calibration": settings}
+    if check is not None:
+        made["max_difference"] = check(path)
+    return made
+
+
 def export_model(directory: str | Path, out: str | Path | None = None, slots: int | None = None,
-                 verify: bool = True) -> dict:
+                 verify: bool = True, precisions: tuple[str, ...] = ("fp32",),
+                 calibration: Calibration | None = None) -> dict:
     """Export the model directory's graphs into ``out`` (default: the model directory) and
     write ``manifest.json`` there; returns the manifest. ``slots``: peaks per image in
-    the PRM graph (default: the model's ``peaks.max_peaks``; it must be > 0)."""
+    the PRM graph (default: the model's ``peaks.max_peaks``; it must be > 0).
+    ``precisions``: the fp32 graphs are always written; ``fp16`` and ``int8`` add their
+    variants (int8 needs ``calibration``)."""
     directory = Path(directory)
     out = Path(out) if out else directory
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown:
+        raise ValueError(f"unknown precision {unknown[0]!r}; choose among {', '.join(PRECISIONS)}")
+    if "int8" in precisions and calibration is None:
+        raise ValueError("int8 graphs need calibration images: give --calibration VOCROOT")
+    previous = manifests.read(out) if manifests.path(out).is_file() else {}
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(directory)
     slots = slots or model.peaks.max_peaks
@@ -195,6 +290,18 @@ def export_model(directory: str | Path, out: str | Path | None = None, slots: in
                                      "binarize": icn_graph.binarize}
         if verify:
             manifest["graphs"]["icn"]["max_difference"] = _max_difference(icn_graph, path, (example, prm), ICN_INPUTS)
+    checks = {"prm": lambda p: _max_difference(prm_graph, p, (example,), PRM_INPUTS)}
+    if model.enhances:
+        checks["icn"] = lambda p: _max_difference(icn_graph, p, (example, prm), ICN_INPUTS)
+    for graph, record in manifest["graphs"].items():
+        old = previous.get("graphs", {}).get(graph, {}).get("precisions", {})
+        variants = {p: v for p, v in old.items()  # earlier variants of this very graph stay listed
+                    if v.get("source_sha256") == record["sha256"] and (out / v["file"]).is_file()}
+        variants.update({p: _variant(graph, record, out, p, old.get(p, {}), model, calibration,
+                                     checks[graph] if verify else None)
+                         for p in precisions if p != "fp32"})
+        if variants:
+            record["precisions"] = variants
     manifests.write(out, manifest)
     return manifest
 

@@ -21,6 +21,9 @@ from icn_rt.models.store import CLASSIFIER, ICN_WEIGHTS, Model
 NAME = "manifest.json"
 GRAPHS = {"prm": "prm.onnx", "icn": "icn.onnx"}
 """The exported graphs' files, beside the model."""
+PRECISIONS = ("fp32", "fp16", "int8")
+"""The precisions a graph is exported at (fp32 always; the others are its variants,
+``prm.fp16.onnx``, recorded under ``graphs[name]["precisions"]``)."""
 
 
 def path(directory: str | Path) -> Path:
@@ -83,11 +86,15 @@ def check_graphs(model: Model, manifest: dict) -> None:
 
 def plan_record(directory: str | Path, manifest: dict, graph: str) -> dict:
     """The TensorRT plan of ``graph``, refused when there is none or when it was built from
-    an older export of the graph."""
+    an older export of the graph (at the plan's precision)."""
     plans = manifest.get("plans", {})
     if graph not in plans:
         raise InputError(path(directory), f"no TensorRT plan for the {graph} graph; run `icn-rt build-engine` first")
-    if plans[graph]["onnx_sha256"] != manifest["graphs"][graph]["sha256"]:
+    record = manifest["graphs"][graph]
+    precision = plans[graph].get("precision", "fp32")
+    if precision != "fp32":
+        record = record.get("precisions", {}).get(precision, {})
+    if plans[graph]["onnx_sha256"] != record.get("sha256"):
         raise InputError(path(directory), f"the {graph} plan was built from an older export; run `icn-rt "
                                           "build-engine` again")
     return plans[graph]

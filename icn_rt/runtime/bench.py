@@ -10,9 +10,12 @@ On the same images in one process (ratios hold on a noisy machine), after a warm
 - ``icn-rt, model``: the model as configured (its ICN, rebalanced matching) on each
   backend that is present.
 
-Per contestant and batch size: latency per batch of every stage (decode, proposals,
-preprocess, PRM graph, ICN graph, matching, NMS) and of the whole batch, median / p90 /
-p99; images/s of the predictor (decode and proposal reading are timed per image apart:
+Per contestant and batch size: ``warmup`` untimed batches, then passes over the images
+until at least ``iterations`` batches (and ``duration`` seconds, when given) are timed —
+as trtexec's ``--warmUp``/``--iterations``/``--duration``; the instances are taken from
+the first pass. Latency per batch of every stage (decode, proposals, preprocess, PRM
+graph, ICN graph, matching, NMS) and of the whole batch: median, and p90 / p99 only from
+at least :data:`LEAST_SAMPLES` samples (each with its count ``n``); images/s of the predictor (decode and proposal reading are timed per image apart:
 ``icn-rt infer`` runs them in parallel loader workers) and the ratio to the baseline.
 Writes JSON with the machine and versions, and a PNG plot.
 """
@@ -42,6 +45,8 @@ from icn_rt.runtime.predictor import Predictor
 from icn_rt.runtime.timing import StageTimes
 
 STAGES = ("decode", "proposals", "preprocess", "prm", "icn", "matching", "nms")
+LEAST_SAMPLES = 20
+"""No p90/p99 from fewer samples than this (they are None, with ``n`` saying why)."""
 
 
 @dataclass
@@ -51,6 +56,13 @@ class BenchSettings:
     images: int = 32
     baseline: bool = True
     device: str = "cpu"
+    warmup: int = 1
+    iterations: int = LEAST_SAMPLES
+    duration: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0 or self.iterations < 1 or (self.duration is not None and self.duration <= 0):
+            raise ValueError("--warmup must be >= 0, --iterations >= 1 and --duration > 0")
 
 
 @dataclass
@@ -73,20 +85,23 @@ class Run:
     instances: list[list[tuple[int, int]]] = field(default_factory=list)  # (class, proposal) per image
     scores: list[list[float]] = field(default_factory=list)
     gpu_memory: int | None = None
+    images_timed: int = 0
 
-    def to_json(self, images: int, baseline_rate: float | None) -> dict:
-        rate = images / sum(self.seconds)
+    def to_json(self, baseline_rate: float | None) -> dict:
+        rate = self.images_timed / sum(self.seconds)
         return {"contestant": self.name, "backend": self.backend, "batch_size": self.batch_size,
                 "images_per_s": rate, "speedup_vs_baseline": rate / baseline_rate if baseline_rate else None,
                 "latency_s": {"total": percentiles(self.seconds), **{k: percentiles(v) for k, v in self.stages.items()}},
                 "stage_shares": {k: sum(v) / sum(self.seconds) for k, v in self.stages.items()},
-                "gpu_peak_bytes": self.gpu_memory}
+                "images_timed": self.images_timed, "gpu_peak_bytes": self.gpu_memory}
 
 
-def percentiles(values: list[float]) -> dict:
+def percentiles(values: list[float], least: int = LEAST_SAMPLES) -> dict:
+    """Median, and p90 / p99 when there are at least ``least`` samples (else None)."""
     v = np.asarray(values, np.float64)
-    return {"median": float(np.median(v)), "p90": float(np.percentile(v, 90)), "p99": float(np.percentile(v, 99)),
-            "n": len(v)}
+    enough = len(v) >= least
+    return {"median": float(np.median(v)), "p90": float(np.percentile(v, 90)) if enough else None,
+            "p99": float(np.percentile(v, 99)) if enough else None, "n": len(v)}
 
 
 def load_items(paths: list[Path], proposals_dir: Path, input_size: int, count: int) -> tuple[list[Item], dict]:
@@ -106,29 +121,39 @@ def load_items(paths: list[Path], proposals_dir: Path, input_size: int, count: i
     return [items[i % len(items)] for i in range(count)], times
 
 
-def run_predictor(predictor, name: str, items: list[Item], batch_size: int) -> Run:
-    """Every item through ``predictor`` in batches (after one warm-up batch), timed; as
-    ``icn-rt infer`` without pictures (and as the baseline), no per-instance maps."""
+def run_predictor(predictor, name: str, items: list[Item], batch_size: int, warmup: int = 1,
+                  iterations: int = 1, duration: float | None = None) -> Run:
+    """The items through ``predictor`` in batches: ``warmup`` batches untimed, then passes
+    until at least ``iterations`` batches and ``duration`` seconds are timed (the
+    instances: the first pass's); as ``icn-rt infer`` without pictures (and as the
+    baseline), no per-instance maps."""
     run = Run(name, predictor.backend, batch_size)
     batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
     cuda = predictor.device.type == "cuda"
-    predictor.predict([b.image for b in batches[0]], [b.proposals for b in batches[0]], [b.x for b in batches[0]],
-                      keep_maps=False)
+    for k in range(warmup):
+        batch = batches[k % len(batches)]
+        predictor.predict([b.image for b in batch], [b.proposals for b in batch], [b.x for b in batch],
+                          keep_maps=False)
     if cuda:
         torch.cuda.synchronize(predictor.device)
         torch.cuda.reset_peak_memory_stats(predictor.device)
     timer = StageTimes(predictor.device)
-    for batch in batches:
-        start = time.perf_counter()
-        found = predictor.predict([b.image for b in batch], [b.proposals for b in batch], [b.x for b in batch],
-                                  keep_maps=False, timer=timer)
-        if cuda:
-            torch.cuda.synchronize(predictor.device)
-        run.seconds.append(time.perf_counter() - start)
-        for stage, seconds in timer.take().items():
-            run.stages.setdefault(stage, []).append(seconds)
-        run.instances += [[(i.class_id, i.proposal) for i in p.instances] for p in found]
-        run.scores += [[i.score for i in p.instances] for p in found]
+    first, began = True, time.perf_counter()
+    while first or len(run.seconds) < iterations or (duration and time.perf_counter() - began < duration):
+        for batch in batches:
+            start = time.perf_counter()
+            found = predictor.predict([b.image for b in batch], [b.proposals for b in batch], [b.x for b in batch],
+                                      keep_maps=False, timer=timer)
+            if cuda:
+                torch.cuda.synchronize(predictor.device)
+            run.seconds.append(time.perf_counter() - start)
+            run.images_timed += len(batch)
+            for stage, seconds in timer.take().items():
+                run.stages.setdefault(stage, []).append(seconds)
+            if first:
+                run.instances += [[(i.class_id, i.proposal) for i in p.instances] for p in found]
+                run.scores += [[i.score for i in p.instances] for p in found]
+        first = False
     if cuda:
         run.gpu_memory = int(torch.cuda.max_memory_allocated(predictor.device))
     return run
@@ -163,6 +188,7 @@ def run_baseline(predictor, items: list[Item]) -> Run:
         start = time.perf_counter()
         found = baseline_instances(model, item.image, item.proposals, settings)
         run.seconds.append(time.perf_counter() - start)
+        run.images_timed += 1
         run.instances.append([(i.class_id, i.proposal) for i in found])
         run.scores.append([i.score for i in found])
     return run
@@ -186,7 +212,8 @@ def bench(model_dir: Path, paths: list[Path], proposals_dir: Path, settings: Ben
         rules = prm_rules(model)
         for b in settings.batch_sizes:
             log(f"icn-rt, PRM rules, torch, batch {b}")
-            runs.append(run_predictor(rules, "icn-rt, PRM rules", items, b))
+            runs.append(run_predictor(rules, "icn-rt, PRM rules", items, b, settings.warmup, settings.iterations,
+                                      settings.duration))
     for backend in settings.backends:
         try:
             predictor = model if backend == "torch" else Predictor.from_dir(model_dir, settings.device, backend)
@@ -195,11 +222,12 @@ def bench(model_dir: Path, paths: list[Path], proposals_dir: Path, settings: Ben
             continue
         for b in settings.batch_sizes:
             log(f"icn-rt, model, {backend}, batch {b}")
-            runs.append(run_predictor(predictor, "icn-rt, model", items, b))
-    base_rate = len(items) / sum(base.seconds) if base else None
-    rows = ([{**base.to_json(len(items), base_rate), "same_instances_as_baseline": True}] if base else [])
+            runs.append(run_predictor(predictor, "icn-rt, model", items, b, settings.warmup, settings.iterations,
+                                      settings.duration))
+    base_rate = base.images_timed / sum(base.seconds) if base else None
+    rows = ([{**base.to_json(base_rate), "same_instances_as_baseline": True}] if base else [])
     for run in runs:
-        row = run.to_json(len(items), base_rate)
+        row = run.to_json(base_rate)
         row["same_instances_as_baseline"] = same_instances(run, base) if base and run.name.endswith("PRM rules") \
             else None
         rows.append(row)
@@ -210,6 +238,8 @@ def bench(model_dir: Path, paths: list[Path], proposals_dir: Path, settings: Ben
         "model": str(model_dir),
         "device": settings.device,
         "images": len(items),
+        "warmup_batches": settings.warmup, "least_timed_batches": settings.iterations,
+        "least_seconds": settings.duration, "least_samples_for_percentiles": LEAST_SAMPLES,
         "distinct_images": len(paths),
         "input_size": model.input_size,
         "image_sizes": sorted({tuple(i.image.shape[:2]) for i in items}),

@@ -27,7 +27,7 @@ from icn_rt.matching import confidence, match, suppress
 from icn_rt.models.peaks import Peaks
 from icn_rt.models.prm import NaiveMaps
 from icn_rt.models.store import Model, load_model
-from icn_rt.runtime.engines import GraphEngines, pick_backend
+from icn_rt.runtime.engines import GraphEngines, pick_backend, split_backend
 from icn_rt.runtime.timing import StageTimes
 
 
@@ -100,8 +100,11 @@ class Predictor:
 
     @property
     def backend(self) -> str:
-        """Where the networks run: ``torch`` (eager) or the graph engines' backend."""
-        return self.graphs.backend if self.graphs is not None else "torch"
+        """Where the networks run: ``torch`` (eager) or the graph engines' backend, with the
+        graphs' precision when it is not fp32 (``onnxruntime:int8``)."""
+        if self.graphs is None:
+            return "torch"
+        return self.graphs.backend + ("" if self.graphs.precision == "fp32" else f":{self.graphs.precision}")
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -123,11 +126,14 @@ class Predictor:
         every setting unless ``overrides`` (``peaks=``, ``prm=``, ``matching=``,
         ``instances=``, ``icn_steps=``) replace a section or T. ``backend``: ``torch``
         (eager), ``onnxruntime`` or ``tensorrt`` (the exported graphs: ``icn-rt export``,
-        ``icn-rt build-engine``) or ``auto`` (:func:`~icn_rt.runtime.engines.pick_backend`)."""
+        ``icn-rt build-engine``) or ``auto`` (:func:`~icn_rt.runtime.engines.pick_backend`);
+        a graph backend may name a precision, ``onnxruntime:int8`` (``icn-rt export
+        --precision``)."""
+        backend, precision = split_backend(backend)
         predictor = cls(load_model(directory, device).replace(**overrides), device)
         backend = pick_backend(backend, predictor.device, directory)
         if backend != "torch":
-            predictor.graphs = GraphEngines(predictor.model, backend, predictor.device)
+            predictor.graphs = GraphEngines(predictor.model, backend, predictor.device, precision)
         return predictor
 
     def network_input(self, images: list[np.ndarray], inputs: list[np.ndarray] | Staged | None = None) -> torch.Tensor:

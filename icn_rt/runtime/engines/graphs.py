@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from icn_rt.errors import InputError
 from icn_rt.models import manifest
 from icn_rt.models.store import Model
 from icn_rt.runtime.engines import Engine
@@ -13,6 +14,20 @@ from icn_rt.runtime.engines.onnxruntime import OnnxRuntimeEngine, onnxruntime_ha
 from icn_rt.runtime.engines.tensorrt import TensorRTEngine, tensorrt_available
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+PRECISIONS = manifest.PRECISIONS
+
+
+def split_backend(spec: str) -> tuple[str, str | None]:
+    """``onnxruntime:int8`` -> (``onnxruntime``, ``int8``); ``torch`` -> (``torch``, None).
+    The precision names the exported graph variant (``icn-rt export --precision``) or, on
+    TensorRT, the precision the plans must have been built at."""
+    backend, _, precision = spec.partition(":")
+    if precision and precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} in {spec!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision and backend not in ("onnxruntime", "tensorrt"):
+        raise ValueError(f"a precision goes with the graph backends (onnxruntime:{precision}, tensorrt:{precision}),"
+                         f" not {backend!r}")
+    return backend, precision or None
 
 
 def pick_backend(backend: str, device: torch.device, directory) -> str:
@@ -35,20 +50,32 @@ def pick_backend(backend: str, device: torch.device, directory) -> str:
 class GraphEngines:
     """The PRM engine and (when ``model`` enhances) the ICN engine of a loaded model on
     ``backend`` (``onnxruntime`` or ``tensorrt``), refused when the graphs or plans do not
-    fit the model."""
+    fit the model. ``precision``: onnxruntime runs that variant of the graphs (default
+    fp32); TensorRT's plans must have been built at it (default: whatever they were)."""
 
-    def __init__(self, model: Model, backend: str, device: str | torch.device) -> None:
+    def __init__(self, model: Model, backend: str, device: str | torch.device, precision: str | None = None) -> None:
         self.directory, self.device = model.directory, torch.device(device)
         record = manifest.read(self.directory)
         manifest.check_graphs(model, record)
         self.slots = int(record["slots"])
+        self.precision = precision or (record.get("plans", {}).get("prm", {}).get("precision", "fp32")
+                                       if backend == "tensorrt" else "fp32")
         self.backend = backend
         self.engines: dict[str, Engine] = {}
         for name in (["prm", "icn"] if model.enhances else ["prm"]):
             if backend == "onnxruntime":
-                self.engines[name] = OnnxRuntimeEngine(self.directory / record["graphs"][name]["file"], self.device)
+                graph = record["graphs"][name]
+                if precision not in (None, "fp32"):
+                    graph = graph.get("precisions", {}).get(precision)
+                    if graph is None:
+                        raise InputError(manifest.path(self.directory), f"no {precision} {name} graph; run "
+                                         f"`icn-rt export MODEL --precision {precision}` first")
+                self.engines[name] = OnnxRuntimeEngine(self.directory / graph["file"], self.device)
             elif backend == "tensorrt":
                 plan = manifest.plan_record(self.directory, record, name)
+                if precision is not None and plan.get("precision") != precision:
+                    raise InputError(manifest.path(self.directory), f"the {name} plan is {plan.get('precision')}, "
+                                     f"not {precision}; run `icn-rt build-engine MODEL --precision {precision}`")
                 self.engines[name] = TensorRTEngine(self.directory / plan["file"], plan, self.device)
             else:
                 raise ValueError(f"graph engines run on onnxruntime or tensorrt, not {backend!r}")

@@ -16,8 +16,10 @@ _ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, 
               "tensor(int64)": torch.int64, "tensor(bool)": torch.bool}
 
 
-def onnxruntime_providers(device: torch.device) -> list:
-    """Execution providers for ``device``, fastest first, among those this onnxruntime has."""
+def onnxruntime_providers(device: torch.device, cache: Path | None = None, fp16: bool = False) -> list:
+    """Execution providers for ``device``, fastest first, among those this onnxruntime has.
+    TensorRT's provider keeps its engines and timing cache in ``cache`` (so a new session
+    does not rebuild them) and builds fp16 kernels for an fp16 graph (``fp16``)."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -25,7 +27,13 @@ def onnxruntime_providers(device: torch.device) -> list:
     if device.type == "cuda":
         options = {"device_id": device.index or 0}
         if "TensorrtExecutionProvider" in available:
-            chosen.append(("TensorrtExecutionProvider", options))
+            provider = dict(options)
+            if cache is not None:
+                provider.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache),
+                           trt_timing_cache_enable=True, trt_timing_cache_path=str(cache))
+            if fp16:
+                provider["trt_fp16_enable"] = True
+            chosen.append(("TensorrtExecutionProvider", provider))
         if "CUDAExecutionProvider" in available:
             chosen.append(("CUDAExecutionProvider", options))
         if not chosen:
@@ -52,9 +60,14 @@ class OnnxRuntimeEngine:
         if not self.path.is_file():
             raise InputError(self.path, "graph not found; run `icn-rt export MODEL` first")
         options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(self.path), options, providers=onnxruntime_providers(self.device))
+        cache = self.path.parent / "onnxruntime-trt-cache"  # TensorRT provider: engines kept across sessions
+        providers = onnxruntime_providers(self.device, cache, fp16=".fp16." in self.path.name)
+        if providers[0][0] == "TensorrtExecutionProvider":
+            cache.mkdir(exist_ok=True)
+        self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         self.providers = tuple(self.session.get_providers())
         self.inputs = tuple(i.name for i in self.session.get_inputs())
         self.outputs = tuple(o.name for o in self.session.get_outputs())

@@ -19,9 +19,7 @@ def tensorrt_available() -> bool:
 
 def _trt_to_torch(trt, dtype) -> torch.dtype:
     table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32, trt.bool: torch.bool,
-             trt.int8: torch.int8}
-    if hasattr(trt, "int64"):
-        table[trt.int64] = torch.int64
+             trt.int8: torch.int8, trt.int64: torch.int64}
     return table[dtype]
 
 

@@ -1,0 +1,152 @@
+"""Lower-precision variants of an exported graph: the precision lives in the graph, so that
+TensorRT builds it as a strongly typed network (TensorRT 11 builds no other kind, and
+has no FP16/INT8 builder flags) and onnxruntime runs the very same graph.
+
+- **fp16** (:func:`to_fp16`): the networks' convolutions, pooling and activations — the
+  nodes of :data:`FP16_OPS` inside a network module (an ONNX node name with a module scope,
+  ``/backbone.4/Conv``, ``/icn/stages.1/...``) — compute in fp16; everything else stays
+  fp32: peak finding and its thresholds, the min-max normalisations, the sigmoid and the
+  ≥ ``binarize`` test, the PRM normalisation, and the peak backpropagation (the PRM
+  graph's unscoped nodes: gradients through a deep network are small enough to underflow
+  fp16). Casts sit only at the borders of fp16 runs; the graph's inputs and outputs keep
+  their types.
+- **int8** (:func:`to_int8`): explicit quantization, Q/DQ pairs on the inputs and weights
+  of the networks' convolutions (signed, symmetric, per-channel weights, as TensorRT
+  requires; biases stay fp32), with activation ranges calibrated on images by
+  onnxruntime's static quantization (``onnxruntime.quantization``, QDQ format; method
+  ``minmax``, ``entropy`` or ``percentile``). The quantizer puts the pair on the tensor, so the graph code that reads
+  the same tensors — the max-pool routing and the transposed convolutions of the peak
+  backpropagation, which share the forward's weights — reads them dequantized: the
+  backward is the exact gradient of the quantized forward.
+
+Why our own fp16 pass and not a converter: onnxconverter-common 1.16's
+``convert_float_to_float16`` did not finish on the ICN graph in 11 minutes with an
+``op_block_list``, and with a ``node_block_list`` wrote a graph onnxruntime rejects (a
+Flatten whose output type it left inconsistent); NVIDIA ModelOpt's AutoCast needs
+``nvidia-modelopt[onnx]``, which pins onnxruntime-gpu 1.24 and an older onnx and pulls
+CuPy. The rule here is short, explicit and tested for parity against the fp32 graph.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+FP16_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu",
+                      "BatchNormalization", "Gemm"})
+"""Operators that run in fp16 in an fp16 graph, when they belong to a network module."""
+
+INT8_OPS = ("Conv",)
+"""Operators quantized in an int8 graph, when they belong to a network module."""
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+def in_network(node) -> bool:
+    """Whether an exported node belongs to a network module (``/backbone.4/Conv``) rather
+    than to the graph's own code (``/Conv_3``: peaks, the peak backpropagation, the
+    normalisations)."""
+    return node.name.count("/") >= 2
+
+
+def fp16_nodes(model) -> list[str]:
+    return [n.name for n in model.graph.node if n.op_type in FP16_OPS and in_network(n)]
+
+
+def int8_nodes(model) -> list[str]:
+    return [n.name for n in model.graph.node if n.op_type in INT8_OPS and in_network(n)]
+
+
+def to_fp16(model, nodes: Iterable[str] | None = None):
+    """A copy of ``model`` (an ``onnx.ModelProto``) whose ``nodes`` (default:
+    :func:`fp16_nodes`) compute in fp16: their float initializers converted, a Cast to
+    fp16 in front of each float activation they read from an fp32 node or a graph input,
+    a Cast back to fp32 behind each output that an fp32 node or a graph output reads."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.shape_inference.infer_shapes(model)
+    graph = model.graph
+    chosen = set(fp16_nodes(model) if nodes is None else nodes)
+    float_tensors = {v.name for v in (*graph.value_info, *graph.input, *graph.output)
+                     if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    initializers = {t.name: t for t in graph.initializer}
+    float_tensors |= {name for name, t in initializers.items() if t.data_type == TensorProto.FLOAT}
+    graph_outputs = {o.name for o in graph.output}
+    fp16_output = {o: f"{o}/fp16" for n in graph.node if n.name in chosen for o in n.output if o}
+    read_in_fp32 = {x for n in graph.node if n.name not in chosen for x in n.input} | graph_outputs
+
+    new_nodes, half_of = [], {}
+    for node in graph.node:
+        if node.name not in chosen:
+            new_nodes.append(node)
+            continue
+        for i, name in enumerate(node.input):
+            if not name or name not in float_tensors:
+                continue
+            if name in fp16_output:
+                node.input[i] = fp16_output[name]
+                continue
+            if name not in half_of:
+                half = f"{name}/fp16"
+                if name in initializers:
+                    array = numpy_helper.to_array(initializers[name]).astype(np.float16)
+                    graph.initializer.append(numpy_helper.from_array(array, half))
+                else:
+                    new_nodes.append(helper.make_node("Cast", [name], [half], name=f"{half}/cast",
+                                                      to=TensorProto.FLOAT16))
+                half_of[name] = half
+            node.input[i] = half_of[name]
+        new_nodes.append(node)
+        for i, name in enumerate(node.output):
+            if not name:
+                continue
+            node.output[i] = fp16_output[name]
+            if name in read_in_fp32:
+                new_nodes.append(helper.make_node("Cast", [fp16_output[name]], [name], name=f"{name}/cast",
+                                                  to=TensorProto.FLOAT))
+    used = {x for n in new_nodes for x in n.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    del graph.value_info[:]  # the fp32 types inferred above no longer hold for renamed tensors
+    return model
+
+
+class _Feeds:
+    """onnxruntime's ``CalibrationDataReader`` protocol over a list of feed dicts."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self.feeds = iter(feeds)
+
+    def get_next(self):
+        return next(self.feeds, None)
+
+    def rewind(self) -> None:  # (older onnxruntime versions do not call it)
+        pass
+
+
+def to_int8(source: Path, out: Path, feeds: list[dict[str, np.ndarray]], method: str = "minmax",
+            nodes: Iterable[str] | None = None) -> None:
+    """Write ``out``: the graph ``source`` with Q/DQ pairs around ``nodes`` (default:
+    :func:`int8_nodes`), activation ranges calibrated on ``feeds`` (the graph's inputs,
+    batch by batch) with ``method``."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
+    if not feeds:
+        raise ValueError("no calibration batches (no peaks in the calibration images?)")
+    chosen = list(int8_nodes(onnx.load(str(source))) if nodes is None else nodes)
+    calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                 "percentile": CalibrationMethod.Percentile}[method]
+    quantize_static(str(source), str(out), _Feeds(feeds), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                    nodes_to_quantize=chosen, op_types_to_quantize=list(INT8_OPS), calibrate_method=calibrate,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                   "DedicatedQDQPair": True, "QuantizeBias": False})
