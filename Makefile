@@ -1,9 +1,10 @@
-# Set-up on a fresh machine and the two everyday jobs. `make demo`, `make test`.
+# Set-up on a fresh machine and the two everyday jobs. `make demo`, `make test`;
+# `make gpu-check` where a GPU is.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test
+.PHONY: install demo test gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,3 +18,7 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# on a lent GPU machine: every GPU test and benchmark, all output under gpu-check/
+gpu-check: install
+	PY=$(BIN)/python scripts/gpu_check.sh gpu-check

@@ -144,6 +144,8 @@ class Missing(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(f"No module named {name!r} (blocked: an optional extra)")
         return None
 
+# an extra's own import hooks go with it (numba-cuda's redirector of numba.cuda)
+sys.meta_path = [f for f in sys.meta_path if not any(b in type(f).__module__ for b in blocked)]
 sys.meta_path.insert(0, Missing())
 import icn_rt
 names = sorted(m.name for m in pkgutil.walk_packages(icn_rt.__path__, "icn_rt."))

@@ -107,7 +107,7 @@ def _shifted(words, i, y, k, d, nwords, last, fill):
             | (_word(words, i, y, k - 1, nwords, last, fill) >> (WORD + d))) & FULL
 
 
-@cuda.jit(device=True)
+@cuda.jit(device=True, inline=True)
 def _band_word(words, i, y, k, width, size):
     """Word ``k`` of row ``y`` of the morphological gradient of mask ``i``."""
     h, nwords = words.shape[1], words.shape[2]
@@ -122,7 +122,7 @@ def _band_word(words, i, y, k, width, size):
     return a & ~b & (last if k == nwords - 1 else FULL)
 
 
-@cuda.jit(device=True)
+@cuda.jit(device=True, inline=True)
 def _block_sum(part, value):
     """The sum of ``value`` over the block's threads, returned to all of them (``part``:
     shared scratch of :data:`THREADS` entries, free again on return)."""
