@@ -568,9 +568,8 @@ def compare_cmd(
         _fail(e)
     report_out.write_text(json.dumps(report, indent=2) + "\n")
     table = Table(title=f"against {report['reference']} on {_n(len(paths), 'image')}")
-    table.add_column("contestant", no_wrap=True)
-    for column in ("scores", "maps", "prms", "enhanced", "peaks", "instances", ""):
-        table.add_column(column, no_wrap=True)
+    for column in ("contestant", "scores", "maps", "prms", "enhanced", "peaks", "instances", ""):
+        table.add_column(column)
     for name, c in report["contestants"].items():
         cells = [f"{o['max_abs']:.1e}" + ("" if o["ok"] else " ✗") for o in c["outputs"].values()]
         inst = c.get("instances")

@@ -98,6 +98,12 @@ def test_fp16_and_int8_variants_are_recorded_checked_and_lower_only_the_networks
         convs = {n.name: n for n in q.graph.node if n.name in set(int8_nodes(fp32))}
         assert len(convs) == len(int8_nodes(fp32)) > 0
         assert all(n.input[0] in dq and n.input[1] in dq for n in convs.values())  # activation and weight int8
+        # the activations' Q/DQ pairs feed the quantized convolutions only: the graph code
+        # (ReLU masks and max-pool routing of the backward) reads the fp32 tensors
+        q_out = {n.output[0] for n in q.graph.node if n.op_type == "QuantizeLinear"}
+        act_dq = {n.output[0] for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in q_out}
+        readers = {n.name for n in q.graph.node if set(n.input) & act_dq}
+        assert act_dq and readers == set(convs)
         zero_points = [numpy_helper.to_array(t) for t in q.graph.initializer if "zero_point" in t.name]
         assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)  # symmetric int8
         calibration = record["precisions"]["int8"]["calibration"]
@@ -172,6 +178,7 @@ def test_reexport_keeps_a_calibration_of_the_same_graph_and_redoes_a_changed_one
     assert r.exit_code == 0, r.output
     again = json.loads((model / "manifest.json").read_text())["graphs"]["prm"]["precisions"]["int8"]
     assert again["calibration"]["method"] == "percentile"
+    assert again["sha256"] != before["graphs"]["prm"]["precisions"]["int8"]["sha256"]  # other activation ranges
     r = runner.invoke(app, ["export", str(model), "--precision", "int8"])
     assert r.exit_code == 2 and "int8 graphs need calibration images" in r.output
     r = runner.invoke(app, ["export", str(model), "--precision", "fp8"])

@@ -229,7 +229,7 @@ def _variant(graph: str, record: dict, out: Path, precision: str, old: dict, mod
         onnx.save(lower.to_fp16(onnx.load(str(source))), str(path))
         nodes = len(lower.fp16_nodes(onnx.load(str(source))))
     else:
-        lower.to_int8(source, path, calibration_feeds(model, calibration, graph))
+        lower.to_int8(source, path, calibration_feeds(model, calibration, graph), method=calibration.method)
         nodes = len(lower.int8_nodes(onnx.load(str(source))))
     onnx.checker.check_model(str(path), full_check=True)
     bad = unsupported_operators(path)
