@@ -477,7 +477,10 @@ def bench_cmd(
                   caption="same: the baseline's instances; ms/batch: median, then p90, p99 (from n timed batches; "
                           "none from fewer than 20)")
     for column in ("contestant", "backend", "batch", "img/s", "×base", "same", "ms/batch", "p90", "p99", "n"):
-        table.add_column(column, justify="left" if column in ("contestant", "backend") else "right")
+        if column in ("contestant", "backend"):  # folded, never cut: onnxruntime:fp16 must stay whole
+            table.add_column(column, overflow="fold")
+        else:
+            table.add_column(column, justify="right", no_wrap=True)
     for row in report["rows"]:
         total = row["latency_s"]["total"]
         same = {True: "yes", False: "NO", None: "-"}[row["same_instances_as_baseline"]]
@@ -567,15 +570,17 @@ def compare_cmd(
     except (InputError, ValueError, RuntimeError) as e:
         _fail(e)
     report_out.write_text(json.dumps(report, indent=2) + "\n")
-    table = Table(title=f"against {report['reference']} on {_n(len(paths), 'image')}")
-    for column in ("contestant", "scores", "maps", "prms", "enhanced", "peaks", "instances", ""):
+    table = Table(title=f"against {report['reference']} on {_n(len(paths), 'image')}",
+                  caption="largest absolute error per output; peak and same-instance agreement; ✗: over tolerance")
+    table.add_column("contestant", no_wrap=True, min_width=max(map(len, report["contestants"])))
+    for column in ("scores", "maps", "prms", "enhanced", "peaks", "instances", ""):
         table.add_column(column)
     for name, c in report["contestants"].items():
-        cells = [f"{o['max_abs']:.1e}" + ("" if o["ok"] else " ✗") for o in c["outputs"].values()]
+        cells = [f"{o['max_abs']:.0e}" + ("" if o["ok"] else " ✗") for o in c["outputs"].values()]
         inst = c.get("instances")
         table.add_row(name, *cells, f"{c['peaks']['agreement']:.2f}" + ("" if c["peaks"]["ok"] else " ✗"),
                       "-" if inst is None else f"{inst['agreement']:.2f}" + ("" if inst["ok"] else " ✗"),
-                      "ok" if c["ok"] else "MISMATCH")
+                      "ok" if c["ok"] else "✗")
     out.print(table)
     out.print(f"report -> {report_out}", soft_wrap=True)
     if not report["ok"]:

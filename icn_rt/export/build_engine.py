@@ -124,7 +124,7 @@ def build_engines(directory: str | Path, settings: BuildSettings, device: str | 
             config.default_device_type = trt.DeviceType.DLA
             config.DLA_core = settings.dla_core
             config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-            if tensorrt_major(trt) < 11:
+            if weakly_typed:
                 config.set_flag(trt.BuilderFlag.FP16)
                 if settings.precision == "int8":
                     config.set_flag(trt.BuilderFlag.INT8)

@@ -225,18 +225,19 @@ def _variant(graph: str, record: dict, out: Path, precision: str, old: dict, mod
         say(f"keeping {path} (made from this very {record['file']})")
         return old
     say(f"making the {precision} variant of the {graph} graph -> {path}")
+    fp32 = onnx.load(str(source))
     if precision == "fp16":
-        onnx.save(lower.to_fp16(onnx.load(str(source))), str(path))
-        nodes = len(lower.fp16_nodes(onnx.load(str(source))))
+        nodes = lower.fp16_nodes(fp32)
+        onnx.save(lower.to_fp16(fp32, nodes), str(path))
     else:
-        lower.to_int8(source, path, calibration_feeds(model, calibration, graph), method=calibration.method)
-        nodes = len(lower.int8_nodes(onnx.load(str(source))))
+        nodes = lower.int8_nodes(fp32)
+        lower.to_int8(source, path, calibration_feeds(model, calibration, graph), calibration.method, nodes)
     onnx.checker.check_model(str(path), full_check=True)
     bad = unsupported_operators(path)
     if bad:
         raise RuntimeError(f"{path}: operators TensorRT does not import: {', '.join(bad)}")
     made = {"file": path.name, "sha256": manifests.file_sha256(path), "bytes": path.stat().st_size,
-            "source_sha256": record["sha256"], "nodes_lowered": nodes, "operators": graph_operators(path),
+            "source_sha256": record["sha256"], "nodes_lowered": len(nodes), "operators": graph_operators(path),
             "calibration": settings}
     if check is not None:
         made["max_difference"] = check(path)

@@ -116,12 +116,9 @@ def to_fp16(model, nodes: Iterable[str] | None = None):
             if name in read_in_fp32:
                 new_nodes.append(helper.make_node("Cast", [fp16_output[name]], [name], name=f"{name}/cast",
                                                   to=TensorProto.FLOAT))
-    used = {x for n in new_nodes for x in n.input}
-    kept = [t for t in graph.initializer if t.name in used]
     del graph.node[:]
     graph.node.extend(new_nodes)
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    _drop_unread_initializers(graph)
     del graph.value_info[:]  # the fp32 types inferred above no longer hold for renamed tensors
     return model
 
@@ -187,7 +184,11 @@ def _only_conv_inputs(model, convs: set[str]) -> None:
             break
         for n in dead:
             nodes.remove(n)
-    read = {x for n in nodes for x in n.input}
-    kept = [t for t in model.graph.initializer if t.name in read]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
+    _drop_unread_initializers(model.graph)
+
+
+def _drop_unread_initializers(graph) -> None:
+    read = {x for n in graph.node for x in n.input}
+    kept = [t for t in graph.initializer if t.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)

@@ -79,7 +79,8 @@ def run_contestant(predictor, images: list[np.ndarray], proposals: list[Proposal
                 if maps is not None:
                     result.enhanced[key] = maps[i]
             if proposals is not None:
-                predictions = predictor.predict(batch, proposals[start: start + batch_size], keep_maps=False)
+                predictions = predictor.instances(batch, proposals[start: start + batch_size], naive, enhanced,
+                                                  keep_maps=False)
                 result.instances += [{(i.class_id, i.proposal) for i in pred.instances} for pred in predictions]
     return result
 

@@ -222,6 +222,13 @@ class Predictor:
         naive = self.naive_maps(images, inputs, timer)
         with _stage(timer, "icn"):
             enhanced = self.enhance(naive) if self.model.enhances else None
+        return self.instances(images, proposals, naive, enhanced, keep_maps, timer)
+
+    def instances(self, images: list[np.ndarray], proposals: list[Proposals], naive: NaiveMaps,
+                  enhanced: torch.Tensor | None, keep_maps: bool = True,
+                  timer: StageTimes | None = None) -> list[Prediction]:
+        """:meth:`predict` from the batch's maps already made (:meth:`naive_maps`,
+        :meth:`enhance`): matching, confidence and NMS per image."""
         peaks = self._where_matched(naive, enhanced, keep_maps)
         scores = naive.scores.cpu().numpy()
         return [Prediction(self._instances(b, image, props, peaks, timer), scores[b])

@@ -70,7 +70,8 @@ class GraphEngines:
                     if graph is None:
                         raise InputError(manifest.path(self.directory), f"no {precision} {name} graph; run "
                                          f"`icn-rt export MODEL --precision {precision}` first")
-                self.engines[name] = OnnxRuntimeEngine(self.directory / graph["file"], self.device)
+                self.engines[name] = OnnxRuntimeEngine(self.directory / graph["file"], self.device,
+                                                       fp16=precision == "fp16")
             elif backend == "tensorrt":
                 plan = manifest.plan_record(self.directory, record, name)
                 if precision is not None and plan.get("precision") != precision:

@@ -49,11 +49,13 @@ def onnxruntime_has_gpu() -> bool:
 
 
 class OnnxRuntimeEngine:
-    """One ``.onnx`` graph in an onnxruntime session."""
+    """One ``.onnx`` graph in an onnxruntime session (``fp16``: the graph is an fp16 variant,
+    which TensorRT's provider then builds with fp16 kernels)."""
 
     backend = "onnxruntime"
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int = 0) -> None:
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int = 0,
+                 fp16: bool = False) -> None:
         import onnxruntime as ort
 
         self.path, self.device = Path(path), torch.device(device)
@@ -64,7 +66,7 @@ class OnnxRuntimeEngine:
         if threads:
             options.intra_op_num_threads = threads
         cache = self.path.parent / "onnxruntime-trt-cache"  # TensorRT provider: engines kept across sessions
-        providers = onnxruntime_providers(self.device, cache, fp16=".fp16." in self.path.name)
+        providers = onnxruntime_providers(self.device, cache, fp16)
         if providers[0][0] == "TensorrtExecutionProvider":
             cache.mkdir(exist_ok=True)
         self.session = ort.InferenceSession(str(self.path), options, providers=providers)
