@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -435,8 +436,9 @@ def bench_cmd(
     proposals_dir: Optional[Path] = typer.Option(None, "--proposals", help="Their proposals [default: the demo's]."),
     count: int = typer.Option(32, "--images", help="Images per measurement (cycling through those given)."),
     batch_sizes: str = typer.Option("1,4,16", help="Batch sizes, comma separated."),
-    backends: str = typer.Option("torch,onnxruntime,tensorrt", help="Backends to measure (absent ones are reported "
-                                                                   "as skipped, with why)."),
+    backends: str = typer.Option("torch,onnxruntime,tensorrt", help="Backends to measure, each with an optional "
+                                 "precision (torch:bf16, onnxruntime:int8, ...); absent ones are reported as "
+                                 "skipped, with why."),
     baseline: bool = typer.Option(True, help="Run the baseline pipeline (icn_rt.baseline) too."),
     warmup: int = typer.Option(1, help="Untimed batches before each measurement."),
     iterations: int = typer.Option(20, help="Least timed batches per contestant and batch size (passes over the "
@@ -444,13 +446,18 @@ def bench_cmd(
     duration: Optional[float] = typer.Option(None, help="Least seconds timed per contestant and batch size."),
     json_out: Path = typer.Option(Path("bench.json"), "--out", help="Report JSON; the plot goes beside it (.png)."),
     device: str = typer.Option("auto", help=DEVICE_HELP, callback=_device),
+    eval_root: Optional[Path] = typer.Option(None, "--eval", help="VOC-layout root: add each backend's model size "
+                                             "and mAP^r@0.5 on a split, with its difference to torch fp32."),
+    eval_split: str = typer.Option("val", help="The split --eval scores."),
+    eval_proposals: Optional[Path] = typer.Option(None, help="Proposals of --eval's images [default: ROOT/Proposals]."),
 ):
     """Per-stage latency (median/p90/p99), images/s vs batch size per backend, and the
-    speed-up over the baseline pipeline on the same images with the same instances."""
+    speed-up over the baseline pipeline on the same images with the same instances;
+    with --eval, each backend's size and accuracy."""
     import json as jsonlib
 
     from icn_rt import demo
-    from icn_rt.runtime.bench import BenchSettings, bench, plot
+    from icn_rt.runtime.bench import BenchSettings, EvalSettings, bench, plot
     from icn_rt.runtime.sources import list_images
 
     try:
@@ -463,7 +470,8 @@ def bench_cmd(
         paths = list_images(images or [demo.IMAGES])
         settings = BenchSettings(batch_sizes=sizes, backends=tuple(b.strip() for b in backends.split(",")),
                                  images=count, baseline=baseline, device=device, warmup=warmup,
-                                 iterations=iterations, duration=duration)
+                                 iterations=iterations, duration=duration,
+                                 evaluation=EvalSettings(eval_root, eval_split, eval_proposals) if eval_root else None)
         report = bench(model_dir, paths, proposals_dir or demo.PROPOSALS, settings,
                        log=lambda m: err.print(m, highlight=False))
     except (InputError, ValueError, RuntimeError) as e:
@@ -475,10 +483,12 @@ def bench_cmd(
                         f"{'…' if len(report['image_sizes']) > 1 else ''}), input {report['input_size']}², "
                         f"{report['device']}",
                   caption="same: the baseline's instances; ms/batch: median, then p90, p99 (from n timed batches; "
-                          "none from fewer than 20)")
+                          "none from fewer than 20)", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
     for column in ("contestant", "backend", "batch", "img/s", "×base", "same", "ms/batch", "p90", "p99", "n"):
-        if column in ("contestant", "backend"):  # folded, never cut: onnxruntime:fp16 must stay whole
-            table.add_column(column, overflow="fold")
+        if column == "contestant":  # wraps at words; the backend stays whole (onnxruntime:int8)
+            table.add_column(column, min_width=9)
+        elif column == "backend":
+            table.add_column(column, no_wrap=True, min_width=max(len(r["backend"]) for r in report["rows"]))
         else:
             table.add_column(column, justify="right", no_wrap=True)
     for row in report["rows"]:
@@ -490,9 +500,30 @@ def bench_cmd(
                       *("-" if total[q] is None else f"{1e3 * total[q]:.1f}" for q in ("p90", "p99")),
                       str(total["n"]))
     out.print(table)
+    if report["accuracy"]:
+        out.print(_accuracy_table(report["accuracy"]))
     for name, reason in report["skipped"].items():
         err.print(f"[yellow]skipped {name}:[/yellow] {reason}", highlight=False, soft_wrap=True)
     out.print(f"report -> {json_out}; plot -> {json_out.with_suffix('.png')}", soft_wrap=True)
+
+
+def _accuracy_table(acc: dict) -> Table:
+    """``bench --eval``'s table: per backend, size, mAP^r@0.5 and the difference to torch fp32."""
+    def cell(m):
+        lo, hi = m["interval"]
+        return "-" if m["estimate"] is None else f"{m['estimate']:.1f} [{lo:.1f}, {hi:.1f}]"
+
+    table = Table(title=f"accuracy on {acc['split']} of {acc['root']} ({acc['images']} images)",
+                  caption=f"{100 * acc['bootstrap']['level']:g}% bootstrap intervals over the images "
+                          f"({acc['bootstrap']['samples']} draws); ~0: the difference's interval holds 0")
+    table.add_column("backend", overflow="fold")
+    for column in ("MB", "mAP^r@0.5", "− torch fp32"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in acc["rows"]:
+        d = row["minus_torch_fp32"]
+        diff = "(reference)" if d is None else cell(d) + ("" if d["excludes_zero"] else " ~0")
+        table.add_row(row["backend"], f"{row['model_bytes'] / 1e6:.2f}", cell(row["mAP@0.5"]), diff)
+    return table
 
 
 @app.command("export")

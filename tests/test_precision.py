@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
@@ -148,8 +149,11 @@ def test_a_precision_is_chosen_per_backend_and_refused_when_not_exported(lowered
     assert split_backend("tensorrt:int8") == ("tensorrt", "int8") and split_backend("torch") == ("torch", None)
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         split_backend("onnxruntime:fp8")
+    assert split_backend("torch:bf16") == ("torch", "bf16")
+    with pytest.raises(ValueError, match="torch runs at fp32, bf16, fp16"):
+        split_backend("torch:int8")
     with pytest.raises(ValueError, match="graph backends"):
-        split_backend("torch:fp16")
+        split_backend("auto:fp16")
     bare = tmp_path / "bare"
     shutil.copytree(lowered, bare)
     manifest = json.loads((bare / "manifest.json").read_text())
@@ -197,3 +201,58 @@ def test_graph_engines_record_the_precision_of_tensorrt_plans_they_would_run(low
     manifest["plans"]["prm"]["onnx_sha256"] = manifest["graphs"]["prm"]["sha256"]  # built from the fp32 graph
     with pytest.raises(InputError, match="built from an older export"):
         manifests.plan_record(lowered, manifest, "prm")
+
+
+def test_torch_runs_its_networks_at_bf16_under_autocast_and_hands_on_fp32(with_icn, tiny_voc):
+    images, props = _val(tiny_voc)
+    fp32 = Predictor.from_dir(with_icn[0])
+    bf16 = Predictor.from_dir(with_icn[0], backend="torch:bf16")
+    assert (fp32.backend, bf16.backend) == ("torch", "torch:bf16")
+    a, b = fp32.naive_maps(images), bf16.naive_maps(images)
+    assert b.maps.dtype == b.prms.dtype == b.peaks.value.dtype == torch.float32
+    # bf16 keeps 8 significant bits: the class maps move, by about that much
+    error = (a.maps - b.maps).abs().max().item()
+    assert 0 < error < 0.1 * a.maps.abs().max().item()
+    enhanced = bf16.enhance(b)
+    assert enhanced.dtype == torch.float32 and enhanced.shape == b.prms.shape
+    with pytest.raises(ValueError, match="unknown torch precision 'int8'"):
+        Predictor(fp32.model, precision="int8")
+
+
+def test_bench_eval_adds_each_backends_size_and_accuracy_against_torch_fp32(lowered, tiny_voc, tmp_path):
+    from icn_rt.eval.report import score
+    from icn_rt.runtime.infer import InferSettings, infer
+
+    out = tmp_path / "bench.json"
+    images = [str(tiny_voc / "JPEGImages" / "val_000000.jpg")]
+    r = runner.invoke(app, ["bench", str(lowered), *images, "--proposals", str(tiny_voc / "Proposals"), "--images", "2",
+                            "--batch-sizes", "2", "--iterations", "1", "--no-baseline", "--backends",
+                            "torch,torch:bf16,onnxruntime,onnxruntime:int8", "--eval", str(tiny_voc), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    acc = json.loads(out.read_text())["accuracy"]
+    assert acc["split"] == "val" and acc["images"] == 6 and acc["bootstrap"]["samples"] == 1000
+    rows = {row["backend"]: row for row in acc["rows"]}
+    assert list(rows) == ["torch", "torch:bf16", "onnxruntime", "onnxruntime:int8"]
+    # the reference is what `infer` + `eval` give for eager torch
+    ds = VOCDataset(tiny_voc, "val", load_images=False)
+    infer(Predictor.from_dir(lowered), [ds.image_path(i) for i in ds.ids], tmp_path / "r.json",
+          InferSettings(proposals=tiny_voc / "Proposals", progress=False))
+    want = score(tiny_voc, tmp_path / "r.json", "val", progress=False).metrics()["mAP@0.5"]
+    assert rows["torch"]["mAP@0.5"]["estimate"] == pytest.approx(want) and rows["torch"]["minus_torch_fp32"] is None
+    low, high = rows["torch"]["mAP@0.5"]["interval"]
+    assert low <= want <= high
+    for name, row in rows.items():
+        if name != "torch":
+            diff = row["minus_torch_fp32"]
+            assert diff["estimate"] == pytest.approx(row["mAP@0.5"]["estimate"] - want)
+            assert diff["interval"][0] <= diff["estimate"] <= diff["interval"][1]
+    # sizes: the weight files for torch at any precision, the graphs each backend runs
+    manifest = json.loads((lowered / "manifest.json").read_text())
+    weights = sum((lowered / f).stat().st_size for f in ("classifier.safetensors", "icn.safetensors"))
+    assert rows["torch"]["model_bytes"] == rows["torch:bf16"]["model_bytes"] == weights
+    graphs = manifest["graphs"]
+    assert rows["onnxruntime"]["model_bytes"] == sum((lowered / graphs[g]["file"]).stat().st_size for g in graphs)
+    assert rows["onnxruntime:int8"]["model_bytes"] == sum(
+        (lowered / graphs[g]["precisions"]["int8"]["file"]).stat().st_size for g in graphs)
+    assert rows["onnxruntime:int8"]["model_bytes"] < rows["onnxruntime"]["model_bytes"]
+    assert "accuracy on val" in r.output and "(reference)" in r.output

@@ -163,7 +163,10 @@ class NaiveMaps:
 
 def naive_maps(model: PeakClassifier, x: torch.Tensor, peaks: PeakSettings, prm: PRMSettings) -> NaiveMaps:
     """One recorded forward over ``x: float [B, 3, S, S]`` (normalised), its peaks and one
-    batched backward for all of them -> :class:`NaiveMaps`."""
+    batched backward for all of them -> :class:`NaiveMaps`. Under :func:`torch.autocast`
+    the networks run at its type, but peaks and thresholds are found on fp32 maps and every
+    output is fp32."""
     rec = recorded_forward(model, x)
-    found = find_peaks(rec.maps, rec.scores, peaks, model.settings.sub_pixel)
-    return NaiveMaps(x, rec.maps.detach(), rec.scores.detach(), found, peak_response_maps(model, rec, found, prm))
+    maps, scores = rec.maps.detach().float(), rec.scores.detach().float()
+    found = find_peaks(maps, scores, peaks, model.settings.sub_pixel)
+    return NaiveMaps(x, maps, scores, found, peak_response_maps(model, rec, found, prm).float())

@@ -23,6 +23,7 @@ Writes JSON with the machine and versions, and a PNG plot.
 from __future__ import annotations
 
 import resource
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +37,14 @@ from icn_rt.data.images import read_image
 from icn_rt.data.preprocess import preprocess_array
 from icn_rt.data.proposals import Proposals, load_proposals, proposal_path
 from icn_rt.errors import InputError
+from icn_rt.eval.bootstrap import difference, draws, intervals
+from icn_rt.eval.report import score
 from icn_rt.machine import machine_info
 from icn_rt.matching import InstanceSettings, MatchingSettings
 from icn_rt.models.peaks import PeakSettings
 from icn_rt.models.prm import PRMSettings
-from icn_rt.models.store import Model
+from icn_rt.models.store import CLASSIFIER, ICN_WEIGHTS, Model
+from icn_rt.runtime.infer import InferSettings, infer
 from icn_rt.runtime.predictor import Predictor
 from icn_rt.runtime.timing import StageTimes
 
@@ -59,10 +63,26 @@ class BenchSettings:
     warmup: int = 1
     iterations: int = LEAST_SAMPLES
     duration: float | None = None
+    evaluation: EvalSettings | None = None
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.iterations < 1 or (self.duration is not None and self.duration <= 0):
             raise ValueError("--warmup must be >= 0, --iterations >= 1 and --duration > 0")
+
+
+@dataclass
+class EvalSettings:
+    """``bench --eval``: every backend's accuracy on a split of a VOC-layout ``root``
+    (proposals from ``proposals``, default ``root/Proposals``), mAP^r@0.5 with a
+    ``level`` bootstrap interval over the images (``samples`` draws, ``seed``), and its
+    difference to eager torch fp32 on the same draws."""
+
+    root: Path
+    split: str = "val"
+    proposals: Path | None = None
+    samples: int = 1000
+    seed: int = 0
+    level: float = 0.95
 
 
 @dataclass
@@ -214,12 +234,14 @@ def bench(model_dir: Path, paths: list[Path], proposals_dir: Path, settings: Ben
             log(f"icn-rt, PRM rules, torch, batch {b}")
             runs.append(run_predictor(rules, "icn-rt, PRM rules", items, b, settings.warmup, settings.iterations,
                                       settings.duration))
+    predictors = {"torch": model}
     for backend in settings.backends:
         try:
             predictor = model if backend == "torch" else Predictor.from_dir(model_dir, settings.device, backend)
         except (InputError, ValueError, RuntimeError, ImportError) as e:
             skipped[f"icn-rt, model, {backend}"] = str(e)
             continue
+        predictors[predictor.backend] = predictor
         for b in settings.batch_sizes:
             log(f"icn-rt, model, {backend}, batch {b}")
             runs.append(run_predictor(predictor, "icn-rt, model", items, b, settings.warmup, settings.iterations,
@@ -249,8 +271,57 @@ def bench(model_dir: Path, paths: list[Path], proposals_dir: Path, settings: Ben
         "rows": rows,
         "best_like_for_like_speedup": max((r["speedup_vs_baseline"] for r in like), default=None),
         "skipped": skipped,
+        "accuracy": accuracy(predictors, settings.evaluation, log) if settings.evaluation else None,
         "peak_host_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
+
+
+def model_bytes(predictor: Predictor) -> int:
+    """The size of what the backend loads: the weight files for eager torch (whatever its
+    autocast precision), the graph files or plans for the graph engines."""
+    if predictor.graphs is not None:
+        return sum(engine.path.stat().st_size for engine in predictor.graphs.engines.values())
+    directory = predictor.model.directory
+    return sum((directory / name).stat().st_size for name in (CLASSIFIER, ICN_WEIGHTS)
+               if name != ICN_WEIGHTS or predictor.enhances)
+
+
+def accuracy(predictors: dict[str, Predictor], settings: EvalSettings, log=print) -> dict:
+    """Each backend's mAP^r@0.5 on the split (see :class:`EvalSettings`), eager torch fp32
+    first: the reference of every difference."""
+    from icn_rt.data.voc import VOCDataset
+
+    dataset = VOCDataset(settings.root, settings.split, load_images=False)
+    images = [dataset.image_path(i) for i in dataset.ids]
+    if not images:
+        raise InputError(settings.root, f"split {settings.split!r} has no images to evaluate")
+    weights = draws(len(images), settings.samples, settings.seed)
+    proposals = settings.proposals or settings.root / "Proposals"
+    scored = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, predictor in predictors.items():
+            log(f"accuracy: {name} on {len(images)} {settings.split} images")
+            results = Path(tmp) / f"{len(scored)}.json"
+            infer(predictor, images, results, InferSettings(proposals=proposals, progress=False))
+            scored[name] = score(settings.root, results, settings.split, progress=False)
+    ref = scored["torch"]
+    ref_reps = [ref.metrics(w)["mAP@0.5"] for w in weights]
+    rows = []
+    for name, evaluation in scored.items():
+        point = evaluation.metrics()["mAP@0.5"]
+        reps = [evaluation.metrics(w)["mAP@0.5"] for w in weights] if name != "torch" else ref_reps
+        row = {"backend": name, "model_bytes": model_bytes(predictors[name]),
+               "mAP@0.5": intervals({"m": point}, [{"m": r} for r in reps], settings.level)["m"].to_json(),
+               "minus_torch_fp32": None}
+        if name != "torch":
+            diff = intervals(difference({"m": point}, {"m": ref.metrics()["mAP@0.5"]}),
+                             [{"m": a - b} for a, b in zip(reps, ref_reps)], settings.level)["m"]
+            row["minus_torch_fp32"] = {**diff.to_json(), "excludes_zero": diff.excludes_zero()}
+        rows.append(row)
+    return {"root": str(settings.root), "split": settings.split, "proposals": str(proposals), "images": len(images),
+            "bootstrap": {"samples": settings.samples, "seed": settings.seed, "level": settings.level,
+                          "unit": "image"},
+            "rows": rows}
 
 
 def plot(report: dict, path: Path) -> None:

@@ -27,7 +27,7 @@ from icn_rt.matching import confidence, match, suppress
 from icn_rt.models.peaks import Peaks
 from icn_rt.models.prm import NaiveMaps
 from icn_rt.models.store import Model, load_model
-from icn_rt.runtime.engines import GraphEngines, pick_backend, split_backend
+from icn_rt.runtime.engines import TORCH_PRECISIONS, GraphEngines, pick_backend, split_backend
 from icn_rt.runtime.timing import StageTimes
 
 
@@ -89,13 +89,19 @@ class _Peaks:
 
 class Predictor:
     """Runs ``model`` on ``device``. ``graphs``: run the networks as exported graphs on an
-    engine backend instead of eager PyTorch (:meth:`from_dir` opens them)."""
+    engine backend instead of eager PyTorch (:meth:`from_dir` opens them). ``precision``:
+    eager PyTorch's networks run under :func:`torch.autocast` at ``bf16`` or ``fp16``
+    (peaks, thresholds, matching stay fp32); default fp32."""
 
-    def __init__(self, model: Model, device: str | torch.device = "cpu", graphs: GraphEngines | None = None) -> None:
+    def __init__(self, model: Model, device: str | torch.device = "cpu", graphs: GraphEngines | None = None,
+                 precision: str = "fp32") -> None:
+        if precision not in TORCH_PRECISIONS:
+            raise ValueError(f"unknown torch precision {precision!r}; choose one of {', '.join(TORCH_PRECISIONS)}")
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.kernels = kernels.ops(self.device)
         self.graphs = graphs
+        self.precision = precision
         self._copy_stream: torch.cuda.Stream | None = None
 
     @property
@@ -103,7 +109,7 @@ class Predictor:
         """Where the networks run: ``torch`` (eager) or the graph engines' backend, with the
         graphs' precision when it is not fp32 (``onnxruntime:int8``)."""
         if self.graphs is None:
-            return "torch"
+            return "torch" + ("" if self.precision == "fp32" else f":{self.precision}")
         return self.graphs.backend + ("" if self.graphs.precision == "fp32" else f":{self.graphs.precision}")
 
     @property
@@ -128,11 +134,13 @@ class Predictor:
         (eager), ``onnxruntime`` or ``tensorrt`` (the exported graphs: ``icn-rt export``,
         ``icn-rt build-engine``) or ``auto`` (:func:`~icn_rt.runtime.engines.pick_backend`);
         a graph backend may name a precision, ``onnxruntime:int8`` (``icn-rt export
-        --precision``)."""
+        --precision``), and so may torch (``torch:bf16``: autocast)."""
         backend, precision = split_backend(backend)
         predictor = cls(load_model(directory, device).replace(**overrides), device)
         backend = pick_backend(backend, predictor.device, directory)
-        if backend != "torch":
+        if backend == "torch":
+            predictor.precision = precision or "fp32"
+        else:
             predictor.graphs = GraphEngines(predictor.model, backend, predictor.device, precision)
         return predictor
 
@@ -188,7 +196,14 @@ class Predictor:
         with _stage(timer, "prm"):
             if self.graphs is not None:
                 return self._graph_maps(x)
-            return self.model.naive_maps(x)
+            with self._autocast():
+                return self.model.naive_maps(x)
+
+    def _autocast(self) -> AbstractContextManager:
+        """Eager networks at :attr:`precision` (nothing at fp32)."""
+        if self.precision == "fp32":
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=TORCH_PRECISIONS[self.precision])
 
     def _graph_maps(self, x: torch.Tensor) -> NaiveMaps:
         """The PRM graph's fixed slots -> the valid peaks in order, as the eager path lists them."""
@@ -203,7 +218,8 @@ class Predictor:
     def enhance(self, naive: NaiveMaps) -> torch.Tensor:
         """The ICN's T steps on every peak's PRM, ``chunk`` peaks at a time -> ``float [K, S, S]``."""
         if self.graphs is None or self.graphs.icn is None:
-            return self.model.enhance(naive)
+            with self._autocast():
+                return self.model.enhance(naive).float()
         image_of, chunk = naive.peaks.image, self.model.icn_settings.chunk
         out = [self.graphs.icn(images=naive.x[image_of[s: s + chunk]], prms=naive.prms[s: s + chunk])["enhanced"]
                for s in range(0, len(image_of), chunk)]

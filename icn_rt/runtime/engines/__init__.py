@@ -32,10 +32,12 @@ class Engine(Protocol):
 
 
 # the public face (after Engine, which the modules below use)
-from icn_rt.runtime.engines.graphs import BACKENDS, PRECISIONS, GraphEngines, pick_backend, split_backend  # noqa: E402
+from icn_rt.runtime.engines.graphs import (  # noqa: E402
+    BACKENDS, PRECISIONS, TORCH_PRECISIONS, GraphEngines, pick_backend, split_backend)
 from icn_rt.runtime.engines.onnxruntime import OnnxRuntimeEngine, onnxruntime_has_gpu  # noqa: E402
 from icn_rt.runtime.engines.pytorch import TorchEngine  # noqa: E402
 from icn_rt.runtime.engines.tensorrt import TensorRTEngine, tensorrt_available  # noqa: E402
 
-__all__ = ["BACKENDS", "PRECISIONS", "Engine", "GraphEngines", "OnnxRuntimeEngine", "TensorRTEngine", "TorchEngine",
-           "onnxruntime_has_gpu", "pick_backend", "split_backend", "tensorrt_available"]
+__all__ = ["BACKENDS", "PRECISIONS", "TORCH_PRECISIONS", "Engine", "GraphEngines", "OnnxRuntimeEngine",
+           "TensorRTEngine", "TorchEngine", "onnxruntime_has_gpu", "pick_backend", "split_backend",
+           "tensorrt_available"]

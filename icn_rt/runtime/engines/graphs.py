@@ -15,19 +15,28 @@ from icn_rt.runtime.engines.tensorrt import TensorRTEngine, tensorrt_available
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 PRECISIONS = manifest.PRECISIONS
+TORCH_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""Eager PyTorch's precisions: the networks under :func:`torch.autocast` at that type."""
 
 
 def split_backend(spec: str) -> tuple[str, str | None]:
     """``onnxruntime:int8`` -> (``onnxruntime``, ``int8``); ``torch`` -> (``torch``, None).
-    The precision names the exported graph variant (``icn-rt export --precision``) or, on
-    TensorRT, the precision the plans must have been built at."""
+    On a graph backend the precision names the exported graph variant (``icn-rt export
+    --precision``) or, on TensorRT, the precision the plans must have been built at; on
+    ``torch`` (``torch:bf16``, ``torch:fp16``) the type the networks run at under autocast."""
     backend, _, precision = spec.partition(":")
-    if precision and precision not in PRECISIONS:
+    if not precision:
+        return backend, None
+    if backend == "torch":
+        if precision not in TORCH_PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r} in {spec!r}; torch runs at "
+                             f"{', '.join(TORCH_PRECISIONS)}")
+    elif backend not in ("onnxruntime", "tensorrt"):
+        raise ValueError(f"a precision goes with torch or the graph backends (onnxruntime:{precision}, "
+                         f"tensorrt:{precision}), not {backend!r}")
+    elif precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r} in {spec!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision and backend not in ("onnxruntime", "tensorrt"):
-        raise ValueError(f"a precision goes with the graph backends (onnxruntime:{precision}, tensorrt:{precision}),"
-                         f" not {backend!r}")
-    return backend, precision or None
+    return backend, precision
 
 
 def pick_backend(backend: str, device: torch.device, directory) -> str:
