@@ -539,6 +539,8 @@ def export_cmd(
     calibration_method: str = typer.Option("minmax", help="minmax | entropy | percentile."),
     verify: bool = typer.Option(True, help="Run each graph once in onnxruntime and record its difference from "
                                            "PyTorch in the manifest."),
+    simplify: bool = typer.Option(True, help="Simplify the fp32 graphs with onnxslim (kept only when onnxruntime "
+                                             "gives the same outputs; node counts in the manifest)."),
 ):
     """ONNX graphs beside the model: prm.onnx (classifier, peaks, peak backprop, PRMs) and
     icn.onnx (T enhancement steps), checked, with manifest.json; --precision adds their
@@ -550,19 +552,26 @@ def export_cmd(
         calibrate = None
         if calibration is not None:
             calibrate = Calibration(str(calibration), calibration_split, calibration_images, method=calibration_method)
-        manifest = export_model(model_dir, slots=slots, verify=verify, precisions=precisions, calibration=calibrate)
+        manifest = export_model(model_dir, slots=slots, verify=verify, precisions=precisions, calibration=calibrate,
+                                simplify=simplify)
     except (InputError, ValueError) as e:
         _fail(e)
-    table = Table(title=f"exported {model_dir}")
+    table = Table(title=f"exported {model_dir}", caption="nodes: after onnxslim (as exported)")
     for column in ("graph", "file", "MiB", "nodes", "operators", "max |ONNX − torch|"):
         table.add_column(column)
     for name, g in manifest["graphs"].items():
         for record in (g, *g.get("precisions", {}).values()):
             diff = record.get("max_difference", {})
-            table.add_row(name, record["file"], f"{record['bytes'] / 2**20:.1f}",
-                          str(sum(record["operators"].values())), str(len(record["operators"])),
+            nodes = str(sum(record["operators"].values()))
+            slim = record.get("simplified")
+            if slim:
+                nodes += f" ({slim['nodes_before']})" if "kept_exported" not in slim else " (not simplified)"
+            table.add_row(name, record["file"], f"{record['bytes'] / 2**20:.1f}", nodes, str(len(record["operators"])),
                           ", ".join(f"{k} {v:.1e}" for k, v in diff.items()) or "-")
     out.print(table)
+    for name, g in manifest["graphs"].items():
+        if g.get("simplified") and "kept_exported" in g["simplified"]:
+            err.print(f"[yellow]{name}: kept as exported:[/yellow] {g['simplified']['kept_exported']}", highlight=False)
 
 
 @app.command("compare")

@@ -2,6 +2,7 @@
 graph modules against the eager predictor, the ONNX graphs against PyTorch in
 onnxruntime, TensorRT's operator list, and the engine backends."""
 
+import copy
 import json
 import shutil
 
@@ -20,7 +21,7 @@ from icn_rt.data.proposals import load_proposals, proposal_path
 from icn_rt.data.voc import VOCDataset
 from icn_rt.errors import InputError
 from icn_rt.export.graphs import PRMGraph
-from icn_rt.export.onnx_export import tensorrt_operators, unsupported_operators
+from icn_rt.export.onnx_export import SIMPLIFY_TOLERANCE, tensorrt_operators, unsupported_operators
 from icn_rt.models.classifier import ClassifierSettings, PeakClassifier
 from icn_rt.models.peaks import PeakSettings, find_peaks, local_maxima, lower_median
 from icn_rt.models.prm import PRMSettings, peak_response_maps, recorded_forward
@@ -169,6 +170,41 @@ def test_export_writes_checked_graphs_of_tensorrt_operators_and_a_manifest(expor
     # dynamic batch
     model = onnx.load(str(exported / "prm.onnx"))
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+def test_export_simplifies_the_graphs_only_where_their_outputs_stay_the_same(exported, with_icn, tmp_path,
+                                                                            monkeypatch):
+    import onnxslim
+    from onnx import numpy_helper
+
+    slimmed = json.loads((exported / "manifest.json").read_text())["graphs"]
+    for g in slimmed.values():
+        record = g["simplified"]
+        assert record["tool"] == "onnxslim" and "kept_exported" not in record
+        nodes = len(onnx.load(str(exported / g["file"])).graph.node)
+        assert record["nodes_after"] == g["nodes"] == nodes < record["nodes_before"]
+        assert max(record["max_difference"].values()) <= SIMPLIFY_TOLERANCE
+    plain = tmp_path / "plain"
+    shutil.copytree(with_icn[0], plain)
+    r = runner.invoke(app, ["export", str(plain), "--no-simplify", "--no-verify"])
+    assert r.exit_code == 0, r.output
+    exported_as_is = json.loads((plain / "manifest.json").read_text())["graphs"]
+    for name, g in exported_as_is.items():
+        assert g["simplified"] is None and g["nodes"] == slimmed[name]["simplified"]["nodes_before"]
+
+    def wrong(model):  # a "simplifier" that changes the first convolution's weights
+        model = copy.deepcopy(model)
+        weight = next(t for t in model.graph.initializer if len(t.dims) == 4)
+        weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) + 0.5, weight.name))
+        return model
+
+    monkeypatch.setattr(onnxslim, "slim", wrong)
+    r = runner.invoke(app, ["export", str(plain), "--no-verify"])
+    assert r.exit_code == 0, r.output
+    assert "prm: kept as exported: outputs differ by up to" in r.output
+    for name, g in json.loads((plain / "manifest.json").read_text())["graphs"].items():
+        assert g["simplified"]["kept_exported"].startswith("outputs differ by up to")
+        assert g["sha256"] == exported_as_is[name]["sha256"]  # the graph as exported, untouched
 
 
 def test_onnxruntime_graphs_equal_pytorch_on_synthetic_images(exported, tiny_voc):

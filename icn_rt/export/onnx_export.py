@@ -16,6 +16,12 @@ initializer). Every graph is checked with ``onnx.checker`` (full check) and agai
 operators TensorRT's ONNX parser imports (:func:`unsupported_operators`); with
 ``verify`` on, onnxruntime runs the graph once on a fixed input and the manifest records
 the largest difference from PyTorch.
+
+``simplify`` (default on) passes each fp32 graph through onnxslim (shape arithmetic and
+constants folded, chains fused; before the lower-precision variants are made from it): it
+is kept only when onnxruntime gives the same outputs as the graph as exported on the
+fixed input (:data:`SIMPLIFY_TOLERANCE`); the manifest records the node counts before
+and after, the difference and the tool's version (or why the exported graph was kept).
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ from icn_rt.models.store import load_model
 from icn_rt.progress import say
 
 OPSET = 17
+SIMPLIFY_TOLERANCE = 1e-5
+"""Largest absolute difference (and count of differing booleans and integers: 0) a
+simplified graph may show against the graph as exported, on the fixed input."""
 PRECISIONS = manifests.PRECISIONS
 TENSORRT_OPS = Path(__file__).with_name("tensorrt_onnx_ops.txt")
 
@@ -145,16 +154,47 @@ def _inline_weight_identities(path: Path):
     return model
 
 
-def _describe(path: Path, inputs: tuple, outputs: tuple) -> dict:
+def _simplify(path: Path, feeds: dict[str, np.ndarray]) -> dict:
+    """Replace the graph at ``path`` by onnxslim's simplification of it when onnxruntime
+    gives the same outputs on ``feeds``; the record of what happened."""
+    import onnx
+    import onnxruntime as ort
+    import onnxslim
+
+    exported = onnx.load(str(path))
+    record = {"tool": "onnxslim", "version": onnxslim.__version__, "nodes_before": len(exported.graph.node)}
+    try:
+        slim = onnxslim.slim(exported)
+    except Exception as e:  # a failing simplifier must not fail the export: keep the graph as exported
+        return {**record, "kept_exported": f"onnxslim failed: {type(e).__name__}: {e}"}
+    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+           for m in (exported, slim)]
+    names = [o.name for o in exported.graph.output]
+    diff = {n: float(np.abs(a.astype(np.float64) - b).max()) if a.dtype.kind == "f" and a.size else
+            float((a != b).sum()) for n, a, b in zip(names, *run)}
+    record.update(nodes_after=len(slim.graph.node), max_difference=diff)
+    if max(diff.values(), default=0.0) > SIMPLIFY_TOLERANCE:
+        return {**record, "kept_exported": f"outputs differ by up to {max(diff.values()):.3g}"}
+    onnx.save(slim, str(path))
+    return record
+
+
+def _describe(path: Path, inputs: tuple, outputs: tuple, simplify: dict | None = None) -> dict:
+    """Check the exported graph (TensorRT's weights as initializers; simplified with the
+    ``simplify`` feeds when given) -> its manifest record."""
     import onnx
 
     model = _inline_weight_identities(path)
+    simplified = _simplify(path, simplify) if simplify is not None else None
+    if simplified is not None and "kept_exported" not in simplified:
+        model = onnx.load(str(path))
     onnx.checker.check_model(str(path), full_check=True)
     bad = unsupported_operators(model)
     if bad:
         raise RuntimeError(f"{path}: operators TensorRT does not import: {', '.join(bad)}")
     return {"file": path.name, "sha256": manifests.file_sha256(path), "bytes": path.stat().st_size, "opset": OPSET,
-            "inputs": list(inputs), "outputs": list(outputs), "operators": graph_operators(model)}
+            "inputs": list(inputs), "outputs": list(outputs), "operators": graph_operators(model),
+            "nodes": len(model.graph.node), "simplified": simplified}
 
 
 def _max_difference(module: torch.nn.Module, path: Path, args: tuple, names: tuple) -> dict[str, float]:
@@ -246,12 +286,13 @@ def _variant(graph: str, record: dict, out: Path, precision: str, old: dict, mod
 
 def export_model(directory: str | Path, out: str | Path | None = None, slots: int | None = None,
                  verify: bool = True, precisions: tuple[str, ...] = ("fp32",),
-                 calibration: Calibration | None = None) -> dict:
+                 calibration: Calibration | None = None, simplify: bool = True) -> dict:
     """Export the model directory's graphs into ``out`` (default: the model directory) and
     write ``manifest.json`` there; returns the manifest. ``slots``: peaks per image in
     the PRM graph (default: the model's ``peaks.max_peaks``; it must be > 0).
     ``precisions``: the fp32 graphs are always written; ``fp16`` and ``int8`` add their
-    variants (int8 needs ``calibration``)."""
+    variants (int8 needs ``calibration``). ``simplify``: onnxslim on the fp32 graphs
+    (kept only when it changes no output)."""
     directory = Path(directory)
     out = Path(out) if out else directory
     unknown = [p for p in precisions if p not in PRECISIONS]
@@ -277,7 +318,8 @@ def export_model(directory: str | Path, out: str | Path | None = None, slots: in
     path = out / manifests.GRAPHS["prm"]
     say(f"exporting the PRM graph ({slots} peak slots per image) -> {path}")
     _export(prm_graph, (example,), path, PRM_INPUTS, PRM_OUTPUTS)
-    manifest["graphs"]["prm"] = _describe(path, PRM_INPUTS, PRM_OUTPUTS)
+    manifest["graphs"]["prm"] = _describe(path, PRM_INPUTS, PRM_OUTPUTS,
+                                          {"images": example.numpy()} if simplify else None)
     if verify:
         manifest["graphs"]["prm"]["max_difference"] = _max_difference(prm_graph, path, (example,), PRM_INPUTS)
     if model.enhances:
@@ -287,7 +329,8 @@ def export_model(directory: str | Path, out: str | Path | None = None, slots: in
         path = out / manifests.GRAPHS["icn"]
         say(f"exporting the ICN graph (T = {icn_graph.steps} steps unrolled) -> {path}")
         _export(icn_graph, (example, prm), path, ICN_INPUTS, ICN_OUTPUTS)
-        manifest["graphs"]["icn"] = {**_describe(path, ICN_INPUTS, ICN_OUTPUTS), "steps": icn_graph.steps,
+        feeds = {"images": example.numpy(), "prms": prm.numpy()} if simplify else None
+        manifest["graphs"]["icn"] = {**_describe(path, ICN_INPUTS, ICN_OUTPUTS, feeds), "steps": icn_graph.steps,
                                      "binarize": icn_graph.binarize}
         if verify:
             manifest["graphs"]["icn"]["max_difference"] = _max_difference(icn_graph, path, (example, prm), ICN_INPUTS)
