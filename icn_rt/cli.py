@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
@@ -457,7 +458,7 @@ def bench_cmd(
     import json as jsonlib
 
     from icn_rt import demo
-    from icn_rt.runtime.bench import BenchSettings, EvalSettings, bench, plot
+    from icn_rt.runtime.bench import BenchSettings, EvalSettings, bench, markdown, plot
     from icn_rt.runtime.sources import list_images
 
     try:
@@ -476,8 +477,10 @@ def bench_cmd(
                        log=lambda m: err.print(m, highlight=False))
     except (InputError, ValueError, RuntimeError) as e:
         _fail(e)
+    report = {"command": shlex.join(["icn-rt", *sys.argv[1:]]), **report}
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(jsonlib.dumps(report, indent=2) + "\n")
+    json_out.with_suffix(".md").write_text(markdown(report))
     plot(report, json_out.with_suffix(".png"))
     table = Table(title=f"{report['images']} images ({report['image_sizes'][0][0]}x{report['image_sizes'][0][1]}"
                         f"{'…' if len(report['image_sizes']) > 1 else ''}), input {report['input_size']}², "
@@ -504,7 +507,7 @@ def bench_cmd(
         out.print(_accuracy_table(report["accuracy"]))
     for name, reason in report["skipped"].items():
         err.print(f"[yellow]skipped {name}:[/yellow] {reason}", highlight=False, soft_wrap=True)
-    out.print(f"report -> {json_out}; plot -> {json_out.with_suffix('.png')}", soft_wrap=True)
+    out.print(f"report -> {json_out} (and .md); plot -> {json_out.with_suffix('.png')}", soft_wrap=True)
 
 
 def _accuracy_table(acc: dict) -> Table:

@@ -324,6 +324,46 @@ def accuracy(predictors: dict[str, Predictor], settings: EvalSettings, log=print
             "rows": rows}
 
 
+def markdown(report: dict) -> str:
+    """The report as markdown tables: speed per contestant and batch size; with ``--eval``,
+    size and accuracy per backend."""
+    def ms(v):
+        return "-" if v is None else f"{1e3 * v:.1f}"
+
+    lines = [f"`{report.get('command', 'icn-rt bench')}`", "",
+             f"{report['images']} images ({report['distinct_images']} distinct), input {report['input_size']}², "
+             f"{report['device']} ({report['machine']['cpu_count']} CPU cores; the machine and versions in the "
+             f"JSON). "
+             f"ms/batch: median, p90, p99 over n timed batches (p90/p99 only from {LEAST_SAMPLES} or more).", "",
+             "| contestant | backend | batch | images/s | × baseline | same instances | ms/batch | p90 | p99 | n |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        t = r["latency_s"]["total"]
+        same = {True: "yes", False: "NO", None: "-"}[r["same_instances_as_baseline"]]
+        ratio = r["speedup_vs_baseline"]
+        lines.append(f"| {r['contestant']} | {r['backend']} | {r['batch_size']} | {r['images_per_s']:.2f} | "
+                     f"{'-' if ratio is None else f'{ratio:.2f}'} | {same} | {ms(t['median'])} | {ms(t['p90'])} | "
+                     f"{ms(t['p99'])} | {t['n']} |")
+    acc = report.get("accuracy")
+    if acc:
+        def cell(m):
+            lo, hi = m["interval"]
+            return "-" if m["estimate"] is None else f"{m['estimate']:.1f} [{lo:.1f}, {hi:.1f}]"
+
+        b = acc["bootstrap"]
+        lines += ["", f"Accuracy on the `{acc['split']}` split of `{acc['root']}` ({acc['images']} images); "
+                      f"{100 * b['level']:g}% bootstrap intervals over the images ({b['samples']} draws, seed "
+                      f"{b['seed']}); the difference is paired (same draws). ~0: its interval holds 0.", "",
+                  "| backend | size (MB) | mAP^r@0.5 | − torch fp32 |", "|---|---|---|---|"]
+        for r in acc["rows"]:
+            d = r["minus_torch_fp32"]
+            diff = "(reference)" if d is None else cell(d) + ("" if d["excludes_zero"] else " ~0")
+            lines.append(f"| {r['backend']} | {r['model_bytes'] / 1e6:.2f} | {cell(r['mAP@0.5'])} | {diff} |")
+    if report["skipped"]:
+        lines += ["", *(f"- skipped {k}: {v}" for k, v in report["skipped"].items())]
+    return "\n".join(lines) + "\n"
+
+
 def plot(report: dict, path: Path) -> None:
     """Throughput vs batch size per contestant (the baseline as a line) and, per
     contestant at its best batch size, the shares of the stages."""
