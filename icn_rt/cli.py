@@ -376,6 +376,7 @@ def infer_cmd(
     device: str = typer.Option("auto", help=DEVICE_HELP, callback=_device),
     overlap: Optional[bool] = typer.Option(None, help="Copy the next batch to the device while this one computes "
                                                       "[default: on a GPU]."),
+    cuda_graph: bool = typer.Option(False, help="TensorRT replays its plans as CUDA graphs (--backend tensorrt)."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ):
     """Instances for images tagged with nothing: peaks -> PRMs -> ICN -> proposal matching -> NMS.
@@ -391,7 +392,7 @@ def infer_cmd(
     if batch_size < 1:
         _fail(ValueError(f"--batch-size must be at least 1, got {batch_size}"))
     try:
-        predictor = Predictor.from_dir(model_dir, device, backend=backend, icn_steps=icn_steps)
+        predictor = Predictor.from_dir(model_dir, device, backend=backend, cuda_graph=cuda_graph, icn_steps=icn_steps)
         paths = list_images(images)
         if not paths:
             raise ValueError("no images given (directories are searched for .jpg/.png files)")
@@ -451,6 +452,9 @@ def bench_cmd(
                                              "and mAP^r@0.5 on a split, with its difference to torch fp32."),
     eval_split: str = typer.Option("val", help="The split --eval scores."),
     eval_proposals: Optional[Path] = typer.Option(None, help="Proposals of --eval's images [default: ROOT/Proposals]."),
+    cuda_graph: bool = typer.Option(False, help="Also run each TensorRT contestant replaying CUDA graphs."),
+    profile_layers: bool = typer.Option(False, help="TensorRT's per-layer times of each plan at the largest batch "
+                                                    "size, into the report (as trtexec --dumpProfile)."),
 ):
     """Per-stage latency (median/p90/p99), images/s vs batch size per backend, and the
     speed-up over the baseline pipeline on the same images with the same instances;
@@ -472,7 +476,8 @@ def bench_cmd(
         settings = BenchSettings(batch_sizes=sizes, backends=tuple(b.strip() for b in backends.split(",")),
                                  images=count, baseline=baseline, device=device, warmup=warmup,
                                  iterations=iterations, duration=duration,
-                                 evaluation=EvalSettings(eval_root, eval_split, eval_proposals) if eval_root else None)
+                                 evaluation=EvalSettings(eval_root, eval_split, eval_proposals) if eval_root else None,
+                                 cuda_graph=cuda_graph, profile_layers=profile_layers)
         report = bench(model_dir, paths, proposals_dir or demo.PROPOSALS, settings,
                        log=lambda m: err.print(m, highlight=False))
     except (InputError, ValueError, RuntimeError) as e:

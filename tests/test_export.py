@@ -338,6 +338,51 @@ def test_tensorrt_plans_match_pytorch(exported, tiny_voc, tmp_path, precision):
         Predictor.from_dir(model, "cuda", backend="tensorrt")
 
 
+@pytest.mark.tensorrt
+@pytest.mark.skipif(_NO_TENSORRT is not None, reason=_NO_TENSORRT or "")
+def test_tensorrt_cuda_graphs_replay_what_the_plans_compute_and_layers_are_profiled(exported, tiny_voc, tmp_path):
+    model = tmp_path / "m"
+    shutil.copytree(exported, model)
+    r = runner.invoke(app, ["build-engine", str(model), "--precision", "fp32", "--max-batch", "8"])
+    assert r.exit_code == 0, r.output
+    images, props = _val(tiny_voc)
+    plain = Predictor.from_dir(model, "cuda", backend="tensorrt")
+    graphed = Predictor.from_dir(model, "cuda", backend="tensorrt", cuda_graph=True)
+    assert graphed.backend == "tensorrt+cuda-graph"
+    x = plain.network_input(images)
+    for batch in (x[:4], x[:4] + 0.5, x[:3]):  # the same shape replayed on new values, then a new shape
+        want, got = plain.graphs.prm(images=batch), graphed.graphs.prm(images=batch)
+        for name in want:
+            assert torch.equal(want[name], got[name]), name
+    assert len(graphed.graphs.prm._graphs) == 2
+    a, b = plain.predict(images, props), graphed.predict(images, props)
+    assert [[(i.class_id, i.proposal) for i in p.instances] for p in a] == \
+           [[(i.class_id, i.proposal) for i in p.instances] for p in b]
+    profile = plain.graphs.prm.profile_layers(5, images=x[:4])
+    assert profile["runs"] == 5 and profile["total_ms"] > 0 and len(profile["layers"]) > 3
+    assert all(layer["samples"] == 5 for layer in profile["layers"])
+    assert sum(layer["share"] for layer in profile["layers"]) == pytest.approx(1.0)
+    assert any("Conv" in layer["name"] for layer in profile["layers"])  # names, not indices (detailed verbosity)
+    out = tmp_path / "bench.json"
+    r = runner.invoke(app, ["bench", str(model), *(str(tiny_voc / "JPEGImages" / f"val_00000{i}.jpg") for i in range(2)),
+                            "--proposals", str(tiny_voc / "Proposals"), "--images", "2", "--batch-sizes", "2",
+                            "--iterations", "2", "--no-baseline", "--backends", "tensorrt", "--cuda-graph",
+                            "--profile-layers", "--device", "cuda", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    report = json.loads(out.read_text())
+    assert [row["backend"] for row in report["rows"]] == ["tensorrt", "tensorrt+cuda-graph"]
+    assert set(report["tensorrt_layers"]["tensorrt"]) == {"prm", "icn"}
+
+
+def test_cuda_graphs_are_refused_where_they_cannot_replay(exported):
+    with pytest.raises(ValueError, match="CUDA graphs replay TensorRT plans only"):
+        Predictor.from_dir(exported, backend="onnxruntime", cuda_graph=True)
+    with pytest.raises(ValueError, match="CUDA graphs replay TensorRT plans only"):
+        Predictor.from_dir(exported, cuda_graph=True)
+    r = runner.invoke(app, ["infer", str(exported), "x.jpg", "--cuda-graph"])
+    assert r.exit_code == 2 and "CUDA graphs replay TensorRT plans only" in r.output
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
 def test_onnxruntime_io_binding_on_gpu_equals_cpu(exported, tiny_voc):

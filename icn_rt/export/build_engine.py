@@ -114,6 +114,7 @@ def build_engines(directory: str | Path, settings: BuildSettings, device: str | 
             raise InputError(onnx_path, f"TensorRT's ONNX parser failed: {errors}")
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace << 20)
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer names in `bench --profile-layers`
         profile = builder.create_optimization_profile()
         for i in range(network.num_inputs):
             tensor = network.get_input(i)

@@ -64,6 +64,8 @@ class BenchSettings:
     iterations: int = LEAST_SAMPLES
     duration: float | None = None
     evaluation: EvalSettings | None = None
+    cuda_graph: bool = False  # each TensorRT contestant also as CUDA graphs
+    profile_layers: bool = False  # TensorRT's per-layer times at the largest batch size
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.iterations < 1 or (self.duration is not None and self.duration <= 0):
@@ -235,15 +237,19 @@ def bench(model_dir: Path, paths: list[Path], proposals_dir: Path, settings: Ben
             runs.append(run_predictor(rules, "icn-rt, PRM rules", items, b, settings.warmup, settings.iterations,
                                       settings.duration))
     predictors = {"torch": model}
-    for backend in settings.backends:
+    specs = [(backend, False) for backend in settings.backends]
+    if settings.cuda_graph:
+        specs += [(backend, True) for backend in settings.backends if backend.partition(":")[0] == "tensorrt"]
+    for backend, graphed in specs:
         try:
-            predictor = model if backend == "torch" else Predictor.from_dir(model_dir, settings.device, backend)
+            predictor = model if backend == "torch" else Predictor.from_dir(model_dir, settings.device, backend,
+                                                                               cuda_graph=graphed)
         except (InputError, ValueError, RuntimeError, ImportError) as e:
-            skipped[f"icn-rt, model, {backend}"] = str(e)
+            skipped[f"icn-rt, model, {backend}{'+cuda-graph' if graphed else ''}"] = str(e)
             continue
         predictors[predictor.backend] = predictor
         for b in settings.batch_sizes:
-            log(f"icn-rt, model, {backend}, batch {b}")
+            log(f"icn-rt, model, {predictor.backend}, batch {b}")
             runs.append(run_predictor(predictor, "icn-rt, model", items, b, settings.warmup, settings.iterations,
                                       settings.duration))
     base_rate = base.images_timed / sum(base.seconds) if base else None
@@ -271,9 +277,36 @@ def bench(model_dir: Path, paths: list[Path], proposals_dir: Path, settings: Ben
         "rows": rows,
         "best_like_for_like_speedup": max((r["speedup_vs_baseline"] for r in like), default=None),
         "skipped": skipped,
+        "tensorrt_layers": tensorrt_layers(predictors, items, max(settings.batch_sizes), settings.iterations, log)
+        if settings.profile_layers else None,
         "accuracy": accuracy(predictors, settings.evaluation, log) if settings.evaluation else None,
         "peak_host_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
+
+
+def tensorrt_layers(predictors: dict[str, Predictor], items: list[Item], batch_size: int, runs: int,
+                    log=print) -> dict:
+    """Per TensorRT contestant (not its CUDA-graph twin: a graph replays what the plain
+    plan runs), each plan's per-layer times on a batch of ``batch_size`` items
+    (:meth:`~icn_rt.runtime.engines.tensorrt.TensorRTEngine.profile_layers`); the ICN
+    plan on that batch's first peaks (one chunk)."""
+    out = {}
+    batch = [items[i % len(items)] for i in range(batch_size)]
+    for name, predictor in predictors.items():
+        graphs = predictor.graphs
+        if graphs is None or graphs.backend != "tensorrt" or graphs.cuda_graph:
+            continue
+        log(f"per-layer profile: {name}, batch {batch_size}")
+        x = predictor.network_input([b.image for b in batch], [b.x for b in batch])
+        plans = {"prm": graphs.prm.profile_layers(runs, images=x)}
+        if graphs.icn is not None:
+            naive = predictor.naive_maps([b.image for b in batch], [b.x for b in batch])
+            chunk = predictor.model.icn_settings.chunk
+            if len(naive.peaks.image):
+                plans["icn"] = graphs.icn.profile_layers(runs, images=naive.x[naive.peaks.image[:chunk]],
+                                                         prms=naive.prms[:chunk])
+        out[name] = plans
+    return out
 
 
 def model_bytes(predictor: Predictor) -> int:

@@ -28,6 +28,7 @@ from icn_rt.models.peaks import Peaks
 from icn_rt.models.prm import NaiveMaps
 from icn_rt.models.store import Model, load_model
 from icn_rt.runtime.engines import TORCH_PRECISIONS, GraphEngines, pick_backend, split_backend
+from icn_rt.runtime.engines.graphs import CUDA_GRAPH_BACKENDS
 from icn_rt.runtime.timing import StageTimes
 
 
@@ -110,7 +111,8 @@ class Predictor:
         graphs' precision when it is not fp32 (``onnxruntime:int8``)."""
         if self.graphs is None:
             return "torch" + ("" if self.precision == "fp32" else f":{self.precision}")
-        return self.graphs.backend + ("" if self.graphs.precision == "fp32" else f":{self.graphs.precision}")
+        return (self.graphs.backend + ("" if self.graphs.precision == "fp32" else f":{self.graphs.precision}")
+                + ("+cuda-graph" if self.graphs.cuda_graph else ""))
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -127,21 +129,24 @@ class Predictor:
 
     @classmethod
     def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu", backend: str = "torch",
-                 **overrides) -> Predictor:
+                 cuda_graph: bool = False, **overrides) -> Predictor:
         """Load a model directory (:func:`~icn_rt.models.store.load_model`); its config gives
         every setting unless ``overrides`` (``peaks=``, ``prm=``, ``matching=``,
         ``instances=``, ``icn_steps=``) replace a section or T. ``backend``: ``torch``
         (eager), ``onnxruntime`` or ``tensorrt`` (the exported graphs: ``icn-rt export``,
         ``icn-rt build-engine``) or ``auto`` (:func:`~icn_rt.runtime.engines.pick_backend`);
         a graph backend may name a precision, ``onnxruntime:int8`` (``icn-rt export
-        --precision``), and so may torch (``torch:bf16``: autocast)."""
+        --precision``), and so may torch (``torch:bf16``: autocast). ``cuda_graph``: TensorRT
+        replays its plans as CUDA graphs (:class:`~icn_rt.runtime.engines.GraphEngines`)."""
         backend, precision = split_backend(backend)
         predictor = cls(load_model(directory, device).replace(**overrides), device)
         backend = pick_backend(backend, predictor.device, directory)
         if backend == "torch":
+            if cuda_graph:
+                raise ValueError(CUDA_GRAPH_BACKENDS)
             predictor.precision = precision or "fp32"
         else:
-            predictor.graphs = GraphEngines(predictor.model, backend, predictor.device, precision)
+            predictor.graphs = GraphEngines(predictor.model, backend, predictor.device, precision, cuda_graph)
         return predictor
 
     def network_input(self, images: list[np.ndarray], inputs: list[np.ndarray] | Staged | None = None) -> torch.Tensor:

@@ -15,6 +15,9 @@ from icn_rt.runtime.engines.tensorrt import TensorRTEngine, tensorrt_available
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 PRECISIONS = manifest.PRECISIONS
+CUDA_GRAPH_BACKENDS = ("CUDA graphs replay TensorRT plans only (--backend tensorrt): eager PyTorch's backward "
+                       "changes shape with the number of peaks, and onnxruntime's would need fixed input and "
+                       "output buffers")
 TORCH_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 """Eager PyTorch's precisions: the networks under :func:`torch.autocast` at that type."""
 
@@ -60,10 +63,15 @@ class GraphEngines:
     """The PRM engine and (when ``model`` enhances) the ICN engine of a loaded model on
     ``backend`` (``onnxruntime`` or ``tensorrt``), refused when the graphs or plans do not
     fit the model. ``precision``: onnxruntime runs that variant of the graphs (default
-    fp32); TensorRT's plans must have been built at it (default: whatever they were)."""
+    fp32); TensorRT's plans must have been built at it (default: whatever they were).
+    ``cuda_graph``: TensorRT replays each input shape's execution as a CUDA graph."""
 
-    def __init__(self, model: Model, backend: str, device: str | torch.device, precision: str | None = None) -> None:
+    def __init__(self, model: Model, backend: str, device: str | torch.device, precision: str | None = None,
+                 cuda_graph: bool = False) -> None:
+        if cuda_graph and backend != "tensorrt":
+            raise ValueError(CUDA_GRAPH_BACKENDS)
         self.directory, self.device = model.directory, torch.device(device)
+        self.cuda_graph = cuda_graph
         record = manifest.read(self.directory)
         manifest.check_graphs(model, record)
         self.slots = int(record["slots"])
@@ -86,7 +94,7 @@ class GraphEngines:
                 if precision is not None and plan.get("precision") != precision:
                     raise InputError(manifest.path(self.directory), f"the {name} plan is {plan.get('precision')}, "
                                      f"not {precision}; run `icn-rt build-engine MODEL --precision {precision}`")
-                self.engines[name] = TensorRTEngine(self.directory / plan["file"], plan, self.device)
+                self.engines[name] = TensorRTEngine(self.directory / plan["file"], plan, self.device, cuda_graph)
             else:
                 raise ValueError(f"graph engines run on onnxruntime or tensorrt, not {backend!r}")
 

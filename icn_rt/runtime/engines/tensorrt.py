@@ -1,11 +1,19 @@
 """The ``tensorrt`` engine: one serialized plan (``icn-rt build-engine``) run by TensorRT's
 own runtime on PyTorch-allocated device buffers, enqueued on PyTorch's current CUDA
-stream. TensorRT is an optional dependency (:mod:`icn_rt.extras`)."""
+stream. TensorRT is an optional dependency (:mod:`icn_rt.extras`).
+
+``cuda_graph``: each input shape's execution is captured once into a CUDA graph (TensorRT
+enqueued once first, as its documentation asks, then captured on PyTorch's capture
+stream) and replayed from fixed input and output buffers: the feeds are copied in, the
+outputs copied out. :meth:`TensorRTEngine.profile_layers`: TensorRT's per-layer times
+(an ``IProfiler``), as ``trtexec --dumpProfile``."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from icn_rt import extras
@@ -23,13 +31,28 @@ def _trt_to_torch(trt, dtype) -> torch.dtype:
     return table[dtype]
 
 
+GRAPHS_KEPT = 8
+"""Input shapes whose CUDA graph an engine keeps (the last chunk of a batch has its own)."""
+
+
+@dataclass
+class _Captured:
+    """One input shape's CUDA graph and the fixed buffers it reads and writes."""
+
+    graph: torch.cuda.CUDAGraph
+    inputs: dict[str, torch.Tensor]
+    outputs: dict[str, torch.Tensor]
+
+
 class TensorRTEngine:
     """One serialized TensorRT plan. Refuses a plan built for another GPU or TensorRT
-    version (``record``: the plan's entry in the manifest)."""
+    version (``record``: the plan's entry in the manifest). ``cuda_graph``: replay each
+    input shape's execution as a CUDA graph (see the module)."""
 
     backend = "tensorrt"
 
-    def __init__(self, path: str | Path, record: dict, device: str | torch.device = "cuda") -> None:
+    def __init__(self, path: str | Path, record: dict, device: str | torch.device = "cuda",
+                 cuda_graph: bool = False) -> None:
         trt = extras.require("tensorrt")
         self.path, self.device = Path(path), torch.device(device)
         if self.device.type != "cuda":
@@ -50,22 +73,95 @@ class TensorRTEngine:
         self.inputs = tuple(n for n in names if is_input[n])
         self.outputs = tuple(n for n in names if not is_input[n])
         self._dtypes = {n: _trt_to_torch(trt, self.engine.get_tensor_dtype(n)) for n in names}
+        self.cuda_graph = cuda_graph
+        self._graphs: dict[tuple, _Captured] = {}
 
     def __call__(self, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
+        inputs = {name: feeds[name].to(self.device, self._dtypes[name]).contiguous() for name in self.inputs}
+        if self.cuda_graph:
+            return self._replay(inputs)
         stream = torch.cuda.current_stream(self.device)
-        kept = []
-        for name in self.inputs:
-            t = feeds[name].to(self.device, self._dtypes[name]).contiguous()
-            kept.append(t)
-            self.context.set_input_shape(name, tuple(t.shape))
-            self.context.set_tensor_address(name, t.data_ptr())
-        out = {}
-        for name in self.outputs:
-            t = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self._dtypes[name], device=self.device)
-            out[name] = t
-            self.context.set_tensor_address(name, t.data_ptr())
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError(f"{self.path}: TensorRT execution failed")
-        for t in kept:  # the caching allocator must not reuse the inputs before the plan ran
+        out = self._bind(inputs)
+        self._enqueue(stream)
+        for t in inputs.values():  # the caching allocator must not reuse the inputs before the plan ran
             t.record_stream(stream)
         return out
+
+    def _bind(self, inputs: dict[str, torch.Tensor], context=None) -> dict[str, torch.Tensor]:
+        """Set the input shapes and every tensor's address in ``context`` (default: the
+        engine's); the new output buffers."""
+        context = context or self.context
+        for name, t in inputs.items():
+            context.set_input_shape(name, tuple(t.shape))
+            context.set_tensor_address(name, t.data_ptr())
+        out = {}
+        for name in self.outputs:
+            t = torch.empty(tuple(context.get_tensor_shape(name)), dtype=self._dtypes[name], device=self.device)
+            out[name] = t
+            context.set_tensor_address(name, t.data_ptr())
+        return out
+
+    def _enqueue(self, stream: torch.cuda.Stream, context=None) -> None:
+        context = context or self.context
+        if not context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError(f"{self.path}: TensorRT execution failed")
+
+    def _replay(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The execution for these input shapes as a CUDA graph: captured on first sight
+        of the shapes, then replayed from its fixed buffers."""
+        key = tuple(tuple(t.shape) for t in inputs.values())
+        captured = self._graphs.get(key)
+        if captured is None:
+            captured = self._capture({name: t.clone() for name, t in inputs.items()})
+            if len(self._graphs) >= GRAPHS_KEPT:
+                self._graphs.pop(next(iter(self._graphs)))
+            self._graphs[key] = captured
+        for name, t in inputs.items():
+            captured.inputs[name].copy_(t)
+        captured.graph.replay()
+        return {name: t.clone() for name, t in captured.outputs.items()}
+
+    def _capture(self, inputs: dict[str, torch.Tensor]) -> _Captured:
+        outputs = self._bind(inputs)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):  # once outside the capture: TensorRT's deferred work is done there
+            self._enqueue(side)
+        side.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._enqueue(torch.cuda.current_stream(self.device))
+        return _Captured(graph, inputs, outputs)
+
+    def profile_layers(self, runs: int = 20, **feeds: torch.Tensor) -> dict:
+        """TensorRT's time per layer over ``runs`` executions on ``feeds`` (after one
+        untimed): per layer its median milliseconds and share of the summed medians, in
+        execution order; the layer names are the network's when the plan was built with
+        detailed profiling verbosity (``icn-rt build-engine`` does), else indices."""
+        trt = extras.require("tensorrt")
+        times: dict[str, list[float]] = {}
+
+        class LayerTimes(trt.IProfiler):
+            def __init__(self) -> None:
+                trt.IProfiler.__init__(self)
+
+            def report_layer_time(self, layer_name: str, ms: float) -> None:
+                times.setdefault(layer_name, []).append(ms)
+
+        inputs = {name: feeds[name].to(self.device, self._dtypes[name]).contiguous() for name in self.inputs}
+        stream = torch.cuda.current_stream(self.device)
+        context = self.engine.create_execution_context()  # its own: the engine's runs stay unprofiled
+        outputs = self._bind(inputs, context)
+        self._enqueue(stream, context)
+        stream.synchronize()
+        context.profiler = LayerTimes()
+        for _ in range(runs):
+            self._enqueue(stream, context)  # with a profiler, enqueue reports each layer once it has run
+            stream.synchronize()
+        del outputs, context
+        medians = {name: float(np.median(v)) for name, v in times.items()}
+        total = sum(medians.values())
+        return {"plan": self.path.name, "runs": runs, "input_shapes": {n: list(t.shape) for n, t in inputs.items()},
+                "total_ms": total,
+                "layers": [{"name": name, "median_ms": ms, "share": ms / total if total else None,
+                            "samples": len(times[name])} for name, ms in medians.items()]}
