@@ -2,16 +2,21 @@
 forward, peaks, backward -> PRMs; ICN stage: T steps on every peak) and the whole
 predictor (plus matching and NMS), per backend:
 
-- ``torch eager``: the predictor's own path (one backward over the K real peaks);
-- ``torch graph``: the exported graph modules run in PyTorch (the fixed peak slots);
+- ``torch eager``: the predictor's own path (one backward over the K peaks found, on
+  receptive-field windows where they are smaller than the map);
+- ``torch graph``: the exported graph modules run in PyTorch (whole maps);
 - ``onnxruntime``: the exported ONNX graphs (CPU provider here; CUDA/TensorRT providers
   where installed).
 
-The graphs are exported at each ``--slots`` into a scratch copy of the model. Reports
-median and p90 seconds per batch, images/s, and ratios to torch eager; checks that the
-onnxruntime instances equal the eager ones. Writes JSON with the machine and versions::
+Both backward over the peaks found, never a fixed number of slots. Rows at the model's
+own settings, then (``--peaks-per-image 1 8``) with every class map's threshold taken
+away and the peaks per image capped at N, so that each image has N peaks: the cost of
+each engine follows the peaks. Per row the peaks per image measured, median and p90
+seconds per batch, images/s and ratios to torch eager; the onnxruntime instances are
+checked against the eager ones. Writes JSON with the machine and versions::
 
-    python benchmarks/engines.py MODEL VOCROOT --out benchmarks/results/engines_cpu.json
+    python benchmarks/engines.py MODEL VOCROOT --batch-sizes 1 8 16 --peaks-per-image 1 8 \
+        --out benchmarks/results/engines_cpu.json
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import argparse
 import json
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -66,14 +72,27 @@ def _same_instances(a, b) -> bool:
                for p, q in zip(a, b))
 
 
+def _with_peaks(model: Path, out: Path, peaks: int | None) -> Path:
+    """A copy of the model, exported; with ``peaks``, every threshold taken away and the
+    peaks per image capped at that."""
+    shutil.copytree(model, out, ignore=shutil.ignore_patterns("labels-*", "*_state.pt", "*.onnx", "manifest.json"))
+    if peaks is not None:
+        config = json.loads((out / "config.json").read_text())
+        config["peaks"].update(class_threshold=-1e9, peak_threshold=-1e9, max_peaks=peaks)
+        (out / "config.json").write_text(json.dumps(config, indent=2))
+    export_model(out, verify=False)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path)
     parser.add_argument("root", type=Path, help="VOC root with Proposals/ for the split")
     parser.add_argument("--split", default="val")
     parser.add_argument("--images", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--slots", type=int, nargs="+", default=[32, 8])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8])
+    parser.add_argument("--peaks-per-image", type=int, nargs="*", default=[1, 8],
+                        help="Extra rows with exactly this many peaks per image.")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/engines_cpu.json"))
@@ -84,41 +103,36 @@ def main() -> None:
     ids = ds.ids[: args.images]
     images = [read_image(ds.image_path(i)) for i in ids]
     props = [load_proposals(proposal_path(args.root / "Proposals", i), im.shape[:2]) for i, im in zip(ids, images)]
-    batches = [(images[s: s + args.batch_size], props[s: s + args.batch_size])
-               for s in range(0, len(images), args.batch_size)]
-
-    eager = Predictor.from_dir(args.model, args.device)
-    peaks_per_image = len(eager.naive_maps(images).peaks) / len(images)
-    rows = []
-
-    def add(name: str, predictor: Predictor, slots: int | None) -> None:
-        net = _timed(lambda: [_networks(predictor, b)() for b, _ in batches], args.repeats)
-        full = _timed(lambda: [predictor.predict(b, p) for b, p in batches], args.repeats)
-        rows.append({"backend": name, "slots": slots, "networks": _summary(net, len(images)),
-                     "predict": _summary(full, len(images))})
-        print(f"{name:>12} slots {slots or '-':>3}: networks {len(images) / statistics.median(net):6.2f} img/s, "
-              f"predict {len(images) / statistics.median(full):6.2f} img/s", flush=True)
-
-    add("torch eager", eager, None)
-    identical = {}
+    rows, identical = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        for slots in args.slots:
-            model = Path(tmp) / f"model-{slots}"
-            shutil.copytree(args.model, model, ignore=shutil.ignore_patterns("labels-*", "*_state.pt"))
-            export_model(model, slots=slots, verify=False)
-            ort = Predictor.from_dir(model, args.device, backend="onnxruntime")
+        for peaks in (None, *args.peaks_per_image):
+            setting = "model" if peaks is None else f"{peaks} per image"
+            model = _with_peaks(args.model, Path(tmp) / f"model-{peaks}", peaks)
+            eager = Predictor.from_dir(model, args.device)
             graph = Predictor.from_dir(model, args.device)
-            graph.graphs = _torch_graphs(graph, slots)
-            add("torch graph", graph, slots)
-            add("onnxruntime", ort, slots)
-            identical[slots] = all(_same_instances(eager.predict(b, p), ort.predict(b, p)) for b, p in batches)
-    base = rows[0]
+            graph.graphs = _torch_graphs(graph)
+            ort = Predictor.from_dir(model, args.device, backend="onnxruntime")
+            found = len(eager.naive_maps(images).peaks) / len(images)
+            for b in args.batch_sizes:
+                batches = [(images[s: s + b], props[s: s + b]) for s in range(0, len(images), b)]
+                for name, predictor in (("torch eager", eager), ("torch graph", graph), ("onnxruntime", ort)):
+                    net = _timed(lambda: [_networks(predictor, i)() for i, _ in batches], args.repeats)
+                    full = _timed(lambda: [predictor.predict(i, p) for i, p in batches], args.repeats)
+                    rows.append({"backend": name, "peaks": setting, "peaks_per_image": found, "batch_size": b,
+                                 "networks": _summary(net, len(images)), "predict": _summary(full, len(images))})
+                    print(f"{name:>12} peaks {setting:>12} ({found:.2f}/image) batch {b:>2}: networks "
+                          f"{len(images) / statistics.median(net):6.2f} img/s, predict "
+                          f"{len(images) / statistics.median(full):6.2f} img/s", flush=True)
+                identical[f"{setting}, batch {b}"] = all(_same_instances(eager.predict(i, p), ort.predict(i, p))
+                                                         for i, p in batches)
     for row in rows:
+        base = next(r for r in rows if r["backend"] == "torch eager" and r["peaks"] == row["peaks"]
+                    and r["batch_size"] == row["batch_size"])
         for stage in ("networks", "predict"):
             row[stage]["speedup_vs_torch_eager"] = row[stage]["images_per_s"] / base[stage]["images_per_s"]
-    result = {"benchmark": "engines", "machine": machine_info(), "model": str(args.model),
-              "device": args.device, "images": len(images), "batch_size": args.batch_size,
-              "peaks_per_image": peaks_per_image, "input_size": eager.input_size,
+    result = {"benchmark": "engines", "command": "python " + " ".join(sys.argv), "machine": machine_info(),
+              "model": str(args.model), "device": args.device, "images": len(images),
+              "batch_sizes": args.batch_sizes, "input_size": eager.input_size,
               "icn_steps": eager.model.icn_settings.steps if eager.enhances else 0,
               "onnxruntime_instances_equal_torch_eager": identical, "rows": rows,
               "torch_threads": torch.get_num_threads()}
@@ -129,16 +143,17 @@ def main() -> None:
 class _TorchGraphs:
     """The graph modules in PyTorch behind the same engine interface the predictor uses."""
 
-    def __init__(self, prm: TorchEngine, icn: TorchEngine | None, slots: int) -> None:
-        self.prm, self.icn, self.slots, self.backend = prm, icn, slots, "torch graph"
+    def __init__(self, prm: TorchEngine, icn: TorchEngine | None) -> None:
+        self.prm, self.icn, self.backend = prm, icn, "torch graph"
 
 
-def _torch_graphs(predictor: Predictor, slots: int) -> _TorchGraphs:
+def _torch_graphs(predictor: Predictor) -> _TorchGraphs:
+    slots = predictor.model.peaks.max_peaks
     prm = TorchEngine(PRMGraph(predictor.model, slots), PRM_INPUTS, PRM_OUTPUTS, predictor.device)
     icn = None
     if predictor.enhances:
         icn = TorchEngine(ICNGraph(predictor.model), ICN_INPUTS, ICN_OUTPUTS, predictor.device)
-    return _TorchGraphs(prm, icn, slots)
+    return _TorchGraphs(prm, icn)
 
 
 if __name__ == "__main__":

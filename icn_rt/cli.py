@@ -537,8 +537,8 @@ def _accuracy_table(acc: dict) -> Table:
 @app.command("export")
 def export_cmd(
     model_dir: Path = typer.Argument(..., help="Model directory."),
-    slots: Optional[int] = typer.Option(None, help="Peak slots per image in the PRM graph [default: the model's "
-                                                  "peaks.max_peaks]; fewer is faster and keeps the highest peaks."),
+    slots: Optional[int] = typer.Option(None, help="The most peaks per image the PRM graph keeps (the highest) "
+                                                  "[default: the model's peaks.max_peaks]."),
     precision: str = typer.Option("fp32", help="Comma-separated: fp32 (always written) | fp16 (the networks' "
                                                "convolutions in fp16, the rest fp32) | int8 (Q/DQ, calibrated)."),
     calibration: Optional[Path] = typer.Option(None, help="VOC root whose images calibrate int8."),

@@ -32,6 +32,13 @@ RETURNS = {"IBuilderConfig.get_timing_cache": "ITimingCache", "Builder.create_ne
            "ICudaEngine.create_execution_context": "IExecutionContext"}
 """Method -> the TensorRT class it returns, for chained calls."""
 
+CALLBACKS = {"IOutputAllocator": ("reallocate_output", "reallocate_output_async", "notify_shape")}
+"""Methods TensorRT calls on a Python subclass that its binding module does not list (a
+pybind11 trampoline: the class has no such attribute), from the TensorRT Python API
+reference (``IOutputAllocator``, on the IExecutionContext page of 10.x and 11.x). Such a
+method needs its class to exist; any other method a subclass defines must be a listed
+member."""
+
 VERSION_FUNCTION = "tensorrt_major"
 
 
@@ -155,7 +162,8 @@ class _Visitor(ast.NodeVisitor):
             if chain and chain[0] == "trt" and len(chain) == 2:
                 for item in node.body:
                     if isinstance(item, ast.FunctionDef) and not item.name.startswith("__"):
-                        self._use(f"{chain[1]}.{item.name}", item.lineno)
+                        callback = item.name in CALLBACKS.get(chain[1], ())
+                        self._use(chain[1] if callback else f"{chain[1]}.{item.name}", item.lineno)
         self.generic_visit(node)
 
     # conditions -----------------------------------------------------------------------

@@ -83,25 +83,39 @@ def test_prm_graph_equals_the_eager_peaks_and_prms(rule, backbone, size, sub_pix
     x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(2))
     settings = PeakSettings(class_threshold=-1e9, peak_threshold=-1e9, max_peaks=slots)
     with torch.no_grad():
-        scores, maps, cls, y, xs, value, valid, prms = PRMGraph(Model(model, CLASSES, settings,
+        scores, maps, image, cls, y, xs, value, prms = PRMGraph(Model(model, CLASSES, settings,
                                                                       PRMSettings(rule)), slots)(x)
-    # the graph runs the eager path's operations in its layout, over whole maps
+    # the graph runs the eager path's operations in its layout, over whole maps, on the peaks found
     rec = recorded_forward(model, x, channels_last=False)
     peaks = find_peaks(rec.maps, rec.scores, settings, sub_pixel)
-    assert len(peaks) > 0 and int(valid.sum()) == len(peaks)
+    assert len(peaks) > 0 and len(image) == len(peaks) == len(prms)
+    assert torch.bincount(peaks.image, minlength=3).max() <= slots
     assert torch.equal(scores, rec.scores) and torch.equal(maps, rec.maps)
-    image, _ = valid.nonzero(as_tuple=True)
-    assert torch.equal(image, peaks.image)
-    for got, want in ((cls, peaks.cls), (y, peaks.y), (xs, peaks.x)):
-        assert got.dtype == torch.int32 and torch.equal(got[valid].long(), want)
-    assert torch.equal(value[valid], peaks.value)
-    assert torch.equal(prms[valid], peak_response_maps(model, rec, peaks, PRMSettings(rule), local=False))
-    assert (prms[~valid] == 0).all() and (value[~valid] == 0).all()
+    for got, want in ((image, peaks.image), (cls, peaks.cls), (y, peaks.y), (xs, peaks.x)):
+        assert got.dtype == torch.int32 and torch.equal(got.long(), want)
+    assert torch.equal(value, peaks.value)
+    assert torch.equal(prms, peak_response_maps(model, rec, peaks, PRMSettings(rule), local=False))
+
+
+def test_prm_graph_without_peaks_gives_empty_peak_outputs(tmp_path):
+    from icn_rt.export.graphs import PRM_INPUTS, PRM_OUTPUTS, PRM_PEAK_OUTPUTS
+    from icn_rt.export.onnx_export import _export
+
+    torch.manual_seed(0)
+    model = PeakClassifier(3, ClassifierSettings(backbone="small", input_size=32, sub_pixel=1)).eval()
+    none = PeakSettings(class_threshold=1e9, peak_threshold=1e9, max_peaks=4)
+    graph = PRMGraph(Model(model, CLASSES, none, PRMSettings("gradient")), 4)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    path = tmp_path / "prm.onnx"
+    _export(graph, (x,), path, PRM_INPUTS, PRM_OUTPUTS, PRM_PEAK_OUTPUTS)
+    got = OnnxRuntimeEngine(path)(images=x)
+    assert got["scores"].shape == (2, 3) and got["prms"].shape == (0, 32, 32)
+    assert all(got[name].shape[0] == 0 for name in PRM_PEAK_OUTPUTS)
 
 
 @pytest.mark.parametrize("rule", ["gradient", "excitation"])
 def test_resnet_prm_graph_exports_to_tensorrt_operators_and_runs_in_onnxruntime(rule, tmp_path):
-    from icn_rt.export.graphs import PRM_INPUTS, PRM_OUTPUTS
+    from icn_rt.export.graphs import PRM_INPUTS, PRM_OUTPUTS, PRM_PEAK_OUTPUTS
     from icn_rt.export.onnx_export import _export
 
     torch.manual_seed(0)
@@ -109,11 +123,13 @@ def test_resnet_prm_graph_exports_to_tensorrt_operators_and_runs_in_onnxruntime(
     graph = PRMGraph(Model(model, CLASSES, ALL_PEAKS, PRMSettings(rule)), 3)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     path = tmp_path / "prm.onnx"
-    _export(graph, (x,), path, PRM_INPUTS, PRM_OUTPUTS)
+    _export(graph, (x,), path, PRM_INPUTS, PRM_OUTPUTS, PRM_PEAK_OUTPUTS)
     assert unsupported_operators(path) == []  # ReLU(W) of the excitation rule: initializers too
     got = OnnxRuntimeEngine(path)(images=x)
     want = TorchEngine(graph, PRM_INPUTS, PRM_OUTPUTS)(images=x)
-    assert want["peak_valid"].any() and torch.equal(got["peak_valid"], want["peak_valid"])
+    assert len(want["prms"]) > 0
+    for name in ("peak_image", "peak_class", "peak_y", "peak_x"):
+        assert torch.equal(got[name], want[name]), name
     torch.testing.assert_close(got["prms"], want["prms"], rtol=1e-4, atol=1e-6 * float(want["prms"].max()))
 
 
@@ -154,7 +170,7 @@ def _val(tiny_voc, n=None):
 def test_export_writes_checked_graphs_of_tensorrt_operators_and_a_manifest(exported):
     manifest = json.loads((exported / "manifest.json").read_text())
     assert set(manifest["graphs"]) == {"prm", "icn"}
-    assert manifest["slots"] == 32 and manifest["graphs"]["icn"]["steps"] == 3
+    assert manifest["slots"] == 32 and manifest["peak_batch"] == "found" and manifest["graphs"]["icn"]["steps"] == 3
     for name, g in manifest["graphs"].items():
         path = exported / g["file"]
         onnx.checker.check_model(str(path), full_check=True)
@@ -162,7 +178,7 @@ def test_export_writes_checked_graphs_of_tensorrt_operators_and_a_manifest(expor
         ops = set(g["operators"])
         assert ops <= tensorrt_operators() and "MaxUnpool" not in ops
         diff = g["max_difference"]
-        assert all(diff[k] == 0 for k in ("peak_class", "peak_y", "peak_x", "peak_valid") if k in diff), diff
+        assert all(diff[k] == 0 for k in ("peak_image", "peak_class", "peak_y", "peak_x") if k in diff), diff
         assert max(diff.values()) < 1e-4, diff
     assert {"ConvTranspose", "TopK", "Conv", "MaxPool"} <= set(manifest["graphs"]["prm"]["operators"])
     assert manifest["graphs"]["icn"]["operators"]["Sigmoid"] == 3  # T steps unrolled
@@ -170,6 +186,9 @@ def test_export_writes_checked_graphs_of_tensorrt_operators_and_a_manifest(expor
     # dynamic batch
     model = onnx.load(str(exported / "prm.onnx"))
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    # the backward's batch: the peaks found
+    prms = next(o for o in model.graph.output if o.name == "prms")
+    assert prms.type.tensor_type.shape.dim[0].dim_param != "batch" and "NonZero" in manifest["graphs"]["prm"]["operators"]
 
 
 def test_export_simplifies_the_graphs_only_where_their_outputs_stay_the_same(exported, with_icn, tmp_path,
@@ -216,11 +235,11 @@ def test_onnxruntime_graphs_equal_pytorch_on_synthetic_images(exported, tiny_voc
 
     prm = OnnxRuntimeEngine(exported / "prm.onnx")
     graph = TorchEngine(PRMGraph(predictor.model, 32), ("images",),
-                        ("scores", "maps", "peak_class", "peak_y", "peak_x", "peak_value", "peak_valid", "prms"))
+                        ("scores", "maps", "peak_image", "peak_class", "peak_y", "peak_x", "peak_value", "prms"))
     for batch in (images[:1], images):  # dynamic batch
         x = torch.stack([preprocess(im, 64) for im in batch])
         got, want = prm(images=x), graph(images=x)
-        for name in ("peak_class", "peak_y", "peak_x", "peak_valid"):
+        for name in ("peak_image", "peak_class", "peak_y", "peak_x"):
             assert torch.equal(got[name], want[name]), name  # peaks identical
         for name, tol in (("scores", 1e-5), ("maps", 1e-5), ("peak_value", 1e-5), ("prms", 1e-6)):
             torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=tol)
@@ -350,11 +369,17 @@ def test_tensorrt_cuda_graphs_replay_what_the_plans_compute_and_layers_are_profi
     graphed = Predictor.from_dir(model, "cuda", backend="tensorrt", cuda_graph=True)
     assert graphed.backend == "tensorrt+cuda-graph"
     x = plain.network_input(images)
-    for batch in (x[:4], x[:4] + 0.5, x[:3]):  # the same shape replayed on new values, then a new shape
+    prms = torch.rand(4, *x.shape[2:], device=x.device)
+    prms = prms / prms.sum((1, 2), keepdim=True)
+    for batch, p in ((x[:4], prms), (x[:4] + 0.5, prms.flip(0)), (x[:3], prms[:3])):  # new values, new shape
+        want, got = plain.graphs.icn(images=batch, prms=p), graphed.graphs.icn(images=batch, prms=p)
+        for name in want:
+            assert torch.equal(want[name], got[name]), name
         want, got = plain.graphs.prm(images=batch), graphed.graphs.prm(images=batch)
         for name in want:
             assert torch.equal(want[name], got[name]), name
-    assert len(graphed.graphs.prm._graphs) == 2
+    assert len(graphed.graphs.icn._graphs) == 2
+    assert not graphed.graphs.prm._graphs  # its peaks' number is data-dependent: it runs plainly
     a, b = plain.predict(images, props), graphed.predict(images, props)
     assert [[(i.class_id, i.proposal) for i in p.instances] for p in a] == \
            [[(i.class_id, i.proposal) for i in p.instances] for p in b]
@@ -372,6 +397,16 @@ def test_tensorrt_cuda_graphs_replay_what_the_plans_compute_and_layers_are_profi
     report = json.loads(out.read_text())
     assert [row["backend"] for row in report["rows"]] == ["tensorrt", "tensorrt+cuda-graph"]
     assert set(report["tensorrt_layers"]["tensorrt"]) == {"prm", "icn"}
+
+
+def test_graphs_of_the_fixed_slot_layout_are_refused(exported, tmp_path):
+    model = tmp_path / "m"
+    shutil.copytree(exported, model)
+    record = json.loads((model / "manifest.json").read_text())
+    del record["peak_batch"]  # as icn-rt wrote it before the graphs' backward took the peaks found
+    (model / "manifest.json").write_text(json.dumps(record))
+    with pytest.raises(InputError, match=r"older icn-rt \(fixed peak slots\); run `icn-rt export` again"):
+        Predictor.from_dir(model, backend="onnxruntime")
 
 
 def test_cuda_graphs_are_refused_where_they_cannot_replay(exported):
@@ -397,7 +432,7 @@ def test_onnxruntime_io_binding_on_gpu_equals_cpu(exported, tiny_voc):
     cpu = OnnxRuntimeEngine(exported / "prm.onnx")(images=x)
     gpu = OnnxRuntimeEngine(exported / "prm.onnx", "cuda")(images=x.cuda())
     assert gpu["prms"].is_cuda
-    assert torch.equal(gpu["peak_valid"].cpu(), cpu["peak_valid"])
+    assert torch.equal(gpu["peak_image"].cpu(), cpu["peak_image"]) and torch.equal(gpu["peak_y"].cpu(), cpu["peak_y"])
     torch.testing.assert_close(gpu["prms"].cpu(), cpu["prms"], rtol=1e-3, atol=1e-6)
 
 
@@ -409,15 +444,17 @@ def test_engine_benchmark_compares_backends_side_by_side(with_icn, tiny_voc, tmp
     out = tmp_path / "engines.json"
     script = Path(__file__).parents[1] / "benchmarks" / "engines.py"
     r = subprocess.run([sys.executable, str(script), str(with_icn[0]), str(tiny_voc), "--images", "3",
-                        "--batch-size", "2", "--slots", "4", "--repeats", "1", "--out", str(out)],
+                        "--batch-sizes", "2", "--peaks-per-image", "2", "--repeats", "1", "--out", str(out)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     record = json.loads(out.read_text())
-    assert [(row["backend"], row["slots"]) for row in record["rows"]] == [
-        ("torch eager", None), ("torch graph", 4), ("onnxruntime", 4)]
+    assert [(row["backend"], row["peaks"]) for row in record["rows"]] == [
+        (backend, peaks) for peaks in ("model", "2 per image") for backend in ("torch eager", "torch graph",
+                                                                                 "onnxruntime")]
+    assert [row["peaks_per_image"] for row in record["rows"][3:]] == [2.0] * 3  # every image has its 2 peaks
     assert record["rows"][0]["networks"]["speedup_vs_torch_eager"] == 1.0
     assert all(row[s]["images_per_s"] > 0 for row in record["rows"] for s in ("networks", "predict"))
-    assert record["onnxruntime_instances_equal_torch_eager"] == {"4": True}
+    assert record["onnxruntime_instances_equal_torch_eager"] == {"model, batch 2": True, "2 per image, batch 2": True}
     assert record["machine"]["packages"]["onnxruntime"]
 
 

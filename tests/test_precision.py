@@ -122,15 +122,13 @@ def test_lower_precision_graphs_find_the_same_peaks_as_fp32_in_onnxruntime(lower
     x = preprocess_batch(images, 64).numpy()
     run = {p: ort.InferenceSession(str(lowered / f"prm{p}.onnx"), providers=["CPUExecutionProvider"]).run(
         None, {"images": x}) for p in ("", ".fp16", ".int8")}
-    valid = run[""][6]
-    assert valid.sum() > 0
-    for k in (2, 3, 4, 6):  # peak class, y, x, valid
+    assert len(run[""][2]) > 0  # the peaks found
+    for k in (2, 3, 4, 5):  # peak image, class, y, x
         np.testing.assert_array_equal(run[".fp16"][k], run[""][k])
     np.testing.assert_allclose(run[".fp16"][7], run[""][7], atol=2e-3)  # PRMs (each sums to 1)
 
     def peaks(out):
-        return {(b, int(out[2][b, s]), int(out[3][b, s]), int(out[4][b, s]))
-                for b, s in zip(*np.nonzero(out[6]))}
+        return set(zip(*(out[k].tolist() for k in (2, 3, 4, 5))))
 
     # int8 on a 3-epoch model calibrated on 4 images moves some peaks; most stay
     kept = len(peaks(run[".int8"]) & peaks(run[""])) / len(peaks(run[""]))

@@ -46,7 +46,7 @@ def test_every_tensorrt_name_the_code_uses_exists_where_it_can_run():
     assert {"Builder.create_network", "NetworkDefinitionCreationFlag.STRONGLY_TYPED", "BuilderFlag.FP16",
             "IExecutionContext.execute_async_v3", "IProgressMonitor.phase_start", "ITimingCache.serialize",
             "IProfiler.report_layer_time", "IExecutionContext.profiler", "ProfilingVerbosity.DETAILED",
-            "ICudaEngine.create_execution_context"} <= used
+            "ICudaEngine.create_execution_context", "IExecutionContext.set_output_allocator"} <= used
     assert problems(sources, VERSIONS) == []
 
 
@@ -95,3 +95,20 @@ class Calibrator(trt.IInt8EntropyCalibrator2):
     assert "x.py:9: trt.IBuilderConfig.int8_calibrator" in found[0]
     assert "x.py:12: trt.IInt8EntropyCalibrator2.get_batch" in found[1]
     assert "x.py:11: trt.IInt8EntropyCalibrator2 is used" in found[2]
+
+
+def test_callbacks_the_binding_does_not_list_need_their_class_and_nothing_else_passes():
+    source = """
+def run(trt):
+    class Allocator(trt.IOutputAllocator):
+        def reallocate_output_async(self, name, memory, size, alignment, stream):
+            return 0
+
+        def notify_shape(self, name, shape):
+            pass
+
+        def notify_shapes(self, name, shape):
+            pass
+"""
+    found = problems({"x.py": source}, VERSIONS)
+    assert len(found) == 1 and "x.py:10: trt.IOutputAllocator.notify_shapes is used where" in found[0]

@@ -3,11 +3,12 @@ that :mod:`icn_rt.export.onnx_export` traces (DESIGN.md §2, §4). Both wrap the
 :class:`~icn_rt.models.store.Model` (never the predictor).
 
 - :class:`PRMGraph`: normalised images in; class scores, class maps, the peaks (Eq. 1,
-  in ``slots`` fixed places per image with a validity flag) and the naive PRMs out. The
-  peak backpropagation is :mod:`icn_rt.models.whole_map_vjp`'s explicit VJP: forward
-  operators only, no autograd at run time. Every image's activations are repeated for
-  its ``slots`` peaks, so the backward runs over B·slots maps; an empty slot gets a
-  zero seed and a zero PRM.
+  at most ``slots`` per image, as ``max_peaks``) and the naive PRMs out. The peaks leave
+  as one list over the batch (image index, class, y, x, value), and the backward's batch
+  is that list: a data-dependent axis (``NonZero`` over the per-image slots), so the
+  graph backpropagates the peaks it found, never empty slots. The peak backpropagation
+  is :mod:`icn_rt.models.whole_map_vjp`'s explicit VJP: forward operators only, no
+  autograd at run time; each peak gathers its image's recorded activations.
 - :class:`ICNGraph`: per peak, the normalised image and its PRM in; the T enhancement
   steps unrolled with shared weights (min-max normalisation inside), the enhanced map
   and its binarisation (min-max, ≥ ``binarize``) out.
@@ -29,17 +30,20 @@ from icn_rt.models.store import Model
 from icn_rt.models.whole_map_vjp import Tape, positive_weight, record, upsample_weights, vjp
 
 PRM_INPUTS = ("images",)
-PRM_OUTPUTS = ("scores", "maps", "peak_class", "peak_y", "peak_x", "peak_value", "peak_valid", "prms")
+PRM_OUTPUTS = ("scores", "maps", "peak_image", "peak_class", "peak_y", "peak_x", "peak_value", "prms")
+PRM_PEAK_OUTPUTS = PRM_OUTPUTS[2:]
+"""The PRM graph's outputs whose first axis is the batch's peaks (data-dependent), not its images."""
 ICN_INPUTS = ("images", "prms")
 ICN_OUTPUTS = ("enhanced", "masks")
 
 
 class PRMGraph(nn.Module):
     """``forward(images: float [B, 3, S, S])`` -> :data:`PRM_OUTPUTS`: ``scores [B, C]``,
-    ``maps [B, C, H, W]``, ``peak_class, peak_y, peak_x: int32 [B, slots]`` (y, x on
-    ``maps``), ``peak_value: float [B, slots]``, ``peak_valid: bool [B, slots]``,
-    ``prms: float [B, slots, S, S]`` (each sums to 1, or is all zero). The model's
-    classifier, with its peak and PRM settings."""
+    ``maps [B, C, H, W]``, then per peak of the batch (K of them, image by image, each
+    image's in raster order as the eager path lists them): ``peak_image, peak_class,
+    peak_y, peak_x: int32 [K]`` (y, x on ``maps``), ``peak_value: float [K]``, ``prms:
+    float [K, S, S]`` (each sums to 1, or is all zero). At most ``slots`` peaks per image
+    (the highest). The model's classifier, with its peak and PRM settings."""
 
     def __init__(self, model: Model, slots: int) -> None:
         super().__init__()
@@ -75,6 +79,10 @@ class PRMGraph(nn.Module):
             scores = maps.mean((2, 3))
         keep = peak_mask(maps, scores, self.peaks, model.settings.sub_pixel)
         index, value, valid = peak_slots(maps, keep, n)
+        # the peaks found, as one list: the backward's batch is theirs (data-dependent)
+        found = torch.nonzero(valid.reshape(-1))[:, 0]
+        image = torch.div(found, n, rounding_mode="trunc")
+        index, value = index.reshape(-1)[found], value.reshape(-1)[found]
         big_h, big_w = self.map_size
         cls = torch.div(index, big_h * big_w, rounding_mode="trunc")
         rest = index - cls * (big_h * big_w)
@@ -82,23 +90,19 @@ class PRMGraph(nn.Module):
         x = rest - y * big_w
         # the seed: d maps[c, y, x] / d low, the bilinear weights of (y, x) over the low map
         dtype = maps.dtype
-        one_c = (cls[..., None] == torch.arange(self.num_classes, dtype=torch.int32, device=maps.device)).to(dtype)
-        one_y = (y[..., None] == torch.arange(big_h, dtype=torch.int32, device=maps.device)).to(dtype)
-        one_x = (x[..., None] == torch.arange(big_w, dtype=torch.int32, device=maps.device)).to(dtype)
-        rows = torch.matmul(one_y, self.rows)  # [B, n, h]
-        cols = torch.matmul(one_x, self.cols)  # [B, n, w]
-        seed = (one_c * valid.to(dtype)[..., None])[..., None, None] * rows[:, :, None, :, None] \
-            * cols[:, :, None, None, :]
-        g = seed.reshape(-1, *seed.shape[2:])  # [B·n, C, h, w]
+        one_c = (cls[:, None] == torch.arange(self.num_classes, dtype=torch.int32, device=maps.device)).to(dtype)
+        one_y = (y[:, None] == torch.arange(big_h, dtype=torch.int32, device=maps.device)).to(dtype)
+        one_x = (x[:, None] == torch.arange(big_w, dtype=torch.int32, device=maps.device)).to(dtype)
+        rows = torch.matmul(one_y, self.rows)  # [K, h]
+        cols = torch.matmul(one_x, self.cols)  # [K, w]
+        g = one_c[:, :, None, None] * rows[:, None, :, None] * cols[:, None, None, :]  # [K, C, h, w]
 
         def spread(t: torch.Tensor) -> torch.Tensor:
-            return t.unsqueeze(1).expand(-1, n, *t.shape[1:]).reshape(-1, *t.shape[1:])
+            return t.index_select(0, image)
 
         g = vjp(model.classifier, g, spread, tape, self.rule)
         g = vjp(model.backbone, g, spread, tape, self.rule)
-        prms = normalise_prm(g)
-        prms = prms.reshape(-1, n, *prms.shape[1:])
-        return scores, maps, cls, y, x, value, valid, prms
+        return scores, maps, image.to(torch.int32), cls, y, x, value, normalise_prm(g)
 
 
 class ICNGraph(nn.Module):

@@ -5,8 +5,9 @@ checked, and a ``manifest.json`` of what was exported with what (DESIGN.md §2, 
 - ``icn.onnx`` (models with an ICN and T ≥ 1): ``images [N, 3, S, S]``, ``prms [N, S, S]``
   -> ``enhanced``, ``masks``.
 
-Batch (B, N) is dynamic; S, the classes, the peak slots, T and every threshold are fixed
-at export (the manifest records them). ``precisions`` adds lower-precision variants of
+Batch (B, N) is dynamic, and so is the PRM graph's number of peaks found (its backward's
+batch); S, the classes, the most peaks per image (``slots``), T and every threshold are
+fixed at export (the manifest records them). ``precisions`` adds lower-precision variants of
 both graphs (:mod:`icn_rt.export.precision`): ``prm.fp16.onnx``, ``icn.int8.onnx``, ...,
 each recorded under its fp32 graph with the hash of the graph it was made from; an int8
 variant whose source hash and calibration settings are unchanged is kept, not
@@ -36,7 +37,8 @@ import torch
 
 from icn_rt.errors import InputError
 from icn_rt.export import precision as lower
-from icn_rt.export.graphs import ICN_INPUTS, ICN_OUTPUTS, PRM_INPUTS, PRM_OUTPUTS, ICNGraph, PRMGraph
+from icn_rt.export.graphs import (ICN_INPUTS, ICN_OUTPUTS, PRM_INPUTS, PRM_OUTPUTS, PRM_PEAK_OUTPUTS, ICNGraph,
+                                  PRMGraph)
 from icn_rt.models import manifest as manifests
 from icn_rt.models.store import load_model
 from icn_rt.progress import say
@@ -120,8 +122,11 @@ def unsupported_operators(source) -> list[str]:
     return bad
 
 
-def _export(module: torch.nn.Module, args: tuple, path: Path, inputs: tuple, outputs: tuple) -> None:
-    dynamic = {name: {0: "batch"} for name in (*inputs, *outputs)}
+def _export(module: torch.nn.Module, args: tuple, path: Path, inputs: tuple, outputs: tuple,
+            per_peak: tuple = ()) -> None:
+    """Trace ``module`` into ``path``; every first axis dynamic: the images' batch, or for
+    the ``per_peak`` outputs the number of peaks found."""
+    dynamic = {name: {0: "peaks" if name in per_peak else "batch"} for name in (*inputs, *outputs)}
     with warnings.catch_warnings():
         # the tracer warns about Python ints from shapes: every one of them is static here
         warnings.simplefilter("ignore")
@@ -210,7 +215,9 @@ def _max_difference(module: torch.nn.Module, path: Path, args: tuple, names: tup
     diffs = {}
     for name, g, w in zip([o.name for o in session.get_outputs()], got, want):
         w = w.numpy()
-        if w.dtype.kind == "f":
+        if g.shape != w.shape:  # another number of peaks (a lower precision's): every row differs
+            diffs[name] = float(max(g.size, w.size))
+        elif w.dtype.kind == "f":
             diffs[name] = float(np.abs(g - w).max()) if w.size else 0.0
         else:
             diffs[name] = float((g != w).sum())
@@ -288,8 +295,8 @@ def export_model(directory: str | Path, out: str | Path | None = None, slots: in
                  verify: bool = True, precisions: tuple[str, ...] = ("fp32",),
                  calibration: Calibration | None = None, simplify: bool = True) -> dict:
     """Export the model directory's graphs into ``out`` (default: the model directory) and
-    write ``manifest.json`` there; returns the manifest. ``slots``: peaks per image in
-    the PRM graph (default: the model's ``peaks.max_peaks``; it must be > 0).
+    write ``manifest.json`` there; returns the manifest. ``slots``: the most peaks per
+    image the PRM graph keeps (default: the model's ``peaks.max_peaks``; it must be > 0).
     ``precisions``: the fp32 graphs are always written; ``fp16`` and ``int8`` add their
     variants (int8 needs ``calibration``). ``simplify``: onnxslim on the fp32 graphs
     (kept only when it changes no output)."""
@@ -310,14 +317,14 @@ def export_model(directory: str | Path, out: str | Path | None = None, slots: in
     example = _example_images(size)
     manifest: dict = {"model": str(directory.resolve()), "weights": manifests.weight_hashes(directory),
                       "input_size": size, "classes": list(model.classes),
-                      "slots": slots, "settings": {"peaks": asdict(model.peaks), "prm": asdict(model.prm),
-                                                   "icn": asdict(model.icn_settings),
-                                                   "matching": asdict(model.matching)},
+                      "slots": slots, "peak_batch": manifests.PEAK_BATCH,
+                      "settings": {"peaks": asdict(model.peaks), "prm": asdict(model.prm),
+                                   "icn": asdict(model.icn_settings), "matching": asdict(model.matching)},
                       "versions": _versions(), "graphs": {}}
     prm_graph = PRMGraph(model, slots)
     path = out / manifests.GRAPHS["prm"]
-    say(f"exporting the PRM graph ({slots} peak slots per image) -> {path}")
-    _export(prm_graph, (example,), path, PRM_INPUTS, PRM_OUTPUTS)
+    say(f"exporting the PRM graph (up to {slots} peaks per image) -> {path}")
+    _export(prm_graph, (example,), path, PRM_INPUTS, PRM_OUTPUTS, PRM_PEAK_OUTPUTS)
     manifest["graphs"]["prm"] = _describe(path, PRM_INPUTS, PRM_OUTPUTS,
                                           {"images": example.numpy()} if simplify else None)
     if verify:
@@ -325,18 +332,22 @@ def export_model(directory: str | Path, out: str | Path | None = None, slots: in
     if model.enhances:
         icn_graph = ICNGraph(model)
         with torch.no_grad():
-            prm = prm_graph(example)[-1][:, 0]  # each image's first peak's PRM (or zeros)
+            found = prm_graph(example)
+        prm, icn_images = found[-1], example[found[2].long()]  # every peak's PRM and image
+        if not len(prm):
+            prm, icn_images = torch.zeros(example.shape[0], size, size), example
         path = out / manifests.GRAPHS["icn"]
         say(f"exporting the ICN graph (T = {icn_graph.steps} steps unrolled) -> {path}")
-        _export(icn_graph, (example, prm), path, ICN_INPUTS, ICN_OUTPUTS)
-        feeds = {"images": example.numpy(), "prms": prm.numpy()} if simplify else None
+        _export(icn_graph, (icn_images, prm), path, ICN_INPUTS, ICN_OUTPUTS)
+        feeds = {"images": icn_images.numpy(), "prms": prm.numpy()} if simplify else None
         manifest["graphs"]["icn"] = {**_describe(path, ICN_INPUTS, ICN_OUTPUTS, feeds), "steps": icn_graph.steps,
                                      "binarize": icn_graph.binarize}
         if verify:
-            manifest["graphs"]["icn"]["max_difference"] = _max_difference(icn_graph, path, (example, prm), ICN_INPUTS)
+            manifest["graphs"]["icn"]["max_difference"] = _max_difference(icn_graph, path, (icn_images, prm),
+                                                                          ICN_INPUTS)
     checks = {"prm": lambda p: _max_difference(prm_graph, p, (example,), PRM_INPUTS)}
     if model.enhances:
-        checks["icn"] = lambda p: _max_difference(icn_graph, p, (example, prm), ICN_INPUTS)
+        checks["icn"] = lambda p: _max_difference(icn_graph, p, (icn_images, prm), ICN_INPUTS)
     for graph, record in manifest["graphs"].items():
         old = previous.get("graphs", {}).get(graph, {}).get("precisions", {})
         variants = {p: v for p, v in old.items()  # earlier variants of this very graph stay listed

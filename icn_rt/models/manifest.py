@@ -63,10 +63,19 @@ def has_plans(directory: str | Path) -> bool:
     return file.is_file() and bool(json.loads(file.read_text()).get("plans"))
 
 
+PEAK_BATCH = "found"
+"""The PRM graph's backward batch: the peaks found (``found``); graphs of icn-rt 0.x before
+it have none recorded (a fixed number of slots per image) and are refused."""
+
+
 def check_graphs(model: Model, manifest: dict) -> None:
     """Refuse graphs exported from other weights or other peak, PRM or ICN (T) settings
-    than ``model``'s (an :class:`InputError` naming the manifest and what to rerun)."""
+    than ``model``'s, or in an older layout (an :class:`InputError` naming the manifest and
+    what to rerun)."""
     where = path(model.directory)
+    if manifest.get("peak_batch") != PEAK_BATCH:
+        raise InputError(where, "the PRM graph was exported by an older icn-rt (fixed peak slots); run `icn-rt "
+                                "export` again")
     for name, digest in manifest.get("weights", {}).items():
         if file_sha256(model.directory / name) != digest:
             raise InputError(where, f"the graphs were exported from another {name}; run `icn-rt export` again")

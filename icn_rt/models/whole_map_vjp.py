@@ -13,7 +13,7 @@ in row-major order on ties, as PyTorch's indices; overlapping windows included),
 multiplies the gradient by each mask and scatters the lot with one grouped transposed convolution whose kernels are
 one-hot at their offset — no indices, no unpooling. Activations are recorded per image
 and spread to the peaks by ``spread`` (eager: ``t[index]`` with ``index[k]`` = the image
-of peak k; the graph: each image repeated for its fixed peak slots), so a batch of B
+of peak k; the graph likewise, from its list of the peaks found), so a batch of B
 images and K peaks costs one forward over B and one backward over K.
 
 Rules, a setting:

@@ -211,14 +211,12 @@ class Predictor:
         return torch.autocast(self.device.type, dtype=TORCH_PRECISIONS[self.precision])
 
     def _graph_maps(self, x: torch.Tensor) -> NaiveMaps:
-        """The PRM graph's fixed slots -> the valid peaks in order, as the eager path lists them."""
-        out = self.graphs.prm(images=x)
-        valid = out["peak_valid"].to(self.device)
-        image, _ = valid.nonzero(as_tuple=True)
-        peaks = Peaks(image, out["peak_class"].to(self.device)[valid].long(), out["peak_y"].to(self.device)[valid].long(),
-                      out["peak_x"].to(self.device)[valid].long(), out["peak_value"].to(self.device)[valid])
-        return NaiveMaps(x, out["maps"].to(self.device), out["scores"].to(self.device), peaks,
-                         out["prms"].to(self.device)[valid])
+        """The PRM graph's outputs as the eager path's: its peaks are the batch's, image by
+        image, in raster order."""
+        out = {name: t.to(self.device) for name, t in self.graphs.prm(images=x).items()}
+        peaks = Peaks(out["peak_image"].long(), out["peak_class"].long(), out["peak_y"].long(),
+                      out["peak_x"].long(), out["peak_value"].float())
+        return NaiveMaps(x, out["maps"], out["scores"], peaks, out["prms"])
 
     def enhance(self, naive: NaiveMaps) -> torch.Tensor:
         """The ICN's T steps on every peak's PRM, ``chunk`` peaks at a time -> ``float [K, S, S]``."""

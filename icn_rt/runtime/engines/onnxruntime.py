@@ -73,7 +73,11 @@ class OnnxRuntimeEngine:
         self.providers = tuple(self.session.get_providers())
         self.inputs = tuple(i.name for i in self.session.get_inputs())
         self.outputs = tuple(o.name for o in self.session.get_outputs())
-        self._output_meta = [(o.name, o.shape[1:], _ORT_TYPES[o.type]) for o in self.session.get_outputs()]
+        batch = self.session.get_inputs()[0].shape[0]
+        # outputs whose first axis is the inputs' batch get PyTorch buffers; the others
+        # (the PRM graph's peaks: data-dependent) are allocated by onnxruntime
+        self._output_meta = [(o.name, o.shape[1:] if o.shape[0] == batch else None, _ORT_TYPES[o.type])
+                             for o in self.session.get_outputs()]
 
     def __call__(self, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.device.type == "cpu":
@@ -93,12 +97,28 @@ class OnnxRuntimeEngine:
         batch = kept[0].shape[0]
         out = {}
         for name, rest, dtype in self._output_meta:
+            if rest is None:
+                binding.bind_output(name, "cuda", index)
+                continue
             t = torch.empty((batch, *rest), dtype=dtype, device=self.device)
             out[name] = t
             binding.bind_output(name, "cuda", index, _numpy_type(dtype), tuple(t.shape), t.data_ptr())
         torch.cuda.current_stream(self.device).synchronize()  # inputs written before ORT reads them
         self.session.run_with_iobinding(binding)
+        for (name, rest, dtype), value in zip(self._output_meta, binding.get_outputs()):
+            if rest is None:  # onnxruntime's buffer, copied into PyTorch's before it is freed
+                out[name] = torch.as_tensor(_CudaArray(value, dtype), device=self.device).clone()
         return out
+
+
+class _CudaArray:
+    """An onnxruntime output on the GPU as ``__cuda_array_interface__`` (a view for PyTorch)."""
+
+    def __init__(self, value, dtype: torch.dtype) -> None:
+        shape = tuple(value.shape())
+        typestr = np.dtype(_numpy_type(dtype)).str
+        self.__cuda_array_interface__ = {"shape": shape, "typestr": typestr, "version": 3,
+                                         "data": (value.data_ptr() if np.prod(shape) else 0, False)}
 
 
 def _numpy_type(dtype: torch.dtype):

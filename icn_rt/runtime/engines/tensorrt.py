@@ -44,6 +44,47 @@ class _Captured:
     outputs: dict[str, torch.Tensor]
 
 
+class _OutputAllocator:
+    """Made per run for the outputs whose shape TensorRT knows only once the plan ran:
+    PyTorch buffers of the size it asks for, and the shapes it reports."""
+
+    def __new__(cls, trt, device: torch.device):
+        class OutputAllocator(trt.IOutputAllocator):
+            def __init__(self) -> None:
+                trt.IOutputAllocator.__init__(self)
+                self.buffers: dict[str, torch.Tensor] = {}
+                self.shapes: dict[str, tuple[int, ...]] = {}
+
+            def reallocate_output_async(self, tensor_name: str, memory, size: int, alignment: int, stream) -> int:
+                buffer = self.buffers.get(tensor_name)
+                if buffer is None or buffer.numel() < size:
+                    buffer = torch.empty(max(size, 1), dtype=torch.uint8, device=device)  # 256-byte aligned
+                    self.buffers[tensor_name] = buffer
+                return buffer.data_ptr()
+
+            def reallocate_output(self, tensor_name: str, memory, size: int, alignment: int) -> int:
+                return self.reallocate_output_async(tensor_name, memory, size, alignment, None)
+
+            def notify_shape(self, tensor_name: str, shape) -> None:
+                self.shapes[tensor_name] = tuple(shape)
+
+        return OutputAllocator()
+
+
+def _allocated(allocator, dtypes: dict[str, torch.dtype], device: torch.device) -> dict[str, torch.Tensor]:
+    """The outputs an :class:`_OutputAllocator` received, as tensors of the shapes TensorRT
+    reported (views of its buffers)."""
+    out = {}
+    for name, shape in allocator.shapes.items():
+        count = int(np.prod(shape))
+        if count == 0:
+            out[name] = torch.empty(shape, dtype=dtypes[name], device=device)
+            continue
+        size = count * torch.empty((), dtype=dtypes[name]).element_size()
+        out[name] = allocator.buffers[name][:size].view(dtypes[name]).view(shape)
+    return out
+
+
 class TensorRTEngine:
     """One serialized TensorRT plan. Refuses a plan built for another GPU or TensorRT
     version (``record``: the plan's entry in the manifest). ``cuda_graph``: replay each
@@ -75,31 +116,47 @@ class TensorRTEngine:
         self._dtypes = {n: _trt_to_torch(trt, self.engine.get_tensor_dtype(n)) for n in names}
         self.cuda_graph = cuda_graph
         self._graphs: dict[tuple, _Captured] = {}
+        self._data_dependent = False  # found on the first run: some output's shape depends on the data
 
     def __call__(self, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
         inputs = {name: feeds[name].to(self.device, self._dtypes[name]).contiguous() for name in self.inputs}
-        if self.cuda_graph:
+        if self.cuda_graph and not self._data_dependent:
             return self._replay(inputs)
+        return self._run(inputs)
+
+    def _run(self, inputs: dict[str, torch.Tensor], context=None) -> dict[str, torch.Tensor]:
         stream = torch.cuda.current_stream(self.device)
-        out = self._bind(inputs)
-        self._enqueue(stream)
+        out, allocator = self._bind(inputs, context)
+        self._enqueue(stream, context)
         for t in inputs.values():  # the caching allocator must not reuse the inputs before the plan ran
             t.record_stream(stream)
+        if allocator is not None:  # enqueue returned once TensorRT knew their shapes
+            out.update(_allocated(allocator, self._dtypes, self.device))
+            missing = [name for name in self.outputs if name not in out]
+            if missing:
+                raise RuntimeError(f"{self.path}: TensorRT reported no shape for {', '.join(missing)}")
         return out
 
-    def _bind(self, inputs: dict[str, torch.Tensor], context=None) -> dict[str, torch.Tensor]:
+    def _bind(self, inputs: dict[str, torch.Tensor], context=None) -> tuple[dict[str, torch.Tensor], object]:
         """Set the input shapes and every tensor's address in ``context`` (default: the
-        engine's); the new output buffers."""
+        engine's) -> the new output buffers, and the allocator of the outputs whose shape
+        depends on the data (the PRM plan's peaks), or None."""
         context = context or self.context
         for name, t in inputs.items():
             context.set_input_shape(name, tuple(t.shape))
             context.set_tensor_address(name, t.data_ptr())
-        out = {}
+        out, allocator = {}, None
         for name in self.outputs:
-            t = torch.empty(tuple(context.get_tensor_shape(name)), dtype=self._dtypes[name], device=self.device)
+            shape = tuple(context.get_tensor_shape(name))
+            if any(d < 0 for d in shape):  # known only once the plan ran: TensorRT asks the allocator
+                allocator = allocator or _OutputAllocator(extras.require("tensorrt"), self.device)
+                context.set_output_allocator(name, allocator)
+                self._data_dependent = True
+                continue
+            t = torch.empty(shape, dtype=self._dtypes[name], device=self.device)
             out[name] = t
             context.set_tensor_address(name, t.data_ptr())
-        return out
+        return out, allocator
 
     def _enqueue(self, stream: torch.cuda.Stream, context=None) -> None:
         context = context or self.context
@@ -108,11 +165,14 @@ class TensorRTEngine:
 
     def _replay(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The execution for these input shapes as a CUDA graph: captured on first sight
-        of the shapes, then replayed from its fixed buffers."""
+        of the shapes, then replayed from its fixed buffers. A plan with outputs whose
+        shape depends on the data runs plainly (a graph would fix their size)."""
         key = tuple(tuple(t.shape) for t in inputs.values())
         captured = self._graphs.get(key)
         if captured is None:
             captured = self._capture({name: t.clone() for name, t in inputs.items()})
+            if captured is None:
+                return self._run(inputs)
             if len(self._graphs) >= GRAPHS_KEPT:
                 self._graphs.pop(next(iter(self._graphs)))
             self._graphs[key] = captured
@@ -121,8 +181,10 @@ class TensorRTEngine:
         captured.graph.replay()
         return {name: t.clone() for name, t in captured.outputs.items()}
 
-    def _capture(self, inputs: dict[str, torch.Tensor]) -> _Captured:
-        outputs = self._bind(inputs)
+    def _capture(self, inputs: dict[str, torch.Tensor]) -> _Captured | None:
+        outputs, allocator = self._bind(inputs)
+        if allocator is not None:
+            return None
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):  # once outside the capture: TensorRT's deferred work is done there
@@ -151,14 +213,13 @@ class TensorRTEngine:
         inputs = {name: feeds[name].to(self.device, self._dtypes[name]).contiguous() for name in self.inputs}
         stream = torch.cuda.current_stream(self.device)
         context = self.engine.create_execution_context()  # its own: the engine's runs stay unprofiled
-        outputs = self._bind(inputs, context)
-        self._enqueue(stream, context)
+        self._run(inputs, context)
         stream.synchronize()
         context.profiler = LayerTimes()
         for _ in range(runs):
-            self._enqueue(stream, context)  # with a profiler, enqueue reports each layer once it has run
+            self._run(inputs, context)  # with a profiler, enqueue reports each layer once it has run
             stream.synchronize()
-        del outputs, context
+        del context
         medians = {name: float(np.median(v)) for name, v in times.items()}
         total = sum(medians.values())
         return {"plan": self.path.name, "runs": runs, "input_shapes": {n: list(t.shape) for n, t in inputs.items()},
