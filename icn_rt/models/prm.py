@@ -41,6 +41,7 @@ class Recorded:
     tape: Tape
     low_size: tuple[int, int]
     input_size: tuple[int, int]
+    channels_last: bool = False
 
 
 @torch.no_grad()
@@ -50,7 +51,8 @@ def recorded_forward(model: PeakClassifier, x: torch.Tensor, channels_last: bool
     oneDNN's convolutions and max-pools run about twice as fast (the same sums in another
     order)."""
     tape = Tape()
-    if channels_last if channels_last is not None else x.device.type == "cpu":
+    channels_last = channels_last if channels_last is not None else x.device.type == "cpu"
+    if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     features = record(model.backbone, x, tape)
     low = record(model.classifier, features, tape)
@@ -59,7 +61,7 @@ def recorded_forward(model: PeakClassifier, x: torch.Tensor, channels_last: bool
         scores = peak_stimulation(maps, model.settings.window)
     else:
         scores = maps.mean((2, 3))
-    return Recorded(scores, maps, tape, tuple(low.shape[-2:]), tuple(x.shape[-2:]))
+    return Recorded(scores, maps, tape, tuple(low.shape[-2:]), tuple(x.shape[-2:]), channels_last)
 
 
 LOCAL_AREA = 0.5
@@ -87,6 +89,8 @@ def input_gradients(model: PeakClassifier, rec: Recorded, peaks: Peaks, rule: st
     if not local:
         g = torch.zeros(k, c, h, w, device=dev, dtype=dtype)
         g[torch.arange(k, device=dev), peaks.cls] = rows[peaks.y][:, :, None] * cols[peaks.x][:, None, :]
+        if rec.channels_last:  # in the activations' layout: no conversion at every masking
+            g = g.contiguous(memory_format=torch.channels_last)
         g = vjp(model.classifier, g, spread, rec.tape, rule)
         return vjp(model.backbone, g, spread, rec.tape, rule)
     (r0, c0), (sh, sw) = (seed.rows.t0, seed.cols.t0), seed.size
