@@ -473,3 +473,10 @@ def test_onnxruntime_tensorrt_provider_gets_caches_and_fp16_for_fp16_graphs(monk
                                                      "trt_timing_cache_path": str(tmp_path), "trt_fp16_enable": True}),
                       ("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
     assert "trt_fp16_enable" not in onnxruntime_providers(torch.device("cuda"), tmp_path)[0][1]
+
+
+def test_onnxruntime_gpu_outputs_get_torch_buffers_only_where_their_sizes_follow_the_batch():
+    from icn_rt.runtime.engines.onnxruntime import _fixed_rest
+    assert _fixed_rest(["batch", 5, 16, 16], "batch") == (5, 16, 16)
+    assert _fixed_rest(["peaks", 128, 128], "batch") is None  # the PRM graph's peaks: data-dependent
+    assert _fixed_rest(["batch", "batch", "GreaterOrEqualmasks_dim_2"], "batch") is None  # symbolic after onnxslim

@@ -74,9 +74,10 @@ class OnnxRuntimeEngine:
         self.inputs = tuple(i.name for i in self.session.get_inputs())
         self.outputs = tuple(o.name for o in self.session.get_outputs())
         batch = self.session.get_inputs()[0].shape[0]
-        # outputs whose first axis is the inputs' batch get PyTorch buffers; the others
-        # (the PRM graph's peaks: data-dependent) are allocated by onnxruntime
-        self._output_meta = [(o.name, o.shape[1:] if o.shape[0] == batch else None, _ORT_TYPES[o.type])
+        # outputs of the inputs' batch by fixed sizes get PyTorch buffers; onnxruntime
+        # allocates the others (the PRM graph's peaks: data-dependent; sizes the graph's
+        # shape inference left symbolic)
+        self._output_meta = [(o.name, _fixed_rest(o.shape, batch), _ORT_TYPES[o.type])
                              for o in self.session.get_outputs()]
 
     def __call__(self, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -109,6 +110,13 @@ class OnnxRuntimeEngine:
             if rest is None:  # onnxruntime's buffer, copied into PyTorch's before it is freed
                 out[name] = torch.as_tensor(_CudaArray(value, dtype), device=self.device).clone()
         return out
+
+
+def _fixed_rest(shape: list, batch) -> tuple[int, ...] | None:
+    """An output's sizes after its first axis when that axis is the inputs' batch and the
+    rest are numbers; None otherwise."""
+    rest = shape[1:]
+    return tuple(rest) if shape[0] == batch and all(isinstance(d, int) for d in rest) else None
 
 
 class _CudaArray:

@@ -10,6 +10,8 @@ outputs copied out. :meth:`TensorRTEngine.profile_layers`: TensorRT's per-layer 
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,43 +46,45 @@ class _Captured:
     outputs: dict[str, torch.Tensor]
 
 
-class _OutputAllocator:
-    """Made per run for the outputs whose shape TensorRT knows only once the plan ran:
-    PyTorch buffers of the size it asks for, and the shapes it reports."""
+@functools.lru_cache(maxsize=None)
+def _output_allocator_class(trt):
+    """The :class:`trt.IOutputAllocator` for the outputs whose shape TensorRT knows only
+    once the plan ran: made per run (``cls(device)``), PyTorch buffers of the size it asks
+    for, and the shapes it reports. One class per TensorRT module."""
 
-    def __new__(cls, trt, device: torch.device):
-        class OutputAllocator(trt.IOutputAllocator):
-            def __init__(self) -> None:
-                trt.IOutputAllocator.__init__(self)
-                self.buffers: dict[str, torch.Tensor] = {}
-                self.shapes: dict[str, tuple[int, ...]] = {}
+    class OutputAllocator(trt.IOutputAllocator):
+        def __init__(self, device: torch.device) -> None:
+            trt.IOutputAllocator.__init__(self)
+            self.device = device
+            self.buffers: dict[str, torch.Tensor] = {}
+            self.shapes: dict[str, tuple[int, ...]] = {}
 
-            def reallocate_output_async(self, tensor_name: str, memory, size: int, alignment: int, stream) -> int:
-                buffer = self.buffers.get(tensor_name)
-                if buffer is None or buffer.numel() < size:
-                    buffer = torch.empty(max(size, 1), dtype=torch.uint8, device=device)  # 256-byte aligned
-                    self.buffers[tensor_name] = buffer
-                return buffer.data_ptr()
+        def reallocate_output_async(self, tensor_name: str, memory, size: int, alignment: int, stream) -> int:
+            buffer = self.buffers.get(tensor_name)
+            if buffer is None or buffer.numel() < size:
+                buffer = torch.empty(max(size, 1), dtype=torch.uint8, device=self.device)  # 256-byte aligned
+                self.buffers[tensor_name] = buffer
+            return buffer.data_ptr()
 
-            def reallocate_output(self, tensor_name: str, memory, size: int, alignment: int) -> int:
-                return self.reallocate_output_async(tensor_name, memory, size, alignment, None)
+        def reallocate_output(self, tensor_name: str, memory, size: int, alignment: int) -> int:
+            return self.reallocate_output_async(tensor_name, memory, size, alignment, None)
 
-            def notify_shape(self, tensor_name: str, shape) -> None:
-                self.shapes[tensor_name] = tuple(shape)
+        def notify_shape(self, tensor_name: str, shape) -> None:
+            self.shapes[tensor_name] = tuple(shape)
 
-        return OutputAllocator()
+    return OutputAllocator
 
 
 def _allocated(allocator, dtypes: dict[str, torch.dtype], device: torch.device) -> dict[str, torch.Tensor]:
-    """The outputs an :class:`_OutputAllocator` received, as tensors of the shapes TensorRT
-    reported (views of its buffers)."""
+    """The outputs an output allocator (:func:`_output_allocator_class`) received, as
+    tensors of the shapes TensorRT reported (views of its buffers)."""
     out = {}
     for name, shape in allocator.shapes.items():
         count = int(np.prod(shape))
         if count == 0:
             out[name] = torch.empty(shape, dtype=dtypes[name], device=device)
             continue
-        size = count * torch.empty((), dtype=dtypes[name]).element_size()
+        size = count * dtypes[name].itemsize
         out[name] = allocator.buffers[name][:size].view(dtypes[name]).view(shape)
     return out
 
@@ -149,7 +153,7 @@ class TensorRTEngine:
         for name in self.outputs:
             shape = tuple(context.get_tensor_shape(name))
             if any(d < 0 for d in shape):  # known only once the plan ran: TensorRT asks the allocator
-                allocator = allocator or _OutputAllocator(extras.require("tensorrt"), self.device)
+                allocator = allocator or _output_allocator_class(extras.require("tensorrt"))(self.device)
                 context.set_output_allocator(name, allocator)
                 self._data_dependent = True
                 continue
