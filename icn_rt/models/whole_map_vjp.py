@@ -48,8 +48,9 @@ Spread = Callable[[torch.Tensor], torch.Tensor]
 
 
 def by_index(index: torch.Tensor) -> Spread:
-    """The eager spread: peak k takes the rows of image ``index[k]``."""
-    return lambda t: t[index]
+    """The eager spread: peak k takes the rows of image ``index[k]`` (a batch of one image:
+    a broadcast view, no copies)."""
+    return lambda t: t.expand(len(index), *t.shape[1:]) if t.shape[0] == 1 else t[index]
 
 
 def _pair(v) -> tuple[int, int]:
@@ -91,7 +92,11 @@ def record(module: nn.Module, x: torch.Tensor, tape: Tape) -> torch.Tensor:
     if isinstance(module, nn.MaxPool2d):
         if module.ceil_mode or _pair(module.dilation) != (1, 1):
             raise TypeError("peak backpropagation supports max-pool without ceil_mode or dilation")
-        y = module(x)
+        if eager():  # the indices route the eager backward (a scatter, not the graph's masks)
+            y, indices = F.max_pool2d(x, module.kernel_size, module.stride, module.padding, return_indices=True)
+            tape.saved[(id(module), "indices")] = indices
+        else:
+            y = module(x)
         tape.saved[id(module)] = (x, y)
         return y
     if isinstance(module, Bottleneck):
@@ -107,6 +112,13 @@ def record(module: nn.Module, x: torch.Tensor, tape: Tape) -> torch.Tensor:
         tape.saved[id(module)] = y
         return y
     raise TypeError(f"peak backpropagation does not support {type(module).__name__}")
+
+
+def eager() -> bool:
+    """False while a graph is traced for export: the eager backward may then take
+    shortcuts no exported graph could (max-pool indices, BN folded into the convolution
+    weights, masks by selection)."""
+    return not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
 
 
 def _bottleneck_main(block: Bottleneck) -> list[nn.Module | None]:
@@ -139,28 +151,84 @@ def vjp(module: nn.Module, g: torch.Tensor, spread: Spread, tape: Tape, rule: st
     """``g: [K, C_out, h, w]`` -> gradient at the module's input ``[K, C_in, H, W]`` for
     peaks whose recorded activations ``spread`` gives (see :func:`by_index`)."""
     if isinstance(module, nn.Sequential):
-        for child in reversed(module):
-            g = vjp(child, g, spread, tape, rule)
-        return g
+        return _chain_vjp(list(module), g, spread, tape, rule)
     if isinstance(module, nn.Conv2d):
         return _conv_vjp(module, tape.saved[id(module)], g, spread, rule)
     if isinstance(module, nn.BatchNorm2d):
         return g * _bn_scale(module)[None, :, None, None]
     if isinstance(module, nn.ReLU):
-        return g * spread(tape.saved[id(module)] > 0).to(g.dtype)
+        return _relu_vjp(g, tape.saved[id(module)], spread)
     if isinstance(module, nn.MaxPool2d):
+        indices = tape.saved.get((id(module), "indices"))
+        if indices is not None:
+            return _unpool(g, spread(indices), tape.saved[id(module)][0].shape[-2:])
         return _pool_vjp(module, tape.saved[id(module)], g, spread)
     if isinstance(module, Bottleneck):
-        g = g * spread(tape.saved[id(module)] > 0).to(g.dtype)
+        g = _relu_vjp(g, tape.saved[id(module)], spread)
         g_main = g
         for step, child in reversed(list(enumerate(_bottleneck_main(module)))):
             if child is None:
-                g_main = g_main * spread(tape.saved[(id(module), step)] > 0).to(g.dtype)
+                g_main = _relu_vjp(g_main, tape.saved[(id(module), step)], spread)
+            elif isinstance(child, nn.BatchNorm2d) and _folds(rule):
+                continue  # folded into the convolution before it (see _chain_vjp)
+            elif isinstance(child, nn.Conv2d) and _folds(rule):
+                g_main = _conv_vjp(child, tape.saved[id(child)], g_main, spread, rule, _bn_after(module, step))
             else:
                 g_main = vjp(child, g_main, spread, tape, rule)
         g_identity = vjp(module.downsample, g, spread, tape, rule) if module.downsample is not None else g
-        return g_main + g_identity
+        return g_main.add_(g_identity) if eager() else g_main + g_identity
     raise TypeError(f"peak backpropagation does not support {type(module).__name__}")
+
+
+def _folds(rule: str) -> bool:
+    """Whether BN's scale is folded into the transposed convolution's weights: the
+    gradient rule, eagerly (the exported graphs keep the layers as they are)."""
+    return rule == "gradient" and eager()
+
+
+def _bn_after(block: Bottleneck, step: int) -> nn.BatchNorm2d | None:
+    after = _bottleneck_main(block)[step + 1]
+    return after if isinstance(after, nn.BatchNorm2d) else None
+
+
+def _chain_vjp(children: list[nn.Module], g: torch.Tensor, spread: Spread, tape: Tape, rule: str) -> torch.Tensor:
+    """The VJP of modules run in sequence; where :func:`_folds`, a convolution followed by
+    BN takes BN's scale into its weights (one multiply fewer per layer)."""
+    i = len(children) - 1
+    while i >= 0:
+        child = children[i]
+        before = children[i - 1] if i > 0 else None
+        if isinstance(child, nn.BatchNorm2d) and isinstance(before, nn.Conv2d) and _folds(rule):
+            g = _conv_vjp(before, tape.saved[id(before)], g, spread, rule, child)
+            i -= 2
+            continue
+        g = vjp(child, g, spread, tape, rule)
+        i -= 1
+    return g
+
+
+def _relu_vjp(g: torch.Tensor, y: torch.Tensor, spread: Spread) -> torch.Tensor:
+    """``g`` where the ReLU's output ``y`` (recorded) is positive, else 0. Eagerly in
+    place: every VJP here owns the gradient it is given (a fresh tensor no one else
+    reads), and a fresh tensor of a layer's size costs more to allocate than to fill; in
+    a traced graph a multiply by the mask as float (the graphs' form since they were
+    first exported)."""
+    if eager():  # autograd's own ReLU backward, written into g
+        return torch.ops.aten.threshold_backward.grad_input(g, spread(y), 0, grad_input=g)
+    return g * spread(y > 0).to(g.dtype)
+
+
+def _unpool(g: torch.Tensor, indices: torch.Tensor, in_size) -> torch.Tensor:
+    """Max-pool backward from the forward's indices ``[K, C, oh, ow]`` (flat over the
+    input's ``h·w``): every output's gradient added at its maximum's place, in the
+    layout ``g`` has (channels-last stays channels-last, with no copy)."""
+    (k, c), (h, w) = g.shape[:2], in_size
+    if g.is_contiguous(memory_format=torch.channels_last) and not g.is_contiguous():
+        src = g.permute(0, 2, 3, 1).reshape(k, -1, c)
+        out = g.new_zeros(k, h * w, c).scatter_add_(1, indices.permute(0, 2, 3, 1).reshape(k, -1, c), src)
+        return out.view(k, h, w, c).permute(0, 3, 1, 2)
+    out = g.new_zeros(k, c, h * w).scatter_add_(2, indices.reshape(k, c, -1), g.reshape(k, c, -1))
+    return out.view(k, c, h, w)
 
 
 def _conv_transpose(conv: nn.Conv2d, g: torch.Tensor, weight: torch.Tensor, in_size) -> torch.Tensor:
@@ -187,11 +255,29 @@ def positive_weight(conv: nn.Conv2d) -> torch.Tensor:
     return cached[1]
 
 
-def _conv_vjp(conv: nn.Conv2d, x: torch.Tensor, g: torch.Tensor, spread: Spread, rule: str) -> torch.Tensor:
+def scaled_weight(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """The convolution's weights times the scale of the BN after it, per output channel:
+    the two layers' VJP in one transposed convolution. Kept on the module until either
+    changes."""
+    w = conv.weight
+    key = (w.data_ptr(), w._version, w.device, w.dtype, id(bn), bn.running_var._version,
+           None if bn.weight is None else bn.weight._version)
+    cached = conv.__dict__.get("_scaled_weight")
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, w.detach() * _bn_scale(bn).to(w.dtype)[:, None, None, None])
+        conv.__dict__["_scaled_weight"] = cached
+    return cached[1]
+
+
+def _conv_vjp(conv: nn.Conv2d, x: torch.Tensor, g: torch.Tensor, spread: Spread, rule: str,
+              bn: nn.BatchNorm2d | None = None) -> torch.Tensor:
+    """The convolution's VJP; ``bn``: the BN after it, whose scale the gradient rule folds
+    into the weights."""
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         raise TypeError("peak backpropagation supports zero-padded convolutions with numeric padding")
     if rule == "gradient":
-        return _conv_transpose(conv, g, conv.weight, x.shape[-2:])
+        return _conv_transpose(conv, g, conv.weight if bn is None else scaled_weight(conv, bn), x.shape[-2:])
     if rule == "excitation":
         shifted = x - x.amin(dim=(1, 2, 3), keepdim=True)
         positive = positive_weight(conv)
