@@ -462,7 +462,7 @@ def bench_cmd(
     import json as jsonlib
 
     from icn_rt import demo
-    from icn_rt.runtime.bench import BenchSettings, EvalSettings, bench, markdown, plot
+    from icn_rt.runtime.bench import BenchSettings, EvalSettings, backward_lines, bench, markdown, plot
     from icn_rt.runtime.sources import list_images
 
     try:
@@ -508,6 +508,8 @@ def bench_cmd(
                       *("-" if total[q] is None else f"{1e3 * total[q]:.1f}" for q in ("p90", "p99")),
                       str(total["n"]))
     out.print(table)
+    for line in backward_lines(report):
+        out.print(line, highlight=False)
     if report["accuracy"]:
         out.print(_accuracy_table(report["accuracy"]))
     for name, reason in report["skipped"].items():

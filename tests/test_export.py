@@ -94,7 +94,11 @@ def test_prm_graph_equals_the_eager_peaks_and_prms(rule, backbone, size, sub_pix
     for got, want in ((image, peaks.image), (cls, peaks.cls), (y, peaks.y), (xs, peaks.x)):
         assert got.dtype == torch.int32 and torch.equal(got.long(), want)
     assert torch.equal(value, peaks.value)
-    assert torch.equal(prms, peak_response_maps(model, rec, peaks, PRMSettings(rule), local=False))
+    eager = peak_response_maps(model, rec, peaks, PRMSettings(rule), local=False)
+    if rule == "gradient":
+        assert torch.equal(prms, eager)
+    else:  # eagerly the excitation rule convolves each image apart (other sums: rounding)
+        torch.testing.assert_close(prms, eager, rtol=1e-5, atol=1e-6 * eager.abs().max().item())
 
 
 def test_prm_graph_without_peaks_gives_empty_peak_outputs(tmp_path):

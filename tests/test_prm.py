@@ -141,3 +141,27 @@ def test_no_peaks_gives_no_maps():
 def test_unknown_rule_is_rejected():
     with pytest.raises(ValueError, match="unknown backprop rule"):
         PRMSettings("guided")
+
+
+@pytest.mark.parametrize("rule", ["gradient", "excitation"])
+def test_whole_map_backward_in_chunks_of_an_image_equals_per_peak_autograd(rule, monkeypatch):
+    """More peaks on an image than a chunk holds, and two images: the chunks of each image
+    (its activations broadcast to them) give every peak its own gradient, in order."""
+    import icn_rt.models.prm as prm
+
+    monkeypatch.setattr(prm, "PEAK_CHUNK", 3)
+    model = _model("small", 48, 1).double()
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    rec = recorded_forward(model, x)
+    peaks = find_peaks(rec.maps, rec.scores, ALL_PEAKS, 1)
+    order = torch.argsort(peaks.image, descending=True, stable=True)  # image 1's peaks first: out of order
+    peaks = peaks.select(order)
+    assert (peaks.image == 0).sum() > 3 and (peaks.image == 1).sum() > 3
+    batched = input_gradients(model, rec, peaks, rule, local=False)
+    for k in range(len(peaks)):
+        if rule == "excitation":
+            with excitation_backward(model):
+                ref = _autograd(model, x, peaks, k)
+        else:
+            ref = _autograd(model, x, peaks, k)
+        torch.testing.assert_close(batched[k], ref, rtol=1e-9, atol=1e-11 * ref.abs().max().item())

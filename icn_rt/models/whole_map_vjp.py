@@ -64,6 +64,13 @@ class Tape:
     def __init__(self) -> None:
         self.saved: dict[object, object] = {}
 
+    def image(self, b: int) -> Tape:
+        """The tape of image ``b`` alone (views, no copies)."""
+        one = Tape()
+        one.saved = {key: tuple(t[b: b + 1] for t in v) if isinstance(v, tuple) else v[b: b + 1]
+                     for key, v in self.saved.items()}
+        return one
+
 
 def _bn_scale(bn: nn.BatchNorm2d) -> torch.Tensor:
     scale = torch.rsqrt(bn.running_var + bn.eps)
@@ -281,7 +288,11 @@ def _conv_vjp(conv: nn.Conv2d, x: torch.Tensor, g: torch.Tensor, spread: Spread,
     if rule == "excitation":
         shifted = x - x.amin(dim=(1, 2, 3), keepdim=True)
         positive = positive_weight(conv)
-        z = spread(F.conv2d(shifted, positive, None, conv.stride, conv.padding, conv.dilation, conv.groups))
+        z = F.conv2d(shifted, positive, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+        if eager():  # the same values, with |Z| + eps and the mask made once per image
+            g_hat = (g / spread(z.abs().add_(EPS))).mul_(spread((z >= EPS).to(g.dtype)))
+            return _conv_transpose(conv, g_hat, positive, x.shape[-2:]).mul_(spread(shifted))
+        z = spread(z)
         g_hat = torch.where(z >= EPS, g / (z.abs() + EPS), torch.zeros_like(g))
         return spread(shifted) * _conv_transpose(conv, g_hat, positive, x.shape[-2:])
     raise ValueError(f"unknown backprop rule {rule!r}; choose one of {', '.join(RULES)}")

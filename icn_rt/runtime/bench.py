@@ -25,6 +25,7 @@ from __future__ import annotations
 import resource
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,8 +41,9 @@ from icn_rt.errors import InputError
 from icn_rt.eval.bootstrap import difference, draws, intervals
 from icn_rt.eval.report import score
 from icn_rt.machine import machine_info
+from icn_rt.progress import Counter
 from icn_rt.matching import InstanceSettings, MatchingSettings
-from icn_rt.models.peaks import PeakSettings
+from icn_rt.models.peaks import PeakSettings, find_peaks
 from icn_rt.models.prm import PRMSettings
 from icn_rt.models.store import CLASSIFIER, ICN_WEIGHTS, Model
 from icn_rt.runtime.infer import InferSettings, infer
@@ -66,6 +68,8 @@ class BenchSettings:
     evaluation: EvalSettings | None = None
     cuda_graph: bool = False  # each TensorRT contestant also as CUDA graphs
     profile_layers: bool = False  # TensorRT's per-layer times at the largest batch size
+    progress: bool = True  # a bar per contestant (stderr)
+    backward_cost: bool = True  # a peak's backward in forward passes (see backward_cost)
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.iterations < 1 or (self.duration is not None and self.duration <= 0):
@@ -144,13 +148,17 @@ def load_items(paths: list[Path], proposals_dir: Path, input_size: int, count: i
 
 
 def run_predictor(predictor, name: str, items: list[Item], batch_size: int, warmup: int = 1,
-                  iterations: int = 1, duration: float | None = None) -> Run:
+                  iterations: int = 1, duration: float | None = None, progress: bool = False) -> Run:
     """The items through ``predictor`` in batches: ``warmup`` batches untimed, then passes
     until at least ``iterations`` batches and ``duration`` seconds are timed (the
     instances: the first pass's); as ``icn-rt infer`` without pictures (and as the
-    baseline), no per-instance maps."""
+    baseline), no per-instance maps. ``progress``: a bar over the images (its total
+    unknown when ``duration`` decides)."""
     run = Run(name, predictor.backend, batch_size)
     batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    passes = -(-iterations // len(batches))
+    bar = Counter(f"{name}, {predictor.backend}, batch {batch_size}", None if duration else passes * len(items),
+                  "img", show=progress)
     cuda = predictor.device.type == "cuda"
     for k in range(warmup):
         batch = batches[k % len(batches)]
@@ -170,12 +178,14 @@ def run_predictor(predictor, name: str, items: list[Item], batch_size: int, warm
                 torch.cuda.synchronize(predictor.device)
             run.seconds.append(time.perf_counter() - start)
             run.images_timed += len(batch)
+            bar.advance(len(batch))
             for stage, seconds in timer.take().items():
                 run.stages.setdefault(stage, []).append(seconds)
             if first:
                 run.instances += [[(i.class_id, i.proposal) for i in p.instances] for p in found]
                 run.scores += [[i.score for i in p.instances] for p in found]
         first = False
+    bar.close()
     if cuda:
         run.gpu_memory = int(torch.cuda.max_memory_allocated(predictor.device))
     return run
@@ -195,8 +205,9 @@ def prm_rules(predictor):
     return Predictor(rules, predictor.device)
 
 
-def run_baseline(predictor, items: list[Item]) -> Run:
-    """The baseline on every item, one at a time (after one warm-up image)."""
+def run_baseline(predictor, items: list[Item], progress: bool = False) -> Run:
+    """The baseline on every item, one at a time (after one warm-up image); ``progress``:
+    a bar over the images."""
     m = predictor.model
     most = max(len(item.proposals) for item in items)
     settings = BaselineSettings(
@@ -206,6 +217,7 @@ def run_baseline(predictor, items: list[Item]) -> Run:
     model = m.classifier
     baseline_instances(model, items[0].image, items[0].proposals, settings)
     run = Run("baseline", "torch", 1)
+    bar = Counter("baseline", len(items), "img", show=progress)
     for item in items:
         start = time.perf_counter()
         found = baseline_instances(model, item.image, item.proposals, settings)
@@ -213,7 +225,78 @@ def run_baseline(predictor, items: list[Item]) -> Run:
         run.images_timed += 1
         run.instances.append([(i.class_id, i.proposal) for i in found])
         run.scores.append([i.score for i in found])
+        bar.advance()
+    bar.close()
     return run
+
+
+def peak_counts(items: list[Item], settings_of: dict[str, Model]) -> dict[str, float]:
+    """Peaks per image (over the distinct images) under each named settings (one eager
+    forward per image)."""
+    from icn_rt.models.prm import recorded_forward
+
+    model = next(iter(settings_of.values()))
+    model._eager_layout()
+    distinct = list({item.image_id: item for item in items}.values())
+    counts = {name: [] for name in settings_of}
+    for item in distinct:
+        x = torch.as_tensor(item.x)[None].to(model.device)
+        rec = recorded_forward(model.classifier.eval(), x)
+        for name, settings in settings_of.items():
+            counts[name].append(len(find_peaks(rec.maps.float(), rec.scores.float(), settings.peaks,
+                                               model.classifier.settings.sub_pixel)))
+    return {name: float(np.mean(c)) for name, c in counts.items()}
+
+
+def backward_cost(model: Model, item: Item, rules: dict[str, Model], repeats: int = 3) -> dict:
+    """What a peak's backward costs, in seconds and in forward passes of one image: on
+    ``item``, one recorded forward, then for each named settings in ``rules`` its peaks'
+    batched backward (eager; the local VJP where it pays) beside a per-peak autograd loop
+    on the same peaks (for the excitation rule, through the baseline's patched
+    convolutions). Medians of ``repeats`` interleaved runs."""
+    from icn_rt.baseline.excitation import excitation_backward
+    from icn_rt.models.prm import input_gradients, recorded_forward
+
+    classifier = model.classifier.eval()
+    model._eager_layout()
+    x = torch.as_tensor(item.x)[None].to(model.device)
+
+    def timed(f) -> float:
+        start = time.perf_counter()
+        f()
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        return time.perf_counter() - start
+
+    rec = recorded_forward(classifier, x)
+    forward = [timed(lambda: recorded_forward(classifier, x)) for _ in range(repeats)]
+    out = {"image": item.image_id, "forward_s": float(np.median(forward)), "rules": {}}
+    for name, settings in rules.items():
+        peaks = find_peaks(rec.maps.float(), rec.scores.float(), settings.peaks, classifier.settings.sub_pixel)
+        if len(peaks) == 0:
+            out["rules"][name] = {"rule": settings.prm.rule, "peaks": 0}
+            continue
+        xr = x.clone().requires_grad_(True)
+        patch = excitation_backward(classifier) if settings.prm.rule == "excitation" else nullcontext()
+        with patch, torch.enable_grad():
+            maps = classifier.class_maps(xr.contiguous(memory_format=torch.channels_last)
+                                         if rec.channels_last else xr)
+
+            def loop():
+                for k in range(len(peaks)):
+                    torch.autograd.grad(maps[0, peaks.cls[k], peaks.y[k], peaks.x[k]], xr, retain_graph=True)
+
+            batched, autograd = [], []
+            for _ in range(repeats):
+                batched.append(timed(lambda: input_gradients(classifier, rec, peaks, settings.prm.rule)))
+                autograd.append(timed(loop))
+        per_peak = float(np.median(batched)) / len(peaks)
+        loop_per_peak = float(np.median(autograd)) / len(peaks)
+        out["rules"][name] = {"rule": settings.prm.rule, "peaks": len(peaks), "per_peak_s": per_peak,
+                              "forwards_per_peak": per_peak / out["forward_s"],
+                              "autograd_loop_per_peak_s": loop_per_peak,
+                              "autograd_loop_forwards_per_peak": loop_per_peak / out["forward_s"]}
+    return out
 
 
 def same_instances(a: Run, b: Run) -> bool:
@@ -228,14 +311,16 @@ def bench(model_dir: Path, paths: list[Path], proposals_dir: Path, settings: Ben
     runs: list[Run] = []
     skipped: dict[str, str] = {}
     base = None
+    settings_of = {"model": model.model}
     if settings.baseline:
         log("baseline (one image at a time)")
-        base = run_baseline(model, items)
+        base = run_baseline(model, items, settings.progress)
         rules = prm_rules(model)
+        settings_of["PRM rules"] = rules.model
         for b in settings.batch_sizes:
             log(f"icn-rt, PRM rules, torch, batch {b}")
             runs.append(run_predictor(rules, "icn-rt, PRM rules", items, b, settings.warmup, settings.iterations,
-                                      settings.duration))
+                                      settings.duration, settings.progress))
     predictors = {"torch": model}
     specs = [(backend, False) for backend in settings.backends]
     if settings.cuda_graph:
@@ -251,7 +336,7 @@ def bench(model_dir: Path, paths: list[Path], proposals_dir: Path, settings: Ben
         for b in settings.batch_sizes:
             log(f"icn-rt, model, {predictor.backend}, batch {b}")
             runs.append(run_predictor(predictor, "icn-rt, model", items, b, settings.warmup, settings.iterations,
-                                      settings.duration))
+                                      settings.duration, settings.progress))
     base_rate = base.images_timed / sum(base.seconds) if base else None
     rows = ([{**base.to_json(base_rate), "same_instances_as_baseline": True}] if base else [])
     for run in runs:
@@ -272,14 +357,16 @@ def bench(model_dir: Path, paths: list[Path], proposals_dir: Path, settings: Ben
         "input_size": model.input_size,
         "image_sizes": sorted({tuple(i.image.shape[:2]) for i in items}),
         "proposals_per_image": float(np.mean([len(i.proposals) for i in items])),
-        "peaks_per_image": float(np.mean([len(x) for x in base.instances])) if base else None,
+        "baseline_instances_per_image": float(np.mean([len(x) for x in base.instances])) if base else None,
+        "peaks_per_image": peak_counts(items, settings_of),
+        "backward": backward_cost(model.model, items[0], settings_of) if settings.backward_cost else None,
         "per_image_load_s": {k: percentiles(v) for k, v in load_times.items()},
         "rows": rows,
         "best_like_for_like_speedup": max((r["speedup_vs_baseline"] for r in like), default=None),
         "skipped": skipped,
         "tensorrt_layers": tensorrt_layers(predictors, items, max(settings.batch_sizes), settings.iterations, log)
         if settings.profile_layers else None,
-        "accuracy": accuracy(predictors, settings.evaluation, log) if settings.evaluation else None,
+        "accuracy": accuracy(predictors, settings.evaluation, log, settings.progress) if settings.evaluation else None,
         "peak_host_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
 
@@ -319,7 +406,7 @@ def model_bytes(predictor: Predictor) -> int:
                if name != ICN_WEIGHTS or predictor.enhances)
 
 
-def accuracy(predictors: dict[str, Predictor], settings: EvalSettings, log=print) -> dict:
+def accuracy(predictors: dict[str, Predictor], settings: EvalSettings, log=print, progress: bool = False) -> dict:
     """Each backend's mAP^r@0.5 on the split (see :class:`EvalSettings`), eager torch fp32
     first: the reference of every difference."""
     from icn_rt.data.voc import VOCDataset
@@ -335,7 +422,7 @@ def accuracy(predictors: dict[str, Predictor], settings: EvalSettings, log=print
         for name, predictor in predictors.items():
             log(f"accuracy: {name} on {len(images)} {settings.split} images")
             results = Path(tmp) / f"{len(scored)}.json"
-            infer(predictor, images, results, InferSettings(proposals=proposals, progress=False))
+            infer(predictor, images, results, InferSettings(proposals=proposals, progress=progress))
             scored[name] = score(settings.root, results, settings.split, progress=False)
     ref = scored["torch"]
     ref_reps = [ref.metrics(w)["mAP@0.5"] for w in weights]
@@ -377,6 +464,7 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['contestant']} | {r['backend']} | {r['batch_size']} | {r['images_per_s']:.2f} | "
                      f"{'-' if ratio is None else f'{ratio:.2f}'} | {same} | {ms(t['median'])} | {ms(t['p90'])} | "
                      f"{ms(t['p99'])} | {t['n']} |")
+    lines += ["", *backward_lines(report)]
     acc = report.get("accuracy")
     if acc:
         def cell(m):
@@ -395,6 +483,24 @@ def markdown(report: dict) -> str:
     if report["skipped"]:
         lines += ["", *(f"- skipped {k}: {v}" for k, v in report["skipped"].items())]
     return "\n".join(lines) + "\n"
+
+
+def backward_lines(report: dict) -> list[str]:
+    """Peaks per image and a peak's backward against one forward pass, in words."""
+    out = []
+    if report.get("peaks_per_image"):
+        out.append("Peaks per image: " + ", ".join(f"{k} {v:.1f}" for k, v in report["peaks_per_image"].items()) + ".")
+    cost = report.get("backward")
+    if cost:
+        for name, r in cost["rules"].items():
+            if not r["peaks"]:
+                out.append(f"Backward ({name}, {r['rule']} rule): no peaks on {cost['image']}.")
+                continue
+            out.append(f"Backward per peak ({name}, {r['rule']} rule, {r['peaks']} peaks of {cost['image']}, "
+                       f"one forward {1e3 * cost['forward_s']:.0f} ms): batched {1e3 * r['per_peak_s']:.0f} ms = "
+                       f"{r['forwards_per_peak']:.2f} forwards; per-peak autograd loop "
+                       f"{1e3 * r['autograd_loop_per_peak_s']:.0f} ms = {r['autograd_loop_forwards_per_peak']:.2f}.")
+    return out
 
 
 def plot(report: dict, path: Path) -> None:
