@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from icn_rt.baseline import BaselineSettings, run_baseline
+from icn_rt.data.preprocess import preprocess_array
 from icn_rt.data.selective_search import SelectiveSearchConfig, selective_search
 from icn_rt.data.voc import VOCDataset
 from icn_rt.matching import InstanceSettings, MatchingSettings
 from icn_rt.models.classifier import ClassifierSettings, PeakClassifier
-from icn_rt.models.peaks import PeakSettings
+from icn_rt.models.peaks import PeakSettings, find_peaks
 from icn_rt.models.prm import PRMSettings
 from icn_rt.models.store import Model
 from icn_rt.runtime.predictor import Predictor
@@ -48,3 +49,36 @@ def test_baseline_gives_the_predictors_instances(model, tiny_voc):
             assert np.array_equal(a.mask, b.mask)
         compared += len(ours)
     assert compared >= 5
+
+
+def test_baseline_gives_the_predictors_instances_at_the_papers_configuration(tiny_voc):
+    """ResNet-50 at 448², sub-pixel 8 (the scale where the issue saw them part): two
+    64-px images resized to the input, their peaks above a threshold (a handful, so that
+    the baseline's per-peak loops stay short), PRM's rules, a batch of both."""
+    torch.manual_seed(5)
+    model = PeakClassifier(3, ClassifierSettings(backbone="resnet50", input_size=448, sub_pixel=8))
+    for bn in model.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.running_mean.uniform_(-0.3, 0.3)
+            bn.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    val = VOCDataset(tiny_voc, "val")
+    images = [val.get(i).image for i in val.ids[:2]]
+    props = [selective_search(image, SelectiveSearchConfig(max_proposals=100)) for image in images]
+    with torch.no_grad():  # a threshold that leaves each image at least 3 of its median-rule peaks
+        maps = model.class_maps(torch.stack([torch.as_tensor(preprocess_array(i, 448)) for i in images]))
+    every = find_peaks(maps, maps.mean((2, 3)), PeakSettings(rule="median", class_threshold=-1e9,
+                                                               peak_threshold=-1e9, max_peaks=0), 8)
+    threshold = min(float(every.value[every.image == b].sort(descending=True).values[3]) for b in (0, 1))
+    rules = Model(model, ("a", "b", "c"),
+                  PeakSettings(rule="median", class_threshold=-1e9, peak_threshold=threshold, max_peaks=0),
+                  PRMSettings("excitation"), MatchingSettings(score="vanilla", at="input", max_proposals=100),
+                  InstanceSettings(confidence="match"))
+    ours = Predictor(rules).predict(images, props, keep_maps=False)
+    compared = 0
+    for image, p, found in zip(images, props, ours):
+        theirs = run_baseline(model, image, p, BaselineSettings(448, -1e9, threshold, max_proposals=100))
+        assert [(i.class_id, i.proposal) for i in found.instances] == [(i.class_id, i.proposal) for i in theirs]
+        np.testing.assert_allclose([i.score for i in found.instances], [i.score for i in theirs], rtol=1e-5)
+        compared += len(theirs)
+    assert compared >= 4

@@ -47,13 +47,24 @@ def objectness(image: np.ndarray, props: Proposals, candidates: np.ndarray) -> n
     scale = min(1.0, WORK_SIDE / max(h, w))
     shape = (max(1, round(h * scale)), max(1, round(w * scale)))
     small = resize_proposals(props, shape)
-    masks = small.to_masks().reshape(len(small), -1)
-    area = masks.sum(1).astype(np.float64)
-    flat = masks.astype(np.float32)
-    inter = (flat[candidates] @ flat.T).astype(np.float64)
+    area, inter = _overlaps(small, candidates)
     union = area[candidates][:, None] + area[None] - inter
     consensus = (inter / np.where(union > 0, union, 1) >= CONSENSUS_IOU).sum(1)
-    return np.sqrt(consensus) * _contrast(_colour_bins(image, shape), masks[candidates].reshape(-1, *shape)) ** 2
+    return np.sqrt(consensus) * _contrast(_colour_bins(image, shape), small.to_masks(candidates)) ** 2
+
+
+def _overlaps(props: Proposals, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(area float64 [N], intersection float64 [C, N])`` in pixels of every proposal and of
+    each candidate with every proposal. Segment proposals (selective search, MCG) are
+    unions of superpixels: both are superpixel sums (incidence × pixels per superpixel),
+    a product over a few hundred superpixels instead of every pixel; the same integers."""
+    if props.is_segments:
+        incidence = props.incidence().astype(np.float64)
+        pixels = np.bincount(props.superpixels.ravel(), minlength=incidence.shape[1]).astype(np.float64)
+        return incidence @ pixels, (incidence[candidates] * pixels) @ incidence.T
+    masks = props.to_masks().reshape(len(props), -1)
+    flat = masks.astype(np.float32)
+    return masks.sum(1).astype(np.float64), (flat[candidates] @ flat.T).astype(np.float64)
 
 
 def _colour_bins(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
