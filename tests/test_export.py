@@ -75,9 +75,12 @@ def test_max_pool_routing_equals_autograd_with_ties_and_overlapping_windows(pool
 
 
 @pytest.mark.parametrize("rule", ["gradient", "excitation"])
-@pytest.mark.parametrize("backbone,size,sub_pixel,slots", [("small", 48, 2, 6), ("small", 48, 1, 3),
-                                                           ("resnet50", 64, 8, 4)])
-def test_prm_graph_equals_the_eager_peaks_and_prms(rule, backbone, size, sub_pixel, slots):
+@pytest.mark.parametrize("backbone,size,sub_pixel,slots,local", [("small", 48, 2, 6, False), ("small", 48, 1, 3, False),
+                                                                 ("small", 128, 4, 3, True),
+                                                                 ("resnet50", 64, 8, 4, False)])
+def test_prm_graph_equals_the_eager_peaks_and_prms(rule, backbone, size, sub_pixel, slots, local):
+    """The graph backpropagates over whole maps, or on each peak's receptive field where
+    the eager path would (``local``: the small backbone's 46² field at 128²)."""
     torch.manual_seed(0)
     model = PeakClassifier(3, ClassifierSettings(backbone=backbone, input_size=size, sub_pixel=sub_pixel)).eval()
     x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(2))
@@ -94,7 +97,9 @@ def test_prm_graph_equals_the_eager_peaks_and_prms(rule, backbone, size, sub_pix
     for got, want in ((image, peaks.image), (cls, peaks.cls), (y, peaks.y), (xs, peaks.x)):
         assert got.dtype == torch.int32 and torch.equal(got.long(), want)
     assert torch.equal(value, peaks.value)
-    eager = peak_response_maps(model, rec, peaks, PRMSettings(rule), local=False)
+    graph = PRMGraph(Model(model, CLASSES, settings, PRMSettings(rule)), slots)
+    assert graph.local == local
+    eager = peak_response_maps(model, rec, peaks, PRMSettings(rule), local=local)
     if rule == "gradient":
         assert torch.equal(prms, eager)
     else:  # eagerly the excitation rule convolves each image apart (other sums: rounding)
@@ -484,3 +489,30 @@ def test_onnxruntime_gpu_outputs_get_torch_buffers_only_where_their_sizes_follow
     assert _fixed_rest(["batch", 5, 16, 16], "batch") == (5, 16, 16)
     assert _fixed_rest(["peaks", 128, 128], "batch") is None  # the PRM graph's peaks: data-dependent
     assert _fixed_rest(["batch", "batch", "GreaterOrEqualmasks_dim_2"], "batch") is None  # symbolic after onnxslim
+
+
+@pytest.mark.parametrize("rule", ["gradient", "excitation"])
+@pytest.mark.parametrize("backbone,size,local", [("small", 128, True), ("small", 48, False)])
+def test_onnxruntime_prm_graph_equals_its_module_on_windows_and_whole_maps(rule, backbone, size, local, tmp_path):
+    """The exported backward on each peak's receptive field (gathers, one-hot placements)
+    and over whole maps, against the module it was traced from, at two batch sizes."""
+    from icn_rt.export.graphs import PRM_INPUTS, PRM_OUTPUTS, PRM_PEAK_OUTPUTS
+    from icn_rt.export.onnx_export import _export
+
+    torch.manual_seed(0)
+    model = PeakClassifier(3, ClassifierSettings(backbone=backbone, input_size=size, sub_pixel=2)).eval()
+    settings = PeakSettings(class_threshold=-1e9, peak_threshold=-1e9, max_peaks=3)
+    graph = PRMGraph(Model(model, CLASSES, settings, PRMSettings(rule)), 3)
+    assert graph.local == local
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(5))
+    path = tmp_path / "prm.onnx"
+    _export(graph, (x[:2],), path, PRM_INPUTS, PRM_OUTPUTS, PRM_PEAK_OUTPUTS)
+    engine = OnnxRuntimeEngine(path)
+    for batch in (x[:1], x):
+        got = engine(images=batch)
+        with torch.no_grad():
+            want = dict(zip(PRM_OUTPUTS, graph(batch)))
+        assert len(want["prms"]) >= len(batch)
+        for name in ("peak_image", "peak_class", "peak_y", "peak_x"):
+            assert torch.equal(got[name], want[name]), name
+        torch.testing.assert_close(got["prms"], want["prms"], rtol=1e-4, atol=1e-6)

@@ -25,7 +25,8 @@ from torch import nn
 from icn_rt.models.class_scores import mean_at, stimulation_peaks
 from icn_rt.models.icn import minmax
 from icn_rt.models.peaks import peak_mask, peak_slots
-from icn_rt.models.prm import normalise_prm
+from icn_rt.models.peaks import Peaks
+from icn_rt.models.prm import LOCAL_AREA, local_gradients, normalise_prm, receptive_field, recorded_forward
 from icn_rt.models.store import Model
 from icn_rt.models.whole_map_vjp import Tape, positive_weight, record, upsample_weights, vjp
 
@@ -54,9 +55,13 @@ class PRMGraph(nn.Module):
         self.peaks, self.rule, self.slots = model.peaks, model.prm.rule, slots
         size = net.settings.input_size
         with torch.no_grad():
-            low = net.classifier(net.backbone(torch.zeros(1, 3, size, size)))
-        c, h, w = low.shape[1:]
+            rec = recorded_forward(net, torch.zeros(1, 3, size, size), channels_last=False)
+        c, h, w = rec.maps.shape[1], *rec.low_size
         f = net.settings.sub_pixel
+        # windows when the receptive field is small beside the input, as the eager path decides
+        one = Peaks(*(torch.zeros(1, dtype=torch.long) for _ in range(4)), torch.zeros(1))
+        field = receptive_field(net, rec, one)
+        self.local = field[0] * field[1] <= LOCAL_AREA * size * size
         self.num_classes, self.low_size, self.map_size = c, (h, w), (h * f, w * f)
         if c * h * f * w * f < slots or c * h * f * w * f >= 2 ** 24:
             raise ValueError(f"the PRM graph needs slots <= C·H·W < 2^24 (C·H·W = {c * h * f * w * f})")
@@ -88,6 +93,10 @@ class PRMGraph(nn.Module):
         rest = index - cls * (big_h * big_w)
         y = torch.div(rest, big_w, rounding_mode="trunc")
         x = rest - y * big_w
+        if self.local:  # on each peak's receptive field: its windows' sizes are the model's
+            found = Peaks(image, cls.long(), y.long(), x.long(), value)
+            g = local_gradients(model, tape, found, self.rows, self.cols, self.num_classes, self.rule)
+            return scores, maps, image.to(torch.int32), cls, y, x, value, normalise_prm(g)
         # the seed: d maps[c, y, x] / d low, the bilinear weights of (y, x) over the low map
         dtype = maps.dtype
         one_c = (cls[:, None] == torch.arange(self.num_classes, dtype=torch.int32, device=maps.device)).to(dtype)

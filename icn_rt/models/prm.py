@@ -113,13 +113,23 @@ def input_gradients(model: PeakClassifier, rec: Recorded, peaks: Peaks, rule: st
             out[idx] = vjp(model.backbone, g, spread, tape, rule)
         return out
     spread = by_index(peaks.image)
+    return local_gradients(model, rec.tape, peaks, rows, cols, c, rule)
+
+
+def local_gradients(model: PeakClassifier, tape: Tape, peaks: Peaks, rows: torch.Tensor, cols: torch.Tensor,
+                    classes: int, rule: str) -> torch.Tensor:
+    """:func:`input_gradients` on each peak's receptive field (``peaks.value`` unused;
+    ``rows``, ``cols``: the class maps' upsampling weights): forward operators, gathers
+    and products only, so the exported PRM graph runs it too."""
+    seed = _seed_window(rows, cols, peaks)
     (r0, c0), (sh, sw) = (seed.rows.t0, seed.cols.t0), seed.size
+    dev = rows.device
     span_r = rows[peaks.y[:, None], r0[:, None] + torch.arange(sh, device=dev)]  # [K, sh]
     span_c = cols[peaks.x[:, None], c0[:, None] + torch.arange(sw, device=dev)]
-    g = torch.zeros(k, c, sh, sw, device=dev, dtype=dtype)
-    g[torch.arange(k, device=dev), peaks.cls] = span_r[:, :, None] * span_c[:, None, :]
-    g, win = local_vjp(model.classifier, g, seed, rec.tape, rule)
-    g, win = local_vjp(model.backbone, g, win, rec.tape, rule)
+    one_c = (peaks.cls[:, None] == torch.arange(classes, device=dev)).to(rows.dtype)
+    g = one_c[:, :, None, None] * span_r[:, None, :, None] * span_c[:, None, None, :]  # [K, C, sh, sw]
+    g, win = local_vjp(model.classifier, g, seed, tape, rule)
+    g, win = local_vjp(model.backbone, g, win, tape, rule)
     return win.paste(g)
 
 

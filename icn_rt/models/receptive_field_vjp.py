@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from icn_rt.models.whole_map_vjp import (EPS, Tape, _bn_scale, _bottleneck_main, _pair, first_hits, positive_weight,
-                                         route)
+from icn_rt.models.whole_map_vjp import (EPS, Tape, _bn_scale, _bottleneck_main, _pair, eager, first_hits,
+                                         positive_weight, route)
 
 
 @dataclass(frozen=True)
@@ -87,9 +87,11 @@ class Window:
         """``t [B, ..., H, W]`` (recorded per image) -> ``[K, ..., h, w]``: each peak's
         window of its image, ``fill`` (zero, False) where the window overhangs the map."""
         (r, r_in), (c, c_in) = self.rows.positions(), self.cols.positions()
-        out = t[self.image[:, None, None], ..., r[:, :, None], c[:, None, :]]  # [K, h, w, ...]
-        out = out.movedim((1, 2), (-2, -1))
-        inside = (r_in[:, :, None] & c_in[:, None, :]).reshape(len(r), *([1] * (out.dim() - 3)), *self.size)
+        # rows and columns beside the batch axis: three adjacent indices (one gather when traced)
+        n = t.dim()  # (explicit permutations: the exporter writes movedim's negative axes as they are)
+        out = t.permute(0, n - 2, n - 1, *range(1, n - 2))[self.image[:, None, None], r[:, :, None], c[:, None, :]]
+        out = out.permute(0, *range(3, n), 1, 2)  # [K, ..., h, w]
+        inside = (r_in[:, :, None] & c_in[:, None, :]).reshape(-1, *([1] * (out.dim() - 3)), *self.size)
         if fill != 0:
             return torch.where(inside, out, torch.tensor(fill, dtype=out.dtype, device=out.device))
         return out & inside if out.dtype == torch.bool else out * inside.to(out.dtype)
@@ -97,6 +99,11 @@ class Window:
     def paste(self, g: torch.Tensor) -> torch.Tensor:
         """``g [K, C, h, w]`` -> the full maps ``[K, C, H, W]`` (zero outside the windows)."""
         (r, r_in), (c, c_in) = self.rows.positions(), self.cols.positions()
+        if not eager():  # traced: one-hot placements, full = Rᵀ g C (one term per pixel: exact)
+            dev = g.device
+            one_r = ((r[:, :, None] == torch.arange(self.rows.extent, device=dev)) & r_in[:, :, None]).to(g.dtype)
+            one_c = ((c[:, :, None] == torch.arange(self.cols.extent, device=dev)) & c_in[:, :, None]).to(g.dtype)
+            return torch.matmul(torch.matmul(one_r.transpose(1, 2)[:, None], g), one_c[:, None])
         full = g.new_zeros(len(g), g.shape[1], self.rows.extent, self.cols.extent)
         k, i, j = (r_in[:, :, None] & c_in[:, None, :]).nonzero(as_tuple=True)
         full[k, :, r[k, i], c[k, j]] = g[k, :, i, j]
