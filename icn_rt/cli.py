@@ -34,6 +34,9 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
+ORT_OPTIMIZATION_HELP = ("onnxruntime's graph optimisation level: disable | basic | extended | all "
+                         "(--backend onnxruntime).")
+ORT_SAVE_HELP = "onnxruntime writes the graphs it optimised beside them (<graph>.ort-<level>.onnx)."
 DEVICE_HELP = "auto (the GPU when one is present, else the CPU) | cpu | cuda | cuda:N."
 
 
@@ -377,6 +380,8 @@ def infer_cmd(
     overlap: Optional[bool] = typer.Option(None, help="Copy the next batch to the device while this one computes "
                                                       "[default: on a GPU]."),
     cuda_graph: bool = typer.Option(False, help="TensorRT replays its plans as CUDA graphs (--backend tensorrt)."),
+    ort_optimization: str = typer.Option("all", help=ORT_OPTIMIZATION_HELP),
+    ort_save_optimized: bool = typer.Option(False, help=ORT_SAVE_HELP),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ):
     """Instances for images tagged with nothing: peaks -> PRMs -> ICN -> proposal matching -> NMS.
@@ -392,7 +397,8 @@ def infer_cmd(
     if batch_size < 1:
         _fail(ValueError(f"--batch-size must be at least 1, got {batch_size}"))
     try:
-        predictor = Predictor.from_dir(model_dir, device, backend=backend, cuda_graph=cuda_graph, icn_steps=icn_steps)
+        predictor = Predictor.from_dir(model_dir, device, backend=backend, cuda_graph=cuda_graph, icn_steps=icn_steps,
+                                       ort_optimization=ort_optimization, ort_save_optimized=ort_save_optimized)
         paths = list_images(images)
         if not paths:
             raise ValueError("no images given (directories are searched for .jpg/.png files)")
@@ -455,6 +461,8 @@ def bench_cmd(
     cuda_graph: bool = typer.Option(False, help="Also run each TensorRT contestant replaying CUDA graphs."),
     profile_layers: bool = typer.Option(False, help="TensorRT's per-layer times of each plan at the largest batch "
                                                     "size, into the report (as trtexec --dumpProfile)."),
+    ort_optimization: str = typer.Option("all", help=ORT_OPTIMIZATION_HELP),
+    ort_save_optimized: bool = typer.Option(False, help=ORT_SAVE_HELP),
 ):
     """Per-stage latency (median/p90/p99), images/s vs batch size per backend, and the
     speed-up over the baseline pipeline on the same images with the same instances;
@@ -477,7 +485,8 @@ def bench_cmd(
                                  images=count, baseline=baseline, device=device, warmup=warmup,
                                  iterations=iterations, duration=duration,
                                  evaluation=EvalSettings(eval_root, eval_split, eval_proposals) if eval_root else None,
-                                 cuda_graph=cuda_graph, profile_layers=profile_layers)
+                                 cuda_graph=cuda_graph, profile_layers=profile_layers,
+                                 ort_optimization=ort_optimization, ort_save_optimized=ort_save_optimized)
         report = bench(model_dir, paths, proposals_dir or demo.PROPOSALS, settings,
                        log=lambda m: err.print(m, highlight=False))
     except (InputError, ValueError, RuntimeError) as e:

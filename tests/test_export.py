@@ -516,3 +516,37 @@ def test_onnxruntime_prm_graph_equals_its_module_on_windows_and_whole_maps(rule,
         for name in ("peak_image", "peak_class", "peak_y", "peak_x"):
             assert torch.equal(got[name], want[name]), name
         torch.testing.assert_close(got["prms"], want["prms"], rtol=1e-4, atol=1e-6)
+
+
+def test_onnxruntime_optimisation_levels_agree_and_the_optimised_graph_is_saved(exported, tiny_voc, tmp_path):
+    from icn_rt.data.preprocess import preprocess
+
+    path = tmp_path / "prm.onnx"
+    shutil.copy(exported / "prm.onnx", path)
+    images, _ = _val(tiny_voc)
+    x = torch.stack([preprocess(im, 64) for im in images])
+    want = OnnxRuntimeEngine(path)(images=x)
+    saved = OnnxRuntimeEngine(path, optimization="extended", save_optimized=True)
+    assert saved.optimized_path == tmp_path / "prm.ort-extended.onnx" and saved.optimized_path.is_file()
+    engines = [OnnxRuntimeEngine(path, optimization=level) for level in ("disable", "basic")]
+    engines += [saved, OnnxRuntimeEngine(saved.optimized_path, optimization="disable")]  # loaded as saved
+    for engine in engines:
+        got = engine(images=x)
+        for name in ("peak_image", "peak_class", "peak_y", "peak_x"):
+            assert torch.equal(got[name], want[name]), name
+        torch.testing.assert_close(got["prms"], want["prms"], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="optimisation level 'fast'"):
+        OnnxRuntimeEngine(path, optimization="fast")
+
+
+def test_infer_takes_onnxruntime_session_options_and_refuses_an_unknown_level(exported, tiny_voc, tmp_path):
+    val = VOCDataset(tiny_voc, "val", load_images=False)
+    images = [str(val.image_path(i)) for i in val.ids]
+    common = ["infer", str(exported), *images, "--proposals", str(tiny_voc / "Proposals"), "--backend",
+              "onnxruntime", "--quiet", "--device", "cpu"]
+    r = runner.invoke(app, [*common, "--out", str(tmp_path / "a.json"), "--ort-optimization", "basic"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "a.json").read_text())
+    r = runner.invoke(app, [*common, "--out", str(tmp_path / "b.json"), "--ort-optimization", "fast"])
+    assert r.exit_code != 0 and "optimisation level 'fast'" in r.output
+    assert not (tmp_path / "b.json").exists()

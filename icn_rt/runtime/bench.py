@@ -41,11 +41,12 @@ from icn_rt.errors import InputError
 from icn_rt.eval.bootstrap import difference, draws, intervals
 from icn_rt.eval.report import score
 from icn_rt.machine import machine_info
-from icn_rt.progress import Counter
 from icn_rt.matching import InstanceSettings, MatchingSettings
 from icn_rt.models.peaks import PeakSettings, find_peaks
 from icn_rt.models.prm import PRMSettings
 from icn_rt.models.store import CLASSIFIER, ICN_WEIGHTS, Model
+from icn_rt.progress import Counter
+from icn_rt.runtime.engines.onnxruntime import ORT_OPTIMIZATION
 from icn_rt.runtime.infer import InferSettings, infer
 from icn_rt.runtime.predictor import Predictor
 from icn_rt.runtime.timing import StageTimes
@@ -69,11 +70,16 @@ class BenchSettings:
     cuda_graph: bool = False  # each TensorRT contestant also as CUDA graphs
     profile_layers: bool = False  # TensorRT's per-layer times at the largest batch size
     progress: bool = True  # a bar per contestant (stderr)
+    ort_optimization: str = "all"  # onnxruntime's session options (OnnxRuntimeEngine)
+    ort_save_optimized: bool = False
     backward_cost: bool = True  # a peak's backward in forward passes (see backward_cost)
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.iterations < 1 or (self.duration is not None and self.duration <= 0):
             raise ValueError("--warmup must be >= 0, --iterations >= 1 and --duration > 0")
+        if self.ort_optimization not in ORT_OPTIMIZATION:
+            raise ValueError(f"unknown onnxruntime optimisation level {self.ort_optimization!r}; choose one of "
+                             f"{', '.join(ORT_OPTIMIZATION)}")
 
 
 @dataclass
@@ -327,8 +333,9 @@ def bench(model_dir: Path, paths: list[Path], proposals_dir: Path, settings: Ben
         specs += [(backend, True) for backend in settings.backends if backend.partition(":")[0] == "tensorrt"]
     for backend, graphed in specs:
         try:
-            predictor = model if backend == "torch" else Predictor.from_dir(model_dir, settings.device, backend,
-                                                                               cuda_graph=graphed)
+            predictor = model if backend == "torch" else Predictor.from_dir(
+                model_dir, settings.device, backend, cuda_graph=graphed, ort_optimization=settings.ort_optimization,
+                ort_save_optimized=settings.ort_save_optimized)
         except (InputError, ValueError, RuntimeError, ImportError) as e:
             skipped[f"icn-rt, model, {backend}{'+cuda-graph' if graphed else ''}"] = str(e)
             continue
@@ -351,6 +358,8 @@ def bench(model_dir: Path, paths: list[Path], proposals_dir: Path, settings: Ben
         "model": str(model_dir),
         "device": settings.device,
         "images": len(items),
+        "onnxruntime_session": {"optimization": settings.ort_optimization,
+                                "save_optimized": settings.ort_save_optimized},
         "warmup_batches": settings.warmup, "least_timed_batches": settings.iterations,
         "least_seconds": settings.duration, "least_samples_for_percentiles": LEAST_SAMPLES,
         "distinct_images": len(paths),

@@ -27,8 +27,14 @@ from icn_rt.matching import confidence, match, suppress
 from icn_rt.models.peaks import Peaks
 from icn_rt.models.prm import NaiveMaps
 from icn_rt.models.store import Model, load_model
-from icn_rt.runtime.engines import TORCH_PRECISIONS, GraphEngines, pick_backend, split_backend
+from icn_rt.runtime.engines import (
+    TORCH_PRECISIONS,
+    GraphEngines,
+    pick_backend,
+    split_backend,
+)
 from icn_rt.runtime.engines.graphs import CUDA_GRAPH_BACKENDS
+from icn_rt.runtime.engines.onnxruntime import ORT_OPTIMIZATION
 from icn_rt.runtime.timing import StageTimes
 
 
@@ -129,7 +135,8 @@ class Predictor:
 
     @classmethod
     def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu", backend: str = "torch",
-                 cuda_graph: bool = False, **overrides) -> Predictor:
+                 cuda_graph: bool = False, ort_optimization: str = "all", ort_save_optimized: bool = False,
+                 **overrides) -> Predictor:
         """Load a model directory (:func:`~icn_rt.models.store.load_model`); its config gives
         every setting unless ``overrides`` (``peaks=``, ``prm=``, ``matching=``,
         ``instances=``, ``icn_steps=``) replace a section or T. ``backend``: ``torch``
@@ -137,7 +144,11 @@ class Predictor:
         ``icn-rt build-engine``) or ``auto`` (:func:`~icn_rt.runtime.engines.pick_backend`);
         a graph backend may name a precision, ``onnxruntime:int8`` (``icn-rt export
         --precision``), and so may torch (``torch:bf16``: autocast). ``cuda_graph``: TensorRT
-        replays its plans as CUDA graphs (:class:`~icn_rt.runtime.engines.GraphEngines`)."""
+        replays its plans as CUDA graphs (:class:`~icn_rt.runtime.engines.GraphEngines`);
+        ``ort_optimization``, ``ort_save_optimized``: onnxruntime's session options."""
+        if ort_optimization not in ORT_OPTIMIZATION:
+            raise ValueError(f"unknown onnxruntime optimisation level {ort_optimization!r}; choose one of "
+                             f"{', '.join(ORT_OPTIMIZATION)}")
         backend, precision = split_backend(backend)
         predictor = cls(load_model(directory, device).replace(**overrides), device)
         backend = pick_backend(backend, predictor.device, directory)
@@ -146,7 +157,8 @@ class Predictor:
                 raise ValueError(CUDA_GRAPH_BACKENDS)
             predictor.precision = precision or "fp32"
         else:
-            predictor.graphs = GraphEngines(predictor.model, backend, predictor.device, precision, cuda_graph)
+            predictor.graphs = GraphEngines(predictor.model, backend, predictor.device, precision, cuda_graph,
+                                            ort_optimization, ort_save_optimized)
         return predictor
 
     def network_input(self, images: list[np.ndarray], inputs: list[np.ndarray] | Staged | None = None) -> torch.Tensor:

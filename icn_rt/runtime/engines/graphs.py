@@ -64,10 +64,12 @@ class GraphEngines:
     ``backend`` (``onnxruntime`` or ``tensorrt``), refused when the graphs or plans do not
     fit the model. ``precision``: onnxruntime runs that variant of the graphs (default
     fp32); TensorRT's plans must have been built at it (default: whatever they were).
-    ``cuda_graph``: TensorRT replays each input shape's execution as a CUDA graph."""
+    ``cuda_graph``: TensorRT replays each input shape's execution as a CUDA graph.
+    ``ort_optimization``, ``ort_save_optimized``: onnxruntime's session options
+    (:class:`~icn_rt.runtime.engines.onnxruntime.OnnxRuntimeEngine`)."""
 
     def __init__(self, model: Model, backend: str, device: str | torch.device, precision: str | None = None,
-                 cuda_graph: bool = False) -> None:
+                 cuda_graph: bool = False, ort_optimization: str = "all", ort_save_optimized: bool = False) -> None:
         if cuda_graph and backend != "tensorrt":
             raise ValueError(CUDA_GRAPH_BACKENDS)
         self.directory, self.device = model.directory, torch.device(device)
@@ -88,7 +90,8 @@ class GraphEngines:
                         raise InputError(manifest.path(self.directory), f"no {precision} {name} graph; run "
                                          f"`icn-rt export MODEL --precision {precision}` first")
                 self.engines[name] = OnnxRuntimeEngine(self.directory / graph["file"], self.device,
-                                                       fp16=precision == "fp16")
+                                                       fp16=precision == "fp16", optimization=ort_optimization,
+                                                       save_optimized=ort_save_optimized)
             elif backend == "tensorrt":
                 plan = manifest.plan_record(self.directory, record, name)
                 if precision is not None and plan.get("precision") != precision:

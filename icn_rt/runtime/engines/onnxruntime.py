@@ -48,27 +48,49 @@ def onnxruntime_has_gpu() -> bool:
     return bool({"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers()))
 
 
+ORT_OPTIMIZATION = ("disable", "basic", "extended", "all")
+"""onnxruntime's graph optimisation levels (``ORT_DISABLE_ALL`` ... ``ORT_ENABLE_ALL``)."""
+
+
 class OnnxRuntimeEngine:
     """One ``.onnx`` graph in an onnxruntime session (``fp16``: the graph is an fp16 variant,
-    which TensorRT's provider then builds with fp16 kernels)."""
+    which TensorRT's provider then builds with fp16 kernels). ``optimization``: the
+    session's graph optimisation level (:data:`ORT_OPTIMIZATION`, default ``all``);
+    ``save_optimized``: onnxruntime writes the graph it optimised beside the original
+    (``prm.ort-all.onnx``; :attr:`optimized_path`) — to read what it runs, or to load later
+    with ``optimization="disable"`` and skip the optimisation at start-up. ``basic`` and
+    ``extended`` keep to portable operators; ``all`` adds layout changes for this CPU."""
 
     backend = "onnxruntime"
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int = 0,
-                 fp16: bool = False) -> None:
+                 fp16: bool = False, optimization: str = "all", save_optimized: bool = False) -> None:
         import onnxruntime as ort
 
+        if optimization not in ORT_OPTIMIZATION:
+            raise ValueError(f"unknown onnxruntime optimisation level {optimization!r}; choose one of "
+                             f"{', '.join(ORT_OPTIMIZATION)}")
         self.path, self.device = Path(path), torch.device(device)
         if not self.path.is_file():
             raise InputError(self.path, "graph not found; run `icn-rt export MODEL` first")
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimization]
         if threads:
             options.intra_op_num_threads = threads
         cache = self.path.parent / "onnxruntime-trt-cache"  # TensorRT provider: engines kept across sessions
         providers = onnxruntime_providers(self.device, cache, fp16)
         if providers[0][0] == "TensorrtExecutionProvider":
             cache.mkdir(exist_ok=True)
+        self.optimized_path = None
+        if save_optimized:
+            if providers[0][0] == "TensorrtExecutionProvider":
+                raise ValueError("onnxruntime cannot save a graph that its TensorRT provider compiled; save the "
+                                 "optimised graph on the CPU or CUDA provider")
+            self.optimized_path = self.path.with_name(f"{self.path.stem}.ort-{optimization}.onnx")
+            options.optimized_model_filepath = str(self.optimized_path)
         self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         self.providers = tuple(self.session.get_providers())
         self.inputs = tuple(i.name for i in self.session.get_inputs())
