@@ -1,10 +1,12 @@
 """Engines side by side on the same images in one run: the networks of a batch (PRM stage:
 forward, peaks, backward -> PRMs; ICN stage: T steps on every peak) and the whole
-predictor (plus matching and NMS), per backend:
+predictor (plus matching and NMS, as `icn-rt infer` and `bench` run it: no per-instance maps
+kept), per backend:
 
 - ``torch eager``: the predictor's own path (one backward over the K peaks found, on
   receptive-field windows where they are smaller than the map);
-- ``torch graph``: the exported graph modules run in PyTorch (whole maps);
+- ``torch graph``: the exported graph modules run in PyTorch (windows or whole maps, as
+  the eager path chooses);
 - ``onnxruntime``: the exported ONNX graphs (CPU provider here; CUDA/TensorRT providers
   where installed).
 
@@ -117,7 +119,7 @@ def main() -> None:
                 batches = [(images[s: s + b], props[s: s + b]) for s in range(0, len(images), b)]
                 for name, predictor in (("torch eager", eager), ("torch graph", graph), ("onnxruntime", ort)):
                     net = _timed(lambda: [_networks(predictor, i)() for i, _ in batches], args.repeats)
-                    full = _timed(lambda: [predictor.predict(i, p) for i, p in batches], args.repeats)
+                    full = _timed(lambda: [predictor.predict(i, p, keep_maps=False) for i, p in batches], args.repeats)
                     rows.append({"backend": name, "peaks": setting, "peaks_per_image": found, "batch_size": b,
                                  "networks": _summary(net, len(images)), "predict": _summary(full, len(images))})
                     print(f"{name:>12} peaks {setting:>12} ({found:.2f}/image) batch {b:>2}: networks "
