@@ -14,8 +14,9 @@ Both backward over the peaks found, never a fixed number of slots. Rows at the m
 own settings, then (``--peaks-per-image 1 8``) with every class map's threshold taken
 away and the peaks per image capped at N, so that each image has N peaks: the cost of
 each engine follows the peaks. Per row the peaks per image measured, median and p90
-seconds per batch, images/s and ratios to torch eager; the onnxruntime instances are
-checked against the eager ones. Writes JSON with the machine and versions::
+seconds per batch, images/s and ratios to torch eager (the contestants timed in turns,
+round after round); the onnxruntime instances are checked against the eager ones.
+Writes JSON with the machine and versions::
 
     python benchmarks/engines.py MODEL VOCROOT --batch-sizes 1 8 16 --peaks-per-image 1 8 \
         --out benchmarks/results/engines_cpu.json
@@ -45,13 +46,17 @@ from icn_rt.runtime.engines import TorchEngine
 from icn_rt.runtime.predictor import Predictor
 
 
-def _timed(fn, repeats: int) -> list[float]:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def _interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:
+    """Each function once untimed, then ``repeats`` rounds timing each in turn: a slow
+    spell of a shared machine falls on every contestant alike, so their ratios hold."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
     return times
 
 
@@ -117,9 +122,13 @@ def main() -> None:
             found = len(eager.naive_maps(images).peaks) / len(images)
             for b in args.batch_sizes:
                 batches = [(images[s: s + b], props[s: s + b]) for s in range(0, len(images), b)]
-                for name, predictor in (("torch eager", eager), ("torch graph", graph), ("onnxruntime", ort)):
-                    net = _timed(lambda: [_networks(predictor, i)() for i, _ in batches], args.repeats)
-                    full = _timed(lambda: [predictor.predict(i, p, keep_maps=False) for i, p in batches], args.repeats)
+                contestants = {"torch eager": eager, "torch graph": graph, "onnxruntime": ort}
+                nets = _interleaved({name: (lambda p=p: [_networks(p, i)() for i, _ in batches])
+                                     for name, p in contestants.items()}, args.repeats)
+                fulls = _interleaved({name: (lambda p=p: [p.predict(i, q, keep_maps=False) for i, q in batches])
+                                      for name, p in contestants.items()}, args.repeats)
+                for name in contestants:
+                    net, full = nets[name], fulls[name]
                     rows.append({"backend": name, "peaks": setting, "peaks_per_image": found, "batch_size": b,
                                  "networks": _summary(net, len(images)), "predict": _summary(full, len(images))})
                     print(f"{name:>12} peaks {setting:>12} ({found:.2f}/image) batch {b:>2}: networks "

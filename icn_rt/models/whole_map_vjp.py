@@ -124,7 +124,7 @@ def record(module: nn.Module, x: torch.Tensor, tape: Tape) -> torch.Tensor:
 def eager() -> bool:
     """False while a graph is traced for export: the eager backward may then take
     shortcuts no exported graph could (max-pool indices, BN folded into the convolution
-    weights, masks by selection)."""
+    weights, ReLU masks and residual sums in place)."""
     return not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
 
 
