@@ -112,7 +112,6 @@ def input_gradients(model: PeakClassifier, rec: Recorded, peaks: Peaks, rule: st
             g = vjp(model.classifier, g, spread, tape, rule)
             out[idx] = vjp(model.backbone, g, spread, tape, rule)
         return out
-    spread = by_index(peaks.image)
     return local_gradients(model, rec.tape, peaks, rows, cols, c, rule)
 
 

@@ -34,6 +34,7 @@ import torch
 
 from icn_rt.baseline import BaselineSettings
 from icn_rt.baseline import run_baseline as baseline_instances
+from icn_rt.baseline.excitation import excitation_backward
 from icn_rt.data.images import read_image
 from icn_rt.data.preprocess import preprocess_array
 from icn_rt.data.proposals import Proposals, load_proposals, proposal_path
@@ -43,7 +44,7 @@ from icn_rt.eval.report import score
 from icn_rt.machine import machine_info
 from icn_rt.matching import InstanceSettings, MatchingSettings
 from icn_rt.models.peaks import PeakSettings, find_peaks
-from icn_rt.models.prm import PRMSettings
+from icn_rt.models.prm import PRMSettings, input_gradients, recorded_forward
 from icn_rt.models.store import CLASSIFIER, ICN_WEIGHTS, Model
 from icn_rt.progress import Counter
 from icn_rt.runtime.engines.onnxruntime import ORT_OPTIMIZATION
@@ -239,8 +240,6 @@ def run_baseline(predictor, items: list[Item], progress: bool = False) -> Run:
 def peak_counts(items: list[Item], settings_of: dict[str, Model]) -> dict[str, float]:
     """Peaks per image (over the distinct images) under each named settings (one eager
     forward per image)."""
-    from icn_rt.models.prm import recorded_forward
-
     model = next(iter(settings_of.values()))
     model._eager_layout()
     distinct = list({item.image_id: item for item in items}.values())
@@ -260,9 +259,6 @@ def backward_cost(model: Model, item: Item, rules: dict[str, Model], repeats: in
     batched backward (eager; the local VJP where it pays) beside a per-peak autograd loop
     on the same peaks (for the excitation rule, through the baseline's patched
     convolutions). Medians of ``repeats`` interleaved runs."""
-    from icn_rt.baseline.excitation import excitation_backward
-    from icn_rt.models.prm import input_gradients, recorded_forward
-
     classifier = model.classifier.eval()
     model._eager_layout()
     x = torch.as_tensor(item.x)[None].to(model.device)
