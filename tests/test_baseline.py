@@ -17,15 +17,20 @@ from icn_rt.models.store import Model
 from icn_rt.runtime.predictor import Predictor
 
 
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(3)
-    m = PeakClassifier(3, ClassifierSettings(backbone="small", input_size=80, sub_pixel=4))
+def _classifier(seed: int, backbone: str, size: int, sub_pixel: int) -> PeakClassifier:
+    """A random 3-class classifier with non-trivial BN statistics, in eval mode."""
+    torch.manual_seed(seed)
+    m = PeakClassifier(3, ClassifierSettings(backbone=backbone, input_size=size, sub_pixel=sub_pixel))
     for bn in m.modules():
         if isinstance(bn, torch.nn.BatchNorm2d):
             bn.running_mean.uniform_(-0.3, 0.3)
             bn.running_var.uniform_(0.5, 2.0)
     return m.eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _classifier(3, "small", 80, 4)
 
 
 def test_baseline_gives_the_predictors_instances(model, tiny_voc):
@@ -55,13 +60,7 @@ def test_baseline_gives_the_predictors_instances_at_the_papers_configuration(tin
     """ResNet-50 at 448², sub-pixel 8 (the scale where the issue saw them part): two
     64-px images resized to the input, their peaks above a threshold (a handful, so that
     the baseline's per-peak loops stay short), PRM's rules, a batch of both."""
-    torch.manual_seed(5)
-    model = PeakClassifier(3, ClassifierSettings(backbone="resnet50", input_size=448, sub_pixel=8))
-    for bn in model.modules():
-        if isinstance(bn, torch.nn.BatchNorm2d):
-            bn.running_mean.uniform_(-0.3, 0.3)
-            bn.running_var.uniform_(0.5, 2.0)
-    model.eval()
+    model = _classifier(5, "resnet50", 448, 8)
     val = VOCDataset(tiny_voc, "val")
     images = [val.get(i).image for i in val.ids[:2]]
     props = [selective_search(image, SelectiveSearchConfig(max_proposals=100)) for image in images]

@@ -33,6 +33,18 @@ def _autograd(model, x, peaks, k):
     return grad[0]
 
 
+def _assert_each_equals_autograd(batched, model, x, peaks, rule):
+    """Every peak's batched gradient against its own autograd backward (float64: 1e-9)."""
+    for k in range(len(peaks)):
+        if rule == "excitation":
+            with excitation_backward(model):
+                ref = _autograd(model, x, peaks, k)
+        else:
+            ref = _autograd(model, x, peaks, k)
+        assert ref.abs().max() > 0
+        torch.testing.assert_close(batched[k], ref, rtol=1e-9, atol=1e-11 * ref.abs().max().item())
+
+
 @pytest.mark.parametrize("local", [False, True], ids=["whole", "local"])
 @pytest.mark.parametrize("rule", ["gradient", "excitation"])
 @pytest.mark.parametrize("backbone,size,sub_pixel", [("small", 48, 1), ("small", 48, 4), ("vgg16", 64, 2),
@@ -47,15 +59,7 @@ def test_batched_backward_equals_per_peak_autograd(rule, backbone, size, sub_pix
     peaks = find_peaks(rec.maps, rec.scores, ALL_PEAKS, sub_pixel)
     assert set(peaks.image.tolist()) == {0, 1}
     peaks = peaks.select(torch.cat([(peaks.image == b).nonzero()[:2, 0] for b in (0, 1)]))  # 2 per image: fast
-    batched = input_gradients(model, rec, peaks, rule, local=local)
-    for k in range(len(peaks)):
-        if rule == "excitation":
-            with excitation_backward(model):
-                ref = _autograd(model, x, peaks, k)
-        else:
-            ref = _autograd(model, x, peaks, k)
-        assert ref.abs().max() > 0
-        torch.testing.assert_close(batched[k], ref, rtol=1e-9, atol=1e-11 * ref.abs().max().item())
+    _assert_each_equals_autograd(input_gradients(model, rec, peaks, rule, local=local), model, x, peaks, rule)
 
 
 @pytest.mark.parametrize("rule", ["gradient", "excitation"])
@@ -157,11 +161,4 @@ def test_whole_map_backward_in_chunks_of_an_image_equals_per_peak_autograd(rule,
     order = torch.argsort(peaks.image, descending=True, stable=True)  # image 1's peaks first: out of order
     peaks = peaks.select(order)
     assert (peaks.image == 0).sum() > 3 and (peaks.image == 1).sum() > 3
-    batched = input_gradients(model, rec, peaks, rule, local=False)
-    for k in range(len(peaks)):
-        if rule == "excitation":
-            with excitation_backward(model):
-                ref = _autograd(model, x, peaks, k)
-        else:
-            ref = _autograd(model, x, peaks, k)
-        torch.testing.assert_close(batched[k], ref, rtol=1e-9, atol=1e-11 * ref.abs().max().item())
+    _assert_each_equals_autograd(input_gradients(model, rec, peaks, rule, local=False), model, x, peaks, rule)

@@ -172,16 +172,7 @@ def vjp(module: nn.Module, g: torch.Tensor, spread: Spread, tape: Tape, rule: st
         return _pool_vjp(module, tape.saved[id(module)], g, spread)
     if isinstance(module, Bottleneck):
         g = _relu_vjp(g, tape.saved[id(module)], spread)
-        g_main = g
-        for step, child in reversed(list(enumerate(_bottleneck_main(module)))):
-            if child is None:
-                g_main = _relu_vjp(g_main, tape.saved[(id(module), step)], spread)
-            elif isinstance(child, nn.BatchNorm2d) and _folds(rule):
-                continue  # folded into the convolution before it (see _chain_vjp)
-            elif isinstance(child, nn.Conv2d) and _folds(rule):
-                g_main = _conv_vjp(child, tape.saved[id(child)], g_main, spread, rule, _bn_after(module, step))
-            else:
-                g_main = vjp(child, g_main, spread, tape, rule)
+        g_main = _chain_vjp(_bottleneck_main(module), g, spread, tape, rule, lambda step: (id(module), step))
         g_identity = vjp(module.downsample, g, spread, tape, rule) if module.downsample is not None else g
         return g_main.add_(g_identity) if eager() else g_main + g_identity
     raise TypeError(f"peak backpropagation does not support {type(module).__name__}")
@@ -193,14 +184,12 @@ def _folds(rule: str) -> bool:
     return rule == "gradient" and eager()
 
 
-def _bn_after(block: Bottleneck, step: int) -> nn.BatchNorm2d | None:
-    after = _bottleneck_main(block)[step + 1]
-    return after if isinstance(after, nn.BatchNorm2d) else None
-
-
-def _chain_vjp(children: list[nn.Module], g: torch.Tensor, spread: Spread, tape: Tape, rule: str) -> torch.Tensor:
+def _chain_vjp(children: list[nn.Module | None], g: torch.Tensor, spread: Spread, tape: Tape, rule: str,
+               relu_key: Callable[[int], object] | None = None) -> torch.Tensor:
     """The VJP of modules run in sequence; where :func:`_folds`, a convolution followed by
-    BN takes BN's scale into its weights (one multiply fewer per layer)."""
+    BN takes BN's scale into its weights (one multiply fewer per layer). ``None`` children
+    are ReLUs whose outputs the tape keeps under ``relu_key(position)`` (a bottleneck's
+    main branch: :func:`_bottleneck_main`)."""
     i = len(children) - 1
     while i >= 0:
         child = children[i]
@@ -209,7 +198,7 @@ def _chain_vjp(children: list[nn.Module], g: torch.Tensor, spread: Spread, tape:
             g = _conv_vjp(before, tape.saved[id(before)], g, spread, rule, child)
             i -= 2
             continue
-        g = vjp(child, g, spread, tape, rule)
+        g = _relu_vjp(g, tape.saved[relu_key(i)], spread) if child is None else vjp(child, g, spread, tape, rule)
         i -= 1
     return g
 
