@@ -356,6 +356,56 @@ def train_icn_cmd(
     out.print(f"ICN -> {model_dir} ({summary.samples} peaks" + (f", final loss {final.loss:.4f})" if final else ")"))
 
 
+@train_app.command("student")
+def train_student_cmd(
+    root: Path = typer.Argument(..., help="VOC-layout dataset root."),
+    model_dir: Path = typer.Option(..., "--model", help="Model directory whose pipeline labels the training split; "
+                                                        "the student is added to it."),
+    backbone: str = typer.Option("mobilenet-v3-fpn", help="mobilenet-v3-fpn (CPUs, Jetson) | resnet50-fpn (accuracy)."),
+    input_size: int = typer.Option(0, help="Side the student sees images at [default 0: the training images' median "
+                                           "shorter side, rounded up to 32]."),
+    threshold: Optional[float] = typer.Option(None, help="Confidence a pipeline instance needs to become a label "
+                                                         "[default: chosen on --dev-split, best F1 at mask IoU 0.5]."),
+    split: str = typer.Option("train", help="Split the pipeline labels and the student learns."),
+    dev_split: str = typer.Option("dev", help="Split the threshold is chosen on."),
+    proposals_dir: Optional[Path] = typer.Option(None, "--proposals", help="Proposal folder for the pipeline "
+                                                 "[default: ROOT/Proposals]."),
+    epochs: int = typer.Option(24, help="Epochs."),
+    batch_size: int = typer.Option(4, help="Images per step."),
+    lr: float = typer.Option(0.01, help="SGD learning rate (after warm-up; x0.1 at 2/3 and 8/9 of the epochs)."),
+    pretrained: Optional[str] = typer.Option(None, help="Backbone start: 'imagenet' (torchvision download) or a "
+                                                        "weights file [default: from scratch]."),
+    seed: int = typer.Option(0, help="Seed for initialisation, order, augmentation and sampling."),
+    workers: int = typer.Option(0, help="Loading worker processes."),
+    resume: bool = typer.Option(False, help="Continue an interrupted student run in --model."),
+    device: str = typer.Option("auto", help=DEVICE_HELP, callback=_device),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+):
+    """Distil the pipeline into a proposal-free student (torchvision Mask R-CNN): the pipeline
+    labels the split (resumable infer job), confident tagged instances are kept, the student
+    trains on them; writes student.safetensors into the model."""
+    from icn_rt.models.student import StudentSettings
+    from icn_rt.training.student import StudentTrainSettings, input_size_for
+    from icn_rt.workflows.student import teach_and_train
+
+    try:
+        settings = StudentTrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, workers=workers,
+                                        split=split, pretrained=pretrained)
+        student = StudentSettings(backbone=backbone, input_size=input_size or input_size_for(root, split))
+        run = teach_and_train(root, model_dir, settings, student, threshold, dev_split, proposals_dir, resume, device,
+                              log=out.print, progress=not quiet)
+    except (InputError, ValueError) as e:
+        _fail(e)
+    for split_name, summary in run.labelled.items():
+        if summary.failed:
+            err.print(f"[yellow]{_n(len(summary.failed), 'image')} of {split_name} failed in the pipeline (reasons in "
+                      f"{model_dir}/student-labels/{split_name}.json.errors.txt)[/yellow]", highlight=False)
+    final = run.trained.epochs[-1] if run.trained.epochs else None
+    out.print(f"student -> {model_dir} ({run.trained.images} images, {run.trained.instances} labels at confidence "
+              f">= {run.threshold:.3g}; {run.trained.dropped_images} images without one left out"
+              + (f"; final loss {final.loss:.4f})" if final else ")"), soft_wrap=True)
+
+
 @app.command("infer")
 def infer_cmd(
     model_dir: Path = typer.Argument(..., help="Model directory (from `icn-rt train classifier`)."),
@@ -382,6 +432,8 @@ def infer_cmd(
     cuda_graph: bool = typer.Option(False, help="TensorRT replays its plans as CUDA graphs (--backend tensorrt)."),
     ort_optimization: str = typer.Option("all", help=ORT_OPTIMIZATION_HELP),
     ort_save_optimized: bool = typer.Option(False, help=ORT_SAVE_HELP),
+    student: bool = typer.Option(False, help="Run the model's student (`icn-rt train student`): no proposals, no "
+                                             "backward; --backend torch | onnxruntime (`icn-rt export --student`)."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ):
     """Instances for images tagged with nothing: peaks -> PRMs -> ICN -> proposal matching -> NMS.
@@ -397,8 +449,16 @@ def infer_cmd(
     if batch_size < 1:
         _fail(ValueError(f"--batch-size must be at least 1, got {batch_size}"))
     try:
-        predictor = Predictor.from_dir(model_dir, device, backend=backend, cuda_graph=cuda_graph, icn_steps=icn_steps,
-                                       ort_optimization=ort_optimization, ort_save_optimized=ort_save_optimized)
+        if student:
+            from icn_rt.runtime.student import StudentPredictor
+
+            if cuda_graph or icn_steps is not None or proposals_dir is not None:
+                raise ValueError("--student needs no --proposals, --icn-steps or --cuda-graph")
+            predictor = StudentPredictor.from_dir(model_dir, device, backend, ort_optimization, ort_save_optimized)
+        else:
+            predictor = Predictor.from_dir(model_dir, device, backend=backend, cuda_graph=cuda_graph,
+                                           icn_steps=icn_steps, ort_optimization=ort_optimization,
+                                           ort_save_optimized=ort_save_optimized)
         paths = list_images(images)
         if not paths:
             raise ValueError("no images given (directories are searched for .jpg/.png files)")
@@ -408,7 +468,7 @@ def infer_cmd(
         _fail(e)
     if backend == "auto":
         err.print(f"backend: {predictor.backend} (auto)", highlight=False)
-    if proposals_dir is None:
+    if proposals_dir is None and not student:
         err.print("no --proposals: making selective-search proposals on the fly (slow; `icn-rt proposals` "
                   "makes them once)", highlight=False)
     settings = InferSettings(proposals=proposals_dir, save_vis=save_vis, batch_size=batch_size,
@@ -560,12 +620,29 @@ def export_cmd(
                                            "PyTorch in the manifest."),
     simplify: bool = typer.Option(True, help="Simplify the fp32 graphs with onnxslim (kept only when onnxruntime "
                                              "gives the same outputs; node counts in the manifest)."),
+    student: bool = typer.Option(False, help="Export the student instead (student.onnx, one image per run, "
+                                             "record in student.onnx.json)."),
 ):
     """ONNX graphs beside the model: prm.onnx (classifier, peaks, peak backprop, PRMs) and
     icn.onnx (T enhancement steps), checked, with manifest.json; --precision adds their
     fp16 / int8 variants (prm.fp16.onnx, ...), which build-engine builds strongly typed."""
     from icn_rt.export.onnx_export import Calibration, export_model
 
+    if student:
+        from icn_rt.export.onnx_export import export_student
+
+        try:
+            record = export_student(model_dir, verify=verify)
+        except (InputError, ValueError) as e:
+            _fail(e)
+        check = record.get("verification", {})
+        out.print(f"student -> {model_dir / record['file']} ({record['bytes'] / 2**20:.1f} MiB, "
+                  f"{sum(record['operators'].values())} nodes; TensorRT-unsupported operators: "
+                  f"{', '.join(record['tensorrt_unsupported']) or 'none'}"
+                  + (f"; onnxruntime vs torch: {check['onnxruntime_detections']}/{check['detections']} detections, "
+                     f"boxes {check.get('max_difference_boxes', float('nan')):.1e} px, masks "
+                     f"{check.get('max_difference_masks', float('nan')):.1e}" if check else "") + ")", soft_wrap=True)
+        return
     try:
         precisions = tuple(dict.fromkeys(["fp32", *(p.strip() for p in precision.split(",") if p.strip())]))
         calibrate = None

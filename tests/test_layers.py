@@ -1,7 +1,7 @@
 """The package's layers (README, "Code map"): imports run one way, down.
 
     cli
-    demo                          the demo job
+    demo, workflows               the demo job; jobs that chain runtime and training
     runtime, training, export     (none imports another)
     eval, baseline                (none imports another)
     models                        the model object, networks, manifest
@@ -28,7 +28,7 @@ from icn_rt import extras
 
 PACKAGE = Path(icn_rt.__file__).parent
 LAYERS = [("kernels",), ("errors", "progress", "machine", "extras", ""), ("data",), ("matching",), ("models",),
-          ("eval", "baseline"), ("runtime", "training", "export"), ("demo",), ("cli",)]
+          ("eval", "baseline"), ("runtime", "training", "export"), ("demo", "workflows"), ("cli",)]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 
 

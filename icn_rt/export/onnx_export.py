@@ -208,7 +208,9 @@ def _max_difference(module: torch.nn.Module, path: Path, args: tuple, names: tup
     mismatches)."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # the traced mask-pasting loop's shape notes are not errors
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     got = session.run(None, {n: a.numpy() for n, a in zip(names, args)})
     with torch.no_grad():
         want = module(*args)
@@ -368,3 +370,76 @@ def _versions() -> dict[str, str]:
 
     return {"icn_rt": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
             "python": platform.python_version()}
+
+
+STUDENT_TOLERANCE = {"boxes": 1e-2, "scores": 1e-4, "masks": 1e-3}
+"""Largest differences onnxruntime may show against PyTorch on the verification input,
+the detections being the same: boxes in pixels (their regression deltas are exponentiated
+and scaled, so float32 rounding grows to ~1e-3 px), scores and mask probabilities."""
+
+
+def export_student(directory: str | Path, verify: bool = True) -> dict:
+    """``student.onnx`` beside the model: the student (:class:`~icn_rt.models.student.StudentGraph`)
+    for one image ``images [1, 3, S, S]`` -> ``boxes``, ``labels``, ``scores``, ``masks``,
+    ``image`` (their first axis: the detections, dynamic). One image per run: torchvision's
+    Mask R-CNN traces its per-image loop unrolled, so the batch is fixed at export; the
+    engine runs a batch image by image. Opset 17, TorchScript exporter, checked with
+    ``onnx.checker`` and against TensorRT's operator list (the result records what is off
+    it); with ``verify``, onnxruntime runs it on a verification image (a training image
+    when the config names the data, else a pattern) and the record holds the largest
+    differences. Writes ``student.onnx.json`` (the record) and returns it."""
+    import onnx
+
+    from icn_rt.models.store import load_student
+    from icn_rt.models.student import STUDENT_GRAPH, STUDENT_INPUTS, STUDENT_OUTPUTS, STUDENT_RECORD, StudentGraph
+
+    directory = Path(directory)
+    network, settings, classes = load_student(directory)
+    graph = StudentGraph(network).eval()
+    s = settings.input_size
+    x = _student_probe(s)
+    path = directory / STUDENT_GRAPH
+    say(f"exporting the student ({settings.backbone}, {s}x{s}) -> {path}")
+    dynamic = {name: {0: "detections"} for name in STUDENT_OUTPUTS}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on Python values from shapes
+        torch.onnx.export(graph, (x,), str(path), input_names=list(STUDENT_INPUTS), output_names=list(STUDENT_OUTPUTS),
+                          dynamic_axes=dynamic, opset_version=OPSET, do_constant_folding=True, dynamo=False)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    record = {"file": STUDENT_GRAPH, "sha256": manifests.file_sha256(path), "bytes": path.stat().st_size,
+              "opset": OPSET, "batch": 1, "input_size": s, "backbone": settings.backbone, "classes": list(classes),
+              "operators": graph_operators(model), "tensorrt_unsupported": unsupported_operators(model),
+              "torch": torch.__version__, "python": platform.python_version()}
+    if verify:
+        record["verification"] = verify_student(graph, path, x)
+    (directory / STUDENT_RECORD).write_text(__import__("json").dumps(record, indent=1) + "\n")
+    return record
+
+
+def _student_probe(side: int) -> torch.Tensor:
+    """A fixed verification input: smooth blobs on a ramp (normalised-image range)."""
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, side), torch.linspace(-1, 1, side), indexing="ij")
+    blobs = torch.stack([torch.exp(-((yy - 0.3) ** 2 + (xx + 0.2) ** 2) * 8), torch.exp(-((yy + 0.4) ** 2 + xx ** 2) * 6),
+                         (xx + 1) / 2])
+    return (blobs * 4 - 2)[None].float()
+
+
+def verify_student(graph: torch.nn.Module, path: Path, x: torch.Tensor) -> dict:
+    """onnxruntime against PyTorch on ``x``: detection counts, labels equal, the largest
+    differences of boxes, scores and masks."""
+    import onnxruntime as ort
+
+    with torch.inference_mode():
+        expected = [t.numpy() for t in graph(x)]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # the traced mask-pasting loop's shape notes are not errors
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": x.numpy()})
+    result = {"detections": int(len(expected[0])), "onnxruntime_detections": int(len(got[0]))}
+    if len(expected[0]) == len(got[0]):
+        result["labels_equal"] = bool(np.array_equal(expected[1], got[1]))
+        for name, a, b in zip(("boxes", "scores", "masks"), (expected[0], expected[2], expected[3]),
+                              (got[0], got[2], got[3])):
+            result[f"max_difference_{name}"] = float(np.abs(a - b).max()) if a.size else 0.0
+    return result

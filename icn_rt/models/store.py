@@ -28,10 +28,12 @@ from icn_rt.models.classifier import ClassifierSettings, PeakClassifier
 from icn_rt.models.icn import ICN, ICNSettings, enhance
 from icn_rt.models.peaks import PeakSettings
 from icn_rt.models.prm import NaiveMaps, PRMSettings, naive_maps
+from icn_rt.models.student import StudentSettings, build_student
 
 CONFIG = "config.json"
 CLASSIFIER = "classifier.safetensors"
 ICN_WEIGHTS = "icn.safetensors"
+STUDENT_WEIGHTS = "student.safetensors"
 FORMAT = 1
 SECTIONS = {"peaks": PeakSettings, "prm": PRMSettings, "matching": MatchingSettings, "instances": InstanceSettings}
 """The inference settings sections besides the networks' own (``classifier``, ``icn``)."""
@@ -247,3 +249,28 @@ def load_icn(directory: str | Path, config: dict | None = None, device: str | to
     icn = ICN(settings_from(config, "icn", ICNSettings, directory))
     _load_weights(path, icn)
     return icn.eval().to(device)
+
+
+def save_student(directory: str | Path, student: torch.nn.Module, settings: StudentSettings,
+                 sections: dict[str, object]) -> None:
+    """Write ``student.safetensors`` and the config's ``student`` section (+ ``sections``)
+    into an existing model directory (:mod:`icn_rt.models.student`)."""
+    directory = Path(directory)
+    config = read_config(directory)
+    config["student"] = asdict(settings)
+    _save_weights(directory, STUDENT_WEIGHTS, student, config, sections)
+
+
+def load_student(directory: str | Path,
+                 device: str | torch.device = "cpu") -> tuple[torch.nn.Module, StudentSettings, tuple[str, ...]]:
+    """The student of a model directory in eval mode on ``device``, with its settings and
+    the classes: ``(network, StudentSettings, classes)``."""
+    directory = Path(directory)
+    path = directory / STUDENT_WEIGHTS
+    config = read_config(directory)
+    if not path.is_file():
+        raise InputError(path, "student weights missing (train one with `icn-rt train student`)")
+    settings = settings_from(config, "student", StudentSettings, directory)
+    student = build_student(len(config["classes"]), settings)
+    _load_weights(path, student)
+    return student.eval().to(device), settings, tuple(config["classes"])

@@ -30,6 +30,7 @@ from icn_rt.progress import Counter
 from icn_rt.runtime.loading import MAX_PIXELS, Failed, Loaded, LoadSettings, load_or_failed, stream
 from icn_rt.runtime.predictor import Predictor, Staged
 from icn_rt.runtime.result_log import InferSummary, ResultLog, image_key
+from icn_rt.runtime.student import StudentPredictor
 
 
 @dataclass
@@ -53,9 +54,11 @@ class InferSettings:
     overlap: bool | None = None
 
 
-def fingerprint(predictor: Predictor, proposals: Path | None) -> dict:
+def fingerprint(predictor: Predictor | StudentPredictor, proposals: Path | None) -> dict:
     """What decides an image's results: the weights, every setting and the proposals'
     source (the backend does not: every backend gives the same instances)."""
+    if isinstance(predictor, StudentPredictor):
+        return predictor.fingerprint()
     model = predictor.model
     weights = hashlib.sha256()
     for module in (model.classifier, model.icn):
@@ -70,7 +73,7 @@ def fingerprint(predictor: Predictor, proposals: Path | None) -> dict:
             "proposals": str(proposals.resolve()) if proposals is not None else "selective search"}
 
 
-def infer(predictor: Predictor, images: list[Path], out: Path, settings: InferSettings) -> InferSummary:
+def infer(predictor: Predictor | StudentPredictor, images: list[Path], out: Path, settings: InferSettings) -> InferSummary:
     """Run ``predictor`` over ``images`` (their stems are the image ids) and write ``out``
     (see the module's docstring). Ctrl-C ends the job after the batches in flight are
     dropped, with ``interrupted`` set; nothing written is lost."""
@@ -80,9 +83,11 @@ def infer(predictor: Predictor, images: list[Path], out: Path, settings: InferSe
     todo = [p for p in images if image_key(p) not in log.done]
     if settings.save_vis is not None:
         settings.save_vis.mkdir(parents=True, exist_ok=True)
-    load = LoadSettings(predictor.input_size, settings.proposals, settings.max_pixels)
+    needs_proposals = not isinstance(predictor, StudentPredictor)
+    load = LoadSettings(predictor.input_size, settings.proposals if needs_proposals else None, settings.max_pixels,
+                        make_proposals=needs_proposals)
     loaded = stream(todo, partial(load_or_failed, settings=load), settings.workers,
-                    processes=settings.proposals is None)
+                    processes=needs_proposals and settings.proposals is None)
     overlap = settings.overlap if settings.overlap is not None else predictor.device.type == "cuda"
     batches = stage_ahead(predictor, groups(loaded, settings.batch_size), ahead=int(overlap))
     interrupted = False
@@ -132,7 +137,7 @@ def groups(items: Iterator[Loaded | Failed], batch_size: int) -> Iterator[Batch]
         yield batch
 
 
-def stage_ahead(predictor: Predictor, batches: Iterator[Batch], ahead: int) -> Iterator[Batch]:
+def stage_ahead(predictor: Predictor | StudentPredictor, batches: Iterator[Batch], ahead: int) -> Iterator[Batch]:
     """``batches`` with their inputs staged on the predictor's device ``ahead`` batches
     before each is handed on: with ``ahead=1`` the next batch's copy is under way while
     this one is predicted. Memory: ``ahead`` more batches."""
@@ -146,7 +151,7 @@ def stage_ahead(predictor: Predictor, batches: Iterator[Batch], ahead: int) -> I
     yield from waiting
 
 
-def _predict(predictor: Predictor, batch: Batch, save_vis: Path | None) -> list[dict]:
+def _predict(predictor: Predictor | StudentPredictor, batch: Batch, save_vis: Path | None) -> list[dict]:
     """Records of one batch's loaded images (and their pictures)."""
     if not batch.loaded:
         return []
@@ -162,5 +167,6 @@ def _predict(predictor: Predictor, batch: Batch, save_vis: Path | None) -> list[
             from icn_rt.runtime.visualize import overlay, prm_strip
 
             write_image(save_vis / f"{image_id}_overlay.png", overlay(item.image, pred.instances, predictor.classes))
-            write_image(save_vis / f"{image_id}_prm.png", prm_strip(item.image, pred.instances))
+            if not isinstance(predictor, StudentPredictor):  # the student has no PRMs
+                write_image(save_vis / f"{image_id}_prm.png", prm_strip(item.image, pred.instances))
     return records

@@ -24,25 +24,27 @@ MAX_PIXELS = 64_000_000
 
 @dataclass
 class Loaded:
-    """One image ready for the predictor: ``image: uint8 [H, W, 3]``, its proposals and
-    its network input ``x: float32 [3, S, S]``."""
+    """One image ready for the predictor: ``image: uint8 [H, W, 3]``, its proposals (None
+    for a predictor that needs none) and its network input ``x: float32 [3, S, S]``."""
 
     path: Path
     image: np.ndarray
-    proposals: Proposals
+    proposals: Proposals | None
     x: np.ndarray
 
 
 @dataclass(frozen=True)
 class LoadSettings:
     """``proposals``: the folder of ``<id>.mat``/``<id>.json`` files, or None to make them
-    on the fly (selective search, ``max_proposals`` of them); ``max_pixels``: larger
+    on the fly (selective search, ``max_proposals`` of them) unless ``make_proposals`` is
+    off (the student needs none: ``Loaded.proposals`` is None); ``max_pixels``: larger
     images are refused before they are decoded."""
 
     input_size: int
     proposals: Path | None
     max_pixels: int = MAX_PIXELS
     max_proposals: int = 2000
+    make_proposals: bool = True
 
 
 def load(path: Path, settings: LoadSettings) -> Loaded:
@@ -58,6 +60,8 @@ def load(path: Path, settings: LoadSettings) -> Loaded:
         why = (f" (turned from {size[0]}x{size[1]} by its EXIF orientation; make the proposals on the turned "
                "image, as icn-rt proposals does)") if turned else ""
         props = load_proposals(proposal_path(settings.proposals, path.stem), expected_shape=image.shape[:2], why=why)
+    elif not settings.make_proposals:
+        props = None
     else:
         from icn_rt.data.selective_search import SelectiveSearchConfig, selective_search
 

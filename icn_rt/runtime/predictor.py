@@ -94,7 +94,58 @@ class _Peaks:
     enhanced_maps: np.ndarray | None
 
 
-class Predictor:
+class Staging:
+    """Getting a batch's network input onto the device, for a predictor with ``device`` and
+    ``input_size`` (the pipeline's :class:`Predictor` and the student's)."""
+
+    device: torch.device
+    input_size: int
+    _copy_stream: torch.cuda.Stream | None = None
+
+    def network_input(self, images: list[np.ndarray], inputs: list[np.ndarray] | Staged | None = None) -> torch.Tensor:
+        """The batch on the device, ``float [B, 3, S, S]``: ``inputs`` (already preprocessed
+        by loader workers: :func:`~icn_rt.data.preprocess.preprocess_array`; or staged by
+        :meth:`stage`) or ``images`` preprocessed here. On a GPU the batch goes through
+        pinned memory, copied without blocking the host."""
+        if isinstance(inputs, Staged):
+            return self._arrived(inputs)
+        if inputs is None:
+            x = preprocess_batch(images, self.input_size)
+        else:
+            x = torch.from_numpy(np.stack(inputs))
+        if self.device.type == "cuda":
+            return x.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device)
+
+    def stage(self, inputs: list[np.ndarray]) -> Staged:
+        """Start a batch's network inputs on their way to the device and return at once.
+        On a GPU the copy runs from pinned memory on a copy stream of its own, so staging
+        the next batch before :meth:`predict` on this one overlaps that copy with this
+        batch's compute; :meth:`predict` given the :class:`Staged` batch waits on the GPU
+        (not the host) for its copy. Elsewhere it is the batch as a tensor."""
+        x = torch.from_numpy(np.stack(inputs))
+        if self.device.type != "cuda":
+            return Staged(x.to(self.device))
+        if self._copy_stream is None:
+            self._copy_stream = torch.cuda.Stream(self.device)
+        host = x.pin_memory()  # the caching host allocator keeps it until the copy is done
+        with torch.cuda.stream(self._copy_stream):
+            on_device = host.to(self.device, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record(self._copy_stream)
+        return Staged(on_device, ready)
+
+    def _arrived(self, staged: Staged) -> torch.Tensor:
+        """The staged input, with the computing stream told to wait for its copy and the
+        allocator told that this stream uses it (so its memory is not reused early)."""
+        if staged.ready is not None:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(staged.ready)
+            staged.x.record_stream(stream)
+        return staged.x
+
+
+class Predictor(Staging):
     """Runs ``model`` on ``device``. ``graphs``: run the networks as exported graphs on an
     engine backend instead of eager PyTorch (:meth:`from_dir` opens them). ``precision``:
     eager PyTorch's networks run under :func:`torch.autocast` at ``bf16`` or ``fp16``
@@ -160,48 +211,6 @@ class Predictor:
             predictor.graphs = GraphEngines(predictor.model, backend, predictor.device, precision, cuda_graph,
                                             ort_optimization, ort_save_optimized)
         return predictor
-
-    def network_input(self, images: list[np.ndarray], inputs: list[np.ndarray] | Staged | None = None) -> torch.Tensor:
-        """The batch on the device, ``float [B, 3, S, S]``: ``inputs`` (already preprocessed
-        by loader workers: :func:`~icn_rt.data.preprocess.preprocess_array`; or staged by
-        :meth:`stage`) or ``images`` preprocessed here. On a GPU the batch goes through
-        pinned memory, copied without blocking the host."""
-        if isinstance(inputs, Staged):
-            return self._arrived(inputs)
-        if inputs is None:
-            x = preprocess_batch(images, self.input_size)
-        else:
-            x = torch.from_numpy(np.stack(inputs))
-        if self.device.type == "cuda":
-            return x.pin_memory().to(self.device, non_blocking=True)
-        return x.to(self.device)
-
-    def stage(self, inputs: list[np.ndarray]) -> Staged:
-        """Start a batch's network inputs on their way to the device and return at once.
-        On a GPU the copy runs from pinned memory on a copy stream of its own, so staging
-        the next batch before :meth:`predict` on this one overlaps that copy with this
-        batch's compute; :meth:`predict` given the :class:`Staged` batch waits on the GPU
-        (not the host) for its copy. Elsewhere it is the batch as a tensor."""
-        x = torch.from_numpy(np.stack(inputs))
-        if self.device.type != "cuda":
-            return Staged(x.to(self.device))
-        if self._copy_stream is None:
-            self._copy_stream = torch.cuda.Stream(self.device)
-        host = x.pin_memory()  # the caching host allocator keeps it until the copy is done
-        with torch.cuda.stream(self._copy_stream):
-            on_device = host.to(self.device, non_blocking=True)
-            ready = torch.cuda.Event()
-            ready.record(self._copy_stream)
-        return Staged(on_device, ready)
-
-    def _arrived(self, staged: Staged) -> torch.Tensor:
-        """The staged input, with the computing stream told to wait for its copy and the
-        allocator told that this stream uses it (so its memory is not reused early)."""
-        if staged.ready is not None:
-            stream = torch.cuda.current_stream(self.device)
-            stream.wait_event(staged.ready)
-            staged.x.record_stream(stream)
-        return staged.x
 
     def naive_maps(self, images: list[np.ndarray], inputs: list[np.ndarray] | Staged | None = None,
                    timer: StageTimes | None = None) -> NaiveMaps:

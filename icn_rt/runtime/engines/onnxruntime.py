@@ -59,12 +59,14 @@ class OnnxRuntimeEngine:
     ``save_optimized``: onnxruntime writes the graph it optimised beside the original
     (``prm.ort-all.onnx``; :attr:`optimized_path`) — to read what it runs, or to load later
     with ``optimization="disable"`` and skip the optimisation at start-up. ``basic`` and
-    ``extended`` keep to portable operators; ``all`` adds layout changes for this CPU."""
+    ``extended`` keep to portable operators; ``all`` adds layout changes for this CPU.
+    ``log_severity``: onnxruntime's (2: warnings; 3: errors only)."""
 
     backend = "onnxruntime"
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int = 0,
-                 fp16: bool = False, optimization: str = "all", save_optimized: bool = False) -> None:
+                 fp16: bool = False, optimization: str = "all", save_optimized: bool = False,
+                 log_severity: int = 2) -> None:
         import onnxruntime as ort
 
         if optimization not in ORT_OPTIMIZATION:
@@ -74,6 +76,7 @@ class OnnxRuntimeEngine:
         if not self.path.is_file():
             raise InputError(self.path, "graph not found; run `icn-rt export MODEL` first")
         options = ort.SessionOptions()
+        options.log_severity_level = log_severity
         options.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,

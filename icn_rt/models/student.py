@@ -1,0 +1,150 @@
+"""The student (DESIGN.md §7): torchvision's Mask R-CNN, trained on the pipeline's
+confident masks (:mod:`icn_rt.training.student`), needing no proposals and no backward.
+
+It lives in the model directory beside the pipeline: ``student.safetensors`` and the
+config's ``student`` section (:class:`StudentSettings`). Its input is the classifier's
+kind of input at its own side: the image resized to ``input_size`` × ``input_size``
+(aspect not kept) and ImageNet-normalised (:func:`~icn_rt.data.preprocess.preprocess_array`),
+so loaders, staging and engines treat both alike; torchvision's transform is told the
+mean is 0 and the deviation 1 and, the side being fixed, resizes nothing. Anchors scale
+with the input: torchvision's sizes (32 … 512 at 800 pixels) × ``input_size`` / 800, so
+objects keep the share of the anchors they have on COCO; the region proposal and sampling
+counts are cut to what images with a few objects need (:class:`StudentSettings`).
+
+:class:`StudentGraph` is the exported form: ``images [B, 3, S, S]`` -> boxes, labels,
+scores and ``masks [N, S, S]`` probabilities with ``image [N]`` telling whose they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+BACKBONES = ("mobilenet-v3-fpn", "resnet50-fpn")
+COCO_SIDE = 800
+
+
+@dataclass
+class StudentSettings:
+    """``backbone``: :data:`BACKBONES` (ResNet-50-FPN for accuracy, MobileNetV3-Large-FPN
+    for CPUs and Jetson); ``input_size``: the side images are resized to; ``min_score``:
+    detections below are dropped (torchvision's ``box_score_thresh``); ``detections``: the
+    most per image; ``mask_threshold``: a mask probability at or above it is the object;
+    ``nms_iou``: torchvision's per-class box NMS; ``rpn_proposals``: regions kept after the
+    RPN's NMS at inference (twice as many in training, and twice that before NMS;
+    torchvision's 1000 are for COCO's crowds at 800 pixels); ``roi_samples``: regions per
+    image each training step (torchvision: 512); ``frozen``: the backbone started from
+    pretrained weights, so its BatchNorm is frozen and its first stages do not train
+    (torchvision's way), else everything trains."""
+
+    backbone: str = "mobilenet-v3-fpn"
+    input_size: int = 256
+    min_score: float = 0.05
+    detections: int = 100
+    mask_threshold: float = 0.5
+    nms_iou: float = 0.5
+    rpn_proposals: int = 300
+    roi_samples: int = 128
+    frozen: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown student backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        if self.input_size < 32:
+            raise ValueError(f"student input size must be at least 32, got {self.input_size}")
+
+
+def anchor_sizes(input_size: int) -> tuple[int, ...]:
+    """torchvision's anchor sizes (32 … 512 at 800 pixels) scaled to ``input_size``."""
+    return tuple(max(4, round(s * input_size / COCO_SIDE)) for s in (32, 64, 128, 256, 512))
+
+
+def build_student(num_classes: int, settings: StudentSettings, pretrained: str | None = None) -> nn.Module:
+    """A Mask R-CNN for ``num_classes`` classes (+ background) as ``settings`` say.
+    ``pretrained`` (with ``settings.frozen``): the backbone's starting weights, ``imagenet``
+    (torchvision's, downloaded by torchvision on first use) or a file (a torchvision
+    ResNet-50 / MobileNetV3-Large state dict, ``.pth`` or ``.safetensors``); None: random
+    (from scratch, or weights about to be loaded)."""
+    from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
+    from torchvision.ops import misc as misc_nn_ops
+
+    if pretrained and not settings.frozen:
+        raise ValueError("a pretrained backbone is frozen in part: build it with StudentSettings(frozen=True)")
+    imagenet = pretrained == "imagenet"
+    frozen = settings.frozen
+    norm = misc_nn_ops.FrozenBatchNorm2d if frozen else nn.BatchNorm2d
+    sizes = anchor_sizes(settings.input_size)
+    if settings.backbone == "resnet50-fpn":
+        backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=ResNet50_Weights.IMAGENET1K_V1 if imagenet
+                                       else None, norm_layer=norm, trainable_layers=3 if frozen else 5)
+        anchors = AnchorGenerator(tuple((s,) for s in sizes), ((0.5, 1.0, 2.0),) * len(sizes))
+        prefix, head = "", "fc."
+    else:
+        backbone = mobilenet_backbone(backbone_name="mobilenet_v3_large", weights=MobileNet_V3_Large_Weights.
+                                      IMAGENET1K_V1 if imagenet else None, fpn=True, norm_layer=norm,
+                                      trainable_layers=3 if frozen else 6)
+        anchors = AnchorGenerator((sizes,) * 3, ((0.5, 1.0, 2.0),) * 3)
+        prefix, head = "features.", "classifier."
+    if pretrained and not imagenet:
+        _load_backbone(backbone.body, Path(pretrained), prefix, head)
+    side, n = settings.input_size, settings.rpn_proposals
+    return MaskRCNN(backbone, num_classes + 1, min_size=side, max_size=side, image_mean=[0.0] * 3,
+                    image_std=[1.0] * 3, rpn_anchor_generator=anchors, rpn_pre_nms_top_n_train=4 * n,
+                    rpn_post_nms_top_n_train=2 * n, rpn_pre_nms_top_n_test=2 * n, rpn_post_nms_top_n_test=n,
+                    box_batch_size_per_image=settings.roi_samples, box_score_thresh=settings.min_score,
+                    box_nms_thresh=settings.nms_iou, box_detections_per_img=settings.detections)
+
+
+def _load_backbone(body: nn.Module, file: Path, prefix: str, head: str) -> None:
+    """A torchvision classification network's weights file into the detection backbone's
+    ``body`` (keys without ``prefix``; the ``head`` keys are left out)."""
+    from icn_rt.errors import InputError
+
+    if not file.is_file():
+        raise InputError(file, "backbone weights file not found (--pretrained: 'imagenet' or a weights file)")
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(file))
+        else:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and not k.startswith(head)}
+        missing, unexpected = body.load_state_dict(state, strict=False)
+    except Exception as e:  # noqa: BLE001 - a bad file, named in one line
+        raise InputError(file, f"cannot load backbone weights ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if missing or unexpected:
+        raise InputError(file, f"not the backbone's weights ({len(missing)} keys missing, {len(unexpected)} "
+                               "unexpected)")
+
+
+class StudentGraph(nn.Module):
+    """The student as one forward graph for export and for the graph engines: ``images
+    [B, 3, S, S]`` (preprocessed) -> ``boxes [N, 4]`` (x1, y1, x2, y2 at S), ``labels
+    [N]`` (0-based classes), ``scores [N]``, ``masks [N, S, S]`` (probabilities) and
+    ``image [N]`` (which image of the batch), images in order, each by descending score."""
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        found = self.student(list(images.unbind(0)))
+        boxes = torch.cat([f["boxes"] for f in found])
+        labels = torch.cat([f["labels"] for f in found]) - 1
+        scores = torch.cat([f["scores"] for f in found])
+        masks = torch.cat([f["masks"][:, 0] for f in found])
+        image = torch.cat([torch.full_like(f["labels"], b) for b, f in enumerate(found)])
+        return boxes, labels, scores, masks, image
+
+
+STUDENT_GRAPH = "student.onnx"
+STUDENT_RECORD = "student.onnx.json"
+STUDENT_INPUTS = ("images",)
+STUDENT_OUTPUTS = ("boxes", "labels", "scores", "masks", "image")

@@ -1,0 +1,314 @@
+"""Training the student (DESIGN.md §7) on the pipeline's masks.
+
+The labels are a COCO results file of the pipeline over the training split (``icn-rt
+infer``'s output; :mod:`icn_rt.workflows.student` makes it). An instance is kept when
+its class is among the image's tags (the weak labels the training split has) and its
+confidence is at least ``threshold``, chosen on dev by :func:`choose_threshold`: the
+threshold whose kept instances best match dev's ground truth (F1 at mask IoU 0.5: the
+labels should be both right and many). Images left without a kept instance are not
+trained on: their objects would be taught as background.
+
+Each sample: the image resized to the student's side and normalised as the classifier's
+input, its kept masks resized (nearest) with boxes around them; horizontal flip at
+random. SGD with momentum 0.9, weight decay 1e-4, ``lr`` after a linear warm-up of
+``warmup`` steps, ×0.1 at 2/3 and 8/9 of the epochs (torchvision's detection recipe, in
+epochs), gradients clipped to norm 10 (from scratch the first steps are wild).
+
+Seeded (augmentation from (seed, epoch, index), order from (seed, epoch), and torch's
+generator, which the RPN's and the heads' samplers draw from, reseeded each epoch from
+(seed, epoch)), so a resumed run is bit for bit the run that was not interrupted: after
+every epoch the model directory gets ``student.safetensors``, the config's ``student``
+and ``student_training`` sections, ``student_train_state.pt`` and
+``student_train_log.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from icn_rt.data import rle as rlelib
+from icn_rt.data.images import read_image
+from icn_rt.data.preprocess import preprocess_array
+from icn_rt.data.results import load_results
+from icn_rt.data.voc import VOCDataset
+from icn_rt.errors import InputError
+from icn_rt.eval.instance import mask_iou
+from icn_rt.models.store import STUDENT_WEIGHTS, read_config, save_student, settings_from
+from icn_rt.models.student import StudentSettings, build_student
+
+STATE = "student_train_state.pt"
+LOG = "student_train_log.json"
+
+
+@dataclass
+class StudentTrainSettings:
+    """``labels``: the pipeline's results on ``split``; ``threshold``: the confidence a
+    label needs (chosen on dev: :func:`choose_threshold`); ``pretrained``: ``imagenet``
+    or a backbone weights file (None: from scratch)."""
+
+    epochs: int = 24
+    batch_size: int = 4
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    flip: bool = True
+    clip: float = 10.0
+    seed: int = 0
+    workers: int = 0
+    split: str = "train"
+    labels: str = ""
+    threshold: float = 0.0
+    pretrained: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("student training needs at least one epoch and a batch of at least one image")
+
+
+@dataclass
+class StudentEpochLog:
+    epoch: int
+    loss: float
+    losses: dict[str, float]
+    lr: float
+    seconds: float
+
+
+@dataclass
+class StudentTrainSummary:
+    epochs: list[StudentEpochLog] = field(default_factory=list)
+    images: int = 0
+    instances: int = 0
+    dropped_images: int = 0
+
+
+def kept_labels(results: dict[str, list[dict]], tags: dict[str, np.ndarray], threshold: float) -> dict[str, list[dict]]:
+    """The instances of ``results`` (:func:`~icn_rt.data.results.load_results`) whose class
+    is among their image's ``tags`` and whose score is at least ``threshold``, per image;
+    images without one are left out."""
+    kept = {}
+    for image_id, image_tags in tags.items():
+        entries = [e for e in results.get(image_id, []) if e["score"] >= threshold and e["class_id"] in image_tags]
+        if entries:
+            kept[image_id] = entries
+    return kept
+
+
+@dataclass
+class ThresholdChoice:
+    """The confidence threshold chosen on dev and why: at each candidate, the kept
+    instances' precision and recall of dev's ground truth (mask IoU ≥ 0.5) and F1."""
+
+    threshold: float
+    candidates: list[dict]
+
+    def to_json(self) -> dict:
+        return {"threshold": self.threshold, "criterion": "F1 at mask IoU 0.5 of the kept labels on dev",
+                "candidates": self.candidates}
+
+
+def choose_threshold(root: str | Path, results_path: str | Path, split: str = "dev",
+                     candidates: int = 20) -> ThresholdChoice:
+    """The confidence threshold whose kept instances (tags and score, as
+    :func:`kept_labels`) best match ``split``'s ground truth: the highest F1 at mask IoU 0.5
+    among 0 and the score quantiles (``candidates`` of them); ties go to the lower one."""
+    ds = VOCDataset(root, split, load_images=False)
+    results = load_results(results_path, ds.classes)
+    # per image: each predicted instance's score and whether it matches a ground truth
+    # (one-to-one, best score first, IoU >= 0.5, same class) — once; thresholds only cut
+    scores, hits, positives = [], [], 0
+    for image_id in ds.ids:
+        gt = ds.ground_truth(image_id)
+        tags = set(gt.labels.tolist())
+        entries = sorted((e for e in results.get(image_id, []) if e["class_id"] in tags), key=lambda e: -e["score"])
+        positives += sum(not inst.difficult for inst in gt.instances)
+        if not entries:
+            continue
+        masks = rlelib.decode_many([e["segmentation"] for e in entries], gt.size)
+        gt_masks = np.stack([inst.mask for inst in gt.instances]) if gt.instances else np.zeros((0, *gt.size), bool)
+        iou = mask_iou(masks, gt_masks)
+        taken = np.zeros(len(gt_masks), bool)
+        for i, e in enumerate(entries):
+            ok = [g for g in range(len(gt_masks)) if not taken[g] and gt.instances[g].class_id == e["class_id"]
+                  and iou[i, g] >= 0.5]
+            best = max(ok, key=lambda g: iou[i, g]) if ok else None
+            if best is not None:
+                taken[best] = True
+            scores.append(e["score"])
+            hits.append(best is not None)
+    scores_a, hits_a = np.array(scores, np.float64), np.array(hits, bool)
+    grid = sorted({0.0, *np.quantile(scores_a, np.linspace(0, 1, candidates + 1)[1:-1]).tolist()}) if len(scores) else [0.0]
+    table = []
+    for t in grid:
+        kept = scores_a >= t
+        tp = int(hits_a[kept].sum())
+        precision = tp / max(int(kept.sum()), 1)
+        recall = tp / max(positives, 1)
+        f1 = 2 * precision * recall / max(precision + recall, 1e-12)
+        table.append({"threshold": float(t), "kept": int(kept.sum()), "precision": precision, "recall": recall,
+                      "f1": f1})
+    best = max(table, key=lambda row: (row["f1"], -row["threshold"]))
+    return ThresholdChoice(best["threshold"], table)
+
+
+class PseudoMasks(Dataset):
+    """(image ``float32 [3, S, S]``, target) per training image with kept labels; target:
+    ``boxes [N, 4]`` (x1, y1, x2, y2 at S), ``labels [N]`` (1-based: 0 is background),
+    ``masks uint8 [N, S, S]``. ``settings`` None: no augmentation."""
+
+    def __init__(self, root: str | Path, settings: StudentTrainSettings, size: int, augment: bool = True) -> None:
+        ds = VOCDataset(root, settings.split, load_images=False)
+        results = load_results(settings.labels, ds.classes)
+        self.tags = {image_id: set(ds.labels(image_id).tolist()) for image_id in ds.ids}
+        self.labels = kept_labels(results, self.tags, settings.threshold)
+        self.ids = [image_id for image_id in ds.ids if image_id in self.labels]
+        if not self.ids:
+            raise InputError(Path(settings.labels), f"no instance passes the threshold {settings.threshold:g} on "
+                                                    f"any tagged class of {settings.split}: nothing to train on")
+        self.dataset, self.size, self.settings, self.augment = ds, size, settings, augment
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def instances(self) -> int:
+        return sum(len(self.labels[i]) for i in self.ids)
+
+    def __getitem__(self, i: int):
+        image_id = self.ids[i]
+        image = read_image(self.dataset.image_path(image_id))
+        entries = self.labels[image_id]
+        masks = rlelib.decode_many([e["segmentation"] for e in entries], image.shape[:2])
+        s = self.size
+        masks = np.stack([cv2.resize(m.astype(np.uint8), (s, s), interpolation=cv2.INTER_NEAREST) for m in masks])
+        classes = np.array([e["class_id"] + 1 for e in entries], np.int64)
+        x = preprocess_array(image, s)
+        if self.augment and self.settings.flip and np.random.default_rng((self.settings.seed, self.epoch, i)).random() < 0.5:
+            x, masks = np.ascontiguousarray(x[:, :, ::-1]), np.ascontiguousarray(masks[:, :, ::-1])
+        present = masks.reshape(len(masks), -1).any(1)  # a sliver may vanish at the student's side
+        masks, classes = masks[present], classes[present]
+        return torch.from_numpy(x), {"boxes": torch.from_numpy(boxes_of(masks)), "labels": torch.from_numpy(classes),
+                                     "masks": torch.from_numpy(masks)}
+
+
+def boxes_of(masks: np.ndarray) -> np.ndarray:
+    """``masks [N, H, W]`` (none empty) -> ``float32 [N, 4]`` x1, y1, x2, y2 around each (pixel edges)."""
+    out = np.zeros((len(masks), 4), np.float32)
+    for k, m in enumerate(masks):
+        ys, xs = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        out[k] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
+    return out
+
+
+def _collate(batch):
+    return [x for x, _ in batch], [t for _, t in batch]
+
+
+def input_size_for(root: str | Path, split: str = "train") -> int:
+    """The student's side for a dataset: its images' median shorter side, rounded up to a
+    multiple of 32 (FPN's coarsest stride): 128 for the synthetic sets, 384 for VOC —
+    not torchvision's 800 pixels, which would blow 128-pixel images up 6×."""
+    from icn_rt.data.images import image_size
+
+    ds = VOCDataset(root, split, load_images=False)
+    sides = [min(size) for size in (image_size(ds.image_path(i)) for i in ds.ids) if size is not None]
+    if not sides:
+        raise InputError(ds.split_file, "no readable image sizes to set the student's input size from")
+    return int(-(-np.median(sides) // 32) * 32)
+
+
+def learning_rate(settings: StudentTrainSettings, epoch: int, step: int) -> float:
+    """``lr`` at global ``step`` of ``epoch``: linear warm-up from lr/1000 over ``warmup``
+    steps, ×0.1 from 2/3 of the epochs and again from 8/9."""
+    decay = 0.1 ** sum(epoch >= math.ceil(settings.epochs * f) for f in (2 / 3, 8 / 9))
+    warm = min(1.0, (step + 1) / settings.warmup) if settings.warmup > 0 else 1.0
+    return settings.lr * decay * (0.001 + 0.999 * warm)
+
+
+def train_student(root: str | Path, model_dir: str | Path, settings: StudentTrainSettings,
+                  student_settings: StudentSettings, resume: bool = False, device: str = "cpu",
+                  log: Callable[[str], None] = print, progress: bool = True) -> StudentTrainSummary:
+    """Train the student of ``model_dir`` on the labels in ``settings.labels`` (images from
+    ``root``); see the module's docstring."""
+    root, model_dir = Path(root), Path(model_dir)
+    config = read_config(model_dir)
+    state_path = model_dir / STATE
+    resuming = resume and state_path.exists()
+    if resuming:
+        student_settings = settings_from(config, "student", StudentSettings, model_dir)
+        settings = replace(settings_from(config, "student_training", StudentTrainSettings, model_dir),
+                           epochs=settings.epochs)
+    student_settings = replace(student_settings, frozen=bool(settings.pretrained))
+    torch.manual_seed(settings.seed)
+    student = build_student(len(config["classes"]), student_settings, settings.pretrained if not resuming else None)
+    student.to(device)
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimiser = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    summary = StudentTrainSummary()
+    start_epoch = 0
+    if resuming:
+        from safetensors.torch import load_file
+
+        student.load_state_dict(load_file(str(model_dir / STUDENT_WEIGHTS)))
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        optimiser.load_state_dict(state["optimiser"])
+        start_epoch = int(state["epoch"])
+        summary.epochs = [StudentEpochLog(**e) for e in json.loads((model_dir / LOG).read_text())]
+        log(f"resuming the student of {model_dir} after epoch {start_epoch}")
+    data = PseudoMasks(root, settings, student_settings.input_size)
+    summary.images, summary.instances = len(data), data.instances
+    summary.dropped_images = len(data.tags) - len(data)
+    steps_per_epoch = -(-len(data) // settings.batch_size)
+    for epoch in range(start_epoch, settings.epochs):
+        data.epoch = epoch
+        torch.manual_seed(settings.seed * 1000 + epoch)
+        order = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
+        loader = DataLoader(data, settings.batch_size, shuffle=True, generator=order, num_workers=settings.workers,
+                            collate_fn=_collate)
+        student.train()
+        started, totals, seen = time.perf_counter(), {}, 0
+        batches = loader
+        if progress:
+            from icn_rt.progress import track
+
+            batches = track(loader, f"student epoch {epoch + 1}/{settings.epochs}", total=len(loader), unit="batch")
+        lr = settings.lr
+        for b, (x, targets) in enumerate(batches):
+            lr = learning_rate(settings, epoch, epoch * steps_per_epoch + b)
+            for group in optimiser.param_groups:
+                group["lr"] = lr
+            x = [t.to(device) for t in x]
+            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+            losses = student(x, targets)
+            loss = sum(losses.values())
+            optimiser.zero_grad()
+            loss.backward()
+            if settings.clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, settings.clip)
+            optimiser.step()
+            for k, v in losses.items():
+                totals[k] = totals.get(k, 0.0) + float(v.detach()) * len(x)
+            seen += len(x)
+        parts = {k: v / max(seen, 1) for k, v in totals.items()}
+        entry = StudentEpochLog(epoch + 1, sum(parts.values()), parts, lr, time.perf_counter() - started)
+        summary.epochs.append(entry)
+        log(f"student epoch {entry.epoch}/{settings.epochs}  loss {entry.loss:.4f}  lr {lr:.0e}  "
+            f"({entry.seconds:.0f} s)")
+        save_student(model_dir, student, student_settings, {"student_training": settings})
+        tmp = model_dir / (STATE + ".tmp")
+        torch.save({"optimiser": optimiser.state_dict(), "epoch": epoch + 1}, tmp)
+        tmp.replace(state_path)
+        (model_dir / LOG).write_text(json.dumps([asdict(e) for e in summary.epochs], indent=1))
+    return summary

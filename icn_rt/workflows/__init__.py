@@ -1,0 +1,1 @@
+"""Jobs that chain the runtime and training layers (the student's teach-then-learn)."""

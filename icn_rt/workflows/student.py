@@ -1,0 +1,86 @@
+"""``icn-rt train student``: the pipeline labels, the student learns (DESIGN.md §7).
+
+1. The pipeline of the model directory runs over the training split and over dev through
+   the streaming job of ``icn-rt infer`` (:func:`~icn_rt.runtime.infer.infer`), into
+   ``MODEL/student-labels/<split>.json``: resumable, failures recorded, a finished split
+   not redone (the job's fingerprint: same weights, settings and proposals).
+2. The labels' confidence threshold is chosen on dev
+   (:func:`~icn_rt.training.student.choose_threshold`), unless given.
+3. The student trains on the training split's kept labels
+   (:func:`~icn_rt.training.student.train_student`), into the model directory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from icn_rt.data.voc import VOCDataset
+from icn_rt.models.student import StudentSettings
+from icn_rt.runtime.infer import InferSettings, infer
+from icn_rt.runtime.predictor import Predictor
+from icn_rt.runtime.result_log import InferSummary
+from icn_rt.training.student import (StudentTrainSettings, StudentTrainSummary, ThresholdChoice, choose_threshold,
+                                     train_student)
+
+LABELS = "student-labels"
+THRESHOLD_REPORT = "student_threshold.json"
+
+
+@dataclass
+class StudentRun:
+    """What ``icn-rt train student`` did: the labelling jobs' summaries per split, the
+    threshold (``choice``: None when given), the training."""
+
+    labelled: dict[str, InferSummary]
+    threshold: float
+    choice: ThresholdChoice | None
+    trained: StudentTrainSummary
+
+
+def label_split(root: str | Path, model_dir: str | Path, split: str, proposals_dir: Path | None, device: str,
+                batch_size: int = 8, workers: int = 2, progress: bool = True) -> tuple[Path, InferSummary]:
+    """The pipeline's results on ``split`` in ``MODEL/student-labels/<split>.json`` (the
+    infer job, resumed where an earlier run stopped)."""
+    root, model_dir = Path(root), Path(model_dir)
+    ds = VOCDataset(root, split, load_images=False)
+    out = model_dir / LABELS / f"{split}.json"
+    predictor = Predictor.from_dir(model_dir, device)
+    settings = InferSettings(proposals=proposals_dir, batch_size=batch_size, workers=workers, resume=True,
+                             progress=progress)
+    summary = infer(predictor, [ds.image_path(i) for i in ds.ids], out, settings)
+    if summary.interrupted:
+        raise KeyboardInterrupt
+    return out, summary
+
+
+def teach_and_train(root: str | Path, model_dir: str | Path, settings: StudentTrainSettings,
+                    student: StudentSettings | None, threshold: float | None = None, dev_split: str = "dev",
+                    proposals_dir: str | Path | None = None, resume: bool = False, device: str = "cpu",
+                    log: Callable[[str], None] = print, progress: bool = True) -> StudentRun:
+    """See the module's docstring. ``student`` None: the settings' defaults with the input
+    side set for the data (:func:`~icn_rt.training.student.input_size_for`)."""
+    from icn_rt.training.student import input_size_for
+
+    root, model_dir = Path(root), Path(model_dir)
+    proposals = Path(proposals_dir) if proposals_dir is not None else root / "Proposals"
+    labelled = {}
+    labels, labelled[settings.split] = label_split(root, model_dir, settings.split, proposals, device,
+                                                   progress=progress)
+    log(f"labels of {settings.split}: {labelled[settings.split].instances} instances -> {labels}")
+    choice = None
+    if threshold is None:
+        dev_labels, labelled[dev_split] = label_split(root, model_dir, dev_split, proposals, device, progress=progress)
+        choice = choose_threshold(root, dev_labels, dev_split)
+        threshold = choice.threshold
+        (model_dir / THRESHOLD_REPORT).write_text(json.dumps(choice.to_json(), indent=1))
+        best = next(c for c in choice.candidates if c["threshold"] == threshold)
+        log(f"label threshold {threshold:.3g} chosen on {dev_split} (precision {best['precision']:.2f}, recall "
+            f"{best['recall']:.2f} at mask IoU 0.5)")
+    if student is None:
+        student = StudentSettings(input_size=input_size_for(root, settings.split))
+    trained = train_student(root, model_dir, replace(settings, labels=str(labels), threshold=threshold), student,
+                            resume=resume, device=device, log=log, progress=progress)
+    return StudentRun(labelled, threshold, choice, trained)

@@ -1,0 +1,222 @@
+"""The student (issue 20): Mask R-CNN trained on the pipeline's masks, run by the same job,
+exported to ONNX."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from icn_rt.cli import app
+from icn_rt.data.results import result_entry
+from icn_rt.data.voc import VOCDataset
+from icn_rt.models.student import StudentSettings, anchor_sizes, build_student
+from icn_rt.training.student import (StudentTrainSettings, boxes_of, choose_threshold, input_size_for, kept_labels,
+                                     learning_rate, train_student)
+from tests.conftest import runner
+
+TINY_STUDENT = StudentSettings(input_size=64, rpn_proposals=50, roi_samples=32)
+
+
+def ground_truth_results(root, split, score=1.0) -> list[dict]:
+    """The split's ground-truth instances as a results file's entries (perfect labels)."""
+    ds = VOCDataset(root, split, load_images=False)
+    return [result_entry(image_id, inst.class_id, score, inst.mask, ds.classes)
+            for image_id in ds.ids for inst in ds.ground_truth(image_id).instances]
+
+
+class Stop(Exception):
+    pass
+
+
+def _train(root, model, epochs=8, stop_after=None, resume=False):
+    labels = model / "gt_train.json"
+    if not labels.exists():
+        labels.write_text(json.dumps(ground_truth_results(root, "train")))
+    settings = StudentTrainSettings(epochs=epochs, batch_size=2, lr=0.02, warmup=2, labels=str(labels), threshold=0.5)
+
+    def log(message):
+        if stop_after is not None and message.startswith(f"student epoch {stop_after + 1}/"):
+            raise Stop  # killed before epoch stop_after + 1 is saved
+
+    return train_student(root, model, settings, TINY_STUDENT, resume=resume, log=log, progress=False)
+
+
+@pytest.fixture(scope="module")
+def student(classifier, tiny_voc, tmp_path_factory):
+    """A copy of the tiny classifier's model with a student trained 8 epochs on the
+    training split's ground truth (as if the pipeline were perfect); (model, summary)."""
+    model = tmp_path_factory.mktemp("student") / "model"
+    shutil.copytree(classifier, model)
+    return model, _train(tiny_voc, model)
+
+
+def test_the_student_learns_and_is_saved_with_its_settings(student):
+    model, summary = student
+    losses = [e.loss for e in summary.epochs]
+    assert len(losses) == 8 and losses[-1] < 0.7 * losses[0], losses
+    assert summary.images == 4 and summary.dropped_images == 0 and summary.instances > 4
+    config = json.loads((model / "config.json").read_text())
+    assert config["student"]["input_size"] == 64 and config["student"]["backbone"] == "mobilenet-v3-fpn"
+    assert config["student_training"]["epochs"] == 8 and (model / "student.safetensors").is_file()
+    assert len(json.loads((model / "student_train_log.json").read_text())) == 8
+
+
+def test_an_interrupted_run_resumes_bit_for_bit(student, classifier, tiny_voc, tmp_path):
+    from safetensors.torch import load_file
+
+    model = tmp_path / "model"
+    shutil.copytree(classifier, model)
+    with pytest.raises(Stop):
+        _train(tiny_voc, model, stop_after=2)
+    assert len(json.loads((model / "student_train_log.json").read_text())) == 2
+    resumed = _train(tiny_voc, model, resume=True)
+    assert [e.epoch for e in resumed.epochs] == list(range(1, 9))
+    a, b = load_file(str(model / "student.safetensors")), load_file(str(student[0] / "student.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [e.loss for e in resumed.epochs] == [e.loss for e in student[1].epochs]
+
+
+def test_labels_keep_tagged_classes_at_the_threshold():
+    entry = lambda c, s: {"class_id": c, "score": s, "segmentation": None}  # noqa: E731
+    results = {"a": [entry(0, 0.9), entry(1, 0.9), entry(0, 0.2)], "b": [entry(2, 0.1)], "c": [entry(1, 0.5)]}
+    tags = {"a": np.array([0]), "b": np.array([2]), "c": np.array([1]), "d": np.array([0])}
+    kept = kept_labels(results, tags, 0.5)
+    assert kept == {"a": [entry(0, 0.9)], "c": [entry(1, 0.5)]}
+
+
+def test_the_threshold_is_the_one_whose_labels_match_dev_best(tiny_voc, tmp_path):
+    """Right masks at 0.9, wrong ones (the same classes, elsewhere) at 0.3: the threshold
+    keeps the right ones only."""
+    ds = VOCDataset(tiny_voc, "dev", load_images=False)
+    entries = ground_truth_results(tiny_voc, "dev", score=0.9)
+    for image_id in ds.ids:
+        for inst in ds.ground_truth(image_id).instances:
+            entries.append(result_entry(image_id, inst.class_id, 0.3, ~inst.mask, ds.classes))
+    path = tmp_path / "dev.json"
+    path.write_text(json.dumps(entries))
+    choice = choose_threshold(tiny_voc, path, "dev")
+    best = next(c for c in choice.candidates if c["threshold"] == choice.threshold)
+    assert 0.3 < choice.threshold <= 0.9
+    assert best["precision"] == 1.0 and best["recall"] == 1.0
+    everything = next(c for c in choice.candidates if c["threshold"] == 0.0)
+    assert everything["precision"] == 0.5 and everything["recall"] == 1.0
+
+
+def test_settings_set_for_the_data(tiny_voc):
+    assert input_size_for(tiny_voc) == 64  # 64-pixel images: already a multiple of 32
+    assert anchor_sizes(800) == (32, 64, 128, 256, 512) and anchor_sizes(128) == (5, 10, 20, 41, 82)
+    masks = np.zeros((2, 8, 8), bool)
+    masks[0, 2:5, 1:3] = True
+    masks[1, 7, 7] = True
+    assert boxes_of(masks).tolist() == [[1, 2, 3, 5], [7, 7, 8, 8]]
+    s = StudentTrainSettings(epochs=9, lr=1.0, warmup=10)
+    assert learning_rate(s, 0, 0) == pytest.approx(0.001 + 0.999 * 0.1)
+    assert learning_rate(s, 5, 100) == 1.0 and learning_rate(s, 6, 100) == pytest.approx(0.1)
+    assert learning_rate(s, 8, 100) == pytest.approx(0.01)
+    assert learning_rate(StudentTrainSettings(epochs=1, lr=1.0, warmup=0), 0, 5) == 1.0
+    with pytest.raises(ValueError, match="unknown student backbone"):
+        StudentSettings(backbone="vgg")
+    with pytest.raises(ValueError, match="frozen"):
+        build_student(3, TINY_STUDENT, pretrained="imagenet")
+
+
+def test_a_backbone_weights_file_is_loaded_or_refused_in_one_line(tmp_path):
+    from torchvision.models import mobilenet_v3_large
+
+    from icn_rt.errors import InputError
+
+    trunk = mobilenet_v3_large()
+    path = tmp_path / "mnv3.pth"
+    torch.save(trunk.state_dict(), path)
+    settings = StudentSettings(input_size=64, frozen=True)
+    net = build_student(3, settings, pretrained=str(path))
+    assert torch.equal(net.backbone.body["0"][0].weight, trunk.features[0][0].weight)
+    torch.save({"nothing": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(InputError, match="bad.pth: not the backbone's weights"):
+        build_student(3, settings, pretrained=str(tmp_path / "bad.pth"))
+    with pytest.raises(InputError, match="missing.pth: backbone weights file not found"):
+        build_student(3, settings, pretrained=str(tmp_path / "missing.pth"))
+
+
+def test_onnx_student_gives_pytorchs_instances(student, tiny_voc):
+    from icn_rt.data.images import read_image
+    from icn_rt.export.onnx_export import STUDENT_TOLERANCE
+    from icn_rt.runtime.student import StudentPredictor
+
+    model = student[0]
+    r = runner.invoke(app, ["export", str(model), "--student"])
+    assert r.exit_code == 0, r.output
+    record = json.loads((model / "student.onnx.json").read_text())
+    check = record["verification"]
+    assert record["tensorrt_unsupported"] == [] and record["batch"] == 1
+    assert check["detections"] == check["onnxruntime_detections"] and check["labels_equal"]
+    assert all(check[f"max_difference_{k}"] <= tol for k, tol in STUDENT_TOLERANCE.items())
+    ds = VOCDataset(tiny_voc, "val", load_images=False)
+    images = [read_image(ds.image_path(i)) for i in ds.ids]
+    eager = StudentPredictor.from_dir(model).predict(images)
+    ort = StudentPredictor.from_dir(model, backend="onnxruntime").predict(images)
+    assert sum(len(p.instances) for p in eager) > 0
+    for a, b in zip(eager, ort):
+        assert [i.class_id for i in a.instances] == [i.class_id for i in b.instances]
+        assert np.allclose([i.score for i in a.instances], [i.score for i in b.instances], atol=1e-4)
+        for x, y in zip(a.instances, b.instances):
+            assert (x.mask & y.mask).sum() >= 0.98 * (x.mask | y.mask).sum()
+
+
+def test_infer_student_writes_results_eval_reads_and_records_bad_images(student, tiny_voc, tmp_path):
+    model = student[0]
+    images = sorted((tiny_voc / "JPEGImages").glob("val_*.jpg"))
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    listing = tmp_path / "images.txt"
+    listing.write_text("\n".join(str(p) for p in [images[0], bad, *images[1:]]))
+    out = tmp_path / "student.json"
+    r = runner.invoke(app, ["infer", str(model), str(listing), "--student", "--out", str(out), "--quiet",
+                            "--save-vis", str(tmp_path / "vis"), "--workers", "0"])
+    assert r.exit_code == 1, r.output  # one image failed, the others have results
+    assert "broken.jpg" in (tmp_path / "student.json.errors.txt").read_text()
+    results = json.loads(out.read_text())
+    assert {e["image_id"] for e in results} <= {p.stem for p in images} and results
+    assert all(e["segmentation"]["size"] == [64, 64] for e in results)
+    assert (tmp_path / "vis" / f"{images[0].stem}_overlay.png").is_file()
+    r = runner.invoke(app, ["eval", str(tiny_voc), str(out), "--split", "val"])
+    assert r.exit_code == 0, r.output
+    # resume: nothing redone but the failure, which fails again
+    r = runner.invoke(app, ["infer", str(model), str(listing), "--student", "--out", str(out), "--quiet", "--resume"])
+    assert r.exit_code == 1 and "6 done by an earlier run" in r.output, r.output
+    assert json.loads(out.read_text()) == results
+
+
+def test_infer_student_refuses_what_it_cannot_use(classifier, student, tmp_path):
+    image = str(next((classifier.parent).glob("*")))  # any path: refused before it is read
+    r = runner.invoke(app, ["infer", str(classifier), image, "--student", "--out", str(tmp_path / "r.json")])
+    assert r.exit_code == 2 and "student.safetensors: student weights missing" in r.output, r.output
+    r = runner.invoke(app, ["infer", str(student[0]), image, "--student", "--proposals", str(tmp_path),
+                            "--out", str(tmp_path / "r.json")])
+    assert r.exit_code == 2 and "--student needs no --proposals" in r.output, r.output
+    r = runner.invoke(app, ["infer", str(student[0]), image, "--student", "--backend", "tensorrt",
+                            "--out", str(tmp_path / "r.json")])
+    assert r.exit_code == 2 and "the student runs on torch or onnxruntime" in r.output, r.output
+
+
+def test_train_student_command_labels_with_the_pipeline_then_trains(with_icn, tiny_voc, tmp_path):
+    from icn_rt.data.make_proposals import make_proposals
+
+    make_proposals(tiny_voc, tiny_voc / "Proposals", "dev", jobs=1, progress=False)
+    model = tmp_path / "model"
+    shutil.copytree(with_icn[0], model)
+    args = ["train", "student", str(tiny_voc), "--model", str(model), "--epochs", "1", "--batch-size", "2",
+            "--quiet", "--device", "cpu"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "chosen on dev" in r.output and f"student -> {model}" in r.output
+    labels = json.loads((model / "student-labels" / "train.json").read_text())
+    threshold = json.loads((model / "student_threshold.json").read_text())
+    config = json.loads((model / "config.json").read_text())
+    assert config["student_training"]["threshold"] == threshold["threshold"]
+    assert config["student"]["input_size"] == 64
+    assert {e["image_id"] for e in labels} <= set(VOCDataset(tiny_voc, "train", load_images=False).ids)
+    r = runner.invoke(app, ["train", "student", str(tiny_voc), "--model", str(tmp_path / "nowhere")])
+    assert r.exit_code == 2 and "config.json" in r.output, r.output
