@@ -6,8 +6,10 @@ Every choice is made on ``dev``; ``val`` only reports (issue 19). The paper as w
 (Eq. 5 on the ICN's maps, vanilla matching on naive PRMs: ``score=auto``, T = 3) is a
 row of every table, beside our readings. A row is ``NAME=MODEL[:key=value,...]`` with
 keys ``T`` (ICN steps), ``score`` (matching score), ``binarize``, ``confidence``,
-``nms``, ``rerank`` and ``backend`` (where the networks run: ``onnxruntime``,
-``onnxruntime:int8``, ...: the model's exported graphs, whose T is the export's); e.g.::
+``nms``, ``rerank``, ``backend`` (where the networks run: ``onnxruntime``,
+``onnxruntime:int8``, ...: the model's exported graphs, whose T is the export's) and
+``student`` (1: the model's student, ``icn-rt train student``, on ``torch`` or
+``onnxruntime``); e.g.::
 
     python benchmarks/accuracy.py synth --split dev \\
         --row "paper as written=model_paper" --row "naive PRM=model:T=0" \\
@@ -37,8 +39,10 @@ from icn_rt.models.store import read_config
 from icn_rt.runtime.engines import GraphEngines, split_backend
 from icn_rt.runtime.infer import InferSettings, infer
 from icn_rt.runtime.predictor import Predictor
+from icn_rt.runtime.student import StudentPredictor
 
-KEYS = {"T": int, "score": str, "binarize": float, "confidence": str, "nms": float, "rerank": int, "backend": str}
+KEYS = {"T": int, "score": str, "binarize": float, "confidence": str, "nms": float, "rerank": int, "backend": str,
+        "student": int}
 
 
 def parse_row(text: str) -> tuple[str, Path, dict]:
@@ -59,8 +63,10 @@ def parse_settings(options: str, what: str = "settings") -> dict:
     return settings
 
 
-def predictor_for(model: Path, settings: dict) -> Predictor:
-    """The model with a row's settings over its config's."""
+def predictor_for(model: Path, settings: dict) -> Predictor | StudentPredictor:
+    """The model with a row's settings over its config's (or its student)."""
+    if settings.get("student"):
+        return StudentPredictor.from_dir(model, backend=settings.get("backend", "torch"))
     m = Predictor.from_dir(model).model
     matching, instances = m.matching, m.instances
     if "score" in settings:
@@ -98,8 +104,19 @@ def write_report(out: Path, doc: dict, text: str) -> None:
 
 def _training_seeds(model: Path) -> dict:
     config = read_config(model)
-    return {section: config[section]["seed"] for section in ("training", "icn_training")
+    return {section: config[section]["seed"] for section in ("training", "icn_training", "student_training")
             if "seed" in config.get(section, {})}
+
+
+def _resolved(predictor: Predictor | StudentPredictor) -> dict:
+    """The settings a row ran with, as the tables show them."""
+    if isinstance(predictor, StudentPredictor):
+        s = predictor.settings
+        return {"icn_steps": "-", "matching": f"student ({s.backbone}, {s.input_size}²)", "binarize": s.mask_threshold,
+                "confidence": "detection score", "nms_iou": s.nms_iou}
+    m = predictor.model
+    return {"icn_steps": m.icn_settings.steps if m.enhances else 0, "matching": m.matching.resolved(m.enhances).score,
+            "binarize": m.matching.binarize, "confidence": m.instances.confidence, "nms_iou": m.instances.nms_iou}
 
 
 def run(args) -> dict:
@@ -118,13 +135,8 @@ def run(args) -> dict:
             infer(predictor, images, results, InferSettings(proposals=args.proposals or args.root / "Proposals",
                                                              workers=args.workers, progress=False))
             scored[name] = score(args.root, results, args.split, progress=False)
-            m = predictor.model
             out.append({"name": name, "model": str(model), "settings": settings, "backend": predictor.backend,
-                        "resolved": {"icn_steps": m.icn_settings.steps if m.enhances else 0,
-                                     "matching": m.matching.resolved(m.enhances).score,
-                                     "binarize": m.matching.binarize, "confidence": m.instances.confidence,
-                                     "nms_iou": m.instances.nms_iou},
-                        "training_seeds": _training_seeds(model)})
+                        "resolved": _resolved(predictor), "training_seeds": _training_seeds(model)})
             print(f"{name}: {scored[name].metrics()['mAP@0.5']:.1f} mAP^r@0.5", file=sys.stderr, flush=True)
     replicates = {name: [s.metrics(w) for w in weights] for name, s in scored.items()}
     for row in out:

@@ -370,6 +370,8 @@ def train_student_cmd(
     dev_split: str = typer.Option("dev", help="Split the threshold is chosen on."),
     proposals_dir: Optional[Path] = typer.Option(None, "--proposals", help="Proposal folder for the pipeline "
                                                  "[default: ROOT/Proposals]."),
+    from_student: Optional[Path] = typer.Option(None, help="Self-training: that model directory's student labels "
+                                                           "the splits instead of the pipeline."),
     epochs: int = typer.Option(24, help="Epochs."),
     batch_size: int = typer.Option(4, help="Images per step."),
     lr: float = typer.Option(0.01, help="SGD learning rate (after warm-up; x0.1 at 2/3 and 8/9 of the epochs)."),
@@ -393,7 +395,7 @@ def train_student_cmd(
                                         split=split, pretrained=pretrained)
         student = StudentSettings(backbone=backbone, input_size=input_size or input_size_for(root, split))
         run = teach_and_train(root, model_dir, settings, student, threshold, dev_split, proposals_dir, resume, device,
-                              log=out.print, progress=not quiet)
+                              log=out.print, progress=not quiet, teacher_student=from_student)
     except (InputError, ValueError) as e:
         _fail(e)
     for split_name, summary in run.labelled.items():

@@ -218,5 +218,38 @@ def test_train_student_command_labels_with_the_pipeline_then_trains(with_icn, ti
     assert config["student_training"]["threshold"] == threshold["threshold"]
     assert config["student"]["input_size"] == 64
     assert {e["image_id"] for e in labels} <= set(VOCDataset(tiny_voc, "train", load_images=False).ids)
+    # a self-training round: the first student labels, a second learns (a fixed threshold: no dev labelling)
+    again = tmp_path / "again"
+    shutil.copytree(with_icn[0], again)
+    r = runner.invoke(app, ["train", "student", str(tiny_voc), "--model", str(again), "--from-student", str(model),
+                            "--threshold", "0", "--epochs", "1", "--batch-size", "2", "--quiet", "--device", "cpu"])
+    if "nothing to train on" not in r.output:  # a 1-epoch student may find nothing: refused in one line
+        assert r.exit_code == 0, r.output
+        relabelled = json.loads((again / "student-labels" / "train.json").read_text())
+        assert relabelled != labels and not (again / "student-labels" / "dev.json").exists()
+    else:
+        assert r.exit_code == 2
+    fingerprint = json.loads((again / "student-labels" / "train.json.parts" / "run.json").read_text())["fingerprint"]
+    assert fingerprint["proposals"] == "none (student)"
     r = runner.invoke(app, ["train", "student", str(tiny_voc), "--model", str(tmp_path / "nowhere")])
     assert r.exit_code == 2 and "config.json" in r.output, r.output
+
+
+def test_bench_shows_the_student_beside_the_pipeline(student, tiny_voc):
+    from icn_rt.export.onnx_export import export_student
+    from icn_rt.runtime.bench import BenchSettings, bench, markdown
+
+    model = student[0]
+    if not (model / "student.onnx").exists():
+        export_student(model, verify=False)
+    paths = sorted((tiny_voc / "JPEGImages").glob("val_*.jpg"))[:4]
+    report = bench(model, paths, tiny_voc / "Proposals",
+                   BenchSettings(batch_sizes=(2,), backends=("torch", "onnxruntime"), images=4, baseline=False,
+                                 warmup=0, iterations=1, backward_cost=False, progress=False), log=lambda m: None)
+    rows = {(r["contestant"], r["backend"]): r for r in report["rows"]}
+    assert {("student", "torch"), ("student", "onnxruntime"), ("icn-rt, model", "torch")} <= set(rows)
+    for backend in ("torch", "onnxruntime"):
+        r = rows[("student", backend)]
+        assert r["images_timed"] == 4 and r["images_per_s"] > 0
+        assert set(r["stage_shares"]) == {"preprocess", "student", "masks"}
+    assert "| student | onnxruntime | 2 |" in markdown(report)

@@ -8,7 +8,11 @@ On the same images in one process (ratios hold on a noisy machine), after a warm
 - ``icn-rt, PRM rules``: icn-rt's predictor set to the same rules (eager torch), whose
   instances are checked against the baseline's — the like-for-like speed-up;
 - ``icn-rt, model``: the model as configured (its ICN, rebalanced matching) on each
-  backend that is present.
+  backend that is present;
+- ``student``: the model's student (``icn-rt train student``), when it has one, on
+  torch and (once ``icn-rt export --student`` made it) onnxruntime, at its own input
+  side; it reads no proposals, so its images/s is end to end where the pipeline's
+  needs its proposals already made (selective search on the fly: ``benchmarks/student.py``).
 
 Per contestant and batch size: ``warmup`` untimed batches, then passes over the images
 until at least ``iterations`` batches (and ``duration`` seconds, when given) are timed —
@@ -52,7 +56,7 @@ from icn_rt.runtime.infer import InferSettings, infer
 from icn_rt.runtime.predictor import Predictor
 from icn_rt.runtime.timing import StageTimes
 
-STAGES = ("decode", "proposals", "preprocess", "prm", "icn", "matching", "nms")
+STAGES = ("decode", "proposals", "preprocess", "prm", "icn", "matching", "nms", "student", "masks")
 LEAST_SAMPLES = 20
 """No p90/p99 from fewer samples than this (they are None, with ``n`` saying why)."""
 
@@ -340,6 +344,7 @@ def bench(model_dir: Path, paths: list[Path], proposals_dir: Path, settings: Ben
             log(f"icn-rt, model, {predictor.backend}, batch {b}")
             runs.append(run_predictor(predictor, "icn-rt, model", items, b, settings.warmup, settings.iterations,
                                       settings.duration, settings.progress))
+    runs += student_runs(model_dir, items, settings, skipped, log)
     base_rate = base.images_timed / sum(base.seconds) if base else None
     rows = ([{**base.to_json(base_rate), "same_instances_as_baseline": True}] if base else [])
     for run in runs:
@@ -374,6 +379,35 @@ def bench(model_dir: Path, paths: list[Path], proposals_dir: Path, settings: Ben
         "accuracy": accuracy(predictors, settings.evaluation, log, settings.progress) if settings.evaluation else None,
         "peak_host_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
+
+
+def student_runs(model_dir: Path, items: list[Item], settings: BenchSettings, skipped: dict[str, str],
+                 log=print) -> list[Run]:
+    """The model's student on torch and onnxruntime (when exported) at every batch size,
+    on the same images at the student's input side; none without a student."""
+    from icn_rt.models.student import STUDENT_GRAPH
+    from icn_rt.models.store import STUDENT_WEIGHTS
+    from icn_rt.runtime.student import StudentPredictor
+
+    if not (Path(model_dir) / STUDENT_WEIGHTS).is_file():
+        return []
+    runs = []
+    mine = None
+    for backend in ("torch", "onnxruntime"):
+        if backend not in [b.partition(":")[0] for b in settings.backends]:
+            continue
+        if backend == "onnxruntime" and not (Path(model_dir) / STUDENT_GRAPH).is_file():
+            skipped[f"student, {backend}"] = "no student.onnx (icn-rt export MODEL --student)"
+            continue
+        student = StudentPredictor.from_dir(model_dir, settings.device, backend, settings.ort_optimization)
+        if mine is None:
+            side = student.input_size
+            mine = [Item(i.image_id, i.image, i.proposals, preprocess_array(i.image, side)) for i in items]
+        for b in settings.batch_sizes:
+            log(f"student, {student.backend}, batch {b}")
+            runs.append(run_predictor(student, "student", mine, b, settings.warmup, settings.iterations,
+                                      settings.duration, settings.progress))
+    return runs
 
 
 def tensorrt_layers(predictors: dict[str, Predictor], items: list[Item], batch_size: int, runs: int,

@@ -3,7 +3,9 @@
 1. The pipeline of the model directory runs over the training split and over dev through
    the streaming job of ``icn-rt infer`` (:func:`~icn_rt.runtime.infer.infer`), into
    ``MODEL/student-labels/<split>.json``: resumable, failures recorded, a finished split
-   not redone (the job's fingerprint: same weights, settings and proposals).
+   not redone (the job's fingerprint: same weights, settings and proposals). For a
+   self-training round the labeller is another model directory's student instead
+   (``teacher_student``), and the new student learns from its masks.
 2. The labels' confidence threshold is chosen on dev
    (:func:`~icn_rt.training.student.choose_threshold`), unless given.
 3. The student trains on the training split's kept labels
@@ -22,6 +24,7 @@ from icn_rt.models.student import StudentSettings
 from icn_rt.runtime.infer import InferSettings, infer
 from icn_rt.runtime.predictor import Predictor
 from icn_rt.runtime.result_log import InferSummary
+from icn_rt.runtime.student import StudentPredictor
 from icn_rt.training.student import (StudentTrainSettings, StudentTrainSummary, ThresholdChoice, choose_threshold,
                                      train_student)
 
@@ -41,13 +44,18 @@ class StudentRun:
 
 
 def label_split(root: str | Path, model_dir: str | Path, split: str, proposals_dir: Path | None, device: str,
-                batch_size: int = 8, workers: int = 2, progress: bool = True) -> tuple[Path, InferSummary]:
-    """The pipeline's results on ``split`` in ``MODEL/student-labels/<split>.json`` (the
-    infer job, resumed where an earlier run stopped)."""
+                batch_size: int = 8, workers: int = 2, progress: bool = True,
+                teacher_student: str | Path | None = None) -> tuple[Path, InferSummary]:
+    """The pipeline's results on ``split`` (or, with ``teacher_student``, that model
+    directory's student's) in ``MODEL/student-labels/<split>.json`` (the infer job, resumed
+    where an earlier run stopped)."""
     root, model_dir = Path(root), Path(model_dir)
     ds = VOCDataset(root, split, load_images=False)
     out = model_dir / LABELS / f"{split}.json"
-    predictor = Predictor.from_dir(model_dir, device)
+    if teacher_student is not None:
+        predictor = StudentPredictor.from_dir(teacher_student, device)
+    else:
+        predictor = Predictor.from_dir(model_dir, device)
     settings = InferSettings(proposals=proposals_dir, batch_size=batch_size, workers=workers, resume=True,
                              progress=progress)
     summary = infer(predictor, [ds.image_path(i) for i in ds.ids], out, settings)
@@ -59,20 +67,23 @@ def label_split(root: str | Path, model_dir: str | Path, split: str, proposals_d
 def teach_and_train(root: str | Path, model_dir: str | Path, settings: StudentTrainSettings,
                     student: StudentSettings | None, threshold: float | None = None, dev_split: str = "dev",
                     proposals_dir: str | Path | None = None, resume: bool = False, device: str = "cpu",
-                    log: Callable[[str], None] = print, progress: bool = True) -> StudentRun:
+                    log: Callable[[str], None] = print, progress: bool = True,
+                    teacher_student: str | Path | None = None) -> StudentRun:
     """See the module's docstring. ``student`` None: the settings' defaults with the input
-    side set for the data (:func:`~icn_rt.training.student.input_size_for`)."""
+    side set for the data (:func:`~icn_rt.training.student.input_size_for`);
+    ``teacher_student``: label with that model directory's student (self-training)."""
     from icn_rt.training.student import input_size_for
 
     root, model_dir = Path(root), Path(model_dir)
     proposals = Path(proposals_dir) if proposals_dir is not None else root / "Proposals"
     labelled = {}
     labels, labelled[settings.split] = label_split(root, model_dir, settings.split, proposals, device,
-                                                   progress=progress)
+                                                   progress=progress, teacher_student=teacher_student)
     log(f"labels of {settings.split}: {labelled[settings.split].instances} instances -> {labels}")
     choice = None
     if threshold is None:
-        dev_labels, labelled[dev_split] = label_split(root, model_dir, dev_split, proposals, device, progress=progress)
+        dev_labels, labelled[dev_split] = label_split(root, model_dir, dev_split, proposals, device, progress=progress,
+                                                      teacher_student=teacher_student)
         choice = choose_threshold(root, dev_labels, dev_split)
         threshold = choice.threshold
         (model_dir / THRESHOLD_REPORT).write_text(json.dumps(choice.to_json(), indent=1))
