@@ -361,7 +361,11 @@ def train_student_cmd(
     root: Path = typer.Argument(..., help="VOC-layout dataset root."),
     model_dir: Path = typer.Option(..., "--model", help="Model directory whose pipeline labels the training split; "
                                                         "the student is added to it."),
-    backbone: str = typer.Option("mobilenet-v3-fpn", help="mobilenet-v3-fpn (CPUs, Jetson) | resnet50-fpn (accuracy)."),
+    backbone: str = typer.Option("classifier-fpn", help="classifier-fpn (the model's classifier backbone under an FPN, "
+                                                        "from its weights) | mobilenet-v3-fpn (CPUs, Jetson) | "
+                                                        "resnet50-fpn."),
+    head: str = typer.Option("light", help="light (512-feature box head, two 128-channel mask convolutions) | "
+                                           "standard (torchvision's)."),
     input_size: int = typer.Option(0, help="Side the student sees images at [default 0: the training images' median "
                                            "shorter side, rounded up to 32]."),
     threshold: Optional[float] = typer.Option(None, help="Confidence a pipeline instance needs to become a label "
@@ -375,8 +379,9 @@ def train_student_cmd(
     epochs: int = typer.Option(24, help="Epochs."),
     batch_size: int = typer.Option(4, help="Images per step."),
     lr: float = typer.Option(0.01, help="SGD learning rate (after warm-up; x0.1 at 2/3 and 8/9 of the epochs)."),
-    pretrained: Optional[str] = typer.Option(None, help="Backbone start: 'imagenet' (torchvision download) or a "
-                                                        "weights file [default: from scratch]."),
+    pretrained: Optional[str] = typer.Option(None, help="mobilenet-v3-fpn / resnet50-fpn start: 'imagenet' "
+                                                        "(torchvision download) or a weights file [default: from "
+                                                        "scratch]."),
     seed: int = typer.Option(0, help="Seed for initialisation, order, augmentation and sampling."),
     workers: int = typer.Option(0, help="Loading worker processes."),
     resume: bool = typer.Option(False, help="Continue an interrupted student run in --model."),
@@ -393,7 +398,7 @@ def train_student_cmd(
     try:
         settings = StudentTrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, workers=workers,
                                         split=split, pretrained=pretrained)
-        student = StudentSettings(backbone=backbone, input_size=input_size or input_size_for(root, split))
+        student = StudentSettings(backbone=backbone, head=head, input_size=input_size or input_size_for(root, split))
         run = teach_and_train(root, model_dir, settings, student, threshold, dev_split, proposals_dir, resume, device,
                               log=out.print, progress=not quiet, teacher_student=from_student)
     except (InputError, ValueError) as e:
@@ -687,27 +692,34 @@ def compare_cmd(
     rtol: Optional[float] = typer.Option(None, help="Relative tolerance [default: by precision]."),
     min_peak_agreement: Optional[float] = typer.Option(None, help="Least peak agreement (IoU of the peak sets)."),
     min_instance_agreement: Optional[float] = typer.Option(None, help="Least same-instance agreement."),
+    student: bool = typer.Option(False, help="Compare the model's student (--with torch --with onnxruntime): "
+                                             "detections, scores, boxes, masks."),
     device: str = typer.Option("auto", help=DEVICE_HELP, callback=_device),
 ):
     """Run the same images through several backends and precisions and compare each with
     the first, as Polygraphy does: per output the largest absolute and relative error
     against stated tolerances, peak agreement, same-instance agreement (class, chosen
     proposal). Exit 1 on a mismatch."""
-    from icn_rt.runtime.compare import compare
+    from icn_rt.runtime.compare import compare, compare_student
     from icn_rt.runtime.sources import list_images
 
+    override = {"atol": atol, "rtol": rtol, "peaks": min_peak_agreement, "instances": min_instance_agreement}
     try:
         paths = list_images(images)
         if not paths:
             raise ValueError("no images given (directories are searched for .jpg/.png files)")
         if proposals_dir is not None and not proposals_dir.is_dir():
             raise InputError(proposals_dir, "proposal directory not found")
-        report = compare(model_dir, paths, contestants, device, proposals_dir,
-                         {"atol": atol, "rtol": rtol, "peaks": min_peak_agreement,
-                          "instances": min_instance_agreement})
+        if student:
+            report = compare_student(model_dir, paths, contestants, device, override)
+        else:
+            report = compare(model_dir, paths, contestants, device, proposals_dir, override)
     except (InputError, ValueError, RuntimeError) as e:
         _fail(e)
     report_out.write_text(json.dumps(report, indent=2) + "\n")
+    if student:
+        _student_compare_table(report, paths, report_out)
+        return
     table = Table(title=f"against {report['reference']} on {_n(len(paths), 'image')}",
                   caption="largest absolute error per output; peak and same-instance agreement; ✗: over tolerance")
     table.add_column("contestant", no_wrap=True, min_width=max(map(len, report["contestants"])))
@@ -719,6 +731,24 @@ def compare_cmd(
         table.add_row(name, *cells, f"{c['peaks']['agreement']:.2f}" + ("" if c["peaks"]["ok"] else " ✗"),
                       "-" if inst is None else f"{inst['agreement']:.2f}" + ("" if inst["ok"] else " ✗"),
                       "ok" if c["ok"] else "✗")
+    out.print(table)
+    out.print(f"report -> {report_out}", soft_wrap=True)
+    if not report["ok"]:
+        err.print("[red]mismatch:[/red] " + ", ".join(n for n, c in report["contestants"].items() if not c["ok"])
+                  + " (tolerances and errors in the report)", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def _student_compare_table(report: dict, paths: list, report_out: Path) -> None:
+    table = Table(title=f"student against {report['reference']} on {_n(len(paths), 'image')}",
+                  caption="largest absolute error per output (images whose detections agree); ✗: over tolerance")
+    table.add_column("contestant", no_wrap=True, min_width=max(map(len, report["contestants"])))
+    for column in ("scores", "boxes", "masks", "detections", ""):
+        table.add_column(column)
+    for name, c in report["contestants"].items():
+        cells = [f"{o['max_abs']:.0e}" + ("" if o["ok"] else " ✗") for o in c["outputs"].values()]
+        inst = c["instances"]
+        table.add_row(name, *cells, f"{inst['agreement']:.2f}" + ("" if inst["ok"] else " ✗"), "ok" if c["ok"] else "✗")
     out.print(table)
     out.print(f"report -> {report_out}", soft_wrap=True)
     if not report["ok"]:

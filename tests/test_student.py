@@ -16,7 +16,7 @@ from icn_rt.training.student import (StudentTrainSettings, boxes_of, choose_thre
                                      learning_rate, train_student)
 from tests.conftest import runner
 
-TINY_STUDENT = StudentSettings(input_size=64, rpn_proposals=50, roi_samples=32)
+TINY_STUDENT = StudentSettings(input_size=64, rpn_proposals=50, roi_samples=32)  # classifier-fpn, light heads
 
 
 def ground_truth_results(root, split, score=1.0) -> list[dict]:
@@ -58,7 +58,8 @@ def test_the_student_learns_and_is_saved_with_its_settings(student):
     assert len(losses) == 8 and losses[-1] < 0.7 * losses[0], losses
     assert summary.images == 4 and summary.dropped_images == 0 and summary.instances > 4
     config = json.loads((model / "config.json").read_text())
-    assert config["student"]["input_size"] == 64 and config["student"]["backbone"] == "mobilenet-v3-fpn"
+    assert config["student"]["input_size"] == 64 and config["student"]["backbone"] == "classifier-fpn"
+    assert config["student"]["trunk"] == "small" == config["classifier"]["backbone"]
     assert config["student_training"]["epochs"] == 8 and (model / "student.safetensors").is_file()
     assert len(json.loads((model / "student_train_log.json").read_text())) == 8
 
@@ -119,7 +120,25 @@ def test_settings_set_for_the_data(tiny_voc):
     with pytest.raises(ValueError, match="unknown student backbone"):
         StudentSettings(backbone="vgg")
     with pytest.raises(ValueError, match="frozen"):
-        build_student(3, TINY_STUDENT, pretrained="imagenet")
+        build_student(3, StudentSettings(backbone="mobilenet-v3-fpn"), pretrained="imagenet")
+    with pytest.raises(ValueError, match="names its classifier's backbone"):
+        build_student(3, TINY_STUDENT)
+
+
+def test_a_classifier_fpn_student_starts_from_the_classifier(classifier):
+    from icn_rt.models.store import load_classifier
+    from icn_rt.models.student import _stage_ends
+
+    trunk = load_classifier(classifier)[0].backbone
+    net = build_student(3, StudentSettings(input_size=64, trunk="small"), trunk.state_dict())
+    assert _stage_ends(trunk) == [2, 6, 10, 14]  # before each of the three max-pools, and the end
+    body = net.backbone.body
+    assert list(body.return_layers.values()) == ["0", "1"] and set(body.return_layers) == {"10", "14"}
+    assert all(torch.equal(body[k].weight, trunk[int(k)].weight) for k in ("0", "4", "8", "12"))
+    net.eval()
+    with torch.inference_mode():
+        features = net.backbone(torch.zeros(1, 3, 64, 64))
+    assert [tuple(f.shape[-2:]) for f in features.values()] == [(16, 16), (8, 8), (4, 4)]  # strides 4, 8, 16
 
 
 def test_a_backbone_weights_file_is_loaded_or_refused_in_one_line(tmp_path):
@@ -130,7 +149,7 @@ def test_a_backbone_weights_file_is_loaded_or_refused_in_one_line(tmp_path):
     trunk = mobilenet_v3_large()
     path = tmp_path / "mnv3.pth"
     torch.save(trunk.state_dict(), path)
-    settings = StudentSettings(input_size=64, frozen=True)
+    settings = StudentSettings(backbone="mobilenet-v3-fpn", input_size=64, frozen=True)
     net = build_student(3, settings, pretrained=str(path))
     assert torch.equal(net.backbone.body["0"][0].weight, trunk.features[0][0].weight)
     torch.save({"nothing": torch.zeros(1)}, tmp_path / "bad.pth")
@@ -163,6 +182,24 @@ def test_onnx_student_gives_pytorchs_instances(student, tiny_voc):
         assert np.allclose([i.score for i in a.instances], [i.score for i in b.instances], atol=1e-4)
         for x, y in zip(a.instances, b.instances):
             assert (x.mask & y.mask).sum() >= 0.98 * (x.mask | y.mask).sum()
+
+
+def test_compare_checks_the_onnx_student_against_pytorch(student, tiny_voc, tmp_path):
+    from icn_rt.export.onnx_export import export_student
+
+    model = student[0]
+    if not (model / "student.onnx").exists():
+        export_student(model, verify=False)
+    images = sorted((tiny_voc / "JPEGImages").glob("val_*.jpg"))
+    args = ["compare", str(model), *map(str, images), "--student", "--with", "torch", "--with", "onnxruntime"]
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "c.json")])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "c.json").read_text())["contestants"]["onnxruntime"]
+    assert report["instances"]["agreement"] == 1.0 and report["instances"]["reference"] > 0
+    assert report["outputs"]["masks"]["compared"] > 0 and report["ok"]
+    # a tolerance nothing meets is a mismatch: exit 1
+    r = runner.invoke(app, [*args, "--atol", "0", "--rtol", "0", "--out", str(tmp_path / "c0.json")])
+    assert r.exit_code == 1 and "mismatch" in r.output, r.output
 
 
 def test_infer_student_writes_results_eval_reads_and_records_bad_images(student, tiny_voc, tmp_path):

@@ -23,14 +23,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-BACKBONES = ("mobilenet-v3-fpn", "resnet50-fpn")
+BACKBONES = ("classifier-fpn", "mobilenet-v3-fpn", "resnet50-fpn")
+HEADS = ("light", "standard")
 COCO_SIDE = 800
 
 
 @dataclass
 class StudentSettings:
-    """``backbone``: :data:`BACKBONES` (ResNet-50-FPN for accuracy, MobileNetV3-Large-FPN
-    for CPUs and Jetson); ``input_size``: the side images are resized to; ``min_score``:
+    """``backbone``: :data:`BACKBONES` — ``classifier-fpn``: the model's own classifier
+    backbone (``trunk``: its name, :data:`~icn_rt.models.backbones.BACKBONES`) under an FPN,
+    started from the classifier's weights, which learnt this data's classes from its tags;
+    ``resnet50-fpn`` for accuracy and ``mobilenet-v3-fpn`` for CPUs and Jetson, from
+    scratch or ImageNet (``--pretrained``); ``input_size``: the side images are resized to; ``min_score``:
     detections below are dropped (torchvision's ``box_score_thresh``); ``detections``: the
     most per image; ``mask_threshold``: a mask probability at or above it is the object;
     ``nms_iou``: torchvision's per-class box NMS; ``rpn_proposals``: regions kept after the
@@ -38,9 +42,14 @@ class StudentSettings:
     torchvision's 1000 are for COCO's crowds at 800 pixels); ``roi_samples``: regions per
     image each training step (torchvision: 512); ``frozen``: the backbone started from
     pretrained weights, so its BatchNorm is frozen and its first stages do not train
-    (torchvision's way), else everything trains."""
+    (torchvision's way), else everything trains; ``head``: ``standard`` (torchvision's:
+    256-channel FPN, box head of 1024 features, mask head of four 256-channel
+    convolutions) or ``light`` (a 128-channel FPN on ``classifier-fpn`` — the torchvision
+    backbones keep their 256 — a box head of 512 features and two 128-channel mask
+    convolutions: on two CPU cores at 128² the FPN, the RPN head and the mask head were
+    most of the time, 3.4× and 5× less so)."""
 
-    backbone: str = "mobilenet-v3-fpn"
+    backbone: str = "classifier-fpn"
     input_size: int = 256
     min_score: float = 0.05
     detections: int = 100
@@ -49,12 +58,17 @@ class StudentSettings:
     rpn_proposals: int = 300
     roi_samples: int = 128
     frozen: bool = False
+    trunk: str = ""
+    head: str = "light"
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown student backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        if self.head not in HEADS:
+            raise ValueError(f"unknown student head {self.head!r}; choose one of {', '.join(HEADS)}")
         if self.input_size < 32:
             raise ValueError(f"student input size must be at least 32, got {self.input_size}")
+
 
 
 def anchor_sizes(input_size: int) -> tuple[int, ...]:
@@ -62,18 +76,20 @@ def anchor_sizes(input_size: int) -> tuple[int, ...]:
     return tuple(max(4, round(s * input_size / COCO_SIDE)) for s in (32, 64, 128, 256, 512))
 
 
-def build_student(num_classes: int, settings: StudentSettings, pretrained: str | None = None) -> nn.Module:
+def build_student(num_classes: int, settings: StudentSettings, pretrained: str | dict | None = None) -> nn.Module:
     """A Mask R-CNN for ``num_classes`` classes (+ background) as ``settings`` say.
-    ``pretrained`` (with ``settings.frozen``): the backbone's starting weights, ``imagenet``
-    (torchvision's, downloaded by torchvision on first use) or a file (a torchvision
-    ResNet-50 / MobileNetV3-Large state dict, ``.pth`` or ``.safetensors``); None: random
-    (from scratch, or weights about to be loaded)."""
+    ``pretrained``: the backbone's starting weights — for the torchvision backbones (with
+    ``settings.frozen``) ``imagenet`` (torchvision's, downloaded by torchvision on first
+    use) or a file (a torchvision ResNet-50 / MobileNetV3-Large state dict, ``.pth`` or
+    ``.safetensors``); for ``classifier-fpn`` the classifier backbone's state dict; None:
+    random (from scratch, or weights about to be loaded)."""
     from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights
-    from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
     from torchvision.ops import misc as misc_nn_ops
 
+    if settings.backbone == "classifier-fpn":
+        return _classifier_student(num_classes, settings, pretrained)
     if pretrained and not settings.frozen:
         raise ValueError("a pretrained backbone is frozen in part: build it with StudentSettings(frozen=True)")
     imagenet = pretrained == "imagenet"
@@ -93,12 +109,69 @@ def build_student(num_classes: int, settings: StudentSettings, pretrained: str |
         prefix, head = "features.", "classifier."
     if pretrained and not imagenet:
         _load_backbone(backbone.body, Path(pretrained), prefix, head)
+    return _mask_rcnn(backbone, num_classes, settings, anchors)
+
+
+def _mask_rcnn(backbone: nn.Module, num_classes: int, settings: StudentSettings, anchors) -> nn.Module:
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+
+    heads = {}
+    if settings.head == "light":
+        channels = backbone.out_channels
+        heads = {"box_head": TwoMLPHead(channels * 7 * 7, 512), "box_predictor": FastRCNNPredictor(512, num_classes + 1),
+                 "mask_head": MaskRCNNHeads(channels, [128, 128], 1),
+                 "mask_predictor": MaskRCNNPredictor(128, 128, num_classes + 1)}
     side, n = settings.input_size, settings.rpn_proposals
-    return MaskRCNN(backbone, num_classes + 1, min_size=side, max_size=side, image_mean=[0.0] * 3,
+    return MaskRCNN(backbone, None if heads else num_classes + 1, **heads, min_size=side, max_size=side,
+                    image_mean=[0.0] * 3,
                     image_std=[1.0] * 3, rpn_anchor_generator=anchors, rpn_pre_nms_top_n_train=4 * n,
                     rpn_post_nms_top_n_train=2 * n, rpn_pre_nms_top_n_test=2 * n, rpn_post_nms_top_n_test=n,
                     box_batch_size_per_image=settings.roi_samples, box_score_thresh=settings.min_score,
                     box_nms_thresh=settings.nms_iou, box_detections_per_img=settings.detections)
+
+
+def _classifier_student(num_classes: int, settings: StudentSettings, trunk_weights: dict | None) -> nn.Module:
+    """Mask R-CNN on the classifier's backbone: an FPN over the outputs of its last two
+    stages (each stage ends where the next downsamples, and at the end; as torchvision's
+    MobileNet FPN, whose finer levels cost more than they gave here), plus torchvision's
+    max-pooled level; all of it trains. ``trunk_weights``: the classifier backbone's state
+    dict to start from (None: random, or weights about to be loaded)."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+
+    from icn_rt.models.backbones import build_backbone
+
+    if not settings.trunk:
+        raise ValueError("a classifier-fpn student names its classifier's backbone (StudentSettings.trunk)")
+    trunk = build_backbone(settings.trunk)
+    if trunk_weights is not None:
+        trunk.load_state_dict(trunk_weights)
+    ends = _stage_ends(trunk)[-2:]
+    channels = [_channels_after(trunk, i) for i in ends]
+    width = 128 if settings.head == "light" else 256
+    backbone = BackboneWithFPN(trunk, {str(i): str(k) for k, i in enumerate(ends)}, channels, width)
+    sizes = anchor_sizes(settings.input_size)
+    return _mask_rcnn(backbone, num_classes, settings, AnchorGenerator((sizes,) * (len(ends) + 1),
+                                                                       ((0.5, 1.0, 2.0),) * (len(ends) + 1)))
+
+
+def _stage_ends(trunk: nn.Sequential) -> list[int]:
+    """Indices of the modules that end a stage: the one before each downsampling (a
+    max-pool, or a module with a strided convolution: a ResNet layer) and the last."""
+    ends = []
+    for i, module in enumerate(trunk):
+        downsamples = isinstance(module, nn.MaxPool2d) or any(
+            isinstance(m, nn.Conv2d) and m.stride[0] > 1 for m in module.modules())
+        if downsamples and i > 0:
+            ends.append(i - 1)
+    ends.append(len(trunk) - 1)
+    return sorted(set(ends))
+
+
+def _channels_after(trunk: nn.Sequential, index: int) -> int:
+    return [m for m in trunk[: index + 1].modules() if isinstance(m, nn.Conv2d)][-1].out_channels
 
 
 def _load_backbone(body: nn.Module, file: Path, prefix: str, head: str) -> None:

@@ -161,3 +161,62 @@ def compare(model_dir: str | Path, image_paths: list[Path], contestants: list[st
                                                       tolerance_for(name, reference, override))
     report["ok"] = all(c["ok"] for c in report["contestants"].values())
     return report
+
+
+STUDENT_OUTPUTS = ("scores", "boxes", "masks")
+
+
+def run_student(predictor, images: list[np.ndarray], batch_size: int = 8) -> list[dict[str, np.ndarray]]:
+    """The student's raw outputs per image: ``labels``, ``scores``, ``boxes`` and ``masks``
+    (probabilities at its input side), by descending score."""
+    from icn_rt.data.preprocess import preprocess_batch
+
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start: start + batch_size]
+        raw = predictor.outputs(preprocess_batch(batch, predictor.input_size).to(predictor.device))
+        for b in range(len(batch)):
+            mine = (raw["image"] == b).cpu().numpy()
+            out.append({k: raw[k].float().cpu().numpy()[mine] if k != "labels" else raw[k].cpu().numpy()[mine]
+                        for k in ("labels", "scores", "boxes", "masks")})
+    return out
+
+
+def compare_student_outputs(got: list[dict], want: list[dict], tol: Tolerance) -> dict:
+    """A student contestant against the reference: detection agreement (the (image, rank,
+    class) sets' IoU, against ``tol.instances``) and, over the images whose detections
+    agree in number and classes, the largest differences of scores, boxes (relative to
+    the side) and masks against ``tol.atol`` / ``tol.rtol``."""
+    a = {(i, r, int(c)) for i, g in enumerate(got) for r, c in enumerate(g["labels"])}
+    b = {(i, r, int(c)) for i, w in enumerate(want) for r, c in enumerate(w["labels"])}
+    same = _agreement(a, b)
+    agree = [i for i, (g, w) in enumerate(zip(got, want)) if np.array_equal(g["labels"], w["labels"])]
+    report: dict = {"tolerance": asdict(tol), "outputs": {}}
+    for name in STUDENT_OUTPUTS:
+        report["outputs"][name] = _difference([got[i][name] for i in agree], [want[i][name] for i in agree], tol)
+    report["instances"] = {"agreement": same, "reference": len(b), "got": len(a), "shared": len(a & b),
+                           "images_identical_classes": len(agree), "least": tol.instances, "ok": same >= tol.instances}
+    report["ok"] = all(o["ok"] for o in report["outputs"].values()) and report["instances"]["ok"]
+    return report
+
+
+def compare_student(model_dir: str | Path, image_paths: list[Path], contestants: list[str], device: str = "cpu",
+                    override: dict | None = None, batch_size: int = 8) -> dict:
+    """:func:`compare` for the model's student (``torch``, ``onnxruntime``)."""
+    from icn_rt.runtime.student import StudentPredictor
+
+    if len(contestants) < 2:
+        raise ValueError("compare needs at least two contestants: --with torch --with onnxruntime ...")
+    images = [read_image(p) for p in image_paths]
+    outputs = {}
+    for name in contestants:
+        say(f"running the student on {name}, {len(images)} images")
+        outputs[name] = run_student(StudentPredictor.from_dir(model_dir, device, name), images, batch_size)
+    reference = contestants[0]
+    report = {"model": str(model_dir), "student": True, "images": [str(p) for p in image_paths], "device": device,
+              "reference": reference, "contestants": {}}
+    for name in contestants[1:]:
+        report["contestants"][name] = compare_student_outputs(outputs[name], outputs[reference],
+                                                              tolerance_for(name, reference, override))
+    report["ok"] = all(c["ok"] for c in report["contestants"].values())
+    return report

@@ -43,7 +43,7 @@ from icn_rt.data.results import load_results
 from icn_rt.data.voc import VOCDataset
 from icn_rt.errors import InputError
 from icn_rt.eval.instance import mask_iou
-from icn_rt.models.store import STUDENT_WEIGHTS, read_config, save_student, settings_from
+from icn_rt.models.store import STUDENT_WEIGHTS, load_classifier, read_config, save_student, settings_from
 from icn_rt.models.student import StudentSettings, build_student
 
 STATE = "student_train_state.pt"
@@ -250,9 +250,17 @@ def train_student(root: str | Path, model_dir: str | Path, settings: StudentTrai
         student_settings = settings_from(config, "student", StudentSettings, model_dir)
         settings = replace(settings_from(config, "student_training", StudentTrainSettings, model_dir),
                            epochs=settings.epochs)
-    student_settings = replace(student_settings, frozen=bool(settings.pretrained))
     torch.manual_seed(settings.seed)
-    student = build_student(len(config["classes"]), student_settings, settings.pretrained if not resuming else None)
+    start = None if resuming else settings.pretrained
+    if student_settings.backbone == "classifier-fpn":
+        if settings.pretrained:
+            raise ValueError("a classifier-fpn student starts from the model's classifier; --pretrained is for the "
+                             "torchvision backbones")
+        student_settings = replace(student_settings, trunk=config["classifier"]["backbone"])
+        start = None if resuming else load_classifier(model_dir)[0].backbone.state_dict()
+    else:
+        student_settings = replace(student_settings, frozen=bool(settings.pretrained))
+    student = build_student(len(config["classes"]), student_settings, start)
     student.to(device)
     params = [p for p in student.parameters() if p.requires_grad]
     optimiser = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
