@@ -748,7 +748,8 @@ def _student_compare_table(report: dict, paths: list, report_out: Path) -> None:
     for name, c in report["contestants"].items():
         cells = [f"{o['max_abs']:.0e}" + ("" if o["ok"] else " ✗") for o in c["outputs"].values()]
         inst = c["instances"]
-        table.add_row(name, *cells, f"{inst['agreement']:.2f}" + ("" if inst["ok"] else " ✗"), "ok" if c["ok"] else "✗")
+        table.add_row(name, *cells, f"{inst['agreement']:.2f}" + ("" if inst["ok"] else " ✗"),
+                      "ok" if c["ok"] else "✗")
     out.print(table)
     out.print(f"report -> {report_out}", soft_wrap=True)
     if not report["ok"]:

@@ -290,3 +290,25 @@ def test_bench_shows_the_student_beside_the_pipeline(student, tiny_voc):
         assert r["images_timed"] == 4 and r["images_per_s"] > 0
         assert set(r["stage_shares"]) == {"preprocess", "student", "masks"}
     assert "| student | onnxruntime | 2 |" in markdown(report)
+
+
+@pytest.mark.parametrize("size", [(375, 500), (64, 64), (50, 90), (300, 40)])
+def test_masks_in_box_windows_equal_resizing_the_whole_map(size):
+    """The fast path (each detection resized over the window its nonzero cells reach) against the plain
+    reference: the whole probability map resized, then cut."""
+    import torch.nn.functional as F
+
+    from icn_rt.runtime.student import masks_at
+
+    rng = np.random.default_rng(3)
+    s, n = 64, 12
+    probs = torch.zeros(n, s, s)
+    for k in range(n):  # blobs of probabilities, some at the borders; values above the cut at their edges
+        r0, c0 = rng.integers(0, s - 2, 2)
+        r1, c1 = min(s, r0 + rng.integers(1, 40)), min(s, c0 + rng.integers(1, 40))
+        probs[k, r0:r1, c0:c1] = torch.from_numpy(rng.uniform(0.3, 1.0, (r1 - r0, c1 - c0))).float()
+    want = (F.interpolate(probs[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] >= 0.5).numpy()
+    got = masks_at(probs, size, 0.5)
+    assert want.any() and np.array_equal(got, want)
+    assert masks_at(torch.zeros(0, s, s), size, 0.5).shape == (0, *size)
+    assert not masks_at(torch.zeros(2, s, s), size, 0.5).any()

@@ -120,7 +120,8 @@ def _mask_rcnn(backbone: nn.Module, num_classes: int, settings: StudentSettings,
     heads = {}
     if settings.head == "light":
         channels = backbone.out_channels
-        heads = {"box_head": TwoMLPHead(channels * 7 * 7, 512), "box_predictor": FastRCNNPredictor(512, num_classes + 1),
+        heads = {"box_head": TwoMLPHead(channels * 7 * 7, 512),
+                 "box_predictor": FastRCNNPredictor(512, num_classes + 1),
                  "mask_head": MaskRCNNHeads(channels, [128, 128], 1),
                  "mask_predictor": MaskRCNNPredictor(128, 128, num_classes + 1)}
     side, n = settings.input_size, settings.rpn_proposals

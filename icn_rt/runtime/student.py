@@ -116,11 +116,9 @@ class StudentPredictor(Staging):
         h, w = image.shape[:2]
         mine = out["image"] == b
         scores = out["scores"][mine].float()
-        masks = out["masks"][mine].float()
-        if len(masks):
-            masks = F.interpolate(masks[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-        masks = (masks >= self.settings.mask_threshold).cpu().numpy()
-        labels, boxes, scores = out["labels"][mine].cpu().numpy(), out["boxes"][mine].cpu().numpy(), scores.cpu().numpy()
+        boxes = out["boxes"][mine].float()
+        masks = masks_at(out["masks"][mine].float(), (h, w), self.settings.mask_threshold)
+        labels, boxes, scores = out["labels"][mine].cpu().numpy(), boxes.cpu().numpy(), scores.cpu().numpy()
         s = self.input_size
         instances = []
         for k in np.argsort(-scores, kind="stable"):
@@ -134,6 +132,37 @@ class StudentPredictor(Staging):
         for inst in instances:
             class_scores[inst.class_id] = max(class_scores[inst.class_id], inst.score)
         return Prediction(instances, class_scores)
+
+
+def masks_at(probs: torch.Tensor, size: tuple[int, int], threshold: float) -> np.ndarray:
+    """``probs [N, S, S]`` (mask probabilities at the input side, zero away from each
+    detection, as torchvision pastes them) -> ``bool [N, H, W]``: bilinearly resized to
+    ``size`` (as ``F.interpolate(..., align_corners=False)``) and cut at ``threshold``
+    (> 0), each only over the window of the image its nonzero cells can reach, not the
+    whole image: a detection costs its own area."""
+    n, s = probs.shape[0], probs.shape[-1]
+    h, w = size
+    out = np.zeros((n, h, w), bool)
+    if n == 0:
+        return out
+    sy, sx = h / s, w / s
+    rows, cols = (probs.amax(2) > 0).cpu().numpy(), (probs.amax(1) > 0).cpu().numpy()
+    for k in range(n):
+        ry, rx = np.flatnonzero(rows[k]), np.flatnonzero(cols[k])
+        if len(ry) == 0:
+            continue
+        # output pixel i reads source cells around (i + 0.5) / scale - 0.5: it is zero
+        # unless that lies within a cell of the nonzero ones
+        r0, r1 = max(0, int(np.floor((ry[0] - 0.5) * sy - 0.5))), min(h, int(np.ceil((ry[-1] + 1.5) * sy - 0.5)) + 1)
+        c0, c1 = max(0, int(np.floor((rx[0] - 0.5) * sx - 0.5))), min(w, int(np.ceil((rx[-1] + 1.5) * sx - 0.5)) + 1)
+        # source coordinates of the window's pixel centres, as interpolate computes them
+        ys = ((torch.arange(r0, r1, dtype=torch.float32) + 0.5) / sy - 0.5).clamp(min=0)
+        xs = ((torch.arange(c0, c1, dtype=torch.float32) + 0.5) / sx - 0.5).clamp(min=0)
+        grid = torch.stack(torch.meshgrid((2 * ys + 1) / s - 1, (2 * xs + 1) / s - 1, indexing="ij")[::-1], -1)
+        window = F.grid_sample(probs[k][None, None], grid[None].to(probs.device), mode="bilinear",
+                               padding_mode="border", align_corners=False)[0, 0]
+        out[k, r0:r1, c0:c1] = (window >= threshold).cpu().numpy()
+    return out
 
 
 def _stage(timer: StageTimes | None, name: str):

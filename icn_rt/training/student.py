@@ -148,7 +148,9 @@ def choose_threshold(root: str | Path, results_path: str | Path, split: str = "d
             scores.append(e["score"])
             hits.append(best is not None)
     scores_a, hits_a = np.array(scores, np.float64), np.array(hits, bool)
-    grid = sorted({0.0, *np.quantile(scores_a, np.linspace(0, 1, candidates + 1)[1:-1]).tolist()}) if len(scores) else [0.0]
+    grid = [0.0]
+    if len(scores):
+        grid = sorted({0.0, *np.quantile(scores_a, np.linspace(0, 1, candidates + 1)[1:-1]).tolist()})
     table = []
     for t in grid:
         kept = scores_a >= t
@@ -195,7 +197,8 @@ class PseudoMasks(Dataset):
         masks = np.stack([cv2.resize(m.astype(np.uint8), (s, s), interpolation=cv2.INTER_NEAREST) for m in masks])
         classes = np.array([e["class_id"] + 1 for e in entries], np.int64)
         x = preprocess_array(image, s)
-        if self.augment and self.settings.flip and np.random.default_rng((self.settings.seed, self.epoch, i)).random() < 0.5:
+        flip = np.random.default_rng((self.settings.seed, self.epoch, i)).random() < 0.5
+        if self.augment and self.settings.flip and flip:
             x, masks = np.ascontiguousarray(x[:, :, ::-1]), np.ascontiguousarray(masks[:, :, ::-1])
         present = masks.reshape(len(masks), -1).any(1)  # a sliver may vanish at the student's side
         masks, classes = masks[present], classes[present]
