@@ -32,6 +32,7 @@ import shlex
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -44,7 +45,7 @@ from icn_rt.data.selective_search import SelectiveSearchConfig
 from icn_rt.data.voc import VOCDataset
 from icn_rt.export.onnx_export import export_student
 from icn_rt.models.store import read_config
-from icn_rt.models.student import STUDENT_GRAPH
+from icn_rt.models.student import STUDENT_GRAPH, build_student
 from icn_rt.runtime.infer import InferSettings, infer
 from icn_rt.runtime.predictor import Predictor
 from icn_rt.runtime.student import StudentPredictor
@@ -89,6 +90,21 @@ def _photos(root: Path, split: str, count: int, dst: Path) -> list[Path]:
     return paths
 
 
+FAST = (20, 100)
+"""Detections and RPN regions of the student's faster setting (dev: −1.5 mAP^r@0.5 points,
+2× the images/s at 128²; benchmarks/results/student_settings_part_only_dev.md)."""
+
+
+def _fast(student: Path) -> StudentPredictor:
+    """The student with the :data:`FAST` inference settings (eager: the exported graph
+    has its counts fixed)."""
+    base = StudentPredictor.from_dir(student)
+    settings = replace(base.settings, detections=FAST[0], rpn_proposals=FAST[1])
+    network = build_student(len(base.classes), settings)
+    network.load_state_dict(base.graph.student.state_dict())
+    return StudentPredictor(network, settings, base.classes)
+
+
 def _timed_job(predictor, paths: list[Path], out: Path, proposals: Path | None, workers: int) -> float:
     """Seconds of one ``icn-rt infer`` job over ``paths`` (a fresh results file)."""
     settings = InferSettings(proposals=proposals, workers=workers, overwrite=True, progress=False)
@@ -122,6 +138,7 @@ def speed(args, teacher: Path, student: Path) -> dict:
         ("pipeline, proposals read from disk", lambda: Predictor.from_dir(teacher), photos / "Proposals"),
         ("student (torch)", lambda: StudentPredictor.from_dir(student), None),
         ("student (onnxruntime)", lambda: StudentPredictor.from_dir(student, backend="onnxruntime"), None),
+        (f"student (torch), {FAST[0]} detections / {FAST[1]} regions", lambda: _fast(student), None),
     ]
     for name, make, proposals in contestants:
         predictor = make()

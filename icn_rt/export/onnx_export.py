@@ -420,7 +420,8 @@ def export_student(directory: str | Path, verify: bool = True) -> dict:
 def _student_probe(side: int) -> torch.Tensor:
     """A fixed verification input: smooth blobs on a ramp (normalised-image range)."""
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, side), torch.linspace(-1, 1, side), indexing="ij")
-    blobs = torch.stack([torch.exp(-((yy - 0.3) ** 2 + (xx + 0.2) ** 2) * 8), torch.exp(-((yy + 0.4) ** 2 + xx ** 2) * 6),
+    blobs = torch.stack([torch.exp(-((yy - 0.3) ** 2 + (xx + 0.2) ** 2) * 8),
+                         torch.exp(-((yy + 0.4) ** 2 + xx ** 2) * 6),
                          (xx + 1) / 2])
     return (blobs * 4 - 2)[None].float()
 

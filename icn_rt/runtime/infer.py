@@ -73,7 +73,8 @@ def fingerprint(predictor: Predictor | StudentPredictor, proposals: Path | None)
             "proposals": str(proposals.resolve()) if proposals is not None else "selective search"}
 
 
-def infer(predictor: Predictor | StudentPredictor, images: list[Path], out: Path, settings: InferSettings) -> InferSummary:
+def infer(predictor: Predictor | StudentPredictor, images: list[Path], out: Path,
+          settings: InferSettings) -> InferSummary:
     """Run ``predictor`` over ``images`` (their stems are the image ids) and write ``out``
     (see the module's docstring). Ctrl-C ends the job after the batches in flight are
     dropped, with ``interrupted`` set; nothing written is lost."""
