@@ -44,7 +44,6 @@ from icn_rt.data.make_proposals import make_proposals
 from icn_rt.data.selective_search import SelectiveSearchConfig
 from icn_rt.data.voc import VOCDataset
 from icn_rt.export.onnx_export import export_student
-from icn_rt.models.store import read_config
 from icn_rt.models.student import STUDENT_GRAPH, build_student
 from icn_rt.runtime.infer import InferSettings, infer
 from icn_rt.runtime.predictor import Predictor
@@ -67,10 +66,8 @@ def _fresh_copy(teacher: Path, dst: Path) -> None:
 
 
 def _student(args, model: Path, teacher_student: Path | None) -> None:
-    if (model / "student.safetensors").exists() and (model / "student_train_state.pt").exists():
-        epochs = read_config(model).get("student_training", {}).get("epochs")
-        if epochs == args.epochs:
-            return
+    """The student of ``model``, trained or continued to ``args.epochs`` (a finished one is
+    left as it is: the labelling jobs and the training resume)."""
     settings = StudentTrainSettings(epochs=args.epochs, seed=args.seed, batch_size=args.batch_size, lr=args.lr)
     teach_and_train(args.root, model, settings, None, resume=True, log=lambda m: print(m, file=sys.stderr),
                     progress=not args.quiet, teacher_student=teacher_student)
