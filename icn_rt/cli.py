@@ -731,6 +731,11 @@ def compare_cmd(
         table.add_row(name, *cells, f"{c['peaks']['agreement']:.2f}" + ("" if c["peaks"]["ok"] else " ✗"),
                       "-" if inst is None else f"{inst['agreement']:.2f}" + ("" if inst["ok"] else " ✗"),
                       "ok" if c["ok"] else "✗")
+    _compare_verdict(table, report, report_out)
+
+
+def _compare_verdict(table: Table, report: dict, report_out: Path) -> None:
+    """Print a comparison's table and report path; exit 1 on a mismatch."""
     out.print(table)
     out.print(f"report -> {report_out}", soft_wrap=True)
     if not report["ok"]:
@@ -750,12 +755,7 @@ def _student_compare_table(report: dict, paths: list, report_out: Path) -> None:
         inst = c["instances"]
         table.add_row(name, *cells, f"{inst['agreement']:.2f}" + ("" if inst["ok"] else " ✗"),
                       "ok" if c["ok"] else "✗")
-    out.print(table)
-    out.print(f"report -> {report_out}", soft_wrap=True)
-    if not report["ok"]:
-        err.print("[red]mismatch:[/red] " + ", ".join(n for n, c in report["contestants"].items() if not c["ok"])
-                  + " (tolerances and errors in the report)", highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+    _compare_verdict(table, report, report_out)
 
 
 @app.command("build-engine")

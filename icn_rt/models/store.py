@@ -131,6 +131,20 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Mod
                  icn_settings=icn.settings if icn is not None else ICNSettings(steps=0), directory=directory)
 
 
+def weights_digest(*modules: torch.nn.Module | None) -> str:
+    """SHA-256 of the modules' state (names and bytes, in order; None skipped): what
+    decides a job's results besides its settings."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for module in modules:
+        if module is not None:
+            for name, tensor in module.state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def versions() -> dict[str, str]:
     import icn_rt
 

@@ -16,7 +16,6 @@ missing or mismatched proposals — is recorded with the reason (in its shard an
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import deque
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from icn_rt.data.images import write_image
 from icn_rt.data.results import result_entry
+from icn_rt.models.store import weights_digest
 from icn_rt.progress import Counter
 from icn_rt.runtime.loading import MAX_PIXELS, Failed, Loaded, LoadSettings, load_or_failed, stream
 from icn_rt.runtime.predictor import Predictor, Staged
@@ -60,16 +60,10 @@ def fingerprint(predictor: Predictor | StudentPredictor, proposals: Path | None)
     if isinstance(predictor, StudentPredictor):
         return predictor.fingerprint()
     model = predictor.model
-    weights = hashlib.sha256()
-    for module in (model.classifier, model.icn):
-        if module is not None:
-            for name, tensor in module.state_dict().items():
-                weights.update(name.encode())
-                weights.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     settings = {"classes": list(model.classes), "peaks": asdict(model.peaks), "prm": asdict(model.prm),
                 "matching": asdict(model.matching), "instances": asdict(model.instances),
                 "icn": asdict(model.icn_settings) if model.enhances else None}
-    return {"weights": weights.hexdigest(), "settings": json.loads(json.dumps(settings)),
+    return {"weights": weights_digest(model.classifier, model.icn), "settings": json.loads(json.dumps(settings)),
             "proposals": str(proposals.resolve()) if proposals is not None else "selective search"}
 
 

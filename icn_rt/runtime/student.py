@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from icn_rt.errors import InputError
-from icn_rt.models.store import load_student
+from icn_rt.models.store import load_student, weights_digest
 from icn_rt.models.student import STUDENT_GRAPH, StudentGraph, StudentSettings
 from icn_rt.runtime.predictor import Instance, Prediction, Staged, Staging
 from icn_rt.runtime.timing import StageTimes
@@ -74,14 +74,9 @@ class StudentPredictor(Staging):
 
     def fingerprint(self) -> dict:
         """What decides an image's results: the weights and settings (not the backend)."""
-        import hashlib
         from dataclasses import asdict
 
-        weights = hashlib.sha256()
-        for name, tensor in self.graph.state_dict().items():
-            weights.update(name.encode())
-            weights.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return {"weights": weights.hexdigest(), "settings": {"classes": list(self.classes), "student":
+        return {"weights": weights_digest(self.graph), "settings": {"classes": list(self.classes), "student":
                 asdict(self.settings)}, "proposals": "none (student)"}
 
     def outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
