@@ -34,6 +34,8 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
+RAY_HELP = ("auto (a cluster running here, or a new local one) | local (a new one) | ADDRESS (host:6379, "
+            "ray://host:10001)")
 ORT_OPTIMIZATION_HELP = ("onnxruntime's graph optimisation level: disable | basic | extended | all "
                          "(--backend onnxruntime).")
 ORT_SAVE_HELP = "onnxruntime writes the graphs it optimised beside them (<graph>.ort-<level>.onnx)."
@@ -386,6 +388,10 @@ def train_student_cmd(
     workers: int = typer.Option(0, help="Loading worker processes."),
     resume: bool = typer.Option(False, help="Continue an interrupted student run in --model."),
     device: str = typer.Option("auto", help=DEVICE_HELP, callback=_device),
+    ray: Optional[str] = typer.Option(None, help="Label on a Ray cluster (as `infer --ray`): " + RAY_HELP + "."),
+    actors: int = typer.Option(1, help="--ray: predictors labelling at once."),
+    gpus_per_actor: float = typer.Option(0.0, help="--ray: GPUs per predictor (0: on CPUs)."),
+    cpus_per_actor: float = typer.Option(1.0, help="--ray: CPUs per predictor."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ):
     """Distil the pipeline into a proposal-free student (torchvision Mask R-CNN): the pipeline
@@ -399,9 +405,14 @@ def train_student_cmd(
         settings = StudentTrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, workers=workers,
                                         split=split, pretrained=pretrained)
         student = StudentSettings(backbone=backbone, head=head, input_size=input_size or input_size_for(root, split))
+        cluster = None
+        if ray is not None:
+            from icn_rt.runtime.ray_infer import RaySettings
+
+            cluster = RaySettings(ray, actors, gpus_per_actor, cpus_per_actor)
         run = teach_and_train(root, model_dir, settings, student, threshold, dev_split, proposals_dir, resume, device,
-                              log=out.print, progress=not quiet, teacher_student=from_student)
-    except (InputError, ValueError) as e:
+                              log=out.print, progress=not quiet, teacher_student=from_student, ray=cluster)
+    except (InputError, ValueError, RuntimeError) as e:
         _fail(e)
     for split_name, summary in run.labelled.items():
         if summary.failed:
@@ -441,6 +452,12 @@ def infer_cmd(
     ort_save_optimized: bool = typer.Option(False, help=ORT_SAVE_HELP),
     student: bool = typer.Option(False, help="Run the model's student (`icn-rt train student`): no proposals, no "
                                              "backward; --backend torch | onnxruntime (`icn-rt export --student`)."),
+    ray: Optional[str] = typer.Option(None, help="Run on a Ray cluster (pip install 'icn-rt[distributed]'): "
+                                                 + RAY_HELP + "."),
+    actors: int = typer.Option(1, help="--ray: predictors in the pool, each loading the model once."),
+    gpus_per_actor: float = typer.Option(0.0, help="--ray: GPUs per predictor (0: on CPUs)."),
+    cpus_per_actor: float = typer.Option(1.0, help="--ray: CPUs per predictor (its torch threads)."),
+    loader_cpus: float = typer.Option(1.0, help="--ray: CPUs per loading task (decode, proposals, preprocessing)."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ):
     """Instances for images tagged with nothing: peaks -> PRMs -> ICN -> proposal matching -> NMS.
@@ -449,23 +466,21 @@ def infer_cmd(
     import os
     import signal
 
-    from icn_rt.runtime.infer import InferSettings, infer
-    from icn_rt.runtime.predictor import Predictor
+    from icn_rt.runtime.infer import InferSettings, PredictorSpec, infer
     from icn_rt.runtime.sources import list_images
 
     if batch_size < 1:
         _fail(ValueError(f"--batch-size must be at least 1, got {batch_size}"))
     try:
-        if student:
-            from icn_rt.runtime.student import StudentPredictor
+        if student and proposals_dir is not None:
+            raise ValueError("--student needs no --proposals")
+        spec = PredictorSpec(str(model_dir), student, backend, device, icn_steps, cuda_graph, ort_optimization,
+                             ort_save_optimized)
+        if ray is not None:
+            from icn_rt.runtime.ray_infer import RaySettings
 
-            if cuda_graph or icn_steps is not None or proposals_dir is not None:
-                raise ValueError("--student needs no --proposals, --icn-steps or --cuda-graph")
-            predictor = StudentPredictor.from_dir(model_dir, device, backend, ort_optimization, ort_save_optimized)
-        else:
-            predictor = Predictor.from_dir(model_dir, device, backend=backend, cuda_graph=cuda_graph,
-                                           icn_steps=icn_steps, ort_optimization=ort_optimization,
-                                           ort_save_optimized=ort_save_optimized)
+            cluster = RaySettings(ray, actors, gpus_per_actor, cpus_per_actor, loader_cpus)
+        predictor = spec.build() if ray is None else None  # under Ray, each actor makes its own
         paths = list_images(images)
         if not paths:
             raise ValueError("no images given (directories are searched for .jpg/.png files)")
@@ -473,7 +488,7 @@ def infer_cmd(
             raise InputError(proposals_dir, "proposal directory not found")
     except (InputError, ValueError, RuntimeError) as e:
         _fail(e)
-    if backend == "auto":
+    if backend == "auto" and predictor is not None:
         err.print(f"backend: {predictor.backend} (auto)", highlight=False)
     if proposals_dir is None and not student:
         err.print("no --proposals: making selective-search proposals on the fly (slow; `icn-rt proposals` "
@@ -485,7 +500,15 @@ def infer_cmd(
     # a kill (SIGTERM) stops like Ctrl-C: what is written stays, --resume continues
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        summary = infer(predictor, paths, results, settings)
+        if ray is None:
+            summary = infer(predictor, paths, results, settings)
+        else:
+            from icn_rt.runtime.ray_infer import infer_ray
+
+            try:
+                summary = infer_ray(spec, paths, results, settings, cluster)
+            except (ValueError, RuntimeError) as e:  # the cluster: too small, Ray missing or unreachable
+                _fail(e)
     except InputError as e:
         _fail(e)
     finally:

@@ -12,6 +12,7 @@ from types import ModuleType
 HOW_TO_INSTALL = {
     "tensorrt": "TensorRT is not installed: `pip install tensorrt` (x86-64 Linux/Windows with a CUDA GPU) or, on "
                 "Jetson, the JetPack TensorRT",
+    "ray": "Ray is not installed: `pip install 'icn-rt[distributed]'` (Ray Data, for --ray)",
 }
 """Module -> what to do when it is missing."""
 

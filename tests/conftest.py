@@ -57,3 +57,25 @@ def with_icn(classifier, tiny_voc, tmp_path_factory):
                             "--supervision", "saliency", *ICN_ARGS])
     assert r.exit_code == 0, r.output
     return model, r.output
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A local Ray cluster (``ray start --head``) for the session's Ray tests; its address.
+    Three logical CPUs: two predictors and a loading task at once, on this 2-core machine."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray = Path(sys.executable).parent / "ray"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run([str(ray), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=3",
+                    "--num-gpus=0", "--object-store-memory=100000000", "--include-dashboard=false",
+                    "--disable-usage-stats"], check=True, env=env, capture_output=True)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([str(ray), "stop", "--force"], env=env, capture_output=True)

@@ -312,3 +312,31 @@ def test_masks_in_box_windows_equal_resizing_the_whole_map(size):
     assert want.any() and np.array_equal(got, want)
     assert masks_at(torch.zeros(0, s, s), size, 0.5).shape == (0, *size)
     assert not masks_at(torch.zeros(2, s, s), size, 0.5).any()
+
+
+def test_infer_student_on_ray_gives_the_single_process_results(student, tiny_voc, ray_cluster, tmp_path):
+    from tests.test_batch_infer import _same_files
+
+    model, images = student[0], tiny_voc / "JPEGImages"
+    common = ["infer", str(model), str(images), "--student", "--quiet", "--batch-size", "3"]
+    r = runner.invoke(app, [*common, "--out", str(tmp_path / "single.json")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, [*common, "--out", str(tmp_path / "ray.json"), "--ray", ray_cluster, "--actors", "2"])
+    assert r.exit_code == 0, r.output
+    _same_files(tmp_path / "single.json", tmp_path / "ray.json")
+    assert json.loads((tmp_path / "ray.json").read_text())
+
+
+def test_labels_made_on_ray_are_the_single_process_labels(with_icn, tiny_voc, ray_cluster, tmp_path):
+    from icn_rt.runtime.ray_infer import RaySettings
+    from icn_rt.workflows.student import label_split
+    from tests.test_batch_infer import _same_files
+
+    made = []
+    for name, ray in (("single", None), ("ray", RaySettings(ray_cluster))):
+        model = tmp_path / name
+        shutil.copytree(with_icn[0], model)
+        out, summary = label_split(tiny_voc, model, "train", tiny_voc / "Proposals", "cpu", progress=False, ray=ray)
+        assert summary.images == 4 and not summary.failed
+        made.append(out)
+    _same_files(*made)

@@ -54,6 +54,34 @@ class InferSettings:
     overlap: bool | None = None
 
 
+@dataclass(frozen=True)
+class PredictorSpec:
+    """How to make a job's predictor, so that a process other than this one (a Ray actor)
+    can make its own: the model directory, the student or the pipeline, and the backend
+    options of ``icn-rt infer``."""
+
+    model_dir: str
+    student: bool = False
+    backend: str = "torch"
+    device: str = "cpu"
+    icn_steps: int | None = None
+    cuda_graph: bool = False
+    ort_optimization: str = "all"
+    ort_save_optimized: bool = False
+
+    def build(self, device: str | None = None) -> Predictor | StudentPredictor:
+        """The predictor, on ``device`` (default: the spec's)."""
+        device = device or self.device
+        if self.student:
+            if self.cuda_graph or self.icn_steps is not None:
+                raise ValueError("the student takes no --icn-steps or --cuda-graph")
+            return StudentPredictor.from_dir(self.model_dir, device, self.backend, self.ort_optimization,
+                                             self.ort_save_optimized)
+        return Predictor.from_dir(self.model_dir, device, backend=self.backend, cuda_graph=self.cuda_graph,
+                                  icn_steps=self.icn_steps, ort_optimization=self.ort_optimization,
+                                  ort_save_optimized=self.ort_save_optimized)
+
+
 def fingerprint(predictor: Predictor | StudentPredictor, proposals: Path | None) -> dict:
     """What decides an image's results: the weights, every setting and the proposals'
     source (the backend does not: every backend gives the same instances)."""
@@ -72,24 +100,17 @@ def infer(predictor: Predictor | StudentPredictor, images: list[Path], out: Path
     """Run ``predictor`` over ``images`` (their stems are the image ids) and write ``out``
     (see the module's docstring). Ctrl-C ends the job after the batches in flight are
     dropped, with ``interrupted`` set; nothing written is lost."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    log = ResultLog(out, fingerprint(predictor, settings.proposals), settings.resume, settings.overwrite)
-    todo = [p for p in images if image_key(p) not in log.done]
-    if settings.save_vis is not None:
-        settings.save_vis.mkdir(parents=True, exist_ok=True)
-    needs_proposals = not isinstance(predictor, StudentPredictor)
-    load = LoadSettings(predictor.input_size, settings.proposals if needs_proposals else None, settings.max_pixels,
-                        make_proposals=needs_proposals)
+    log, todo = open_job(fingerprint(predictor, settings.proposals), images, out, settings)
+    load = load_settings(predictor, settings)
     loaded = stream(todo, partial(load_or_failed, settings=load), settings.workers,
-                    processes=needs_proposals and settings.proposals is None)
+                    processes=load.make_proposals and settings.proposals is None)
     overlap = settings.overlap if settings.overlap is not None else predictor.device.type == "cuda"
     batches = stage_ahead(predictor, groups(loaded, settings.batch_size), ahead=int(overlap))
     interrupted = False
     bar = Counter("infer", len(todo), "images", settings.progress)
     try:
         for batch in batches:
-            log.write(batch.failed + _predict(predictor, batch, settings.save_vis))
+            log.write(batch.failed + predict_batch(predictor, batch, settings.save_vis))
             bar.advance(len(batch.loaded) + len(batch.failed))
     except KeyboardInterrupt:
         interrupted = True
@@ -98,6 +119,28 @@ def infer(predictor: Predictor | StudentPredictor, images: list[Path], out: Path
         batches.close()
         loaded.close()
         log.close()
+    return finish_job(log, images, todo, interrupted)
+
+
+def open_job(fingerprint: dict, images: list[Path], out: Path, settings: InferSettings) -> tuple[ResultLog, list[Path]]:
+    """The job's result log (resumed, or new) and the images it still has to do."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = ResultLog(out, fingerprint, settings.resume, settings.overwrite)
+    if settings.save_vis is not None:
+        settings.save_vis.mkdir(parents=True, exist_ok=True)
+    return log, [p for p in images if image_key(p) not in log.done]
+
+
+def load_settings(predictor: Predictor | StudentPredictor, settings: InferSettings) -> LoadSettings:
+    """How the loaders prepare an image for ``predictor`` (the student needs no proposals)."""
+    needs_proposals = not isinstance(predictor, StudentPredictor)
+    return LoadSettings(predictor.input_size, settings.proposals if needs_proposals else None, settings.max_pixels,
+                        make_proposals=needs_proposals)
+
+
+def finish_job(log: ResultLog, images: list[Path], todo: list[Path], interrupted: bool) -> InferSummary:
+    """The summary; unless ``interrupted``, the merged results written first."""
     if interrupted:
         return InferSummary(images=sum(ok for _, _, ok in log.index().values()), interrupted=True)
     summary = log.merge(images)
@@ -146,7 +189,7 @@ def stage_ahead(predictor: Predictor | StudentPredictor, batches: Iterator[Batch
     yield from waiting
 
 
-def _predict(predictor: Predictor | StudentPredictor, batch: Batch, save_vis: Path | None) -> list[dict]:
+def predict_batch(predictor: Predictor | StudentPredictor, batch: Batch, save_vis: Path | None) -> list[dict]:
     """Records of one batch's loaded images (and their pictures)."""
     if not batch.loaded:
         return []

@@ -21,10 +21,9 @@ from pathlib import Path
 
 from icn_rt.data.voc import VOCDataset
 from icn_rt.models.student import StudentSettings
-from icn_rt.runtime.infer import InferSettings, infer
-from icn_rt.runtime.predictor import Predictor
+from icn_rt.runtime.infer import InferSettings, PredictorSpec, infer
+from icn_rt.runtime.ray_infer import RaySettings
 from icn_rt.runtime.result_log import InferSummary
-from icn_rt.runtime.student import StudentPredictor
 from icn_rt.training.student import (StudentTrainSettings, StudentTrainSummary, ThresholdChoice, choose_threshold,
                                      train_student)
 
@@ -45,20 +44,24 @@ class StudentRun:
 
 def label_split(root: str | Path, model_dir: str | Path, split: str, proposals_dir: Path | None, device: str,
                 batch_size: int = 8, workers: int = 2, progress: bool = True,
-                teacher_student: str | Path | None = None) -> tuple[Path, InferSummary]:
+                teacher_student: str | Path | None = None, ray: RaySettings | None = None) -> tuple[Path, InferSummary]:
     """The pipeline's results on ``split`` (or, with ``teacher_student``, that model
     directory's student's) in ``MODEL/student-labels/<split>.json`` (the infer job, resumed
-    where an earlier run stopped)."""
+    where an earlier run stopped; on a Ray cluster with ``ray``)."""
     root, model_dir = Path(root), Path(model_dir)
     ds = VOCDataset(root, split, load_images=False)
     out = model_dir / LABELS / f"{split}.json"
-    if teacher_student is not None:
-        predictor = StudentPredictor.from_dir(teacher_student, device)
-    else:
-        predictor = Predictor.from_dir(model_dir, device)
+    spec = PredictorSpec(str(teacher_student if teacher_student is not None else model_dir),
+                         student=teacher_student is not None, device=device)
     settings = InferSettings(proposals=proposals_dir, batch_size=batch_size, workers=workers, resume=True,
                              progress=progress)
-    summary = infer(predictor, [ds.image_path(i) for i in ds.ids], out, settings)
+    images = [ds.image_path(i) for i in ds.ids]
+    if ray is not None:
+        from icn_rt.runtime.ray_infer import infer_ray
+
+        summary = infer_ray(spec, images, out, settings, ray)
+    else:
+        summary = infer(spec.build(), images, out, settings)
     if summary.interrupted:
         raise KeyboardInterrupt
     return out, summary
@@ -68,22 +71,23 @@ def teach_and_train(root: str | Path, model_dir: str | Path, settings: StudentTr
                     student: StudentSettings | None, threshold: float | None = None, dev_split: str = "dev",
                     proposals_dir: str | Path | None = None, resume: bool = False, device: str = "cpu",
                     log: Callable[[str], None] = print, progress: bool = True,
-                    teacher_student: str | Path | None = None) -> StudentRun:
+                    teacher_student: str | Path | None = None, ray: RaySettings | None = None) -> StudentRun:
     """See the module's docstring. ``student`` None: the settings' defaults with the input
     side set for the data (:func:`~icn_rt.training.student.input_size_for`);
-    ``teacher_student``: label with that model directory's student (self-training)."""
+    ``teacher_student``: label with that model directory's student (self-training);
+    ``ray``: label on a Ray cluster."""
     from icn_rt.training.student import input_size_for
 
     root, model_dir = Path(root), Path(model_dir)
     proposals = Path(proposals_dir) if proposals_dir is not None else root / "Proposals"
     labelled = {}
     labels, labelled[settings.split] = label_split(root, model_dir, settings.split, proposals, device,
-                                                   progress=progress, teacher_student=teacher_student)
+                                                   progress=progress, teacher_student=teacher_student, ray=ray)
     log(f"labels of {settings.split}: {labelled[settings.split].instances} instances -> {labels}")
     choice = None
     if threshold is None:
         dev_labels, labelled[dev_split] = label_split(root, model_dir, dev_split, proposals, device, progress=progress,
-                                                      teacher_student=teacher_student)
+                                                      teacher_student=teacher_student, ray=ray)
         choice = choose_threshold(root, dev_labels, dev_split)
         threshold = choice.threshold
         (model_dir / THRESHOLD_REPORT).write_text(json.dumps(choice.to_json(), indent=1))

@@ -1,0 +1,181 @@
+"""``icn-rt infer --ray``: the same job as :func:`~icn_rt.runtime.infer.infer`, spread over a
+Ray cluster with Ray Data (``pip install 'icn-rt[distributed]'``).
+
+The images still to do (after ``--resume``'s skips) are cut, in input order, into the
+batches the single-process job would make; each batch is one row of a Ray Dataset.
+Loading (decode, proposals read or made by selective search, preprocessing) runs as CPU
+tasks, one batch each; prediction runs in a fixed pool of stateful actors, each of which
+makes its predictor once (:class:`~icn_rt.runtime.infer.PredictorSpec`) on the backend
+the job names, on a GPU of its own when ``gpus_per_actor`` asks for one. Execution
+streams: Ray Data's executor keeps a bounded number of batches in flight, whatever the
+number of images. The driver (this process) appends each batch's records, as they come
+back in whatever order, to the same JSONL shards, and merges them into the COCO JSON in
+input order at the end, so the job keeps every promise of the single-process one:
+resume, the errors file, exit codes, progress, and the same results (the same batches
+through the same code).
+
+Every node must see the images, the proposals and the model directory at the same paths
+(a shared or replicated file system); only the driver writes the results (``--save-vis``
+pictures are written by the actors, where they run).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from icn_rt import extras
+from icn_rt.runtime.infer import (InferSettings, PredictorSpec, finish_job, fingerprint, groups, load_settings,
+                                  open_job, predict_batch)
+from icn_rt.runtime.loading import LoadSettings, load_or_failed
+from icn_rt.runtime.result_log import InferSummary
+
+@dataclass(frozen=True)
+class RaySettings:
+    """Where and how wide: ``address``: ``auto`` (a cluster running here, or a new local
+    one), ``local`` (a new one) or the cluster's address; ``actors`` predictors, each
+    with ``gpus_per_actor`` GPUs (0: on CPUs) and ``cpus_per_actor`` CPUs (Ray's logical
+    CPUs; also its torch threads, at least one); ``loader_cpus`` per loading task."""
+
+    address: str = "auto"
+    actors: int = 1
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+    loader_cpus: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.actors < 1:
+            raise ValueError(f"--actors must be at least 1, got {self.actors}")
+        if self.gpus_per_actor < 0 or self.cpus_per_actor <= 0 or self.loader_cpus <= 0:
+            raise ValueError("--gpus-per-actor must be >= 0, --cpus-per-actor and --loader-cpus > 0")
+
+
+@dataclass
+class RayTimes:
+    """Seconds spent joining (or starting) the cluster and running the job, apart."""
+
+    start: float = 0.0
+    run: float = 0.0
+
+
+def connect(address: str) -> bool:
+    """Join (or start) the cluster; True when this call started Ray in this process (the
+    caller shuts it down)."""
+    ray = extras.require("ray", "rerun")
+    if ray.is_initialized():
+        return False
+    kwargs = {"include_dashboard": False, "log_to_driver": True}
+    if address == "auto":
+        ray.init(**kwargs)
+    else:
+        ray.init(address=address, **kwargs)
+    return True
+
+
+def infer_ray(spec: PredictorSpec, images: list[Path], out: Path, settings: InferSettings, cluster: RaySettings,
+              times: RayTimes | None = None) -> InferSummary:
+    """:func:`~icn_rt.runtime.infer.infer` on a Ray cluster (see the module's docstring).
+    The driver makes the predictor once, on the CPU, for the job's fingerprint and input
+    side only. Ctrl-C (or SIGTERM through the CLI) ends the job with ``interrupted`` set;
+    what was written stays for ``--resume``."""
+    from icn_rt.progress import Counter
+
+    predictor = spec.build("cpu")
+    log, todo = open_job(fingerprint(predictor, settings.proposals), images, out, settings)
+    load = load_settings(predictor, settings)
+    del predictor
+    times = times if times is not None else RayTimes()
+    started = time.perf_counter()
+    ours = connect(cluster.address)
+    times.start = time.perf_counter() - started
+    import ray
+
+    interrupted = False
+    bar = Counter("infer (ray)", len(todo), "images", settings.progress)
+    try:
+        _check_resources(ray.cluster_resources(), cluster)
+        started = time.perf_counter()
+        for records in _results(todo, load, spec, settings, cluster):
+            log.write(records)
+            bar.advance(len(records))
+        times.run = time.perf_counter() - started
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+        log.close()
+        if ours:
+            ray.shutdown()
+    return finish_job(log, images, todo, interrupted)
+
+
+def _check_resources(available: dict, cluster: RaySettings) -> None:
+    """The pool and one loading task must fit the cluster at once, or the job would wait forever."""
+    cpus, gpus = available.get("CPU", 0.0), available.get("GPU", 0.0)
+    need_cpus = cluster.actors * cluster.cpus_per_actor + cluster.loader_cpus
+    if need_cpus > cpus + 1e-9:
+        raise ValueError(f"the Ray cluster has {cpus:g} CPUs; {cluster.actors} actors x {cluster.cpus_per_actor:g} "
+                         f"CPUs + {cluster.loader_cpus:g} for loading need {need_cpus:g} (lower --actors, "
+                         "--cpus-per-actor or --loader-cpus)")
+    if cluster.actors * cluster.gpus_per_actor > gpus + 1e-9:
+        raise ValueError(f"the Ray cluster has {gpus:g} GPUs; {cluster.actors} actors x {cluster.gpus_per_actor:g} "
+                         "GPUs do not fit (lower --actors or --gpus-per-actor)")
+
+
+def _results(todo: list[Path], load: LoadSettings, spec: PredictorSpec, settings: InferSettings,
+             cluster: RaySettings):
+    """Each batch's records, as the pool finishes it."""
+    import ray.data
+
+    if not todo:
+        return
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # ours counts images
+    size = settings.batch_size
+    rows = [{"batch": json.dumps([str(p) for p in todo[s: s + size]])} for s in range(0, len(todo), size)]
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    ds = ds.map(_load_batch, fn_kwargs={"settings": load}, num_cpus=cluster.loader_cpus)
+    ds = ds.map_batches(_PredictBatches, batch_size=1, compute=ray.data.ActorPoolStrategy(size=cluster.actors),
+                        fn_constructor_kwargs={"spec": spec, "gpus": cluster.gpus_per_actor,
+                                               "threads": max(1, int(cluster.cpus_per_actor)),
+                                               "save_vis": None if settings.save_vis is None
+                                               else str(settings.save_vis)},
+                        num_cpus=cluster.cpus_per_actor, num_gpus=cluster.gpus_per_actor or None)
+    for block in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+        for records in block["records"]:
+            yield json.loads(records)
+
+
+def _load_batch(row: dict, settings: LoadSettings) -> dict:
+    """A loading task: one batch's images loaded (or their failures), pickled for the pool."""
+    paths = [Path(p) for p in json.loads(row["batch"])]
+    return {"loaded": pickle.dumps([load_or_failed(p, settings) for p in paths], protocol=5)}
+
+
+class _PredictBatches:
+    """A pool actor: its predictor, made once; a loaded batch in, the batch's records
+    (JSON) out."""
+
+    def __init__(self, spec: PredictorSpec, gpus: float, threads: int, save_vis: str | None) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.predictor = spec.build("cuda" if gpus > 0 else "cpu")  # Ray shows an actor its own GPUs only
+        self.save_vis = Path(save_vis) if save_vis is not None else None
+
+    def __call__(self, rows: dict) -> dict:
+        out = []
+        for payload in rows["loaded"]:
+            items = pickle.loads(payload)
+            records = []
+            for batch in groups(iter(items), len(items)):
+                if batch.loaded:
+                    batch.staged = self.predictor.stage([b.x for b in batch.loaded])
+                records += batch.failed + predict_batch(self.predictor, batch, self.save_vis)
+            out.append(json.dumps(records))
+        return {"records": np.array(out, dtype=object)}
