@@ -42,6 +42,41 @@ ORT_SAVE_HELP = "onnxruntime writes the graphs it optimised beside them (<graph>
 DEVICE_HELP = "auto (the GPU when one is present, else the CPU) | cpu | cuda | cuda:N."
 
 
+NPROC_HELP = ("Train on N processes (DDP: gloo on CPUs, NCCL with a GPU each) through torchrun --standalone on "
+              "this machine; the global batch stays --batch-size. Several nodes: run torchrun yourself (README).")
+SYNC_BN_HELP = "Under several processes, BatchNorm statistics over the global batch (SyncBatchNorm)."
+
+
+def _launch(nproc: int) -> None:
+    """Rerun this command under ``torchrun`` with ``nproc`` processes on this machine, and
+    exit with its status (unless ``nproc`` is 1, or this process is already one of them)."""
+    import os
+    import subprocess
+
+    if nproc < 1:
+        _fail(ValueError(f"--nproc must be at least 1, got {nproc}"))
+    if nproc == 1 or "WORLD_SIZE" in os.environ:
+        return
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            argv.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "icn_rt.cli", *argv]
+    raise typer.Exit(subprocess.call(command))
+
+
+def _rank_zero() -> bool:
+    """Whether this process reports (the only one, or rank 0 under torchrun)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _device(value: str) -> str:
     """``--device auto`` -> ``cuda`` when PyTorch sees a GPU, else ``cpu``; others as given."""
     if value != "auto":
@@ -233,20 +268,26 @@ def train_classifier_cmd(
                                                     "(--no-per-class-peaks: one for all)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
     device: str = typer.Option("auto", help=DEVICE_HELP, callback=_device),
+    nproc: int = typer.Option(1, help=NPROC_HELP),
+    sync_bn: bool = typer.Option(False, help=SYNC_BN_HELP),
 ):
     """Train the peak-stimulation classifier; prints loss and val classification mAP per epoch."""
     from icn_rt.models.classifier import ClassifierSettings
     from icn_rt.training.classifier import TrainSettings, train_classifier
 
+    _launch(nproc)
     try:
         summary = train_classifier(
             root, model_dir,
             TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, lr_step=lr_step, seed=seed, workers=workers,
-                          split=split, val_split=val_split, pretrained=pretrained, per_class_peaks=per_class_peaks),
+                          split=split, val_split=val_split, pretrained=pretrained, per_class_peaks=per_class_peaks,
+                          sync_bn=sync_bn),
             ClassifierSettings(backbone=backbone, input_size=input_size, sub_pixel=sub_pixel),
             resume=resume, device=device, log=out.print)
     except (InputError, ValueError) as e:
         _fail(e)
+    if not _rank_zero():
+        return
     if summary.skipped:
         err.print(f"[yellow]skipped {len(summary.skipped)} unreadable images (see {model_dir / 'train_errors.txt'})[/yellow]")
     final = summary.epochs[-1] if summary.epochs else None
@@ -336,23 +377,28 @@ def train_icn_cmd(
     workers: int = typer.Option(0, help="Loading worker processes."),
     resume: bool = typer.Option(False, help="Continue an interrupted ICN run in --model."),
     device: str = typer.Option("auto", help=DEVICE_HELP, callback=_device),
+    nproc: int = typer.Option(1, help=NPROC_HELP),
+    sync_bn: bool = typer.Option(False, help=SYNC_BN_HELP),
 ):
     """Train the ICN on pseudo labels (made first when missing); writes icn.safetensors into the model."""
     from icn_rt.models.icn import ICNSettings
     from icn_rt.training.icn import ICNTrainSettings, label_and_train
     from icn_rt.training.pseudo_labels import LabelSettings
 
+    _launch(nproc)
     try:
         icn_settings = ICNSettings(encoder=encoder, width=width, propagation=propagation, prm_input=prm_input,
                                    steps=steps)
         settings = ICNTrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, lr_step=lr_step, crop=crop, seed=seed,
-                                    workers=workers, pretrained=pretrained, self_feed=self_feed)
+                                    workers=workers, pretrained=pretrained, self_feed=self_feed, sync_bn=sync_bn)
         labelled, summary = label_and_train(root, model_dir, settings, icn_settings,
                                             LabelSettings(supervision=supervision, split=split, k=k, rerank=rerank),
                                             labels,
                                             proposals_dir, resume, device, log=out.print)
     except (InputError, ValueError) as e:
         _fail(e)
+    if not _rank_zero():
+        return
     _skipped(labelled)
     final = summary.epochs[-1] if summary.epochs else None
     out.print(f"ICN -> {model_dir} ({summary.samples} peaks" + (f", final loss {final.loss:.4f})" if final else ")"))
@@ -392,6 +438,8 @@ def train_student_cmd(
     actors: int = typer.Option(1, help="--ray: predictors labelling at once."),
     gpus_per_actor: float = typer.Option(0.0, help="--ray: GPUs per predictor (0: on CPUs)."),
     cpus_per_actor: float = typer.Option(1.0, help="--ray: CPUs per predictor."),
+    nproc: int = typer.Option(1, help=NPROC_HELP + " Rank 0 labels first."),
+    sync_bn: bool = typer.Option(False, help=SYNC_BN_HELP),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ):
     """Distil the pipeline into a proposal-free student (torchvision Mask R-CNN): the pipeline
@@ -401,9 +449,10 @@ def train_student_cmd(
     from icn_rt.training.student import StudentTrainSettings, input_size_for
     from icn_rt.workflows.student import teach_and_train
 
+    _launch(nproc)
     try:
         settings = StudentTrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, workers=workers,
-                                        split=split, pretrained=pretrained)
+                                        split=split, pretrained=pretrained, sync_bn=sync_bn)
         student = StudentSettings(backbone=backbone, head=head, input_size=input_size or input_size_for(root, split))
         cluster = None
         if ray is not None:
@@ -414,6 +463,8 @@ def train_student_cmd(
                               log=out.print, progress=not quiet, teacher_student=from_student, ray=cluster)
     except (InputError, ValueError, RuntimeError) as e:
         _fail(e)
+    if not _rank_zero():
+        return
     for split_name, summary in run.labelled.items():
         if summary.failed:
             err.print(f"[yellow]{_n(len(summary.failed), 'image')} of {split_name} failed in the pipeline (reasons in "

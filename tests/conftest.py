@@ -71,7 +71,8 @@ def ray_cluster(tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ray = Path(sys.executable).parent / "ray"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # no telemetry from tests (drivers here and in subprocesses)
+    env = dict(os.environ)
     subprocess.run([str(ray), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=3",
                     "--num-gpus=0", "--object-store-memory=100000000", "--include-dashboard=false",
                     "--disable-usage-stats"], check=True, env=env, capture_output=True)

@@ -51,6 +51,7 @@ from icn_rt.models.classifier import ClassifierSettings, PeakClassifier
 from icn_rt.models.peaks import PeakSettings
 from icn_rt.models.store import (CLASSIFIER, complete_config, load_classifier, read_config, save_classifier,
                                  settings_from, write_config)
+from icn_rt.training import distributed
 
 STATE = "train_state.pt"
 ERRORS = "train_errors.txt"
@@ -73,6 +74,7 @@ class TrainSettings:
     pretrained: str | None = None
     peak_fraction: float = 0.5
     per_class_peaks: bool = True
+    sync_bn: bool = False
 
 
 @dataclass
@@ -191,8 +193,13 @@ def recalibrate_peaks(root: str | Path, model_dir: str | Path, split: str = "tra
 def train_classifier(root: str | Path, out: str | Path, settings: TrainSettings, model_settings: ClassifierSettings,
                      resume: bool = False, device: str = "cpu",
                      log: Callable[[str], None] = print, progress: bool = True) -> TrainSummary:
-    """Train on ``root``'s ``settings.split`` and write the model directory ``out``."""
+    """Train on ``root``'s ``settings.split`` and write the model directory ``out``. Under
+    ``torchrun``, each process is a rank of DDP (:mod:`~icn_rt.training.distributed`):
+    the global batch is ``batch_size``; rank 0 logs, validates, calibrates and writes."""
     root, out = Path(root), Path(out)
+    ranks, device = distributed.join(device)
+    if not ranks.main:
+        log, progress = _quiet, False
     train_ds, train_paths, train_targets = _split(root, settings.split)
     _, val_paths, val_targets = _split(root, settings.val_split)
     classes = tuple(train_ds.classes)
@@ -220,40 +227,49 @@ def train_classifier(root: str | Path, out: str | Path, settings: TrainSettings,
         log(f"resuming {out} after epoch {start_epoch}")
     train = _LabelledImages(train_paths, train_targets, model_settings.input_size, settings)
     val = _LabelledImages(val_paths, val_targets, model_settings.input_size, None)
+    trainer = distributed.wrap(model, ranks, settings.sync_bn)
+    share = ranks.share(settings.batch_size)
     skipped: set[str] = set()
     for epoch in range(start_epoch, settings.epochs):
         lr = settings.lr * settings.lr_factor ** (epoch // settings.lr_step)
         for group in optimiser.param_groups:
             group["lr"] = lr
         train.epoch = epoch
-        order = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
-        loader = DataLoader(train, settings.batch_size, shuffle=True, generator=order, collate_fn=_collate,
-                            num_workers=settings.workers)
-        model.train()
+        order = distributed.RankSampler(len(train), settings.seed * 1000 + epoch, ranks)
+        loader = DataLoader(train, share, sampler=order, collate_fn=_collate, num_workers=settings.workers)
+        trainer.train()
         started, total, seen = time.perf_counter(), 0.0, 0
         batches = _progress(loader, f"epoch {epoch + 1}/{settings.epochs}", progress)
         for x, y, bad in batches:
             skipped.update(bad)
             if x is None:
                 continue
-            scores, _ = model(x.to(device))
+            scores, _ = trainer(x.to(device))
             loss = F.multilabel_soft_margin_loss(scores, y.to(device))
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             total += loss.item() * len(x)
             seen += len(x)
+        total, seen = distributed.total([total, seen], ranks)
+        distributed.same_buffers(model, ranks)
+        digest = distributed.agree(model, ranks)
+        skipped = distributed.union(skipped, ranks)
+        if not ranks.main:
+            continue
         val_scores, _ = _predict(model, val, settings.batch_size, device)
         ok = np.isfinite(val_scores).all(1)
         entry = EpochLog(epoch + 1, total / max(seen, 1), lr, classification_map(val_scores[ok], val_targets[ok]),
                          time.perf_counter() - started)
         summary.epochs.append(entry)
         log(f"epoch {entry.epoch}/{settings.epochs}  loss {entry.loss:.4f}  lr {lr:.0e}  "
-            f"val mAP {100 * entry.val_map:.1f}  ({entry.seconds:.0f} s)")
+            f"val mAP {100 * entry.val_map:.1f}  ({entry.seconds:.0f} s)" + distributed.agreed(ranks, digest))
         _checkpoint(out, model, classes, settings, optimiser, epoch + 1, summary)
         if skipped:
             (out / ERRORS).write_text("".join(f"{s}\n" for s in sorted(skipped)))
     summary.skipped = sorted(skipped)
+    if not ranks.main:
+        return summary
     _, maxima = _predict(model, _LabelledImages(train_paths, train_targets, model_settings.input_size, None),
                          settings.batch_size, device)
     summary.peaks = calibrate_peaks(maxima, train_targets, settings.peak_fraction, settings.per_class_peaks)
@@ -268,6 +284,10 @@ def _checkpoint(out: Path, model, classes, settings, optimiser, epoch: int, summ
     torch.save({"optimiser": optimiser.state_dict(), "epoch": epoch}, tmp)
     tmp.replace(out / STATE)
     (out / "train_log.json").write_text(json.dumps([asdict(e) for e in summary.epochs], indent=1))
+
+
+def _quiet(message: str) -> None:
+    """The log of a rank other than 0."""
 
 
 def _progress(loader, description: str, show: bool):

@@ -40,6 +40,7 @@ from icn_rt.data.voc import VOCDataset
 from icn_rt.errors import InputError
 from icn_rt.models.icn import ICN, ICNSettings, load_pretrained_encoder, minmax
 from icn_rt.models.store import ICN_WEIGHTS, read_config, save_icn, settings_from
+from icn_rt.training import distributed
 from icn_rt.training.pseudo_labels import LabelSettings, LabelSummary, label_model
 
 STATE = "icn_train_state.pt"
@@ -61,6 +62,7 @@ class ICNTrainSettings:
     labels: str = ""
     pretrained: str | None = None
     self_feed: float = 0.5
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.self_feed <= 1.0:
@@ -146,8 +148,13 @@ def icn_loss(icn: ICN, x: torch.Tensor, prm: torch.Tensor, label: torch.Tensor) 
 def train_icn(root: str | Path, model_dir: str | Path, settings: ICNTrainSettings, icn_settings: ICNSettings,
               resume: bool = False, device: str = "cpu", log: Callable[[str], None] = print,
               progress: bool = True) -> ICNTrainSummary:
-    """Train the ICN of ``model_dir`` on the labels in ``settings.labels`` (images from ``root``)."""
+    """Train the ICN of ``model_dir`` on the labels in ``settings.labels`` (images from
+    ``root``). Under ``torchrun``, each process is a rank of DDP
+    (:mod:`~icn_rt.training.distributed`); rank 0 logs and writes."""
     root, model_dir = Path(root), Path(model_dir)
+    ranks, device = distributed.join(device)
+    if not ranks.main:
+        log, progress = _quiet, False
     config = read_config(model_dir)
     state_path = model_dir / STATE
     resuming = resume and state_path.exists()
@@ -175,14 +182,17 @@ def train_icn(root: str | Path, model_dir: str | Path, settings: ICNTrainSetting
     size = config["classifier"]["input_size"]
     data = PeakSamples(root, Path(settings.labels), size, settings)
     summary.samples = len(data)
+    trainer = distributed.wrap(icn, ranks, settings.sync_bn)
+    share = ranks.share(settings.batch_size)
     for epoch in range(start_epoch, settings.epochs):
         lr = settings.lr * settings.lr_factor ** (epoch // settings.lr_step)
         for group in optimiser.param_groups:
             group["lr"] = lr
         data.epoch = epoch
-        order = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
-        loader = DataLoader(data, settings.batch_size, shuffle=True, generator=order, num_workers=settings.workers)
-        icn.train()
+        order = distributed.RankSampler(len(data), settings.seed * 1000 + epoch, ranks)
+        loader = DataLoader(data, share, sampler=order, num_workers=settings.workers)
+        padded = len(order) * ranks.world
+        trainer.train()
         started, total, seen = time.perf_counter(), 0.0, 0
         batches = loader
         if progress:
@@ -192,17 +202,26 @@ def train_icn(root: str | Path, model_dir: str | Path, settings: ICNTrainSetting
         for b, (x, prm, label) in enumerate(batches):
             x, prm = x.to(device), prm.to(device)
             if settings.self_feed > 0 and icn.settings.prm_input:
-                pick = np.random.default_rng((settings.seed, epoch, b, 1)).random(len(x)) < settings.self_feed
+                # drawn for the global batch, this rank's positions of it taken
+                draws = np.random.default_rng((settings.seed, epoch, b, 1)).random(
+                    min(settings.batch_size, padded - b * settings.batch_size))
+                pick = draws[ranks.rank:: ranks.world][:len(x)] < settings.self_feed
                 prm = self_fed(icn, x, prm, torch.from_numpy(pick).to(device))
-            loss = icn_loss(icn, x, prm, label.to(device))
+            loss = icn_loss(trainer, x, prm, label.to(device))
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             total += loss.item() * len(x)
             seen += len(x)
+        total, seen = distributed.total([total, seen], ranks)
+        distributed.same_buffers(icn, ranks)
+        digest = distributed.agree(icn, ranks)
+        if not ranks.main:
+            continue
         entry = ICNEpochLog(epoch + 1, total / max(seen, 1), lr, time.perf_counter() - started)
         summary.epochs.append(entry)
-        log(f"ICN epoch {entry.epoch}/{settings.epochs}  loss {entry.loss:.4f}  lr {lr:.0e}  ({entry.seconds:.0f} s)")
+        log(f"ICN epoch {entry.epoch}/{settings.epochs}  loss {entry.loss:.4f}  lr {lr:.0e}  ({entry.seconds:.0f} s)"
+            + distributed.agreed(ranks, digest))
         save_icn(model_dir, icn, {"icn_training": settings})
         tmp = model_dir / (STATE + ".tmp")
         torch.save({"optimiser": optimiser.state_dict(), "epoch": epoch + 1}, tmp)
@@ -211,14 +230,25 @@ def train_icn(root: str | Path, model_dir: str | Path, settings: ICNTrainSetting
     return summary
 
 
+def _quiet(message: str) -> None:
+    """The log of a rank other than 0."""
+
+
 def label_and_train(root: str | Path, model_dir: str | Path, settings: ICNTrainSettings, icn_settings: ICNSettings,
                     labels: LabelSettings, label_dir: str | Path | None = None,
                     proposals_dir: str | Path | None = None, resume: bool = False, device: str = "cpu",
                     log: Callable[[str], None] = print) -> tuple[LabelSummary, ICNTrainSummary]:
     """``icn-rt train icn``: the labels of ``labels.split`` (made first where missing, in
     ``label_dir``: see :func:`~icn_rt.training.pseudo_labels.label_model`), then the ICN
-    trained on them into the model directory."""
-    label_dir, made = label_model(root, model_dir, labels, label_dir, proposals_dir, device, log=log)
+    trained on them into the model directory. Under ``torchrun`` rank 0 makes the labels
+    while the others wait, then they all train."""
+    ranks, device = distributed.join(device)
+    if not ranks.main:  # rank 0's labels, read back once made
+        ranks.barrier()
+    label_dir, made = label_model(root, model_dir, labels, label_dir, proposals_dir, device, progress=ranks.main,
+                                  log=log if ranks.main else _quiet)
+    if ranks.main:
+        ranks.barrier()
     trained = train_icn(root, model_dir, replace(settings, labels=str(label_dir)), icn_settings, resume=resume,
                         device=device, log=log)
     return made, trained

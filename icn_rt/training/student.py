@@ -45,6 +45,7 @@ from icn_rt.errors import InputError
 from icn_rt.eval.instance import mask_iou
 from icn_rt.models.store import STUDENT_WEIGHTS, load_classifier, read_config, save_student, settings_from
 from icn_rt.models.student import StudentSettings, build_student
+from icn_rt.training import distributed
 
 STATE = "student_train_state.pt"
 LOG = "student_train_log.json"
@@ -70,6 +71,7 @@ class StudentTrainSettings:
     labels: str = ""
     threshold: float = 0.0
     pretrained: str | None = None
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -232,6 +234,10 @@ def input_size_for(root: str | Path, split: str = "train") -> int:
     return int(-(-np.median(sides) // 32) * 32)
 
 
+def _quiet(message: str) -> None:
+    """The log of a rank other than 0."""
+
+
 def learning_rate(settings: StudentTrainSettings, epoch: int, step: int) -> float:
     """``lr`` at global ``step`` of ``epoch``: linear warm-up from lr/1000 over ``warmup``
     steps, ×0.1 from 2/3 of the epochs and again from 8/9."""
@@ -244,8 +250,12 @@ def train_student(root: str | Path, model_dir: str | Path, settings: StudentTrai
                   student_settings: StudentSettings, resume: bool = False, device: str = "cpu",
                   log: Callable[[str], None] = print, progress: bool = True) -> StudentTrainSummary:
     """Train the student of ``model_dir`` on the labels in ``settings.labels`` (images from
-    ``root``); see the module's docstring."""
+    ``root``); see the module's docstring. Under ``torchrun``, each process is a rank of
+    DDP (:mod:`~icn_rt.training.distributed`); rank 0 logs and writes."""
     root, model_dir = Path(root), Path(model_dir)
+    ranks, device = distributed.join(device)
+    if not ranks.main:
+        log, progress = _quiet, False
     config = read_config(model_dir)
     state_path = model_dir / STATE
     resuming = resume and state_path.exists()
@@ -282,13 +292,14 @@ def train_student(root: str | Path, model_dir: str | Path, settings: StudentTrai
     summary.images, summary.instances = len(data), data.instances
     summary.dropped_images = len(data.tags) - len(data)
     steps_per_epoch = -(-len(data) // settings.batch_size)
+    trainer = distributed.wrap(student, ranks, settings.sync_bn, unused=True)
+    share = ranks.share(settings.batch_size)
     for epoch in range(start_epoch, settings.epochs):
         data.epoch = epoch
         torch.manual_seed(settings.seed * 1000 + epoch)
-        order = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
-        loader = DataLoader(data, settings.batch_size, shuffle=True, generator=order, num_workers=settings.workers,
-                            collate_fn=_collate)
-        student.train()
+        order = distributed.RankSampler(len(data), settings.seed * 1000 + epoch, ranks)
+        loader = DataLoader(data, share, sampler=order, num_workers=settings.workers, collate_fn=_collate)
+        trainer.train()
         started, totals, seen = time.perf_counter(), {}, 0
         batches = loader
         if progress:
@@ -302,7 +313,7 @@ def train_student(root: str | Path, model_dir: str | Path, settings: StudentTrai
                 group["lr"] = lr
             x = [t.to(device) for t in x]
             targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-            losses = student(x, targets)
+            losses = trainer(x, targets)
             loss = sum(losses.values())
             optimiser.zero_grad()
             loss.backward()
@@ -312,11 +323,18 @@ def train_student(root: str | Path, model_dir: str | Path, settings: StudentTrai
             for k, v in losses.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach()) * len(x)
             seen += len(x)
+        names = sorted(totals)
+        *sums, seen = distributed.total([totals[k] for k in names] + [seen], ranks)
+        totals = dict(zip(names, sums))
+        distributed.same_buffers(student, ranks)
+        digest = distributed.agree(student, ranks)
+        if not ranks.main:
+            continue
         parts = {k: v / max(seen, 1) for k, v in totals.items()}
         entry = StudentEpochLog(epoch + 1, sum(parts.values()), parts, lr, time.perf_counter() - started)
         summary.epochs.append(entry)
         log(f"student epoch {entry.epoch}/{settings.epochs}  loss {entry.loss:.4f}  lr {lr:.0e}  "
-            f"({entry.seconds:.0f} s)")
+            f"({entry.seconds:.0f} s)" + distributed.agreed(ranks, digest))
         save_student(model_dir, student, student_settings, {"student_training": settings})
         tmp = model_dir / (STATE + ".tmp")
         torch.save({"optimiser": optimiser.state_dict(), "epoch": epoch + 1}, tmp)

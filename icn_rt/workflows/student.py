@@ -24,6 +24,7 @@ from icn_rt.models.student import StudentSettings
 from icn_rt.runtime.infer import InferSettings, PredictorSpec, infer
 from icn_rt.runtime.ray_infer import RaySettings
 from icn_rt.runtime.result_log import InferSummary
+from icn_rt.training import distributed
 from icn_rt.training.student import (StudentTrainSettings, StudentTrainSummary, ThresholdChoice, choose_threshold,
                                      train_student)
 
@@ -81,10 +82,20 @@ def teach_and_train(root: str | Path, model_dir: str | Path, settings: StudentTr
     root, model_dir = Path(root), Path(model_dir)
     proposals = Path(proposals_dir) if proposals_dir is not None else root / "Proposals"
     labelled = {}
+    choice = None
+    ranks, device = distributed.join(device)
+    if not ranks.main:  # under torchrun: rank 0 labels and chooses, the others then read what it wrote
+        ranks.barrier()
+        labels = model_dir / LABELS / f"{settings.split}.json"
+        if threshold is None:
+            threshold = json.loads((model_dir / THRESHOLD_REPORT).read_text())["threshold"]
+        trained = train_student(root, model_dir, replace(settings, labels=str(labels), threshold=threshold),
+                                student or StudentSettings(input_size=input_size_for(root, settings.split)),
+                                resume=resume, device=device, log=log, progress=False)
+        return StudentRun(labelled, threshold, choice, trained)
     labels, labelled[settings.split] = label_split(root, model_dir, settings.split, proposals, device,
                                                    progress=progress, teacher_student=teacher_student, ray=ray)
     log(f"labels of {settings.split}: {labelled[settings.split].instances} instances -> {labels}")
-    choice = None
     if threshold is None:
         dev_labels, labelled[dev_split] = label_split(root, model_dir, dev_split, proposals, device, progress=progress,
                                                       teacher_student=teacher_student, ray=ray)
@@ -94,6 +105,7 @@ def teach_and_train(root: str | Path, model_dir: str | Path, settings: StudentTr
         best = next(c for c in choice.candidates if c["threshold"] == threshold)
         log(f"label threshold {threshold:.3g} chosen on {dev_split} (precision {best['precision']:.2f}, recall "
             f"{best['recall']:.2f} at mask IoU 0.5)")
+    ranks.barrier()
     if student is None:
         student = StudentSettings(input_size=input_size_for(root, settings.split))
     trained = train_student(root, model_dir, replace(settings, labels=str(labels), threshold=threshold), student,
