@@ -17,7 +17,7 @@ def machine_info() -> dict:
         "gpu": None,
     }
     for pkg in ("icn-rt", "numpy", "scipy", "opencv-python-headless", "scikit-image", "torch", "onnx", "onnxruntime",
-                "onnxruntime-gpu", "tensorrt", "numba", "numba-cuda"):
+                "onnxruntime-gpu", "tensorrt", "numba", "numba-cuda", "ray"):
         try:
             info["packages"][pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

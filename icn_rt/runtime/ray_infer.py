@@ -22,6 +22,7 @@ pictures are written by the actors, where they run).
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import time
 from dataclasses import dataclass
@@ -57,10 +58,17 @@ class RaySettings:
 
 @dataclass
 class RayTimes:
-    """Seconds spent joining (or starting) the cluster and running the job, apart."""
+    """Seconds spent joining (or starting) the cluster, running the job (the pool's start
+    included), until the ``first_images`` of the first batch came back, and the driver
+    writing results; ``payload``: bytes of loaded
+    batches handed through the object store."""
 
     start: float = 0.0
     run: float = 0.0
+    first: float = 0.0
+    first_images: int = 0
+    write: float = 0.0
+    payload: int = 0
 
 
 def connect(address: str) -> bool:
@@ -100,8 +108,13 @@ def infer_ray(spec: PredictorSpec, images: list[Path], out: Path, settings: Infe
     try:
         _check_resources(ray.cluster_resources(), cluster)
         started = time.perf_counter()
-        for records in _results(todo, load, spec, settings, cluster):
+        for records, payload in _results(todo, load, spec, settings, cluster):
+            wrote = time.perf_counter()
             log.write(records)
+            times.write += time.perf_counter() - wrote
+            times.payload += payload
+            if not times.first_images:
+                times.first, times.first_images = time.perf_counter() - started, len(records)
             bar.advance(len(records))
         times.run = time.perf_counter() - started
     except KeyboardInterrupt:
@@ -129,11 +142,13 @@ def _check_resources(available: dict, cluster: RaySettings) -> None:
 
 def _results(todo: list[Path], load: LoadSettings, spec: PredictorSpec, settings: InferSettings,
              cluster: RaySettings):
-    """Each batch's records, as the pool finishes it."""
+    """Each batch's records as the pool finishes it, with the bytes its loaded batch took
+    through the object store."""
     import ray.data
 
     if not todo:
         return
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # not a plan and a log folder per job on the console
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # ours counts images
     size = settings.batch_size
@@ -147,8 +162,8 @@ def _results(todo: list[Path], load: LoadSettings, spec: PredictorSpec, settings
                                                else str(settings.save_vis)},
                         num_cpus=cluster.cpus_per_actor, num_gpus=cluster.gpus_per_actor or None)
     for block in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
-        for records in block["records"]:
-            yield json.loads(records)
+        for records, payload in zip(block["records"], block["payload"]):
+            yield json.loads(records), int(payload)
 
 
 def _load_batch(row: dict, settings: LoadSettings) -> dict:
@@ -169,8 +184,9 @@ class _PredictBatches:
         self.save_vis = Path(save_vis) if save_vis is not None else None
 
     def __call__(self, rows: dict) -> dict:
-        out = []
+        out, sizes = [], []
         for payload in rows["loaded"]:
+            sizes.append(len(payload))
             items = pickle.loads(payload)
             records = []
             for batch in groups(iter(items), len(items)):
@@ -178,4 +194,4 @@ class _PredictBatches:
                     batch.staged = self.predictor.stage([b.x for b in batch.loaded])
                 records += batch.failed + predict_batch(self.predictor, batch, self.save_vis)
             out.append(json.dumps(records))
-        return {"records": np.array(out, dtype=object)}
+        return {"records": np.array(out, dtype=object), "payload": np.array(sizes, np.int64)}
