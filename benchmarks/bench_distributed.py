@@ -144,6 +144,7 @@ def main() -> None:
         print(message, file=sys.stderr, flush=True)
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster: no token file left in ~/.ray
     with tempfile.TemporaryDirectory() as tmp:
         infer_doc = inference(args.images, args.batch_size, Path(tmp), log)
         train_doc = training(args.epochs, args.train_images, Path(tmp), log)

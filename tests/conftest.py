@@ -72,6 +72,9 @@ def ray_cluster(tmp_path_factory):
         port = s.getsockname()[1]
     ray = Path(sys.executable).parent / "ray"
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # no telemetry from tests (drivers here and in subprocesses)
+    # a cluster on 127.0.0.1 for this session only: no token authentication, whatever a token
+    # file in ~/.ray (which an earlier local ray.init() may have left) would otherwise switch on
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     env = dict(os.environ)
     subprocess.run([str(ray), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=3",
                     "--num-gpus=0", "--object-store-memory=100000000", "--include-dashboard=false",

@@ -269,12 +269,14 @@ def train_classifier(root: str | Path, out: str | Path, settings: TrainSettings,
             (out / ERRORS).write_text("".join(f"{s}\n" for s in sorted(skipped)))
     summary.skipped = sorted(skipped)
     if not ranks.main:
+        distributed.leave(ranks)
         return summary
     _, maxima = _predict(model, _LabelledImages(train_paths, train_targets, model_settings.input_size, None),
                          settings.batch_size, device)
     summary.peaks = calibrate_peaks(maxima, train_targets, settings.peak_fraction, settings.per_class_peaks)
     save_classifier(out, model, classes, {"training": settings, "peaks": summary.peaks})
     complete_config(out)
+    distributed.leave(ranks)
     return summary
 
 

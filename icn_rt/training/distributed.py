@@ -74,6 +74,14 @@ def join(device: str) -> tuple[Ranks, str]:
     return ranks, device
 
 
+def leave(ranks: Ranks) -> None:
+    """The end of a trainer: every rank waits for the others, then the process group is
+    closed (a rank that exits while another still talks to it aborts)."""
+    if ranks.spread and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def wrap(model: torch.nn.Module, ranks: Ranks, sync_bn: bool = False, unused: bool = False) -> torch.nn.Module:
     """``model`` as DDP over the ranks (its BatchNorms made SyncBatchNorm first with
     ``sync_bn``: torch's on GPUs, :class:`GlobalBatchNorm` elsewhere; they keep their parameters, so an optimiser made before still holds them;

@@ -227,6 +227,7 @@ def train_icn(root: str | Path, model_dir: str | Path, settings: ICNTrainSetting
         torch.save({"optimiser": optimiser.state_dict(), "epoch": epoch + 1}, tmp)
         tmp.replace(state_path)
         (model_dir / LOG).write_text(json.dumps([asdict(e) for e in summary.epochs], indent=1))
+    distributed.leave(ranks)
     return summary
 
 
