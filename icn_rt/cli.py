@@ -337,14 +337,26 @@ def train_pseudo_labels_cmd(
     proposals_dir: Optional[Path] = typer.Option(None, "--proposals", help="Proposal folder [default: ROOT/Proposals]."),
     batch_size: int = typer.Option(8, help="Images per batch."),
     device: str = typer.Option("auto", help=DEVICE_HELP, callback=_device),
+    ray: Optional[str] = typer.Option(None, help="Label on a Ray cluster (as `infer --ray`): " + RAY_HELP + "."),
+    actors: int = typer.Option(1, help="--ray: labellers at once, each loading the model once."),
+    gpus_per_actor: float = typer.Option(0.0, help="--ray: GPUs per labeller (0: on CPUs)."),
+    cpus_per_actor: float = typer.Option(1.0, help="--ray: CPUs per labeller."),
 ):
     """Label every labelled-class peak of a split for ICN training (reruns resume)."""
     from icn_rt.training.pseudo_labels import LabelSettings, label_model
 
     try:
         settings = LabelSettings(supervision=supervision, split=split, k=k, batch_size=batch_size, rerank=rerank)
-        _, summary = label_model(root, model_dir, settings, labels, proposals_dir, device, log=out.print)
-    except (InputError, ValueError) as e:
+        if ray is not None:
+            from icn_rt.runtime.ray_infer import RaySettings
+            from icn_rt.workflows.labels import label_on_ray
+
+            _, summary = label_on_ray(root, model_dir, settings,
+                                      RaySettings(ray, actors, gpus_per_actor, cpus_per_actor, loader_cpus=0.0),
+                                      labels, proposals_dir, log=out.print)
+        else:
+            _, summary = label_model(root, model_dir, settings, labels, proposals_dir, device, log=out.print)
+    except (InputError, ValueError, RuntimeError) as e:
         _fail(e)
     _skipped(summary)
 
@@ -379,12 +391,29 @@ def train_icn_cmd(
     device: str = typer.Option("auto", help=DEVICE_HELP, callback=_device),
     nproc: int = typer.Option(1, help=NPROC_HELP),
     sync_bn: bool = typer.Option(False, help=SYNC_BN_HELP),
+    ray: Optional[str] = typer.Option(None, help="Make the missing labels on a Ray cluster first (as `train "
+                                                 "pseudo-labels --ray`): " + RAY_HELP + "."),
+    actors: int = typer.Option(1, help="--ray: labellers at once."),
+    gpus_per_actor: float = typer.Option(0.0, help="--ray: GPUs per labeller (0: on CPUs)."),
+    cpus_per_actor: float = typer.Option(1.0, help="--ray: CPUs per labeller."),
 ):
     """Train the ICN on pseudo labels (made first when missing); writes icn.safetensors into the model."""
+    import os
+
     from icn_rt.models.icn import ICNSettings
     from icn_rt.training.icn import ICNTrainSettings, label_and_train
     from icn_rt.training.pseudo_labels import LabelSettings
 
+    if ray is not None and "WORLD_SIZE" not in os.environ:  # before torchrun starts the ranks, which then find them
+        from icn_rt.runtime.ray_infer import RaySettings
+        from icn_rt.workflows.labels import label_on_ray
+
+        try:
+            label_on_ray(root, model_dir, LabelSettings(supervision=supervision, split=split, k=k, rerank=rerank),
+                         RaySettings(ray, actors, gpus_per_actor, cpus_per_actor, loader_cpus=0.0), labels,
+                         proposals_dir, log=out.print)
+        except (InputError, ValueError, RuntimeError) as e:
+            _fail(e)
     _launch(nproc)
     try:
         icn_settings = ICNSettings(encoder=encoder, width=width, propagation=propagation, prm_input=prm_input,

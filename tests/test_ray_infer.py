@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from icn_rt.cli import app
-from icn_rt.runtime.ray_infer import RaySettings, _check_resources
+from icn_rt.runtime.ray_infer import RaySettings, check_resources
 from tests.test_batch_infer import _records, _same_files
 
 runner = CliRunner()
@@ -86,9 +86,54 @@ def test_killing_the_driver_then_resume_loses_and_repeats_nothing(many, ray_clus
 
 def test_a_pool_that_cannot_fit_the_cluster_is_refused_with_why():
     with pytest.raises(ValueError, match="has 2 CPUs; 2 actors x 1 CPUs \\+ 1 for loading need 3"):
-        _check_resources({"CPU": 2.0}, RaySettings(actors=2))
+        check_resources({"CPU": 2.0}, RaySettings(actors=2))
     with pytest.raises(ValueError, match="has 0 GPUs"):
-        _check_resources({"CPU": 8.0}, RaySettings(gpus_per_actor=1))
-    _check_resources({"CPU": 3.0}, RaySettings(actors=2))
+        check_resources({"CPU": 8.0}, RaySettings(gpus_per_actor=1))
+    check_resources({"CPU": 3.0}, RaySettings(actors=2))
     with pytest.raises(ValueError, match="--actors must be at least 1"):
         RaySettings(actors=0)
+
+
+def test_icn_labels_made_on_ray_are_the_single_process_ones(tiny_voc, classifier, ray_cluster, tmp_path):
+    """`train pseudo-labels --ray`: the same label files, the same failure recorded."""
+    import numpy as np
+
+    root = tmp_path / "voc"
+    shutil.copytree(tiny_voc, root)
+    broken = next((root / "JPEGImages").glob("train_*.jpg"))
+    broken.write_bytes(b"not a jpeg")
+    made = {}
+    for name, extra in (("single", []), ("ray", ["--ray", ray_cluster, "--actors", "2"])):
+        out = tmp_path / name
+        r = runner.invoke(app, ["train", "pseudo-labels", str(root), "--model", str(classifier), "--out", str(out),
+                                "--batch-size", "2", *extra])
+        assert r.exit_code == 0, r.output
+        said = " ".join(r.output.split())
+        assert "3 images" in said and "1 failed" in said, r.output
+        made[name] = out
+    assert (made["ray"] / "errors.txt").read_text() == (made["single"] / "errors.txt").read_text()
+    assert broken.stem in (made["ray"] / "errors.txt").read_text()
+    files = sorted(p.name for p in made["single"].glob("*.npz"))
+    assert files == sorted(p.name for p in made["ray"].glob("*.npz")) and len(files) == 3
+    for name in files:
+        with np.load(made["single"] / name) as a, np.load(made["ray"] / name) as b:
+            assert a.files == b.files
+            for key in a.files:  # the 8-bit PRMs may round the other way where float sums differ in the last bit
+                np.testing.assert_allclose(b[key].astype(float), a[key].astype(float), atol=1 if key == "prm" else 0)
+    r = runner.invoke(app, ["train", "pseudo-labels", str(root), "--model", str(classifier), "--out",
+                            str(made["ray"]), "--batch-size", "2", "--ray", ray_cluster])
+    assert r.exit_code == 0 and "3 already there" in " ".join(r.output.split()), r.output  # a rerun skips them
+
+
+def test_train_icn_makes_its_labels_on_ray_then_trains(tiny_voc, classifier, ray_cluster, tmp_path):
+    from tests.conftest import ICN_ARGS
+
+    model = tmp_path / "model"
+    shutil.copytree(classifier, model)
+    r = runner.invoke(app, ["train", "icn", str(tiny_voc), "--model", str(model), "--epochs", "1", "--supervision",
+                            "saliency", *ICN_ARGS, "--ray", ray_cluster])
+    assert r.exit_code == 0, r.output
+    said = "".join(r.output.split())  # the console wraps long paths anywhere
+    assert "labels(saliency,ray)" in said and "labels-saliency-train:4images" in said, r.output  # on the cluster
+    assert "4alreadythere" in said and "ICN->" in said, r.output  # then found by the training
+    assert (model / "icn.safetensors").is_file()

@@ -41,7 +41,8 @@ class RaySettings:
     """Where and how wide: ``address``: ``auto`` (a cluster running here, or a new local
     one), ``local`` (a new one) or the cluster's address; ``actors`` predictors, each
     with ``gpus_per_actor`` GPUs (0: on CPUs) and ``cpus_per_actor`` CPUs (Ray's logical
-    CPUs; also its torch threads, at least one); ``loader_cpus`` per loading task."""
+    CPUs; also its torch threads, at least one); ``loader_cpus`` per loading task (0: no
+    loading tasks, for jobs whose actors read their own input)."""
 
     address: str = "auto"
     actors: int = 1
@@ -52,8 +53,8 @@ class RaySettings:
     def __post_init__(self) -> None:
         if self.actors < 1:
             raise ValueError(f"--actors must be at least 1, got {self.actors}")
-        if self.gpus_per_actor < 0 or self.cpus_per_actor <= 0 or self.loader_cpus <= 0:
-            raise ValueError("--gpus-per-actor must be >= 0, --cpus-per-actor and --loader-cpus > 0")
+        if self.gpus_per_actor < 0 or self.cpus_per_actor <= 0 or self.loader_cpus < 0:
+            raise ValueError("--gpus-per-actor and --loader-cpus must be >= 0, --cpus-per-actor > 0")
 
 
 @dataclass
@@ -93,6 +94,8 @@ def infer_ray(spec: PredictorSpec, images: list[Path], out: Path, settings: Infe
     what was written stays for ``--resume``."""
     from icn_rt.progress import Counter
 
+    if cluster.loader_cpus <= 0:
+        raise ValueError("--loader-cpus must be above 0: loading runs in tasks of its own")
     predictor = spec.build("cpu")
     log, todo = open_job(fingerprint(predictor, settings.proposals), images, out, settings)
     load = load_settings(predictor, settings)
@@ -106,7 +109,7 @@ def infer_ray(spec: PredictorSpec, images: list[Path], out: Path, settings: Infe
     interrupted = False
     bar = Counter("infer (ray)", len(todo), "images", settings.progress)
     try:
-        _check_resources(ray.cluster_resources(), cluster)
+        check_resources(ray.cluster_resources(), cluster)
         started = time.perf_counter()
         for records, payload in _results(todo, load, spec, settings, cluster):
             wrote = time.perf_counter()
@@ -127,7 +130,7 @@ def infer_ray(spec: PredictorSpec, images: list[Path], out: Path, settings: Infe
     return finish_job(log, images, todo, interrupted)
 
 
-def _check_resources(available: dict, cluster: RaySettings) -> None:
+def check_resources(available: dict, cluster: RaySettings) -> None:
     """The pool and one loading task must fit the cluster at once, or the job would wait forever."""
     cpus, gpus = available.get("CPU", 0.0), available.get("GPU", 0.0)
     need_cpus = cluster.actors * cluster.cpus_per_actor + cluster.loader_cpus
@@ -148,9 +151,7 @@ def _results(todo: list[Path], load: LoadSettings, spec: PredictorSpec, settings
 
     if not todo:
         return
-    logging.getLogger("ray.data").setLevel(logging.ERROR)  # not a plan and a log folder per job on the console
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # ours counts images
+    quiet_data()
     size = settings.batch_size
     rows = [{"batch": json.dumps([str(p) for p in todo[s: s + size]])} for s in range(0, len(todo), size)]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
@@ -164,6 +165,15 @@ def _results(todo: list[Path], load: LoadSettings, spec: PredictorSpec, settings
     for block in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
         for records, payload in zip(block["records"], block["payload"]):
             yield json.loads(records), int(payload)
+
+
+def quiet_data() -> None:
+    """Ray Data without its progress bars (ours count images) and its per-job log lines (a
+    plan and a log folder per job) on the console."""
+    import ray.data
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ray.data.DataContext.get_current().enable_progress_bars = False
 
 
 def _load_batch(row: dict, settings: LoadSettings) -> dict:

@@ -156,9 +156,25 @@ def make_labels(root: str | Path, model: Model, out: str | Path, settings: Label
     """Write the labels of ``root``'s ``settings.split`` into ``out`` using ``model``'s
     classifier, peak, PRM and matching settings (its naive PRMs: the ICN takes no part).
     ``proposals_dir`` defaults to ``root/Proposals``."""
-    root, out = Path(root), Path(out)
+    todo, summary = start_labels(root, model, out, settings)
+    batches = [todo[i:i + settings.batch_size] for i in range(0, len(todo), settings.batch_size)]
+    if progress:
+        from icn_rt.progress import track
+
+        batches = track(batches, f"labels ({settings.supervision})", unit="batch")
+    for batch in batches:
+        label_images(root, model, batch, out, settings, proposals_dir, summary)
+    finish_labels(out, summary, log)
+    return summary
+
+
+def start_labels(root: str | Path, model: Model, out: str | Path,
+                 settings: LabelSettings) -> tuple[list[str], LabelSummary]:
+    """``out`` made ready for ``model``'s labels of ``settings.split`` (refused when it holds
+    labels made otherwise); the image ids still without a label file, and the summary
+    counting those that have one."""
+    out = Path(out)
     ds = VOCDataset(root, settings.split, load_images=False)
-    proposals_dir = Path(proposals_dir) if proposals_dir else root / "Proposals"
     # what the labels depend on (not the batch size; rerank through the matching record)
     made_with = {k: v for k, v in asdict(settings).items() if k not in ("batch_size", "rerank")}
     record = {"settings": made_with, "matching": _matching_record(settings.matching(model)), "peaks": asdict(model.peaks),
@@ -171,34 +187,40 @@ def make_labels(root: str | Path, model: Model, out: str | Path, settings: Label
                                             "choose another directory or delete this one")
     else:
         settings_path.write_text(json.dumps(record, indent=1) + "\n")
-    summary = LabelSummary()
     todo = [i for i in ds.ids if not (out / f"{i}.npz").exists()]
-    summary.reused = len(ds.ids) - len(todo)
-    batches = [todo[i:i + settings.batch_size] for i in range(0, len(todo), settings.batch_size)]
-    if progress:
-        from icn_rt.progress import track
+    return todo, LabelSummary(reused=len(ds.ids) - len(todo))
 
-        batches = track(batches, f"labels ({settings.supervision})", unit="batch")
-    for batch in batches:
-        loaded = []
-        for image_id in batch:
-            try:
-                image = read_image(ds.image_path(image_id))
-                if settings.supervision == "proposals":
-                    extra = load_proposals(proposal_path(proposals_dir, image_id), expected_shape=image.shape[:2])
-                else:
-                    extra = ds.ground_truth(image_id).instances
-                loaded.append((image_id, image, ds.labels(image_id), extra))
-            except InputError as e:
-                summary.failed.append((image_id, str(e)))
-        if loaded:
-            _label_batch(model, loaded, out, settings, summary)
+
+def label_images(root: str | Path, model: Model, image_ids: list[str], out: str | Path, settings: LabelSettings,
+                 proposals_dir: str | Path | None, summary: LabelSummary) -> None:
+    """The label files of ``image_ids`` (one batch), counted into ``summary``; an image or
+    proposals that cannot be read go to ``summary.failed``."""
+    root, out = Path(root), Path(out)
+    ds = VOCDataset(root, settings.split, load_images=False)
+    proposals_dir = Path(proposals_dir) if proposals_dir else root / "Proposals"
+    loaded = []
+    for image_id in image_ids:
+        try:
+            image = read_image(ds.image_path(image_id))
+            if settings.supervision == "proposals":
+                extra = load_proposals(proposal_path(proposals_dir, image_id), expected_shape=image.shape[:2])
+            else:
+                extra = ds.ground_truth(image_id).instances
+            loaded.append((image_id, image, ds.labels(image_id), extra))
+        except InputError as e:
+            summary.failed.append((image_id, str(e)))
+    if loaded:
+        _label_batch(model, loaded, out, settings, summary)
+
+
+def finish_labels(out: str | Path, summary: LabelSummary, log: Callable[[str], None] = print) -> None:
+    """``errors.txt`` when images failed; the summary logged."""
+    out = Path(out)
     if summary.failed:
         (out / ERRORS).write_text("".join(f"{i}\t{reason}\n" for i, reason in summary.failed))
     log(f"labels -> {out}: {summary.images} images, {summary.peaks} peaks"
         + (f", {summary.reused} already there" if summary.reused else "")
         + (f", {len(summary.failed)} failed (see {out / ERRORS})" if summary.failed else ""))
-    return summary
 
 
 def _label_batch(model: Model, loaded: list, out: Path, settings: LabelSettings, summary: LabelSummary) -> None:
