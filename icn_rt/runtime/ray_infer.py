@@ -25,7 +25,7 @@ import json
 import logging
 import pickle
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ from icn_rt.runtime.infer import (InferSettings, PredictorSpec, finish_job, fing
                                   open_job, predict_batch)
 from icn_rt.runtime.loading import LoadSettings, load_or_failed
 from icn_rt.runtime.result_log import InferSummary
+
 
 @dataclass(frozen=True)
 class RaySettings:
@@ -61,8 +62,7 @@ class RaySettings:
 class RayTimes:
     """Seconds spent joining (or starting) the cluster, running the job (the pool's start
     included), until the ``first_images`` of the first batch came back, and the driver
-    writing results; ``payload``: bytes of loaded
-    batches handed through the object store."""
+    writing results; ``payload``: bytes of loaded batches handed through the object store."""
 
     start: float = 0.0
     run: float = 0.0
@@ -89,14 +89,14 @@ def connect(address: str) -> bool:
 def infer_ray(spec: PredictorSpec, images: list[Path], out: Path, settings: InferSettings, cluster: RaySettings,
               times: RayTimes | None = None) -> InferSummary:
     """:func:`~icn_rt.runtime.infer.infer` on a Ray cluster (see the module's docstring).
-    The driver makes the predictor once, on the CPU, for the job's fingerprint and input
-    side only. Ctrl-C (or SIGTERM through the CLI) ends the job with ``interrupted`` set;
+    The driver makes the predictor once, eager on its CPU (whatever backend the actors
+    use: it gives the same instances), for the job's fingerprint and input side only. Ctrl-C (or SIGTERM through the CLI) ends the job with ``interrupted`` set;
     what was written stays for ``--resume``."""
     from icn_rt.progress import Counter
 
     if cluster.loader_cpus <= 0:
         raise ValueError("--loader-cpus must be above 0: loading runs in tasks of its own")
-    predictor = spec.build("cpu")
+    predictor = replace(spec, backend="torch", cuda_graph=False).build("cpu")
     log, todo = open_job(fingerprint(predictor, settings.proposals), images, out, settings)
     load = load_settings(predictor, settings)
     del predictor
