@@ -135,6 +135,17 @@ def test_two_processes_train_the_single_process_classifier_and_resume(tiny_voc, 
     assert json.loads((two / "config.json").read_text())["training"]["sync_bn"] is True
 
 
+def test_a_rank_whose_share_is_unreadable_skips_the_step_with_the_others(tiny_voc, tmp_path):
+    root = tmp_path / "voc"
+    shutil.copytree(tiny_voc, root)
+    broken = next((root / "JPEGImages").glob("train_*.jpg"))
+    broken.write_bytes(b"not a jpeg")  # a rank's whole share of one step (batch 2 over 2 ranks)
+    r = _run("train", "classifier", "--out", str(tmp_path / "model"), "--epochs", "1", str(root), *CLASSIFIER,
+             "--device", "cpu", "--nproc", "2")
+    assert r.returncode == 0, r.stdout + r.stderr  # not a rank waiting forever for the other
+    assert broken.name in (tmp_path / "model" / "train_errors.txt").read_text()
+
+
 def test_the_icn_and_the_student_train_on_two_processes(with_icn, tiny_voc, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(with_icn[0], model)

@@ -242,7 +242,7 @@ def train_classifier(root: str | Path, out: str | Path, settings: TrainSettings,
         batches = _progress(loader, f"epoch {epoch + 1}/{settings.epochs}", progress)
         for x, y, bad in batches:
             skipped.update(bad)
-            if x is None:
+            if distributed.anyone(x is None, ranks):  # a step one rank cannot take, no rank takes
                 continue
             scores, _ = trainer(x.to(device))
             loss = F.multilabel_soft_margin_loss(scores, y.to(device))

@@ -202,6 +202,17 @@ def agreed(ranks: Ranks, digest: str) -> str:
     return f"  [{ranks.world} ranks, identical weights {digest[:12]}]" if ranks.spread else ""
 
 
+def anyone(flag: bool, ranks: Ranks) -> bool:
+    """Whether ``flag`` holds on any rank (alone: ``flag``). A step whose share is all
+    unreadable images on one rank is skipped by every rank, so none waits forever in an
+    all-reduce the others never join (the other ranks' images of that step go unused)."""
+    if not ranks.spread:
+        return flag
+    t = torch.tensor([float(flag)])
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
 def total(values: list[float], ranks: Ranks) -> list[float]:
     """``values`` summed over the ranks (loss sums and counts for the epoch's log)."""
     if not ranks.spread:
