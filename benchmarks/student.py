@@ -44,11 +44,11 @@ from icn_rt.data.make_proposals import make_proposals
 from icn_rt.data.selective_search import SelectiveSearchConfig
 from icn_rt.data.voc import VOCDataset
 from icn_rt.export.onnx_export import export_student
-from icn_rt.models.student import STUDENT_GRAPH, STUDENT_RECORD, build_student
+from icn_rt.models.student import STUDENT_GRAPH, STUDENT_RECORD, StudentSettings, build_student
 from icn_rt.runtime.infer import InferSettings, infer
 from icn_rt.runtime.predictor import Predictor
 from icn_rt.runtime.student import StudentPredictor
-from icn_rt.training.student import StudentTrainSettings
+from icn_rt.training.student import StudentTrainSettings, input_size_for
 from icn_rt.workflows.student import teach_and_train
 
 PHOTO = (500, 375)  # width, height of a typical VOC photo
@@ -69,7 +69,8 @@ def _student(args, model: Path, teacher_student: Path | None) -> None:
     """The student of ``model``, trained or continued to ``args.epochs`` (a finished one is
     left as it is: the labelling jobs and the training resume)."""
     settings = StudentTrainSettings(epochs=args.epochs, seed=args.seed, batch_size=args.batch_size, lr=args.lr)
-    teach_and_train(args.root, model, settings, None, resume=True, log=lambda m: print(m, file=sys.stderr),
+    student = StudentSettings(head=args.head, input_size=input_size_for(args.root, settings.split))
+    teach_and_train(args.root, model, settings, student, resume=True, log=lambda m: print(m, file=sys.stderr),
                     progress=not args.quiet, teacher_student=teacher_student)
 
 
@@ -223,6 +224,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--head", default="light", help="the students' heads (light | tiny | standard)")
     ap.add_argument("--rounds", type=int, default=2, choices=(1, 2))
     ap.add_argument("--photos", type=int, default=8, help="new 500×375 images timed (0: no speed section)")
     ap.add_argument("--workers", type=int, default=2)

@@ -442,6 +442,7 @@ def train_student_cmd(
                                                         "from its weights) | mobilenet-v3-fpn (CPUs, Jetson) | "
                                                         "resnet50-fpn."),
     head: str = typer.Option("light", help="light (512-feature box head, two 128-channel mask convolutions) | "
+                                           "tiny (256 features, one 64-channel convolution: for CPUs) | "
                                            "standard (torchvision's)."),
     input_size: int = typer.Option(0, help="Side the student sees images at [default 0: the training images' median "
                                            "shorter side, rounded up to 32]."),

@@ -141,6 +141,23 @@ def test_a_classifier_fpn_student_starts_from_the_classifier(classifier):
     assert [tuple(f.shape[-2:]) for f in features.values()] == [(16, 16), (8, 8), (4, 4)]  # strides 4, 8, 16
 
 
+@pytest.mark.parametrize("head,fpn,box,mask", [("light", 128, 512, [128, 128]), ("tiny", 64, 256, [64]),
+                                               ("standard", 256, 1024, [256] * 4)])
+def test_student_heads_have_their_widths_and_run(head, fpn, box, mask):
+    net = build_student(3, StudentSettings(input_size=64, trunk="small", head=head, rpn_proposals=20))
+    assert net.backbone.out_channels == fpn
+    assert net.roi_heads.box_head.fc7.out_features == box
+    convs = [m for m in net.roi_heads.mask_head.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == mask
+    assert net.roi_heads.mask_predictor.conv5_mask.out_channels == mask[-1]
+    net.eval()
+    with torch.inference_mode():
+        found = net([torch.rand(3, 64, 64)])[0]
+    assert set(found) == {"boxes", "labels", "scores", "masks"}
+    with pytest.raises(ValueError, match="unknown student head"):
+        StudentSettings(head="huge")
+
+
 def test_a_backbone_weights_file_is_loaded_or_refused_in_one_line(tmp_path):
     from torchvision.models import mobilenet_v3_large
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 BACKBONES = ("classifier-fpn", "mobilenet-v3-fpn", "resnet50-fpn")
-HEADS = ("light", "standard")
+HEADS = ("light", "standard", "tiny")
 COCO_SIDE = 800
 
 
@@ -47,7 +47,10 @@ class StudentSettings:
     convolutions) or ``light`` (a 128-channel FPN on ``classifier-fpn`` — the torchvision
     backbones keep their 256 — a box head of 512 features and two 128-channel mask
     convolutions: on two CPU cores at 128² the FPN, the RPN head and the mask head were
-    most of the time, 3.4× and 5× less so)."""
+    most of the time, 3.4× and 5× less so) or ``tiny`` (half of light: a 64-channel FPN on
+    ``classifier-fpn``, a box head of 256 features, one 64-channel mask convolution: for
+    CPUs, where RoIAlign, the box head and the mask head's upsampling cost about half of
+    light's time))."""
 
     backbone: str = "classifier-fpn"
     input_size: int = 256
@@ -118,12 +121,13 @@ def _mask_rcnn(backbone: nn.Module, num_classes: int, settings: StudentSettings,
     from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
     heads = {}
-    if settings.head == "light":
+    if settings.head in ("light", "tiny"):
         channels = backbone.out_channels
-        heads = {"box_head": TwoMLPHead(channels * 7 * 7, 512),
-                 "box_predictor": FastRCNNPredictor(512, num_classes + 1),
-                 "mask_head": MaskRCNNHeads(channels, [128, 128], 1),
-                 "mask_predictor": MaskRCNNPredictor(128, 128, num_classes + 1)}
+        box, mask, convs = (512, 128, 2) if settings.head == "light" else (256, 64, 1)
+        heads = {"box_head": TwoMLPHead(channels * 7 * 7, box),
+                 "box_predictor": FastRCNNPredictor(box, num_classes + 1),
+                 "mask_head": MaskRCNNHeads(channels, [mask] * convs, 1),
+                 "mask_predictor": MaskRCNNPredictor(mask, mask, num_classes + 1)}
     side, n = settings.input_size, settings.rpn_proposals
     return MaskRCNN(backbone, None if heads else num_classes + 1, **heads, min_size=side, max_size=side,
                     image_mean=[0.0] * 3,
@@ -151,7 +155,7 @@ def _classifier_student(num_classes: int, settings: StudentSettings, trunk_weigh
         trunk.load_state_dict(trunk_weights)
     ends = _stage_ends(trunk)[-2:]
     channels = [_channels_after(trunk, i) for i in ends]
-    width = 128 if settings.head == "light" else 256
+    width = {"light": 128, "tiny": 64}.get(settings.head, 256)
     backbone = BackboneWithFPN(trunk, {str(i): str(k) for k, i in enumerate(ends)}, channels, width)
     sizes = anchor_sizes(settings.input_size)
     return _mask_rcnn(backbone, num_classes, settings, AnchorGenerator((sizes,) * (len(ends) + 1),
