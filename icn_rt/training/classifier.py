@@ -199,7 +199,7 @@ def train_classifier(root: str | Path, out: str | Path, settings: TrainSettings,
     root, out = Path(root), Path(out)
     ranks, device = distributed.join(device)
     if not ranks.main:
-        log, progress = _quiet, False
+        log, progress = distributed.silent, False
     train_ds, train_paths, train_targets = _split(root, settings.split)
     _, val_paths, val_targets = _split(root, settings.val_split)
     classes = tuple(train_ds.classes)
@@ -286,10 +286,6 @@ def _checkpoint(out: Path, model, classes, settings, optimiser, epoch: int, summ
     torch.save({"optimiser": optimiser.state_dict(), "epoch": epoch}, tmp)
     tmp.replace(out / STATE)
     (out / "train_log.json").write_text(json.dumps([asdict(e) for e in summary.epochs], indent=1))
-
-
-def _quiet(message: str) -> None:
-    """The log of a rank other than 0."""
 
 
 def _progress(loader, description: str, show: bool):

@@ -57,6 +57,10 @@ class Ranks:
             dist.barrier()
 
 
+def silent(message: str) -> None:
+    """The log of a rank other than 0: nothing."""
+
+
 def join(device: str) -> tuple[Ranks, str]:
     """This process's ranks and the device it trains on. Under ``torchrun`` the process
     group is joined once (gloo on the CPU, NCCL on GPUs, where each rank takes the GPU of

@@ -154,7 +154,7 @@ def train_icn(root: str | Path, model_dir: str | Path, settings: ICNTrainSetting
     root, model_dir = Path(root), Path(model_dir)
     ranks, device = distributed.join(device)
     if not ranks.main:
-        log, progress = _quiet, False
+        log, progress = distributed.silent, False
     config = read_config(model_dir)
     state_path = model_dir / STATE
     resuming = resume and state_path.exists()
@@ -231,10 +231,6 @@ def train_icn(root: str | Path, model_dir: str | Path, settings: ICNTrainSetting
     return summary
 
 
-def _quiet(message: str) -> None:
-    """The log of a rank other than 0."""
-
-
 def label_and_train(root: str | Path, model_dir: str | Path, settings: ICNTrainSettings, icn_settings: ICNSettings,
                     labels: LabelSettings, label_dir: str | Path | None = None,
                     proposals_dir: str | Path | None = None, resume: bool = False, device: str = "cpu",
@@ -247,7 +243,7 @@ def label_and_train(root: str | Path, model_dir: str | Path, settings: ICNTrainS
     if not ranks.main:  # rank 0's labels, read back once made
         ranks.barrier()
     label_dir, made = label_model(root, model_dir, labels, label_dir, proposals_dir, device, progress=ranks.main,
-                                  log=log if ranks.main else _quiet)
+                                  log=log if ranks.main else distributed.silent)
     if ranks.main:
         ranks.barrier()
     trained = train_icn(root, model_dir, replace(settings, labels=str(label_dir)), icn_settings, resume=resume,

@@ -234,10 +234,6 @@ def input_size_for(root: str | Path, split: str = "train") -> int:
     return int(-(-np.median(sides) // 32) * 32)
 
 
-def _quiet(message: str) -> None:
-    """The log of a rank other than 0."""
-
-
 def learning_rate(settings: StudentTrainSettings, epoch: int, step: int) -> float:
     """``lr`` at global ``step`` of ``epoch``: linear warm-up from lr/1000 over ``warmup``
     steps, ×0.1 from 2/3 of the epochs and again from 8/9."""
@@ -255,7 +251,7 @@ def train_student(root: str | Path, model_dir: str | Path, settings: StudentTrai
     root, model_dir = Path(root), Path(model_dir)
     ranks, device = distributed.join(device)
     if not ranks.main:
-        log, progress = _quiet, False
+        log, progress = distributed.silent, False
     config = read_config(model_dir)
     state_path = model_dir / STATE
     resuming = resume and state_path.exists()
