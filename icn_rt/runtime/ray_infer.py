@@ -25,6 +25,7 @@ import json
 import logging
 import pickle
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -90,8 +91,9 @@ def infer_ray(spec: PredictorSpec, images: list[Path], out: Path, settings: Infe
               times: RayTimes | None = None) -> InferSummary:
     """:func:`~icn_rt.runtime.infer.infer` on a Ray cluster (see the module's docstring).
     The driver makes the predictor once, eager on its CPU (whatever backend the actors
-    use: it gives the same instances), for the job's fingerprint and input side only. Ctrl-C (or SIGTERM through the CLI) ends the job with ``interrupted`` set;
-    what was written stays for ``--resume``."""
+    use: it gives the same instances), for the job's fingerprint and input side only.
+    Ctrl-C (or SIGTERM through the CLI) ends the job with ``interrupted`` set; what was
+    written stays for ``--resume``."""
     from icn_rt.progress import Counter
 
     if cluster.loader_cpus <= 0:
@@ -156,15 +158,33 @@ def _results(todo: list[Path], load: LoadSettings, spec: PredictorSpec, settings
     rows = [{"batch": json.dumps([str(p) for p in todo[s: s + size]])} for s in range(0, len(todo), size)]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     ds = ds.map(_load_batch, fn_kwargs={"settings": load}, num_cpus=cluster.loader_cpus)
-    ds = ds.map_batches(_PredictBatches, batch_size=1, compute=ray.data.ActorPoolStrategy(size=cluster.actors),
-                        fn_constructor_kwargs={"spec": spec, "gpus": cluster.gpus_per_actor,
-                                               "threads": max(1, int(cluster.cpus_per_actor)),
-                                               "save_vis": None if settings.save_vis is None
-                                               else str(settings.save_vis)},
+    save_vis = None if settings.save_vis is None else str(settings.save_vis)
+    for records, payload in pooled(ds, _PredictBatches, {"spec": spec, "save_vis": save_vis}, cluster,
+                                   ("records", "payload")):
+        yield json.loads(records), int(payload)
+
+
+def pooled(ds, actor: type, kwargs: dict, cluster: RaySettings, columns: tuple[str, ...]) -> Iterator[tuple]:
+    """``ds`` (a batch a row) through a fixed pool of ``cluster.actors`` instances of
+    ``actor``, each made once with ``kwargs`` plus ``gpus`` and ``threads`` (see
+    :func:`actor_device`); the ``columns`` of each row they return, as the pool finishes it."""
+    import ray.data
+
+    ds = ds.map_batches(actor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=cluster.actors),
+                        fn_constructor_kwargs={**kwargs, "gpus": cluster.gpus_per_actor,
+                                               "threads": max(1, int(cluster.cpus_per_actor))},
                         num_cpus=cluster.cpus_per_actor, num_gpus=cluster.gpus_per_actor or None)
     for block in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
-        for records, payload in zip(block["records"], block["payload"]):
-            yield json.loads(records), int(payload)
+        yield from zip(*(block[c] for c in columns))
+
+
+def actor_device(gpus: float, threads: int) -> str:
+    """In a pool actor: its torch threads set; the device it computes on (Ray shows an
+    actor its own GPUs only)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return "cuda" if gpus > 0 else "cpu"
 
 
 def quiet_data() -> None:
@@ -186,11 +206,8 @@ class _PredictBatches:
     """A pool actor: its predictor, made once; a loaded batch in, the batch's records
     (JSON) out."""
 
-    def __init__(self, spec: PredictorSpec, gpus: float, threads: int, save_vis: str | None) -> None:
-        import torch
-
-        torch.set_num_threads(threads)
-        self.predictor = spec.build("cuda" if gpus > 0 else "cpu")  # Ray shows an actor its own GPUs only
+    def __init__(self, spec: PredictorSpec, save_vis: str | None, gpus: float, threads: int) -> None:
+        self.predictor = spec.build(actor_device(gpus, threads))
         self.save_vis = Path(save_vis) if save_vis is not None else None
 
     def __call__(self, rows: dict) -> dict:

@@ -87,10 +87,10 @@ def leave(ranks: Ranks) -> None:
 
 
 def wrap(model: torch.nn.Module, ranks: Ranks, sync_bn: bool = False, unused: bool = False) -> torch.nn.Module:
-    """``model`` as DDP over the ranks (its BatchNorms made SyncBatchNorm first with
-    ``sync_bn``: torch's on GPUs, :class:`GlobalBatchNorm` elsewhere; they keep their parameters, so an optimiser made before still holds them;
-    ``unused``: some trainable parameters may get no gradient in a step); alone, ``model``
-    itself."""
+    """``model`` as DDP over the ranks (its BatchNorms made global first with ``sync_bn``:
+    torch's SyncBatchNorm on GPUs, :class:`GlobalBatchNorm` elsewhere; they keep their
+    parameters, so an optimiser made before still holds them; ``unused``: some trainable
+    parameters may get no gradient in a step); alone, ``model`` itself."""
     if not ranks.spread:
         return model
     device = next(model.parameters()).device

@@ -17,7 +17,7 @@ import numpy as np
 
 from icn_rt.models.store import load_model
 from icn_rt.progress import Counter
-from icn_rt.runtime.ray_infer import RaySettings, check_resources, connect, quiet_data
+from icn_rt.runtime.ray_infer import RaySettings, actor_device, check_resources, connect, pooled, quiet_data
 from icn_rt.training.pseudo_labels import (LabelSettings, LabelSummary, default_label_dir, finish_labels,
                                            label_images, start_labels)
 
@@ -40,20 +40,15 @@ def label_on_ray(root: str | Path, model_dir: str | Path, settings: LabelSetting
             quiet_data()
             size = settings.batch_size
             rows = [{"ids": json.dumps(todo[s: s + size])} for s in range(0, len(todo), size)]
-            ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-                _Labeller, batch_size=1, compute=ray.data.ActorPoolStrategy(size=cluster.actors),
-                fn_constructor_kwargs={"root": str(root), "model_dir": str(model_dir), "out": str(out),
-                                       "settings": asdict(settings), "proposals": None if proposals_dir is None
-                                       else str(proposals_dir), "gpus": cluster.gpus_per_actor,
-                                       "threads": max(1, int(cluster.cpus_per_actor))},
-                num_cpus=cluster.cpus_per_actor, num_gpus=cluster.gpus_per_actor or None)
-            for block in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
-                for text in block["summary"]:
-                    part = json.loads(text)
-                    summary.images += part["images"]
-                    summary.peaks += part["peaks"]
-                    summary.failed += [tuple(f) for f in part["failed"]]
-                    bar.advance(part["images"] + len(part["failed"]))
+            kwargs = {"root": str(root), "model_dir": str(model_dir), "out": str(out), "settings": asdict(settings),
+                      "proposals": None if proposals_dir is None else str(proposals_dir)}
+            ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+            for (text,) in pooled(ds, _Labeller, kwargs, cluster, ("summary",)):
+                part = json.loads(text)
+                summary.images += part["images"]
+                summary.peaks += part["peaks"]
+                summary.failed += [tuple(f) for f in part["failed"]]
+                bar.advance(part["images"] + len(part["failed"]))
         finally:
             bar.close()
             if ours:
@@ -70,10 +65,7 @@ class _Labeller:
 
     def __init__(self, root: str, model_dir: str, out: str, settings: dict, proposals: str | None, gpus: float,
                  threads: int) -> None:
-        import torch
-
-        torch.set_num_threads(threads)
-        self.model = load_model(model_dir, "cuda" if gpus > 0 else "cpu")
+        self.model = load_model(model_dir, actor_device(gpus, threads))
         self.root, self.out, self.proposals = root, out, proposals
         self.settings = LabelSettings(**settings)
 
