@@ -47,16 +47,23 @@ NPROC_HELP = ("Train on N processes (DDP: gloo on CPUs, NCCL with a GPU each) th
 SYNC_BN_HELP = "Under several processes, BatchNorm statistics over the global batch (SyncBatchNorm)."
 
 
-def _launch(nproc: int) -> None:
+def _launch(nproc: int, batch_size: int) -> None:
     """Rerun this command under ``torchrun`` with ``nproc`` processes on this machine, and
-    exit with its status (unless ``nproc`` is 1, or this process is already one of them)."""
+    exit with its status (unless ``nproc`` is 1, or this process is already one of them).
+    A global batch that does not split over them is refused here, once, before any starts."""
     import os
     import subprocess
+
+    from icn_rt.training.distributed import Ranks
 
     if nproc < 1:
         _fail(ValueError(f"--nproc must be at least 1, got {nproc}"))
     if nproc == 1 or "WORLD_SIZE" in os.environ:
         return
+    try:
+        Ranks(0, nproc).share(batch_size)
+    except ValueError as e:
+        _fail(e)
     argv, skip = [], False
     for arg in sys.argv[1:]:
         if skip:
@@ -275,7 +282,7 @@ def train_classifier_cmd(
     from icn_rt.models.classifier import ClassifierSettings
     from icn_rt.training.classifier import TrainSettings, train_classifier
 
-    _launch(nproc)
+    _launch(nproc, batch_size)
     try:
         summary = train_classifier(
             root, model_dir,
@@ -414,7 +421,7 @@ def train_icn_cmd(
                          proposals_dir, log=out.print)
         except (InputError, ValueError, RuntimeError) as e:
             _fail(e)
-    _launch(nproc)
+    _launch(nproc, batch_size)
     try:
         icn_settings = ICNSettings(encoder=encoder, width=width, propagation=propagation, prm_input=prm_input,
                                    steps=steps)
@@ -479,7 +486,7 @@ def train_student_cmd(
     from icn_rt.training.student import StudentTrainSettings, input_size_for
     from icn_rt.workflows.student import teach_and_train
 
-    _launch(nproc)
+    _launch(nproc, batch_size)
     try:
         settings = StudentTrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, workers=workers,
                                         split=split, pretrained=pretrained, sync_bn=sync_bn)

@@ -160,3 +160,10 @@ def test_the_icn_and_the_student_train_on_two_processes(with_icn, tiny_voc, tmp_
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("[2 ranks, identical") == 1 and r.stdout.count("student ->") == 1, r.stdout
     assert (model / "student.safetensors").is_file() and (model / "student-labels" / "train.json").is_file()
+
+
+def test_a_global_batch_that_does_not_split_is_refused_before_any_process_starts(tiny_voc, tmp_path):
+    r = runner.invoke(app, ["train", "classifier", str(tiny_voc), "--out", str(tmp_path / "m"), "--batch-size", "3",
+                            "--nproc", "2"])
+    assert r.exit_code == 2 and r.output.count("does not split evenly over 2 processes") == 1, r.output
+    assert not (tmp_path / "m").exists()
