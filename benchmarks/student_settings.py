@@ -1,10 +1,10 @@
 """The student's inference settings, chosen on dev: for each (``detections``,
-``rpn_proposals``) pair, the student of ``MODEL`` through the ``icn-rt infer`` job on the
+``rpn_proposals``[, ``mask_threshold``]) setting, the student of ``MODEL`` through the ``icn-rt infer`` job on the
 split, mAP^r 0.25/0.5/0.75, ABO and mIoU with 95% bootstrap intervals (paired against the
 first setting) and images/s. Writes JSON and a markdown table::
 
     python benchmarks/student_settings.py DATA MODEL --split dev \\
-        --setting 100,300 --setting 20,100 --setting 20,50 \\
+        --setting 100,300 --setting 20,100 --setting 20,50 --setting 20,100,0.4 \\
         --out benchmarks/results/student_settings_part_only_dev.json
 """
 
@@ -36,7 +36,8 @@ def main() -> None:
     ap.add_argument("root", type=Path)
     ap.add_argument("model", type=Path)
     ap.add_argument("--split", default="dev")
-    ap.add_argument("--setting", action="append", required=True, help="DETECTIONS,RPN_PROPOSALS (repeat)")
+    ap.add_argument("--setting", action="append", required=True,
+                    help="DETECTIONS,RPN_PROPOSALS[,MASK_THRESHOLD] (repeat; the threshold: the model's if left out)")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
@@ -49,8 +50,10 @@ def main() -> None:
     rows, scored = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for k, text in enumerate(args.setting):
-            detections, rpn = (int(v) for v in text.split(","))
-            settings = replace(base.settings, detections=detections, rpn_proposals=rpn)
+            values = text.split(",")
+            detections, rpn = int(values[0]), int(values[1])
+            cut = float(values[2]) if len(values) > 2 else base.settings.mask_threshold
+            settings = replace(base.settings, detections=detections, rpn_proposals=rpn, mask_threshold=cut)
             network = build_student(len(base.classes), settings)
             network.load_state_dict(state)
             predictor = StudentPredictor(network, settings, base.classes)
@@ -59,7 +62,8 @@ def main() -> None:
             infer(predictor, images, results, InferSettings(workers=args.workers, progress=False))
             seconds = time.perf_counter() - started
             scored.append(score(args.root, results, args.split, progress=False))
-            rows.append({"detections": detections, "rpn_proposals": rpn, "images_per_second": len(images) / seconds})
+            rows.append({"detections": detections, "rpn_proposals": rpn, "mask_threshold": cut,
+                         "images_per_second": len(images) / seconds})
             print(f"{text}: {scored[-1].metrics()['mAP@0.5']:.1f} mAP^r@0.5, {len(images) / seconds:.1f} images/s",
                   file=sys.stderr, flush=True)
     replicates = [[s.metrics(w) for w in weights] for s in scored]
@@ -75,8 +79,8 @@ def main() -> None:
     lines = [f"Student inference settings on `{args.split}` of `{args.root}` ({len(images)} images; model "
              f"`{args.model}`); 95% bootstrap intervals (1000 draws, seed 0); differences paired against the first "
              "row; images/s through the `icn-rt infer` job on this machine.", "",
-             "| detections | rpn_proposals | " + " | ".join(METRICS) + " | mAP^r@0.5 − first | images/s |",
-             "|---|---|" + "---|" * len(METRICS) + "---|---|"]
+             "| detections | rpn_proposals | mask threshold | " + " | ".join(METRICS) + " | mAP^r@0.5 − first | "
+             "images/s |", "|---|---|---|" + "---|" * len(METRICS) + "---|---|"]
 
     def cell(m):
         return f"{m['estimate']:.1f} [{m['interval'][0]:.1f}, {m['interval'][1]:.1f}]"
@@ -84,7 +88,7 @@ def main() -> None:
     for r in rows:
         d = r["minus_first"]["mAP@0.5"]
         metrics = " | ".join(cell(r["metrics"][m]) for m in METRICS)
-        lines.append(f"| {r['detections']} | {r['rpn_proposals']} | {metrics} | {cell(d)}"
+        lines.append(f"| {r['detections']} | {r['rpn_proposals']} | {r['mask_threshold']:g} | {metrics} | {cell(d)}"
                      f"{'' if d['excludes_zero'] else ' ~0'} | {r['images_per_second']:.1f} |")
     write_report(args.out, doc, "\n".join(lines) + "\n")
 

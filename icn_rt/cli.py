@@ -759,7 +759,7 @@ def export_cmd(
                   f"{', '.join(record['tensorrt_unsupported']) or 'none'}"
                   + (f"; onnxruntime vs torch: {check['onnxruntime_detections']}/{check['detections']} detections, "
                      f"boxes {check.get('max_difference_boxes', float('nan')):.1e} px, masks "
-                     f"{check.get('max_difference_masks', float('nan')):.1e}" if check else "") + ")", soft_wrap=True)
+                     f"{check.get('max_difference_box_masks', float('nan')):.1e}" if check else "") + ")", soft_wrap=True)
         return
     try:
         precisions = tuple(dict.fromkeys(["fp32", *(p.strip() for p in precision.split(",") if p.strip())]))

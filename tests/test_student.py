@@ -158,6 +158,31 @@ def test_student_heads_have_their_widths_and_run(head, fpn, box, mask):
         StudentSettings(head="huge")
 
 
+@pytest.mark.parametrize("head", ["light", "standard"])
+def test_the_mask_head_in_chunks_gives_the_whole_batch_s_results_to_the_bit(head):
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+
+    from icn_rt.models.student import MASK_CHUNK
+
+    torch.manual_seed(0)
+    net = build_student(3, StudentSettings(input_size=64, trunk="small", head=head, rpn_proposals=20)).eval()
+    heads = net.roi_heads
+    assert isinstance(heads.mask_head, MaskRCNNHeads) and isinstance(heads.mask_predictor, MaskRCNNPredictor)
+    x = torch.randn(2 * MASK_CHUNK + 3, net.backbone.out_channels, 14, 14)
+    calls = []
+    hook = heads.mask_predictor.conv5_mask.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    with torch.inference_mode():
+        chunked = heads.mask_predictor(heads.mask_head(x))
+        assert calls == [MASK_CHUNK, MASK_CHUNK, 3]
+        whole = MaskRCNNPredictor.forward(heads.mask_predictor, MaskRCNNHeads.forward(heads.mask_head, x))
+    assert torch.equal(chunked, whole)
+    calls.clear()
+    heads.train()
+    heads.mask_predictor(heads.mask_head(x))
+    assert calls == [len(x)]  # training: one batch, as torchvision
+    hook.remove()
+
+
 def test_a_backbone_weights_file_is_loaded_or_refused_in_one_line(tmp_path):
     from torchvision.models import mobilenet_v3_large
 
@@ -213,7 +238,7 @@ def test_compare_checks_the_onnx_student_against_pytorch(student, tiny_voc, tmp_
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "c.json").read_text())["contestants"]["onnxruntime"]
     assert report["instances"]["agreement"] == 1.0 and report["instances"]["reference"] > 0
-    assert report["outputs"]["masks"]["compared"] > 0 and report["ok"]
+    assert report["outputs"]["box_masks"]["compared"] > 0 and report["ok"]
     # a tolerance nothing meets is a mismatch: exit 1
     r = runner.invoke(app, [*args, "--atol", "0", "--rtol", "0", "--out", str(tmp_path / "c0.json")])
     assert r.exit_code == 1 and "mismatch" in r.output, r.output
@@ -253,6 +278,20 @@ def test_infer_student_refuses_what_it_cannot_use(classifier, student, tmp_path)
     r = runner.invoke(app, ["infer", str(student[0]), image, "--student", "--backend", "tensorrt",
                             "--out", str(tmp_path / "r.json")])
     assert r.exit_code == 2 and "the student runs on torch or onnxruntime" in r.output, r.output
+    # a graph exported before the masks were pasted outside it: its outputs are not the predictor's
+    import onnx
+    from onnx import TensorProto, helper
+
+    old = tmp_path / "old"
+    shutil.copytree(student[0], old, ignore=shutil.ignore_patterns("student.onnx*"))
+    node = helper.make_node("Identity", ["images"], ["masks"])
+    shape = [1, 3, "side", "side"]
+    graph = helper.make_graph([node], "old", [helper.make_tensor_value_info("images", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("masks", TensorProto.FLOAT, shape)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(old / "student.onnx"))
+    r = runner.invoke(app, ["infer", str(old), image, "--student", "--backend", "onnxruntime",
+                            "--out", str(tmp_path / "r.json")])
+    assert r.exit_code == 2 and "student.onnx: an older student graph" in r.output.replace("\n", ""), r.output
 
 
 def test_train_student_command_labels_with_the_pipeline_then_trains(with_icn, tiny_voc, tmp_path):
@@ -310,25 +349,62 @@ def test_bench_shows_the_student_beside_the_pipeline(student, tiny_voc):
 
 
 @pytest.mark.parametrize("size", [(375, 500), (64, 64), (50, 90), (300, 40)])
-def test_masks_in_box_windows_equal_resizing_the_whole_map(size):
-    """The fast path (each detection resized over the window its nonzero cells reach) against the plain
-    reference: the whole probability map resized, then cut."""
-    import torch.nn.functional as F
+def test_pasting_over_each_box_gives_torchvisions_pasted_masks(size):
+    """The fast path (each mask written over its box) against torchvision's own paste (a
+    whole canvas per detection); boxes within the image (detections are clipped to it, the
+    paste grows them by a cell: some then cross its border), some under a pixel."""
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-    from icn_rt.runtime.student import masks_at
+    from icn_rt.runtime.student import paste_at
 
-    rng = np.random.default_rng(3)
-    s, n = 64, 12
-    probs = torch.zeros(n, s, s)
-    for k in range(n):  # blobs of probabilities, some at the borders; values above the cut at their edges
-        r0, c0 = rng.integers(0, s - 2, 2)
-        r1, c1 = min(s, r0 + rng.integers(1, 40)), min(s, c0 + rng.integers(1, 40))
-        probs[k, r0:r1, c0:c1] = torch.from_numpy(rng.uniform(0.3, 1.0, (r1 - r0, c1 - c0))).float()
-    want = (F.interpolate(probs[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] >= 0.5).numpy()
-    got = masks_at(probs, size, 0.5)
-    assert want.any() and np.array_equal(got, want)
-    assert masks_at(torch.zeros(0, s, s), size, 0.5).shape == (0, *size)
-    assert not masks_at(torch.zeros(2, s, s), size, 0.5).any()
+    torch.manual_seed(3)
+    h, w = size
+    n, m = 24, 28
+    probs = torch.rand(n, m, m)
+    side = torch.tensor([w, h])
+    corner = torch.rand(n, 2) * side
+    extent = torch.rand(n, 2) * side * torch.linspace(0.001, 1.0, n)[:, None]
+    boxes = torch.cat([corner, torch.minimum(corner + extent, side)], 1)
+    want = (paste_masks_in_image(probs[:, None], boxes, size, padding=1)[:, 0] >= 0.5).numpy()
+    got = paste_at(probs, boxes, size, 0.5)
+    assert want.any() and not want.all(axis=(1, 2)).any() and np.array_equal(got, want)
+    assert paste_at(torch.zeros(0, m, m), torch.zeros(0, 4), size, 0.5).shape == (0, *size)
+
+
+def test_the_gathered_region_pooler_gives_torchvisions_to_the_bit():
+    from torchvision.ops import MultiScaleRoIAlign
+
+    from icn_rt.models.student import _pooler_class
+
+    torch.manual_seed(0)
+    features = {"0": torch.randn(2, 8, 32, 32), "1": torch.randn(2, 8, 16, 16), "pool": torch.randn(2, 8, 8, 8)}
+    corner = torch.rand(2, 60, 2) * 100
+    boxes = [torch.cat([c, c + s], 1) for c, s in zip(corner, torch.rand(2, 60, 2) * 120 + 2)]
+    want = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)(features, boxes, [(128, 128)] * 2)
+    pooler = _pooler_class()(["0", "1", "2", "3"], 7, 2)
+    got = pooler(features, boxes, [(128, 128)] * 2)
+    assert set(pooler.map_levels(boxes).flatten().tolist()) == {0, 1}  # both levels are used
+    assert torch.equal(got, want)
+
+
+def test_the_student_graph_is_torchvisions_mask_rcnn_before_pasting():
+    """The graph's outputs, pasted at the input side, are torchvision's own results."""
+    from icn_rt.models.student import StudentGraph
+    from icn_rt.runtime.student import paste_at
+
+    torch.manual_seed(1)
+    net = build_student(3, StudentSettings(input_size=64, trunk="small", rpn_proposals=20, min_score=0.0)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        want = net(list(x))
+        boxes, labels, scores, box_masks, image = StudentGraph(net)(x)
+    assert box_masks.shape[1:] == (28, 28) and len(boxes) == sum(len(f["boxes"]) for f in want) > 0
+    for b, found in enumerate(want):
+        mine = image == b
+        assert torch.equal(boxes[mine], found["boxes"]) and torch.equal(scores[mine], found["scores"])
+        assert torch.equal(labels[mine], found["labels"] - 1)
+        pasted = paste_at(box_masks[mine], boxes[mine], (64, 64), 0.5)
+        assert np.array_equal(pasted, (found["masks"][:, 0] >= 0.5).numpy())
 
 
 def test_infer_student_on_ray_gives_the_single_process_results(student, tiny_voc, ray_cluster, tmp_path):

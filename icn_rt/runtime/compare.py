@@ -163,12 +163,12 @@ def compare(model_dir: str | Path, image_paths: list[Path], contestants: list[st
     return report
 
 
-STUDENT_OUTPUTS = ("scores", "boxes", "masks")
+STUDENT_OUTPUTS = ("scores", "boxes", "box_masks")
 
 
 def run_student(predictor, images: list[np.ndarray], batch_size: int = 8) -> list[dict[str, np.ndarray]]:
-    """The student's raw outputs per image: ``labels``, ``scores``, ``boxes`` and ``masks``
-    (probabilities at its input side), by descending score."""
+    """The student's raw outputs per image: ``labels``, ``scores``, ``boxes`` and
+    ``box_masks`` (probabilities over each box), by descending score."""
     from icn_rt.data.preprocess import preprocess_batch
 
     out = []
@@ -178,7 +178,7 @@ def run_student(predictor, images: list[np.ndarray], batch_size: int = 8) -> lis
         for b in range(len(batch)):
             mine = (raw["image"] == b).cpu().numpy()
             out.append({k: raw[k].float().cpu().numpy()[mine] if k != "labels" else raw[k].cpu().numpy()[mine]
-                        for k in ("labels", "scores", "boxes", "masks")})
+                        for k in ("labels", "scores", "boxes", "box_masks")})
     return out
 
 

@@ -7,8 +7,8 @@ It answers to the streaming job (:func:`~icn_rt.runtime.infer.infer`) as the pip
 :class:`~icn_rt.runtime.predictor.Prediction` and
 :class:`~icn_rt.runtime.predictor.Instance` (``proposal`` -1, ``peak`` the box's centre,
 ``value`` and ``match`` the detection score, no maps). Each mask is the student's
-probability map at its input side, resized (bilinear) to the image and cut at
-``mask_threshold``; masks left empty at the image's size are dropped.
+probabilities over its box (M × M), pasted at the image's own size as torchvision pastes
+them (:func:`paste_at`) and cut at ``mask_threshold``; masks left empty are dropped.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from icn_rt.errors import InputError
 from icn_rt.models.store import load_student, weights_digest
-from icn_rt.models.student import STUDENT_GRAPH, StudentGraph, StudentSettings
+from icn_rt.models.student import STUDENT_GRAPH, STUDENT_OUTPUTS, StudentGraph, StudentSettings
 from icn_rt.runtime.predictor import Instance, Prediction, Staged, Staging
 from icn_rt.runtime.timing import StageTimes
 
@@ -65,9 +65,10 @@ class StudentPredictor(Staging):
             graph = directory / STUDENT_GRAPH
             if not graph.is_file():
                 raise InputError(graph, "no student graph; run `icn-rt export MODEL --student` first")
-            # log errors only: the traced mask-pasting loop's output shapes vary, which onnxruntime notes every run
-            engine = OnnxRuntimeEngine(graph, device, optimization=ort_optimization, save_optimized=ort_save_optimized,
-                                       log_severity=3)
+            engine = OnnxRuntimeEngine(graph, device, optimization=ort_optimization, save_optimized=ort_save_optimized)
+            if "box_masks" not in engine.outputs:
+                raise InputError(graph, "an older student graph (it pastes the masks itself); export it again: "
+                                        "`icn-rt export MODEL --student`")
         elif backend != "torch":
             raise ValueError(f"the student runs on {' or '.join(STUDENT_BACKENDS)}, not {backend!r}")
         return cls(network, settings, classes, device, engine, directory)
@@ -84,9 +85,9 @@ class StudentPredictor(Staging):
         which takes one image at a time)."""
         if self.engine is None:
             with torch.inference_mode():
-                return dict(zip(("boxes", "labels", "scores", "masks", "image"), self.graph(x)))
+                return dict(zip(STUDENT_OUTPUTS, self.graph(x)))
         parts = [self.engine(images=x[b: b + 1]) for b in range(len(x))]
-        out = {k: torch.cat([p[k].to(self.device) for p in parts]) for k in ("boxes", "labels", "scores", "masks")}
+        out = {k: torch.cat([p[k].to(self.device) for p in parts]) for k in ("boxes", "labels", "scores", "box_masks")}
         out["image"] = torch.cat([torch.full((len(p["labels"]),), b, dtype=torch.int64, device=self.device)
                                   for b, p in enumerate(parts)])
         return out
@@ -111,16 +112,16 @@ class StudentPredictor(Staging):
         h, w = image.shape[:2]
         mine = out["image"] == b
         scores = out["scores"][mine].float()
-        boxes = out["boxes"][mine].float()
-        masks = masks_at(out["masks"][mine].float(), (h, w), self.settings.mask_threshold)
-        labels, boxes, scores = out["labels"][mine].cpu().numpy(), boxes.cpu().numpy(), scores.cpu().numpy()
         s = self.input_size
+        boxes = out["boxes"][mine].float() * torch.tensor([w / s, h / s, w / s, h / s], device=scores.device)
+        masks = paste_at(out["box_masks"][mine].float(), boxes, (h, w), self.settings.mask_threshold)
+        labels, boxes, scores = out["labels"][mine].cpu().numpy(), boxes.cpu().numpy(), scores.cpu().numpy()
         instances = []
         for k in np.argsort(-scores, kind="stable"):
             if not masks[k].any():
                 continue
             x1, y1, x2, y2 = boxes[k]
-            centre = ((y1 + y2) / 2 * h / s, (x1 + x2) / 2 * w / s)
+            centre = ((y1 + y2) / 2, (x1 + x2) / 2)
             instances.append(Instance(int(labels[k]), float(scores[k]), masks[k], -1, centre, float(scores[k]),
                                       float(scores[k]), None))
         class_scores = np.zeros(len(self.classes), np.float32)
@@ -129,34 +130,30 @@ class StudentPredictor(Staging):
         return Prediction(instances, class_scores)
 
 
-def masks_at(probs: torch.Tensor, size: tuple[int, int], threshold: float) -> np.ndarray:
-    """``probs [N, S, S]`` (mask probabilities at the input side, zero away from each
-    detection, as torchvision pastes them) -> ``bool [N, H, W]``: bilinearly resized to
-    ``size`` (as ``F.interpolate(..., align_corners=False)``) and cut at ``threshold``
-    (> 0), each only over the window of the image its nonzero cells can reach, not the
-    whole image: a detection costs its own area."""
-    n, s = probs.shape[0], probs.shape[-1]
+def paste_at(box_masks: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int], threshold: float) -> np.ndarray:
+    """``box_masks [N, M, M]`` (probabilities over each box) and ``boxes [N, 4]`` (x1, y1,
+    x2, y2 in the image's pixels) -> ``bool [N, H, W]`` for an image of ``size``: each mask
+    pasted as torchvision's ``paste_masks_in_image`` pastes it (padded by one cell, its box
+    grown to match and cut to whole pixels, resized bilinearly onto the box) and cut at
+    ``threshold``, but written over its box only, not a whole canvas per detection."""
+    n = box_masks.shape[0]
     h, w = size
     out = np.zeros((n, h, w), bool)
     if n == 0:
         return out
-    sy, sx = h / s, w / s
-    rows, cols = (probs.amax(2) > 0).cpu().numpy(), (probs.amax(1) > 0).cpu().numpy()
-    for k in range(n):
-        ry, rx = np.flatnonzero(rows[k]), np.flatnonzero(cols[k])
-        if len(ry) == 0:
+    m = box_masks.shape[-1]
+    padded = F.pad(box_masks, (1, 1, 1, 1))
+    scale = (m + 2) / m
+    half = (boxes[:, 2:] - boxes[:, :2]) * 0.5 * scale
+    centre = (boxes[:, 2:] + boxes[:, :2]) * 0.5
+    grown = torch.cat([centre - half, centre + half], 1).to(torch.int64).tolist()
+    for k, (x0, y0, x1, y1) in enumerate(grown):
+        bw, bh = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
+        c0, c1, r0, r1 = max(x0, 0), min(x1 + 1, w), max(y0, 0), min(y1 + 1, h)
+        if c1 <= c0 or r1 <= r0:
             continue
-        # output pixel i reads source cells around (i + 0.5) / scale - 0.5: it is zero
-        # unless that lies within a cell of the nonzero ones
-        r0, r1 = max(0, int(np.floor((ry[0] - 0.5) * sy - 0.5))), min(h, int(np.ceil((ry[-1] + 1.5) * sy - 0.5)) + 1)
-        c0, c1 = max(0, int(np.floor((rx[0] - 0.5) * sx - 0.5))), min(w, int(np.ceil((rx[-1] + 1.5) * sx - 0.5)) + 1)
-        # source coordinates of the window's pixel centres, as interpolate computes them
-        ys = ((torch.arange(r0, r1, dtype=torch.float32) + 0.5) / sy - 0.5).clamp(min=0)
-        xs = ((torch.arange(c0, c1, dtype=torch.float32) + 0.5) / sx - 0.5).clamp(min=0)
-        grid = torch.stack(torch.meshgrid((2 * ys + 1) / s - 1, (2 * xs + 1) / s - 1, indexing="ij")[::-1], -1)
-        window = F.grid_sample(probs[k][None, None], grid[None].to(probs.device), mode="bilinear",
-                               padding_mode="border", align_corners=False)[0, 0]
-        out[k, r0:r1, c0:c1] = (window >= threshold).cpu().numpy()
+        resized = F.interpolate(padded[k][None, None], size=(bh, bw), mode="bilinear", align_corners=False)[0, 0]
+        out[k, r0:r1, c0:c1] = (resized[r0 - y0: r1 - y0, c0 - x0: c1 - x0] >= threshold).cpu().numpy()
     return out
 
 
