@@ -739,7 +739,8 @@ def export_cmd(
     simplify: bool = typer.Option(True, help="Simplify the fp32 graphs with onnxslim (kept only when onnxruntime "
                                              "gives the same outputs; node counts in the manifest)."),
     student: bool = typer.Option(False, help="Export the student instead (student.onnx, one image per run, "
-                                             "record in student.onnx.json)."),
+                                             "record in student.onnx.json; --precision int8 adds "
+                                             "student.int8.onnx, run by --backend onnxruntime:int8)."),
 ):
     """ONNX graphs beside the model: prm.onnx (classifier, peaks, peak backprop, PRMs) and
     icn.onnx (T enhancement steps), checked, with manifest.json; --precision adds their
@@ -750,7 +751,12 @@ def export_cmd(
         from icn_rt.export.onnx_export import export_student
 
         try:
-            record = export_student(model_dir, verify=verify)
+            precisions = tuple(dict.fromkeys(["fp32", *(p.strip() for p in precision.split(",") if p.strip())]))
+            calibrate = None
+            if calibration is not None:
+                calibrate = Calibration(str(calibration), calibration_split, calibration_images,
+                                        method=calibration_method)
+            record = export_student(model_dir, verify=verify, precisions=precisions, calibration=calibrate)
         except (InputError, ValueError) as e:
             _fail(e)
         check = record.get("verification", {})
@@ -760,6 +766,12 @@ def export_cmd(
                   + (f"; onnxruntime vs torch: {check['onnxruntime_detections']}/{check['detections']} detections, "
                      f"boxes {check.get('max_difference_boxes', float('nan')):.1e} px, masks "
                      f"{check.get('max_difference_box_masks', float('nan')):.1e}" if check else "") + ")", soft_wrap=True)
+        for variant in record.get("precisions", {}).values():
+            check = variant.get("verification", {})
+            out.print(f"int8 student -> {model_dir / variant['file']} ({variant['bytes'] / 2**20:.1f} MiB, "
+                      f"{variant['nodes_lowered']} layers in int8"
+                      + (f"; onnxruntime vs torch fp32: {check['onnxruntime_detections']}/{check['detections']} "
+                         "detections" if check else "") + ")", soft_wrap=True)
         return
     try:
         precisions = tuple(dict.fromkeys(["fp32", *(p.strip() for p in precision.split(",") if p.strip())]))

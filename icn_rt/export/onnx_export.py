@@ -377,8 +377,13 @@ the detections being the same: boxes in pixels (their regression deltas are expo
 and scaled, so float32 rounding grows to ~1e-3 px), scores and mask probabilities."""
 
 
-def export_student(directory: str | Path, verify: bool = True) -> dict:
-    """``student.onnx`` beside the model: the student (:class:`~icn_rt.models.student.StudentGraph`)
+STUDENT_PRECISIONS = ("fp32", "int8")
+
+
+def export_student(directory: str | Path, verify: bool = True, precisions: tuple[str, ...] = ("fp32",),
+                   calibration: Calibration | None = None) -> dict:
+    """``student.onnx`` beside the model (and ``student.int8.onnx`` when ``precisions`` hold
+    int8, calibrated on ``calibration``): the student (:class:`~icn_rt.models.student.StudentGraph`)
     for one image ``images [1, 3, S, S]`` -> ``boxes``, ``labels``, ``scores``, ``box_masks``,
     ``image`` (their first axis: the detections, dynamic). One image per run: torchvision's
     Mask R-CNN traces its per-image loop unrolled, so the batch is fixed at export; the
@@ -392,6 +397,11 @@ def export_student(directory: str | Path, verify: bool = True) -> dict:
     from icn_rt.models.store import load_student
     from icn_rt.models.student import STUDENT_GRAPH, STUDENT_INPUTS, STUDENT_OUTPUTS, STUDENT_RECORD, StudentGraph
 
+    unknown = [p for p in precisions if p not in STUDENT_PRECISIONS]
+    if unknown:
+        raise ValueError(f"the student exports at {' and '.join(STUDENT_PRECISIONS)}, not {unknown[0]!r}")
+    if "int8" in precisions and calibration is None:
+        raise ValueError("an int8 student needs calibration images: give --calibration VOCROOT")
     directory = Path(directory)
     network, settings, classes = load_student(directory)
     graph = StudentGraph(network).eval()
@@ -412,8 +422,45 @@ def export_student(directory: str | Path, verify: bool = True) -> dict:
               "torch": torch.__version__, "python": platform.python_version()}
     if verify:
         record["verification"] = verify_student(graph, path, x)
+    if "int8" in precisions:
+        record["precisions"] = {"int8": _student_int8(directory, record, settings.input_size, calibration, graph, x,
+                                                      verify)}
     (directory / STUDENT_RECORD).write_text(__import__("json").dumps(record, indent=1) + "\n")
     return record
+
+
+def _student_int8(directory: Path, record: dict, side: int, calibration: Calibration, graph, x: torch.Tensor,
+                  verify: bool) -> dict:
+    """``student.int8.onnx``: the student's convolutions and fully connected layers but its
+    first and its predicting ones (:func:`~icn_rt.export.precision.student_int8_nodes`) in
+    int8 — symmetric signed activations and per-channel weights (TensorRT's explicit
+    quantization), the Q/DQ pairs around each layer, so that onnxruntime runs its integer
+    kernels — calibrated on ``calibration``'s images at the student's side."""
+    import onnx
+
+    from icn_rt.data.images import read_image
+    from icn_rt.data.preprocess import preprocess_batch
+    from icn_rt.data.voc import VOCDataset
+
+    ds = VOCDataset(calibration.root, calibration.split, load_images=False)
+    feeds = [{"images": preprocess_batch([read_image(ds.image_path(i))], side).numpy()}
+             for i in ds.ids[: calibration.images]]
+    from icn_rt.models.student import student_graph_file
+
+    source, path = directory / record["file"], directory / student_graph_file("int8")
+    nodes = lower.student_int8_nodes(onnx.load(str(source)))
+    say(f"int8 student: {len(nodes)} layers quantized, calibrated ({calibration.method}) on {len(feeds)} images "
+        f"of {calibration.root} {calibration.split} -> {path}")
+    lower.to_int8(source, path, feeds, calibration.method, nodes, conv_inputs_only=False,
+                  ops=lower.STUDENT_INT8_OPS)
+    onnx.checker.check_model(str(path), full_check=True)
+    made = {"file": path.name, "sha256": manifests.file_sha256(path), "bytes": path.stat().st_size,
+            "source_sha256": record["sha256"], "nodes_lowered": len(nodes), "operators": graph_operators(path),
+            "tensorrt_unsupported": unsupported_operators(path),
+            "calibration": {**asdict(calibration), "images": len(feeds)}}
+    if verify:
+        made["verification"] = verify_student(graph, path, x)
+    return made
 
 
 def _student_probe(side: int) -> torch.Tensor:

@@ -136,11 +136,27 @@ class _Feeds:
         pass
 
 
+def student_int8_nodes(model) -> list[str]:
+    """The student's layers an int8 student graph quantizes: its network convolutions and
+    fully connected layers (``Conv``, ``Gemm``) but the first convolution and the layers that
+    predict (the RPN's objectness and box deltas, the box head's classes and deltas, the
+    mask logits), which stay fp32 as the pipeline's input layer and output head do."""
+    predicts = ("/rpn/head/cls_logits", "/rpn/head/bbox_pred", "/box_predictor/", "/mask_fcn_logits")
+    chosen = [n.name for n in model.graph.node if n.op_type in STUDENT_INT8_OPS and in_network(n)]
+    return [name for name in chosen[1:] if not any(p in name for p in predicts)]
+
+
+STUDENT_INT8_OPS = ("Conv", "Gemm")
+
+
 def to_int8(source: Path, out: Path, feeds: list[dict[str, np.ndarray]], method: str = "minmax",
-            nodes: Iterable[str] | None = None, conv_inputs_only: bool = True) -> None:
+            nodes: Iterable[str] | None = None, conv_inputs_only: bool = True,
+            ops: Iterable[str] = INT8_OPS) -> None:
     """Write ``out``: the graph ``source`` with Q/DQ pairs around ``nodes`` (default:
-    :func:`int8_nodes`), activation ranges calibrated on ``feeds`` (the graph's inputs,
-    batch by batch) with ``method``."""
+    :func:`int8_nodes`) of types ``ops``, activation ranges calibrated on ``feeds`` (the
+    graph's inputs, batch by batch) with ``method``. ``conv_inputs_only``: the pairs stay on
+    the quantized layers' inputs only (:func:`_only_conv_inputs`; the pipeline's backward
+    needs it); else onnxruntime fuses each Q/DQ-wrapped layer into its integer kernel."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -153,7 +169,7 @@ def to_int8(source: Path, out: Path, feeds: list[dict[str, np.ndarray]], method:
                  "percentile": CalibrationMethod.Percentile}[method]
     quantize_static(str(source), str(out), _Feeds(feeds), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    nodes_to_quantize=chosen, op_types_to_quantize=list(INT8_OPS), calibrate_method=calibrate,
+                    nodes_to_quantize=chosen, op_types_to_quantize=list(ops), calibrate_method=calibrate,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                    "DedicatedQDQPair": True, "QuantizeBias": False})
     if conv_inputs_only:

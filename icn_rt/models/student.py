@@ -302,3 +302,8 @@ STUDENT_GRAPH = "student.onnx"
 STUDENT_RECORD = "student.onnx.json"
 STUDENT_INPUTS = ("images",)
 STUDENT_OUTPUTS = ("boxes", "labels", "scores", "box_masks", "image")
+
+
+def student_graph_file(precision: str = "fp32") -> str:
+    """``student.onnx``, or ``student.<precision>.onnx`` for a lower-precision variant."""
+    return STUDENT_GRAPH if precision == "fp32" else STUDENT_GRAPH.replace(".onnx", f".{precision}.onnx")

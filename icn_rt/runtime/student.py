@@ -22,11 +22,12 @@ import torch.nn.functional as F
 
 from icn_rt.errors import InputError
 from icn_rt.models.store import load_student, weights_digest
-from icn_rt.models.student import STUDENT_GRAPH, STUDENT_OUTPUTS, StudentGraph, StudentSettings
+from icn_rt.models.student import (STUDENT_GRAPH, STUDENT_OUTPUTS, StudentGraph, StudentSettings,
+                                   student_graph_file)
 from icn_rt.runtime.predictor import Instance, Prediction, Staged, Staging
 from icn_rt.runtime.timing import StageTimes
 
-STUDENT_BACKENDS = ("torch", "onnxruntime")
+STUDENT_BACKENDS = ("torch", "onnxruntime", "onnxruntime:int8")
 
 
 class StudentPredictor(Staging):
@@ -46,32 +47,42 @@ class StudentPredictor(Staging):
     def input_size(self) -> int:
         return self.settings.input_size
 
+    precision = "fp32"
+    """The exported graph's precision (``onnxruntime:int8`` runs ``student.int8.onnx``)."""
+
     @property
     def backend(self) -> str:
-        return "torch" if self.engine is None else self.engine.backend
+        if self.engine is None:
+            return "torch"
+        return self.engine.backend + ("" if self.precision == "fp32" else f":{self.precision}")
 
     @classmethod
     def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu", backend: str = "torch",
                  ort_optimization: str = "all", ort_save_optimized: bool = False) -> StudentPredictor:
         """The student of a model directory (``icn-rt train student``) on ``backend``:
-        ``torch`` (eager) or ``onnxruntime`` (``student.onnx``: ``icn-rt export MODEL
-        --student``)."""
+        ``torch`` (eager), ``onnxruntime`` (``student.onnx``: ``icn-rt export MODEL
+        --student``) or ``onnxruntime:int8`` (``student.int8.onnx``: ``... --precision int8
+        --calibration VOCROOT``)."""
+        if backend not in STUDENT_BACKENDS:
+            raise ValueError(f"the student runs on {' or '.join(STUDENT_BACKENDS)}, not {backend!r}")
         directory = Path(directory)
         network, settings, classes = load_student(directory, device)
         engine = None
+        backend, _, precision = backend.partition(":")
         if backend == "onnxruntime":
             from icn_rt.runtime.engines.onnxruntime import OnnxRuntimeEngine
 
-            graph = directory / STUDENT_GRAPH
+            graph = directory / student_graph_file(precision or "fp32")
             if not graph.is_file():
-                raise InputError(graph, "no student graph; run `icn-rt export MODEL --student` first")
+                how = "" if graph.name == STUDENT_GRAPH else f" --precision {precision} --calibration VOCROOT"
+                raise InputError(graph, f"no student graph; run `icn-rt export MODEL --student{how}` first")
             engine = OnnxRuntimeEngine(graph, device, optimization=ort_optimization, save_optimized=ort_save_optimized)
             if "box_masks" not in engine.outputs:
                 raise InputError(graph, "an older student graph (it pastes the masks itself); export it again: "
                                         "`icn-rt export MODEL --student`")
-        elif backend != "torch":
-            raise ValueError(f"the student runs on {' or '.join(STUDENT_BACKENDS)}, not {backend!r}")
-        return cls(network, settings, classes, device, engine, directory)
+        predictor = cls(network, settings, classes, device, engine, directory)
+        predictor.precision = precision or "fp32"
+        return predictor
 
     def fingerprint(self) -> dict:
         """What decides an image's results: the weights and settings (not the backend)."""
