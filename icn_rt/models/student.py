@@ -154,7 +154,7 @@ def _chunked(base: type) -> type:
     class Chunked(base):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             # not when training, nor on GPUs, nor traced for export (the graph would fix the chunks' count)
-            if self.training or len(x) <= MASK_CHUNK or x.device.type != "cpu" or torch.jit.is_tracing():
+            if self.training or torch.jit.is_tracing() or x.device.type != "cpu" or len(x) <= MASK_CHUNK:
                 return super().forward(x)
             return torch.cat([super(Chunked, self).forward(part) for part in x.split(MASK_CHUNK)])
 
