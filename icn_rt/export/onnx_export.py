@@ -436,7 +436,7 @@ def _student_int8(directory: Path, record: dict, side: int, calibration: Calibra
     int8, for onnxruntime on CPUs — unsigned activations with zero points and signed
     per-channel weights, the Q/DQ pairs around each layer so that onnxruntime fuses its
     u8s8 integer kernels (signed symmetric activations, which TensorRT's explicit
-    quantization needs, ran barely faster than fp32 there) — calibrated on
+    quantization needs, ran no faster than fp32 there) — calibrated on
     ``calibration``'s images at the student's side."""
     import onnx
 

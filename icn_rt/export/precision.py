@@ -159,7 +159,8 @@ def to_int8(source: Path, out: Path, feeds: list[dict[str, np.ndarray]], method:
     needs it); else onnxruntime fuses each Q/DQ-wrapped layer into its integer kernel.
     ``activations``: ``s8`` (signed, symmetric: TensorRT's explicit quantization) or ``u8``
     (unsigned with a zero point: onnxruntime's fast form on x86 CPUs, its u8s8 kernels;
-    the student on this project's CPU: 1.4-1.7x its fp32 graph where s8 gave 1.1-1.3x)."""
+    the student's graph alone on this project's idle CPU: 1.1-1.4x its fp32 graph where
+    s8 gave 0.9-1.1x)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
