@@ -209,6 +209,7 @@ def _max_difference(module: torch.nn.Module, path: Path, args: tuple, names: tup
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only, not onnxruntime's notes on outputs whose shapes vary
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     got = session.run(None, {n: a.numpy() for n, a in zip(names, args)})
     with torch.no_grad():
@@ -443,12 +444,11 @@ def _student_int8(directory: Path, record: dict, side: int, calibration: Calibra
     from icn_rt.data.images import read_image
     from icn_rt.data.preprocess import preprocess_batch
     from icn_rt.data.voc import VOCDataset
+    from icn_rt.models.student import student_graph_file
 
     ds = VOCDataset(calibration.root, calibration.split, load_images=False)
     feeds = [{"images": preprocess_batch([read_image(ds.image_path(i))], side).numpy()}
              for i in ds.ids[: calibration.images]]
-    from icn_rt.models.student import student_graph_file
-
     source, path = directory / record["file"], directory / student_graph_file("int8")
     nodes = lower.student_int8_nodes(onnx.load(str(source)))
     say(f"int8 student: {len(nodes)} layers quantized, calibrated ({calibration.method}) on {len(feeds)} images "
