@@ -747,15 +747,17 @@ def export_cmd(
     fp16 / int8 variants (prm.fp16.onnx, ...), which build-engine builds strongly typed."""
     from icn_rt.export.onnx_export import Calibration, export_model
 
+    precisions = tuple(dict.fromkeys(["fp32", *(p.strip() for p in precision.split(",") if p.strip())]))
+    try:
+        calibrate = None
+        if calibration is not None:
+            calibrate = Calibration(str(calibration), calibration_split, calibration_images, method=calibration_method)
+    except ValueError as e:
+        _fail(e)
     if student:
         from icn_rt.export.onnx_export import export_student
 
         try:
-            precisions = tuple(dict.fromkeys(["fp32", *(p.strip() for p in precision.split(",") if p.strip())]))
-            calibrate = None
-            if calibration is not None:
-                calibrate = Calibration(str(calibration), calibration_split, calibration_images,
-                                        method=calibration_method)
             record = export_student(model_dir, verify=verify, precisions=precisions, calibration=calibrate)
         except (InputError, ValueError) as e:
             _fail(e)
@@ -774,10 +776,6 @@ def export_cmd(
                          "detections" if check else "") + ")", soft_wrap=True)
         return
     try:
-        precisions = tuple(dict.fromkeys(["fp32", *(p.strip() for p in precision.split(",") if p.strip())]))
-        calibrate = None
-        if calibration is not None:
-            calibrate = Calibration(str(calibration), calibration_split, calibration_images, method=calibration_method)
         manifest = export_model(model_dir, slots=slots, verify=verify, precisions=precisions, calibration=calibrate,
                                 simplify=simplify)
     except (InputError, ValueError) as e:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import platform
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -236,20 +236,24 @@ def _example_images(size: int) -> torch.Tensor:
     return preprocess_batch([render(config, "val", i).image for i in range(2)], size)
 
 
-def calibration_feeds(model, calibration: Calibration, graph: str) -> list[dict[str, np.ndarray]]:
-    """Batches of ``graph``'s inputs from the calibration images: the PRM graph takes the
-    normalised images; the ICN graph takes each peak's image and naive PRM (made by the
-    model in PyTorch)."""
+def calibration_batches(calibration: Calibration, side: int) -> list[torch.Tensor]:
+    """The calibration images, normalised at ``side``, in batches of ``calibration.batch``."""
     from icn_rt.data.images import read_image
     from icn_rt.data.preprocess import preprocess_batch
     from icn_rt.data.voc import VOCDataset
 
     ds = VOCDataset(calibration.root, calibration.split, load_images=False)
     ids = ds.ids[: calibration.images]
+    return [preprocess_batch([read_image(ds.image_path(i)) for i in ids[start: start + calibration.batch]], side)
+            for start in range(0, len(ids), calibration.batch)]
+
+
+def calibration_feeds(model, calibration: Calibration, graph: str) -> list[dict[str, np.ndarray]]:
+    """Batches of ``graph``'s inputs from the calibration images: the PRM graph takes the
+    normalised images; the ICN graph takes each peak's image and naive PRM (made by the
+    model in PyTorch)."""
     feeds = []
-    for start in range(0, len(ids), calibration.batch):
-        x = preprocess_batch([read_image(ds.image_path(i)) for i in ids[start: start + calibration.batch]],
-                             model.input_size)
+    for x in calibration_batches(calibration, model.input_size):
         if graph == "prm":
             feeds.append({"images": x.numpy()})
             continue
@@ -441,14 +445,10 @@ def _student_int8(directory: Path, record: dict, side: int, calibration: Calibra
     ``calibration``'s images at the student's side."""
     import onnx
 
-    from icn_rt.data.images import read_image
-    from icn_rt.data.preprocess import preprocess_batch
-    from icn_rt.data.voc import VOCDataset
     from icn_rt.models.student import student_graph_file
 
-    ds = VOCDataset(calibration.root, calibration.split, load_images=False)
-    feeds = [{"images": preprocess_batch([read_image(ds.image_path(i))], side).numpy()}
-             for i in ds.ids[: calibration.images]]
+    calibration = replace(calibration, batch=1)  # the student's graph takes one image a run
+    feeds = [{"images": x.numpy()} for x in calibration_batches(calibration, side)]
     source, path = directory / record["file"], directory / student_graph_file("int8")
     nodes = lower.student_int8_nodes(onnx.load(str(source)))
     say(f"int8 student: {len(nodes)} layers quantized, calibrated ({calibration.method}) on {len(feeds)} images "
