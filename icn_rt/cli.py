@@ -539,7 +539,8 @@ def infer_cmd(
     ort_optimization: str = typer.Option("all", help=ORT_OPTIMIZATION_HELP),
     ort_save_optimized: bool = typer.Option(False, help=ORT_SAVE_HELP),
     student: bool = typer.Option(False, help="Run the model's student (`icn-rt train student`): no proposals, no "
-                                             "backward; --backend torch | onnxruntime (`icn-rt export --student`)."),
+                                             "backward; --backend torch | onnxruntime[:fp16|:int8] (`icn-rt export "
+                                             "--student`) | tensorrt[:fp16|:int8] (`icn-rt build-engine --student`)."),
     ray: Optional[str] = typer.Option(None, help="Run on a Ray cluster (pip install 'icn-rt[distributed]'): "
                                                  + RAY_HELP + "."),
     actors: int = typer.Option(1, help="--ray: predictors in the pool, each loading the model once."),
@@ -739,8 +740,9 @@ def export_cmd(
     simplify: bool = typer.Option(True, help="Simplify the fp32 graphs with onnxslim (kept only when onnxruntime "
                                              "gives the same outputs; node counts in the manifest)."),
     student: bool = typer.Option(False, help="Export the student instead (student.onnx, one image per run, "
-                                             "record in student.onnx.json; --precision int8 adds "
-                                             "student.int8.onnx, run by --backend onnxruntime:int8)."),
+                                             "record in student.onnx.json; --precision fp16 adds "
+                                             "student.fp16.onnx, int8 student.int8.onnx for onnxruntime on CPUs "
+                                             "and student.int8.s8.onnx for TensorRT)."),
 ):
     """ONNX graphs beside the model: prm.onnx (classifier, peaks, peak backprop, PRMs) and
     icn.onnx (T enhancement steps), checked, with manifest.json; --precision adds their
@@ -768,12 +770,16 @@ def export_cmd(
                   + (f"; onnxruntime vs torch: {check['onnxruntime_detections']}/{check['detections']} detections, "
                      f"boxes {check.get('max_difference_boxes', float('nan')):.1e} px, masks "
                      f"{check.get('max_difference_box_masks', float('nan')):.1e}" if check else "") + ")", soft_wrap=True)
-        for variant in record.get("precisions", {}).values():
-            check = variant.get("verification", {})
-            out.print(f"int8 student -> {model_dir / variant['file']} ({variant['bytes'] / 2**20:.1f} MiB, "
-                      f"{variant['nodes_lowered']} layers in int8"
-                      + (f"; onnxruntime vs torch fp32: {check['onnxruntime_detections']}/{check['detections']} "
-                         "detections" if check else "") + ")", soft_wrap=True)
+        for name, variant in record.get("precisions", {}).items():
+            for form in (variant, variant.get("tensorrt")):
+                if form is None:
+                    continue
+                check = form.get("verification", {})
+                out.print(f"{name} student -> {model_dir / form['file']} ({form['bytes'] / 2**20:.1f} MiB, "
+                          f"{form['nodes_lowered']} layers in {name}"
+                          + (f", {form['activations'].split(' (')[0]} activations" if "activations" in form else "")
+                          + (f"; onnxruntime vs torch fp32: {check['onnxruntime_detections']}/{check['detections']} "
+                             "detections" if check else "") + ")", soft_wrap=True)
         return
     try:
         manifest = export_model(model_dir, slots=slots, verify=verify, precisions=precisions, calibration=calibrate,
@@ -891,19 +897,26 @@ def build_engine_cmd(
     dla_core: Optional[int] = typer.Option(None, help="Build for this DLA core, GPU fallback on (Jetson)."),
     timing_cache: Optional[Path] = typer.Option(None, help="Timing cache file [default: MODEL/timing.cache]."),
     device: str = typer.Option("cuda", help="The GPU to build for (cuda | cuda:N)."),
+    student: bool = typer.Option(False, help="Build the student's plan instead (student.PRECISION.plan from "
+                                             "`icn-rt export MODEL --student --precision ...`; one image a run, "
+                                             "recorded in student.onnx.json); run it with `icn-rt infer MODEL "
+                                             "--student --backend tensorrt[:PRECISION]`."),
 ):
     """TensorRT plans from the exported graphs, recorded in manifest.json with the GPU and
     TensorRT version they are valid for."""
-    from icn_rt.export.build_engine import BuildSettings, build_engines
+    from icn_rt.export.build_engine import BuildSettings, build_engines, build_student_engine
 
     try:
         settings = BuildSettings(precision=precision, batch=(min_batch, opt_batch, max_batch),
                                  workspace_mib=workspace, dla_core=dla_core,
                                  timing_cache=str(timing_cache) if timing_cache else None)
-        manifest = build_engines(model_dir, settings, device)
+        if student:
+            plans = {"student": build_student_engine(model_dir, settings, device)["plans"][precision]}
+        else:
+            plans = build_engines(model_dir, settings, device)["plans"]
     except (InputError, ValueError, RuntimeError) as e:
         _fail(e)
-    for name, plan in manifest["plans"].items():
+    for name, plan in plans.items():
         out.print(f"{name}: {plan['file']} ({plan['precision']}, TensorRT {plan['tensorrt']}, {plan['gpu']['name']})")
 
 

@@ -12,6 +12,7 @@ from icn_rt.cli import app
 from icn_rt.data.results import result_entry
 from icn_rt.data.voc import VOCDataset
 from icn_rt.models.student import StudentSettings, anchor_sizes, build_student
+from icn_rt.runtime.engines import tensorrt_available
 from icn_rt.training.student import (StudentTrainSettings, boxes_of, choose_threshold, input_size_for, kept_labels,
                                      learning_rate, train_student)
 from tests.conftest import runner
@@ -246,6 +247,7 @@ def test_compare_checks_the_onnx_student_against_pytorch(student, tiny_voc, tmp_
 
 def test_an_int8_student_is_calibrated_runs_and_agrees_with_fp32(student, tiny_voc, tmp_path):
     import onnx
+    from onnx import numpy_helper
 
     from icn_rt.export.precision import student_int8_nodes
 
@@ -282,7 +284,121 @@ def test_an_int8_student_is_calibrated_runs_and_agrees_with_fp32(student, tiny_v
     assert r.exit_code == 0 and json.loads(out.read_text()), r.output
     r = runner.invoke(app, ["infer", str(model), str(images[0]), "--student", "--backend", "onnxruntime:fp16",
                             "--out", str(tmp_path / "fp16.json")])
-    assert r.exit_code == 2 and "the student runs on torch or onnxruntime or onnxruntime:int8" in r.output, r.output
+    assert r.exit_code == 2 and "student.fp16.onnx: no student graph; run `icn-rt export MODEL --student " \
+                                "--precision fp16` first" in r.output, r.output
+    r = runner.invoke(app, ["infer", str(model), str(images[0]), "--student", "--backend", "onnxruntime:bf16",
+                            "--out", str(tmp_path / "bf16.json")])
+    assert r.exit_code == 2 and "the student runs on torch or onnxruntime or" in r.output, r.output
+    # TensorRT's form: the same layers, signed symmetric activations (zero points 0), recorded beside
+    trt_form = record["tensorrt"]
+    assert trt_form["file"] == "student.int8.s8.onnx" and trt_form["source_sha256"] == record["source_sha256"]
+    s8 = onnx.load(str(model / trt_form["file"])).graph
+    s8_dequantized = {n.output[0] for n in s8.node if n.op_type == "DequantizeLinear"}
+    assert {n.name for n in s8.node if n.op_type in ("Conv", "Gemm") and n.input[1] in s8_dequantized} == set(chosen)
+    zero_points = [numpy_helper.to_array(t) for t in s8.initializer if "zero_point" in t.name]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    u8_points = [numpy_helper.to_array(t) for t in graph.initializer if "zero_point" in t.name]
+    assert any(z.dtype == np.uint8 for z in u8_points)
+    check = trt_form["verification"]
+    assert check["onnxruntime_detections"] > 0
+
+
+def test_an_fp16_student_lowers_only_its_network_layers_and_finds_fp32s_instances(student, tiny_voc, tmp_path):
+    import onnx
+    from onnx import TensorProto
+
+    from icn_rt.export.precision import fp16_nodes, in_network
+
+    model = tmp_path / "model"
+    shutil.copytree(student[0], model, ignore=shutil.ignore_patterns("student.*onnx*"))
+    r = runner.invoke(app, ["export", str(model), "--student", "--precision", "fp16"])
+    assert r.exit_code == 0 and "fp16 student -> " in r.output, r.output
+    record = json.loads((model / "student.onnx.json").read_text())["precisions"]["fp16"]
+    fp32 = onnx.load(str(model / "student.onnx"))
+    half = onnx.load(str(model / "student.fp16.onnx"))
+    assert record["file"] == "student.fp16.onnx" and record["nodes_lowered"] == len(fp16_nodes(fp32)) > 20
+    # inputs and outputs keep their types; fp16 weights belong to network layers only
+    assert [(i.name, i.type.tensor_type.elem_type) for i in (*half.graph.input, *half.graph.output)] == \
+           [(i.name, i.type.tensor_type.elem_type) for i in (*fp32.graph.input, *fp32.graph.output)]
+    readers = {x: n for n in half.graph.node for x in n.input}
+    fp16_weights = [t.name for t in half.graph.initializer if t.data_type == TensorProto.FLOAT16]
+    assert fp16_weights and all(in_network(readers[w]) for w in fp16_weights)
+    assert not any(x.endswith("/fp16") for n in half.graph.node if n.op_type in ("RoiAlign", "NonMaxSuppression")
+                   for x in n.input)  # region pooling and NMS stay fp32
+    check = record["verification"]
+    assert check["detections"] == check["onnxruntime_detections"] > 0
+    # on the validation images, in onnxruntime: fp16's detections are fp32's, scores within fp16's rounding
+    images = sorted((tiny_voc / "JPEGImages").glob("val_*.jpg"))
+    r = runner.invoke(app, ["compare", str(model), *map(str, images), "--student", "--with", "onnxruntime",
+                            "--with", "onnxruntime:fp16", "--out", str(tmp_path / "c.json")])
+    report = json.loads((tmp_path / "c.json").read_text())["contestants"]["onnxruntime:fp16"]
+    assert report["instances"]["reference"] > 300 and report["instances"]["agreement"] >= 0.9, r.output
+    out = tmp_path / "fp16.json"
+    r = runner.invoke(app, ["infer", str(model), *map(str, images), "--student", "--backend", "onnxruntime:fp16",
+                            "--out", str(out), "--quiet", "--workers", "0"])
+    assert r.exit_code == 0 and json.loads(out.read_text()), r.output
+
+
+@pytest.mark.skipif(tensorrt_available(), reason="TensorRT is installed here")
+def test_build_engine_for_the_student_says_what_it_needs(student, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(student[0], model, ignore=shutil.ignore_patterns("student.*onnx*"))
+    r = runner.invoke(app, ["build-engine", str(model), "--student", "--precision", "fp16"])
+    assert r.exit_code == 2 and "TensorRT is not installed" in r.output and "pip install tensorrt" in r.output
+    # the runtime: no plan (the graph not even exported) -> the commands that make them
+    r = runner.invoke(app, ["infer", str(model), "x.jpg", "--student", "--backend", "tensorrt:fp16",
+                            "--out", str(tmp_path / "r.json")])
+    assert r.exit_code == 2 and "student.onnx.json: no student graph; run `icn-rt export MODEL --student " \
+                                "--precision fp16`, then `icn-rt build-engine MODEL --student --precision fp16`" \
+                                in r.output, r.output
+    from icn_rt.export.onnx_export import export_student
+
+    export_student(model, verify=False)
+    r = runner.invoke(app, ["infer", str(model), "x.jpg", "--student", "--backend", "tensorrt",
+                            "--out", str(tmp_path / "r.json")])
+    assert r.exit_code == 2 and "student.fp32.plan: no student plan; run `icn-rt build-engine MODEL --student " \
+                                "--precision fp32` first" in r.output, r.output
+    # a plan recorded for a graph exported before this one is refused
+    record = json.loads((model / "student.onnx.json").read_text())
+    record["plans"] = {"fp32": {"file": "student.fp32.plan", "onnx_sha256": "0" * 64}}
+    (model / "student.onnx.json").write_text(json.dumps(record))
+    r = runner.invoke(app, ["infer", str(model), "x.jpg", "--student", "--backend", "tensorrt",
+                            "--out", str(tmp_path / "r.json")])
+    assert r.exit_code == 2 and "built from another student graph than the one exported now" in r.output, r.output
+
+
+_NO_TENSORRT = ("TensorRT is not installed (pip install tensorrt)" if not tensorrt_available() else
+                "TensorRT needs a CUDA GPU" if not torch.cuda.is_available() else None)
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(_NO_TENSORRT is not None, reason=_NO_TENSORRT or "")
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_student_tensorrt_plans_find_the_exported_graphs_instances(student, tiny_voc, tmp_path, precision):
+    from icn_rt.data.images import read_image
+    from icn_rt.runtime.student import StudentPredictor
+
+    model = tmp_path / "model"
+    shutil.copytree(student[0], model, ignore=shutil.ignore_patterns("student.*onnx*"))
+    r = runner.invoke(app, ["export", str(model), "--student", "--precision", precision, "--calibration",
+                            str(tiny_voc), "--calibration-images", "4"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["build-engine", str(model), "--student", "--precision", precision])
+    assert r.exit_code == 0, r.output
+    plan = json.loads((model / "student.onnx.json").read_text())["plans"][precision]
+    assert plan["strongly_typed"] and plan["batch"] is None
+    ds = VOCDataset(tiny_voc, "val", load_images=False)
+    images = [read_image(ds.image_path(i)) for i in ds.ids]
+    # the same graph in onnxruntime is the reference (for int8 the s8 form's layers, on other kernels)
+    reference = StudentPredictor.from_dir(model, "cpu", "onnxruntime" if precision == "fp32" else
+                                          f"onnxruntime:{precision}").predict(images)
+    trt = StudentPredictor.from_dir(model, "cuda", "tensorrt" if precision == "fp32" else f"tensorrt:{precision}")
+    got = trt.predict(images)
+    pairs = [(a, b) for p, q in zip(reference, got) for a, b in zip(p.instances[:10], q.instances[:10])]
+    assert pairs
+    same = sum(a.class_id == b.class_id and (a.mask & b.mask).sum() >= 0.9 * (a.mask | b.mask).sum()
+               for a, b in pairs) / len(pairs)
+    assert same >= {"fp32": 0.95, "fp16": 0.8, "int8": 0.5}[precision], same
 
 
 def test_infer_student_writes_results_eval_reads_and_records_bad_images(student, tiny_voc, tmp_path):
@@ -316,9 +432,11 @@ def test_infer_student_refuses_what_it_cannot_use(classifier, student, tmp_path)
     r = runner.invoke(app, ["infer", str(student[0]), image, "--student", "--proposals", str(tmp_path),
                             "--out", str(tmp_path / "r.json")])
     assert r.exit_code == 2 and "--student needs no --proposals" in r.output, r.output
-    r = runner.invoke(app, ["infer", str(student[0]), image, "--student", "--backend", "tensorrt",
+    r = runner.invoke(app, ["infer", str(student[0]), image, "--student", "--backend", "tflite",
                             "--out", str(tmp_path / "r.json")])
-    assert r.exit_code == 2 and "the student runs on torch or onnxruntime" in r.output, r.output
+    assert r.exit_code == 2 and "the student runs on torch or onnxruntime or onnxruntime:fp16 or " \
+                                "onnxruntime:int8 or tensorrt or tensorrt:fp16 or tensorrt:int8, not 'tflite'" \
+                                in r.output, r.output
     # a graph exported before the masks were pasted outside it: its outputs are not the predictor's
     import onnx
     from onnx import TensorProto, helper
@@ -378,7 +496,8 @@ def test_bench_shows_the_student_beside_the_pipeline(student, tiny_voc):
         export_student(model, verify=False)
     paths = sorted((tiny_voc / "JPEGImages").glob("val_*.jpg"))[:4]
     report = bench(model, paths, tiny_voc / "Proposals",
-                   BenchSettings(batch_sizes=(2,), backends=("torch", "onnxruntime"), images=4, baseline=False,
+                   BenchSettings(batch_sizes=(2,), backends=("torch", "onnxruntime", "tensorrt:fp16"), images=4,
+                                 baseline=False,
                                  warmup=0, iterations=1, backward_cost=False, progress=False), log=lambda m: None)
     rows = {(r["contestant"], r["backend"]): r for r in report["rows"]}
     assert {("student", "torch"), ("student", "onnxruntime"), ("icn-rt, model", "torch")} <= set(rows)
@@ -387,6 +506,9 @@ def test_bench_shows_the_student_beside_the_pipeline(student, tiny_voc):
         assert r["images_timed"] == 4 and r["images_per_s"] > 0
         assert set(r["stage_shares"]) == {"preprocess", "student", "masks"}
     assert "| student | onnxruntime | 2 |" in markdown(report)
+    # a backend it has no graph or plan for is skipped with the reason
+    assert "no student plan; run `icn-rt build-engine MODEL --student --precision fp16`" in \
+           report["skipped"]["student, tensorrt:fp16"]
 
 
 @pytest.mark.parametrize("size", [(375, 500), (64, 64), (50, 90), (300, 40)])

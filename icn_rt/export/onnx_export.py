@@ -382,14 +382,15 @@ the detections being the same: boxes in pixels (their regression deltas are expo
 and scaled, so float32 rounding grows to ~1e-3 px), scores and mask probabilities."""
 
 
-STUDENT_PRECISIONS = ("fp32", "int8")
+STUDENT_PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def export_student(directory: str | Path, verify: bool = True, precisions: tuple[str, ...] = ("fp32",),
                    calibration: Calibration | None = None) -> dict:
-    """``student.onnx`` beside the model (and ``student.int8.onnx`` when ``precisions`` hold
-    int8, calibrated on ``calibration``): the student (:class:`~icn_rt.models.student.StudentGraph`)
-    for one image ``images [1, 3, S, S]`` -> ``boxes``, ``labels``, ``scores``, ``box_masks``,
+    """``student.onnx`` beside the model, and its lower-precision variants that ``precisions``
+    name: ``student.fp16.onnx`` (:func:`_student_fp16`), ``student.int8.onnx`` and
+    ``student.int8.s8.onnx`` (:func:`_student_int8`, calibrated on ``calibration``). The
+    student (:class:`~icn_rt.models.student.StudentGraph`) for one image ``images [1, 3, S, S]`` -> ``boxes``, ``labels``, ``scores``, ``box_masks``,
     ``image`` (their first axis: the detections, dynamic). One image per run: torchvision's
     Mask R-CNN traces its per-image loop unrolled, so the batch is fixed at export; the
     engine runs a batch image by image. Opset 17, TorchScript exporter, checked with
@@ -427,42 +428,74 @@ def export_student(directory: str | Path, verify: bool = True, precisions: tuple
               "torch": torch.__version__, "python": platform.python_version()}
     if verify:
         record["verification"] = verify_student(graph, path, x)
+    variants = {}
+    if "fp16" in precisions:
+        variants["fp16"] = _student_fp16(directory, record, graph, x, verify)
     if "int8" in precisions:
-        record["precisions"] = {"int8": _student_int8(directory, record, settings.input_size, calibration, graph, x,
-                                                      verify)}
+        variants["int8"] = _student_int8(directory, record, settings.input_size, calibration, graph, x, verify)
+    if variants:
+        record["precisions"] = variants
     (directory / STUDENT_RECORD).write_text(__import__("json").dumps(record, indent=1) + "\n")
     return record
 
 
+def _student_fp16(directory: Path, record: dict, graph, x: torch.Tensor, verify: bool) -> dict:
+    """``student.fp16.onnx``: the student's network layers (:func:`~icn_rt.export.precision.fp16_nodes`:
+    convolutions, fully connected layers, pooling, ReLUs inside a network module) in fp16,
+    the rest (anchors, box decoding, NMS, region pooling, the per-image selection) in fp32,
+    inputs and outputs fp32 — for TensorRT's strongly typed fp16 plan and onnxruntime's
+    GPU providers."""
+    import onnx
+
+    from icn_rt.models.student import student_graph_file
+
+    source, path = directory / record["file"], directory / student_graph_file("fp16")
+    model = onnx.load(str(source))
+    nodes = lower.fp16_nodes(model)
+    say(f"fp16 student: {len(nodes)} layers in fp16 -> {path}")
+    onnx.save(lower.to_fp16(model, nodes), str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+    made = {"file": path.name, "sha256": manifests.file_sha256(path), "bytes": path.stat().st_size,
+            "source_sha256": record["sha256"], "nodes_lowered": len(nodes), "operators": graph_operators(path)}
+    if verify:
+        made["verification"] = verify_student(graph, path, x)
+    return made
+
+
 def _student_int8(directory: Path, record: dict, side: int, calibration: Calibration, graph, x: torch.Tensor,
                   verify: bool) -> dict:
-    """``student.int8.onnx``: the student's convolutions and fully connected layers but its
-    first and its predicting ones (:func:`~icn_rt.export.precision.student_int8_nodes`) in
-    int8, for onnxruntime on CPUs — unsigned activations with zero points and signed
-    per-channel weights, the Q/DQ pairs around each layer so that onnxruntime fuses its
-    u8s8 integer kernels (signed symmetric activations, which TensorRT's explicit
-    quantization needs, ran no faster than fp32 there) — calibrated on
-    ``calibration``'s images at the student's side."""
+    """The student's convolutions and fully connected layers but its first and its
+    predicting ones (:func:`~icn_rt.export.precision.student_int8_nodes`) in int8, with
+    signed per-channel weights and the Q/DQ pairs around each layer, calibrated on
+    ``calibration``'s images at the student's side, in two forms: ``student.int8.onnx`` for
+    onnxruntime on CPUs — unsigned activations with zero points, so that it fuses its u8s8
+    integer kernels (signed symmetric activations ran no faster than fp32 there) — and
+    ``student.int8.s8.onnx`` for TensorRT, whose explicit quantization takes signed
+    symmetric activations only (recorded under ``tensorrt``)."""
     import onnx
 
     from icn_rt.models.student import student_graph_file
 
     calibration = replace(calibration, batch=1)  # the student's graph takes one image a run
     feeds = [{"images": x.numpy()} for x in calibration_batches(calibration, side)]
-    source, path = directory / record["file"], directory / student_graph_file("int8")
+    source = directory / record["file"]
     nodes = lower.student_int8_nodes(onnx.load(str(source)))
-    say(f"int8 student: {len(nodes)} layers quantized, calibrated ({calibration.method}) on {len(feeds)} images "
-        f"of {calibration.root} {calibration.split} -> {path}")
-    lower.to_int8(source, path, feeds, calibration.method, nodes, conv_inputs_only=False,
-                  ops=lower.STUDENT_INT8_OPS, activations="u8")
-    onnx.checker.check_model(str(path), full_check=True)
-    made = {"file": path.name, "sha256": manifests.file_sha256(path), "bytes": path.stat().st_size,
-            "source_sha256": record["sha256"], "nodes_lowered": len(nodes), "operators": graph_operators(path),
-            "activations": "u8 (onnxruntime on CPUs; TensorRT needs symmetric s8)",
-            "calibration": {**asdict(calibration), "images": len(feeds)}}
-    if verify:
-        made["verification"] = verify_student(graph, path, x)
-    return made
+    forms = {}
+    for activations, precision in (("u8", "int8"), ("s8", "int8.s8")):
+        path = directory / student_graph_file(precision)
+        say(f"int8 student ({activations} activations): {len(nodes)} layers quantized, calibrated "
+            f"({calibration.method}) on {len(feeds)} images of {calibration.root} {calibration.split} -> {path}")
+        lower.to_int8(source, path, feeds, calibration.method, nodes, conv_inputs_only=False,
+                      ops=lower.STUDENT_INT8_OPS, activations=activations)
+        onnx.checker.check_model(str(path), full_check=True)
+        forms[activations] = {"file": path.name, "sha256": manifests.file_sha256(path), "bytes": path.stat().st_size,
+                              "source_sha256": record["sha256"], "nodes_lowered": len(nodes),
+                              "operators": graph_operators(path)}
+        if verify:
+            forms[activations]["verification"] = verify_student(graph, path, x)
+    forms["u8"]["activations"] = "u8 (onnxruntime on CPUs; TensorRT builds the s8 form)"
+    forms["s8"]["activations"] = "s8 symmetric (TensorRT's explicit quantization)"
+    return {**forms["u8"], "calibration": {**asdict(calibration), "images": len(feeds)}, "tensorrt": forms["s8"]}
 
 
 def _student_probe(side: int) -> torch.Tensor:

@@ -305,5 +305,31 @@ STUDENT_OUTPUTS = ("boxes", "labels", "scores", "box_masks", "image")
 
 
 def student_graph_file(precision: str = "fp32") -> str:
-    """``student.onnx``, or ``student.<precision>.onnx`` for a lower-precision variant."""
+    """``student.onnx``, or ``student.<precision>.onnx`` for a lower-precision variant
+    (``int8``: onnxruntime's form on CPUs, unsigned activations; ``int8.s8``: TensorRT's,
+    signed symmetric activations)."""
     return STUDENT_GRAPH if precision == "fp32" else STUDENT_GRAPH.replace(".onnx", f".{precision}.onnx")
+
+
+def student_plan_file(precision: str = "fp32") -> str:
+    """The student's TensorRT plan at ``precision`` (``icn-rt build-engine MODEL --student``)."""
+    return f"student.{precision}.plan"
+
+
+def student_graph_record(record: dict, precision: str, tensorrt: bool = False) -> dict | None:
+    """The entry of ``student.onnx.json`` (``record``) for the graph at ``precision``: fp32
+    the record itself, fp16 and int8 their variants; ``tensorrt``: the graph TensorRT builds
+    (for int8 the signed symmetric form, ``student.int8.s8.onnx``, which its explicit
+    quantization requires). None when that graph was not exported."""
+    if precision == "fp32":
+        return record
+    variant = record.get("precisions", {}).get(precision)
+    if variant is not None and tensorrt and precision == "int8":
+        return variant.get("tensorrt")
+    return variant
+
+
+def export_hint(precision: str) -> str:
+    """The command that exports the student graph at ``precision``."""
+    return "`icn-rt export MODEL --student" + {"fp32": "", "fp16": " --precision fp16"}.get(
+        precision, f" --precision {precision} --calibration VOCROOT") + "`"

@@ -10,8 +10,9 @@ On the same images in one process (ratios hold on a noisy machine), after a warm
 - ``icn-rt, model``: the model as configured (its ICN, rebalanced matching) on each
   backend that is present;
 - ``student``: the model's student (``icn-rt train student``), when it has one, on
-  torch and (once ``icn-rt export --student`` made it) onnxruntime, at its own input
-  side; it reads no proposals, so its images/s is end to end where the pipeline's
+  each backend asked for that it has (torch; onnxruntime once ``icn-rt export --student``
+  made its graphs; TensorRT once ``icn-rt build-engine --student`` built its plans), at its
+  own input side; it reads no proposals, so its images/s is end to end where the pipeline's
   needs its proposals already made (selective search on the fly: ``benchmarks/student.py``).
 
 Per contestant and batch size: ``warmup`` untimed batches, then passes over the images
@@ -383,23 +384,26 @@ def bench(model_dir: Path, paths: list[Path], proposals_dir: Path, settings: Ben
 
 def student_runs(model_dir: Path, items: list[Item], settings: BenchSettings, skipped: dict[str, str],
                  log=print) -> list[Run]:
-    """The model's student on torch and onnxruntime (when exported) at every batch size,
-    on the same images at the student's input side; none without a student."""
-    from icn_rt.models.student import STUDENT_GRAPH
+    """The model's student on each of ``settings.backends`` it can run on (torch, its
+    exported graphs on onnxruntime, its TensorRT plans; one that is missing is skipped with
+    the reason) at every batch size, on the same images at the student's input side; none
+    without a student."""
     from icn_rt.models.store import STUDENT_WEIGHTS
-    from icn_rt.runtime.student import StudentPredictor
+    from icn_rt.runtime.student import STUDENT_BACKENDS, StudentPredictor
 
     if not (Path(model_dir) / STUDENT_WEIGHTS).is_file():
         return []
     runs = []
     mine = None
-    for backend in ("torch", "onnxruntime"):
-        if backend not in [b.partition(":")[0] for b in settings.backends]:
+    for backend in settings.backends:
+        if backend not in STUDENT_BACKENDS:
+            skipped[f"student, {backend}"] = f"the student runs on {', '.join(STUDENT_BACKENDS)}"
             continue
-        if backend == "onnxruntime" and not (Path(model_dir) / STUDENT_GRAPH).is_file():
-            skipped[f"student, {backend}"] = "no student.onnx (icn-rt export MODEL --student)"
+        try:
+            student = StudentPredictor.from_dir(model_dir, settings.device, backend, settings.ort_optimization)
+        except (InputError, ValueError, RuntimeError, ImportError) as e:
+            skipped[f"student, {backend}"] = str(e)
             continue
-        student = StudentPredictor.from_dir(model_dir, settings.device, backend, settings.ort_optimization)
         if mine is None:
             side = student.input_size
             mine = [Item(i.image_id, i.image, i.proposals, preprocess_array(i.image, side)) for i in items]

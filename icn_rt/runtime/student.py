@@ -1,6 +1,8 @@
 """The student's predictor (DESIGN.md §7): a batch of images in, instances out, with no
 proposals and no backward — one forward of Mask R-CNN (:mod:`icn_rt.models.student`),
-eager or as the exported graph on onnxruntime (``icn-rt export MODEL --student``).
+eager, as the exported graph on onnxruntime (``icn-rt export MODEL --student``, fp32, fp16
+or int8), or as a TensorRT plan (``icn-rt build-engine MODEL --student``), whose outputs'
+sizes (the detections) TensorRT learns as it runs.
 
 It answers to the streaming job (:func:`~icn_rt.runtime.infer.infer`) as the pipeline's
 :class:`~icn_rt.runtime.predictor.Predictor` does: same staging, same
@@ -22,12 +24,13 @@ import torch.nn.functional as F
 
 from icn_rt.errors import InputError
 from icn_rt.models.store import load_student, weights_digest
-from icn_rt.models.student import (STUDENT_GRAPH, STUDENT_OUTPUTS, StudentGraph, StudentSettings,
-                                   student_graph_file)
+from icn_rt.models.student import (STUDENT_OUTPUTS, STUDENT_RECORD, StudentGraph, StudentSettings, export_hint,
+                                   student_graph_file, student_graph_record, student_plan_file)
 from icn_rt.runtime.predictor import Instance, Prediction, Staged, Staging
 from icn_rt.runtime.timing import StageTimes
 
-STUDENT_BACKENDS = ("torch", "onnxruntime", "onnxruntime:int8")
+STUDENT_BACKENDS = ("torch", "onnxruntime", "onnxruntime:fp16", "onnxruntime:int8", "tensorrt", "tensorrt:fp16",
+                    "tensorrt:int8")
 
 
 class StudentPredictor(Staging):
@@ -60,28 +63,31 @@ class StudentPredictor(Staging):
     def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu", backend: str = "torch",
                  ort_optimization: str = "all", ort_save_optimized: bool = False) -> StudentPredictor:
         """The student of a model directory (``icn-rt train student``) on ``backend``:
-        ``torch`` (eager), ``onnxruntime`` (``student.onnx``: ``icn-rt export MODEL
-        --student``) or ``onnxruntime:int8`` (``student.int8.onnx``: ``... --precision int8
-        --calibration VOCROOT``)."""
+        ``torch`` (eager); ``onnxruntime[:fp16|:int8]`` (``student.onnx`` and its variants:
+        ``icn-rt export MODEL --student [--precision ...]``); ``tensorrt[:fp16|:int8]`` (the
+        plans of ``icn-rt build-engine MODEL --student``)."""
         if backend not in STUDENT_BACKENDS:
             raise ValueError(f"the student runs on {' or '.join(STUDENT_BACKENDS)}, not {backend!r}")
         directory = Path(directory)
         network, settings, classes = load_student(directory, device)
         engine = None
         backend, _, precision = backend.partition(":")
+        precision = precision or "fp32"
         if backend == "onnxruntime":
             from icn_rt.runtime.engines.onnxruntime import OnnxRuntimeEngine
 
-            graph = directory / student_graph_file(precision or "fp32")
+            graph = directory / student_graph_file(precision)
             if not graph.is_file():
-                how = "" if graph.name == STUDENT_GRAPH else f" --precision {precision} --calibration VOCROOT"
-                raise InputError(graph, f"no student graph; run `icn-rt export MODEL --student{how}` first")
-            engine = OnnxRuntimeEngine(graph, device, optimization=ort_optimization, save_optimized=ort_save_optimized)
+                raise InputError(graph, f"no student graph; run {export_hint(precision)} first")
+            engine = OnnxRuntimeEngine(graph, device, fp16=precision == "fp16", optimization=ort_optimization,
+                                       save_optimized=ort_save_optimized)
             if "box_masks" not in engine.outputs:
                 raise InputError(graph, "an older student graph (it pastes the masks itself); export it again: "
                                         "`icn-rt export MODEL --student`")
+        elif backend == "tensorrt":
+            engine = _tensorrt_student(directory, precision, device)
         predictor = cls(network, settings, classes, device, engine, directory)
-        predictor.precision = precision or "fp32"
+        predictor.precision = precision
         return predictor
 
     def fingerprint(self) -> dict:
@@ -166,6 +172,31 @@ def paste_at(box_masks: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]
         resized = F.interpolate(padded[k][None, None], size=(bh, bw), mode="bilinear", align_corners=False)[0, 0]
         out[k, r0:r1, c0:c1] = (resized[r0 - y0: r1 - y0, c0 - x0: c1 - x0] >= threshold).cpu().numpy()
     return out
+
+
+def _tensorrt_student(directory: Path, precision: str, device):
+    """The student's TensorRT plan at ``precision`` (``icn-rt build-engine MODEL --student``),
+    refused when it was built from another graph than the one exported now, or for another
+    GPU or TensorRT version."""
+    import json
+
+    from icn_rt.runtime.engines.tensorrt import TensorRTEngine
+
+    record_path = directory / STUDENT_RECORD
+    if not record_path.is_file():
+        raise InputError(record_path, f"no student graph; run {export_hint(precision)}, then "
+                                      f"`icn-rt build-engine MODEL --student --precision {precision}`")
+    record = json.loads(record_path.read_text())
+    plan = record.get("plans", {}).get(precision)
+    plan_path = directory / student_plan_file(precision)
+    if plan is None:
+        raise InputError(plan_path, f"no student plan; run `icn-rt build-engine MODEL --student --precision "
+                                    f"{precision}` first")
+    graph = student_graph_record(record, precision, tensorrt=True)
+    if graph is None or graph["sha256"] != plan.get("onnx_sha256"):
+        raise InputError(plan_path, "built from another student graph than the one exported now; run "
+                                    f"`icn-rt build-engine MODEL --student --precision {precision}` again")
+    return TensorRTEngine(plan_path, plan, device)
 
 
 def _stage(timer: StageTimes | None, name: str):

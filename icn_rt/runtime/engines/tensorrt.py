@@ -106,6 +106,7 @@ class TensorRTEngine:
             raise InputError(self.path, "plan not found; run `icn-rt build-engine MODEL` first")
         manifest.check_plan(self.path, record, trt.__version__, manifest.current_gpu(self.device))
         self.logger = trt.Logger(trt.Logger.WARNING)
+        trt.init_libnvinfer_plugins(self.logger, "")  # a plan may hold TensorRT's plugins (the student's RoiAlign)
         self.runtime = trt.Runtime(self.logger)
         if record.get("dla_core") is not None:
             self.runtime.DLA_core = record["dla_core"]
