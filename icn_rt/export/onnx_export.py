@@ -390,9 +390,9 @@ def export_student(directory: str | Path, verify: bool = True, precisions: tuple
     """``student.onnx`` beside the model, and its lower-precision variants that ``precisions``
     name: ``student.fp16.onnx`` (:func:`_student_fp16`), ``student.int8.onnx`` and
     ``student.int8.s8.onnx`` (:func:`_student_int8`, calibrated on ``calibration``). The
-    student (:class:`~icn_rt.models.student.StudentGraph`) for one image ``images [1, 3, S, S]`` -> ``boxes``, ``labels``, ``scores``, ``box_masks``,
-    ``image`` (their first axis: the detections, dynamic). One image per run: torchvision's
-    Mask R-CNN traces its per-image loop unrolled, so the batch is fixed at export; the
+    student (:class:`~icn_rt.models.student.StudentGraph`) for one image ``images [1, 3, S,
+    S]`` -> ``boxes``, ``labels``, ``scores``, ``box_masks``, ``image`` (their first axis:
+    the detections, dynamic). One image per run: torchvision's Mask R-CNN traces its per-image loop unrolled, so the batch is fixed at export; the
     engine runs a batch image by image. Opset 17, TorchScript exporter, checked with
     ``onnx.checker`` and against TensorRT's operator list (the result records what is off
     it); with ``verify``, onnxruntime runs it on a verification image (a training image
