@@ -245,6 +245,25 @@ def test_compare_checks_the_onnx_student_against_pytorch(student, tiny_voc, tmp_
     assert r.exit_code == 1 and "mismatch" in r.output, r.output
 
 
+def _against_fp32_then_a_job(model, images, contestant, tmp_path) -> tuple[dict, str]:
+    """``compare --student`` of ``contestant`` against the fp32 graph on onnxruntime on
+    ``images`` (its report, the command's output), after an ``infer`` job on that backend
+    wrote results."""
+    out = tmp_path / f"{contestant.replace(':', '-')}.json"
+    r = runner.invoke(app, ["infer", str(model), *map(str, images), "--student", "--backend", contestant,
+                            "--out", str(out), "--quiet", "--workers", "0"])
+    assert r.exit_code == 0 and json.loads(out.read_text()), r.output
+    r = runner.invoke(app, ["compare", str(model), *map(str, images), "--student", "--with", "onnxruntime",
+                            "--with", contestant, "--out", str(tmp_path / "c.json")])
+    return json.loads((tmp_path / "c.json").read_text())["contestants"][contestant], r.output
+
+
+def _int8_layers(graph) -> set[str]:
+    """The Conv / Gemm nodes of ``graph`` whose weights are dequantized int8."""
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    return {n.name for n in graph.node if n.op_type in ("Conv", "Gemm") and n.input[1] in dequantized}
+
+
 def test_an_int8_student_is_calibrated_runs_and_agrees_with_fp32(student, tiny_voc, tmp_path):
     import onnx
     from onnx import numpy_helper
@@ -264,24 +283,17 @@ def test_an_int8_student_is_calibrated_runs_and_agrees_with_fp32(student, tiny_v
     assert record["calibration"]["images"] == 3
     # the chosen layers read int8 weights (dequantized); the first convolution and the predicting layers do not
     graph = onnx.load(str(model / "student.int8.onnx")).graph
-    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
-    int8_layers = {n.name for n in graph.node if n.op_type in ("Conv", "Gemm") and n.input[1] in dequantized}
+    int8_layers = _int8_layers(graph)
     assert int8_layers == set(chosen)
     assert not any("/box_predictor/" in n or "mask_fcn_logits" in n or n.endswith("body.0/Conv") for n in int8_layers)
-    # against the fp32 graph on the same images: same instances within int8's tolerance, then a real job
+    # a real job, and against the fp32 graph on the same images: same instances within int8's tolerance
     images = sorted((tiny_voc / "JPEGImages").glob("val_*.jpg"))
-    r = runner.invoke(app, ["compare", str(model), *map(str, images), "--student", "--with", "onnxruntime",
-                            "--with", "onnxruntime:int8", "--out", str(tmp_path / "c.json")])
-    report = json.loads((tmp_path / "c.json").read_text())["contestants"]["onnxruntime:int8"]
+    report, output = _against_fp32_then_a_job(model, images, "onnxruntime:int8", tmp_path)
     # this barely trained student's detections are ~100 near-tied low scores per image, which
     # int8 reorders (compare exits 1 on its 0.7 agreement bound: measured 0.66, and no image
     # keeps its whole class sequence, so no per-rank values are compared); on the synthetic
     # dev split the int8 student kept mAP^r@0.5 (29.3 against fp32's 29.6, README)
-    assert report["instances"]["reference"] > 300 and report["instances"]["agreement"] >= 0.55, r.output
-    out = tmp_path / "int8.json"
-    r = runner.invoke(app, ["infer", str(model), *map(str, images), "--student", "--backend", "onnxruntime:int8",
-                            "--out", str(out), "--quiet", "--workers", "0"])
-    assert r.exit_code == 0 and json.loads(out.read_text()), r.output
+    assert report["instances"]["reference"] > 300 and report["instances"]["agreement"] >= 0.55, output
     r = runner.invoke(app, ["infer", str(model), str(images[0]), "--student", "--backend", "onnxruntime:fp16",
                             "--out", str(tmp_path / "fp16.json")])
     assert r.exit_code == 2 and "student.fp16.onnx: no student graph; run `icn-rt export MODEL --student " \
@@ -293,8 +305,7 @@ def test_an_int8_student_is_calibrated_runs_and_agrees_with_fp32(student, tiny_v
     trt_form = record["tensorrt"]
     assert trt_form["file"] == "student.int8.s8.onnx" and trt_form["source_sha256"] == record["source_sha256"]
     s8 = onnx.load(str(model / trt_form["file"])).graph
-    s8_dequantized = {n.output[0] for n in s8.node if n.op_type == "DequantizeLinear"}
-    assert {n.name for n in s8.node if n.op_type in ("Conv", "Gemm") and n.input[1] in s8_dequantized} == set(chosen)
+    assert _int8_layers(s8) == set(chosen)
     zero_points = [numpy_helper.to_array(t) for t in s8.initializer if "zero_point" in t.name]
     assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
     u8_points = [numpy_helper.to_array(t) for t in graph.initializer if "zero_point" in t.name]
@@ -327,16 +338,10 @@ def test_an_fp16_student_lowers_only_its_network_layers_and_finds_fp32s_instance
                    for x in n.input)  # region pooling and NMS stay fp32
     check = record["verification"]
     assert check["detections"] == check["onnxruntime_detections"] > 0
-    # on the validation images, in onnxruntime: fp16's detections are fp32's, scores within fp16's rounding
+    # a real job, and on the validation images in onnxruntime: fp16's detections are fp32's
     images = sorted((tiny_voc / "JPEGImages").glob("val_*.jpg"))
-    r = runner.invoke(app, ["compare", str(model), *map(str, images), "--student", "--with", "onnxruntime",
-                            "--with", "onnxruntime:fp16", "--out", str(tmp_path / "c.json")])
-    report = json.loads((tmp_path / "c.json").read_text())["contestants"]["onnxruntime:fp16"]
-    assert report["instances"]["reference"] > 300 and report["instances"]["agreement"] >= 0.9, r.output
-    out = tmp_path / "fp16.json"
-    r = runner.invoke(app, ["infer", str(model), *map(str, images), "--student", "--backend", "onnxruntime:fp16",
-                            "--out", str(out), "--quiet", "--workers", "0"])
-    assert r.exit_code == 0 and json.loads(out.read_text()), r.output
+    report, output = _against_fp32_then_a_job(model, images, "onnxruntime:fp16", tmp_path)
+    assert report["instances"]["reference"] > 300 and report["instances"]["agreement"] >= 0.9, output
 
 
 @pytest.mark.skipif(tensorrt_available(), reason="TensorRT is installed here")

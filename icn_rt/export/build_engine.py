@@ -115,14 +115,13 @@ def build_student_engine(directory: str | Path, settings: BuildSettings, device:
     only as it runs (the runtime's output allocator takes it)."""
     import json
 
-    from icn_rt.models.student import (STUDENT_RECORD, export_hint, student_graph_record, student_plan_file)
+    from icn_rt.models.student import (STUDENT_RECORD, export_hint, read_student_record, student_graph_record,
+                                       student_plan_file)
 
     trt, device = _tensorrt(device)
     directory = Path(directory)
     record_path = directory / STUDENT_RECORD
-    if not record_path.is_file():
-        raise InputError(record_path, f"no student graph; run {export_hint(settings.precision)} first")
-    record = json.loads(record_path.read_text())
+    record = read_student_record(directory, settings.precision)
     graph = student_graph_record(record, settings.precision, tensorrt=True)
     if graph is None:
         raise InputError(record_path, f"no {settings.precision} student graph for TensorRT; run "

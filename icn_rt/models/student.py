@@ -329,6 +329,20 @@ def student_graph_record(record: dict, precision: str, tensorrt: bool = False) -
     return variant
 
 
+def read_student_record(directory: Path, precision: str, then: str = " first") -> dict:
+    """``student.onnx.json`` of a model directory; an :class:`~icn_rt.errors.InputError`
+    naming the export command for ``precision`` (and ``then``, what follows it) when the
+    student was never exported."""
+    import json
+
+    from icn_rt.errors import InputError
+
+    path = Path(directory) / STUDENT_RECORD
+    if not path.is_file():
+        raise InputError(path, f"no student graph; run {export_hint(precision)}{then}")
+    return json.loads(path.read_text())
+
+
 def export_hint(precision: str) -> str:
     """The command that exports the student graph at ``precision``."""
     return "`icn-rt export MODEL --student" + {"fp32": "", "fp16": " --precision fp16"}.get(

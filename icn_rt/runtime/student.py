@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from icn_rt.errors import InputError
 from icn_rt.models.store import load_student, weights_digest
-from icn_rt.models.student import (STUDENT_OUTPUTS, STUDENT_RECORD, StudentGraph, StudentSettings, export_hint,
+from icn_rt.models.student import (STUDENT_OUTPUTS, StudentGraph, StudentSettings, export_hint, read_student_record,
                                    student_graph_file, student_graph_record, student_plan_file)
 from icn_rt.runtime.predictor import Instance, Prediction, Staged, Staging
 from icn_rt.runtime.timing import StageTimes
@@ -178,15 +178,10 @@ def _tensorrt_student(directory: Path, precision: str, device):
     """The student's TensorRT plan at ``precision`` (``icn-rt build-engine MODEL --student``),
     refused when it was built from another graph than the one exported now, or for another
     GPU or TensorRT version."""
-    import json
-
     from icn_rt.runtime.engines.tensorrt import TensorRTEngine
 
-    record_path = directory / STUDENT_RECORD
-    if not record_path.is_file():
-        raise InputError(record_path, f"no student graph; run {export_hint(precision)}, then "
-                                      f"`icn-rt build-engine MODEL --student --precision {precision}`")
-    record = json.loads(record_path.read_text())
+    record = read_student_record(directory, precision,
+                                 then=f", then `icn-rt build-engine MODEL --student --precision {precision}`")
     plan = record.get("plans", {}).get(precision)
     plan_path = directory / student_plan_file(precision)
     if plan is None:
