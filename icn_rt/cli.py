@@ -115,6 +115,11 @@ def data_synth(
                                                   "harsh regime), 1 = body colour, texture and shape follow the "
                                                   "class (VOC-like)."),
     distractor_bodies: bool = typer.Option(True, help="Part-less bodies in the background (distractors)."),
+    background: str = typer.Option("plain", help="plain (smooth gradients) | photo (crops of real photographs "
+                                                 "with clutter; objects harder to propose)."),
+    photos: Optional[list[str]] = typer.Option(None, "--photo", help="With --background photo: a photograph (one of "
+                                               "scikit-image's by name, an image file, or a folder of them); "
+                                               "repeat for more [default: the development set, README]."),
     seed: int = typer.Option(0, help="Seed: the same seed gives the same dataset."),
 ):
     """Write the synthetic benchmark (objects recognisable by a small part) in VOC layout."""
@@ -122,13 +127,14 @@ def data_synth(
 
     try:
         config = SynthConfig(size=size, train=train, val=val, dev=dev, classes=classes, max_instances=max_instances,
-                             seed=seed, body_evidence=body_evidence, distractor_bodies=distractor_bodies)
+                             seed=seed, body_evidence=body_evidence, distractor_bodies=distractor_bodies,
+                             background=background, photos=tuple(photos or ()))
     except ValueError as e:
         _fail(e)
     splits = generate(out_dir, config)
     out.print(f"wrote {len(splits.get('train', []))} train + {len(splits.get('val', []))} val images and "
               f"{len(splits.get('dev', []))} dev images, {config.classes} classes ({', '.join(config.class_names)}), "
-              f"body evidence {config.body_evidence:g}, to {out_dir}")
+              f"body evidence {config.body_evidence:g}, {config.background} backgrounds, to {out_dir}")
 
 
 def _recall_table(report, title: str) -> Table:

@@ -24,6 +24,18 @@ does on VOC: its hue is drawn around a class hue (spread ±90·(1 − e) OpenCV 
 aspect ratio moves towards a class aspect by e. ``distractor_bodies`` off leaves the
 part-less bodies out (the scene is otherwise the same). At 0 the renderer draws exactly
 the images it drew before the knob existed.
+
+Backgrounds (``background``): ``plain`` (the smooth gradients above, the default, drawn
+bit for bit as before the knob existed) or ``photo``: crops of real photographs
+(:mod:`~icn_rt.data.photos`; ``photos`` names them, default
+:data:`~icn_rt.data.photos.DEV_PHOTOS`) with clutter that competes with the objects —
+blobs filled with other photos' textures (object-like, of no class), strong edges, and
+the muted distractors and part-less bodies of the plain regime. Objects there are drawn
+and annotated as in the plain regime but are harder to propose: every body wears a
+photo's texture over its own colour, about half are split into two differently
+coloured pieces, about a third fade into what lies under them (low-contrast edges), and
+a photo-textured occluder often covers part of a scene (each object still keeps the
+visible shares above).
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from icn_rt.data import photos as photo_source
 from icn_rt.data.voc import Instance, write_classes, write_sample, write_splits
 
 # (class name, part colour RGB). The shape is drawn by _draw_part under the same name.
@@ -51,6 +64,8 @@ PARTS: tuple[tuple[str, tuple[int, int, int]], ...] = (
 
 MIN_VISIBLE = 0.45
 MIN_PART_VISIBLE = 0.65
+BACKGROUNDS = ("plain", "photo")
+MIN_PART_PIXELS = 12  # photo regime: the least part an object may have inside the image
 
 
 @dataclass(frozen=True)
@@ -70,6 +85,8 @@ class SynthConfig:
     jpeg_quality: int = 92
     body_evidence: float = 0.0
     distractor_bodies: bool = True
+    background: str = "plain"
+    photos: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.train < 0 or self.val < 0 or self.dev < 0:
@@ -84,6 +101,18 @@ class SynthConfig:
             raise ValueError(f"size must be at least 48 pixels, got {self.size}")
         if not 0 < self.min_scale <= self.max_scale <= 1:
             raise ValueError("need 0 < min_scale <= max_scale <= 1")
+        if self.background not in BACKGROUNDS:
+            raise ValueError(f"background must be one of {', '.join(BACKGROUNDS)}, got {self.background!r}")
+        if self.photos and self.background != "photo":
+            raise ValueError("photos are for background 'photo'")
+        object.__setattr__(self, "photos", tuple(self.photos))
+        if self.background == "photo":
+            self.photo_names  # noqa: B018 - every photo is checked before the first image is drawn
+
+    @property
+    def photo_names(self) -> tuple[str, ...]:
+        """The photographs backgrounds and textures come from (files of folders listed)."""
+        return photo_source.expand(self.photos or photo_source.DEV_PHOTOS)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -101,9 +130,12 @@ def render(config: SynthConfig, split: str, index: int) -> SynthImage:
     """Draw image ``index`` of ``split``; depends on nothing else."""
     rng = np.random.default_rng([config.seed, _split_key(split), index])
     s = config.size
-    canvas = _background(rng, s)
+    photos = config.photo_names if config.background == "photo" else None
+    canvas = _background(rng, s) if photos is None else photo_source.crop(rng, photos, s)
     for _ in range(rng.integers(3, 8)):
         _draw_distractor(rng, canvas)
+    if photos is not None:
+        _photo_clutter(rng, canvas, photos, config)
     if rng.random() < 0.5:  # a body without a part: looks like an object, is background
         body, _ = _body_mask(rng, s, rng.uniform(config.min_scale, config.max_scale) * s / 2)
         texture = _body_texture(rng, s)
@@ -124,6 +156,10 @@ def render(config: SynthConfig, split: str, index: int) -> SynthImage:
             body, rim = _body_mask(rng, s, radius, look)
             part = _part_mask(rng, s, PARTS[cls][0], rim, max(4.0, 0.32 * radius))
             obj = body | part
+            # photo regime: a part drawn outside the image leaves no class evidence; the plain
+            # regimes keep such objects (about 1.5 %), so that their images stay bit for bit
+            if photos is not None and part.sum() < MIN_PART_PIXELS:
+                continue
             if _accept_new(obj, part, full, part_full, visible, part_visible):
                 break
         else:
@@ -131,7 +167,10 @@ def render(config: SynthConfig, split: str, index: int) -> SynthImage:
         for j in range(len(visible)):
             visible[j] &= ~obj
             part_visible[j] &= ~obj
-        _paint(canvas, body, _body_texture(rng, s, look))
+        texture = _body_texture(rng, s, look)
+        if photos is not None:
+            texture = _photo_body(rng, canvas, body, texture, photos, look)
+        _paint(canvas, body, texture)
         _paint(canvas, part, _part_texture(rng, s, PARTS[cls][1]))
         full.append(obj)
         part_full.append(part)
@@ -149,6 +188,13 @@ def render(config: SynthConfig, split: str, index: int) -> SynthImage:
             _paint(canvas, line, _flat(rng, s))
             visible = [v & ~line for v in visible]
             part_visible = [p & ~line for p in part_visible]
+    if photos is not None and rng.random() < 0.5:  # a photo-textured blob in front
+        blob, _ = _body_mask(rng, s, rng.uniform(0.08, 0.2) * s)
+        if all(_visible_enough(v & ~blob, f, p & ~blob, pf)
+               for v, f, p, pf in zip(visible, full, part_visible, part_full)):
+            _paint(canvas, blob, photo_source.crop(rng, photos, s))
+            visible = [v & ~blob for v in visible]
+            part_visible = [p & ~blob for p in part_visible]
 
     image = cv2.GaussianBlur(canvas, (0, 0), 0.6)
     image = np.clip(image, 0, 255).astype(np.uint8)
@@ -216,6 +262,43 @@ def _background(rng, s: int) -> np.ndarray:
         colour = tuple(float(c) for c in rng.uniform(0, 255, 3))
         cv2.line(img, (int(p0[0]), int(p0[1])), (int(p1[0]), int(p1[1])), colour, 1)
     return img.astype(np.float32)
+
+
+def _photo_clutter(rng, canvas: np.ndarray, photos: tuple[str, ...], config: SynthConfig) -> None:
+    """Clutter over a photo background: 1-3 object-sized blobs filled with other photos'
+    textures (of no class) and 2-5 strong edges (near-black or near-white lines, 1-3 px)."""
+    s = canvas.shape[0]
+    for _ in range(rng.integers(1, 4)):
+        blob, _ = _body_mask(rng, s, rng.uniform(config.min_scale, config.max_scale) * s / 2)
+        _paint(canvas, blob, photo_source.crop(rng, photos, s))
+    for _ in range(rng.integers(2, 6)):
+        p0, p1 = rng.integers(0, s, 2), rng.integers(0, s, 2)
+        level = rng.choice([rng.uniform(0, 40), rng.uniform(215, 255)])  # dark or light, never a part's hue
+        colour = tuple(float(c) for c in np.clip(level + rng.uniform(-12, 12, 3), 0, 255))
+        cv2.line(canvas, (int(p0[0]), int(p0[1])), (int(p1[0]), int(p1[1])), colour, int(rng.integers(1, 4)))
+
+
+def _photo_body(rng, canvas: np.ndarray, body: np.ndarray, texture: np.ndarray, photos: tuple[str, ...],
+                look: _Look | None) -> np.ndarray:
+    """A body's texture in the photo regime: ``texture`` (its colour and class evidence)
+    modulated by a photo's luminance; with probability 0.5 a piece beyond a random chord
+    wears a second body colour, and with probability 0.35 the whole fades 30-60 % into
+    what ``canvas`` shows under it (a low-contrast edge)."""
+    s = canvas.shape[0]
+    texture = texture * photo_source.luminance_modulation(rng, photos, s)
+    if rng.random() < 0.5:
+        ys, xs = np.nonzero(body)
+        angle = rng.uniform(0, np.pi)
+        along = xs * np.cos(angle) + ys * np.sin(angle)
+        cut = np.quantile(along, rng.uniform(0.3, 0.7))
+        yy, xx = np.mgrid[0:s, 0:s]
+        piece = (xx * np.cos(angle) + yy * np.sin(angle)) > cut
+        other = _body_texture(rng, s, look) * photo_source.luminance_modulation(rng, photos, s)
+        texture = np.where(piece[..., None], other, texture)
+    if rng.random() < 0.35:
+        fade = rng.uniform(0.3, 0.6)
+        texture = (1 - fade) * texture + fade * canvas
+    return texture.astype(np.float32)
 
 
 def _flat(rng, s: int) -> np.ndarray:
