@@ -304,8 +304,14 @@ def train_classifier_cmd(
     if summary.skipped:
         err.print(f"[yellow]skipped {len(summary.skipped)} unreadable images (see {model_dir / 'train_errors.txt'})[/yellow]")
     final = summary.epochs[-1] if summary.epochs else None
-    out.print(f"model -> {model_dir}" + (f"  (val classification mAP {_pct(final.val_map)})" if final else "")
+    out.print(f"model -> {model_dir}" + (f"  ({val_split} classification mAP {_pct(final.val_map)})" if final else "")
               + f"; peak threshold calibrated to {_thresholds(summary.peaks.peak_threshold)}")
+    weak = summary.weak_classes()
+    if weak:
+        err.print(f"[yellow]weak classes ({val_split} classification AP): "
+                  + ", ".join(f"{name} {_pct(ap)}" for name, ap in weak)
+                  + ". Their maps barely respond, so they get few peaks and instances: train longer before "
+                    "the learning rate drops (--epochs, --lr-step; README, Training).[/yellow]", soft_wrap=True)
 
 
 def _thresholds(value) -> str:

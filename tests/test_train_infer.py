@@ -148,6 +148,15 @@ def test_classification_map_and_calibration():
     assert calibrate_peaks(wide, unseen, 0.5).peak_threshold == pytest.approx([4.0, 2.0, 3.0])
 
 
+def test_weak_classes_are_those_under_the_bar():
+    from icn_rt.training.classifier import TrainSummary
+
+    summary = TrainSummary(classes=("disc", "triangle", "square", "star"), class_ap=[0.97, 0.41, float("nan"), 0.8])
+    assert summary.weak_classes() == [("triangle", 0.41)]  # NaN: no val image has it; 0.8 is not under 0.8
+    assert summary.weak_classes(below=0.99) == [("disc", 0.97), ("triangle", 0.41), ("star", 0.8)]
+    assert TrainSummary(classes=("disc",)).weak_classes() == []  # no epoch run (a finished run resumed)
+
+
 def test_calibrate_peaks_rewrites_a_models_thresholds(trained, tiny_voc, tmp_path):
     import shutil
 

@@ -55,6 +55,7 @@ from icn_rt.training import distributed
 
 STATE = "train_state.pt"
 ERRORS = "train_errors.txt"
+WEAK_AP = 0.8  # a class whose val classification AP ends below this is reported as weak
 
 
 @dataclass
@@ -91,6 +92,13 @@ class TrainSummary:
     epochs: list[EpochLog] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     peaks: PeakSettings | None = None
+    classes: tuple[str, ...] = ()
+    class_ap: list[float] = field(default_factory=list)  # the last epoch's val classification AP per class
+
+    def weak_classes(self, below: float = WEAK_AP) -> list[tuple[str, float]]:
+        """``(class, AP)`` of the classes whose last val classification AP is under ``below``:
+        their maps barely respond, so they get few peaks and few instances."""
+        return [(c, ap) for c, ap in zip(self.classes, self.class_ap) if np.isfinite(ap) and ap < below]
 
 
 class _LabelledImages(Dataset):
@@ -141,7 +149,11 @@ def _split(root: Path, split: str) -> tuple[VOCDataset, list[Path], np.ndarray]:
 def classification_map(scores: np.ndarray, targets: np.ndarray) -> float:
     """Mean over classes with positives of VOC AP of ranking images by score
     (:func:`~icn_rt.eval.diagnosis.classification_ap`)."""
-    aps = classification_ap(scores, targets)
+    return mean_ap(classification_ap(scores, targets))
+
+
+def mean_ap(aps: np.ndarray) -> float:
+    """Mean of the finite entries of per-class APs (NaN when there are none)."""
     return float(np.mean(aps[np.isfinite(aps)])) if np.isfinite(aps).any() else float("nan")
 
 
@@ -215,7 +227,7 @@ def train_classifier(root: str | Path, out: str | Path, settings: TrainSettings,
     if settings.pretrained and not resuming:
         load_pretrained(model.backbone, model_settings.backbone, settings.pretrained)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    summary = TrainSummary()
+    summary = TrainSummary(classes=classes)
     if resuming:
         from safetensors.torch import load_file
 
@@ -259,8 +271,9 @@ def train_classifier(root: str | Path, out: str | Path, settings: TrainSettings,
             continue
         val_scores, _ = _predict(model, val, settings.batch_size, device)
         ok = np.isfinite(val_scores).all(1)
-        entry = EpochLog(epoch + 1, total / max(seen, 1), lr, classification_map(val_scores[ok], val_targets[ok]),
-                         time.perf_counter() - started)
+        aps = classification_ap(val_scores[ok], val_targets[ok])
+        summary.class_ap = [float(ap) for ap in aps]
+        entry = EpochLog(epoch + 1, total / max(seen, 1), lr, mean_ap(aps), time.perf_counter() - started)
         summary.epochs.append(entry)
         log(f"epoch {entry.epoch}/{settings.epochs}  loss {entry.loss:.4f}  lr {lr:.0e}  "
             f"val mAP {100 * entry.val_map:.1f}  ({entry.seconds:.0f} s)" + distributed.agreed(ranks, digest))
