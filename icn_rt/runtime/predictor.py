@@ -33,7 +33,7 @@ from icn_rt.runtime.engines import (
     pick_backend,
     split_backend,
 )
-from icn_rt.runtime.engines.graphs import CUDA_GRAPH_BACKENDS
+from icn_rt.runtime.engines.graphs import CUDA_GRAPH_BACKENDS, torch_autocast
 from icn_rt.runtime.engines.onnxruntime import ORT_OPTIMIZATION
 from icn_rt.runtime.timing import StageTimes
 
@@ -227,9 +227,7 @@ class Predictor(Staging):
 
     def _autocast(self) -> AbstractContextManager:
         """Eager networks at :attr:`precision` (nothing at fp32)."""
-        if self.precision == "fp32":
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=TORCH_PRECISIONS[self.precision])
+        return torch_autocast(self.device, self.precision)
 
     def _graph_maps(self, x: torch.Tensor) -> NaiveMaps:
         """The PRM graph's outputs as the eager path's: its peaks are the batch's, image by

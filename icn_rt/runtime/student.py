@@ -26,11 +26,12 @@ from icn_rt.errors import InputError
 from icn_rt.models.store import load_student, weights_digest
 from icn_rt.models.student import (STUDENT_OUTPUTS, StudentGraph, StudentSettings, export_hint, read_student_record,
                                    student_graph_file, student_graph_record, student_plan_file)
+from icn_rt.runtime.engines.graphs import torch_autocast
 from icn_rt.runtime.predictor import Instance, Prediction, Staged, Staging
 from icn_rt.runtime.timing import StageTimes
 
-STUDENT_BACKENDS = ("torch", "onnxruntime", "onnxruntime:fp16", "onnxruntime:int8", "tensorrt", "tensorrt:fp16",
-                    "tensorrt:int8")
+STUDENT_BACKENDS = ("torch", "torch:fp16", "torch:bf16", "onnxruntime", "onnxruntime:fp16", "onnxruntime:int8",
+                    "tensorrt", "tensorrt:fp16", "tensorrt:int8")
 
 
 class StudentPredictor(Staging):
@@ -51,19 +52,19 @@ class StudentPredictor(Staging):
         return self.settings.input_size
 
     precision = "fp32"
-    """The exported graph's precision (``onnxruntime:int8`` runs ``student.int8.onnx``)."""
+    """The exported graph's precision (``onnxruntime:int8`` runs ``student.int8.onnx``), or
+    eager PyTorch's under autocast (``torch:fp16``, ``torch:bf16``)."""
 
     @property
     def backend(self) -> str:
-        if self.engine is None:
-            return "torch"
-        return self.engine.backend + ("" if self.precision == "fp32" else f":{self.precision}")
+        name = "torch" if self.engine is None else self.engine.backend
+        return name + ("" if self.precision == "fp32" else f":{self.precision}")
 
     @classmethod
     def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu", backend: str = "torch",
                  ort_optimization: str = "all", ort_save_optimized: bool = False) -> StudentPredictor:
         """The student of a model directory (``icn-rt train student``) on ``backend``:
-        ``torch`` (eager); ``onnxruntime[:fp16|:int8]`` (``student.onnx`` and its variants:
+        ``torch[:fp16|:bf16]`` (eager, under autocast at that type); ``onnxruntime[:fp16|:int8]`` (``student.onnx`` and its variants:
         ``icn-rt export MODEL --student [--precision ...]``); ``tensorrt[:fp16|:int8]`` (the
         plans of ``icn-rt build-engine MODEL --student``)."""
         if backend not in STUDENT_BACKENDS:
@@ -101,7 +102,7 @@ class StudentPredictor(Staging):
         """The student graph's outputs on ``x [B, 3, S, S]`` (eager, or the engine's graph,
         which takes one image at a time)."""
         if self.engine is None:
-            with torch.inference_mode():
+            with torch.inference_mode(), torch_autocast(self.device, self.precision):
                 return dict(zip(STUDENT_OUTPUTS, self.graph(x)))
         parts = [self.engine(images=x[b: b + 1]) for b in range(len(x))]
         out = {k: torch.cat([p[k].to(self.device) for p in parts]) for k in ("boxes", "labels", "scores", "box_masks")}

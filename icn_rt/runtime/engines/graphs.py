@@ -4,6 +4,8 @@ at export: :func:`icn_rt.models.manifest.check_graphs`), and the choice of backe
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 
 from icn_rt.errors import InputError
@@ -20,6 +22,14 @@ CUDA_GRAPH_BACKENDS = ("CUDA graphs replay TensorRT plans only (--backend tensor
                        "output buffers")
 TORCH_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 """Eager PyTorch's precisions: the networks under :func:`torch.autocast` at that type."""
+
+
+def torch_autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """Eager networks on ``device`` at ``precision`` (one of :data:`TORCH_PRECISIONS`;
+    nothing at fp32)."""
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=TORCH_PRECISIONS[precision])
 
 
 def split_backend(spec: str) -> tuple[str, str | None]:
