@@ -19,6 +19,7 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
-# on a lent GPU machine: every GPU test and benchmark, all output under gpu-check/
-gpu-check: install
-	PY=$(BIN)/python scripts/gpu_check.sh gpu-check
+# on a GPU machine: every GPU test and benchmark, all output under gpu-check/; installs nothing
+# (the machine's python3 with the wheels of `scripts/gpu_wheels.sh` in .whl/; README)
+gpu-check:
+	bash scripts/gpu_check.sh gpu-check
