@@ -94,6 +94,30 @@ def test_imports_run_down_the_layers():
     assert problems == []
 
 
+def private_names(source: str, module: str, is_package: bool = False):
+    """(line, name) for every ``from X import _name`` in ``source`` (the text of
+    ``module``) that takes a private name (one ``_``) from a module of ours."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            base = _resolve(node, module, is_package)
+            for alias in node.names:
+                if base.split(".")[0] == "icn_rt" and alias.name.startswith("_") and not alias.name.startswith("__"):
+                    yield node.lineno, f"{base}.{alias.name}"
+
+
+def test_no_module_imports_another_modules_private_names():
+    found = [f"{_module_name(path)}:{line} imports {name}" for path in sorted(PACKAGE.rglob("*.py"))
+             for line, name in private_names(path.read_text(), _module_name(path), path.name == "__init__.py")]
+    assert found == []
+
+
+def test_the_private_name_check_catches_one():
+    source = "from icn_rt.models.backbones import _rename, load_pretrained\nfrom .whole_map_vjp import _pair\n" \
+             "from torchvision.ops.poolers import _setup_scales\nfrom icn_rt import __version__\n"
+    assert list(private_names(source, "icn_rt.models.icn")) == [(1, "icn_rt.models.backbones._rename"),
+                                                                 (2, "icn_rt.models.whole_map_vjp._pair")]
+
+
 def test_every_folder_of_the_package_has_a_layer():
     units = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
     units |= {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"}

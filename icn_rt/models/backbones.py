@@ -94,6 +94,13 @@ def _rename(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
+def pretrained_state(name: str, source: str | Path) -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet weights of backbone ``name`` (``resnet50`` or ``vgg16``, i.e.
+    ``vgg16_bn``) under this module's ``nn.Sequential`` names. ``source``: ``"imagenet"``
+    (torchvision downloads, or reuses its cache) or a path to a torchvision state dict."""
+    return _rename(name, _torchvision_state(name) if str(source) == "imagenet" else _read_state(Path(source)))
+
+
 def load_pretrained(backbone: nn.Sequential, name: str, source: str | Path) -> None:
     """Load ImageNet weights into ``backbone`` (built by :func:`build_backbone`).
 
@@ -103,8 +110,7 @@ def load_pretrained(backbone: nn.Sequential, name: str, source: str | Path) -> N
     """
     if name == "small":
         raise ValueError("the small backbone has no pretrained weights")
-    state = _torchvision_state(name) if str(source) == "imagenet" else _read_state(Path(source))
-    renamed = _rename(name, state)
+    renamed = pretrained_state(name, source)
     expected = backbone.state_dict()
     missing = [k for k in expected if k not in renamed]
     if missing:

@@ -156,14 +156,12 @@ def load_pretrained_encoder(icn: ICN, source: str) -> None:
     """ImageNet weights for a ``vgg16`` encoder from torchvision's ``vgg16_bn`` (``source``:
     ``"imagenet"`` to download, or a state-dict file). The first conv's PRM channel
     starts at zero, so the pretrained encoder first sees the image as ImageNet did."""
-    from pathlib import Path
-
     from icn_rt.errors import InputError
-    from icn_rt.models.backbones import _read_state, _rename, _torchvision_state
+    from icn_rt.models.backbones import pretrained_state
 
     if icn.settings.encoder != "vgg16":
         raise ValueError(f"the {icn.settings.encoder} ICN encoder has no pretrained weights")
-    state = _rename("vgg16", _torchvision_state("vgg16") if source == "imagenet" else _read_state(Path(source)))
+    state = pretrained_state("vgg16", source)
     flat = [m for stage in icn.stages for m in stage]
     for i, module in enumerate(flat):
         for name, target in module.state_dict().items():

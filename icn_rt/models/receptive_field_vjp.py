@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from icn_rt.models.whole_map_vjp import (EPS, Tape, _bn_scale, _bottleneck_main, _pair, eager, first_hits,
+from icn_rt.models.whole_map_vjp import (EPS, Tape, bn_scale, bottleneck_main, eager, first_hits, pair,
                                          positive_weight, route)
 
 
@@ -70,7 +70,7 @@ class Window:
     image: torch.Tensor
 
     def through(self, kernel, stride, padding, dilation, extent) -> Window:
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (_pair(v) for v in (kernel, stride, padding, dilation))
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (pair(v) for v in (kernel, stride, padding, dilation))
         return Window(self.rows.through(kh, sh, ph, dh, extent[0]), self.cols.through(kw, sw, pw, dw, extent[1]),
                       self.image)
 
@@ -130,7 +130,7 @@ def input_window(module: nn.Module, win: Window, tape: Tape) -> Window:
         return win.through(module.kernel_size, module.stride, module.padding, 1, tape.saved[id(module)][0].shape[-2:])
     if isinstance(module, Bottleneck):
         main = win
-        for child in reversed(_bottleneck_main(module)):
+        for child in reversed(bottleneck_main(module)):
             if child is not None:
                 main = input_window(child, main, tape)
         identity = input_window(module.downsample, win, tape) if module.downsample is not None else win
@@ -165,7 +165,7 @@ def local_vjp(module: nn.Module, g: torch.Tensor, win: Window, tape: Tape, rule:
     if isinstance(module, nn.Conv2d):
         return _conv(module, tape.saved[id(module)], g, win, rule)
     if isinstance(module, nn.BatchNorm2d):
-        return g * _bn_scale(module)[None, :, None, None], win
+        return g * bn_scale(module)[None, :, None, None], win
     if isinstance(module, nn.ReLU):
         return g * (win.crop(tape.saved[id(module)]) > 0).to(g.dtype), win
     if isinstance(module, nn.MaxPool2d):
@@ -173,7 +173,7 @@ def local_vjp(module: nn.Module, g: torch.Tensor, win: Window, tape: Tape, rule:
     if isinstance(module, Bottleneck):
         g = g * (win.crop(tape.saved[id(module)]) > 0).to(g.dtype)
         g_main, main = g, win
-        for step, child in reversed(list(enumerate(_bottleneck_main(module)))):
+        for step, child in reversed(list(enumerate(bottleneck_main(module)))):
             if child is None:
                 g_main = g_main * (main.crop(tape.saved[(id(module), step)]) > 0).to(g.dtype)
             else:
@@ -211,4 +211,4 @@ def _pool(pool: nn.MaxPool2d, saved, g: torch.Tensor, win: Window) -> tuple[torc
     x, y = saved
     into = win.through(pool.kernel_size, pool.stride, pool.padding, 1, x.shape[-2:])
     winners = first_hits(into.crop(x, float("-inf")), win.crop(y), pool.kernel_size, pool.stride)
-    return route(g, winners, _pair(pool.kernel_size), _pair(pool.stride)), into
+    return route(g, winners, pair(pool.kernel_size), pair(pool.stride)), into

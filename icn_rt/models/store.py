@@ -102,17 +102,20 @@ class Model:
 
     def naive_maps(self, x: torch.Tensor) -> NaiveMaps:
         """Peaks and PRMs of the normalised images ``x: float [B, 3, S, S]`` (eager)."""
-        self._eager_layout()
+        self.eager_layout()
         return naive_maps(self.classifier, x, self.peaks, self.prm)
 
     def enhance(self, naive: NaiveMaps) -> torch.Tensor:
         """The ICN's T steps on every peak's PRM, ``chunk`` peaks at a time (eager) ->
         ``float [K, S, S]``."""
-        self._eager_layout()
+        self.eager_layout()
         return enhance(self.icn, naive.x, naive.peaks.image, naive.prms, self.icn_settings.steps,
                        self.icn_settings.chunk)
 
-    def _eager_layout(self) -> None:
+    def eager_layout(self) -> None:
+        """Put the networks in the memory layout eager inference runs fastest in on this
+        device (channels-last on CPUs), once; what :meth:`naive_maps` and :meth:`enhance` do
+        first, and what code that runs the networks itself calls."""
         if not self._layout_set and self.device.type == "cpu":
             for net in (self.classifier, self.icn):
                 if net is not None:

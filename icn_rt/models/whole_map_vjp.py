@@ -53,7 +53,8 @@ def by_index(index: torch.Tensor) -> Spread:
     return lambda t: t.expand(len(index), *t.shape[1:]) if t.shape[0] == 1 else t[index]
 
 
-def _pair(v) -> tuple[int, int]:
+def pair(v) -> tuple[int, int]:
+    """A layer's kernel, stride, padding or dilation as (height, width)."""
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
@@ -72,7 +73,8 @@ class Tape:
         return one
 
 
-def _bn_scale(bn: nn.BatchNorm2d) -> torch.Tensor:
+def bn_scale(bn: nn.BatchNorm2d) -> torch.Tensor:
+    """An eval-mode BatchNorm's per-channel factor ``float [C]``: weight / sqrt(var + eps)."""
     scale = torch.rsqrt(bn.running_var + bn.eps)
     if bn.weight is not None:
         scale = scale * bn.weight
@@ -97,7 +99,7 @@ def record(module: nn.Module, x: torch.Tensor, tape: Tape) -> torch.Tensor:
         tape.saved[id(module)] = y  # the mask (y > 0) is taken where the backward needs it
         return y
     if isinstance(module, nn.MaxPool2d):
-        if module.ceil_mode or _pair(module.dilation) != (1, 1):
+        if module.ceil_mode or pair(module.dilation) != (1, 1):
             raise TypeError("peak backpropagation supports max-pool without ceil_mode or dilation")
         if eager():  # the indices route the eager backward (a scatter, not the graph's masks)
             y, indices = F.max_pool2d(x, module.kernel_size, module.stride, module.padding, return_indices=True)
@@ -108,7 +110,7 @@ def record(module: nn.Module, x: torch.Tensor, tape: Tape) -> torch.Tensor:
         return y
     if isinstance(module, Bottleneck):
         out = x
-        for step, child in enumerate(_bottleneck_main(module)):
+        for step, child in enumerate(bottleneck_main(module)):
             if child is None:
                 out = F.relu(out)
                 tape.saved[(id(module), step)] = out
@@ -128,7 +130,8 @@ def eager() -> bool:
     return not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
 
 
-def _bottleneck_main(block: Bottleneck) -> list[nn.Module | None]:
+def bottleneck_main(block: Bottleneck) -> list[nn.Module | None]:
+    """A ResNet bottleneck's main branch as its layers in order (None for each ReLU)."""
     # torchvision reuses one ReLU module three times; None marks a ReLU, whose mask is
     # kept under (block, step).
     return [block.conv1, block.bn1, None, block.conv2, block.bn2, None, block.conv3, block.bn3]
@@ -138,7 +141,7 @@ def first_hits(xp: torch.Tensor, y: torch.Tensor, kernel, stride) -> torch.Tenso
     """Per window offset, which outputs ``y`` of a max-pool over ``xp`` (padded with -inf)
     take their maximum there, the first in row-major order on ties (as PyTorch's
     indices): ``bool [..., C, kh·kw, oh, ow]``."""
-    (kh, kw), (sh, sw) = _pair(kernel), _pair(stride)
+    (kh, kw), (sh, sw) = pair(kernel), pair(stride)
     oh, ow = y.shape[-2:]
     taken = None
     winners = []
@@ -162,7 +165,7 @@ def vjp(module: nn.Module, g: torch.Tensor, spread: Spread, tape: Tape, rule: st
     if isinstance(module, nn.Conv2d):
         return _conv_vjp(module, tape.saved[id(module)], g, spread, rule)
     if isinstance(module, nn.BatchNorm2d):
-        return g * _bn_scale(module)[None, :, None, None]
+        return g * bn_scale(module)[None, :, None, None]
     if isinstance(module, nn.ReLU):
         return _relu_vjp(g, tape.saved[id(module)], spread)
     if isinstance(module, nn.MaxPool2d):
@@ -172,7 +175,7 @@ def vjp(module: nn.Module, g: torch.Tensor, spread: Spread, tape: Tape, rule: st
         return _pool_vjp(module, tape.saved[id(module)], g, spread)
     if isinstance(module, Bottleneck):
         g = _relu_vjp(g, tape.saved[id(module)], spread)
-        g_main = _chain_vjp(_bottleneck_main(module), g, spread, tape, rule, lambda step: (id(module), step))
+        g_main = _chain_vjp(bottleneck_main(module), g, spread, tape, rule, lambda step: (id(module), step))
         g_identity = vjp(module.downsample, g, spread, tape, rule) if module.downsample is not None else g
         return g_main.add_(g_identity) if eager() else g_main + g_identity
     raise TypeError(f"peak backpropagation does not support {type(module).__name__}")
@@ -189,7 +192,7 @@ def _chain_vjp(children: list[nn.Module | None], g: torch.Tensor, spread: Spread
     """The VJP of modules run in sequence; where :func:`_folds`, a convolution followed by
     BN takes BN's scale into its weights (one multiply fewer per layer). ``None`` children
     are ReLUs whose outputs the tape keeps under ``relu_key(position)`` (a bottleneck's
-    main branch: :func:`_bottleneck_main`)."""
+    main branch: :func:`bottleneck_main`)."""
     i = len(children) - 1
     while i >= 0:
         child = children[i]
@@ -261,7 +264,7 @@ def scaled_weight(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
     cached = conv.__dict__.get("_scaled_weight")
     if cached is None or cached[0] != key:
         with torch.no_grad():
-            cached = (key, w.detach() * _bn_scale(bn).to(w.dtype)[:, None, None, None])
+            cached = (key, w.detach() * bn_scale(bn).to(w.dtype)[:, None, None, None])
         conv.__dict__["_scaled_weight"] = cached
     return cached[1]
 
@@ -290,7 +293,7 @@ def _conv_vjp(conv: nn.Conv2d, x: torch.Tensor, g: torch.Tensor, spread: Spread,
 def _pool_vjp(pool: nn.MaxPool2d, saved, g: torch.Tensor, spread: Spread) -> torch.Tensor:
     """Route ``g`` to the window offsets holding each maximum: one grouped transposed
     convolution whose kernel for offset d is one-hot at d."""
-    (kh, kw), (sh, sw), (ph, pw) = _pair(pool.kernel_size), _pair(pool.stride), _pair(pool.padding)
+    (kh, kw), (sh, sw), (ph, pw) = pair(pool.kernel_size), pair(pool.stride), pair(pool.padding)
     oh, ow = g.shape[-2:]
     x, y = saved
     h, w = x.shape[-2:]

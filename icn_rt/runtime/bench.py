@@ -246,7 +246,7 @@ def peak_counts(items: list[Item], settings_of: dict[str, Model]) -> dict[str, f
     """Peaks per image (over the distinct images) under each named settings (one eager
     forward per image)."""
     model = next(iter(settings_of.values()))
-    model._eager_layout()
+    model.eager_layout()
     distinct = list({item.image_id: item for item in items}.values())
     counts = {name: [] for name in settings_of}
     for item in distinct:
@@ -265,7 +265,7 @@ def backward_cost(model: Model, item: Item, rules: dict[str, Model], repeats: in
     on the same peaks (for the excitation rule, through the baseline's patched
     convolutions). Medians of ``repeats`` interleaved runs."""
     classifier = model.classifier.eval()
-    model._eager_layout()
+    model.eager_layout()
     x = torch.as_tensor(item.x)[None].to(model.device)
 
     def timed(f) -> float:
