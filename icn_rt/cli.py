@@ -534,7 +534,8 @@ def infer_cmd(
     results: Path = typer.Option(Path("results.json"), "--out", help="COCO-style results JSON to write."),
     backend: str = typer.Option("torch", help="torch (eager) | onnxruntime | tensorrt (the exported graphs: "
                                               "`icn-rt export`, `icn-rt build-engine`) | auto (the fastest present); "
-                                              "a graph backend may name a precision: onnxruntime:int8."),
+                                              "a graph backend may name a precision: onnxruntime:int8; torch "
+                                              "runs under autocast at torch:fp16 or torch:bf16."),
     save_vis: Optional[Path] = typer.Option(None, help="Write <id>_overlay.png and <id>_prm.png here."),
     batch_size: int = typer.Option(8, help="Images per batch."),
     workers: Optional[int] = typer.Option(None, help="Loader workers: decode, proposals, preprocessing "
