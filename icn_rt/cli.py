@@ -242,8 +242,9 @@ def evaluate(
     against: Optional[Path] = typer.Option(None, help="Another results JSON on the same images: paired comparison "
                                                       "(needs --bootstrap)."),
 ):
-    """Score instance results: mAP^r at IoU 0.25/0.5/0.75, ABO, semantic mIoU; with
-    --bootstrap, their 95% intervals; with --against, the interval of each difference."""
+    """Score instance results: mAP^r at IoU 0.25/0.5/0.75, ABO, semantic mIoU, and COCO's segm
+    AP/AP50/AP75/APs/APm/APl (pycocotools); with --bootstrap, the first five's 95% intervals;
+    with --against, the interval of each difference."""
     from icn_rt.eval.report import evaluate as run_eval
     from icn_rt.eval.report import write_report
 
@@ -252,6 +253,7 @@ def evaluate(
     except (InputError, ValueError) as e:
         _fail(e)
     out.print(_eval_table(report))
+    out.print("COCO segm (pycocotools): " + "  ".join(f"{k} {_pct(v / 100)}" for k, v in report.coco.items()))
     if report.intervals is not None:
         out.print(_intervals_table(report))
     if report.ignored_images:

@@ -286,3 +286,84 @@ def test_eval_cli_prints_intervals_and_the_difference(tiny_voc, tmp_path):
     import json
 
     assert json.loads((tmp_path / "m.json").read_text())["against"]["results"] == str(tmp_path / "some.json")
+
+
+def _noisy_results(root, split="val", seed=5):
+    """The split's ground truth made imperfect: masks shifted by up to 3 px, random scores,
+    a fifth of the objects missed, a wrong-class copy of some and a stray box per image."""
+    rng = np.random.default_rng(seed)
+    ds = VOCDataset(root, split, load_images=False)
+    entries = []
+    for s in ds:
+        for inst in s.instances:
+            if rng.random() < 0.2:
+                continue
+            mask = np.roll(inst.mask, tuple(rng.integers(-3, 4, 2)), axis=(0, 1))
+            entries.append(result_entry(s.image_id, inst.class_id, float(rng.random()), mask, ds.classes))
+            if rng.random() < 0.3:
+                entries.append(result_entry(s.image_id, (inst.class_id + 1) % len(ds.classes), float(rng.random()),
+                                            mask, ds.classes))
+        h, w = s.semantic.shape
+        entries.append(result_entry(s.image_id, int(rng.integers(len(ds.classes))), float(rng.random()),
+                                    box((h, w), 5, 5, 20, 30), ds.classes))
+    return entries
+
+
+def test_eval_prints_cocos_metrics_as_pycocotools_computes_them(tiny_voc, tmp_path):
+    """COCO AP/AP50/AP75/APs/m/l of `icn-rt eval` against COCOeval run here directly on the
+    results file and a COCO ground truth written from the VOC annotations."""
+    import json
+
+    from pycocotools import mask as cocomask
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    from typer.testing import CliRunner
+
+    from icn_rt.cli import app
+
+    write_results(tmp_path / "r.json", _noisy_results(tiny_voc))
+    r = CliRunner().invoke(app, ["eval", str(tiny_voc), str(tmp_path / "r.json"), "--json", str(tmp_path / "m.json")])
+    assert r.exit_code == 0, r.output
+    ours = json.loads((tmp_path / "m.json").read_text())["COCO"]
+
+    ds = VOCDataset(tiny_voc, "val", load_images=False)
+    images, anns = [], []
+    for s in ds:
+        h, w = s.semantic.shape
+        images.append({"id": s.image_id, "height": h, "width": w})
+        for inst in s.instances:
+            code = cocomask.encode(np.asfortranarray(inst.mask.astype(np.uint8)))
+            anns.append({"id": len(anns) + 1, "image_id": s.image_id, "category_id": inst.class_id + 1,
+                         "segmentation": code, "area": float(inst.mask.sum()), "bbox": list(cocomask.toBbox(code)),
+                         "iscrowd": 0})
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = {"images": images, "annotations": anns, "categories": [{"id": c + 1} for c in range(3)]}
+        gt.createIndex()
+        run = COCOeval(gt, gt.loadRes(str(tmp_path / "r.json")), "segm")
+        run.evaluate()
+        run.accumulate()
+        run.summarize()
+    want = dict(zip(["AP", "AP50", "AP75", "APs", "APm", "APl"], run.stats[:6]))
+    assert 20 < ours["AP50"] < 95 and ours["AP"] < ours["AP50"]  # a case that is neither trivial nor empty
+    for name, value in want.items():
+        if value < 0:  # no ground truth in that area range
+            assert ours[name] is None, name
+        else:
+            assert ours[name] == pytest.approx(100 * value, abs=1e-9), name
+    line = next(row for row in r.output.splitlines() if row.startswith("COCO segm"))
+    assert f"AP50 {ours['AP50']:.1f}" in line and f"AP75 {ours['AP75']:.1f}" in line
+
+
+def test_cocos_metrics_ignore_difficult_objects_unless_counted():
+    from icn_rt.eval.coco import CocoAccumulator, rles
+
+    shape = (40, 40)
+    gt = np.stack([box(shape, 2, 2, 12, 12), box(shape, 20, 20, 34, 34)])
+    found = box(shape, 2, 2, 12, 12)[None]
+    for count, want in ((False, 100.0), (True, 50.0)):
+        acc = CocoAccumulator(1, count_difficult=count)
+        # the difficult object is not found: ignored, AP 100; counted, a miss halves recall
+        acc.add(shape, rles(gt), [0, 0], [False, True], rles(found), [0], [0.9])
+        assert acc.result()["AP50"] == pytest.approx(want, abs=1.0)
+    assert np.isnan(CocoAccumulator(1).result()["AP"])  # nothing added: no metric

@@ -15,6 +15,7 @@ from icn_rt.data.results import load_results
 from icn_rt.data.voc import VOCDataset
 from icn_rt.errors import InputError
 from icn_rt.eval.bootstrap import Interval, difference, draws, intervals
+from icn_rt.eval.coco import CocoAccumulator, rles
 from icn_rt.eval.instance import InstanceEvaluator
 from icn_rt.eval.semantic import SemanticEvaluator, merge_instances
 
@@ -33,6 +34,7 @@ class EvalReport:
     miou: float
     iou: list[float]
     ignored_images: list[str] = field(default_factory=list)
+    coco: dict[str, float] = field(default_factory=dict)
     intervals: dict[str, Interval] | None = None
     bootstrap: dict | None = None
     against: dict | None = None
@@ -46,6 +48,7 @@ class EvalReport:
             "mAP": {f"{t:g}": clean(v * 100) for t, v in self.map.items()},
             "AP_per_class": {f"{t:g}": {c: clean(a * 100) for c, a in zip(self.classes, v)} for t, v in self.ap.items()},
             "ABO": clean(self.abo * 100), "mIoU": clean(self.miou * 100),
+            "COCO": {k: clean(v) for k, v in self.coco.items()},
             "IoU_per_class": {c: clean(v * 100) for c, v in zip(("background",) + self.classes, self.iou)},
             "ignored_result_images": self.ignored_images,
             **({"bootstrap": {**self.bootstrap, "intervals": {k: v.to_json() for k, v in self.intervals.items()}}}
@@ -65,6 +68,7 @@ class Evaluation:
     ignored: list[str]
     inst: InstanceEvaluator
     sem: SemanticEvaluator
+    coco: CocoAccumulator
 
     @property
     def images(self) -> int:
@@ -81,7 +85,7 @@ class Evaluation:
         r_inst, r_sem = self.inst.result(), self.sem.result()
         return EvalReport(self.classes, self.images, self.instances, self.predictions, r_inst["map"],
                           {t: v.tolist() for t, v in r_inst["ap"].items()}, r_inst["abo"], r_sem["miou"],
-                          r_sem["iou"].tolist(), self.ignored)
+                          r_sem["iou"].tolist(), self.ignored, self.coco.result())
 
 
 def score(voc_root: str | Path, results_path: str | Path, split: str = "val", count_difficult: bool = False,
@@ -93,6 +97,7 @@ def score(voc_root: str | Path, results_path: str | Path, split: str = "val", co
     ignored = sorted(set(results) - ids)
     inst = InstanceEvaluator(len(dataset.classes), THRESHOLDS, count_difficult)
     sem = SemanticEvaluator(len(dataset.classes))
+    coco = CocoAccumulator(len(dataset.classes), count_difficult)
     n_inst = n_pred = 0
     items = dataset.ids
     if progress:
@@ -115,15 +120,17 @@ def score(voc_root: str | Path, results_path: str | Path, split: str = "val", co
         gd = np.array([i.difficult for i in sample.instances], bool)
         inst.add(pm, pl, ps, gm, gl, gd)
         sem.add(merge_instances(pm, pl, ps, shape), sample.semantic)
+        coco.add(shape, rles(gm), gl, gd, [p["segmentation"] for p in preds], pl, ps)
         n_inst += len(gl)
         n_pred += len(pl)
-    return Evaluation(dataset.classes, n_inst, n_pred, ignored, inst, sem)
+    return Evaluation(dataset.classes, n_inst, n_pred, ignored, inst, sem, coco)
 
 
 def evaluate(voc_root: str | Path, results_path: str | Path, split: str = "val", count_difficult: bool = False,
              progress: bool = True, samples: int = 0, seed: int = 0, level: float = 0.95,
              against: str | Path | None = None) -> EvalReport:
-    """mAP^r at IoU 0.25/0.5/0.75, ABO and semantic mIoU of ``results_path`` on ``split``.
+    """mAP^r at IoU 0.25/0.5/0.75, ABO, semantic mIoU and COCO's segm AP, AP50, AP75,
+    APs/m/l (:mod:`~icn_rt.eval.coco`; no intervals) of ``results_path`` on ``split``.
     ``samples`` > 0: with percentile bootstrap intervals at ``level`` over that many image
     draws (``seed``); ``against``: another results file on the same images, compared paired
     (its estimates and the interval of each difference, this minus that)."""
