@@ -253,7 +253,8 @@ def evaluate(
     except (InputError, ValueError) as e:
         _fail(e)
     out.print(_eval_table(report))
-    out.print("COCO segm (pycocotools): " + "  ".join(f"{k} {_pct(v / 100)}" for k, v in report.coco.items()))
+    out.print("COCO segm (pycocotools): " + "  ".join(f"{k} {_pct(v / 100)}" for k, v in report.coco.items()),
+              soft_wrap=True)
     if report.intervals is not None:
         out.print(_intervals_table(report))
     if report.ignored_images:
