@@ -34,6 +34,7 @@ from machine import machine_info
 
 from icn_rt.data.voc import VOCDataset
 from icn_rt.eval.bootstrap import difference, draws, intervals
+from icn_rt.eval.coco import as_json
 from icn_rt.eval.report import score
 from icn_rt.models.store import read_config
 from icn_rt.runtime.engines import GraphEngines, split_backend
@@ -149,7 +150,14 @@ def run(args) -> dict:
             row["minus_reference"] = {k: {**v.to_json(), "excludes_zero": v.excludes_zero()} for k, v in diff.items()}
         row["ap_per_class_0.5"] = dict(zip(s.classes, [None if a != a else 100 * a
                                                        for a in s.inst.result()["ap"][0.5]]))
+        row["COCO"] = as_json(s.coco.result())
     return {"rows": out, "images": len(images), "reference": args.reference}
+
+
+def coco_cell(row: dict) -> str:
+    """COCO's segm AP (IoU 0.5:0.95) of a row; '-' for rows measured before it was recorded."""
+    ap = row.get("COCO", {}).get("AP")
+    return "-" if ap is None else f"{ap:.1f}"
 
 
 def markdown(doc: dict) -> str:
@@ -160,9 +168,9 @@ def markdown(doc: dict) -> str:
     lines = [f"Accuracy on the `{doc['split']}` split of `{doc['root']}` ({doc['images']} images; {doc['regime']}); "
              f"{100 * doc['bootstrap']['level']:g}% bootstrap intervals over the images ({doc['bootstrap']['samples']} "
              f"draws, seed {doc['bootstrap']['seed']}). Commands and settings in the JSON beside this file.", "",
-             "| row | T | matching | confidence | mAP^r@0.25 | mAP^r@0.5 | mAP^r@0.75 | ABO | mIoU | "
+             "| row | T | matching | confidence | mAP^r@0.25 | mAP^r@0.5 | mAP^r@0.75 | ABO | mIoU | COCO AP | "
              + (f"mAP^r@0.5 − {doc['reference']} |" if doc["reference"] else ""),
-             "|---|---|---|---|---|---|---|---|---|" + ("---|" if doc["reference"] else "")]
+             "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if doc["reference"] else "")]
     for r in doc["rows"]:
         m, s = r["metrics"], r["resolved"]
         diff = ""
@@ -171,7 +179,7 @@ def markdown(doc: dict) -> str:
             diff = "(reference) |" if d is None else f"{cell(d)}{'' if d['excludes_zero'] else ' ~0'} |"
         lines.append(f"| {r['name']} | {s['icn_steps']} | {s['matching']} | {s['confidence']} | "
                      + " | ".join(cell(m[k]) for k in ("mAP@0.25", "mAP@0.5", "mAP@0.75", "ABO", "mIoU"))
-                     + f" | {diff}")
+                     + f" | {coco_cell(r)} | {diff}")
     if doc["reference"]:
         lines += ["", "~0: the difference's interval holds 0 (not a difference the images support)."]
     lines.append("")

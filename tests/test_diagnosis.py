@@ -108,3 +108,7 @@ def test_accuracy_benchmark_rows_intervals_and_paired_differences(with_icn, tiny
     assert doc["bootstrap"] == {"samples": 50, "seed": 0, "level": 0.95, "unit": "image"}
     assert iou["training_seeds"] == {"training": 0, "icn_training": 0}
     assert "naive" in out.with_suffix(".md").read_text()
+    # COCO's segm AP beside mAP^r: the same results give the same figures, AP within AP50
+    assert set(naive["COCO"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"} and naive["COCO"] == again["COCO"]
+    assert all(row["COCO"]["AP"] is None or row["COCO"]["AP"] <= row["COCO"]["AP50"] for row in doc["rows"])
+    assert "| COCO AP |" in out.with_suffix(".md").read_text()

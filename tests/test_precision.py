@@ -235,8 +235,10 @@ def test_bench_eval_adds_each_backends_size_and_accuracy_against_torch_fp32(lowe
     ds = VOCDataset(tiny_voc, "val", load_images=False)
     infer(Predictor.from_dir(lowered), [ds.image_path(i) for i in ds.ids], tmp_path / "r.json",
           InferSettings(proposals=tiny_voc / "Proposals", progress=False))
-    want = score(tiny_voc, tmp_path / "r.json", "val", progress=False).metrics()["mAP@0.5"]
+    scored = score(tiny_voc, tmp_path / "r.json", "val", progress=False)
+    want = scored.metrics()["mAP@0.5"]
     assert rows["torch"]["mAP@0.5"]["estimate"] == pytest.approx(want) and rows["torch"]["minus_torch_fp32"] is None
+    assert rows["torch"]["COCO"] == scored.report().to_json()["COCO"]  # COCO's AP as `eval` reports it
     low, high = rows["torch"]["mAP@0.5"]["interval"]
     assert low <= want <= high
     for name, row in rows.items():

@@ -70,6 +70,11 @@ class CocoAccumulator:
         return {name: (100 * float(v) if v >= 0 else float("nan")) for name, v in zip(METRICS, run.stats[:6])}
 
 
+def as_json(metrics: dict[str, float]) -> dict[str, float | None]:
+    """:data:`METRICS` for a JSON report: NaN (no ground truth in a range) as None."""
+    return {k: None if v != v else v for k, v in metrics.items()}
+
+
 def rles(masks: np.ndarray) -> list[dict]:
     """COCO RLE of ``bool [N, H, W]`` masks (counts as bytes, as pycocotools wants them)."""
     from pycocotools import mask as cocomask

@@ -15,7 +15,7 @@ from icn_rt.data.results import load_results
 from icn_rt.data.voc import VOCDataset
 from icn_rt.errors import InputError
 from icn_rt.eval.bootstrap import Interval, difference, draws, intervals
-from icn_rt.eval.coco import CocoAccumulator, rles
+from icn_rt.eval.coco import CocoAccumulator, as_json, rles
 from icn_rt.eval.instance import InstanceEvaluator
 from icn_rt.eval.semantic import SemanticEvaluator, merge_instances
 
@@ -48,7 +48,7 @@ class EvalReport:
             "mAP": {f"{t:g}": clean(v * 100) for t, v in self.map.items()},
             "AP_per_class": {f"{t:g}": {c: clean(a * 100) for c, a in zip(self.classes, v)} for t, v in self.ap.items()},
             "ABO": clean(self.abo * 100), "mIoU": clean(self.miou * 100),
-            "COCO": {k: clean(v) for k, v in self.coco.items()},
+            "COCO": as_json(self.coco),
             "IoU_per_class": {c: clean(v * 100) for c, v in zip(("background",) + self.classes, self.iou)},
             "ignored_result_images": self.ignored_images,
             **({"bootstrap": {**self.bootstrap, "intervals": {k: v.to_json() for k, v in self.intervals.items()}}}

@@ -45,6 +45,7 @@ from icn_rt.data.preprocess import preprocess_array
 from icn_rt.data.proposals import Proposals, load_proposals, proposal_path
 from icn_rt.errors import InputError
 from icn_rt.eval.bootstrap import difference, draws, intervals
+from icn_rt.eval.coco import as_json
 from icn_rt.eval.report import score
 from icn_rt.machine import machine_info
 from icn_rt.matching import InstanceSettings, MatchingSettings
@@ -475,7 +476,7 @@ def accuracy(predictors: dict[str, Predictor], settings: EvalSettings, log=print
         reps = [evaluation.metrics(w)["mAP@0.5"] for w in weights] if name != "torch" else ref_reps
         row = {"backend": name, "model_bytes": model_bytes(predictors[name]),
                "mAP@0.5": intervals({"m": point}, [{"m": r} for r in reps], settings.level)["m"].to_json(),
-               "minus_torch_fp32": None}
+               "minus_torch_fp32": None, "COCO": as_json(evaluation.coco.result())}
         if name != "torch":
             diff = intervals(difference({"m": point}, {"m": ref.metrics()["mAP@0.5"]}),
                              [{"m": a - b} for a, b in zip(reps, ref_reps)], settings.level)["m"]
@@ -518,11 +519,13 @@ def markdown(report: dict) -> str:
         lines += ["", f"Accuracy on the `{acc['split']}` split of `{acc['root']}` ({acc['images']} images); "
                       f"{100 * b['level']:g}% bootstrap intervals over the images ({b['samples']} draws, seed "
                       f"{b['seed']}); the difference is paired (same draws). ~0: its interval holds 0.", "",
-                  "| backend | size (MB) | mAP^r@0.5 | − torch fp32 |", "|---|---|---|---|"]
+                  "| backend | size (MB) | mAP^r@0.5 | − torch fp32 | COCO AP | COCO AP50 |", "|---|---|---|---|---|---|"]
         for r in acc["rows"]:
             d = r["minus_torch_fp32"]
             diff = "(reference)" if d is None else cell(d) + ("" if d["excludes_zero"] else " ~0")
-            lines.append(f"| {r['backend']} | {r['model_bytes'] / 1e6:.2f} | {cell(r['mAP@0.5'])} | {diff} |")
+            coco = [r.get("COCO", {}).get(k) for k in ("AP", "AP50")]
+            lines.append(f"| {r['backend']} | {r['model_bytes'] / 1e6:.2f} | {cell(r['mAP@0.5'])} | {diff} | "
+                         + " | ".join("-" if v is None else f"{v:.1f}" for v in coco) + " |")
     if report["skipped"]:
         lines += ["", *(f"- skipped {k}: {v}" for k, v in report["skipped"].items())]
     return "\n".join(lines) + "\n"
