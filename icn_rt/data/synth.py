@@ -182,19 +182,12 @@ def render(config: SynthConfig, split: str, index: int) -> SynthImage:
         line = np.zeros((s, s), np.uint8)
         p0, p1 = rng.integers(0, s, 2), rng.integers(0, s, 2)
         cv2.line(line, (int(p0[0]), int(p0[1])), (int(p1[0]), int(p1[1])), 1, int(rng.integers(1, 3)))
-        line = line.astype(bool)
-        if all(_visible_enough(v & ~line, f, p & ~line, pf)
-               for v, f, p, pf in zip(visible, full, part_visible, part_full)):
-            _paint(canvas, line, _flat(rng, s))
-            visible = [v & ~line for v in visible]
-            part_visible = [p & ~line for p in part_visible]
+        visible, part_visible = _occlude(canvas, line.astype(bool), lambda: _flat(rng, s), full, part_full,
+                                         visible, part_visible)
     if photos is not None and rng.random() < 0.5:  # a photo-textured blob in front
         blob, _ = _body_mask(rng, s, rng.uniform(0.08, 0.2) * s)
-        if all(_visible_enough(v & ~blob, f, p & ~blob, pf)
-               for v, f, p, pf in zip(visible, full, part_visible, part_full)):
-            _paint(canvas, blob, photo_source.crop(rng, photos, s))
-            visible = [v & ~blob for v in visible]
-            part_visible = [p & ~blob for p in part_visible]
+        visible, part_visible = _occlude(canvas, blob, lambda: photo_source.crop(rng, photos, s), full, part_full,
+                                         visible, part_visible)
 
     image = cv2.GaussianBlur(canvas, (0, 0), 0.6)
     image = np.clip(image, 0, 255).astype(np.uint8)
@@ -239,6 +232,16 @@ def _accept_new(obj, part, full, part_full, visible, part_visible) -> bool:
         return False
     return all(_visible_enough(v & ~obj, f, p & ~obj, pf)
                for v, f, p, pf in zip(visible, full, part_visible, part_full))
+
+
+def _occlude(canvas, mask, texture, full, part_full, visible, part_visible):
+    """Paint ``mask`` with ``texture()`` (drawn only then) in front of everything when every
+    object keeps its visible shares; returns the objects' visible masks and parts after."""
+    if not all(_visible_enough(v & ~mask, f, p & ~mask, pf)
+               for v, f, p, pf in zip(visible, full, part_visible, part_full)):
+        return visible, part_visible
+    _paint(canvas, mask, texture())
+    return [v & ~mask for v in visible], [p & ~mask for p in part_visible]
 
 
 def _visible_enough(vis, full, part_vis, part_full) -> bool:
