@@ -5,17 +5,22 @@ proposals` on its val split, and writes ABO / recall@0.5 / recall@0.7, proposals
 image and seconds per image as JSON::
 
     python benchmarks/proposal_recall.py --out benchmarks/results/proposal_recall_synth_val.json
+
+``--root`` measures an existing root instead (its synth.json, if any, goes into the report).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+from accuracy import dataset_record
 from machine import machine_info
 
 from icn_rt.data.make_proposals import make_proposals
@@ -46,7 +51,8 @@ def main() -> None:
     result = {
         "benchmark": "proposal_recall",
         "dataset": {"root": str(args.root) if args.root else "synthetic (defaults)", "split": args.split,
-                    "synth_config": asdict(synth) if synth else None},
+                    "synth_config": asdict(synth) if synth else dataset_record(args.root, None)[1]},
+        "command": shlex.join([sys.executable, *sys.argv]),
         "selective_search": asdict(config),
         "jobs": args.jobs or None,
         "seconds_per_image_wall": seconds / max(1, summary.written),
