@@ -92,7 +92,10 @@ def dataset_record(root: Path, regime: str | None) -> tuple[str, dict | None]:
     dataset's config (None for other data), for a report."""
     synth = root / "synth.json"
     config = json.loads(synth.read_text()) if synth.is_file() else None
-    return regime or (f"synthetic, body evidence {config.get('body_evidence', 0)}" if config else "VOC layout"), config
+    if regime or not config:
+        return regime or "VOC layout", config
+    backgrounds = ", photo backgrounds" if config.get("background") == "photo" else ""
+    return f"synthetic, body evidence {config.get('body_evidence', 0)}{backgrounds}", config
 
 
 def write_report(out: Path, doc: dict, text: str) -> None:
