@@ -60,7 +60,8 @@ def markdown(doc: dict) -> str:
              "|---|---|---|" + "---|" * len(classes)]
     for r in doc["rows"]:
         t = r["training"]
-        cells = [f"{v['AP']:.1f} / {v['score_passes']:.0f}% / {v['peak_threshold']:.2f}" for v in r["per_class"].values()]
+        cells = [f"{v['AP']:.1f} / {v['score_passes']:.0f}% / {v['peak_threshold']:.2f}"
+                 for v in r["per_class"].values()]
         lines.append(f"| {r['name']} | {t['epochs']}, {t['lr']:g}, {t['lr_step']} | {r['classification_mAP']:.1f} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -17,7 +17,8 @@ def main() -> None:
     ap.add_argument("--dry-run", type=int, default=0)
     args = ap.parse_args()
     steps = json.loads((args.out / "steps.json").read_text())
-    lines = ["# GPU check" + (" (dry run on the CPU: plumbing only, no figure here is a GPU's)" if args.dry_run else ""),
+    dry = " (dry run on the CPU: plumbing only, no figure here is a GPU's)" if args.dry_run else ""
+    lines = ["# GPU check" + dry,
              "", "| step | exit code | seconds | note |", "|---|---|---|---|"]
     lines += [f"| {s['step']} | {s['rc']} | {s['seconds']} | {s['note']} |" for s in steps]
     failed = [s["step"] for s in steps if s["rc"] != 0]
@@ -25,9 +26,11 @@ def main() -> None:
                                                                                  if failed else "") + "."]
     if args.imports.is_file():
         report = json.loads(args.imports.read_text())
-        lines += ["", f"Imports on Python {report['python']}: {report['modules'] - sum(1 for r in report['failed'] if not r.get('wheel'))}"
-                      f" of {report['modules']} icn_rt modules, "
-                      f"{sum(r['ok'] for r in report['wheel_modules'])} of {len(report['wheel_modules'])} wheel modules."]
+        package_failures = sum(1 for r in report["failed"] if not r.get("wheel"))
+        wheels = report["wheel_modules"]
+        lines += ["", f"Imports on Python {report['python']}: {report['modules'] - package_failures} of "
+                      f"{report['modules']} icn_rt modules, {sum(r['ok'] for r in wheels)} of {len(wheels)} "
+                      "wheel modules."]
         lines += [f"- {r['module']}: {r['error']}" for r in report["failed"]]
     results = sorted(p.name for p in args.out.iterdir() if p.name not in ("steps.json", "summary.md", "logs.tar.gz"))
     lines += ["", "Results: " + (", ".join(results) if results else "none") + "; every log in logs.tar.gz."]

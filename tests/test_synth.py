@@ -156,7 +156,8 @@ def test_photo_regime_deterministic_per_seed():
 def test_photo_backgrounds_come_from_the_photos(tmp_path):
     """The same scenes over a flat and a striped photo: same objects and annotations, and
     the striped photo shows through wherever no object is (strong edges)."""
-    flat = SynthConfig(size=96, classes=5, seed=3, background="photo", photos=(_write_photo(tmp_path / "f.png", "flat"),))
+    flat = SynthConfig(size=96, classes=5, seed=3, background="photo",
+                       photos=(_write_photo(tmp_path / "f.png", "flat"),))
     striped = SynthConfig(size=96, classes=5, seed=3, background="photo",
                           photos=(_write_photo(tmp_path / "s.png", "stripes"),))
     edges = {}

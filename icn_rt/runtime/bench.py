@@ -519,7 +519,8 @@ def markdown(report: dict) -> str:
         lines += ["", f"Accuracy on the `{acc['split']}` split of `{acc['root']}` ({acc['images']} images); "
                       f"{100 * b['level']:g}% bootstrap intervals over the images ({b['samples']} draws, seed "
                       f"{b['seed']}); the difference is paired (same draws). ~0: its interval holds 0.", "",
-                  "| backend | size (MB) | mAP^r@0.5 | − torch fp32 | COCO AP | COCO AP50 |", "|---|---|---|---|---|---|"]
+                  "| backend | size (MB) | mAP^r@0.5 | − torch fp32 | COCO AP | COCO AP50 |",
+                  "|---|---|---|---|---|---|"]
         for r in acc["rows"]:
             d = r["minus_torch_fp32"]
             diff = "(reference)" if d is None else cell(d) + ("" if d["excludes_zero"] else " ~0")

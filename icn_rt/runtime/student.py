@@ -64,7 +64,8 @@ class StudentPredictor(Staging):
     def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu", backend: str = "torch",
                  ort_optimization: str = "all", ort_save_optimized: bool = False) -> StudentPredictor:
         """The student of a model directory (``icn-rt train student``) on ``backend``:
-        ``torch[:fp16|:bf16]`` (eager, under autocast at that type); ``onnxruntime[:fp16|:int8]`` (``student.onnx`` and its variants:
+        ``torch[:fp16|:bf16]`` (eager, under autocast at that type);
+        ``onnxruntime[:fp16|:int8]`` (``student.onnx`` and its variants:
         ``icn-rt export MODEL --student [--precision ...]``); ``tensorrt[:fp16|:int8]`` (the
         plans of ``icn-rt build-engine MODEL --student``)."""
         if backend not in STUDENT_BACKENDS:
