@@ -356,7 +356,7 @@ def test_eval_prints_cocos_metrics_as_pycocotools_computes_them(tiny_voc, tmp_pa
 
 
 def test_cocos_metrics_ignore_difficult_objects_unless_counted():
-    from icn_rt.eval.coco import CocoAccumulator, rles
+    from icn_rt.eval.coco import CocoAccumulator
 
     shape = (40, 40)
     gt = np.stack([box(shape, 2, 2, 12, 12), box(shape, 20, 20, 34, 34)])
@@ -364,6 +364,6 @@ def test_cocos_metrics_ignore_difficult_objects_unless_counted():
     for count, want in ((False, 100.0), (True, 50.0)):
         acc = CocoAccumulator(1, count_difficult=count)
         # the difficult object is not found: ignored, AP 100; counted, a miss halves recall
-        acc.add(shape, rles(gt), [0, 0], [False, True], rles(found), [0], [0.9])
+        acc.add(shape, rle.encode_many(gt), [0, 0], [False, True], rle.encode_many(found), [0], [0.9])
         assert acc.result()["AP50"] == pytest.approx(want, abs=1.0)
     assert np.isnan(CocoAccumulator(1).result()["AP"])  # nothing added: no metric

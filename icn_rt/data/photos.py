@@ -9,7 +9,7 @@ thousands of distinct backgrounds and textures.
 
 :data:`DEV_PHOTOS` are the photographs development used (the default);
 :data:`HELD_OUT_PHOTOS` were never looked at while choosing anything, to check results on
-photographs development has not seen (``icn-rt data synth --background photo --photos``).
+photographs development has not seen (``icn-rt data synth --background photo --photo NAME``).
 """
 
 from __future__ import annotations

@@ -15,8 +15,6 @@ import contextlib
 import io
 from dataclasses import dataclass, field
 
-import numpy as np
-
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 """``COCOeval.stats[:6]`` in order, in percent (NaN where no ground truth falls in a range)."""
 
@@ -73,12 +71,3 @@ class CocoAccumulator:
 def as_json(metrics: dict[str, float]) -> dict[str, float | None]:
     """:data:`METRICS` for a JSON report: NaN (no ground truth in a range) as None."""
     return {k: None if v != v else v for k, v in metrics.items()}
-
-
-def rles(masks: np.ndarray) -> list[dict]:
-    """COCO RLE of ``bool [N, H, W]`` masks (counts as bytes, as pycocotools wants them)."""
-    from pycocotools import mask as cocomask
-
-    if not len(masks):
-        return []
-    return cocomask.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))

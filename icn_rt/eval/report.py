@@ -15,7 +15,7 @@ from icn_rt.data.results import load_results
 from icn_rt.data.voc import VOCDataset
 from icn_rt.errors import InputError
 from icn_rt.eval.bootstrap import Interval, difference, draws, intervals
-from icn_rt.eval.coco import CocoAccumulator, as_json, rles
+from icn_rt.eval.coco import CocoAccumulator, as_json
 from icn_rt.eval.instance import InstanceEvaluator
 from icn_rt.eval.semantic import SemanticEvaluator, merge_instances
 
@@ -120,7 +120,7 @@ def score(voc_root: str | Path, results_path: str | Path, split: str = "val", co
         gd = np.array([i.difficult for i in sample.instances], bool)
         inst.add(pm, pl, ps, gm, gl, gd)
         sem.add(merge_instances(pm, pl, ps, shape), sample.semantic)
-        coco.add(shape, rles(gm), gl, gd, [p["segmentation"] for p in preds], pl, ps)
+        coco.add(shape, rlelib.encode_many(gm), gl, gd, [p["segmentation"] for p in preds], pl, ps)
         n_inst += len(gl)
         n_pred += len(pl)
     return Evaluation(dataset.classes, n_inst, n_pred, ignored, inst, sem, coco)
