@@ -319,3 +319,18 @@ def test_host_inputs_arrive_on_the_backends_device(backend):
     labels, *_ = segments(rng)
     for got, want in zip(k.boundary_groups(labels, 5), ref.boundary_groups(labels, 5)):
         np.testing.assert_array_equal(host(got), want)
+
+
+def test_numpy_s_row_stack_alias_is_put_back_for_numba_cuda(monkeypatch):
+    """numba-cuda overloads ``np.row_stack``, which NumPy 2.5 removed: the alias comes back
+    as ``np.vstack`` where it is missing, and an existing one is left alone."""
+    from icn_rt.kernels import ops_cuda
+
+    monkeypatch.delattr(np, "row_stack", raising=False)
+    ops_cuda.restore_numpy_aliases()
+    assert np.row_stack is np.vstack
+    assert np.row_stack([[1, 2], [3, 4]]).tolist() == [[1, 2], [3, 4]]
+    mine = object()
+    monkeypatch.setattr(np, "row_stack", mine)
+    ops_cuda.restore_numpy_aliases()
+    assert np.row_stack is mine

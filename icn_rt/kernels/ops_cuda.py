@@ -26,6 +26,20 @@ from . import arrays
 from .arrays import cast, empty, is_tensor, numel
 from .interface import WORD, Kernels, rows, words_per_row
 
+
+def restore_numpy_aliases() -> None:
+    """Put back ``np.row_stack`` (NumPy's alias of ``np.vstack``) where NumPy lacks it.
+
+    numba-cuda (0.30.4, the newest) registers an overload of ``np.row_stack``, unguarded,
+    when it compiles its first kernel (Numba's CPU compiler guards the same line by NumPy
+    version). NumPy 2.5 removed the alias, so without it every CUDA kernel fails to
+    compile: seen on the GPU machine (numpy 2.5.2, numba-cuda 0.30.4)."""
+    if not hasattr(np, "row_stack"):
+        np.row_stack = np.vstack
+
+
+restore_numpy_aliases()
+
 FULL = 0xFFFFFFFF
 MAX_MAPS = 64
 SIMULATED = bool(config.ENABLE_CUDASIM)
