@@ -76,7 +76,18 @@ run imports 90 "$PY" scripts/gpu_import_check.py --wheels "$WHEELS" --site "$SIT
 run machine 30 "$PY" -c "import json, icn_rt.machine as m; print(json.dumps(m.machine_info(), indent=2))"
 if [ "$DRY" = 1 ]; then skip nvidia-smi "dry run"; else run nvidia-smi 20 nvidia-smi; fi
 
-# 3. the CUDA kernels against their CPU twins and NumPy references
+# 3. one CUDA kernel compiles and runs (seconds), then every one against its CPU twin and
+#    NumPy reference
+run kernel-smoke 90 "$PY" -c "
+import numpy as np, torch
+from numba import config
+from icn_rt.kernels import backend, ops_numpy
+device = torch.device('cpu' if config.ENABLE_CUDASIM else 'cuda')
+masks = np.random.default_rng(0).random((3, 9, 70)) < 0.4
+words = backend('cuda', device).pack(torch.as_tensor(masks, device=device))
+assert (words.cpu().numpy().view(np.uint32) == ops_numpy.pack(masks)).all(), 'pack differs from NumPy'
+print('the CUDA pack kernel on', device, 'equals the NumPy reference')
+"
 if [ "$DRY" = 1 ]; then
     run kernels 60 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_kernels.py -k host_inputs
 else

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = ["wheels", "imports", "machine", "nvidia-smi", "kernels", "bench-matching", "student", "build-engine",
+STEPS = ["wheels", "imports", "machine", "nvidia-smi", "kernel-smoke", "kernels", "bench-matching", "student", "build-engine",
          "bench", "pytest-gpu"]
 
 
