@@ -112,3 +112,57 @@ def test_accuracy_benchmark_rows_intervals_and_paired_differences(with_icn, tiny
     assert set(naive["COCO"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"} and naive["COCO"] == again["COCO"]
     assert all(row["COCO"]["AP"] is None or row["COCO"]["AP"] <= row["COCO"]["AP50"] for row in doc["rows"])
     assert "| COCO AP |" in out.with_suffix(".md").read_text()
+
+
+def test_icn_learnability_trains_each_source_on_the_same_peaks(classifier, tiny_voc, tmp_path):
+    """benchmarks/icn_learnability.py on the tiny model's labels: every source trains on the
+    peaks left after the held-out ones (a ``top`` source on its share of them), is scored
+    every ``--every`` steps, and sources of other peaks are refused."""
+    from tests.conftest import runner
+
+    from icn_rt.cli import app
+
+    labels, truth = tmp_path / "labels", tmp_path / "truth"
+    for out, supervision in ((labels, "proposals"), (truth, "saliency")):
+        r = runner.invoke(app, ["train", "pseudo-labels", str(tiny_voc), "--model", str(classifier),
+                                "--supervision", supervision, "--out", str(out)])
+        assert r.exit_code == 0, r.output
+    peaks = sum(len(np.load(f)["cls"]) for f in labels.glob("*.npz"))
+    assert peaks >= 4
+    script = Path(__file__).parents[1] / "benchmarks" / "icn_learnability.py"
+    out = tmp_path / "learn.json"
+    command = [sys.executable, str(script), str(tiny_voc), "--truth", str(truth), "--source", f"labels={labels}",
+               "--source", f"half={labels}:top=0.5", "--held-out", "2", "--steps", "2", "--every", "1",
+               "--batch-size", "2", "--width", "4", "--input-size", "64", "--out", str(out)]
+    r = subprocess.run(command, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["peaks"] == peaks and doc["held_out_peaks"] == 2
+    full, half = doc["sources"]["labels"], doc["sources"]["half"]
+    assert full["training_peaks"] == peaks - 2 and half["training_peaks"] == max(2, round((peaks - 2) / 2))
+    assert [c["step"] for c in full["curve"]] == [0, 1, 2]
+    assert 0 < full["label_share"] < 1 and full["constant_bce"] > 0
+    assert all(0 <= c["map_iou_with_truth"] <= 1 for c in full["curve"] + half["curve"])
+    assert "| labels |" in out.with_suffix(".md").read_text()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "settings.json").write_text((labels / "settings.json").read_text())
+    first = sorted(labels.glob("*.npz"))[0]
+    (other / first.name).write_bytes(first.read_bytes())
+    r = subprocess.run([*command[:5], "--source", f"other={other}", *command[9:]], capture_output=True, text=True)
+    assert r.returncode != 0 and "not the same peaks" in r.stderr
+
+
+def test_icn_learnability_source_syntax():
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from icn_learnability import iou, parse_source
+
+    assert parse_source("a b=dir/x:top=0.25") == ("a b", Path("dir/x"), 0.25)
+    assert parse_source("n=d") == ("n", Path("d"), 1.0)
+    with pytest.raises(SystemExit):
+        parse_source("n=d:top=0")
+    import torch
+
+    a = torch.from_numpy(np.stack([box(0, 0, 4, 5), box(0, 0, 0, 0)]))[:, None]
+    b = torch.from_numpy(np.stack([box(2, 0, 6, 5), box(0, 0, 0, 0)]))[:, None]
+    assert iou(a, b).tolist() == [10 / 30, 0.0]
