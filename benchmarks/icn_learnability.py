@@ -16,7 +16,10 @@ foreground share: a network that learned nothing about the image scores about th
 the IoU with the true mask of the ICN's map binarised as matching binarises it (min-max ≥
 0.5); once: the IoU of the source's own labels with the true masks (the labels' quality).
 Training is the ICN trainer's (its model, loss, Adam, augmentation) with self-feeding
-off, at a constant learning rate. Writes JSON (command, machine, curves) and markdown::
+off, at a constant learning rate. ``--prm-blur σ`` widens the PRM the ICN is given (a
+Gaussian of σ px, rescaled to a maximum of 1): does the ICN learn when its cue is not a
+dot? (Binarised, the naive PRM covers well under 1 % of the image.) Writes JSON (command,
+machine, curves) and markdown::
 
     python benchmarks/icn_learnability.py ROOT --truth MODEL/labels-saliency-train \\
         --source "paper top-3=MODEL/labels-proposals-train" \\
@@ -82,8 +85,23 @@ def iou(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(union))
 
 
-def stack(samples: PeakSamples, idx) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.stack(v) for v in zip(*[samples[int(i)] for i in idx]))
+def stack(samples: PeakSamples, idx, blur: float = 0.0) -> tuple[torch.Tensor, ...]:
+    """(images, PRMs, labels) of the peaks ``idx``; PRMs blurred by :func:`blurred`."""
+    x, prm, label = (torch.stack(v) for v in zip(*[samples[int(i)] for i in idx]))
+    return x, blurred(prm, blur), label
+
+
+def blurred(prm: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``prm [N, 1, S, S]`` convolved with a Gaussian of ``sigma`` px (3σ each side, zero
+    padding) and rescaled to a maximum of 1 (the PRM-extent experiment; 0: as it is)."""
+    if sigma <= 0:
+        return prm
+    r = int(np.ceil(3 * sigma))
+    g = torch.exp(-torch.arange(-r, r + 1, dtype=prm.dtype) ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    out = F.conv2d(F.conv2d(prm, g.view(1, 1, 1, -1), padding=(0, r)), g.view(1, 1, -1, 1), padding=(r, 0))
+    peak = out.flatten(1).amax(1).clamp_min(1e-12)
+    return out / peak[:, None, None, None]
 
 
 def train_source(root: Path, labels: Path, train: np.ndarray, held: tuple[torch.Tensor, ...],
@@ -117,7 +135,7 @@ def train_source(root: Path, labels: Path, train: np.ndarray, held: tuple[torch.
         if step == args.steps:
             break
         samples.epoch = step
-        x, prm, label = stack(samples, rng.choice(train, args.batch_size, replace=False))
+        x, prm, label = stack(samples, rng.choice(train, args.batch_size, replace=False), args.prm_blur)
         loss = F.binary_cross_entropy_with_logits(icn(x, prm), label)
         opt.zero_grad()
         loss.backward()
@@ -144,7 +162,8 @@ def run(args) -> dict:
             value = peak_objectness(args.root, proposals, labels, args.split)[pool]
             train = pool[np.argsort(-value, kind="stable")[: max(args.batch_size, round(top * len(pool)))]]
         print(f"{name}: {len(train)} training peaks", file=sys.stderr, flush=True)
-        result = train_source(args.root, labels, np.sort(train), stack(samples, held_idx), truth, args)
+        held = stack(samples, held_idx, args.prm_blur)
+        result = train_source(args.root, labels, np.sort(train), held, truth, args)
         out[name] = {"labels": str(labels), "top": top, **result}
     return {"sources": out, "held_out_peaks": len(held_idx), "peaks": n}
 
@@ -152,7 +171,9 @@ def run(args) -> dict:
 def markdown(doc: dict) -> str:
     lines = [f"ICN learnability on `{doc['root']}` ({doc['regime']}): one fresh ICN per label source "
              f"({doc['settings']['encoder']}, width {doc['settings']['width']}, Adam lr {doc['settings']['lr']:g}, "
-             f"batch {doc['settings']['batch_size']}, {doc['settings']['steps']} steps), scored on the same "
+             f"batch {doc['settings']['batch_size']}, {doc['settings']['steps']} steps"
+             + (f", PRM input blurred by σ {doc['settings']['prm_blur']:g} px" if doc["settings"]["prm_blur"] else "")
+             + "), scored on the same "
              f"{doc['held_out_peaks']} held-out peaks of {doc['peaks']}. Seed {doc['settings']['seed']}. "
              "Command in the JSON beside this file.", "",
              "| label source | training peaks | labels' IoU with the true masks | held-out BCE (best constant) "
@@ -184,6 +205,8 @@ def main() -> None:
     ap.add_argument("--input-size", type=int, default=160)
     ap.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                     help="the trainer's flip and crop")
+    ap.add_argument("--prm-blur", type=float, default=0.0,
+                    help="blur the PRM input by a Gaussian of this sigma in px (the PRM-extent experiment; 0: off)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--regime", default=None)
     ap.add_argument("--out", type=Path, required=True)
@@ -191,7 +214,7 @@ def main() -> None:
     result = run(args)
     regime, dataset = dataset_record(args.root, args.regime)
     settings = {k: getattr(args, k) for k in ("steps", "every", "lr", "batch_size", "encoder", "width",
-                                              "input_size", "augment", "seed", "held_out")}
+                                              "input_size", "augment", "seed", "held_out", "prm_blur")}
     doc = {"benchmark": "icn_learnability", "command": shlex.join(["python", *sys.argv]), "root": str(args.root),
            "regime": regime, "settings": settings, **result, "dataset": dataset, "machine": machine_info()}
     write_report(args.out, doc, markdown(doc))

@@ -166,3 +166,54 @@ def test_icn_learnability_source_syntax():
     a = torch.from_numpy(np.stack([box(0, 0, 4, 5), box(0, 0, 0, 0)]))[:, None]
     b = torch.from_numpy(np.stack([box(2, 0, 6, 5), box(0, 0, 0, 0)]))[:, None]
     assert iou(a, b).tolist() == [10 / 30, 0.0]
+
+
+def test_icn_in_matching_ways_match_the_predictor_where_they_are_its_own(with_icn, tiny_voc, tmp_path):
+    """benchmarks/icn_in_matching.py: the reference (naive PRM + re-ranking) and the default
+    way give the predictor's instances; every way is scored with paired intervals."""
+    script = Path(__file__).parents[1] / "benchmarks" / "icn_in_matching.py"
+    out = tmp_path / "ways.json"
+    r = subprocess.run([sys.executable, str(script), str(with_icn[0]), str(tiny_voc), "--split", "val",
+                        "--candidates", "5", "--bootstrap", "20", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["images"] == 6
+    assert doc["equal_to_the_predictor"] == {"naive PRM + re-ranking": True,
+                                             "default: re-ranking among the ICN's candidates": True}
+    names = [row["name"] for row in doc["rows"]]
+    assert names[:3] == ["naive PRM + re-ranking", "default: re-ranking among the ICN's candidates",
+                         "ICN map alone (IoU matching)"] and len(names) == 8
+    assert "minus_reference" not in doc["rows"][0]
+    for row in doc["rows"]:
+        m = row["metrics"]["mAP@0.5"]
+        assert m["interval"][0] <= m["estimate"] <= m["interval"][1]
+    assert "| naive PRM + re-ranking |" in out.with_suffix(".md").read_text()
+
+
+def test_icn_in_matching_picks_as_the_re_ranking_does():
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from icn_in_matching import best_n, most_object_like, proposal_iou
+
+    scores = np.array([0.5, np.inf * -1, 0.9, 0.5, 0.1])
+    assert best_n(scores, 3).tolist() == [2, 0, 3]  # ties: the lower index first
+    assert best_n(scores, 10).tolist() == [2, 0, 3, 4]  # -inf is never a candidate
+    value = np.array([0.3, 0.0, 0.2, 0.3, 0.9])
+    assert most_object_like(np.array([2, 3, 0]), value, 5) == 0  # equal objectness: the lower index, as argmax
+    assert most_object_like(np.zeros(0, np.int64), value, 5) == -1
+    overlap = proposal_iou(np.stack([box(0, 0, 4, 5), box(2, 0, 6, 5), box(0, 0, 0, 0)]))
+    np.testing.assert_allclose(overlap, [[1, 10 / 30, 0], [10 / 30, 1, 0], [0, 0, 0]])
+
+
+def test_icn_learnability_blurs_a_dot_into_a_gaussian_peaking_at_1():
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import torch
+
+    from icn_learnability import blurred
+
+    dot = torch.zeros(1, 1, 21, 21)
+    dot[0, 0, 10, 10] = 0.4
+    assert blurred(dot, 0) is dot
+    out = blurred(dot, 2.0)[0, 0]
+    assert out.max().item() == pytest.approx(1.0) and out[10, 10].item() == pytest.approx(1.0)
+    assert out[10, 12].item() == pytest.approx(np.exp(-4 / 8), rel=1e-5)  # exp(-d²/2σ²) at d = 2
+    assert torch.allclose(out, out.flip(0)) and torch.allclose(out, out.T)
