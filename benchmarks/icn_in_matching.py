@@ -18,7 +18,8 @@ objectness (:mod:`icn_rt.matching.objectness`) of every proposal either ranks am
   which object; among the naive PRM's N best overlapping it with IoU ≥ τ, the one that
   best fits the ICN map;
 - ``3 most object-like, then ICN IoU``: the naive PRM's N best, the 3 most object-like,
-  the one of them that best fits the ICN map.
+  the one of them that best fits the ICN map;
+- ``the reference's pick, confidence × ICN IoU^0.25``: the map only ranks the instances.
 
 Confidence is the peak's value × the objectness of the proposal that decided the object
 (the reference's), NMS as the model's. Writes JSON (command, machine, rows with intervals
@@ -128,12 +129,18 @@ def ways(candidates: int) -> dict:
         top = c[np.argsort(-p["obj"][c], kind="stable")[:3]]
         return int(top[np.argmax(p["icn"][k][top])]), p["value"][k] * p["obj"][top[0]]
 
+    def fit_as_confidence(p, k):
+        b, conf = reference(p, k)
+        fit = p["icn"][k][b] if b >= 0 and np.isfinite(p["icn"][k][b]) else 0.0
+        return b, conf * max(fit, 0.0) ** 0.25
+
     return {REFERENCE: reference, DEFAULT: default, "ICN map alone (IoU matching)": alone,
             "naive candidates, objectness × ICN IoU^0.25": product(0.25),
             "naive candidates, objectness × ICN IoU": product(1.0),
             "extent: the re-ranked pick's neighbours by ICN IoU (τ 0.5)": extent(0.5),
             "extent: the re-ranked pick's neighbours by ICN IoU (τ 0.7)": extent(0.7),
-            "3 most object-like, then ICN IoU": object_like_then_map}
+            "3 most object-like, then ICN IoU": object_like_then_map,
+            "the reference's pick, confidence × ICN IoU^0.25": fit_as_confidence}
 
 
 def peak_records(predictor: Predictor, image: np.ndarray, props, candidates: int) -> dict | None:

@@ -182,7 +182,7 @@ def test_icn_in_matching_ways_match_the_predictor_where_they_are_its_own(with_ic
                                              "default: re-ranking among the ICN's candidates": True}
     names = [row["name"] for row in doc["rows"]]
     assert names[:3] == ["naive PRM + re-ranking", "default: re-ranking among the ICN's candidates",
-                         "ICN map alone (IoU matching)"] and len(names) == 8
+                         "ICN map alone (IoU matching)"] and len(names) == 9
     assert "minus_reference" not in doc["rows"][0]
     for row in doc["rows"]:
         m = row["metrics"]["mAP@0.5"]
