@@ -103,8 +103,7 @@ def diagnose_image(predictor: Predictor, image, props, gt, naive, b: int, steps:
                    np.clip(((naive.peaks.x[idx].cpu().numpy() + 0.5) * shape[1] / mw).astype(int), 0, shape[1] - 1)],
                   1).reshape(-1, 2)
     value = naive.peaks.value[idx].cpu().numpy().astype(np.float64)
-    gt_masks = np.stack([i.mask for i in gt.instances]) if gt.instances else np.zeros((0, *shape), bool)
-    gt_cls = np.array([i.class_id for i in gt.instances], np.int64)
+    gt_masks, gt_cls = gt.instance_masks(), gt.instance_classes()
     owner, duplicate = peak_owners(cls, yx, value, gt_masks, gt_cls)
     census.add(owner, duplicate, len(gt_cls))
     on = owner >= 0

@@ -183,9 +183,7 @@ def run(args) -> dict:
             image = read_image(ds.image_path(image_id))
             props = load_proposals(proposal_path(proposals, image_id), image.shape[:2])
             gt = ds.ground_truth(image_id)
-            gt_masks = (np.stack([g.mask for g in gt.instances]) if gt.instances
-                        else np.zeros((0, *image.shape[:2]), bool))
-            gt_cls = np.array([g.class_id for g in gt.instances], np.int64)
+            gt_masks, gt_cls = gt.instance_masks(), gt.instance_classes()
             p = peak_records(predictor, image, props, args.candidates)
             for name, way in table.items():
                 if p is None:

@@ -103,3 +103,16 @@ def test_ground_truth_requires_instances(tmp_path):
     assert ds.get("img1").instances is None
     with pytest.raises(InputError, match=r"SegmentationObject/img1.png: ground-truth instance PNG not found"):
         ds.ground_truth("img1")
+
+
+def test_a_sample_stacks_its_instances_masks_and_classes():
+    from icn_rt.data.voc import Sample
+
+    a, b = np.zeros((4, 5), bool), np.ones((4, 5), bool)
+    sample = Sample("x", None, np.array([0, 2]), [Instance(2, a), Instance(0, b, difficult=True)], size=(4, 5))
+    assert sample.instance_masks().tolist() == [a.tolist(), b.tolist()]
+    assert sample.instance_classes().tolist() == [2, 0] and sample.instance_classes().dtype == np.int64
+    for instances in ([], None):
+        empty = Sample("y", None, np.array([1]), instances, size=(4, 5))
+        assert empty.instance_masks().shape == (0, 4, 5) and empty.instance_masks().dtype == bool
+        assert empty.instance_classes().shape == (0,) and empty.instance_classes().dtype == np.int64

@@ -77,6 +77,14 @@ class Sample:
     semantic: np.ndarray | None = None
     size: tuple[int, int] = field(default=(0, 0))
 
+    def instance_masks(self) -> np.ndarray:
+        """The instances' masks stacked, ``bool [N, H, W]`` (N = 0 without instances)."""
+        return np.stack([i.mask for i in self.instances]) if self.instances else np.zeros((0, *self.size), bool)
+
+    def instance_classes(self) -> np.ndarray:
+        """The instances' class ids, ``int64 [N]``."""
+        return np.array([i.class_id for i in self.instances or []], np.int64)
+
 
 def read_label_png(path: Path) -> np.ndarray:
     """Read a palette (or greyscale) label PNG as its indices, ``uint8 [H, W]``."""

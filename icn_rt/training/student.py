@@ -138,7 +138,7 @@ def choose_threshold(root: str | Path, results_path: str | Path, split: str = "d
         if not entries:
             continue
         masks = rlelib.decode_many([e["segmentation"] for e in entries], gt.size)
-        gt_masks = np.stack([inst.mask for inst in gt.instances]) if gt.instances else np.zeros((0, *gt.size), bool)
+        gt_masks = gt.instance_masks()
         iou = mask_iou(masks, gt_masks)
         taken = np.zeros(len(gt_masks), bool)
         for i, e in enumerate(entries):
