@@ -334,3 +334,16 @@ def test_numpy_s_row_stack_alias_is_put_back_for_numba_cuda(monkeypatch):
     monkeypatch.setattr(np, "row_stack", mine)
     ops_cuda.restore_numpy_aliases()
     assert np.row_stack is mine
+
+
+def test_each_backend_declares_its_host_side():
+    """Host work (packing host masks, boundary groups, a device backend's host arrays) goes
+    to the backend the interface names: a host backend itself, the CUDA one the Numba CPU's."""
+    for name in ("numpy", "cpu"):
+        k = kernels.backend(name)
+        assert k.host_kernels is k
+    cuda = kernels.backend("cuda")
+    assert cuda.host_kernels.name == "cpu" and cuda.host_kernels is cuda.host_kernels
+    maps = np.random.default_rng(15).random((2, 5, 7))
+    if config.ENABLE_CUDASIM:  # host arrays reach the CUDA backend only in the simulator
+        np.testing.assert_array_equal(cuda.prefix_sums(maps), ref.prefix_sums(maps))

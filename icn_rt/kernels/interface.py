@@ -55,6 +55,14 @@ class Kernels(ABC):
         """This backend's array as a host NumPy array."""
         return arrays.host(x)
 
+    @property
+    def host_kernels(self) -> Kernels:
+        """The backend that does this one's work on the host: packing host masks
+        (:meth:`pack_masks`), finding boundary groups (:meth:`boundary_groups`), and, for
+        a device backend handed host arrays, the running sums. A host backend is its own;
+        the CUDA backend's is the Numba CPU backend."""
+        return self
+
     # --- packing ------------------------------------------------------------------------
 
     @abstractmethod

@@ -521,11 +521,7 @@ def and_counts(p, q):
 
 
 def prefix_sums(maps):
-    """``float [M, H, W]`` -> ``float64 [H, W+1, M]`` on the maps' device."""
-    if not is_tensor(maps):
-        from .ops_numpy import prefix_sums as host
-
-        return host(maps)
+    """``float [M, H, W]`` tensor -> ``float64 [H, W+1, M]`` on the maps' device."""
     import torch
 
     m, h, w = maps.shape
@@ -618,15 +614,21 @@ class CudaKernels(Kernels):
     def __init__(self, device=None) -> None:
         self.device = device
 
-    def pack_masks(self, masks: np.ndarray):
-        from .ops_cpu import pack as pack_on_host
+    @functools.cached_property
+    def host_kernels(self) -> Kernels:
+        from . import backend
 
-        return self.to(pack_on_host(masks))
+        return backend("cpu")
+
+    def pack_masks(self, masks: np.ndarray):
+        return self.to(self.host_kernels.pack(masks))
 
     def boundary_groups(self, labels: np.ndarray, size: int):
-        from .ops_cpu import boundary_groups as on_host
+        return tuple(self.to(a) for a in self.host_kernels.boundary_groups(arrays.host(labels), size))
 
-        return tuple(self.to(a) for a in on_host(arrays.host(labels), size))
+    def prefix_sums(self, maps):
+        """See :func:`prefix_sums`; host arrays (the simulator's) are summed by :attr:`host_kernels`."""
+        return prefix_sums(maps) if is_tensor(maps) else self.host_kernels.prefix_sums(maps)
 
     pack = staticmethod(pack)
     unpack = staticmethod(unpack)
@@ -635,7 +637,6 @@ class CudaKernels(Kernels):
     boxes = staticmethod(boxes)
     popcounts = staticmethod(popcounts)
     and_counts = staticmethod(and_counts)
-    prefix_sums = staticmethod(prefix_sums)
     run_sums = staticmethod(run_sums)
     segment_sums = staticmethod(segment_sums)
     csr_sums = staticmethod(csr_sums)
