@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = ["wheels", "imports", "machine", "nvidia-smi", "kernel-smoke", "kernels", "bench-matching", "student", "build-engine",
-         "bench", "pytest-gpu"]
+STEPS = ["wheels", "imports", "machine", "nvidia-smi", "kernel-smoke", "kernels", "bench-matching", "student",
+         "build-engine", "bench", "pytest-gpu"]
 
 
 def _wheel(folder: Path, module: str) -> Path:

@@ -5,6 +5,7 @@ import pytest
 from numba import config
 
 from icn_rt import kernels as backends
+from icn_rt.kernels.arrays import host
 from icn_rt.data.proposals import Proposals
 from icn_rt.matching import (MatchingSettings, background_map, iou, match, matching_map, rebalanced, resize_proposals,
                              vanilla)
@@ -50,10 +51,6 @@ def _kernels_and_inputs(kernels, *arrays):
     return (backends.backend(kernels, device), *(torch.as_tensor(a, device=device) for a in arrays))
 
 
-def _host(x) -> np.ndarray:
-    return x.cpu().numpy() if hasattr(x, "cpu") else np.asarray(x)
-
-
 SCORES = {"rebalanced": (rebalanced, lambda v, masks: ref.rebalanced_scores(v, masks), 0, 1e-9),
           "iou": (iou, lambda v, masks: ref.iou_scores(v, masks), 4, 1e-12)}
 """score -> (the kernels' function, the reference, the seed of the case, atol for real maps)."""
@@ -71,8 +68,8 @@ def test_scores_equal_reference(score, form, binary, kernels):
         props = Proposals.from_masks(props.to_masks(), props.scores)
     v = rng.random((3, 24, 20))
     v = (v > 0.6).astype(np.float64) if binary else v
-    k, v_in = _kernels_and_inputs(kernels, v)
-    got = _host(fn(v_in, props, MatchingSettings(score=score), k))
+    backend, v_in = _kernels_and_inputs(kernels, v)
+    got = host(fn(v_in, props, MatchingSettings(score=score), backend))
     masks = props.to_masks()
     for k in range(3):
         want = reference(v[k], masks)
@@ -121,8 +118,8 @@ def test_vanilla_equals_reference(form, kernels):
     prm = rng.random((2, 24, 20))
     prm /= prm.sum((1, 2), keepdims=True)
     bg = rng.random((2, 24, 20)) > 0.5
-    k, prm_in, bg_in = _kernels_and_inputs(kernels, prm, bg)
-    got = _host(vanilla(prm_in, props, bg_in, MatchingSettings(score="vanilla"), k))
+    backend, prm_in, bg_in = _kernels_and_inputs(kernels, prm, bg)
+    got = host(vanilla(prm_in, props, bg_in, MatchingSettings(score="vanilla"), backend))
     masks = props.to_masks()
     for k in range(2):
         np.testing.assert_allclose(got[k], ref.vanilla_scores(prm[k], masks, bg[k]), rtol=1e-12, atol=1e-12)
