@@ -84,15 +84,14 @@ def proposal_iou(masks: np.ndarray) -> np.ndarray:
 def ways(candidates: int) -> dict:
     """Each way: (peak record, k) -> (proposal or -1, confidence)."""
 
-    def reference(p, k):
-        c = best_n(p["naive"][k], candidates)
-        b = most_object_like(c, p["obj"], p["size"])
-        return b, p["value"][k] * (p["obj"][b] if b >= 0 else 0.0)
+    def re_ranked(scores: str):
+        """The most object-like of the best candidates by ``scores`` (naive or icn)."""
+        def way(p, k):
+            b = most_object_like(best_n(p[scores][k], candidates), p["obj"], p["size"])
+            return b, p["value"][k] * (p["obj"][b] if b >= 0 else 0.0)
+        return way
 
-    def default(p, k):
-        c = best_n(p["icn"][k], candidates)
-        b = most_object_like(c, p["obj"], p["size"])
-        return b, p["value"][k] * (p["obj"][b] if b >= 0 else 0.0)
+    reference = re_ranked("naive")
 
     def alone(p, k):
         s = p["icn"][k]
@@ -134,7 +133,7 @@ def ways(candidates: int) -> dict:
         fit = p["icn"][k][b] if b >= 0 and np.isfinite(p["icn"][k][b]) else 0.0
         return b, conf * max(fit, 0.0) ** 0.25
 
-    return {REFERENCE: reference, DEFAULT: default, "ICN map alone (IoU matching)": alone,
+    return {REFERENCE: reference, DEFAULT: re_ranked("icn"), "ICN map alone (IoU matching)": alone,
             "naive candidates, objectness × ICN IoU^0.25": product(0.25),
             "naive candidates, objectness × ICN IoU": product(1.0),
             "extent: the re-ranked pick's neighbours by ICN IoU (τ 0.5)": extent(0.5),
