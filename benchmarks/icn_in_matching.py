@@ -45,7 +45,7 @@ from icn_rt.data.images import read_image
 from icn_rt.data.proposals import load_proposals, proposal_path
 from icn_rt.data.voc import VOCDataset
 from icn_rt.eval.bootstrap import difference, draws, intervals
-from icn_rt.eval.instance import InstanceEvaluator
+from icn_rt.eval.instance import InstanceEvaluator, mask_iou
 from icn_rt.matching import score_proposals, suppress
 from icn_rt.matching.objectness import objectness
 from icn_rt.models.store import read_config
@@ -71,14 +71,6 @@ def most_object_like(candidates: np.ndarray, value: np.ndarray, size: int) -> in
     row = np.full(size, -np.inf)
     row[candidates] = value[candidates]
     return int(np.argmax(row))
-
-
-def proposal_iou(masks: np.ndarray) -> np.ndarray:
-    flat = masks.reshape(len(masks), -1).astype(np.float32)
-    inter = flat @ flat.T
-    area = flat.sum(1)
-    union = area[:, None] + area[None] - inter
-    return inter / np.where(union > 0, union, 1)
 
 
 def ways(candidates: int) -> dict:
@@ -159,7 +151,7 @@ def peak_records(predictor: Predictor, image: np.ndarray, props, candidates: int
     obj[known] = objectness(image, props, known)
     masks = props.to_masks()
     return {"cls": cls, "value": naive.peaks.value.cpu().numpy().astype(np.float64), "naive": naive_scores,
-            "icn": icn_scores, "obj": obj, "size": len(props), "masks": masks, "overlap": proposal_iou(masks)}
+            "icn": icn_scores, "obj": obj, "size": len(props), "masks": masks, "overlap": mask_iou(masks, masks)}
 
 
 def run(args) -> dict:

@@ -44,6 +44,7 @@ from machine import machine_info
 from icn_rt.data.images import read_image
 from icn_rt.data.proposals import load_proposals, proposal_path
 from icn_rt.data.voc import VOCDataset
+from icn_rt.eval.diagnosis import pair_overlap
 from icn_rt.matching.objectness import objectness
 from icn_rt.models.icn import ICN, ICNSettings, minmax
 from icn_rt.training.icn import ICNTrainSettings, PeakSamples
@@ -78,13 +79,6 @@ def peak_objectness(root: Path, proposals: Path, labels: Path, split: str) -> np
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def iou(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """Per-row IoU of two boolean ``[N, 1, S, S]`` stacks (0 where both are empty)."""
-    inter = (pred & truth).flatten(1).sum(1).double()
-    union = (pred | truth).flatten(1).sum(1).double()
-    return torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(union))
-
-
 def stack(samples: PeakSamples, idx, blur: float = 0.0) -> tuple[torch.Tensor, ...]:
     """(images, PRMs, labels) of the peaks ``idx``; PRMs blurred by :func:`blurred`."""
     x, prm, label = (torch.stack(v) for v in zip(*[samples[int(i)] for i in idx]))
@@ -105,7 +99,7 @@ def blurred(prm: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def train_source(root: Path, labels: Path, train: np.ndarray, held: tuple[torch.Tensor, ...],
-                 truth: torch.Tensor, args) -> dict:
+                 truth: np.ndarray, args) -> dict:
     """One fresh ICN trained on ``labels`` at the ``train`` peaks; its curve on ``held``."""
     torch.manual_seed(args.seed)
     augment = ICNTrainSettings(self_feed=0.0, seed=args.seed) if args.augment else None
@@ -116,7 +110,7 @@ def train_source(root: Path, labels: Path, train: np.ndarray, held: tuple[torch.
     prior = float(np.mean([samples[int(i)][2].mean().item() for i in train]))
     p = min(max(prior, 1e-6), 1 - 1e-6)
     prior_bce = float(F.binary_cross_entropy(torch.full_like(hl, p), hl).item())
-    label_iou = float(iou(hl > 0.5, truth).mean().item())
+    label_iou = float(pair_overlap((hl > 0.5).numpy(), truth)[0].mean())
     rng = np.random.default_rng(args.seed)
     curve, start = [], time.perf_counter()
     for step in range(args.steps + 1):
@@ -127,7 +121,7 @@ def train_source(root: Path, labels: Path, train: np.ndarray, held: tuple[torch.
             icn.train()
             binary = minmax(torch.sigmoid(logits)[:, 0])[:, None] >= 0.5
             curve.append({"step": step, "held_out_bce": float(F.binary_cross_entropy_with_logits(logits, hl).item()),
-                          "map_iou_with_truth": float(iou(binary, truth).mean().item()),
+                          "map_iou_with_truth": float(pair_overlap(binary.numpy(), truth)[0].mean()),
                           "seconds": time.perf_counter() - start})
             print(f"  step {step}: held-out BCE {curve[-1]['held_out_bce']:.3f} (constant {prior_bce:.3f}), "
                   f"map IoU with the true masks {100 * curve[-1]['map_iou_with_truth']:.1f}", file=sys.stderr,
@@ -150,7 +144,7 @@ def run(args) -> dict:
     n = len(truth_samples)
     order = np.random.default_rng(args.seed).permutation(n)
     held_idx, pool = np.sort(order[: args.held_out]), order[args.held_out:]
-    truth = stack(truth_samples, held_idx)[2] > 0.5
+    truth = (stack(truth_samples, held_idx)[2] > 0.5).numpy()
     proposals = args.proposals or args.root / "Proposals"
     out = {}
     for name, labels, top in sources:
