@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 from machine import machine_info
 
+from icn_rt.data.datasets import open_dataset
 from icn_rt.data.images import read_image, write_image
-from icn_rt.data.voc import VOCDataset
 from icn_rt.eval.report import evaluate
 from icn_rt.models.store import read_config
 from icn_rt.runtime.infer import InferSettings, infer
@@ -68,7 +68,7 @@ def label_quality(root: Path, labels: Path) -> dict:
     the best-overlapping GT instance of its class (at the label's size)."""
     import cv2
 
-    ds = VOCDataset(root, json.loads((labels / "settings.json").read_text())["settings"]["split"], load_images=False)
+    ds = open_dataset(root, json.loads((labels / "settings.json").read_text())["settings"]["split"], load_images=False)
     ious, areas = [], []
     for f in sorted(labels.glob("*.npz")):
         z = np.load(f)
@@ -101,7 +101,7 @@ def step_maps(root: Path, split: str, model: Path, steps: int) -> list[dict]:
 
     predictor = Predictor.from_dir(model)
     size = predictor.input_size
-    ds = VOCDataset(root, split, load_images=False)
+    ds = open_dataset(root, split, load_images=False)
     areas, ious = [[] for _ in range(steps + 1)], [[] for _ in range(steps + 1)]
     for image_id in ds.ids:
         naive = predictor.naive_maps([read_image(ds.image_path(image_id))])
@@ -163,7 +163,7 @@ def main() -> None:
     args = ap.parse_args()
     proposals = args.proposals or args.root / "Proposals"
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    ds = VOCDataset(args.root, args.split, load_images=False)
+    ds = open_dataset(args.root, args.split, load_images=False)
     images = [ds.image_path(i) for i in ds.ids]
     rows = []
     done: dict[tuple, dict] = {}  # the same run under two names (full = T 3) is run once

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from machine import machine_info
 
-from icn_rt.data.voc import VOCDataset
+from icn_rt.data.datasets import open_dataset
 from icn_rt.eval.bootstrap import difference, draws, intervals
 from icn_rt.eval.coco import as_json
 from icn_rt.eval.report import score
@@ -128,7 +128,7 @@ def run(args) -> dict:
     names = [name for name, _, _ in rows]
     if args.reference and args.reference not in names:
         raise SystemExit(f"--reference {args.reference!r} is not a row ({', '.join(names)})")
-    ds = VOCDataset(args.root, args.split, load_images=False)
+    ds = open_dataset(args.root, args.split, load_images=False)
     images = [ds.image_path(i) for i in ds.ids]
     weights = draws(len(images), args.bootstrap, args.seed)
     scored, out = {}, []

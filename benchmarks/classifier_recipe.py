@@ -22,9 +22,9 @@ import torch
 from accuracy import dataset_record, write_report
 from machine import machine_info
 
+from icn_rt.data.datasets import open_dataset
 from icn_rt.data.images import read_image
 from icn_rt.data.preprocess import preprocess
-from icn_rt.data.voc import VOCDataset
 from icn_rt.eval.diagnosis import classification_ap
 from icn_rt.models.store import load_classifier
 
@@ -33,7 +33,7 @@ from icn_rt.models.store import load_classifier
 def measure(model_dir: Path, root: Path, split: str) -> dict:
     model, config = load_classifier(model_dir, "cpu")
     model.eval()
-    ds = VOCDataset(root, split, load_images=False)
+    ds = open_dataset(root, split, load_images=False)
     targets = np.zeros((len(ds), len(ds.classes)), bool)
     scores = np.zeros(targets.shape, np.float32)
     for i, image_id in enumerate(ds.ids):

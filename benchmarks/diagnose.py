@@ -38,9 +38,9 @@ import torch
 from accuracy import dataset_record, parse_settings, predictor_for, write_report
 from machine import machine_info
 
+from icn_rt.data.datasets import open_dataset
 from icn_rt.data.images import read_image
 from icn_rt.data.proposals import load_proposals, proposal_path
-from icn_rt.data.voc import VOCDataset
 from icn_rt.eval.diagnosis import (PeakCensus, average_precision, best_match, classification_ap, pair_overlap,
                                    peak_owners)
 from icn_rt.eval.instance import mask_iou
@@ -157,7 +157,7 @@ def diagnose_image(predictor: Predictor, image, props, gt, naive, b: int, steps:
 def run(args) -> dict:
     predictor = predictor_for(args.model, parse_settings(args.settings))
     model = predictor.model
-    ds = VOCDataset(args.root, args.split, load_images=False)
+    ds = open_dataset(args.root, args.split, load_images=False)
     ids = ds.ids[: args.images] if args.images else ds.ids
     proposals = args.proposals or args.root / "Proposals"
     census, tally = PeakCensus(), Tally()

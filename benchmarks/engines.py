@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from machine import machine_info
 
+from icn_rt.data.datasets import open_dataset
 from icn_rt.data.images import read_image
 from icn_rt.data.proposals import load_proposals, proposal_path
-from icn_rt.data.voc import VOCDataset
 from icn_rt.export.graphs import ICN_INPUTS, ICN_OUTPUTS, PRM_INPUTS, PRM_OUTPUTS, ICNGraph, PRMGraph
 from icn_rt.export.onnx_export import export_model
 from icn_rt.runtime.engines import TorchEngine
@@ -106,7 +106,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
-    ds = VOCDataset(args.root, args.split, load_images=False)
+    ds = open_dataset(args.root, args.split, load_images=False)
     ids = ds.ids[: args.images]
     images = [read_image(ds.image_path(i)) for i in ids]
     props = [load_proposals(proposal_path(args.root / "Proposals", i), im.shape[:2]) for i, im in zip(ids, images)]

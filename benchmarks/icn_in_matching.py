@@ -41,9 +41,9 @@ import torch
 from accuracy import dataset_record, write_report
 from machine import machine_info
 
+from icn_rt.data.datasets import open_dataset
 from icn_rt.data.images import read_image
 from icn_rt.data.proposals import load_proposals, proposal_path
-from icn_rt.data.voc import VOCDataset
 from icn_rt.eval.bootstrap import difference, draws, intervals
 from icn_rt.eval.instance import InstanceEvaluator, mask_iou
 from icn_rt.matching import score_proposals, suppress
@@ -163,7 +163,7 @@ def run(args) -> dict:
     model = loaded.replace(matching=replace(loaded.matching, score="auto-iou", rerank=args.candidates),
                            instances=replace(loaded.instances, confidence="peak_match"))
     predictor, naive_predictor = Predictor(model), Predictor(model.replace(icn_steps=0))
-    ds = VOCDataset(args.root, args.split, load_images=False)
+    ds = open_dataset(args.root, args.split, load_images=False)
     ids = ds.ids[: args.images] if args.images else ds.ids
     proposals = args.proposals or args.root / "Proposals"
     table = ways(args.candidates)

@@ -41,9 +41,9 @@ import torch.nn.functional as F
 from accuracy import dataset_record, write_report
 from machine import machine_info
 
+from icn_rt.data.datasets import open_dataset
 from icn_rt.data.images import read_image
 from icn_rt.data.proposals import load_proposals, proposal_path
-from icn_rt.data.voc import VOCDataset
 from icn_rt.eval.diagnosis import pair_overlap
 from icn_rt.matching.objectness import objectness
 from icn_rt.models.icn import ICN, ICNSettings, minmax
@@ -63,7 +63,7 @@ def parse_source(text: str) -> tuple[str, Path, float]:
 def peak_objectness(root: Path, proposals: Path, labels: Path, split: str) -> np.ndarray:
     """The objectness of each stored peak's kept proposal (its first), in the order of
     :class:`PeakSamples`; -inf for a peak that kept none."""
-    ds = VOCDataset(root, split, load_images=False)
+    ds = open_dataset(root, split, load_images=False)
     out = []
     for path in sorted(labels.glob("*.npz")):
         with np.load(path) as z:

@@ -43,9 +43,9 @@ import cv2
 from accuracy import dataset_record, run, write_report
 from machine import machine_info
 
+from icn_rt.data.datasets import open_dataset
 from icn_rt.data.make_proposals import make_proposals
 from icn_rt.data.selective_search import SelectiveSearchConfig
-from icn_rt.data.voc import VOCDataset
 from icn_rt.export.onnx_export import Calibration, export_student
 from icn_rt.models.student import (STUDENT_GRAPH, STUDENT_RECORD, StudentSettings, build_student,
                                    student_graph_file)
@@ -81,7 +81,7 @@ def _student(args, model: Path, teacher_student: Path | None) -> None:
 def _photos(root: Path, split: str, count: int, dst: Path) -> list[Path]:
     """The split's first ``count`` images resized to :data:`PHOTO`, in ``dst``."""
     dst.mkdir(parents=True, exist_ok=True)
-    ds = VOCDataset(root, split, load_images=False)
+    ds = open_dataset(root, split, load_images=False)
     paths = []
     for image_id in ds.ids[:count]:
         path = dst / f"{image_id}.jpg"

@@ -21,7 +21,7 @@ from pathlib import Path
 from accuracy import write_report
 from machine import machine_info
 
-from icn_rt.data.voc import VOCDataset
+from icn_rt.data.datasets import open_dataset
 from icn_rt.eval.bootstrap import difference, draws, intervals
 from icn_rt.eval.report import score
 from icn_rt.models.student import build_student
@@ -44,7 +44,7 @@ def main() -> None:
     args = ap.parse_args()
     base = StudentPredictor.from_dir(args.model)
     state = base.graph.student.state_dict()
-    ds = VOCDataset(args.root, args.split, load_images=False)
+    ds = open_dataset(args.root, args.split, load_images=False)
     images = [ds.image_path(i) for i in ds.ids]
     weights = draws(len(images), args.bootstrap, 0)
     rows, scored = [], []

@@ -19,7 +19,8 @@ from icn_rt.errors import InputError
 app = typer.Typer(help="Instance masks from image-level labels: PRM + ICN, fast.", no_args_is_help=True,
                   rich_markup_mode=None,  # help texts are plain: their "[default: ...]" is text, not markup
                   add_completion=False, pretty_exceptions_enable=False)
-data_app = typer.Typer(help="Datasets: the synthetic benchmark.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: the synthetic benchmark, conversion between VOC, COCO and tags layouts.",
+                       no_args_is_help=True)
 app.add_typer(data_app, name="data")
 train_app = typer.Typer(help="Training: the classifier (image-level labels), pseudo labels, the ICN.",
                         no_args_is_help=True)
@@ -39,6 +40,9 @@ RAY_HELP = ("auto (a cluster running here, or a new local one) | local (a new on
 ORT_OPTIMIZATION_HELP = ("onnxruntime's graph optimisation level: disable | basic | extended | all "
                          "(--backend onnxruntime).")
 ORT_SAVE_HELP = "onnxruntime writes the graphs it optimised beside them (<graph>.ort-<level>.onnx)."
+ROOT_HELP = ("Dataset root in any layout: VOC folders (ImageSets/, JPEGImages/, ...), COCO "
+             "(annotations/instances_<split>.json + <split>/ or images/) or a folder of images with "
+             "tags.csv / tags.jsonl.")
 DEVICE_HELP = "auto (the GPU when one is present, else the CPU) | cpu | cuda | cuda:N."
 
 
@@ -104,7 +108,7 @@ def _pct(v: float) -> str:
 
 @data_app.command("synth")
 def data_synth(
-    out_dir: Path = typer.Argument(..., help="Root to write the dataset to (VOC layout)."),
+    out_dir: Path = typer.Argument(..., help="Root to write the dataset to."),
     size: int = typer.Option(128, help="Image side in pixels."),
     train: int = typer.Option(500, help="Training images."),
     val: int = typer.Option(500, help="Validation images (reporting only)."),
@@ -121,8 +125,9 @@ def data_synth(
                                                "scikit-image's by name, an image file, or a folder of them); "
                                                "repeat for more [default: the development set, README]."),
     seed: int = typer.Option(0, help="Seed: the same seed gives the same dataset."),
+    layout: str = typer.Option("voc", help="voc | coco | tags: the layout to write (same images and ids)."),
 ):
-    """Write the synthetic benchmark (objects recognisable by a small part) in VOC layout."""
+    """Write the synthetic benchmark (objects recognisable by a small part)."""
     from icn_rt.data.synth import SynthConfig, generate
 
     try:
@@ -131,10 +136,59 @@ def data_synth(
                              background=background, photos=tuple(photos or ()))
     except ValueError as e:
         _fail(e)
-    splits = generate(out_dir, config)
+    if layout not in ("voc", "coco", "tags"):
+        _fail(ValueError(f"--layout must be voc, coco or tags, got '{layout}'"))
+    try:
+        splits = generate(out_dir, config, layout=layout)
+    except InputError as e:
+        _fail(e)
     out.print(f"wrote {len(splits.get('train', []))} train + {len(splits.get('val', []))} val images and "
               f"{len(splits.get('dev', []))} dev images, {config.classes} classes ({', '.join(config.class_names)}), "
-              f"body evidence {config.body_evidence:g}, {config.background} backgrounds, to {out_dir}")
+              f"body evidence {config.body_evidence:g}, {config.background} backgrounds, to {out_dir} "
+              f"({layout} layout)")
+
+
+@data_app.command("convert")
+def data_convert(
+    source: Path = typer.Argument(..., help=ROOT_HELP + " With --to coco-dataset: `icn-rt infer`'s results "
+                                               "JSON."),
+    out_dir: Path = typer.Argument(..., help="Folder to write (new or empty)."),
+    to: str = typer.Option(..., "--to", help="voc | coco | tags: the dataset in another layout; coco-dataset: "
+                                             "infer's results as a COCO dataset (annotations = the masks) with "
+                                             "their images, for a fully supervised trainer."),
+    splits: Optional[list[str]] = typer.Option(None, "--split", help="Split to convert; repeat for more "
+                                               "[default: all]. With coco-dataset: the one split to write "
+                                               "[default: train]."),
+    images: Optional[list[str]] = typer.Option(None, "--images", help="coco-dataset: the images the results are "
+                                               "of (files, folders, globs, list files); repeat for more."),
+    model_dir: Optional[Path] = typer.Option(None, "--model", help="coco-dataset: the model that made the "
+                                             "results (its classes are the categories)."),
+    min_score: float = typer.Option(0.0, help="coco-dataset: keep instances scoring at least this."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+):
+    """Convert a dataset between layouts, or pseudo labels into a COCO dataset."""
+    from icn_rt.data.convert import TARGETS, convert_dataset, results_to_coco
+
+    try:
+        if to == "coco-dataset":
+            if not images or model_dir is None:
+                raise ValueError("--to coco-dataset needs --images (what the results are of) and --model")
+            if splits and len(splits) > 1:
+                raise ValueError("--to coco-dataset writes one --split")
+            from icn_rt.models.store import read_config
+            from icn_rt.runtime.sources import list_images
+
+            classes = tuple(read_config(model_dir)["classes"])
+            counts = results_to_coco(source, list_images(images), out_dir, classes, (splits or ["train"])[0], min_score)
+            out.print(f"wrote {_n(counts['images'], 'image')} with {_n(counts['annotations'], 'annotation')} "
+                      f"to {out_dir}")
+            return
+        if to not in TARGETS:
+            raise ValueError(f"--to must be one of {', '.join(TARGETS)} or coco-dataset, got '{to}'")
+        counts = convert_dataset(source, out_dir, to, splits, progress=not quiet)
+    except (InputError, ValueError) as e:
+        _fail(e)
+    out.print(f"wrote {', '.join(f'{split} ({n})' for split, n in counts.items())} to {out_dir} ({to} layout)")
 
 
 def _recall_table(report, title: str) -> Table:
@@ -148,9 +202,9 @@ def _recall_table(report, title: str) -> Table:
 
 @app.command("proposals")
 def proposals(
-    voc_root: Path = typer.Argument(..., help="Dataset root (VOC layout)."),
+    root: Path = typer.Argument(..., help=ROOT_HELP),
     split: str = typer.Option("val", help="Split to make proposals for."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Proposal folder [default: VOCROOT/Proposals]."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Proposal folder [default: ROOT/Proposals]."),
     jobs: int = typer.Option(0, help="Worker processes (0: one per core)."),
     max_proposals: int = typer.Option(2000, help="Most proposals kept per image."),
     mat_version: str = typer.Option("5", help="MATLAB file version to write: 5 or 7.3."),
@@ -159,6 +213,7 @@ def proposals(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the recall report as JSON."),
 ):
     """Generate selective-search proposals (MCG .mat layout) and report their recall."""
+    from icn_rt.data.datasets import detect_layout
     from icn_rt.data.make_proposals import make_proposals
     from icn_rt.data.results import write_results
     from icn_rt.data.selective_search import SelectiveSearchConfig
@@ -166,16 +221,19 @@ def proposals(
 
     if mat_version not in ("5", "7.3"):
         _fail(ValueError(f"--mat-version must be 5 or 7.3, got {mat_version}"))
-    out_dir = out_dir or voc_root / "Proposals"
+    out_dir = out_dir or root / "Proposals"
     try:
         if not recall_only:
-            summary = make_proposals(voc_root, out_dir, split, SelectiveSearchConfig(max_proposals=max_proposals),
+            summary = make_proposals(root, out_dir, split, SelectiveSearchConfig(max_proposals=max_proposals),
                                      jobs or None, mat_version)
             out.print(f"proposals: {summary.written} written, {summary.skipped} already there, "
                       f"{len(summary.failed)} failed -> {out_dir}")
             for image_id, reason in summary.failed:
                 err.print(f"[yellow]failed:[/yellow] {reason}", highlight=False)
-        report = proposal_recall(voc_root, out_dir, split)
+        if detect_layout(root) == "tags" and not (recall_only or oracle or json_out):
+            err.print("a tags layout has no masks: no recall report", highlight=False)
+            return
+        report = proposal_recall(root, out_dir, split)
     except InputError as e:
         _fail(e)
     out.print(_recall_table(report, f"proposal upper bound ({split})"))
@@ -232,7 +290,7 @@ def _intervals_table(report) -> Table:
 
 @app.command("eval")
 def evaluate(
-    voc_root: Path = typer.Argument(..., help="Dataset root (VOC layout) with the ground truth."),
+    root: Path = typer.Argument(..., help=ROOT_HELP + " With masks (VOC or COCO): the ground truth."),
     results: Path = typer.Argument(..., help="COCO-style instance results JSON (RLE masks)."),
     split: str = typer.Option("val", help="Split to evaluate on."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics as JSON."),
@@ -249,7 +307,7 @@ def evaluate(
     from icn_rt.eval.report import write_report
 
     try:
-        report = run_eval(voc_root, results, split, count_difficult, samples=bootstrap, seed=seed, against=against)
+        report = run_eval(root, results, split, count_difficult, samples=bootstrap, seed=seed, against=against)
     except (InputError, ValueError) as e:
         _fail(e)
     out.print(_eval_table(report))
@@ -266,7 +324,7 @@ def evaluate(
 
 @train_app.command("classifier")
 def train_classifier_cmd(
-    root: Path = typer.Argument(..., help="VOC-layout dataset root (image-level labels from Annotations/)."),
+    root: Path = typer.Argument(..., help=ROOT_HELP),
     model_dir: Path = typer.Option(..., "--out", help="Model directory to write (config.json + weights)."),
     backbone: str = typer.Option("resnet50", help="resnet50 | vgg16 | small."),
     input_size: int = typer.Option(448, help="Square input side the images are resized to."),
@@ -323,7 +381,7 @@ def _thresholds(value) -> str:
 
 @train_app.command("calibrate-peaks")
 def calibrate_peaks_cmd(
-    root: Path = typer.Argument(..., help="VOC-layout dataset root (image-level labels from Annotations/)."),
+    root: Path = typer.Argument(..., help=ROOT_HELP),
     model_dir: Path = typer.Option(..., "--model", help="Model directory with a trained classifier."),
     split: str = typer.Option("train", help="Split to calibrate on."),
     fraction: float = typer.Option(0.5, help="Threshold = this × the median class-map maximum of labelled images."),
@@ -348,7 +406,7 @@ def _skipped(summary) -> None:
 
 @train_app.command("pseudo-labels")
 def train_pseudo_labels_cmd(
-    root: Path = typer.Argument(..., help="VOC-layout dataset root."),
+    root: Path = typer.Argument(..., help=ROOT_HELP),
     model_dir: Path = typer.Option(..., "--model", help="Model directory with a trained classifier."),
     supervision: str = typer.Option("proposals", help="proposals (pseudo labels) | saliency (GT instance masks)."),
     split: str = typer.Option("train", help="Split to label."),
@@ -385,7 +443,7 @@ def train_pseudo_labels_cmd(
 
 @train_app.command("icn")
 def train_icn_cmd(
-    root: Path = typer.Argument(..., help="VOC-layout dataset root."),
+    root: Path = typer.Argument(..., help=ROOT_HELP),
     model_dir: Path = typer.Option(..., "--model", help="Model directory with a trained classifier; the ICN is added."),
     encoder: str = typer.Option("vgg16", help="vgg16 | small."),
     width: int = typer.Option(64, help="Channels of the propagation blocks and mapping head."),
@@ -457,7 +515,7 @@ def train_icn_cmd(
 
 @train_app.command("student")
 def train_student_cmd(
-    root: Path = typer.Argument(..., help="VOC-layout dataset root."),
+    root: Path = typer.Argument(..., help=ROOT_HELP),
     model_dir: Path = typer.Option(..., "--model", help="Model directory whose pipeline labels the training split; "
                                                         "the student is added to it."),
     backbone: str = typer.Option("classifier-fpn", help="classifier-fpn (the model's classifier backbone under an FPN, "
@@ -649,8 +707,9 @@ def bench_cmd(
     duration: Optional[float] = typer.Option(None, help="Least seconds timed per contestant and batch size."),
     json_out: Path = typer.Option(Path("bench.json"), "--out", help="Report JSON; the plot goes beside it (.png)."),
     device: str = typer.Option("auto", help=DEVICE_HELP, callback=_device),
-    eval_root: Optional[Path] = typer.Option(None, "--eval", help="VOC-layout root: add each backend's model size "
-                                             "and mAP^r@0.5 on a split, with its difference to torch fp32."),
+    eval_root: Optional[Path] = typer.Option(None, "--eval", help="Dataset root with masks (VOC or COCO layout): "
+                                             "add each backend's model size and mAP^r@0.5 on a split, with its "
+                                             "difference to torch fp32."),
     eval_split: str = typer.Option("val", help="The split --eval scores."),
     eval_proposals: Optional[Path] = typer.Option(None, help="Proposals of --eval's images [default: ROOT/Proposals]."),
     cuda_graph: bool = typer.Option(False, help="Also run each TensorRT contestant replaying CUDA graphs."),
@@ -747,7 +806,7 @@ def export_cmd(
                                                   "[default: the model's peaks.max_peaks]."),
     precision: str = typer.Option("fp32", help="Comma-separated: fp32 (always written) | fp16 (the networks' "
                                                "convolutions in fp16, the rest fp32) | int8 (Q/DQ, calibrated)."),
-    calibration: Optional[Path] = typer.Option(None, help="VOC root whose images calibrate int8."),
+    calibration: Optional[Path] = typer.Option(None, help="Dataset root (any layout) whose images calibrate int8."),
     calibration_split: str = typer.Option("train", help="Split of the calibration images."),
     calibration_images: int = typer.Option(64, help="How many calibration images."),
     calibration_method: str = typer.Option("minmax", help="minmax | entropy | percentile."),

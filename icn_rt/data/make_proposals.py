@@ -13,10 +13,10 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from icn_rt.data.datasets import open_dataset
 from icn_rt.data.images import read_image
 from icn_rt.data.proposals import save_proposals
 from icn_rt.data.selective_search import SelectiveSearchConfig, selective_search
-from icn_rt.data.voc import VOCDataset
 from icn_rt.errors import InputError
 
 
@@ -44,7 +44,7 @@ def _one(args) -> tuple[str, str | None]:
 def make_proposals(voc_root: str | Path, out_dir: str | Path, split: str = "val",
                    config: SelectiveSearchConfig = SelectiveSearchConfig(), jobs: int | None = None,
                    mat_version: str = "5", progress: bool = True) -> ProposalJobSummary:
-    dataset = VOCDataset(voc_root, split, load_images=False)
+    dataset = open_dataset(voc_root, split, load_images=False)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = ProposalJobSummary()

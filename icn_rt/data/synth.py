@@ -195,9 +195,27 @@ def render(config: SynthConfig, split: str, index: int) -> SynthImage:
     return SynthImage(image, instances, part_visible)
 
 
-def generate(out: str | Path, config: SynthConfig, progress: bool = True) -> dict[str, list[str]]:
-    """Write the benchmark under ``out`` in VOC layout; returns ``{split: ids}``."""
+def generate(out: str | Path, config: SynthConfig, progress: bool = True, layout: str = "voc") -> dict[str, list[str]]:
+    """Write the benchmark under ``out`` in ``layout`` (voc, coco or tags: the VOC set
+    converted by :func:`icn_rt.data.convert.convert_dataset`, same images and ids);
+    returns ``{split: ids}``."""
     import json
+
+    if layout != "voc":
+        import shutil
+
+        from icn_rt.data.convert import convert_dataset
+
+        out = Path(out)
+        staging = out.parent / f".{out.name}.voc"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            splits = generate(staging, config, progress)
+            convert_dataset(staging, out, layout, progress=progress)
+            shutil.copyfile(staging / "synth.json", out / "synth.json")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return splits
 
     from icn_rt.progress import track
 

@@ -162,9 +162,12 @@ class VOCDataset:
     else Main). ``load_images=False`` skips decoding JPEGs (evaluation needs only GT).
     """
 
+    layout = "voc"
+
     def __init__(self, root: str | Path, split: str = "val", imagesets: str | None = None,
                  load_images: bool = True):
         self.root = Path(root)
+        self.skipped: list[str] = []  # a VOC split lists ids: a missing image fails where it is read
         if not self.root.is_dir():
             raise InputError(self.root, "dataset root is not a directory")
         self.classes = read_classes(self.root)
@@ -284,9 +287,21 @@ def write_sample(root: str | Path, image_id: str, image: np.ndarray, instances: 
     instance i+1 in SegmentationObject. ``void``: optional bool [H, W] written as 255.
     """
     root = Path(root)
-    for sub in ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationObject"):
+    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    write_label_pngs(root, image_id, instances, void, image.shape[:2])
+    write_image(root / "JPEGImages" / f"{image_id}.jpg", image)
+    write_annotation(root, image_id, image.shape[:2], instances, classes)
+
+
+def write_label_pngs(root: str | Path, image_id: str, instances: list[Instance], void: np.ndarray | None = None,
+                     size: tuple[int, int] | None = None) -> None:
+    """SegmentationClass and SegmentationObject PNGs of non-overlapping ``instances``
+    (object i is instance i+1); ``void`` pixels are 255. ``size`` (H, W) is needed only
+    when there are neither instances nor void."""
+    root = Path(root)
+    for sub in ("SegmentationClass", "SegmentationObject"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    h, w = image.shape[:2]
+    h, w = size or (instances[0].mask.shape if instances else void.shape)
     semantic = np.zeros((h, w), np.uint8)
     objmap = np.zeros((h, w), np.uint8)
     for i, inst in enumerate(instances):
@@ -297,26 +312,35 @@ def write_sample(root: str | Path, image_id: str, image: np.ndarray, instances: 
     if void is not None:
         semantic[void] = VOID
         objmap[void] = VOID
-    write_image(root / "JPEGImages" / f"{image_id}.jpg", image)
     write_label_png(root / "SegmentationClass" / f"{image_id}.png", semantic)
     write_label_png(root / "SegmentationObject" / f"{image_id}.png", objmap)
-    (root / "Annotations" / f"{image_id}.xml").write_text(_annotation_xml(image_id, (h, w), instances, classes))
 
 
-def _annotation_xml(image_id: str, size: tuple[int, int], instances: list[Instance], classes) -> str:
+def write_annotation(root: str | Path, image_id: str, size: tuple[int, int], instances: list[Instance],
+                     classes, boxes: bool = True) -> None:
+    """``Annotations/<id>.xml`` naming ``instances``' classes (with their boxes unless
+    ``boxes`` is False: image-level tags only)."""
+    (Path(root) / "Annotations").mkdir(parents=True, exist_ok=True)
+    (Path(root) / "Annotations" / f"{image_id}.xml").write_text(
+        _annotation_xml(image_id, size, instances, classes, boxes))
+
+
+def _annotation_xml(image_id: str, size: tuple[int, int], instances: list[Instance], classes, boxes: bool) -> str:
     ann = ET.Element("annotation")
     ET.SubElement(ann, "folder").text = "VOC2012"
     ET.SubElement(ann, "filename").text = f"{image_id}.jpg"
     sz = ET.SubElement(ann, "size")
     for tag, val in (("width", size[1]), ("height", size[0]), ("depth", 3)):
         ET.SubElement(sz, tag).text = str(val)
-    ET.SubElement(ann, "segmented").text = "1"
+    ET.SubElement(ann, "segmented").text = "1" if boxes else "0"
     for inst in instances:
         obj = ET.SubElement(ann, "object")
         ET.SubElement(obj, "name").text = classes[inst.class_id]
         ET.SubElement(obj, "pose").text = "Unspecified"
         ET.SubElement(obj, "truncated").text = "0"
         ET.SubElement(obj, "difficult").text = "1" if inst.difficult else "0"
+        if not boxes or not inst.mask.any():
+            continue
         ys, xs = np.nonzero(inst.mask)
         bb = ET.SubElement(obj, "bndbox")
         for tag, val in (("xmin", xs.min() + 1), ("ymin", ys.min() + 1), ("xmax", xs.max() + 1), ("ymax", ys.max() + 1)):

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from icn_rt.data.datasets import open_dataset
 from icn_rt.data.proposals import load_proposals, proposal_path
 from icn_rt.data.results import result_entry
-from icn_rt.data.voc import VOCDataset
 from icn_rt.errors import InputError
 
 
@@ -39,7 +39,7 @@ def proposal_recall(voc_root: str | Path, proposals_dir: str | Path, split: str 
                     thresholds=(0.5, 0.7), progress: bool = True) -> RecallReport:
     """Best-proposal IoU per GT instance of ``split``. An image whose proposal file is
     missing or unreadable counts with IoU 0, and the reason is listed in ``missing``."""
-    dataset = VOCDataset(voc_root, split, load_images=False)
+    dataset = open_dataset(voc_root, split, load_images=False)
     best: list[float] = []
     counts: list[int] = []
     missing: list[str] = []

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from icn_rt.data import rle as rlelib
+from icn_rt.data.datasets import open_dataset
 from icn_rt.data.results import load_results
-from icn_rt.data.voc import VOCDataset
 from icn_rt.errors import InputError
 from icn_rt.eval.bootstrap import Interval, difference, draws, intervals
 from icn_rt.eval.coco import CocoAccumulator, as_json
@@ -91,7 +91,7 @@ class Evaluation:
 def score(voc_root: str | Path, results_path: str | Path, split: str = "val", count_difficult: bool = False,
           progress: bool = True) -> Evaluation:
     """Score ``results_path`` on every image of ``split`` (see :class:`Evaluation`)."""
-    dataset = VOCDataset(voc_root, split, load_images=False)
+    dataset = open_dataset(voc_root, split, load_images=False)
     results = load_results(results_path, dataset.classes)
     ids = set(dataset.ids)
     ignored = sorted(set(results) - ids)

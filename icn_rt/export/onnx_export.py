@@ -240,9 +240,9 @@ def calibration_batches(calibration: Calibration, side: int) -> list[torch.Tenso
     """The calibration images, normalised at ``side``, in batches of ``calibration.batch``."""
     from icn_rt.data.images import read_image
     from icn_rt.data.preprocess import preprocess_batch
-    from icn_rt.data.voc import VOCDataset
+    from icn_rt.data.datasets import open_dataset
 
-    ds = VOCDataset(calibration.root, calibration.split, load_images=False)
+    ds = open_dataset(calibration.root, calibration.split, load_images=False)
     ids = ds.ids[: calibration.images]
     return [preprocess_batch([read_image(ds.image_path(i)) for i in ids[start: start + calibration.batch]], side)
             for start in range(0, len(ids), calibration.batch)]

@@ -453,9 +453,9 @@ def model_bytes(predictor: Predictor) -> int:
 def accuracy(predictors: dict[str, Predictor], settings: EvalSettings, log=print, progress: bool = False) -> dict:
     """Each backend's mAP^r@0.5 on the split (see :class:`EvalSettings`), eager torch fp32
     first: the reference of every difference."""
-    from icn_rt.data.voc import VOCDataset
+    from icn_rt.data.datasets import open_dataset
 
-    dataset = VOCDataset(settings.root, settings.split, load_images=False)
+    dataset = open_dataset(settings.root, settings.split, load_images=False)
     images = [dataset.image_path(i) for i in dataset.ids]
     if not images:
         raise InputError(settings.root, f"split {settings.split!r} has no images to evaluate")

@@ -20,12 +20,18 @@ def list_images(sources: list[str | Path]) -> list[Path]:
     """The images named by ``sources``, in order: an image file; a directory (its image
     files, sorted, not recursive); a glob pattern (``*``, ``?``, ``[``; ``**`` recurses);
     a list file (``.txt``/``.lst``: one path a line, relative to the list's folder, ``#``
-    comments). A path that does not exist is kept (it fails, recorded, when loaded).
+    comments); a dataset's listing — ``tags.csv``/``tags.jsonl``, a COCO
+    ``annotations/instances_<split>.json`` — (the images it names, every split). A path that does not exist is kept (it fails, recorded, when loaded).
     Image ids are file stems and must be unique."""
+    from icn_rt.data.datasets import listed_images
+
     out: list[Path] = []
     for source in sources:
         path = Path(source)
-        if path.is_dir():
+        listed = listed_images(path)
+        if listed is not None:
+            out += listed
+        elif path.is_dir():
             out += sorted(q for q in path.iterdir() if _is_image(q))
         elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
             lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]

@@ -41,9 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from icn_rt.data.datasets import Dataset as LabelledSplit, open_dataset
 from icn_rt.data.images import read_image
 from icn_rt.data.preprocess import preprocess
-from icn_rt.data.voc import VOCDataset
 from icn_rt.errors import InputError
 from icn_rt.eval.diagnosis import classification_ap
 from icn_rt.models.backbones import load_pretrained
@@ -138,8 +138,8 @@ def _collate(batch):
     return torch.stack([b[0] for b in good]), torch.stack([b[1] for b in good]), bad
 
 
-def _split(root: Path, split: str) -> tuple[VOCDataset, list[Path], np.ndarray]:
-    ds = VOCDataset(root, split, load_images=False)
+def _split(root: Path, split: str) -> tuple[LabelledSplit, list[Path], np.ndarray]:
+    ds = open_dataset(root, split, load_images=False)
     targets = np.zeros((len(ds), len(ds.classes)), np.float32)
     for i, image_id in enumerate(ds.ids):
         targets[i, ds.labels(image_id)] = 1

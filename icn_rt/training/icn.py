@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from icn_rt.data.datasets import open_dataset
 from icn_rt.data.images import read_image
 from icn_rt.data.preprocess import preprocess
-from icn_rt.data.voc import VOCDataset
 from icn_rt.errors import InputError
 from icn_rt.models.icn import ICN, ICNSettings, load_pretrained_encoder, minmax
 from icn_rt.models.store import ICN_WEIGHTS, read_config, save_icn, settings_from
@@ -91,7 +91,7 @@ class PeakSamples(Dataset):
         files = sorted(labels.glob("*.npz"))
         if not files:
             raise InputError(labels, "no label files (make them with `icn-rt train pseudo-labels`)")
-        ds = VOCDataset(root, json.loads((labels / "settings.json").read_text())["settings"]["split"],
+        ds = open_dataset(root, json.loads((labels / "settings.json").read_text())["settings"]["split"],
                         load_images=False)
         self.items: list[tuple[Path, Path, int]] = []
         for f in files:

@@ -34,10 +34,10 @@ import cv2
 import numpy as np
 import torch
 
+from icn_rt.data.datasets import open_dataset
 from icn_rt.data.images import read_image
 from icn_rt.data.preprocess import preprocess_batch
 from icn_rt.data.proposals import Proposals, load_proposals, proposal_path
-from icn_rt.data.voc import VOCDataset
 from icn_rt.errors import InputError
 from icn_rt.kernels import ops
 from icn_rt.matching import MatchingSettings, score_proposals
@@ -174,7 +174,7 @@ def start_labels(root: str | Path, model: Model, out: str | Path,
     labels made otherwise); the image ids still without a label file, and the summary
     counting those that have one."""
     out = Path(out)
-    ds = VOCDataset(root, settings.split, load_images=False)
+    ds = open_dataset(root, settings.split, load_images=False)
     # what the labels depend on (not the batch size; rerank through the matching record)
     made_with = {k: v for k, v in asdict(settings).items() if k not in ("batch_size", "rerank")}
     record = {"settings": made_with, "matching": _matching_record(settings.matching(model)), "peaks": asdict(model.peaks),
@@ -196,7 +196,7 @@ def label_images(root: str | Path, model: Model, image_ids: list[str], out: str 
     """The label files of ``image_ids`` (one batch), counted into ``summary``; an image or
     proposals that cannot be read go to ``summary.failed``."""
     root, out = Path(root), Path(out)
-    ds = VOCDataset(root, settings.split, load_images=False)
+    ds = open_dataset(root, settings.split, load_images=False)
     proposals_dir = Path(proposals_dir) if proposals_dir else root / "Proposals"
     loaded = []
     for image_id in image_ids:

@@ -37,10 +37,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from icn_rt.data import rle as rlelib
+from icn_rt.data.datasets import open_dataset
 from icn_rt.data.images import read_image
 from icn_rt.data.preprocess import preprocess_array
 from icn_rt.data.results import load_results
-from icn_rt.data.voc import VOCDataset
 from icn_rt.errors import InputError
 from icn_rt.eval.instance import mask_iou
 from icn_rt.models.store import STUDENT_WEIGHTS, load_classifier, read_config, save_student, settings_from
@@ -125,7 +125,7 @@ def choose_threshold(root: str | Path, results_path: str | Path, split: str = "d
     """The confidence threshold whose kept instances (tags and score, as
     :func:`kept_labels`) best match ``split``'s ground truth: the highest F1 at mask IoU 0.5
     among 0 and the score quantiles (``candidates`` of them); ties go to the lower one."""
-    ds = VOCDataset(root, split, load_images=False)
+    ds = open_dataset(root, split, load_images=False)
     results = load_results(results_path, ds.classes)
     # per image: each predicted instance's score and whether it matches a ground truth
     # (one-to-one, best score first, IoU >= 0.5, same class) — once; thresholds only cut
@@ -172,7 +172,7 @@ class PseudoMasks(Dataset):
     ``masks uint8 [N, S, S]``. ``settings`` None: no augmentation."""
 
     def __init__(self, root: str | Path, settings: StudentTrainSettings, size: int, augment: bool = True) -> None:
-        ds = VOCDataset(root, settings.split, load_images=False)
+        ds = open_dataset(root, settings.split, load_images=False)
         results = load_results(settings.labels, ds.classes)
         self.tags = {image_id: set(ds.labels(image_id).tolist()) for image_id in ds.ids}
         self.labels = kept_labels(results, self.tags, settings.threshold)
@@ -227,7 +227,7 @@ def input_size_for(root: str | Path, split: str = "train") -> int:
     not torchvision's 800 pixels, which would blow 128-pixel images up 6×."""
     from icn_rt.data.images import image_size
 
-    ds = VOCDataset(root, split, load_images=False)
+    ds = open_dataset(root, split, load_images=False)
     sides = [min(size) for size in (image_size(ds.image_path(i)) for i in ds.ids) if size is not None]
     if not sides:
         raise InputError(ds.split_file, "no readable image sizes to set the student's input size from")

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from icn_rt.data.voc import VOCDataset
+from icn_rt.data.datasets import open_dataset
 from icn_rt.models.student import StudentSettings
 from icn_rt.runtime.infer import InferSettings, PredictorSpec, infer
 from icn_rt.runtime.ray_infer import RaySettings
@@ -50,7 +50,7 @@ def label_split(root: str | Path, model_dir: str | Path, split: str, proposals_d
     directory's student's) in ``MODEL/student-labels/<split>.json`` (the infer job, resumed
     where an earlier run stopped; on a Ray cluster with ``ray``)."""
     root, model_dir = Path(root), Path(model_dir)
-    ds = VOCDataset(root, split, load_images=False)
+    ds = open_dataset(root, split, load_images=False)
     out = model_dir / LABELS / f"{split}.json"
     spec = PredictorSpec(str(teacher_student if teacher_student is not None else model_dir),
                          student=teacher_student is not None, device=device)
