@@ -16,6 +16,10 @@ class InputError(ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class TooLarge(InputError):
+    """Input refused for its size (an image over the pixel limit, a body over the byte limit)."""
+
+
 def read_json(path: str | Path, missing: str = "file not found"):
     """The parsed contents of a JSON file; a missing or malformed file is an
     :class:`InputError` naming it (``missing`` says what was not found)."""

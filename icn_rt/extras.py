@@ -13,6 +13,7 @@ HOW_TO_INSTALL = {
     "tensorrt": "TensorRT is not installed: `pip install tensorrt` (x86-64 Linux/Windows with a CUDA GPU) or, on "
                 "Jetson, the JetPack TensorRT",
     "ray": "Ray is not installed: `pip install 'icn-rt[distributed]'` (Ray Data, for --ray)",
+    "fastapi": "Ray Serve is not installed: `pip install 'icn-rt[serve]'` (for icn-rt serve)",
 }
 """Module -> what to do when it is missing."""
 

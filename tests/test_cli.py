@@ -93,7 +93,7 @@ def test_eval_bad_results_is_one_line(tiny_voc, tmp_path):
 def test_demo(tmp_path):
     from icn_rt import demo
 
-    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "d")])
+    r = r_demo = runner.invoke(app, ["demo", "--out", str(tmp_path / "d")])
     assert r.exit_code == 0, r.output
     ids = sorted(p.stem for p in demo.IMAGES.iterdir())
     assert len(ids) == 8
@@ -109,24 +109,35 @@ def test_demo(tmp_path):
                             "--out", str(tmp_path / "r.json"), "--quiet"])
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "r.json").read_text()) == results
+    # the student beside it: its own results, pictures and metrics, the same as `infer --student`
+    assert "pipeline and student, side by side" in r_demo.output and "student" in r_demo.output
+    metrics = json.loads((tmp_path / "d" / "student" / "metrics.json").read_text())
+    assert metrics["images"] == 8 and metrics["predictions"] > 0
+    for image_id in ids:
+        assert (tmp_path / "d" / "student" / "pictures" / f"{image_id}_overlay.png").is_file()
+    r = runner.invoke(app, ["infer", str(demo.MODEL), str(demo.IMAGES), "--student", "--out",
+                            str(tmp_path / "s.json"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "s.json").read_text()) == json.loads((tmp_path / "d" / "student" /
+                                                                        "results.json").read_text())
 
 
 def test_demo_assets_are_small():
     from icn_rt import demo
 
     size = sum(p.stat().st_size for p in demo.DEMO.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    assert size < 5 * 2**20
+    assert size < 8 * 2**20  # the model, its student (5 MB) and 8 images with their annotations
 
 
 def test_device_auto_means_the_gpu_when_one_is_present(monkeypatch):
     import torch
 
-    from icn_rt.cli import _device
+    from icn_rt.cli import auto_device
 
-    assert _device("cuda:1") == "cuda:1" and _device("cpu") == "cpu"
+    assert auto_device("cuda:1") == "cuda:1" and auto_device("cpu") == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert _device("auto") == "cpu"
+    assert auto_device("auto") == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert _device("auto") == "cuda"
+    assert auto_device("auto") == "cuda"
     r = runner.invoke(app, ["infer", "--help"])
     assert "auto (the GPU when one is present" in r.output

@@ -1,4 +1,4 @@
-"""The package's layers (README, "Code map"): imports run one way, down.
+"""The package's layers (docs/code-map.md): imports run one way, down.
 
     cli
     demo, workflows               the demo job; jobs that chain runtime and training
@@ -154,7 +154,7 @@ def test_the_package_never_edits_sys_path():
     assert edits == []
 
 
-BLOCKED = ("tensorrt", "numba_cuda", "modelopt", "ray", "cupy", "pycuda")
+BLOCKED = ("tensorrt", "numba_cuda", "modelopt", "ray", "fastapi", "starlette", "cupy", "pycuda")
 """The modules of optional extras (and their likely kin): none may be needed to import icn-rt."""
 
 _IMPORT_ALL = """

@@ -4,11 +4,12 @@ turned the way viewers show it (the EXIF orientation applied)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
 
-from icn_rt.errors import InputError
+from icn_rt.errors import InputError, TooLarge
 
 
 def decode_image(data: bytes | np.ndarray, path: str | Path = "<bytes>") -> np.ndarray:
@@ -48,10 +49,10 @@ def read_image(path: str | Path) -> np.ndarray:
     return decode_image(data, path)
 
 
-def image_size(path: str | Path) -> tuple[int, int] | None:
-    """``(H, W)`` from the file's header, without decoding it; None when the header
-    cannot be read (decoding will say why). Beyond PIL's decompression-bomb limit
-    (~179 MP) it is an :class:`InputError`."""
+def image_size(path: str | Path | BinaryIO, name: str | Path | None = None) -> tuple[int, int] | None:
+    """``(H, W)`` from the header of a file (or a file object, named ``name`` in errors),
+    without decoding it; None when the header cannot be read (decoding will say why).
+    Beyond PIL's decompression-bomb limit (~179 MP) it is an :class:`InputError`."""
     import warnings
 
     from PIL import Image
@@ -62,7 +63,7 @@ def image_size(path: str | Path) -> tuple[int, int] | None:
             with Image.open(path) as im:
                 return im.height, im.width
     except Image.DecompressionBombError:
-        raise InputError(path, f"image is over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} MP: refused before "
+        raise TooLarge(name or path, f"image is over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} MP: refused before "
                                "decoding") from None
     except Exception:
         return None

@@ -33,6 +33,11 @@ from icn_rt.runtime.result_log import InferSummary, ResultLog, image_key
 from icn_rt.runtime.student import StudentPredictor
 
 
+STUDENT_SHOWN = 0.5
+"""The least score of a student detection drawn in ``--save-vis`` overlays (the student
+keeps detections from 0.05, which mAP ranks; a picture of them all is unreadable)."""
+
+
 @dataclass
 class InferSettings:
     """How a job runs. ``proposals``: the folder of ``<id>.mat``/``<id>.json`` files, None to
@@ -204,7 +209,10 @@ def predict_batch(predictor: Predictor | StudentPredictor, batch: Batch, save_vi
         if save_vis is not None:
             from icn_rt.runtime.visualize import overlay, prm_strip
 
-            write_image(save_vis / f"{image_id}_overlay.png", overlay(item.image, pred.instances, predictor.classes))
+            shown = pred.instances
+            if isinstance(predictor, StudentPredictor):  # its many low-scoring detections go in the results only
+                shown = [inst for inst in shown if inst.score >= STUDENT_SHOWN]
+            write_image(save_vis / f"{image_id}_overlay.png", overlay(item.image, shown, predictor.classes))
             if not isinstance(predictor, StudentPredictor):  # the student has no PRMs
                 write_image(save_vis / f"{image_id}_prm.png", prm_strip(item.image, pred.instances))
     return records

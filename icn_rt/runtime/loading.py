@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from icn_rt.data.images import image_size, read_image
+from icn_rt.data.images import decode_image, image_size, read_image
 from icn_rt.data.preprocess import preprocess_array
 from icn_rt.data.proposals import Proposals, load_proposals, proposal_path
-from icn_rt.errors import InputError
+from icn_rt.errors import InputError, TooLarge
 
 MAX_PIXELS = 64_000_000
 
@@ -51,10 +51,27 @@ def load(path: Path, settings: LoadSettings) -> Loaded:
     """Read, check and preprocess one image and its proposals; bad input raises
     :class:`InputError` naming the file."""
     size = image_size(path)
+    _check_pixels(path, size, settings)
+    return _prepared(path, read_image(path), size, settings)
+
+
+def load_bytes(data: bytes, path: Path, settings: LoadSettings) -> Loaded:
+    """:func:`load` of an encoded image received rather than read (``path`` names it, and
+    its stem finds its proposals in a folder)."""
+    import io
+
+    size = image_size(io.BytesIO(data), path)
+    _check_pixels(path, size, settings)
+    return _prepared(path, decode_image(data, path), size, settings)
+
+
+def _check_pixels(path: Path, size: tuple[int, int] | None, settings: LoadSettings) -> None:
     if size is not None and size[0] * size[1] > settings.max_pixels:
-        raise InputError(path, f"image is {size[1]}x{size[0]} ({size[0] * size[1] / 1e6:.0f} MP), above the "
+        raise TooLarge(path, f"image is {size[1]}x{size[0]} ({size[0] * size[1] / 1e6:.0f} MP), above the "
                                f"{settings.max_pixels / 1e6:g} MP limit (--max-pixels)")
-    image = read_image(path)
+
+
+def _prepared(path: Path, image: np.ndarray, size: tuple[int, int] | None, settings: LoadSettings) -> Loaded:
     if settings.proposals is not None:
         turned = size is not None and size != image.shape[:2]
         why = (f" (turned from {size[0]}x{size[1]} by its EXIF orientation; make the proposals on the turned "

@@ -1,0 +1,275 @@
+"""``icn-rt train classifier|calibrate-peaks|pseudo-labels|icn|student``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from icn_rt.cli.common import (DEVICE_HELP, NPROC_HELP, RAY_HELP, ROOT_HELP, SYNC_BN_HELP, auto_device, err, fail,
+                               launch, out, pct, plural, rank_zero, train_app)
+from icn_rt.errors import InputError
+
+
+@train_app.command("classifier")
+def train_classifier_cmd(
+    root: Path = typer.Argument(..., help=ROOT_HELP),
+    model_dir: Path = typer.Option(..., "--out", help="Model directory to write (config.json + weights)."),
+    backbone: str = typer.Option("resnet50", help="resnet50 | vgg16 | small."),
+    input_size: int = typer.Option(448, help="Square input side the images are resized to."),
+    sub_pixel: int = typer.Option(8, help="Upsampling of the class maps before peaks are found (1 = off)."),
+    epochs: int = typer.Option(20, help="Epochs (paper: 20)."),
+    lr: float = typer.Option(1e-4, help="Adam learning rate (paper: 1e-4)."),
+    lr_step: int = typer.Option(10, help="Multiply the learning rate by 0.1 every this many epochs."),
+    batch_size: int = typer.Option(16, help="Images per step."),
+    split: str = typer.Option("train", help="Training split."),
+    val_split: str = typer.Option("val", help="Split for the classification mAP printed each epoch."),
+    pretrained: Optional[str] = typer.Option(None, help="'imagenet' (torchvision download) or a weights file."),
+    seed: int = typer.Option(0, help="Seed for initialisation, order and augmentation."),
+    workers: int = typer.Option(0, help="Image loading worker processes."),
+    per_class_peaks: bool = typer.Option(True, help="Calibrate one peak threshold per class at the end "
+                                                    "(--no-per-class-peaks: one for all)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
+    device: str = typer.Option("auto", help=DEVICE_HELP, callback=auto_device),
+    nproc: int = typer.Option(1, help=NPROC_HELP),
+    sync_bn: bool = typer.Option(False, help=SYNC_BN_HELP),
+):
+    """Train the peak-stimulation classifier; prints loss and val classification mAP per epoch."""
+    from icn_rt.models.classifier import ClassifierSettings
+    from icn_rt.training.classifier import TrainSettings, train_classifier
+
+    launch(nproc, batch_size)
+    try:
+        summary = train_classifier(
+            root, model_dir,
+            TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, lr_step=lr_step, seed=seed, workers=workers,
+                          split=split, val_split=val_split, pretrained=pretrained, per_class_peaks=per_class_peaks,
+                          sync_bn=sync_bn),
+            ClassifierSettings(backbone=backbone, input_size=input_size, sub_pixel=sub_pixel),
+            resume=resume, device=device, log=out.print)
+    except (InputError, ValueError) as e:
+        fail(e)
+    if not rank_zero():
+        return
+    if summary.skipped:
+        err.print(f"[yellow]skipped {len(summary.skipped)} unreadable images (see {model_dir / 'train_errors.txt'})[/yellow]")
+    final = summary.epochs[-1] if summary.epochs else None
+    out.print(f"model -> {model_dir}" + (f"  ({val_split} classification mAP {pct(final.val_map)})" if final else "")
+              + f"; peak threshold calibrated to {_thresholds(summary.peaks.peak_threshold)}")
+    weak = summary.weak_classes()
+    if weak:
+        err.print(f"[yellow]weak classes ({val_split} classification AP): "
+                  + ", ".join(f"{name} {pct(ap)}" for name, ap in weak)
+                  + ". Their maps barely respond, so they get few peaks and instances: train longer before "
+                    "the learning rate drops (--epochs, --lr-step; docs/training.md).[/yellow]", soft_wrap=True)
+
+
+def _thresholds(value) -> str:
+    return ", ".join(f"{v:g}" for v in value) if isinstance(value, list) else f"{value:g}"
+
+
+@train_app.command("calibrate-peaks")
+def calibrate_peaks_cmd(
+    root: Path = typer.Argument(..., help=ROOT_HELP),
+    model_dir: Path = typer.Option(..., "--model", help="Model directory with a trained classifier."),
+    split: str = typer.Option("train", help="Split to calibrate on."),
+    fraction: float = typer.Option(0.5, help="Threshold = this × the median class-map maximum of labelled images."),
+    per_class: bool = typer.Option(True, help="One threshold per class (--no-per-class: one for all, as before)."),
+    device: str = typer.Option("auto", help=DEVICE_HELP, callback=auto_device),
+):
+    """Calibrate a trained model's peak thresholds again (as training does at its end)."""
+    from icn_rt.training.classifier import recalibrate_peaks
+
+    try:
+        peaks = recalibrate_peaks(root, model_dir, split, fraction, per_class, device=device)
+    except (InputError, ValueError) as e:
+        fail(e)
+    out.print(f"peak threshold of {model_dir} calibrated to {_thresholds(peaks.peak_threshold)}", soft_wrap=True)
+
+
+def _skipped(summary) -> None:
+    """The first few images a label run could not use."""
+    for image_id, reason in summary.failed[:5]:
+        err.print(f"[yellow]skipped:[/yellow] {reason}", highlight=False, soft_wrap=True)
+
+
+@train_app.command("pseudo-labels")
+def train_pseudo_labels_cmd(
+    root: Path = typer.Argument(..., help=ROOT_HELP),
+    model_dir: Path = typer.Option(..., "--model", help="Model directory with a trained classifier."),
+    supervision: str = typer.Option("proposals", help="proposals (pseudo labels) | saliency (GT instance masks)."),
+    split: str = typer.Option("train", help="Split to label."),
+    k: int = typer.Option(3, help="Proposals kept per peak (best first, none inside a kept one)."),
+    rerank: Optional[int] = typer.Option(None, help="Re-rank each peak's N best proposals by objectness (0: off, "
+                                                    "the paper) [default: the model's matching.rerank]."),
+    labels: Optional[Path] = typer.Option(None, "--out", help="Label directory [default: MODEL/labels-SUPERVISION-SPLIT]."),
+    proposals_dir: Optional[Path] = typer.Option(None, "--proposals", help="Proposal folder [default: ROOT/Proposals]."),
+    batch_size: int = typer.Option(8, help="Images per batch."),
+    device: str = typer.Option("auto", help=DEVICE_HELP, callback=auto_device),
+    ray: Optional[str] = typer.Option(None, help="Label on a Ray cluster (as `infer --ray`): " + RAY_HELP + "."),
+    actors: int = typer.Option(1, help="--ray: labellers at once, each loading the model once."),
+    gpus_per_actor: float = typer.Option(0.0, help="--ray: GPUs per labeller (0: on CPUs)."),
+    cpus_per_actor: float = typer.Option(1.0, help="--ray: CPUs per labeller."),
+):
+    """Label every labelled-class peak of a split for ICN training (reruns resume)."""
+    from icn_rt.training.pseudo_labels import LabelSettings, label_model
+
+    try:
+        settings = LabelSettings(supervision=supervision, split=split, k=k, batch_size=batch_size, rerank=rerank)
+        if ray is not None:
+            from icn_rt.runtime.ray_infer import RaySettings
+            from icn_rt.workflows.labels import label_on_ray
+
+            _, summary = label_on_ray(root, model_dir, settings,
+                                      RaySettings(ray, actors, gpus_per_actor, cpus_per_actor, loader_cpus=0.0),
+                                      labels, proposals_dir, log=out.print)
+        else:
+            _, summary = label_model(root, model_dir, settings, labels, proposals_dir, device, log=out.print)
+    except (InputError, ValueError, RuntimeError) as e:
+        fail(e)
+    _skipped(summary)
+
+
+@train_app.command("icn")
+def train_icn_cmd(
+    root: Path = typer.Argument(..., help=ROOT_HELP),
+    model_dir: Path = typer.Option(..., "--model", help="Model directory with a trained classifier; the ICN is added."),
+    encoder: str = typer.Option("vgg16", help="vgg16 | small."),
+    width: int = typer.Option(64, help="Channels of the propagation blocks and mapping head."),
+    propagation: bool = typer.Option(True, help="CFM + DFM paths (--no-propagation: the ablation)."),
+    prm_input: bool = typer.Option(True, help="PRM as a fourth input channel (--no-prm-input: the ablation)."),
+    steps: int = typer.Option(3, help="Enhancement steps T at inference."),
+    supervision: str = typer.Option("proposals", help="proposals (pseudo labels) | saliency (GT instance masks)."),
+    split: str = typer.Option("train", help="Split whose labels train the ICN."),
+    labels: Optional[Path] = typer.Option(None, help="Label directory [default: MODEL/labels-SUPERVISION-SPLIT]; made when missing."),
+    k: int = typer.Option(3, help="Proposals per pseudo label when they are made (see `train pseudo-labels`)."),
+    rerank: Optional[int] = typer.Option(None, help="Objectness re-ranking of the pseudo labels' candidates when "
+                                                    "they are made (see `train pseudo-labels`)."),
+    proposals_dir: Optional[Path] = typer.Option(None, "--proposals", help="Proposal folder [default: ROOT/Proposals]."),
+    epochs: int = typer.Option(120, help="Epochs (paper: 120)."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate (paper: 1e-3)."),
+    lr_step: int = typer.Option(20, help="Halve the learning rate every this many epochs."),
+    batch_size: int = typer.Option(8, help="Peaks per step."),
+    crop: float = typer.Option(0.75, help="Smallest random crop side, as a fraction of the input."),
+    self_feed: float = typer.Option(0.5, help="Share of samples whose PRM input is the ICN's own output on it, as "
+                                    "steps 2..T see it at inference (not in the paper; 0: off, as the paper)."),
+    pretrained: Optional[str] = typer.Option(None, help="vgg16 encoder: 'imagenet' (torchvision download) or a vgg16_bn weights file."),
+    seed: int = typer.Option(0, help="Seed for initialisation, order and augmentation."),
+    workers: int = typer.Option(0, help="Loading worker processes."),
+    resume: bool = typer.Option(False, help="Continue an interrupted ICN run in --model."),
+    device: str = typer.Option("auto", help=DEVICE_HELP, callback=auto_device),
+    nproc: int = typer.Option(1, help=NPROC_HELP),
+    sync_bn: bool = typer.Option(False, help=SYNC_BN_HELP),
+    ray: Optional[str] = typer.Option(None, help="Make the missing labels on a Ray cluster first (as `train "
+                                                 "pseudo-labels --ray`): " + RAY_HELP + "."),
+    actors: int = typer.Option(1, help="--ray: labellers at once."),
+    gpus_per_actor: float = typer.Option(0.0, help="--ray: GPUs per labeller (0: on CPUs)."),
+    cpus_per_actor: float = typer.Option(1.0, help="--ray: CPUs per labeller."),
+):
+    """Train the ICN on pseudo labels (made first when missing); writes icn.safetensors into the model."""
+    import os
+
+    from icn_rt.models.icn import ICNSettings
+    from icn_rt.training.icn import ICNTrainSettings, label_and_train
+    from icn_rt.training.pseudo_labels import LabelSettings
+
+    if ray is not None and "WORLD_SIZE" not in os.environ:  # before torchrun starts the ranks, which then find them
+        from icn_rt.runtime.ray_infer import RaySettings
+        from icn_rt.workflows.labels import label_on_ray
+
+        try:
+            label_on_ray(root, model_dir, LabelSettings(supervision=supervision, split=split, k=k, rerank=rerank),
+                         RaySettings(ray, actors, gpus_per_actor, cpus_per_actor, loader_cpus=0.0), labels,
+                         proposals_dir, log=out.print)
+        except (InputError, ValueError, RuntimeError) as e:
+            fail(e)
+    launch(nproc, batch_size)
+    try:
+        icn_settings = ICNSettings(encoder=encoder, width=width, propagation=propagation, prm_input=prm_input,
+                                   steps=steps)
+        settings = ICNTrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, lr_step=lr_step, crop=crop, seed=seed,
+                                    workers=workers, pretrained=pretrained, self_feed=self_feed, sync_bn=sync_bn)
+        labelled, summary = label_and_train(root, model_dir, settings, icn_settings,
+                                            LabelSettings(supervision=supervision, split=split, k=k, rerank=rerank),
+                                            labels,
+                                            proposals_dir, resume, device, log=out.print)
+    except (InputError, ValueError) as e:
+        fail(e)
+    if not rank_zero():
+        return
+    _skipped(labelled)
+    final = summary.epochs[-1] if summary.epochs else None
+    out.print(f"ICN -> {model_dir} ({summary.samples} peaks" + (f", final loss {final.loss:.4f})" if final else ")"))
+
+
+@train_app.command("student")
+def train_student_cmd(
+    root: Path = typer.Argument(..., help=ROOT_HELP),
+    model_dir: Path = typer.Option(..., "--model", help="Model directory whose pipeline labels the training split; "
+                                                        "the student is added to it."),
+    backbone: str = typer.Option("classifier-fpn", help="classifier-fpn (the model's classifier backbone under an FPN, "
+                                                        "from its weights) | mobilenet-v3-fpn (CPUs, Jetson) | "
+                                                        "resnet50-fpn."),
+    head: str = typer.Option("light", help="light (512-feature box head, two 128-channel mask convolutions) | "
+                                           "tiny (256 features, one 64-channel convolution: for CPUs) | "
+                                           "standard (torchvision's)."),
+    input_size: int = typer.Option(0, help="Side the student sees images at [default 0: the training images' median "
+                                           "shorter side, rounded up to 32]."),
+    threshold: Optional[float] = typer.Option(None, help="Confidence a pipeline instance needs to become a label "
+                                                         "[default: chosen on --dev-split, best F1 at mask IoU 0.5]."),
+    split: str = typer.Option("train", help="Split the pipeline labels and the student learns."),
+    dev_split: str = typer.Option("dev", help="Split the threshold is chosen on."),
+    proposals_dir: Optional[Path] = typer.Option(None, "--proposals", help="Proposal folder for the pipeline "
+                                                 "[default: ROOT/Proposals]."),
+    from_student: Optional[Path] = typer.Option(None, help="Self-training: that model directory's student labels "
+                                                           "the splits instead of the pipeline."),
+    epochs: int = typer.Option(24, help="Epochs."),
+    batch_size: int = typer.Option(4, help="Images per step."),
+    lr: float = typer.Option(0.01, help="SGD learning rate (after warm-up; x0.1 at 2/3 and 8/9 of the epochs)."),
+    pretrained: Optional[str] = typer.Option(None, help="mobilenet-v3-fpn / resnet50-fpn start: 'imagenet' "
+                                                        "(torchvision download) or a weights file [default: from "
+                                                        "scratch]."),
+    seed: int = typer.Option(0, help="Seed for initialisation, order, augmentation and sampling."),
+    workers: int = typer.Option(0, help="Loading worker processes."),
+    resume: bool = typer.Option(False, help="Continue an interrupted student run in --model."),
+    device: str = typer.Option("auto", help=DEVICE_HELP, callback=auto_device),
+    ray: Optional[str] = typer.Option(None, help="Label on a Ray cluster (as `infer --ray`): " + RAY_HELP + "."),
+    actors: int = typer.Option(1, help="--ray: predictors labelling at once."),
+    gpus_per_actor: float = typer.Option(0.0, help="--ray: GPUs per predictor (0: on CPUs)."),
+    cpus_per_actor: float = typer.Option(1.0, help="--ray: CPUs per predictor."),
+    nproc: int = typer.Option(1, help=NPROC_HELP + " Rank 0 labels first."),
+    sync_bn: bool = typer.Option(False, help=SYNC_BN_HELP),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+):
+    """Distil the pipeline into a proposal-free student (torchvision Mask R-CNN): the pipeline
+    labels the split (resumable infer job), confident tagged instances are kept, the student
+    trains on them; writes student.safetensors into the model."""
+    from icn_rt.models.student import StudentSettings
+    from icn_rt.training.student import StudentTrainSettings, input_size_for
+    from icn_rt.workflows.student import teach_and_train
+
+    launch(nproc, batch_size)
+    try:
+        settings = StudentTrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, workers=workers,
+                                        split=split, pretrained=pretrained, sync_bn=sync_bn)
+        student = StudentSettings(backbone=backbone, head=head, input_size=input_size or input_size_for(root, split))
+        cluster = None
+        if ray is not None:
+            from icn_rt.runtime.ray_infer import RaySettings
+
+            cluster = RaySettings(ray, actors, gpus_per_actor, cpus_per_actor)
+        run = teach_and_train(root, model_dir, settings, student, threshold, dev_split, proposals_dir, resume, device,
+                              log=out.print, progress=not quiet, teacher_student=from_student, ray=cluster)
+    except (InputError, ValueError, RuntimeError) as e:
+        fail(e)
+    if not rank_zero():
+        return
+    for split_name, summary in run.labelled.items():
+        if summary.failed:
+            err.print(f"[yellow]{plural(len(summary.failed), 'image')} of {split_name} failed in the pipeline (reasons in "
+                      f"{model_dir}/student-labels/{split_name}.json.errors.txt)[/yellow]", highlight=False)
+    final = run.trained.epochs[-1] if run.trained.epochs else None
+    out.print(f"student -> {model_dir} ({run.trained.images} images, {run.trained.instances} labels at confidence "
+              f">= {run.threshold:.3g}; {run.trained.dropped_images} images without one left out"
+              + (f"; final loss {final.loss:.4f})" if final else ")"), soft_wrap=True)
