@@ -1,6 +1,6 @@
 """The PRM reference's modified convolution backward, as a patch on ordinary autograd.
 
-Written from the rule (DESIGN.md §1 step 3), not from the PRM code: during the backward
+Written from the rule (docs/design.md §1 step 3), not from the PRM code: during the backward
 pass of every Conv2d, with x the conv input, m = min(x) over the whole tensor,
 W⁺ = ReLU(W), Z = conv(x − m, W⁺) (no bias), Ĝ = G / (|Z| + 1e-10) where Z ≥ 1e-10
 else 0, the gradient passed to x is (x − m) ⊙ convᵀ(Ĝ, W⁺). Everything else (BN, ReLU,

@@ -1,6 +1,6 @@
 """The baseline pipeline: what running the PRM authors' code on a folder looks like.
 
-Written from the algorithm (DESIGN.md §1 steps 1-3, 7, 8 as the PRM reference applies
+Written from the algorithm (docs/design.md §1 steps 1-3, 7, 8 as the PRM reference applies
 them), never copied. Per image, one at a time:
 
 1. resize to ``input_size``² (PRM: 448) and run the classifier with autograd on;

@@ -1,4 +1,4 @@
-"""``icn-rt build-engine MODEL``: TensorRT plans from the exported graphs (DESIGN.md §4).
+"""``icn-rt build-engine MODEL``: TensorRT plans from the exported graphs (docs/design.md §4).
 
 The precision lives in the graph (:mod:`icn_rt.export.precision`): ``--precision fp16``
 builds ``prm.fp16.onnx`` and ``icn.fp16.onnx``, ``int8`` the Q/DQ graphs, both made by

@@ -1,5 +1,5 @@
 """The two inference graphs as PyTorch modules with static control flow, the exact code
-that :mod:`icn_rt.export.onnx_export` traces (DESIGN.md §2, §4). Both wrap the loaded
+that :mod:`icn_rt.export.onnx_export` traces (docs/design.md §2, §4). Both wrap the loaded
 :class:`~icn_rt.models.store.Model` (never the predictor).
 
 - :class:`PRMGraph`: normalised images in; class scores, class maps, the peaks (Eq. 1,

@@ -1,5 +1,5 @@
 """``icn-rt export MODEL``: the PRM graph and the ICN graph as ONNX files beside the model,
-checked, and a ``manifest.json`` of what was exported with what (DESIGN.md §2, §4).
+checked, and a ``manifest.json`` of what was exported with what (docs/design.md §2, §4).
 
 - ``prm.onnx``: ``images [B, 3, S, S]`` -> :data:`~icn_rt.export.graphs.PRM_OUTPUTS`.
 - ``icn.onnx`` (models with an ICN and T ≥ 1): ``images [N, 3, S, S]``, ``prms [N, S, S]``

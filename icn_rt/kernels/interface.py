@@ -1,4 +1,4 @@
-"""The kernel interface of proposal matching, declared once (DESIGN.md §3).
+"""The kernel interface of proposal matching, declared once (docs/design.md §3).
 
 Every backend implements all of it, with the same arguments and the same results:
 :mod:`.ops_numpy` (plain NumPy, the reference the others are tested against),

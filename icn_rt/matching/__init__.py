@@ -1,4 +1,4 @@
-"""Proposal matching, the Python face of the kernels (DESIGN.md §1 steps 7-8): each peak's
+"""Proposal matching, the Python face of the kernels (docs/design.md §1 steps 7-8): each peak's
 map scored against every proposal (Eq. 5 and PRM's vanilla score), the best one taken,
 confidences, and mask NMS. Runtime and training both import it; it imports the kernels,
 the proposals and nothing above them."""

@@ -1,4 +1,4 @@
-"""From matched peaks to instances (DESIGN.md §1 step 8): each instance's confidence, and
+"""From matched peaks to instances (docs/design.md §1 step 8): each instance's confidence, and
 mask NMS on the kernels.
 
 Confidence (PRM returns none; ``InstanceSettings.confidence``):

@@ -1,4 +1,4 @@
-"""Proposal scores (DESIGN.md §1 step 7): every peak's map against every proposal.
+"""Proposal scores (docs/design.md §1 step 7): every peak's map against every proposal.
 
 The numbers of the plain references (``tests/reference.py``, tested), computed for all
 K maps of an image at once by a kernel backend (:func:`icn_rt.kernels.ops`): packed masks

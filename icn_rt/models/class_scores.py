@@ -1,4 +1,4 @@
-"""The classifier's class scores (DESIGN.md §1 step 1) by peak stimulation (PRM, Zhou et
+"""The classifier's class scores (docs/design.md §1 step 1) by peak stimulation (PRM, Zhou et
 al. 2018): the class score is the mean of the class map at its peaks, and the gradient
 goes to the peaks only. (Which peaks become instances at inference is :mod:`.peaks`.)
 

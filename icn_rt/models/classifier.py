@@ -1,5 +1,5 @@
 """The weakly supervised classifier: backbone + 1×1 conv -> class response maps, and
-peak stimulation -> class scores (DESIGN.md §1 step 1)."""
+peak stimulation -> class scores (docs/design.md §1 step 1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Instance-aware Cue-propagation Network (DESIGN.md §1 step 4, the paper's Fig. 3).
+"""The Instance-aware Cue-propagation Network (docs/design.md §1 step 4, the paper's Fig. 3).
 
 Input: the normalised image and one peak's min-max-normalised PRM, concatenated (4
 channels). A VGG-16 encoder gives five stages s1..s5 (s1 at the input's resolution).
@@ -135,7 +135,7 @@ def minmax(v: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def enhance(icn: ICN, images: torch.Tensor, image_of: torch.Tensor, prms: torch.Tensor, steps: int,
             chunk: int = 16) -> torch.Tensor:
-    """Iterative enhancement (DESIGN.md §1 step 6): ``V_0`` = the naive PRM,
+    """Iterative enhancement (docs/design.md §1 step 6): ``V_0`` = the naive PRM,
     ``V_{t+1} = sigmoid(ICN(I, minmax(V_t)))`` for ``steps`` steps.
 
     ``images: float [B, 3, S, S]`` (normalised), ``image_of: int [K]`` (each peak's image),

@@ -1,5 +1,5 @@
 """``manifest.json``: what ``icn-rt export`` and ``icn-rt build-engine`` made from a model
-directory and with what (DESIGN.md §2, §4) — the exported graphs (file, hash, operators,
+directory and with what (docs/design.md §2, §4) — the exported graphs (file, hash, operators,
 T, the settings and weight hashes they fix) and the TensorRT plans (precision, GPU,
 TensorRT version). The one module that names, reads and writes it, and that checks that
 what it lists still fits the model and the machine; export writes through it and the

@@ -1,4 +1,4 @@
-"""Peaks at inference (DESIGN.md §1 step 2): which class-map maxima become instances.
+"""Peaks at inference (docs/design.md §1 step 2): which class-map maxima become instances.
 
 Two rules, a setting:
 

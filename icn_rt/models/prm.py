@@ -1,4 +1,4 @@
-"""Peak Response Maps (DESIGN.md §1 step 3, Eq. 2): one recorded forward pass over the
+"""Peak Response Maps (docs/design.md §1 step 3, Eq. 2): one recorded forward pass over the
 images, their peaks (step 2), one batched backward for all of them — the naive maps.
 
 PRM of a peak = the gradient of the class map at the peak w.r.t. the input image,

@@ -1,4 +1,4 @@
-"""The model (DESIGN.md §2): the directory, and :class:`Model`, the one object it loads into.
+"""The model (docs/design.md §2): the directory, and :class:`Model`, the one object it loads into.
 
 A model directory holds ``config.json`` (classes, every stage's settings, versions) +
 ``classifier.safetensors`` (+ ``icn.safetensors`` once the ICN is trained); export adds
@@ -41,7 +41,7 @@ RECOMMENDED = {"matching": {"score": "auto-iou", "rerank": 50}, "instances": {"c
 """What a new model's config gets over the settings' defaults (which are the paper's, so a
 config written before these existed keeps its meaning): objectness re-ranking of 50
 candidates, IoU matching of enhanced maps and the peak × objectness confidence, chosen on
-the synthetic dev split (README, Accuracy)."""
+the synthetic dev split (docs/accuracy.md)."""
 
 T = TypeVar("T")
 

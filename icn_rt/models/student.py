@@ -1,4 +1,4 @@
-"""The student (DESIGN.md §7): torchvision's Mask R-CNN, trained on the pipeline's
+"""The student (docs/design.md §7): torchvision's Mask R-CNN, trained on the pipeline's
 confident masks (:mod:`icn_rt.training.student`), needing no proposals and no backward.
 
 It lives in the model directory beside the pipeline: ``student.safetensors`` and the

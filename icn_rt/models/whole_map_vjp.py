@@ -1,4 +1,4 @@
-"""Peak backpropagation (DESIGN.md §1 step 3) written out by hand, over whole maps: one
+"""Peak backpropagation (docs/design.md §1 step 3) written out by hand, over whole maps: one
 recorded forward pass over a batch of images, then one backward pass for all K peaks at
 once. The exported PRM graph runs this; the eager path runs the same VJP on each peak's
 receptive field (:mod:`.receptive_field_vjp`) where that is smaller.

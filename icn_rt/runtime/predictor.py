@@ -1,4 +1,4 @@
-"""The predictor: a batch of images (+ their proposals) in, instances out (DESIGN.md §1
+"""The predictor: a batch of images (+ their proposals) in, instances out (docs/design.md §1
 steps 2, 3, 7, 8). The one place that knows image sizes. It wraps a loaded
 :class:`~icn_rt.models.store.Model` and runs its networks eagerly or as exported graphs
 on an engine backend.

@@ -1,4 +1,4 @@
-"""The student's predictor (DESIGN.md §7): a batch of images in, instances out, with no
+"""The student's predictor (docs/design.md §7): a batch of images in, instances out, with no
 proposals and no backward — one forward of Mask R-CNN (:mod:`icn_rt.models.student`),
 eager, as the exported graph on onnxruntime (``icn-rt export MODEL --student``, fp32, fp16
 or int8), or as a TensorRT plan (``icn-rt build-engine MODEL --student``), whose outputs'

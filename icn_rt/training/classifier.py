@@ -1,4 +1,4 @@
-"""Training the peak-stimulation classifier on image-level labels (DESIGN.md §1 step 1).
+"""Training the peak-stimulation classifier on image-level labels (docs/design.md §1 step 1).
 
 Multi-label soft-margin loss; Adam, lr 1e-4, ×0.1 after epoch 10, 20 epochs (the
 paper's schedule, all settings). Augmentation: horizontal flip and a random shift of up
@@ -21,7 +21,7 @@ of its class map's highest value — so a peak must be a sizeable fraction of wh
 present object of its class typically produces, in this model's own units (PRM
 hard-codes 30 in its units). ``per_class_peaks`` off gives one threshold, the median over
 all (image, labelled class) pairs, as before (on the synthetic dev split that left the
-weakest-responding class without peaks: README, Accuracy); a class with no labelled
+weakest-responding class without peaks: docs/accuracy.md); a class with no labelled
 training image takes that one too. ``icn-rt train calibrate-peaks`` recalibrates a
 trained model. Every
 other inference section is then written with its defaults, so the config spells out

@@ -1,4 +1,4 @@
-"""Training the ICN on stored labels (DESIGN.md §1 step 5).
+"""Training the ICN on stored labels (docs/design.md §1 step 5).
 
 Each sample is one (image, peak): input = the normalised image + the peak's min-max
 PRM, target = its label (:mod:`icn_rt.training.pseudo_labels`), loss = pixel-wise binary

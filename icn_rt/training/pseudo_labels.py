@@ -1,4 +1,4 @@
-"""Labels for training the ICN (DESIGN.md §1 step 5), one file per training image.
+"""Labels for training the ICN (docs/design.md §1 step 5), one file per training image.
 
 For every peak of a class the image is labelled with (image-level labels are known at
 training time; other peaks are dropped):

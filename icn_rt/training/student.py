@@ -1,4 +1,4 @@
-"""Training the student (DESIGN.md §7) on the pipeline's masks.
+"""Training the student (docs/design.md §7) on the pipeline's masks.
 
 The labels are a COCO results file of the pipeline over the training split (``icn-rt
 infer``'s output; :mod:`icn_rt.workflows.student` makes it). An instance is kept when

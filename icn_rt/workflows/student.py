@@ -1,4 +1,4 @@
-"""``icn-rt train student``: the pipeline labels, the student learns (DESIGN.md §7).
+"""``icn-rt train student``: the pipeline labels, the student learns (docs/design.md §7).
 
 1. The pipeline of the model directory runs over the training split and over dev through
    the streaming job of ``icn-rt infer`` (:func:`~icn_rt.runtime.infer.infer`), into

@@ -1,4 +1,4 @@
-"""Engines behind one small interface (DESIGN.md §4): named tensors in, named tensors out,
+"""Engines behind one small interface (docs/design.md §4): named tensors in, named tensors out,
 on the engine's device. One module per backend:
 
 - :mod:`.pytorch`: the graph modules of :mod:`icn_rt.export.graphs` in eager PyTorch (the

@@ -1,0 +1,139 @@
+"""Render the results tables of README.md and docs/*.md from benchmarks/results/*.json.
+
+A table lives between ``<!-- table: NAME -->`` and ``<!-- /table -->``; this script
+replaces what is between them with what ``RENDERERS[NAME]`` makes of the committed JSON,
+so no figure is typed by hand. ``--check`` changes nothing and exits 1 naming every table
+that differs from its rendering (the test suite runs it)::
+
+    python scripts/render_tables.py            # rewrite the tables
+    python scripts/render_tables.py --check    # drift?
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+
+
+def _json(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def _ci(metric: dict) -> str:
+    lo, hi = metric["interval"]
+    return f"{metric['estimate']:.1f} [{lo:.1f}, {hi:.1f}]"
+
+
+def accuracy() -> str:
+    """The pipeline's rows in the part-only and VOC-like regimes (val, bootstrap intervals)."""
+    docs = {"part-only": _json("accuracy_part_only.json"), "VOC-like": _json("accuracy_voc_like.json")}
+    names = [r["name"] for r in docs["part-only"]["rows"]]
+    lines = ["| row | " + " | ".join(f"{k} mAP^r@0.5" for k in docs) + " |", "|---|" + "---|" * len(docs)]
+    for k, name in enumerate(names):
+        cells = []
+        for doc in docs.values():
+            rows = [r for r in doc["rows"] if r["name"] == name] or [doc["rows"][k]]
+            cells.append(_ci(rows[0]["metrics"]["mAP@0.5"]))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    part = docs["part-only"]
+    lines.append("")
+    lines.append(f"{part['images']} val images each, 95% bootstrap intervals ({part['bootstrap']['samples']} draws, "
+                 f"seed {part['bootstrap']['seed']}); `benchmarks/results/accuracy_part_only.json`, "
+                 "`accuracy_voc_like.json`.")
+    return "\n".join(lines)
+
+
+def student() -> str:
+    """The student against the pipeline that labelled it (part-only val) and their speed."""
+    doc = _json("student_part_only.json")
+    rows = doc["accuracy"]["rows"]
+    speed = doc["speed"]["contestants"]
+    lines = ["| model | mAP^r@0.5 | mAP^r@0.75 |", "|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {_ci(r['metrics']['mAP@0.5'])} | {_ci(r['metrics']['mAP@0.75'])} |")
+    lines += ["", "| on 500×375 photos, 2 CPU cores | images/s | × pipeline, proposals on the fly |", "|---|---|---|"]
+    for name, c in speed.items():
+        lines.append(f"| {name} | {c['images_per_second']:.1f} | {c['x_pipeline_on_the_fly']:.1f} |")
+    lines += ["", f"Part-only regime, {doc['accuracy'].get('images', 500)} val images, 95% bootstrap intervals; "
+                  "`benchmarks/results/student_part_only.json`."]
+    return "\n".join(lines)
+
+
+def speed() -> str:
+    """``icn-rt bench`` on the CPU: the baseline against icn-rt, best batch per contestant."""
+    doc = _json("bench_cpu.json")
+    best: dict[tuple, dict] = {}
+    for r in doc["rows"]:
+        key = (r["contestant"], r["backend"])
+        if key not in best or r["images_per_s"] > best[key]["images_per_s"]:
+            best[key] = r
+    lines = ["| contestant | backend | best batch | images/s | × baseline |", "|---|---|---|---|---|"]
+    for (name, backend), r in best.items():
+        lines.append(f"| {name} | {backend} | {r['batch_size']} | {r['images_per_s']:.1f} | "
+                     f"{r['speedup_vs_baseline']:.1f} |")
+    size = doc["image_sizes"][0]
+    lines += ["", f"{doc['images']} images of {size[0]}×{size[1]}, proposals read from disk, "
+                  f"{doc['machine'].get('cpu_count', 2)} CPU cores; `benchmarks/results/bench_cpu.json`."]
+    return "\n".join(lines)
+
+
+def serve() -> str:
+    """``icn-rt serve`` under a bounded load test, beside the batch job."""
+    doc = _json("serve_cpu.json")
+    lines = ["| concurrency | requests/s | × batch job | p50 ms | p99 ms | errors | same instances |",
+             "|---|---|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        lines.append(f"| {r['concurrency']} | {r['requests_per_second']:.1f} | {r['vs_batch_job']:.2f} | "
+                     f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} | "
+                     f"{'yes' if r['same_instances_as_the_batch_job'] else 'no'} |")
+    lines += ["", f"{doc['model']}, {doc['images']} images, proposals from disk, one model replica; the batch job "
+                  f"on the same images: {doc['batch_job_images_per_second']:.1f} images/s; "
+                  "`benchmarks/results/serve_cpu.json`."]
+    return "\n".join(lines)
+
+
+RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": serve}
+
+
+def render(text: str) -> str:
+    def fill(m: re.Match) -> str:
+        name = m.group("name")
+        if name not in RENDERERS:
+            raise SystemExit(f"unknown table '{name}' (known: {', '.join(RENDERERS)})")
+        return m.group(1) + RENDERERS[name]() + "\n" + m.group(4)
+
+    return BLOCK.sub(fill, text)
+
+
+def documents() -> list[Path]:
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="change nothing; exit 1 if a table differs")
+    args = ap.parse_args()
+    stale = []
+    for path in documents():
+        text = path.read_text()
+        new = render(text)
+        if new != text:
+            stale += [f"{path.relative_to(REPO)}: {m.group('name')}" for m in BLOCK.finditer(text)
+                      if m.group(0) != render(m.group(0))]
+            if not args.check:
+                path.write_text(new)
+    if stale:
+        print(("stale tables (run python scripts/render_tables.py):\n  " if args.check else "rendered:\n  ")
+              + "\n  ".join(stale), file=sys.stderr)
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
