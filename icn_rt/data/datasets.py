@@ -22,7 +22,7 @@ from typing import Iterator, Protocol
 
 import numpy as np
 
-from icn_rt.data.voc import Sample
+from icn_rt.data.voc import Sample, SampleSequence
 from icn_rt.errors import InputError
 
 LAYOUTS = ("voc", "coco", "tags")
@@ -111,7 +111,7 @@ class InputWarning(UserWarning):
     """Input that was skipped (a missing image, say) and recorded, not fatal."""
 
 
-class ListedDataset:
+class ListedDataset(SampleSequence):
     """A split whose images and image-level labels are listed in one file (a tags file,
     a COCO JSON): the common part of the COCO and tags readers. Subclasses fill
     ``ids``, ``paths`` and ``tags`` (id -> sorted class ids) and may override
@@ -154,16 +154,6 @@ class ListedDataset:
         if not self.ids:
             raise InputError(self.split_file, f"split '{self.split}' has no readable images"
                                               + (f" ({len(self.skipped)} listed, none found)" if self.skipped else ""))
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> Sample:
-        return self.get(self.ids[i])
-
-    def __iter__(self):
-        for image_id in self.ids:
-            yield self.get(image_id)
 
     def image_path(self, image_id: str) -> Path:
         return self.paths[image_id]

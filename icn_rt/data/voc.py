@@ -86,6 +86,26 @@ class Sample:
         return np.array([i.class_id for i in self.instances or []], np.int64)
 
 
+class SampleSequence:
+    """A split as a sequence of :class:`Sample` in ``ids`` order (a reader supplies ``ids``
+    and ``get``)."""
+
+    ids: list[str]
+
+    def get(self, image_id: str) -> Sample:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> Sample:
+        return self.get(self.ids[i])
+
+    def __iter__(self):
+        for image_id in self.ids:
+            yield self.get(image_id)
+
+
 def read_label_png(path: Path) -> np.ndarray:
     """Read a palette (or greyscale) label PNG as its indices, ``uint8 [H, W]``."""
     try:
@@ -154,7 +174,7 @@ def read_classes(root: Path) -> tuple[str, ...]:
     return names
 
 
-class VOCDataset:
+class VOCDataset(SampleSequence):
     """Reader for a VOC-layout root.
 
     ``split`` names ``ImageSets/<imagesets>/<split>.txt``; ``imagesets`` is
@@ -187,16 +207,6 @@ class VOCDataset:
             if path.exists():
                 return path
         raise InputError(self.root / "ImageSets" / kinds[0] / f"{split}.txt", f"split '{split}' not found")
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> Sample:
-        return self.get(self.ids[i])
-
-    def __iter__(self):
-        for image_id in self.ids:
-            yield self.get(image_id)
 
     def image_path(self, image_id: str) -> Path:
         return self.root / "JPEGImages" / f"{image_id}.jpg"
