@@ -93,7 +93,8 @@ def serve() -> str:
         lines.append(f"| {r['concurrency']} | {r['requests_per_second']:.1f} | {r['vs_batch_job']:.2f} | "
                      f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} | "
                      f"{'yes' if r['same_instances_as_the_batch_job'] else 'no'} |")
-    lines += ["", f"{doc['model']}, {doc['images']} images, proposals from disk, one model replica; the batch job "
+    model = doc["model"][:1].upper() + doc["model"][1:]
+    lines += ["", f"{model}, {doc['images']} images, proposals from disk, one model replica; the batch job "
                   f"on the same images: {doc['batch_job_images_per_second']:.1f} images/s; "
                   "`benchmarks/results/serve_cpu.json`."]
     return "\n".join(lines)
