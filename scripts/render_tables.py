@@ -100,7 +100,59 @@ def serve() -> str:
     return "\n".join(lines)
 
 
-RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": serve}
+def matching() -> str:
+    """``bench_matching.py`` on the CPU: the K = 8 cases, every contestant's seconds."""
+    doc = _json("matching_cpu.json")
+
+    def secs(entry: dict) -> str:
+        if "seconds" not in entry:
+            return "—"
+        return f"{entry['seconds']:.3g}" + (" (extrap.)" if entry.get("extrapolated") else "")
+
+    lines = ["| N | S | baseline s | NumPy s | Numba CPU s | × baseline | paper's score, Numba CPU s | pack s "
+             "| same selections |", "|---|---|---|---|---|---|---|---|---|"]
+    for c in doc["cases"]:
+        if c["maps"] != 8:
+            continue
+        v, r = c["vanilla"], c["rebalanced"]
+        same = c["identical"]["vanilla"]["equal"] and c["identical"]["rebalanced"]["equal"]
+        lines.append(f"| {c['proposals']} | {c['size']}² | {secs(v['baseline'])} | {secs(v['numpy'])} | "
+                     f"{secs(v['cpu'])} | {v['cpu']['speedup_vs_baseline']:.0f} | {secs(r['cpu'])} | "
+                     f"{c['pack_seconds']:.3g} | {'yes' if same else 'no'} |")
+    speedups = [c["vanilla"]["cpu"]["speedup_vs_baseline"] for c in doc["cases"]]
+    lines += ["", f"K = 8 maps; over the whole grid (N {min(doc['settings']['proposals'])}–"
+                  f"{max(doc['settings']['proposals'])}, K {min(doc['settings']['maps'])}–"
+                  f"{max(doc['settings']['maps'])}, {min(doc['settings']['sizes'])}²–"
+                  f"{max(doc['settings']['sizes'])}²) "
+                  f"Numba CPU is {min(speedups):.0f}× to {max(speedups):.0f}× the baseline; "
+                  "`benchmarks/results/matching_cpu.{json,md}`."]
+    return "\n".join(lines)
+
+
+def bench_batches() -> str:
+    """``icn-rt bench`` on the CPU: images/s per contestant and batch size (× the baseline)."""
+    doc = _json("bench_cpu.json")
+    batches = sorted({r["batch_size"] for r in doc["rows"]})
+    table: dict[tuple, dict] = {}
+    for r in doc["rows"]:
+        table.setdefault((r["contestant"], r["backend"]), {})[r["batch_size"]] = r
+    lines = ["| contestant | backend | " + " | ".join(f"batch {b}" for b in batches) + " |",
+             "|---|---|" + "---|" * len(batches)]
+    for (name, backend), by_batch in table.items():
+        cells = []
+        for b in batches:
+            r = by_batch.get(b)
+            cells.append("" if r is None else f"{r['images_per_s']:.1f}" + (
+                f" ({r['speedup_vs_baseline']:.1f}×)" if name != "baseline" else " images/s"))
+        same = {r.get("same_instances_as_baseline") for r in by_batch.values()} - {None}
+        shown = same and name != "baseline"
+        label = name + (f" (same instances: {'yes' if same == {True} else 'no'})" if shown else "")
+        lines.append(f"| {label} | {backend} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": serve, "matching": matching,
+             "bench-batches": bench_batches}
 
 
 def render(text: str) -> str:
