@@ -124,10 +124,10 @@ else
 fi
 if [ "$DRY" = 1 ]; then
     run bench 120 "$PY" -m icn_rt.cli bench "$MODEL" --device cpu --batch-sizes 1 --backends torch \
-        --images 2 --warmup 0 --iterations 1 --duration 0.01 --no-baseline --eval "$DEMO/data" --out "$OUT/bench_gpu.json"
+        --images 2 --warmup 0 --iterations 1 --duration 0.01 --no-baseline --eval "$DEMO/data" --json "$OUT/bench_gpu.json"
 else
     run bench 180 "$PY" -m icn_rt.cli bench "$MODEL" --device cuda --batch-sizes 1,8,16 --backends "$backends" \
-        "${graphs[@]}" --eval "$DEMO/data" --out "$OUT/bench_gpu.json"
+        "${graphs[@]}" --eval "$DEMO/data" --json "$OUT/bench_gpu.json"
 fi
 
 # 7. the remaining GPU tests (kernels ran in 3)

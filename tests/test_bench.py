@@ -23,7 +23,7 @@ def test_bench_reports_stages_throughput_and_the_baseline(classifier, tiny_voc, 
     out = tmp_path / "b" / "bench.json"
     r = runner.invoke(app, ["bench", str(classifier), *images, "--proposals", str(tiny_voc / "Proposals"),
                             "--images", "4", "--batch-sizes", "1,2", "--backends", "torch,onnxruntime",
-                            "--iterations", "3", "--warmup", "2", "--out", str(out)])
+                            "--iterations", "3", "--warmup", "2", "--json", str(out)])
     assert r.exit_code == 0, r.output
     report = json.loads(out.read_text())
     assert report["images"] == 4 and report["distinct_images"] == 3 and report["machine"]["cpu_count"]

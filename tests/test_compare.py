@@ -60,7 +60,7 @@ def exported_small(with_icn, tiny_voc, tmp_path_factory):
 
 def _args(model, tiny_voc, out, *contestants):
     args = ["compare", str(model), str(tiny_voc / "JPEGImages" / "val_*.jpg"),
-            "--proposals", str(tiny_voc / "Proposals"), "--out", str(out)]
+            "--proposals", str(tiny_voc / "Proposals"), "--json", str(out)]
     for c in contestants:
         args += ["--with", c]
     return args
@@ -102,3 +102,13 @@ def test_compare_flags_a_perturbed_graph(exported_small, tiny_voc, tmp_path):
 def test_compare_needs_two_contestants(exported_small, tiny_voc, tmp_path):
     r = runner.invoke(app, _args(exported_small, tiny_voc, tmp_path / "r.json", "torch"))
     assert r.exit_code == 2 and "at least two contestants" in r.output
+
+
+def test_the_old_out_name_still_writes_the_report_with_a_warning(exported_small, tiny_voc, tmp_path):
+    """compare's report was --out before every command's machine output became --json."""
+    args = _args(exported_small, tiny_voc, tmp_path / "unused.json", "torch", "onnxruntime")
+    args[args.index("--json")] = "--out"
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "--out is deprecated here and goes in the next release: use --json" in r.output
+    assert json.loads((tmp_path / "unused.json").read_text())["ok"]

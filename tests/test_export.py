@@ -401,7 +401,7 @@ def test_tensorrt_cuda_graphs_replay_what_the_plans_compute_and_layers_are_profi
     r = runner.invoke(app, ["bench", str(model), *(str(tiny_voc / "JPEGImages" / f"val_00000{i}.jpg") for i in range(2)),
                             "--proposals", str(tiny_voc / "Proposals"), "--images", "2", "--batch-sizes", "2",
                             "--iterations", "2", "--no-baseline", "--backends", "tensorrt", "--cuda-graph",
-                            "--profile-layers", "--device", "cuda", "--out", str(out)])
+                            "--profile-layers", "--device", "cuda", "--json", str(out)])
     assert r.exit_code == 0, r.output
     report = json.loads(out.read_text())
     assert [row["backend"] for row in report["rows"]] == ["tensorrt", "tensorrt+cuda-graph"]

@@ -225,7 +225,7 @@ def test_bench_eval_adds_each_backends_size_and_accuracy_against_torch_fp32(lowe
     images = [str(tiny_voc / "JPEGImages" / "val_000000.jpg")]
     r = runner.invoke(app, ["bench", str(lowered), *images, "--proposals", str(tiny_voc / "Proposals"), "--images", "2",
                             "--batch-sizes", "2", "--iterations", "1", "--no-baseline", "--backends",
-                            "torch,torch:bf16,onnxruntime,onnxruntime:int8", "--eval", str(tiny_voc), "--out", str(out)])
+                            "torch,torch:bf16,onnxruntime,onnxruntime:int8", "--eval", str(tiny_voc), "--json", str(out)])
     assert r.exit_code == 0, r.output
     acc = json.loads(out.read_text())["accuracy"]
     assert acc["split"] == "val" and acc["images"] == 6 and acc["bootstrap"]["samples"] == 1000

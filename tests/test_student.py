@@ -235,13 +235,13 @@ def test_compare_checks_the_onnx_student_against_pytorch(student, tiny_voc, tmp_
         export_student(model, verify=False)
     images = sorted((tiny_voc / "JPEGImages").glob("val_*.jpg"))
     args = ["compare", str(model), *map(str, images), "--student", "--with", "torch", "--with", "onnxruntime"]
-    r = runner.invoke(app, [*args, "--out", str(tmp_path / "c.json")])
+    r = runner.invoke(app, [*args, "--json", str(tmp_path / "c.json")])
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "c.json").read_text())["contestants"]["onnxruntime"]
     assert report["instances"]["agreement"] == 1.0 and report["instances"]["reference"] > 0
     assert report["outputs"]["box_masks"]["compared"] > 0 and report["ok"]
     # a tolerance nothing meets is a mismatch: exit 1
-    r = runner.invoke(app, [*args, "--atol", "0", "--rtol", "0", "--out", str(tmp_path / "c0.json")])
+    r = runner.invoke(app, [*args, "--atol", "0", "--rtol", "0", "--json", str(tmp_path / "c0.json")])
     assert r.exit_code == 1 and "mismatch" in r.output, r.output
 
 

@@ -76,6 +76,19 @@ def launch(nproc: int, batch_size: int) -> None:
     raise typer.Exit(subprocess.call(command))
 
 
+def renamed(old_value, old: str, value, new: str):
+    """The value of a renamed option: the old name's when it was given (with a warning that it
+    goes in the next release), else the new one's."""
+    if old_value is None:
+        return value
+    err.print(f"[yellow]warning:[/yellow] {old} is deprecated here and goes in the next release: use {new}",
+              highlight=False)
+    return old_value
+
+
+DEPRECATED_OUT = "Deprecated: --json."
+
+
 def rank_zero() -> bool:
     """Whether this process reports (the only one, or rank 0 under torchrun)."""
     import os

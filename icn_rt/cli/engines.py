@@ -11,7 +11,8 @@ import typer
 from rich import box
 from rich.table import Table
 
-from icn_rt.cli.common import DEVICE_HELP, ORT_OPTIMIZATION_HELP, ORT_SAVE_HELP, app, auto_device, err, fail, out
+from icn_rt.cli.common import (DEPRECATED_OUT, DEVICE_HELP, ORT_OPTIMIZATION_HELP, ORT_SAVE_HELP, app, auto_device, err,
+                               fail, out, renamed)
 from icn_rt.errors import InputError
 
 
@@ -31,7 +32,8 @@ def bench_cmd(
     iterations: int = typer.Option(20, help="Least timed batches per contestant and batch size (passes over the "
                                             "images repeat; p90/p99 need 20 samples)."),
     duration: Optional[float] = typer.Option(None, help="Least seconds timed per contestant and batch size."),
-    json_out: Path = typer.Option(Path("bench.json"), "--out", help="Report JSON; the plot goes beside it (.png)."),
+    json_out: Path = typer.Option(Path("bench.json"), "--json", help="Report JSON; the plot goes beside it (.png)."),
+    old_out: Optional[Path] = typer.Option(None, "--out", hidden=True, help=DEPRECATED_OUT),
     device: str = typer.Option("auto", help=DEVICE_HELP, callback=auto_device),
     eval_root: Optional[Path] = typer.Option(None, "--eval", help="Dataset root with masks (VOC or COCO layout): "
                                              "add each backend's model size and mAP^r@0.5 on a split, with its "
@@ -49,6 +51,7 @@ def bench_cmd(
     with --eval, each backend's size and accuracy."""
     import json as jsonlib
 
+    json_out = renamed(old_out, "--out", json_out, "--json")
     from icn_rt import demo
     from icn_rt.runtime.bench import BenchSettings, EvalSettings, backward_lines, bench, markdown, plot
     from icn_rt.runtime.sources import list_images

@@ -10,8 +10,8 @@ import typer
 from rich import box
 from rich.table import Table
 
-from icn_rt.cli.common import (DEVICE_HELP, ORT_OPTIMIZATION_HELP, ORT_SAVE_HELP, RAY_HELP, app, auto_device, err,
-                               eval_table, fail, out, pct, plural, recall_table)
+from icn_rt.cli.common import (DEPRECATED_OUT, DEVICE_HELP, ORT_OPTIMIZATION_HELP, ORT_SAVE_HELP, RAY_HELP, app,
+                               auto_device, err, eval_table, fail, out, pct, plural, recall_table, renamed)
 from icn_rt.errors import InputError
 
 
@@ -129,7 +129,8 @@ def compare_cmd(
                                                               "tensorrt[:fp16|:int8]."),
     proposals_dir: Optional[Path] = typer.Option(None, "--proposals", help="Proposals (<id>.mat / .json) for the "
                                                  "same-instance agreement [default: not compared]."),
-    report_out: Path = typer.Option(Path("compare.json"), "--out", help="JSON report."),
+    report_out: Path = typer.Option(Path("compare.json"), "--json", help="JSON report."),
+    old_out: Optional[Path] = typer.Option(None, "--out", hidden=True, help=DEPRECATED_OUT),
     atol: Optional[float] = typer.Option(None, help="Absolute tolerance [default: by precision]."),
     rtol: Optional[float] = typer.Option(None, help="Relative tolerance [default: by precision]."),
     min_peak_agreement: Optional[float] = typer.Option(None, help="Least peak agreement (IoU of the peak sets)."),
@@ -142,6 +143,7 @@ def compare_cmd(
     the first, as Polygraphy does: per output the largest absolute and relative error
     against stated tolerances, peak agreement, same-instance agreement (class, chosen
     proposal). Exit 1 on a mismatch."""
+    report_out = renamed(old_out, "--out", report_out, "--json")
     from icn_rt.runtime.compare import compare, compare_student
     from icn_rt.runtime.sources import list_images
 

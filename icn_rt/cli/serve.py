@@ -19,7 +19,8 @@ def serve_cmd(
                                              "post the images, write their instances to --out."),
     student: bool = typer.Option(False, help="Serve the model's student (no proposals)."),
     backend: str = typer.Option("torch", help="torch | onnxruntime | tensorrt | auto, as `icn-rt infer`'s."),
-    device: str = typer.Option("auto", help=DEVICE_HELP + " (--gpus-per-replica above 0 means cuda)", callback=auto_device),
+    device: str = typer.Option("auto", help=DEVICE_HELP + " (--gpus-per-replica above 0 means cuda)",
+                               callback=auto_device),
     icn_steps: Optional[int] = typer.Option(None, help="ICN enhancement steps T [default: the model's]."),
     proposals_dir: Optional[Path] = typer.Option(None, "--proposals", help="A folder of <id>.mat / .json "
                                                  "proposals, found by each request's id [default: selective search "
