@@ -631,3 +631,20 @@ def test_labels_made_on_ray_are_the_single_process_labels(with_icn, tiny_voc, ra
         assert summary.images == 4 and not summary.failed
         made.append(out)
     _same_files(*made)
+
+
+def test_student_overlays_draw_its_confident_detections_and_the_results_keep_all(tmp_path, monkeypatch):
+    from icn_rt import demo
+    from icn_rt.runtime import visualize
+    from icn_rt.runtime.infer import STUDENT_SHOWN
+
+    drawn = []
+    real = visualize.overlay
+    monkeypatch.setattr(visualize, "overlay", lambda image, instances, classes: drawn.append(
+        [i.score for i in instances]) or real(image, instances, classes))
+    r = runner.invoke(app, ["infer", str(demo.MODEL), str(demo.IMAGES), "--student", "--save-vis",
+                            str(tmp_path / "vis"), "--out", str(tmp_path / "r.json"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    scores = [e["score"] for e in json.loads((tmp_path / "r.json").read_text())]
+    assert len(drawn) == 8 and all(s >= STUDENT_SHOWN for d in drawn for s in d)
+    assert sum(map(len, drawn)) == sum(s >= STUDENT_SHOWN for s in scores) < len(scores)
