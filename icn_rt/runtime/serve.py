@@ -193,10 +193,13 @@ async def _awaited(response):
 
 
 def answers(predictor, items: list) -> list[dict]:
-    """The answers for loaded images (:class:`~icn_rt.runtime.loading.Loaded`), one batch."""
+    """The answers for loaded images (:class:`~icn_rt.runtime.loading.Loaded`), one batch: as
+    :func:`~icn_rt.runtime.infer.predict_batch` predicts, on the network inputs the ingress
+    made and without the maps (they are for pictures)."""
     from icn_rt.data.results import result_entry
 
-    predictions = predictor.predict([i.image for i in items], [i.proposals for i in items])
+    predictions = predictor.predict([i.image for i in items], [i.proposals for i in items], [i.x for i in items],
+                                    keep_maps=False)
     return [{"image_id": item.path.name, "size": list(item.image.shape[:2]),
              "instances": [result_entry(item.path.name, inst.class_id, inst.score, inst.mask, predictor.classes)
                            for inst in pred.instances]}
