@@ -30,16 +30,14 @@ every setting inference will use, ready to edit.
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from icn_rt.data.datasets import Dataset as LabelledSplit, open_dataset
 from icn_rt.data.images import read_image
@@ -52,8 +50,10 @@ from icn_rt.models.peaks import PeakSettings
 from icn_rt.models.store import (CLASSIFIER, complete_config, load_classifier, read_config, save_classifier,
                                  settings_from, write_config)
 from icn_rt.training import distributed
+from icn_rt.training.loop import Run, RunFiles, begin
 
 STATE = "train_state.pt"
+FILES = RunFiles(CLASSIFIER, STATE, "train_log.json")
 ERRORS = "train_errors.txt"
 WEAK_AP = 0.8  # a class whose val classification AP ends below this is reported as weak
 
@@ -209,15 +209,11 @@ def train_classifier(root: str | Path, out: str | Path, settings: TrainSettings,
     ``torchrun``, each process is a rank of DDP (:mod:`~icn_rt.training.distributed`):
     the global batch is ``batch_size``; rank 0 logs, validates, calibrates and writes."""
     root, out = Path(root), Path(out)
-    ranks, device = distributed.join(device)
-    if not ranks.main:
-        log, progress = distributed.silent, False
+    this = begin(out, FILES, resume, device, log, progress)
+    ranks, device, log, progress, resuming = this.ranks, this.device, this.log, this.progress, this.resuming
     train_ds, train_paths, train_targets = _split(root, settings.split)
     _, val_paths, val_targets = _split(root, settings.val_split)
     classes = tuple(train_ds.classes)
-    state_path = out / STATE
-    resuming = resume and state_path.exists()
-    start_epoch = 0
     torch.manual_seed(settings.seed)
     if resuming:
         config = read_config(out)
@@ -228,59 +224,43 @@ def train_classifier(root: str | Path, out: str | Path, settings: TrainSettings,
         load_pretrained(model.backbone, model_settings.backbone, settings.pretrained)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     summary = TrainSummary(classes=classes)
+    run = Run(out, FILES, model, optimiser, ranks, device,
+              save=lambda: save_classifier(out, model, classes, {"training": settings}))
     if resuming:
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(out / CLASSIFIER)))
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        optimiser.load_state_dict(state["optimiser"])
-        start_epoch = int(state["epoch"])
-        summary.epochs = [EpochLog(**e) for e in json.loads((out / "train_log.json").read_text())]
-        log(f"resuming {out} after epoch {start_epoch}")
+        run.resume(EpochLog, log, out)
     train = _LabelledImages(train_paths, train_targets, model_settings.input_size, settings)
     val = _LabelledImages(val_paths, val_targets, model_settings.input_size, None)
-    trainer = distributed.wrap(model, ranks, settings.sync_bn)
-    share = ranks.share(settings.batch_size)
     skipped: set[str] = set()
-    for epoch in range(start_epoch, settings.epochs):
-        lr = settings.lr * settings.lr_factor ** (epoch // settings.lr_step)
-        for group in optimiser.param_groups:
-            group["lr"] = lr
-        train.epoch = epoch
-        order = distributed.RankSampler(len(train), settings.seed * 1000 + epoch, ranks)
-        loader = DataLoader(train, share, sampler=order, collate_fn=_collate, num_workers=settings.workers)
-        trainer.train()
-        started, total, seen = time.perf_counter(), 0.0, 0
-        batches = _progress(loader, f"epoch {epoch + 1}/{settings.epochs}", progress)
-        for x, y, bad in batches:
-            skipped.update(bad)
-            if distributed.anyone(x is None, ranks):  # a step one rank cannot take, no rank takes
-                continue
-            scores, _ = trainer(x.to(device))
-            loss = F.multilabel_soft_margin_loss(scores, y.to(device))
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            total += loss.item() * len(x)
-            seen += len(x)
-        total, seen = distributed.total([total, seen], ranks)
-        distributed.same_buffers(model, ranks)
-        digest = distributed.agree(model, ranks)
+
+    def step(trainer, batch, epoch: int, b: int):
+        x, y, bad = batch
+        skipped.update(bad)
+        if distributed.anyone(x is None, ranks):  # a step one rank cannot take, no rank takes
+            return None
+        scores, _ = trainer(x.to(device))
+        return {"loss": F.multilabel_soft_margin_loss(scores, y.to(device))}, len(x)
+
+    def report(epoch):
+        nonlocal skipped
         skipped = distributed.union(skipped, ranks)
         if not ranks.main:
-            continue
+            return None
+        if skipped:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / ERRORS).write_text("".join(f"{s}\n" for s in sorted(skipped)))
         val_scores, _ = _predict(model, val, settings.batch_size, device)
         ok = np.isfinite(val_scores).all(1)
         aps = classification_ap(val_scores[ok], val_targets[ok])
         summary.class_ap = [float(ap) for ap in aps]
-        entry = EpochLog(epoch + 1, total / max(seen, 1), lr, mean_ap(aps), time.perf_counter() - started)
-        summary.epochs.append(entry)
-        log(f"epoch {entry.epoch}/{settings.epochs}  loss {entry.loss:.4f}  lr {lr:.0e}  "
-            f"val mAP {100 * entry.val_map:.1f}  ({entry.seconds:.0f} s)" + distributed.agreed(ranks, digest))
-        _checkpoint(out, model, classes, settings, optimiser, epoch + 1, summary)
-        if skipped:
-            (out / ERRORS).write_text("".join(f"{s}\n" for s in sorted(skipped)))
-    summary.skipped = sorted(skipped)
+        entry = EpochLog(epoch.number, epoch.loss, epoch.lr, mean_ap(aps), epoch.seconds)
+        return entry, (f"epoch {entry.epoch}/{settings.epochs}  loss {entry.loss:.4f}  lr {entry.lr:.0e}  "
+                       f"val mAP {100 * entry.val_map:.1f}  ({entry.seconds:.0f} s)")
+
+    run.fit(train, step, epochs=settings.epochs, batch_size=settings.batch_size, seed=settings.seed,
+            lr=lambda epoch, b: settings.lr * settings.lr_factor ** (epoch // settings.lr_step), title="epoch",
+            workers=settings.workers, collate=_collate, sync_bn=settings.sync_bn, progress=progress, report=report,
+            log=log)
+    summary.epochs, summary.skipped = run.entries, sorted(skipped)
     if not ranks.main:
         distributed.leave(ranks)
         return summary
@@ -291,21 +271,3 @@ def train_classifier(root: str | Path, out: str | Path, settings: TrainSettings,
     complete_config(out)
     distributed.leave(ranks)
     return summary
-
-
-def _checkpoint(out: Path, model, classes, settings, optimiser, epoch: int, summary: TrainSummary) -> None:
-    save_classifier(out, model, classes, {"training": settings})
-    tmp = out / (STATE + ".tmp")
-    torch.save({"optimiser": optimiser.state_dict(), "epoch": epoch}, tmp)
-    tmp.replace(out / STATE)
-    (out / "train_log.json").write_text(json.dumps([asdict(e) for e in summary.epochs], indent=1))
-
-
-def _progress(loader, description: str, show: bool):
-    if not show:
-        yield from loader
-        return
-    from icn_rt.progress import track
-
-    yield from track(loader, description, total=len(loader), unit="batch")
-

@@ -24,15 +24,14 @@ resumable: after every epoch the model directory gets ``icn.safetensors``, the c
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from icn_rt.data.datasets import open_dataset
 from icn_rt.data.images import read_image
@@ -41,10 +40,12 @@ from icn_rt.errors import InputError
 from icn_rt.models.icn import ICN, ICNSettings, load_pretrained_encoder, minmax
 from icn_rt.models.store import ICN_WEIGHTS, read_config, save_icn, settings_from
 from icn_rt.training import distributed
+from icn_rt.training.loop import Run, RunFiles, begin
 from icn_rt.training.pseudo_labels import LabelSettings, LabelSummary, label_model
 
 STATE = "icn_train_state.pt"
 LOG = "icn_train_log.json"
+FILES = RunFiles(ICN_WEIGHTS, STATE, LOG)
 
 
 @dataclass
@@ -152,12 +153,9 @@ def train_icn(root: str | Path, model_dir: str | Path, settings: ICNTrainSetting
     ``root``). Under ``torchrun``, each process is a rank of DDP
     (:mod:`~icn_rt.training.distributed`); rank 0 logs and writes."""
     root, model_dir = Path(root), Path(model_dir)
-    ranks, device = distributed.join(device)
-    if not ranks.main:
-        log, progress = distributed.silent, False
+    this = begin(model_dir, FILES, resume, device, log, progress)
+    ranks, device, log, progress, resuming = this.ranks, this.device, this.log, this.progress, this.resuming
     config = read_config(model_dir)
-    state_path = model_dir / STATE
-    resuming = resume and state_path.exists()
     if resuming:
         icn_settings = settings_from(config, "icn", ICNSettings, model_dir)
         stored = {"self_feed": 0.0, **config.get("icn_training", {})}  # runs from before self-feeding
@@ -168,67 +166,33 @@ def train_icn(root: str | Path, model_dir: str | Path, settings: ICNTrainSetting
     if settings.pretrained and not resuming:
         load_pretrained_encoder(icn, settings.pretrained)
     optimiser = torch.optim.Adam(icn.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    summary = ICNTrainSummary()
-    start_epoch = 0
+    run = Run(model_dir, FILES, icn, optimiser, ranks, device,
+              save=lambda: save_icn(model_dir, icn, {"icn_training": settings}))
     if resuming:
-        from safetensors.torch import load_file
+        run.resume(ICNEpochLog, log, f"the ICN of {model_dir}")
+    data = PeakSamples(root, Path(settings.labels), config["classifier"]["input_size"], settings)
+    padded = -(-len(data) // ranks.world) * ranks.world  # the samplers' orders together
 
-        icn.load_state_dict(load_file(str(model_dir / ICN_WEIGHTS)))
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        optimiser.load_state_dict(state["optimiser"])
-        start_epoch = int(state["epoch"])
-        summary.epochs = [ICNEpochLog(**e) for e in json.loads((model_dir / LOG).read_text())]
-        log(f"resuming the ICN of {model_dir} after epoch {start_epoch}")
-    size = config["classifier"]["input_size"]
-    data = PeakSamples(root, Path(settings.labels), size, settings)
-    summary.samples = len(data)
-    trainer = distributed.wrap(icn, ranks, settings.sync_bn)
-    share = ranks.share(settings.batch_size)
-    for epoch in range(start_epoch, settings.epochs):
-        lr = settings.lr * settings.lr_factor ** (epoch // settings.lr_step)
-        for group in optimiser.param_groups:
-            group["lr"] = lr
-        data.epoch = epoch
-        order = distributed.RankSampler(len(data), settings.seed * 1000 + epoch, ranks)
-        loader = DataLoader(data, share, sampler=order, num_workers=settings.workers)
-        padded = len(order) * ranks.world
-        trainer.train()
-        started, total, seen = time.perf_counter(), 0.0, 0
-        batches = loader
-        if progress:
-            from icn_rt.progress import track
+    def step(trainer, batch, epoch: int, b: int):
+        x, prm, label = (t.to(device) for t in batch)
+        if settings.self_feed > 0 and icn.settings.prm_input:
+            # drawn for the global batch, this rank's positions of it taken
+            draws = np.random.default_rng((settings.seed, epoch, b, 1)).random(
+                min(settings.batch_size, padded - b * settings.batch_size))
+            pick = draws[ranks.rank:: ranks.world][:len(x)] < settings.self_feed
+            prm = self_fed(icn, x, prm, torch.from_numpy(pick).to(device))
+        return {"loss": icn_loss(trainer, x, prm, label)}, len(x)
 
-            batches = track(loader, f"ICN epoch {epoch + 1}/{settings.epochs}", total=len(loader), unit="batch")
-        for b, (x, prm, label) in enumerate(batches):
-            x, prm = x.to(device), prm.to(device)
-            if settings.self_feed > 0 and icn.settings.prm_input:
-                # drawn for the global batch, this rank's positions of it taken
-                draws = np.random.default_rng((settings.seed, epoch, b, 1)).random(
-                    min(settings.batch_size, padded - b * settings.batch_size))
-                pick = draws[ranks.rank:: ranks.world][:len(x)] < settings.self_feed
-                prm = self_fed(icn, x, prm, torch.from_numpy(pick).to(device))
-            loss = icn_loss(trainer, x, prm, label.to(device))
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            total += loss.item() * len(x)
-            seen += len(x)
-        total, seen = distributed.total([total, seen], ranks)
-        distributed.same_buffers(icn, ranks)
-        digest = distributed.agree(icn, ranks)
-        if not ranks.main:
-            continue
-        entry = ICNEpochLog(epoch + 1, total / max(seen, 1), lr, time.perf_counter() - started)
-        summary.epochs.append(entry)
-        log(f"ICN epoch {entry.epoch}/{settings.epochs}  loss {entry.loss:.4f}  lr {lr:.0e}  ({entry.seconds:.0f} s)"
-            + distributed.agreed(ranks, digest))
-        save_icn(model_dir, icn, {"icn_training": settings})
-        tmp = model_dir / (STATE + ".tmp")
-        torch.save({"optimiser": optimiser.state_dict(), "epoch": epoch + 1}, tmp)
-        tmp.replace(state_path)
-        (model_dir / LOG).write_text(json.dumps([asdict(e) for e in summary.epochs], indent=1))
+    def report(epoch):
+        entry = ICNEpochLog(epoch.number, epoch.loss, epoch.lr, epoch.seconds)
+        return entry, (f"ICN epoch {entry.epoch}/{settings.epochs}  loss {entry.loss:.4f}  lr {entry.lr:.0e}  "
+                       f"({entry.seconds:.0f} s)")
+
+    run.fit(data, step, epochs=settings.epochs, batch_size=settings.batch_size, seed=settings.seed,
+            lr=lambda epoch, b: settings.lr * settings.lr_factor ** (epoch // settings.lr_step), title="ICN epoch",
+            workers=settings.workers, sync_bn=settings.sync_bn, progress=progress, report=report, log=log)
     distributed.leave(ranks)
-    return summary
+    return ICNTrainSummary(run.entries, len(data))
 
 
 def label_and_train(root: str | Path, model_dir: str | Path, settings: ICNTrainSettings, icn_settings: ICNSettings,

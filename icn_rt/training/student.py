@@ -24,17 +24,15 @@ and ``student_training`` sections, ``student_train_state.pt`` and
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from icn_rt.data import rle as rlelib
 from icn_rt.data.datasets import open_dataset
@@ -46,9 +44,11 @@ from icn_rt.eval.instance import mask_iou
 from icn_rt.models.store import STUDENT_WEIGHTS, load_classifier, read_config, save_student, settings_from
 from icn_rt.models.student import StudentSettings, build_student
 from icn_rt.training import distributed
+from icn_rt.training.loop import Run, RunFiles, begin
 
 STATE = "student_train_state.pt"
 LOG = "student_train_log.json"
+FILES = RunFiles(STUDENT_WEIGHTS, STATE, LOG)
 
 
 @dataclass
@@ -249,12 +249,9 @@ def train_student(root: str | Path, model_dir: str | Path, settings: StudentTrai
     ``root``); see the module's docstring. Under ``torchrun``, each process is a rank of
     DDP (:mod:`~icn_rt.training.distributed`); rank 0 logs and writes."""
     root, model_dir = Path(root), Path(model_dir)
-    ranks, device = distributed.join(device)
-    if not ranks.main:
-        log, progress = distributed.silent, False
+    this = begin(model_dir, FILES, resume, device, log, progress)
+    ranks, device, log, progress, resuming = this.ranks, this.device, this.log, this.progress, this.resuming
     config = read_config(model_dir)
-    state_path = model_dir / STATE
-    resuming = resume and state_path.exists()
     if resuming:
         student_settings = settings_from(config, "student", StudentSettings, model_dir)
         settings = replace(settings_from(config, "student_training", StudentTrainSettings, model_dir),
@@ -273,68 +270,30 @@ def train_student(root: str | Path, model_dir: str | Path, settings: StudentTrai
     student.to(device)
     params = [p for p in student.parameters() if p.requires_grad]
     optimiser = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
-    summary = StudentTrainSummary()
-    start_epoch = 0
+    run = Run(model_dir, FILES, student, optimiser, ranks, device,
+              save=lambda: save_student(model_dir, student, student_settings, {"student_training": settings}))
     if resuming:
-        from safetensors.torch import load_file
-
-        student.load_state_dict(load_file(str(model_dir / STUDENT_WEIGHTS)))
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        optimiser.load_state_dict(state["optimiser"])
-        start_epoch = int(state["epoch"])
-        summary.epochs = [StudentEpochLog(**e) for e in json.loads((model_dir / LOG).read_text())]
-        log(f"resuming the student of {model_dir} after epoch {start_epoch}")
+        run.resume(StudentEpochLog, log, f"the student of {model_dir}")
     data = PseudoMasks(root, settings, student_settings.input_size)
-    summary.images, summary.instances = len(data), data.instances
-    summary.dropped_images = len(data.tags) - len(data)
+    summary = StudentTrainSummary(images=len(data), instances=data.instances,
+                                  dropped_images=len(data.tags) - len(data))
     steps_per_epoch = -(-len(data) // settings.batch_size)
-    trainer = distributed.wrap(student, ranks, settings.sync_bn, unused=True)
-    share = ranks.share(settings.batch_size)
-    for epoch in range(start_epoch, settings.epochs):
-        data.epoch = epoch
-        torch.manual_seed(settings.seed * 1000 + epoch)
-        order = distributed.RankSampler(len(data), settings.seed * 1000 + epoch, ranks)
-        loader = DataLoader(data, share, sampler=order, num_workers=settings.workers, collate_fn=_collate)
-        trainer.train()
-        started, totals, seen = time.perf_counter(), {}, 0
-        batches = loader
-        if progress:
-            from icn_rt.progress import track
 
-            batches = track(loader, f"student epoch {epoch + 1}/{settings.epochs}", total=len(loader), unit="batch")
-        lr = settings.lr
-        for b, (x, targets) in enumerate(batches):
-            lr = learning_rate(settings, epoch, epoch * steps_per_epoch + b)
-            for group in optimiser.param_groups:
-                group["lr"] = lr
-            x = [t.to(device) for t in x]
-            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-            losses = trainer(x, targets)
-            loss = sum(losses.values())
-            optimiser.zero_grad()
-            loss.backward()
-            if settings.clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, settings.clip)
-            optimiser.step()
-            for k, v in losses.items():
-                totals[k] = totals.get(k, 0.0) + float(v.detach()) * len(x)
-            seen += len(x)
-        names = sorted(totals)
-        *sums, seen = distributed.total([totals[k] for k in names] + [seen], ranks)
-        totals = dict(zip(names, sums))
-        distributed.same_buffers(student, ranks)
-        digest = distributed.agree(student, ranks)
-        if not ranks.main:
-            continue
-        parts = {k: v / max(seen, 1) for k, v in totals.items()}
-        entry = StudentEpochLog(epoch + 1, sum(parts.values()), parts, lr, time.perf_counter() - started)
-        summary.epochs.append(entry)
-        log(f"student epoch {entry.epoch}/{settings.epochs}  loss {entry.loss:.4f}  lr {lr:.0e}  "
-            f"({entry.seconds:.0f} s)" + distributed.agreed(ranks, digest))
-        save_student(model_dir, student, student_settings, {"student_training": settings})
-        tmp = model_dir / (STATE + ".tmp")
-        torch.save({"optimiser": optimiser.state_dict(), "epoch": epoch + 1}, tmp)
-        tmp.replace(state_path)
-        (model_dir / LOG).write_text(json.dumps([asdict(e) for e in summary.epochs], indent=1))
+    def step(trainer, batch, epoch: int, b: int):
+        x, targets = batch
+        x = [t.to(device) for t in x]
+        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        return trainer(x, targets), len(x)
+
+    def report(epoch):
+        entry = StudentEpochLog(epoch.number, epoch.loss, epoch.parts, epoch.lr, epoch.seconds)
+        return entry, (f"student epoch {entry.epoch}/{settings.epochs}  loss {entry.loss:.4f}  lr {entry.lr:.0e}  "
+                       f"({entry.seconds:.0f} s)")
+
+    run.fit(data, step, epochs=settings.epochs, batch_size=settings.batch_size, seed=settings.seed,
+            lr=lambda epoch, b: learning_rate(settings, epoch, epoch * steps_per_epoch + b), title="student epoch",
+            workers=settings.workers, collate=_collate, sync_bn=settings.sync_bn, unused=True, clip=settings.clip,
+            progress=progress, report=report, log=log)
+    summary.epochs = run.entries
     distributed.leave(ranks)
     return summary
