@@ -10,7 +10,7 @@ pseudo labels made once, ICNs on them)::
     icn-rt data synth synth
     icn-rt proposals synth --split val
     icn-rt proposals synth --split train
-    icn-rt train classifier synth --out model --backbone small --input-size 128 --sub-pixel 1 --lr 1e-3
+    icn-rt train classifier synth --model model --backbone small --input-size 128 --sub-pixel 1 --lr 1e-3
     icn-rt train pseudo-labels synth --model model
     for m in full noprop noprm paper sal; do cp -r model model_$m; done
     icn-rt train icn synth --model model_full --encoder small --width 16 --epochs 20 --lr-step 5

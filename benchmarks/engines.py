@@ -43,7 +43,7 @@ from icn_rt.data.proposals import load_proposals, proposal_path
 from icn_rt.export.graphs import ICN_INPUTS, ICN_OUTPUTS, PRM_INPUTS, PRM_OUTPUTS, ICNGraph, PRMGraph
 from icn_rt.export.onnx_export import export_model
 from icn_rt.runtime.engines import TorchEngine
-from icn_rt.runtime.predictor import Predictor
+from icn_rt.runtime.predictor import GraphRunner, Predictor
 
 
 def _interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:
@@ -117,7 +117,7 @@ def main() -> None:
             model = _with_peaks(args.model, Path(tmp) / f"model-{peaks}", peaks)
             eager = Predictor.from_dir(model, args.device)
             graph = Predictor.from_dir(model, args.device)
-            graph.graphs = _torch_graphs(graph)
+            graph.runner = GraphRunner(graph.model, _torch_graphs(graph))
             ort = Predictor.from_dir(model, args.device, backend="onnxruntime")
             found = len(eager.naive_maps(images).peaks) / len(images)
             for b in args.batch_sizes:
@@ -156,6 +156,7 @@ class _TorchGraphs:
 
     def __init__(self, prm: TorchEngine, icn: TorchEngine | None) -> None:
         self.prm, self.icn, self.backend = prm, icn, "torch graph"
+        self.precision, self.cuda_graph = "fp32", False
 
 
 def _torch_graphs(predictor: Predictor) -> _TorchGraphs:

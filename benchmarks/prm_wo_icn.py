@@ -4,7 +4,7 @@ machine. Run after the README's training and inference commands::
 
     icn-rt data synth synth
     icn-rt proposals synth --split val
-    icn-rt train classifier synth --out model --backbone small --input-size 128 --sub-pixel 1 --lr 1e-3
+    icn-rt train classifier synth --model model --backbone small --input-size 128 --sub-pixel 1 --lr 1e-3
     icn-rt infer model synth/JPEGImages/val_*.jpg --proposals synth/Proposals --out results.json --save-vis vis
     python benchmarks/prm_wo_icn.py --root synth --model model --results results.json \\
         --out benchmarks/results/prm_wo_icn_synth_val.json

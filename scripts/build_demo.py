@@ -54,7 +54,7 @@ def train(work: Path) -> Path:
     for split in ("val", "train"):
         icn_rt("proposals", str(synth), "--split", split)  # skips images already done
     if not (model / "classifier.safetensors").exists():
-        icn_rt("train", "classifier", str(synth), "--out", str(model), "--backbone", "small", "--input-size", "128",
+        icn_rt("train", "classifier", str(synth), "--model", str(model), "--backbone", "small", "--input-size", "128",
                "--sub-pixel", "1", "--lr", "1e-3", "--epochs", "60", "--lr-step", "40", "--val-split", "dev")
     if not (model / "icn.safetensors").exists():
         icn_rt("train", "icn", str(synth), "--model", str(model), "--encoder", "small", "--width", "16",

@@ -123,10 +123,10 @@ else
     skip build-engine "TensorRT does not import on this machine (no wheel of its libraries can be had here)"
 fi
 if [ "$DRY" = 1 ]; then
-    run bench 120 "$PY" -m icn_rt.cli bench "$MODEL" --device cpu --batch-sizes 1 --backends torch \
-        --images 2 --warmup 0 --iterations 1 --duration 0.01 --no-baseline --eval "$DEMO/data" --json "$OUT/bench_gpu.json"
+    run bench 120 "$PY" -m icn_rt.cli bench "$MODEL" --device cpu --batch-sizes 1 --backend torch \
+        --count 2 --warmup 0 --iterations 1 --duration 0.01 --no-baseline --eval "$DEMO/data" --json "$OUT/bench_gpu.json"
 else
-    run bench 180 "$PY" -m icn_rt.cli bench "$MODEL" --device cuda --batch-sizes 1,8,16 --backends "$backends" \
+    run bench 180 "$PY" -m icn_rt.cli bench "$MODEL" --device cuda --batch-sizes 1,8,16 --backend "$backends" \
         "${graphs[@]}" --eval "$DEMO/data" --json "$OUT/bench_gpu.json"
 fi
 

@@ -39,7 +39,7 @@ def classifier(tiny_voc, tmp_path_factory):
     for split in ("train", "val"):
         make_proposals(tiny_voc, tiny_voc / "Proposals", split, jobs=1, progress=False)
     model = tmp_path_factory.mktemp("icn") / "model"
-    r = runner.invoke(app, ["train", "classifier", str(tiny_voc), "--out", str(model), "--epochs", "3", *CLASSIFIER])
+    r = runner.invoke(app, ["train", "classifier", str(tiny_voc), "--model", str(model), "--epochs", "3", *CLASSIFIER])
     assert r.exit_code == 0, r.output
     return model
 

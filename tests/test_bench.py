@@ -22,7 +22,7 @@ def test_bench_reports_stages_throughput_and_the_baseline(classifier, tiny_voc, 
     images = [str(tiny_voc / "JPEGImages" / f"val_00000{i}.jpg") for i in range(3)]
     out = tmp_path / "b" / "bench.json"
     r = runner.invoke(app, ["bench", str(classifier), *images, "--proposals", str(tiny_voc / "Proposals"),
-                            "--images", "4", "--batch-sizes", "1,2", "--backends", "torch,onnxruntime",
+                            "--count", "4", "--batch-sizes", "1,2", "--backend", "torch,onnxruntime",
                             "--iterations", "3", "--warmup", "2", "--json", str(out)])
     assert r.exit_code == 0, r.output
     report = json.loads(out.read_text())

@@ -22,7 +22,8 @@ def test_help_lists_commands():
 def test_help_texts_show_their_defaults():
     """A help text's "[default: ...]" is text, not markup that swallows it."""
     for command, default in ((["infer"], "[default: on a GPU]"),
-                             (["infer"], "[default: up to 4, one per core; 0 = none]"),
+                             (["infer"], "[default: inference up to 4, one per core; proposals one per core; "
+                                         "training 0, all in this process]"),
                              (["build-engine"], "[default: 4096; 1024 on Jetson]")):
         r = runner.invoke(app, [*command, "--help"])
         assert r.exit_code == 0 and default in " ".join(r.output.split()), r.output
@@ -35,7 +36,7 @@ def test_synth_proposals_eval_end_to_end(tmp_path):
     assert r.exit_code == 0, r.output
     assert "2 train + 5 val images" in r.output
     props = tmp_path / "props"
-    r = runner.invoke(app, ["proposals", str(root), "--out", str(props), "--jobs", "2", "--mat-version", "7.3",
+    r = runner.invoke(app, ["proposals", str(root), "--out", str(props), "--workers", "2", "--mat-version", "7.3",
                             "--oracle", str(tmp_path / "oracle.json"), "--json", str(tmp_path / "recall.json")])
     assert r.exit_code == 0, r.output
     assert "5 written" in r.output
@@ -63,7 +64,7 @@ def test_proposals_job_records_a_bad_image_and_goes_on(tiny_voc, tmp_path):
     bad = val.ids[2]
     val.image_path(bad).write_bytes(b"")
     props = tmp_path / "props"
-    r = runner.invoke(app, ["proposals", str(root), "--out", str(props), "--jobs", "1"])
+    r = runner.invoke(app, ["proposals", str(root), "--out", str(props), "--workers", "1"])
     assert r.exit_code == 1
     assert f"{len(val) - 1} written" in r.output and "1 failed" in r.output
     errors = (props / "errors.txt").read_text()

@@ -62,7 +62,7 @@ def _args(model, tiny_voc, out, *contestants):
     args = ["compare", str(model), str(tiny_voc / "JPEGImages" / "val_*.jpg"),
             "--proposals", str(tiny_voc / "Proposals"), "--json", str(out)]
     for c in contestants:
-        args += ["--with", c]
+        args += ["--backend", c]
     return args
 
 

@@ -266,9 +266,9 @@ def test_coco_and_tags_layouts_give_the_voc_layouts_results(tiny_voc, classifier
         root, model = tmp_path / layout, tmp_path / f"{layout}_model"
         generate(root, TINY, progress=False, layout=layout)
         for split in ("train", "val"):
-            r = runner.invoke(app, ["proposals", str(root), "--split", split, "--jobs", "1"])
+            r = runner.invoke(app, ["proposals", str(root), "--split", split, "--workers", "1"])
             assert r.exit_code == 0, r.output
-        r = runner.invoke(app, ["train", "classifier", str(root), "--out", str(model), "--epochs", "3", *CLASSIFIER])
+        r = runner.invoke(app, ["train", "classifier", str(root), "--model", str(model), "--epochs", "3", *CLASSIFIER])
         assert r.exit_code == 0, r.output
         assert (model / "classifier.safetensors").read_bytes() == (classifier / "classifier.safetensors").read_bytes()
         r = runner.invoke(app, ["train", "icn", str(root), "--model", str(model), *icn])

@@ -115,12 +115,12 @@ def test_two_processes_train_the_single_process_classifier_and_resume(tiny_voc, 
     float-rounding differences in near-zero gradients (sums in another order over the
     ranks) into differences of up to the learning rate."""
     args = [str(tiny_voc), *CLASSIFIER, "--sync-bn", "--device", "cpu"]
-    one = runner.invoke(app, ["train", "classifier", "--out", str(tmp_path / "one"), "--epochs", "2", *args])
+    one = runner.invoke(app, ["train", "classifier", "--model", str(tmp_path / "one"), "--epochs", "2", *args])
     assert one.exit_code == 0, one.output
     two = tmp_path / "two"
-    first = _run("train", "classifier", "--out", str(two), "--epochs", "1", *args, "--nproc", "2")
+    first = _run("train", "classifier", "--model", str(two), "--epochs", "1", *args, "--nproc", "2")
     assert first.returncode == 0, first.stdout + first.stderr
-    again = _run("train", "classifier", "--out", str(two), "--epochs", "2", *args, "--nproc", "2", "--resume")
+    again = _run("train", "classifier", "--model", str(two), "--epochs", "2", *args, "--nproc", "2", "--resume")
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"resuming {two} after epoch 1" in again.stdout
     assert _epochs(first.stdout + again.stdout) == _epochs(one.output) and len(_epochs(one.output)) == 2
@@ -140,7 +140,7 @@ def test_a_rank_whose_share_is_unreadable_skips_the_step_with_the_others(tiny_vo
     shutil.copytree(tiny_voc, root)
     broken = next((root / "JPEGImages").glob("train_*.jpg"))
     broken.write_bytes(b"not a jpeg")  # a rank's whole share of one step (batch 2 over 2 ranks)
-    r = _run("train", "classifier", "--out", str(tmp_path / "model"), "--epochs", "1", str(root), *CLASSIFIER,
+    r = _run("train", "classifier", "--model", str(tmp_path / "model"), "--epochs", "1", str(root), *CLASSIFIER,
              "--device", "cpu", "--nproc", "2")
     assert r.returncode == 0, r.stdout + r.stderr  # not a rank waiting forever for the other
     assert broken.name in (tmp_path / "model" / "train_errors.txt").read_text()
@@ -163,7 +163,7 @@ def test_the_icn_and_the_student_train_on_two_processes(with_icn, tiny_voc, tmp_
 
 
 def test_a_global_batch_that_does_not_split_is_refused_before_any_process_starts(tiny_voc, tmp_path):
-    r = runner.invoke(app, ["train", "classifier", str(tiny_voc), "--out", str(tmp_path / "m"), "--batch-size", "3",
+    r = runner.invoke(app, ["train", "classifier", str(tiny_voc), "--model", str(tmp_path / "m"), "--batch-size", "3",
                             "--nproc", "2"])
     assert r.exit_code == 2 and r.output.count("does not split evenly over 2 processes") == 1, r.output
     assert not (tmp_path / "m").exists()

@@ -341,7 +341,7 @@ def test_tensorrt_plans_match_pytorch(exported, tiny_voc, tmp_path, precision):
     shutil.copytree(exported, model)
     if precision != "fp32":
         r = runner.invoke(app, ["export", str(model), "--precision", precision, "--calibration", str(tiny_voc),
-                                "--calibration-images", "4"])
+                                "--calibration-count", "4"])
         assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["build-engine", str(model), "--precision", precision, "--max-batch", "8"])
     assert r.exit_code == 0, r.output
@@ -399,8 +399,8 @@ def test_tensorrt_cuda_graphs_replay_what_the_plans_compute_and_layers_are_profi
     assert any("Conv" in layer["name"] for layer in profile["layers"])  # names, not indices (detailed verbosity)
     out = tmp_path / "bench.json"
     r = runner.invoke(app, ["bench", str(model), *(str(tiny_voc / "JPEGImages" / f"val_00000{i}.jpg") for i in range(2)),
-                            "--proposals", str(tiny_voc / "Proposals"), "--images", "2", "--batch-sizes", "2",
-                            "--iterations", "2", "--no-baseline", "--backends", "tensorrt", "--cuda-graph",
+                            "--proposals", str(tiny_voc / "Proposals"), "--count", "2", "--batch-sizes", "2",
+                            "--iterations", "2", "--no-baseline", "--backend", "tensorrt", "--cuda-graph",
                             "--profile-layers", "--device", "cuda", "--json", str(out)])
     assert r.exit_code == 0, r.output
     report = json.loads(out.read_text())

@@ -181,7 +181,7 @@ def test_saliency_label_takes_the_instance_of_the_class_with_most_prm_mass():
 
 def test_pseudo_labels_are_stored_per_image_and_reused(classifier, tiny_voc, tmp_path):
     out = tmp_path / "labels"
-    r = runner.invoke(app, ["train", "pseudo-labels", str(tiny_voc), "--model", str(classifier), "--out", str(out)])
+    r = runner.invoke(app, ["train", "pseudo-labels", str(tiny_voc), "--model", str(classifier), "--labels", str(out)])
     assert r.exit_code == 0, r.output
     files = sorted(out.glob("*.npz"))
     assert [f.stem for f in files] == sorted((tiny_voc / "ImageSets/Segmentation/train.txt").read_text().split())
@@ -198,9 +198,9 @@ def test_pseudo_labels_are_stored_per_image_and_reused(classifier, tiny_voc, tmp
         assert labels <= set(_image_labels(tiny_voc, f.stem))  # only classes the image is tagged with
         assert z["label"].reshape(k, -1).any(1).all()
     assert total > 0
-    r = runner.invoke(app, ["train", "pseudo-labels", str(tiny_voc), "--model", str(classifier), "--out", str(out)])
+    r = runner.invoke(app, ["train", "pseudo-labels", str(tiny_voc), "--model", str(classifier), "--labels", str(out)])
     assert r.exit_code == 0 and "already there" in r.output
-    r = runner.invoke(app, ["train", "pseudo-labels", str(tiny_voc), "--model", str(classifier), "--out", str(out),
+    r = runner.invoke(app, ["train", "pseudo-labels", str(tiny_voc), "--model", str(classifier), "--labels", str(out),
                             "--k", "2"])
     assert r.exit_code == 2 and "settings.json" in r.output and "other settings" in r.output
 
@@ -217,7 +217,7 @@ def test_pseudo_labels_rerank_by_objectness(classifier, tiny_voc, tmp_path):
 
     plain, ranked = tmp_path / "plain", tmp_path / "ranked"
     for out, extra in ((plain, ["--rerank", "0"]), (ranked, ["--rerank", "5", "--k", "1"])):
-        r = runner.invoke(app, ["train", "pseudo-labels", str(tiny_voc), "--model", str(classifier), "--out", str(out),
+        r = runner.invoke(app, ["train", "pseudo-labels", str(tiny_voc), "--model", str(classifier), "--labels", str(out),
                                 *extra])
         assert r.exit_code == 0, r.output
     # off is recorded as labels made before the setting existed were
@@ -255,7 +255,7 @@ def test_saliency_labels_come_from_ground_truth_instances(classifier, tiny_voc, 
     from icn_rt.data.voc import VOCDataset
 
     out = tmp_path / "sal"
-    r = runner.invoke(app, ["train", "pseudo-labels", str(tiny_voc), "--model", str(classifier), "--out", str(out),
+    r = runner.invoke(app, ["train", "pseudo-labels", str(tiny_voc), "--model", str(classifier), "--labels", str(out),
                             "--supervision", "saliency"])
     assert r.exit_code == 0, r.output
     ds = VOCDataset(tiny_voc, "train", load_images=False)

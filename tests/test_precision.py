@@ -68,7 +68,7 @@ def lowered(with_icn, tiny_voc, tmp_path_factory):
     model = tmp_path_factory.mktemp("precision") / "model"
     shutil.copytree(with_icn[0], model)
     r = runner.invoke(app, ["export", str(model), "--precision", "fp16,int8", "--calibration", str(tiny_voc),
-                            "--calibration-images", "4", "--slots", "8"])
+                            "--calibration-count", "4", "--slots", "8"])
     assert r.exit_code == 0, r.output
     return model
 
@@ -166,7 +166,7 @@ def test_reexport_keeps_a_calibration_of_the_same_graph_and_redoes_a_changed_one
     shutil.copytree(lowered, model)
     before = json.loads((model / "manifest.json").read_text())
     r = runner.invoke(app, ["export", str(model), "--precision", "int8", "--calibration", str(tiny_voc),
-                            "--calibration-images", "4", "--slots", "8", "--no-verify"])
+                            "--calibration-count", "4", "--slots", "8", "--no-verify"])
     assert r.exit_code == 0, r.output
     assert "keeping" in r.output
     after = json.loads((model / "manifest.json").read_text())
@@ -175,7 +175,7 @@ def test_reexport_keeps_a_calibration_of_the_same_graph_and_redoes_a_changed_one
         assert after["graphs"][graph]["precisions"]["int8"] == before["graphs"][graph]["precisions"]["int8"]
         assert after["graphs"][graph]["precisions"]["fp16"] == before["graphs"][graph]["precisions"]["fp16"]
     r = runner.invoke(app, ["export", str(model), "--precision", "int8", "--calibration", str(tiny_voc),
-                            "--calibration-images", "4", "--calibration-method", "percentile", "--slots", "8",
+                            "--calibration-count", "4", "--calibration-method", "percentile", "--slots", "8",
                             "--no-verify"])
     assert r.exit_code == 0, r.output
     again = json.loads((model / "manifest.json").read_text())["graphs"]["prm"]["precisions"]["int8"]
@@ -223,8 +223,8 @@ def test_bench_eval_adds_each_backends_size_and_accuracy_against_torch_fp32(lowe
 
     out = tmp_path / "bench.json"
     images = [str(tiny_voc / "JPEGImages" / "val_000000.jpg")]
-    r = runner.invoke(app, ["bench", str(lowered), *images, "--proposals", str(tiny_voc / "Proposals"), "--images", "2",
-                            "--batch-sizes", "2", "--iterations", "1", "--no-baseline", "--backends",
+    r = runner.invoke(app, ["bench", str(lowered), *images, "--proposals", str(tiny_voc / "Proposals"), "--count", "2",
+                            "--batch-sizes", "2", "--iterations", "1", "--no-baseline", "--backend",
                             "torch,torch:bf16,onnxruntime,onnxruntime:int8", "--eval", str(tiny_voc), "--json", str(out)])
     assert r.exit_code == 0, r.output
     acc = json.loads(out.read_text())["accuracy"]

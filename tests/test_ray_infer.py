@@ -105,7 +105,7 @@ def test_icn_labels_made_on_ray_are_the_single_process_ones(tiny_voc, classifier
     made = {}
     for name, extra in (("single", []), ("ray", ["--ray", ray_cluster, "--actors", "2"])):
         out = tmp_path / name
-        r = runner.invoke(app, ["train", "pseudo-labels", str(root), "--model", str(classifier), "--out", str(out),
+        r = runner.invoke(app, ["train", "pseudo-labels", str(root), "--model", str(classifier), "--labels", str(out),
                                 "--batch-size", "2", *extra])
         assert r.exit_code == 0, r.output
         said = " ".join(r.output.split())
@@ -120,7 +120,7 @@ def test_icn_labels_made_on_ray_are_the_single_process_ones(tiny_voc, classifier
             assert a.files == b.files
             for key in a.files:  # the 8-bit PRMs may round the other way where float sums differ in the last bit
                 np.testing.assert_allclose(b[key].astype(float), a[key].astype(float), atol=1 if key == "prm" else 0)
-    r = runner.invoke(app, ["train", "pseudo-labels", str(root), "--model", str(classifier), "--out",
+    r = runner.invoke(app, ["train", "pseudo-labels", str(root), "--model", str(classifier), "--labels",
                             str(made["ray"]), "--batch-size", "2", "--ray", ray_cluster])
     assert r.exit_code == 0 and "3 already there" in " ".join(r.output.split()), r.output  # a rerun skips them
 

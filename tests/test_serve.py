@@ -126,11 +126,17 @@ def test_request_problems():
 
 def test_the_client_writes_infers_results(server, tiny_voc, tmp_path):
     images = _val_images(tiny_voc)
-    r = runner.invoke(app, ["serve", "--client", server["url"], *map(str, images), str(tmp_path / "missing.jpg"),
+    r = runner.invoke(app, ["client", server["url"], *map(str, images), str(tmp_path / "missing.jpg"),
                             "--out", str(tmp_path / "c.json"), "--concurrency", "3"])
     assert r.exit_code == 1 and "missing.jpg: cannot read" in r.output  # recorded, the others answered
     entries = json.loads((tmp_path / "c.json").read_text())
     assert {e["image_id"] for e in entries} <= {p.stem for p in images} and entries
+    # the old spelling works for one release, with a warning, to the same results
+    r = runner.invoke(app, ["serve", "--client", server["url"], *map(str, images), "--out", str(tmp_path / "d.json")])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0 and "--client is deprecated here and goes in the next release: use icn-rt client" in text
+    key = (lambda e: (e["image_id"], -e["score"]))
+    assert sorted(json.loads((tmp_path / "d.json").read_text()), key=key) == sorted(entries, key=key)
     assert request("http://127.0.0.1:9", images[0])[0] == 0  # nobody there: status 0 and the reason
 
 
@@ -164,7 +170,9 @@ def test_a_killed_replica_is_replaced_and_stop_drains(server, tiny_voc):
 
 def test_serve_refuses_a_bad_command_line_before_starting(tmp_path):
     r = runner.invoke(app, ["serve"])
-    assert r.exit_code == 2 and "give one model directory" in r.output
+    assert r.exit_code == 2 and "Missing argument 'MODEL'" in r.output
+    r = runner.invoke(app, ["serve", str(tmp_path), str(tmp_path)])
+    assert r.exit_code == 2 and "serve takes one model directory" in " ".join(r.output.split())
     r = runner.invoke(app, ["serve", str(tmp_path)])
     assert r.exit_code == 2 and "config.json" in r.output
     r = runner.invoke(app, ["serve", str(tmp_path), "--proposals", str(tmp_path / "none")])

@@ -234,7 +234,7 @@ def test_compare_checks_the_onnx_student_against_pytorch(student, tiny_voc, tmp_
     if not (model / "student.onnx").exists():
         export_student(model, verify=False)
     images = sorted((tiny_voc / "JPEGImages").glob("val_*.jpg"))
-    args = ["compare", str(model), *map(str, images), "--student", "--with", "torch", "--with", "onnxruntime"]
+    args = ["compare", str(model), *map(str, images), "--student", "--backend", "torch", "--backend", "onnxruntime"]
     r = runner.invoke(app, [*args, "--json", str(tmp_path / "c.json")])
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "c.json").read_text())["contestants"]["onnxruntime"]
@@ -253,8 +253,8 @@ def _against_fp32_then_a_job(model, images, contestant, tmp_path) -> tuple[dict,
     r = runner.invoke(app, ["infer", str(model), *map(str, images), "--student", "--backend", contestant,
                             "--out", str(out), "--quiet", "--workers", "0"])
     assert r.exit_code == 0 and json.loads(out.read_text()), r.output
-    r = runner.invoke(app, ["compare", str(model), *map(str, images), "--student", "--with", "onnxruntime",
-                            "--with", contestant, "--out", str(tmp_path / "c.json")])
+    r = runner.invoke(app, ["compare", str(model), *map(str, images), "--student", "--backend", "onnxruntime",
+                            "--backend", contestant, "--out", str(tmp_path / "c.json")])
     return json.loads((tmp_path / "c.json").read_text())["contestants"][contestant], r.output
 
 
@@ -275,7 +275,7 @@ def test_an_int8_student_is_calibrated_runs_and_agrees_with_fp32(student, tiny_v
     r = runner.invoke(app, ["export", str(model), "--student", "--precision", "int8"])
     assert r.exit_code == 2 and "an int8 student needs calibration images" in r.output, r.output
     r = runner.invoke(app, ["export", str(model), "--student", "--precision", "int8", "--calibration", str(tiny_voc),
-                            "--calibration-images", "3"])
+                            "--calibration-count", "3"])
     assert r.exit_code == 0, r.output
     record = json.loads((model / "student.onnx.json").read_text())["precisions"]["int8"]
     chosen = student_int8_nodes(onnx.load(str(model / "student.onnx")))
@@ -416,7 +416,7 @@ def test_student_tensorrt_plans_find_the_exported_graphs_instances(student, tiny
     model = tmp_path / "model"
     shutil.copytree(student[0], model, ignore=shutil.ignore_patterns("student.*onnx*"))
     r = runner.invoke(app, ["export", str(model), "--student", "--precision", precision, "--calibration",
-                            str(tiny_voc), "--calibration-images", "4"])
+                            str(tiny_voc), "--calibration-count", "4"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["build-engine", str(model), "--student", "--precision", precision])
     assert r.exit_code == 0, r.output
@@ -636,7 +636,7 @@ def test_labels_made_on_ray_are_the_single_process_labels(with_icn, tiny_voc, ra
 def test_student_overlays_draw_its_confident_detections_and_the_results_keep_all(tmp_path, monkeypatch):
     from icn_rt import demo
     from icn_rt.runtime import visualize
-    from icn_rt.runtime.infer import STUDENT_SHOWN
+    from icn_rt.runtime.student import SHOWN as STUDENT_SHOWN
 
     drawn = []
     real = visualize.overlay

@@ -24,7 +24,7 @@ TRAIN = ["--backbone", "small", "--input-size", "64", "--sub-pixel", "2", "--lr"
 @pytest.fixture(scope="module")
 def trained(tiny_voc, tmp_path_factory):
     model = tmp_path_factory.mktemp("model") / "m"
-    r = runner.invoke(app, ["train", "classifier", str(tiny_voc), "--out", str(model), "--epochs", "2", *TRAIN])
+    r = runner.invoke(app, ["train", "classifier", str(tiny_voc), "--model", str(model), "--epochs", "2", *TRAIN])
     assert r.exit_code == 0, r.output
     return model, r.output
 
@@ -56,9 +56,9 @@ def test_train_writes_a_model_directory(trained):
 def test_resume_continues_exactly(trained, tiny_voc, tmp_path):
     model, _ = trained
     part = tmp_path / "part"
-    r = runner.invoke(app, ["train", "classifier", str(tiny_voc), "--out", str(part), "--epochs", "1", *TRAIN])
+    r = runner.invoke(app, ["train", "classifier", str(tiny_voc), "--model", str(part), "--epochs", "1", *TRAIN])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["train", "classifier", str(tiny_voc), "--out", str(part), "--epochs", "2", "--resume",
+    r = runner.invoke(app, ["train", "classifier", str(tiny_voc), "--model", str(part), "--epochs", "2", "--resume",
                             *TRAIN])
     assert r.exit_code == 0, r.output
     assert "resuming" in r.output

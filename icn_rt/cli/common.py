@@ -1,5 +1,5 @@
-"""What every command group shares: the typer apps, the consoles, the help texts written once,
-the failure line, the torchrun relaunch, and the tables two commands print."""
+"""What every command group shares: the typer apps, the consoles, the failure line, the
+torchrun relaunch, and the tables two commands print (the options: :mod:`.options`)."""
 
 from __future__ import annotations
 
@@ -27,23 +27,6 @@ err = Console(stderr=True)
 def fail(e: Exception) -> None:
     err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
-
-
-RAY_HELP = ("auto (a cluster running here, or a new local one) | local (a new one) | ADDRESS (host:6379, "
-            "ray://host:10001)")
-ORT_OPTIMIZATION_HELP = ("onnxruntime's graph optimisation level: disable | basic | extended | all "
-                         "(--backend onnxruntime).")
-ORT_SAVE_HELP = "onnxruntime writes the graphs it optimised beside them (<graph>.ort-<level>.onnx)."
-ROOT_HELP = ("Dataset root in any layout: VOC folders (ImageSets/, JPEGImages/, ...), COCO "
-             "(annotations/instances_<split>.json + <split>/ or images/) or a folder of images with "
-             "tags.csv / tags.jsonl.")
-DEVICE_HELP = "auto (the GPU when one is present, else the CPU) | cpu | cuda | cuda:N."
-
-
-NPROC_HELP = ("Train on N processes (DDP: gloo on CPUs, NCCL with a GPU each) through torchrun --standalone on "
-              "this machine; the global batch stays --batch-size. Several nodes: run torchrun yourself "
-              "(docs/distributed.md).")
-SYNC_BN_HELP = "Under several processes, BatchNorm statistics over the global batch (SyncBatchNorm)."
 
 
 def launch(nproc: int, batch_size: int) -> None:

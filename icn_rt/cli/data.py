@@ -8,8 +8,9 @@ from typing import Optional
 
 import typer
 
-from icn_rt.cli.common import (ROOT_HELP, app, data_app, err, eval_table, fail, intervals_table, out, pct, plural,
-                               recall_table)
+from icn_rt.cli.common import (app, data_app, err, eval_table, fail, intervals_table, out, pct, plural, recall_table,
+                               renamed)
+from icn_rt.cli.options import ROOT_HELP, Json, ModelOption, Quiet, Root, Workers
 from icn_rt.errors import InputError
 
 
@@ -68,12 +69,13 @@ def data_convert(
                                                "[default: train]."),
     images: Optional[list[str]] = typer.Option(None, "--images", help="coco-dataset: the images the results are "
                                                "of (files, folders, globs, list files); repeat for more."),
-    model_dir: Optional[Path] = typer.Option(None, "--model", help="coco-dataset: the model that made the "
-                                             "results (its classes are the categories)."),
+    model_dir: ModelOption = None,
     min_score: float = typer.Option(0.0, help="coco-dataset: keep instances scoring at least this."),
-    quiet: bool = typer.Option(False, help="No progress bar."),
+    quiet: Quiet = False,
 ):
-    """Convert a dataset between layouts, or pseudo labels into a COCO dataset."""
+    """Convert a dataset between layouts, or pseudo labels into a COCO dataset (--to
+    coco-dataset: --model is the model that made the results; its classes are the
+    categories)."""
     from icn_rt.data.convert import TARGETS, convert_dataset, results_to_coco
 
     try:
@@ -100,30 +102,33 @@ def data_convert(
 
 @app.command("proposals")
 def proposals(
-    root: Path = typer.Argument(..., help=ROOT_HELP),
+    root: Root,
     split: str = typer.Option("val", help="Split to make proposals for."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Proposal folder [default: ROOT/Proposals]."),
-    jobs: int = typer.Option(0, help="Worker processes (0: one per core)."),
+    workers: Workers = None,
+    old_jobs: Optional[int] = typer.Option(None, "--jobs", hidden=True, help="Deprecated: --workers."),
     max_proposals: int = typer.Option(2000, help="Most proposals kept per image."),
     mat_version: str = typer.Option("5", help="MATLAB file version to write: 5 or 7.3."),
     recall_only: bool = typer.Option(False, "--recall-only", help="Only report the recall of the proposals in --out (e.g. MCG's)."),
     oracle: Optional[Path] = typer.Option(None, help="Write the best proposal per GT instance as a results JSON (the upper bound for `icn-rt eval`)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the recall report as JSON."),
+    json_out: Json = None,
 ):
-    """Generate selective-search proposals (MCG .mat layout) and report their recall."""
+    """Generate selective-search proposals (MCG .mat layout; --workers processes, default one
+    per core) and report their recall."""
     from icn_rt.data.datasets import detect_layout
     from icn_rt.data.make_proposals import make_proposals
     from icn_rt.data.results import write_results
     from icn_rt.data.selective_search import SelectiveSearchConfig
     from icn_rt.eval.proposal_recall import proposal_recall
 
+    workers = renamed(old_jobs, "--jobs", workers, "--workers")
     if mat_version not in ("5", "7.3"):
         fail(ValueError(f"--mat-version must be 5 or 7.3, got {mat_version}"))
     out_dir = out_dir or root / "Proposals"
     try:
         if not recall_only:
             summary = make_proposals(root, out_dir, split, SelectiveSearchConfig(max_proposals=max_proposals),
-                                     jobs or None, mat_version)
+                                     None if workers is None else max(workers, 1), mat_version)
             out.print(f"proposals: {summary.written} written, {summary.skipped} already there, "
                       f"{len(summary.failed)} failed -> {out_dir}")
             for image_id, reason in summary.failed:
@@ -148,19 +153,20 @@ def proposals(
 
 @app.command("eval")
 def evaluate(
-    root: Path = typer.Argument(..., help=ROOT_HELP + " With masks (VOC or COCO): the ground truth."),
+    root: Root,
     results: Path = typer.Argument(..., help="COCO-style instance results JSON (RLE masks)."),
     split: str = typer.Option("val", help="Split to evaluate on."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics as JSON."),
+    json_out: Json = None,
     count_difficult: bool = typer.Option(False, help="Count 'difficult' objects as positives (chainercv's behaviour)."),
     bootstrap: int = typer.Option(0, help="Bootstrap draws of the images for 95% intervals (e.g. 1000; 0: none)."),
     seed: int = typer.Option(0, help="Seed of the bootstrap draws."),
     against: Optional[Path] = typer.Option(None, help="Another results JSON on the same images: paired comparison "
                                                       "(needs --bootstrap)."),
 ):
-    """Score instance results: mAP^r at IoU 0.25/0.5/0.75, ABO, semantic mIoU, and COCO's segm
-    AP/AP50/AP75/APs/APm/APl (pycocotools); with --bootstrap, the first five's 95% intervals;
-    with --against, the interval of each difference."""
+    """Score instance results against ROOT's masks (VOC or COCO layout): mAP^r at IoU
+    0.25/0.5/0.75, ABO, semantic mIoU, and COCO's segm AP/AP50/AP75/APs/APm/APl
+    (pycocotools); with --bootstrap, the first five's 95% intervals; with --against, the
+    interval of each difference."""
     from icn_rt.eval.report import evaluate as run_eval
     from icn_rt.eval.report import write_report
 

@@ -11,49 +11,51 @@ import typer
 from rich import box
 from rich.table import Table
 
-from icn_rt.cli.common import (DEPRECATED_OUT, DEVICE_HELP, ORT_OPTIMIZATION_HELP, ORT_SAVE_HELP, app, auto_device, err,
-                               fail, out, renamed)
+from icn_rt.cli.common import DEPRECATED_OUT, app, err, fail, out, renamed
+from icn_rt.cli.options import (Backend, CudaGraph, Device, Images, Json, Model, OrtOptimization, OrtSaveOptimized,
+                                Precision, Proposals, Student, backends, precisions)
 from icn_rt.errors import InputError
 
 
 @app.command("bench")
 def bench_cmd(
-    model_dir: Path = typer.Argument(..., help="Model directory (graphs and plans beside it are benchmarked too)."),
-    images: Optional[list[str]] = typer.Argument(None, help="Images (files, directories, globs, list files) "
-                                                            "[default: the demo's]."),
-    proposals_dir: Optional[Path] = typer.Option(None, "--proposals", help="Their proposals [default: the demo's]."),
-    count: int = typer.Option(32, "--images", help="Images per measurement (cycling through those given)."),
+    model_dir: Model,
+    images: Images = None,
+    proposals_dir: Proposals = None,
+    count: int = typer.Option(32, "--count", help="Images per measurement (cycling through those given)."),
+    old_count: Optional[int] = typer.Option(None, "--images", hidden=True, help="Deprecated: --count."),
     batch_sizes: str = typer.Option("1,4,16", help="Batch sizes, comma separated."),
-    backends: str = typer.Option("torch,onnxruntime,tensorrt", help="Backends to measure, each with an optional "
-                                 "precision (torch:bf16, onnxruntime:int8, ...); absent ones are reported as "
-                                 "skipped, with why."),
+    backend: Backend = None,
+    old_backends: Optional[str] = typer.Option(None, "--backends", hidden=True, help="Deprecated: --backend."),
     baseline: bool = typer.Option(True, help="Run the baseline pipeline (icn_rt.baseline) too."),
     warmup: int = typer.Option(1, help="Untimed batches before each measurement."),
     iterations: int = typer.Option(20, help="Least timed batches per contestant and batch size (passes over the "
                                             "images repeat; p90/p99 need 20 samples)."),
     duration: Optional[float] = typer.Option(None, help="Least seconds timed per contestant and batch size."),
-    json_out: Path = typer.Option(Path("bench.json"), "--json", help="Report JSON; the plot goes beside it (.png)."),
+    json_out: Json = Path("bench.json"),
     old_out: Optional[Path] = typer.Option(None, "--out", hidden=True, help=DEPRECATED_OUT),
-    device: str = typer.Option("auto", help=DEVICE_HELP, callback=auto_device),
+    device: Device = "auto",
     eval_root: Optional[Path] = typer.Option(None, "--eval", help="Dataset root with masks (VOC or COCO layout): "
                                              "add each backend's model size and mAP^r@0.5 on a split, with its "
                                              "difference to torch fp32."),
     eval_split: str = typer.Option("val", help="The split --eval scores."),
     eval_proposals: Optional[Path] = typer.Option(None, help="Proposals of --eval's images [default: ROOT/Proposals]."),
-    cuda_graph: bool = typer.Option(False, help="Also run each TensorRT contestant replaying CUDA graphs."),
+    cuda_graph: CudaGraph = False,
     profile_layers: bool = typer.Option(False, help="TensorRT's per-layer times of each plan at the largest batch "
                                                     "size, into the report (as trtexec --dumpProfile)."),
-    ort_optimization: str = typer.Option("all", help=ORT_OPTIMIZATION_HELP),
-    ort_save_optimized: bool = typer.Option(False, help=ORT_SAVE_HELP),
+    ort_optimization: OrtOptimization = "all",
+    ort_save_optimized: OrtSaveOptimized = False,
 ):
-    """Per-stage latency (median/p90/p99), images/s vs batch size per backend, and the
-    speed-up over the baseline pipeline on the same images with the same instances;
-    with --eval, each backend's size and accuracy."""
-    import json as jsonlib
-
+    """Per-stage latency (median/p90/p99), images/s vs batch size per backend (--backend,
+    repeated; default torch, onnxruntime and tensorrt; absent ones are reported as skipped,
+    with why), and the speed-up over the baseline pipeline on the same images with the
+    same instances; with --eval, each backend's size and accuracy. IMAGES and --proposals
+    default to the demo's; the plot goes beside the --json report (.png)."""
     json_out = renamed(old_out, "--out", json_out, "--json")
+    count = renamed(old_count, "--images", count, "--count")
+    chosen = backends(renamed(old_backends, "--backends", backend, "--backend"), ("torch", "onnxruntime", "tensorrt"))
     from icn_rt import demo
-    from icn_rt.runtime.bench import BenchSettings, EvalSettings, backward_lines, bench, markdown, plot
+    from icn_rt.runtime.bench import BenchSettings, EvalSettings, backward_lines, bench, write_report
     from icn_rt.runtime.sources import list_images
 
     try:
@@ -64,7 +66,7 @@ def bench_cmd(
         fail(ValueError(f"--batch-sizes must be positive integers separated by commas, got {batch_sizes!r}"))
     try:
         paths = list_images(images or [demo.IMAGES])
-        settings = BenchSettings(batch_sizes=sizes, backends=tuple(b.strip() for b in backends.split(",")),
+        settings = BenchSettings(batch_sizes=sizes, backends=tuple(chosen),
                                  images=count, baseline=baseline, device=device, warmup=warmup,
                                  iterations=iterations, duration=duration,
                                  evaluation=EvalSettings(eval_root, eval_split, eval_proposals) if eval_root else None,
@@ -74,11 +76,7 @@ def bench_cmd(
                        log=lambda m: err.print(m, highlight=False))
     except (InputError, ValueError, RuntimeError) as e:
         fail(e)
-    report = {"command": shlex.join(["icn-rt", *sys.argv[1:]]), **report}
-    json_out.parent.mkdir(parents=True, exist_ok=True)
-    json_out.write_text(jsonlib.dumps(report, indent=2) + "\n")
-    json_out.with_suffix(".md").write_text(markdown(report))
-    plot(report, json_out.with_suffix(".png"))
+    report = write_report({"command": shlex.join(["icn-rt", *sys.argv[1:]]), **report}, json_out)
     table = Table(title=f"{report['images']} images ({report['image_sizes'][0][0]}x{report['image_sizes'][0][1]}"
                         f"{'…' if len(report['image_sizes']) > 1 else ''}), input {report['input_size']}², "
                         f"{report['device']}",
@@ -130,41 +128,44 @@ def _accuracy_table(acc: dict) -> Table:
 
 @app.command("export")
 def export_cmd(
-    model_dir: Path = typer.Argument(..., help="Model directory."),
+    model_dir: Model,
     slots: Optional[int] = typer.Option(None, help="The most peaks per image the PRM graph keeps (the highest) "
                                                   "[default: the model's peaks.max_peaks]."),
-    precision: str = typer.Option("fp32", help="Comma-separated: fp32 (always written) | fp16 (the networks' "
-                                               "convolutions in fp16, the rest fp32) | int8 (Q/DQ, calibrated)."),
+    precision: Precision = None,
     calibration: Optional[Path] = typer.Option(None, help="Dataset root (any layout) whose images calibrate int8."),
     calibration_split: str = typer.Option("train", help="Split of the calibration images."),
-    calibration_images: int = typer.Option(64, help="How many calibration images."),
+    calibration_count: int = typer.Option(64, help="How many calibration images."),
+    old_calibration_count: Optional[int] = typer.Option(None, "--calibration-images", hidden=True,
+                                                        help="Deprecated: --calibration-count."),
     calibration_method: str = typer.Option("minmax", help="minmax | entropy | percentile."),
     verify: bool = typer.Option(True, help="Run each graph once in onnxruntime and record its difference from "
                                            "PyTorch in the manifest."),
     simplify: bool = typer.Option(True, help="Simplify the fp32 graphs with onnxslim (kept only when onnxruntime "
                                              "gives the same outputs; node counts in the manifest)."),
-    student: bool = typer.Option(False, help="Export the student instead (student.onnx, one image per run, "
-                                             "record in student.onnx.json; --precision fp16 adds "
-                                             "student.fp16.onnx, int8 student.int8.onnx for onnxruntime on CPUs "
-                                             "and student.int8.s8.onnx for TensorRT)."),
+    student: Student = False,
 ):
     """ONNX graphs beside the model: prm.onnx (classifier, peaks, peak backprop, PRMs) and
     icn.onnx (T enhancement steps), checked, with manifest.json; --precision adds their
-    fp16 / int8 variants (prm.fp16.onnx, ...), which build-engine builds strongly typed."""
+    fp16 / int8 variants (prm.fp16.onnx, ...; fp32 is always written), which build-engine
+    builds strongly typed. --student: student.onnx (one image per run, recorded in
+    student.onnx.json); fp16 adds student.fp16.onnx, int8 student.int8.onnx for onnxruntime
+    on CPUs and student.int8.s8.onnx for TensorRT."""
     from icn_rt.export.onnx_export import Calibration, export_model
 
-    precisions = tuple(dict.fromkeys(["fp32", *(p.strip() for p in precision.split(",") if p.strip())]))
+    calibration_count = renamed(old_calibration_count, "--calibration-images", calibration_count,
+                                "--calibration-count")
+    chosen = tuple(dict.fromkeys(["fp32", *precisions(precision, ())]))
     try:
         calibrate = None
         if calibration is not None:
-            calibrate = Calibration(str(calibration), calibration_split, calibration_images, method=calibration_method)
+            calibrate = Calibration(str(calibration), calibration_split, calibration_count, method=calibration_method)
     except ValueError as e:
         fail(e)
     if student:
         from icn_rt.export.onnx_export import export_student
 
         try:
-            record = export_student(model_dir, verify=verify, precisions=precisions, calibration=calibrate)
+            record = export_student(model_dir, verify=verify, precisions=chosen, calibration=calibrate)
         except (InputError, ValueError) as e:
             fail(e)
         check = record.get("verification", {})
@@ -186,7 +187,7 @@ def export_cmd(
                              "detections" if check else "") + ")", soft_wrap=True)
         return
     try:
-        manifest = export_model(model_dir, slots=slots, verify=verify, precisions=precisions, calibration=calibrate,
+        manifest = export_model(model_dir, slots=slots, verify=verify, precisions=chosen, calibration=calibrate,
                                 simplify=simplify)
     except (InputError, ValueError) as e:
         fail(e)
@@ -210,26 +211,30 @@ def export_cmd(
 
 @app.command("build-engine")
 def build_engine_cmd(
-    model_dir: Path = typer.Argument(..., help="Model directory with exported graphs (`icn-rt export`)."),
-    precision: str = typer.Option("fp16", help="fp32 | fp16 | int8: which exported graphs to build (`icn-rt "
-                                               "export --precision`); the plan runs each layer in the graph's type."),
+    model_dir: Model,
+    precision: Precision = None,
     min_batch: int = typer.Option(1, help="Smallest image batch of the PRM plan's profile."),
     opt_batch: int = typer.Option(8, help="Image batch the PRM plan is tuned for."),
     max_batch: int = typer.Option(16, help="Largest image batch of the PRM plan's profile."),
     workspace: Optional[int] = typer.Option(None, help="Workspace limit in MiB [default: 4096; 1024 on Jetson]."),
     dla_core: Optional[int] = typer.Option(None, help="Build for this DLA core, GPU fallback on (Jetson)."),
     timing_cache: Optional[Path] = typer.Option(None, help="Timing cache file [default: MODEL/timing.cache]."),
-    device: str = typer.Option("cuda", help="The GPU to build for (cuda | cuda:N)."),
-    student: bool = typer.Option(False, help="Build the student's plan instead (student.PRECISION.plan from "
-                                             "`icn-rt export MODEL --student --precision ...`; one image a run, "
-                                             "recorded in student.onnx.json); run it with `icn-rt infer MODEL "
-                                             "--student --backend tensorrt[:PRECISION]`."),
+    device: Device = "cuda",
+    student: Student = False,
 ):
-    """TensorRT plans from the exported graphs, recorded in manifest.json with the GPU and
-    TensorRT version they are valid for."""
+    """TensorRT plans from the exported graphs (`icn-rt export`), recorded in manifest.json
+    with the GPU and TensorRT version they are valid for, at one --precision a run (default
+    fp16), each layer in the exported graph's type. --student: student.PRECISION.plan from
+    `icn-rt export MODEL --student --precision ...` (one image a run, recorded in
+    student.onnx.json), run by `icn-rt infer MODEL --student --backend tensorrt[:PRECISION]`."""
     from icn_rt.export.build_engine import BuildSettings, build_engines, build_student_engine
 
     try:
+        chosen = precisions(precision, ("fp16",))
+        if len(chosen) > 1:
+            raise ValueError(f"build-engine builds one precision a run (the manifest records one set of plans); "
+                             f"got {', '.join(chosen)}")
+        precision = chosen[0]
         settings = BuildSettings(precision=precision, batch=(min_batch, opt_batch, max_batch),
                                  workspace_mib=workspace, dla_core=dla_core,
                                  timing_cache=str(timing_cache) if timing_cache else None)

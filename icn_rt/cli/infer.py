@@ -10,48 +10,40 @@ import typer
 from rich import box
 from rich.table import Table
 
-from icn_rt.cli.common import (DEPRECATED_OUT, DEVICE_HELP, ORT_OPTIMIZATION_HELP, ORT_SAVE_HELP, RAY_HELP, app,
-                               auto_device, err, eval_table, fail, out, pct, plural, recall_table, renamed)
+from icn_rt.cli.common import DEPRECATED_OUT, app, err, eval_table, fail, out, pct, plural, recall_table, renamed
+from icn_rt.cli.options import (Actors, Backend, CpusPerActor, CudaGraph, Device, GpusPerActor, IcnSteps, Images,
+                                Json, MaxPixels, Model, OrtOptimization, OrtSaveOptimized, Proposals, Quiet, Ray,
+                                Resume, Student, Workers, backends, one_backend)
 from icn_rt.errors import InputError
 
 
 @app.command("infer")
 def infer_cmd(
-    model_dir: Path = typer.Argument(..., help="Model directory (from `icn-rt train classifier`)."),
-    images: list[str] = typer.Argument(..., help="Image files, directories, glob patterns ('imgs/**/*.jpg') or "
-                                                 "list files (.txt, a path a line)."),
-    proposals_dir: Optional[Path] = typer.Option(None, "--proposals", help="Directory of <image id>.mat (MCG) / "
-                                                 ".json (RLE) proposals [default: selective search on the fly, slow]."),
+    model_dir: Model,
+    images: Images,
+    proposals_dir: Proposals = None,
     results: Path = typer.Option(Path("results.json"), "--out", help="COCO-style results JSON to write."),
-    backend: str = typer.Option("torch", help="torch (eager) | onnxruntime | tensorrt (the exported graphs: "
-                                              "`icn-rt export`, `icn-rt build-engine`) | auto (the fastest present); "
-                                              "a graph backend may name a precision: onnxruntime:int8; torch "
-                                              "runs under autocast at torch:fp16 or torch:bf16."),
+    backend: Backend = None,
     save_vis: Optional[Path] = typer.Option(None, help="Write <id>_overlay.png and <id>_prm.png here."),
     batch_size: int = typer.Option(8, help="Images per batch."),
-    workers: Optional[int] = typer.Option(None, help="Loader workers: decode, proposals, preprocessing "
-                                                     "[default: up to 4, one per core; 0 = none]."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run: skip images with results in "
-                                            "OUT.parts/, retry those that failed."),
+    workers: Workers = None,
+    resume: Resume = False,
     overwrite: bool = typer.Option(False, help="Discard an unfinished run's results in OUT.parts/ and start over."),
-    max_pixels: float = typer.Option(64, help="Refuse images larger than this many megapixels."),
-    icn_steps: Optional[int] = typer.Option(None, help="ICN enhancement steps T [default: the model's; 0 = naive PRMs]."),
-    device: str = typer.Option("auto", help=DEVICE_HELP, callback=auto_device),
+    max_pixels: MaxPixels = 64,
+    icn_steps: IcnSteps = None,
+    device: Device = "auto",
     overlap: Optional[bool] = typer.Option(None, help="Copy the next batch to the device while this one computes "
                                                       "[default: on a GPU]."),
-    cuda_graph: bool = typer.Option(False, help="TensorRT replays its plans as CUDA graphs (--backend tensorrt)."),
-    ort_optimization: str = typer.Option("all", help=ORT_OPTIMIZATION_HELP),
-    ort_save_optimized: bool = typer.Option(False, help=ORT_SAVE_HELP),
-    student: bool = typer.Option(False, help="Run the model's student (`icn-rt train student`): no proposals, no "
-                                             "backward; --backend torch | onnxruntime[:fp16|:int8] (`icn-rt export "
-                                             "--student`) | tensorrt[:fp16|:int8] (`icn-rt build-engine --student`)."),
-    ray: Optional[str] = typer.Option(None, help="Run on a Ray cluster (pip install 'icn-rt[distributed]'): "
-                                                 + RAY_HELP + "."),
-    actors: int = typer.Option(1, help="--ray: predictors in the pool, each loading the model once."),
-    gpus_per_actor: float = typer.Option(0.0, help="--ray: GPUs per predictor (0: on CPUs)."),
-    cpus_per_actor: float = typer.Option(1.0, help="--ray: CPUs per predictor (its torch threads)."),
+    cuda_graph: CudaGraph = False,
+    ort_optimization: OrtOptimization = "all",
+    ort_save_optimized: OrtSaveOptimized = False,
+    student: Student = False,
+    ray: Ray = None,
+    actors: Actors = 1,
+    gpus_per_actor: GpusPerActor = 0.0,
+    cpus_per_actor: CpusPerActor = 1.0,
     loader_cpus: float = typer.Option(1.0, help="--ray: CPUs per loading task (decode, proposals, preprocessing)."),
-    quiet: bool = typer.Option(False, help="No progress bar."),
+    quiet: Quiet = False,
 ):
     """Instances for images tagged with nothing: peaks -> PRMs -> ICN -> proposal matching -> NMS.
     Streams, records bad inputs and goes on (exit 1 if any failed), resumes (exit 130 when
@@ -65,6 +57,7 @@ def infer_cmd(
     if batch_size < 1:
         fail(ValueError(f"--batch-size must be at least 1, got {batch_size}"))
     try:
+        backend = one_backend(backend)
         if student and proposals_dir is not None:
             raise ValueError("--student needs no --proposals")
         spec = PredictorSpec(str(model_dir), student, backend, device, icn_steps, cuda_graph, ort_optimization,
@@ -121,43 +114,41 @@ def infer_cmd(
 
 @app.command("compare")
 def compare_cmd(
-    model_dir: Path = typer.Argument(..., help="Model directory (with exported graphs / plans for the graph "
-                                               "backends)."),
-    images: list[str] = typer.Argument(..., help="Image files, directories, glob patterns or list files."),
-    contestants: list[str] = typer.Option(..., "--with", help="A backend to run, repeatable; the first is the "
-                                                              "reference: torch | onnxruntime[:fp16|:int8] | "
-                                                              "tensorrt[:fp16|:int8]."),
-    proposals_dir: Optional[Path] = typer.Option(None, "--proposals", help="Proposals (<id>.mat / .json) for the "
-                                                 "same-instance agreement [default: not compared]."),
-    report_out: Path = typer.Option(Path("compare.json"), "--json", help="JSON report."),
+    model_dir: Model,
+    images: Images,
+    contestants: Backend = None,
+    old_with: Optional[list[str]] = typer.Option(None, "--with", hidden=True, help="Deprecated: --backend."),
+    proposals_dir: Proposals = None,
+    report_out: Json = Path("compare.json"),
     old_out: Optional[Path] = typer.Option(None, "--out", hidden=True, help=DEPRECATED_OUT),
     atol: Optional[float] = typer.Option(None, help="Absolute tolerance [default: by precision]."),
     rtol: Optional[float] = typer.Option(None, help="Relative tolerance [default: by precision]."),
     min_peak_agreement: Optional[float] = typer.Option(None, help="Least peak agreement (IoU of the peak sets)."),
     min_instance_agreement: Optional[float] = typer.Option(None, help="Least same-instance agreement."),
-    student: bool = typer.Option(False, help="Compare the model's student (--with torch --with onnxruntime): "
-                                             "detections, scores, boxes, masks."),
-    device: str = typer.Option("auto", help=DEVICE_HELP, callback=auto_device),
+    student: Student = False,
+    device: Device = "auto",
 ):
     """Run the same images through several backends and precisions and compare each with
     the first, as Polygraphy does: per output the largest absolute and relative error
     against stated tolerances, peak agreement, same-instance agreement (class, chosen
-    proposal). Exit 1 on a mismatch."""
+    proposal): --backend repeated, the first the reference (torch | onnxruntime[:fp16|:int8] |
+    tensorrt[:fp16|:int8]); --proposals adds the same-instance agreement; --student
+    compares detections, scores, boxes and masks. Exit 1 on a mismatch."""
     report_out = renamed(old_out, "--out", report_out, "--json")
-    from icn_rt.runtime.compare import compare, compare_student
+    contestants = backends(renamed(old_with, "--with", contestants, "--backend"), ())
+    from icn_rt.runtime.compare import compare
     from icn_rt.runtime.sources import list_images
 
     override = {"atol": atol, "rtol": rtol, "peaks": min_peak_agreement, "instances": min_instance_agreement}
     try:
+        if not contestants:
+            raise ValueError("name the backends to compare: --backend torch --backend onnxruntime ...")
         paths = list_images(images)
         if not paths:
             raise ValueError("no images given (directories are searched for .jpg/.png files)")
         if proposals_dir is not None and not proposals_dir.is_dir():
             raise InputError(proposals_dir, "proposal directory not found")
-        if student:
-            report = compare_student(model_dir, paths, contestants, device, override)
-        else:
-            report = compare(model_dir, paths, contestants, device, proposals_dir, override)
+        report = compare(model_dir, paths, contestants, device, proposals_dir, override, student=student)
     except (InputError, ValueError, RuntimeError) as e:
         fail(e)
     report_out.write_text(json.dumps(report, indent=2) + "\n")
@@ -205,7 +196,7 @@ def _student_compare_table(report: dict, paths: list, report_out: Path) -> None:
 @app.command("demo")
 def demo(
     out_dir: Path = typer.Option(Path("icn-rt-demo"), "--out", help="Where to write everything."),
-    device: str = typer.Option("auto", help=DEVICE_HELP, callback=auto_device),
+    device: Device = "auto",
 ):
     """The whole job on the embedded demo: a small model trained by icn-rt on the synthetic
     benchmark, run on sample images with their proposals -> instances, evaluation, pictures;

@@ -7,15 +7,17 @@ from typing import Optional
 
 import typer
 
-from icn_rt.cli.common import (DEVICE_HELP, NPROC_HELP, RAY_HELP, ROOT_HELP, SYNC_BN_HELP, auto_device, err, fail,
-                               launch, out, pct, plural, rank_zero, train_app)
+from icn_rt.cli.common import err, fail, launch, out, pct, plural, rank_zero, renamed, train_app
+from icn_rt.cli.options import (Actors, CpusPerActor, Device, GpusPerActor, ModelOption, Nproc, Proposals, Quiet, Ray,
+                                Resume, Root, SyncBn, Workers)
 from icn_rt.errors import InputError
 
 
 @train_app.command("classifier")
 def train_classifier_cmd(
-    root: Path = typer.Argument(..., help=ROOT_HELP),
-    model_dir: Path = typer.Option(..., "--out", help="Model directory to write (config.json + weights)."),
+    root: Root,
+    model_dir: ModelOption = None,
+    old_out: Optional[Path] = typer.Option(None, "--out", hidden=True, help="Deprecated: --model."),
     backbone: str = typer.Option("resnet50", help="resnet50 | vgg16 | small."),
     input_size: int = typer.Option(448, help="Square input side the images are resized to."),
     sub_pixel: int = typer.Option(8, help="Upsampling of the class maps before peaks are found (1 = off)."),
@@ -27,23 +29,25 @@ def train_classifier_cmd(
     val_split: str = typer.Option("val", help="Split for the classification mAP printed each epoch."),
     pretrained: Optional[str] = typer.Option(None, help="'imagenet' (torchvision download) or a weights file."),
     seed: int = typer.Option(0, help="Seed for initialisation, order and augmentation."),
-    workers: int = typer.Option(0, help="Image loading worker processes."),
+    workers: Workers = None,
     per_class_peaks: bool = typer.Option(True, help="Calibrate one peak threshold per class at the end "
                                                     "(--no-per-class-peaks: one for all)."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
-    device: str = typer.Option("auto", help=DEVICE_HELP, callback=auto_device),
-    nproc: int = typer.Option(1, help=NPROC_HELP),
-    sync_bn: bool = typer.Option(False, help=SYNC_BN_HELP),
+    resume: Resume = False,
+    device: Device = "auto",
+    nproc: Nproc = 1,
+    sync_bn: SyncBn = False,
 ):
-    """Train the peak-stimulation classifier; prints loss and val classification mAP per epoch."""
+    """Train the peak-stimulation classifier into a new model directory (--model); prints
+    loss and val classification mAP per epoch."""
     from icn_rt.models.classifier import ClassifierSettings
     from icn_rt.training.classifier import TrainSettings, train_classifier
 
+    model_dir = _model(renamed(old_out, "--out", model_dir, "--model"))
     launch(nproc, batch_size)
     try:
         summary = train_classifier(
             root, model_dir,
-            TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, lr_step=lr_step, seed=seed, workers=workers,
+            TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, lr_step=lr_step, seed=seed, workers=workers or 0,
                           split=split, val_split=val_split, pretrained=pretrained, per_class_peaks=per_class_peaks,
                           sync_bn=sync_bn),
             ClassifierSettings(backbone=backbone, input_size=input_size, sub_pixel=sub_pixel),
@@ -65,22 +69,30 @@ def train_classifier_cmd(
                     "the learning rate drops (--epochs, --lr-step; docs/training.md).[/yellow]", soft_wrap=True)
 
 
+def _model(model_dir: Path | None) -> Path:
+    """The --model a training command needs."""
+    if model_dir is None:
+        fail(ValueError("name the model directory: --model MODEL"))
+    return model_dir
+
+
 def _thresholds(value) -> str:
     return ", ".join(f"{v:g}" for v in value) if isinstance(value, list) else f"{value:g}"
 
 
 @train_app.command("calibrate-peaks")
 def calibrate_peaks_cmd(
-    root: Path = typer.Argument(..., help=ROOT_HELP),
-    model_dir: Path = typer.Option(..., "--model", help="Model directory with a trained classifier."),
+    root: Root,
+    model_dir: ModelOption = None,
     split: str = typer.Option("train", help="Split to calibrate on."),
     fraction: float = typer.Option(0.5, help="Threshold = this × the median class-map maximum of labelled images."),
     per_class: bool = typer.Option(True, help="One threshold per class (--no-per-class: one for all, as before)."),
-    device: str = typer.Option("auto", help=DEVICE_HELP, callback=auto_device),
+    device: Device = "auto",
 ):
     """Calibrate a trained model's peak thresholds again (as training does at its end)."""
     from icn_rt.training.classifier import recalibrate_peaks
 
+    model_dir = _model(model_dir)
     try:
         peaks = recalibrate_peaks(root, model_dir, split, fraction, per_class, device=device)
     except (InputError, ValueError) as e:
@@ -96,25 +108,29 @@ def _skipped(summary) -> None:
 
 @train_app.command("pseudo-labels")
 def train_pseudo_labels_cmd(
-    root: Path = typer.Argument(..., help=ROOT_HELP),
-    model_dir: Path = typer.Option(..., "--model", help="Model directory with a trained classifier."),
+    root: Root,
+    model_dir: ModelOption = None,
     supervision: str = typer.Option("proposals", help="proposals (pseudo labels) | saliency (GT instance masks)."),
     split: str = typer.Option("train", help="Split to label."),
     k: int = typer.Option(3, help="Proposals kept per peak (best first, none inside a kept one)."),
     rerank: Optional[int] = typer.Option(None, help="Re-rank each peak's N best proposals by objectness (0: off, "
                                                     "the paper) [default: the model's matching.rerank]."),
-    labels: Optional[Path] = typer.Option(None, "--out", help="Label directory [default: MODEL/labels-SUPERVISION-SPLIT]."),
-    proposals_dir: Optional[Path] = typer.Option(None, "--proposals", help="Proposal folder [default: ROOT/Proposals]."),
+    labels: Optional[Path] = typer.Option(None, help="Label directory to write [default: "
+                                                     "MODEL/labels-SUPERVISION-SPLIT]."),
+    old_out: Optional[Path] = typer.Option(None, "--out", hidden=True, help="Deprecated: --labels."),
+    proposals_dir: Proposals = None,
     batch_size: int = typer.Option(8, help="Images per batch."),
-    device: str = typer.Option("auto", help=DEVICE_HELP, callback=auto_device),
-    ray: Optional[str] = typer.Option(None, help="Label on a Ray cluster (as `infer --ray`): " + RAY_HELP + "."),
-    actors: int = typer.Option(1, help="--ray: labellers at once, each loading the model once."),
-    gpus_per_actor: float = typer.Option(0.0, help="--ray: GPUs per labeller (0: on CPUs)."),
-    cpus_per_actor: float = typer.Option(1.0, help="--ray: CPUs per labeller."),
+    device: Device = "auto",
+    ray: Ray = None,
+    actors: Actors = 1,
+    gpus_per_actor: GpusPerActor = 0.0,
+    cpus_per_actor: CpusPerActor = 1.0,
 ):
     """Label every labelled-class peak of a split for ICN training (reruns resume)."""
     from icn_rt.training.pseudo_labels import LabelSettings, label_model
 
+    model_dir = _model(model_dir)
+    labels = renamed(old_out, "--out", labels, "--labels")
     try:
         settings = LabelSettings(supervision=supervision, split=split, k=k, batch_size=batch_size, rerank=rerank)
         if ray is not None:
@@ -133,8 +149,8 @@ def train_pseudo_labels_cmd(
 
 @train_app.command("icn")
 def train_icn_cmd(
-    root: Path = typer.Argument(..., help=ROOT_HELP),
-    model_dir: Path = typer.Option(..., "--model", help="Model directory with a trained classifier; the ICN is added."),
+    root: Root,
+    model_dir: ModelOption = None,
     encoder: str = typer.Option("vgg16", help="vgg16 | small."),
     width: int = typer.Option(64, help="Channels of the propagation blocks and mapping head."),
     propagation: bool = typer.Option(True, help="CFM + DFM paths (--no-propagation: the ablation)."),
@@ -146,7 +162,7 @@ def train_icn_cmd(
     k: int = typer.Option(3, help="Proposals per pseudo label when they are made (see `train pseudo-labels`)."),
     rerank: Optional[int] = typer.Option(None, help="Objectness re-ranking of the pseudo labels' candidates when "
                                                     "they are made (see `train pseudo-labels`)."),
-    proposals_dir: Optional[Path] = typer.Option(None, "--proposals", help="Proposal folder [default: ROOT/Proposals]."),
+    proposals_dir: Proposals = None,
     epochs: int = typer.Option(120, help="Epochs (paper: 120)."),
     lr: float = typer.Option(1e-3, help="Adam learning rate (paper: 1e-3)."),
     lr_step: int = typer.Option(20, help="Halve the learning rate every this many epochs."),
@@ -156,24 +172,26 @@ def train_icn_cmd(
                                     "steps 2..T see it at inference (not in the paper; 0: off, as the paper)."),
     pretrained: Optional[str] = typer.Option(None, help="vgg16 encoder: 'imagenet' (torchvision download) or a vgg16_bn weights file."),
     seed: int = typer.Option(0, help="Seed for initialisation, order and augmentation."),
-    workers: int = typer.Option(0, help="Loading worker processes."),
-    resume: bool = typer.Option(False, help="Continue an interrupted ICN run in --model."),
-    device: str = typer.Option("auto", help=DEVICE_HELP, callback=auto_device),
-    nproc: int = typer.Option(1, help=NPROC_HELP),
-    sync_bn: bool = typer.Option(False, help=SYNC_BN_HELP),
-    ray: Optional[str] = typer.Option(None, help="Make the missing labels on a Ray cluster first (as `train "
-                                                 "pseudo-labels --ray`): " + RAY_HELP + "."),
-    actors: int = typer.Option(1, help="--ray: labellers at once."),
-    gpus_per_actor: float = typer.Option(0.0, help="--ray: GPUs per labeller (0: on CPUs)."),
-    cpus_per_actor: float = typer.Option(1.0, help="--ray: CPUs per labeller."),
+    workers: Workers = None,
+    resume: Resume = False,
+    device: Device = "auto",
+    nproc: Nproc = 1,
+    sync_bn: SyncBn = False,
+    ray: Ray = None,
+    actors: Actors = 1,
+    gpus_per_actor: GpusPerActor = 0.0,
+    cpus_per_actor: CpusPerActor = 1.0,
 ):
-    """Train the ICN on pseudo labels (made first when missing); writes icn.safetensors into the model."""
+    """Train the ICN of a model with a trained classifier on pseudo labels (made first when
+    missing; with --ray, on the cluster, before training starts); writes icn.safetensors
+    into the model."""
     import os
 
     from icn_rt.models.icn import ICNSettings
     from icn_rt.training.icn import ICNTrainSettings, label_and_train
     from icn_rt.training.pseudo_labels import LabelSettings
 
+    model_dir = _model(model_dir)
     if ray is not None and "WORLD_SIZE" not in os.environ:  # before torchrun starts the ranks, which then find them
         from icn_rt.runtime.ray_infer import RaySettings
         from icn_rt.workflows.labels import label_on_ray
@@ -189,7 +207,7 @@ def train_icn_cmd(
         icn_settings = ICNSettings(encoder=encoder, width=width, propagation=propagation, prm_input=prm_input,
                                    steps=steps)
         settings = ICNTrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, lr_step=lr_step, crop=crop, seed=seed,
-                                    workers=workers, pretrained=pretrained, self_feed=self_feed, sync_bn=sync_bn)
+                                    workers=workers or 0, pretrained=pretrained, self_feed=self_feed, sync_bn=sync_bn)
         labelled, summary = label_and_train(root, model_dir, settings, icn_settings,
                                             LabelSettings(supervision=supervision, split=split, k=k, rerank=rerank),
                                             labels,
@@ -205,9 +223,8 @@ def train_icn_cmd(
 
 @train_app.command("student")
 def train_student_cmd(
-    root: Path = typer.Argument(..., help=ROOT_HELP),
-    model_dir: Path = typer.Option(..., "--model", help="Model directory whose pipeline labels the training split; "
-                                                        "the student is added to it."),
+    root: Root,
+    model_dir: ModelOption = None,
     backbone: str = typer.Option("classifier-fpn", help="classifier-fpn (the model's classifier backbone under an FPN, "
                                                         "from its weights) | mobilenet-v3-fpn (CPUs, Jetson) | "
                                                         "resnet50-fpn."),
@@ -220,8 +237,7 @@ def train_student_cmd(
                                                          "[default: chosen on --dev-split, best F1 at mask IoU 0.5]."),
     split: str = typer.Option("train", help="Split the pipeline labels and the student learns."),
     dev_split: str = typer.Option("dev", help="Split the threshold is chosen on."),
-    proposals_dir: Optional[Path] = typer.Option(None, "--proposals", help="Proposal folder for the pipeline "
-                                                 "[default: ROOT/Proposals]."),
+    proposals_dir: Proposals = None,
     from_student: Optional[Path] = typer.Option(None, help="Self-training: that model directory's student labels "
                                                            "the splits instead of the pipeline."),
     epochs: int = typer.Option(24, help="Epochs."),
@@ -231,27 +247,29 @@ def train_student_cmd(
                                                         "(torchvision download) or a weights file [default: from "
                                                         "scratch]."),
     seed: int = typer.Option(0, help="Seed for initialisation, order, augmentation and sampling."),
-    workers: int = typer.Option(0, help="Loading worker processes."),
-    resume: bool = typer.Option(False, help="Continue an interrupted student run in --model."),
-    device: str = typer.Option("auto", help=DEVICE_HELP, callback=auto_device),
-    ray: Optional[str] = typer.Option(None, help="Label on a Ray cluster (as `infer --ray`): " + RAY_HELP + "."),
-    actors: int = typer.Option(1, help="--ray: predictors labelling at once."),
-    gpus_per_actor: float = typer.Option(0.0, help="--ray: GPUs per predictor (0: on CPUs)."),
-    cpus_per_actor: float = typer.Option(1.0, help="--ray: CPUs per predictor."),
-    nproc: int = typer.Option(1, help=NPROC_HELP + " Rank 0 labels first."),
-    sync_bn: bool = typer.Option(False, help=SYNC_BN_HELP),
-    quiet: bool = typer.Option(False, help="No progress bars."),
+    workers: Workers = None,
+    resume: Resume = False,
+    device: Device = "auto",
+    ray: Ray = None,
+    actors: Actors = 1,
+    gpus_per_actor: GpusPerActor = 0.0,
+    cpus_per_actor: CpusPerActor = 1.0,
+    nproc: Nproc = 1,
+    sync_bn: SyncBn = False,
+    quiet: Quiet = False,
 ):
-    """Distil the pipeline into a proposal-free student (torchvision Mask R-CNN): the pipeline
-    labels the split (resumable infer job), confident tagged instances are kept, the student
-    trains on them; writes student.safetensors into the model."""
+    """Distil a model's pipeline into a proposal-free student (torchvision Mask R-CNN): the
+    pipeline labels the split (resumable infer job; with --ray on the cluster; under
+    --nproc, rank 0 labels first), confident tagged instances are kept, the student trains
+    on them; writes student.safetensors into the model."""
     from icn_rt.models.student import StudentSettings
     from icn_rt.training.student import StudentTrainSettings, input_size_for
     from icn_rt.workflows.student import teach_and_train
 
+    model_dir = _model(model_dir)
     launch(nproc, batch_size)
     try:
-        settings = StudentTrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, workers=workers,
+        settings = StudentTrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, workers=workers or 0,
                                         split=split, pretrained=pretrained, sync_bn=sync_bn)
         student = StudentSettings(backbone=backbone, head=head, input_size=input_size or input_size_for(root, split))
         cluster = None

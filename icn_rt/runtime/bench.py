@@ -488,6 +488,17 @@ def accuracy(predictors: dict[str, Predictor], settings: EvalSettings, log=print
             "rows": rows}
 
 
+def write_report(report: dict, path: Path) -> dict:
+    """``report`` as JSON at ``path``, as a table beside it (``.md``) and plotted (``.png``)."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    path.with_suffix(".md").write_text(markdown(report))
+    plot(report, path.with_suffix(".png"))
+    return report
+
+
 def markdown(report: dict) -> str:
     """The report as markdown tables: speed per contestant and batch size; with ``--eval``,
     size and accuracy per backend."""

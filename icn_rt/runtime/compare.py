@@ -1,4 +1,4 @@
-"""``icn-rt compare MODEL IMAGES --with torch --with onnxruntime:int8 ...``: run the same
+"""``icn-rt compare MODEL IMAGES --backend torch --backend onnxruntime:int8 ...``: run the same
 images through several backends and precisions and say where they part, as Polygraphy's
 ``run --onnxrt --trt`` does for one network — here for the whole pipeline.
 
@@ -136,33 +136,6 @@ def tolerance_for(a: str, b: str, override: dict | None = None) -> Tolerance:
     return Tolerance(**{**asdict(base), **{k: v for k, v in (override or {}).items() if v is not None}})
 
 
-def compare(model_dir: str | Path, image_paths: list[Path], contestants: list[str], device: str = "cpu",
-            proposals_dir: Path | None = None, override: dict | None = None, batch_size: int = 8) -> dict:
-    """Run every contestant on the images and compare each with the first; the report."""
-    from icn_rt.data.proposals import load_proposals, proposal_path
-    from icn_rt.runtime.predictor import Predictor
-
-    if len(contestants) < 2:
-        raise ValueError("compare needs at least two contestants: --with torch --with onnxruntime ...")
-    images = [read_image(p) for p in image_paths]
-    proposals = None
-    if proposals_dir is not None:
-        proposals = [load_proposals(proposal_path(proposals_dir, p.stem)) for p in image_paths]
-    outputs = {}
-    for name in contestants:
-        say(f"running {name} on {len(images)} images")
-        predictor = Predictor.from_dir(model_dir, device, backend=name)
-        outputs[name] = run_contestant(predictor, images, proposals, batch_size)
-    reference = contestants[0]
-    report = {"model": str(model_dir), "images": [str(p) for p in image_paths], "device": device,
-              "reference": reference, "instances_compared": proposals is not None, "contestants": {}}
-    for name in contestants[1:]:
-        report["contestants"][name] = compare_outputs(outputs[name], outputs[reference],
-                                                      tolerance_for(name, reference, override))
-    report["ok"] = all(c["ok"] for c in report["contestants"].values())
-    return report
-
-
 STUDENT_OUTPUTS = ("scores", "boxes", "box_masks")
 
 
@@ -200,23 +173,38 @@ def compare_student_outputs(got: list[dict], want: list[dict], tol: Tolerance) -
     return report
 
 
-def compare_student(model_dir: str | Path, image_paths: list[Path], contestants: list[str], device: str = "cpu",
-                    override: dict | None = None, batch_size: int = 8) -> dict:
-    """:func:`compare` for the model's student (``torch``, ``onnxruntime``)."""
-    from icn_rt.runtime.student import StudentPredictor
+def compare(model_dir: str | Path, image_paths: list[Path], contestants: list[str], device: str = "cpu",
+            proposals_dir: Path | None = None, override: dict | None = None, batch_size: int = 8,
+            student: bool = False) -> dict:
+    """Run every contestant (a backend, with its precision) on the images and compare each
+    with the first; the report. ``student``: the model's student instead of the pipeline
+    (its raw detections: :func:`run_student`, :func:`compare_student_outputs`);
+    ``proposals_dir``: the pipeline's same-instance agreement too."""
+    from icn_rt.data.proposals import load_proposals, proposal_path
+    from icn_rt.runtime.infer import PredictorSpec
 
     if len(contestants) < 2:
-        raise ValueError("compare needs at least two contestants: --with torch --with onnxruntime ...")
+        raise ValueError("compare needs at least two contestants: --backend torch --backend onnxruntime ...")
+    if student and proposals_dir is not None:
+        raise ValueError("the student takes no proposals")
+    run, differ = (_student_run, compare_student_outputs) if student else (run_contestant, compare_outputs)
     images = [read_image(p) for p in image_paths]
+    proposals = None
+    if proposals_dir is not None:
+        proposals = [load_proposals(proposal_path(proposals_dir, p.stem)) for p in image_paths]
     outputs = {}
     for name in contestants:
-        say(f"running the student on {name}, {len(images)} images")
-        outputs[name] = run_student(StudentPredictor.from_dir(model_dir, device, name), images, batch_size)
+        say(f"running {'the student' if student else 'the pipeline'} on {name}, {len(images)} images")
+        predictor = PredictorSpec(str(model_dir), student, name, device).build()
+        outputs[name] = run(predictor, images, proposals, batch_size)
     reference = contestants[0]
-    report = {"model": str(model_dir), "student": True, "images": [str(p) for p in image_paths], "device": device,
-              "reference": reference, "contestants": {}}
+    report = {"model": str(model_dir), "student": student, "images": [str(p) for p in image_paths], "device": device,
+              "reference": reference, "instances_compared": proposals is not None, "contestants": {}}
     for name in contestants[1:]:
-        report["contestants"][name] = compare_student_outputs(outputs[name], outputs[reference],
-                                                              tolerance_for(name, reference, override))
+        report["contestants"][name] = differ(outputs[name], outputs[reference], tolerance_for(name, reference, override))
     report["ok"] = all(c["ok"] for c in report["contestants"].values())
     return report
+
+
+def _student_run(predictor, images: list[np.ndarray], proposals: None, batch_size: int) -> list[dict]:
+    return run_student(predictor, images, batch_size)

@@ -16,26 +16,19 @@ missing or mismatched proposals — is recorded with the reason (in its shard an
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 from icn_rt.data.images import write_image
 from icn_rt.data.results import result_entry
-from icn_rt.models.store import weights_digest
 from icn_rt.progress import Counter
 from icn_rt.runtime.loading import MAX_PIXELS, Failed, Loaded, LoadSettings, load_or_failed, stream
-from icn_rt.runtime.predictor import Predictor, Staged
+from icn_rt.runtime.predictor import Predictor, Staged, Staging
 from icn_rt.runtime.result_log import InferSummary, ResultLog, image_key
 from icn_rt.runtime.student import StudentPredictor
-
-
-STUDENT_SHOWN = 0.5
-"""The least score of a student detection drawn in ``--save-vis`` overlays (the student
-keeps detections from 0.05, which mAP ranks; a picture of them all is unreadable)."""
 
 
 @dataclass
@@ -74,7 +67,7 @@ class PredictorSpec:
     ort_optimization: str = "all"
     ort_save_optimized: bool = False
 
-    def build(self, device: str | None = None) -> Predictor | StudentPredictor:
+    def build(self, device: str | None = None) -> Staging:
         """The predictor, on ``device`` (default: the spec's)."""
         device = device or self.device
         if self.student:
@@ -87,25 +80,12 @@ class PredictorSpec:
                                   ort_save_optimized=self.ort_save_optimized)
 
 
-def fingerprint(predictor: Predictor | StudentPredictor, proposals: Path | None) -> dict:
-    """What decides an image's results: the weights, every setting and the proposals'
-    source (the backend does not: every backend gives the same instances)."""
-    if isinstance(predictor, StudentPredictor):
-        return predictor.fingerprint()
-    model = predictor.model
-    settings = {"classes": list(model.classes), "peaks": asdict(model.peaks), "prm": asdict(model.prm),
-                "matching": asdict(model.matching), "instances": asdict(model.instances),
-                "icn": asdict(model.icn_settings) if model.enhances else None}
-    return {"weights": weights_digest(model.classifier, model.icn), "settings": json.loads(json.dumps(settings)),
-            "proposals": str(proposals.resolve()) if proposals is not None else "selective search"}
-
-
-def infer(predictor: Predictor | StudentPredictor, images: list[Path], out: Path,
+def infer(predictor: Staging, images: list[Path], out: Path,
           settings: InferSettings) -> InferSummary:
     """Run ``predictor`` over ``images`` (their stems are the image ids) and write ``out``
     (see the module's docstring). Ctrl-C ends the job after the batches in flight are
     dropped, with ``interrupted`` set; nothing written is lost."""
-    log, todo = open_job(fingerprint(predictor, settings.proposals), images, out, settings)
+    log, todo = open_job(predictor.fingerprint(settings.proposals), images, out, settings)
     load = load_settings(predictor, settings)
     loaded = stream(todo, partial(load_or_failed, settings=load), settings.workers,
                     processes=load.make_proposals and settings.proposals is None)
@@ -137,11 +117,11 @@ def open_job(fingerprint: dict, images: list[Path], out: Path, settings: InferSe
     return log, [p for p in images if image_key(p) not in log.done]
 
 
-def load_settings(predictor: Predictor | StudentPredictor, settings: InferSettings) -> LoadSettings:
+def load_settings(predictor: Staging, settings: InferSettings) -> LoadSettings:
     """How the loaders prepare an image for ``predictor`` (the student needs no proposals)."""
-    needs_proposals = not isinstance(predictor, StudentPredictor)
-    return LoadSettings(predictor.input_size, settings.proposals if needs_proposals else None, settings.max_pixels,
-                        make_proposals=needs_proposals)
+    needs = predictor.needs_proposals
+    return LoadSettings(predictor.input_size, settings.proposals if needs else None, settings.max_pixels,
+                        make_proposals=needs)
 
 
 def finish_job(log: ResultLog, images: list[Path], todo: list[Path], interrupted: bool) -> InferSummary:
@@ -180,7 +160,7 @@ def groups(items: Iterator[Loaded | Failed], batch_size: int) -> Iterator[Batch]
         yield batch
 
 
-def stage_ahead(predictor: Predictor | StudentPredictor, batches: Iterator[Batch], ahead: int) -> Iterator[Batch]:
+def stage_ahead(predictor: Staging, batches: Iterator[Batch], ahead: int) -> Iterator[Batch]:
     """``batches`` with their inputs staged on the predictor's device ``ahead`` batches
     before each is handed on: with ``ahead=1`` the next batch's copy is under way while
     this one is predicted. Memory: ``ahead`` more batches."""
@@ -194,7 +174,7 @@ def stage_ahead(predictor: Predictor | StudentPredictor, batches: Iterator[Batch
     yield from waiting
 
 
-def predict_batch(predictor: Predictor | StudentPredictor, batch: Batch, save_vis: Path | None) -> list[dict]:
+def predict_batch(predictor: Staging, batch: Batch, save_vis: Path | None) -> list[dict]:
     """Records of one batch's loaded images (and their pictures)."""
     if not batch.loaded:
         return []
@@ -207,12 +187,6 @@ def predict_batch(predictor: Predictor | StudentPredictor, batch: Batch, save_vi
                         "instances": [result_entry(image_id, inst.class_id, inst.score, inst.mask, predictor.classes)
                                       for inst in pred.instances]})
         if save_vis is not None:
-            from icn_rt.runtime.visualize import overlay, prm_strip
-
-            shown = pred.instances
-            if isinstance(predictor, StudentPredictor):  # its many low-scoring detections go in the results only
-                shown = [inst for inst in shown if inst.score >= STUDENT_SHOWN]
-            write_image(save_vis / f"{image_id}_overlay.png", overlay(item.image, shown, predictor.classes))
-            if not isinstance(predictor, StudentPredictor):  # the student has no PRMs
-                write_image(save_vis / f"{image_id}_prm.png", prm_strip(item.image, pred.instances))
+            for suffix, picture in predictor.pictures(item.image, pred).items():
+                write_image(save_vis / f"{image_id}_{suffix}.png", picture)
     return records

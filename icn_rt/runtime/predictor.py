@@ -13,9 +13,11 @@ added into the one that suppressed it, as in PRM.
 
 from __future__ import annotations
 
+import json
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -26,7 +28,7 @@ from icn_rt.data.proposals import Proposals
 from icn_rt.matching import confidence, match, suppress
 from icn_rt.models.peaks import Peaks
 from icn_rt.models.prm import NaiveMaps
-from icn_rt.models.store import Model, load_model
+from icn_rt.models.store import Model, load_model, weights_digest
 from icn_rt.runtime.engines import (
     TORCH_PRECISIONS,
     GraphEngines,
@@ -95,12 +97,28 @@ class _Peaks:
 
 
 class Staging:
-    """Getting a batch's network input onto the device, for a predictor with ``device`` and
-    ``input_size`` (the pipeline's :class:`Predictor` and the student's)."""
+    """What the jobs (``infer``, ``serve``, ``bench``, the Ray job) ask of a predictor, the
+    pipeline's :class:`Predictor` and the student's alike, so that none of them tells the
+    two apart: ``classes``, ``device``, ``input_size``, ``backend``; whether the loaders
+    make proposals for it (``needs_proposals``); :meth:`stage` and ``predict`` (a batch of
+    images in, a :class:`Prediction` each out); :meth:`fingerprint` (what decides its
+    results, for resuming a job); :meth:`pictures` (what ``--save-vis`` draws). Here also:
+    getting a batch's network input onto the device."""
 
     device: torch.device
     input_size: int
+    classes: tuple[str, ...]
+    needs_proposals: bool = True
     _copy_stream: torch.cuda.Stream | None = None
+
+    def fingerprint(self, proposals: Path | None) -> dict:
+        """What decides an image's results: the weights, every setting and the proposals'
+        source (the backend does not: every backend gives the same instances)."""
+        raise NotImplementedError
+
+    def pictures(self, image: np.ndarray, prediction: Prediction) -> dict[str, np.ndarray]:
+        """``{suffix: RGB picture}`` of one image's prediction, written as ``<id>_<suffix>.png``."""
+        raise NotImplementedError
 
     def network_input(self, images: list[np.ndarray], inputs: list[np.ndarray] | Staged | None = None) -> torch.Tensor:
         """The batch on the device, ``float [B, 3, S, S]``: ``inputs`` (already preprocessed
@@ -145,31 +163,92 @@ class Staging:
         return staged.x
 
 
+class Runner(Protocol):
+    """Where a :class:`Predictor` runs the model's networks (as Polygraphy's runners: one
+    per backend, the predictor talks to nothing else): ``name`` (``torch:bf16``,
+    ``onnxruntime:int8``, ``tensorrt+cuda-graph``), ``graphs`` (the exported graphs' engines,
+    None in eager PyTorch), the PRM stage (the batch's input in, its class maps, peaks and
+    PRMs out) and the ICN's T steps."""
+
+    name: str
+    graphs: GraphEngines | None
+
+    def naive_maps(self, x: torch.Tensor) -> NaiveMaps: ...
+
+    def enhance(self, naive: NaiveMaps) -> torch.Tensor: ...
+
+
+class EagerRunner:
+    """The model's networks in eager PyTorch, under :func:`torch.autocast` at ``precision``
+    (``bf16`` or ``fp16``; peaks, thresholds and matching stay fp32; ``fp32``: no autocast)."""
+
+    graphs = None
+
+    def __init__(self, model: Model, device: torch.device, precision: str = "fp32") -> None:
+        if precision not in TORCH_PRECISIONS:
+            raise ValueError(f"unknown torch precision {precision!r}; choose one of {', '.join(TORCH_PRECISIONS)}")
+        self.model, self.device, self.precision = model, device, precision
+        self.name = "torch" + ("" if precision == "fp32" else f":{precision}")
+
+    def naive_maps(self, x: torch.Tensor) -> NaiveMaps:
+        with torch_autocast(self.device, self.precision):
+            return self.model.naive_maps(x)
+
+    def enhance(self, naive: NaiveMaps) -> torch.Tensor:
+        with torch_autocast(self.device, self.precision):
+            return self.model.enhance(naive).float()
+
+
+class GraphRunner:
+    """The model's exported graphs on an engine backend (:class:`GraphEngines`: onnxruntime
+    or TensorRT, at the graphs' precision)."""
+
+    def __init__(self, model: Model, graphs: GraphEngines) -> None:
+        self.model, self.graphs = model, graphs
+        self.name = (graphs.backend + ("" if graphs.precision == "fp32" else f":{graphs.precision}")
+                     + ("+cuda-graph" if graphs.cuda_graph else ""))
+
+    def naive_maps(self, x: torch.Tensor) -> NaiveMaps:
+        """The PRM graph's outputs as the eager path's: its peaks are the batch's, image by
+        image, in raster order."""
+        out = {name: t.to(x.device) for name, t in self.graphs.prm(images=x).items()}
+        peaks = Peaks(out["peak_image"].long(), out["peak_class"].long(), out["peak_y"].long(),
+                      out["peak_x"].long(), out["peak_value"].float())
+        return NaiveMaps(x, out["maps"], out["scores"], peaks, out["prms"])
+
+    def enhance(self, naive: NaiveMaps) -> torch.Tensor:
+        """The ICN graph, ``chunk`` peaks at a time (a model exported without one: eager)."""
+        if self.graphs.icn is None:
+            return self.model.enhance(naive).float()
+        image_of, chunk = naive.peaks.image, self.model.icn_settings.chunk
+        out = [self.graphs.icn(images=naive.x[image_of[s: s + chunk]], prms=naive.prms[s: s + chunk])["enhanced"]
+               for s in range(0, len(image_of), chunk)]
+        return torch.cat(out).to(naive.x.device) if out else naive.prms
+
+
 class Predictor(Staging):
-    """Runs ``model`` on ``device``. ``graphs``: run the networks as exported graphs on an
-    engine backend instead of eager PyTorch (:meth:`from_dir` opens them). ``precision``:
-    eager PyTorch's networks run under :func:`torch.autocast` at ``bf16`` or ``fp16``
-    (peaks, thresholds, matching stay fp32); default fp32."""
+    """Runs ``model`` on ``device``, its networks on a :class:`Runner`: the exported
+    ``graphs`` on an engine backend (:meth:`from_dir` opens them), else eager PyTorch at
+    ``precision`` (:class:`EagerRunner`)."""
 
     def __init__(self, model: Model, device: str | torch.device = "cpu", graphs: GraphEngines | None = None,
                  precision: str = "fp32") -> None:
-        if precision not in TORCH_PRECISIONS:
-            raise ValueError(f"unknown torch precision {precision!r}; choose one of {', '.join(TORCH_PRECISIONS)}")
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.kernels = kernels.ops(self.device)
-        self.graphs = graphs
-        self.precision = precision
+        self.runner: Runner = (GraphRunner(self.model, graphs) if graphs is not None
+                               else EagerRunner(self.model, self.device, precision))
         self._copy_stream: torch.cuda.Stream | None = None
 
     @property
     def backend(self) -> str:
-        """Where the networks run: ``torch`` (eager) or the graph engines' backend, with the
-        graphs' precision when it is not fp32 (``onnxruntime:int8``)."""
-        if self.graphs is None:
-            return "torch" + ("" if self.precision == "fp32" else f":{self.precision}")
-        return (self.graphs.backend + ("" if self.graphs.precision == "fp32" else f":{self.graphs.precision}")
-                + ("+cuda-graph" if self.graphs.cuda_graph else ""))
+        """Where the networks run: the runner's name (``torch``, ``onnxruntime:int8``, ...)."""
+        return self.runner.name
+
+    @property
+    def graphs(self) -> GraphEngines | None:
+        """The exported graphs' engines the networks run on (None: eager PyTorch)."""
+        return self.runner.graphs
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -206,11 +285,26 @@ class Predictor(Staging):
         if backend == "torch":
             if cuda_graph:
                 raise ValueError(CUDA_GRAPH_BACKENDS)
-            predictor.precision = precision or "fp32"
+            predictor.runner = EagerRunner(predictor.model, predictor.device, precision or "fp32")
         else:
-            predictor.graphs = GraphEngines(predictor.model, backend, predictor.device, precision, cuda_graph,
-                                            ort_optimization, ort_save_optimized)
+            predictor.runner = GraphRunner(predictor.model, GraphEngines(
+                predictor.model, backend, predictor.device, precision, cuda_graph, ort_optimization, ort_save_optimized))
         return predictor
+
+    def fingerprint(self, proposals: Path | None) -> dict:
+        model = self.model
+        settings = {"classes": list(model.classes), "peaks": asdict(model.peaks), "prm": asdict(model.prm),
+                    "matching": asdict(model.matching), "instances": asdict(model.instances),
+                    "icn": asdict(model.icn_settings) if model.enhances else None}
+        return {"weights": weights_digest(model.classifier, model.icn), "settings": json.loads(json.dumps(settings)),
+                "proposals": str(proposals.resolve()) if proposals is not None else "selective search"}
+
+    def pictures(self, image: np.ndarray, prediction: Prediction) -> dict[str, np.ndarray]:
+        """The instances over the image, and each one's PRM (with the ICN, its enhanced map too)."""
+        from icn_rt.runtime.visualize import overlay, prm_strip
+
+        return {"overlay": overlay(image, prediction.instances, self.classes),
+                "prm": prm_strip(image, prediction.instances)}
 
     def naive_maps(self, images: list[np.ndarray], inputs: list[np.ndarray] | Staged | None = None,
                    timer: StageTimes | None = None) -> NaiveMaps:
@@ -220,32 +314,11 @@ class Predictor(Staging):
         with _stage(timer, "preprocess"):
             x = self.network_input(images, inputs)
         with _stage(timer, "prm"):
-            if self.graphs is not None:
-                return self._graph_maps(x)
-            with self._autocast():
-                return self.model.naive_maps(x)
-
-    def _autocast(self) -> AbstractContextManager:
-        """Eager networks at :attr:`precision` (nothing at fp32)."""
-        return torch_autocast(self.device, self.precision)
-
-    def _graph_maps(self, x: torch.Tensor) -> NaiveMaps:
-        """The PRM graph's outputs as the eager path's: its peaks are the batch's, image by
-        image, in raster order."""
-        out = {name: t.to(self.device) for name, t in self.graphs.prm(images=x).items()}
-        peaks = Peaks(out["peak_image"].long(), out["peak_class"].long(), out["peak_y"].long(),
-                      out["peak_x"].long(), out["peak_value"].float())
-        return NaiveMaps(x, out["maps"], out["scores"], peaks, out["prms"])
+            return self.runner.naive_maps(x)
 
     def enhance(self, naive: NaiveMaps) -> torch.Tensor:
         """The ICN's T steps on every peak's PRM, ``chunk`` peaks at a time -> ``float [K, S, S]``."""
-        if self.graphs is None or self.graphs.icn is None:
-            with self._autocast():
-                return self.model.enhance(naive).float()
-        image_of, chunk = naive.peaks.image, self.model.icn_settings.chunk
-        out = [self.graphs.icn(images=naive.x[image_of[s: s + chunk]], prms=naive.prms[s: s + chunk])["enhanced"]
-               for s in range(0, len(image_of), chunk)]
-        return torch.cat(out).to(self.device) if out else naive.prms
+        return self.runner.enhance(naive)
 
     def predict(self, images: list[np.ndarray], proposals: list[Proposals],
                 inputs: list[np.ndarray] | Staged | None = None, keep_maps: bool = True,

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from icn_rt import extras
-from icn_rt.runtime.infer import (InferSettings, PredictorSpec, finish_job, fingerprint, groups, load_settings,
+from icn_rt.runtime.infer import (InferSettings, PredictorSpec, finish_job, groups, load_settings,
                                   open_job, predict_batch)
 from icn_rt.runtime.loading import LoadSettings, load_or_failed
 from icn_rt.runtime.result_log import InferSummary
@@ -99,7 +99,7 @@ def infer_ray(spec: PredictorSpec, images: list[Path], out: Path, settings: Infe
     if cluster.loader_cpus <= 0:
         raise ValueError("--loader-cpus must be above 0: loading runs in tasks of its own")
     predictor = replace(spec, backend="torch", cuda_graph=False).build("cpu")
-    log, todo = open_job(fingerprint(predictor, settings.proposals), images, out, settings)
+    log, todo = open_job(predictor.fingerprint(settings.proposals), images, out, settings)
     load = load_settings(predictor, settings)
     del predictor
     times = times if times is not None else RayTimes()

@@ -30,6 +30,10 @@ from icn_rt.runtime.engines.graphs import torch_autocast
 from icn_rt.runtime.predictor import Instance, Prediction, Staged, Staging
 from icn_rt.runtime.timing import StageTimes
 
+SHOWN = 0.5
+"""The least score of a detection drawn in ``--save-vis`` overlays (the student keeps
+detections from 0.05, which mAP ranks; a picture of them all is unreadable)."""
+
 STUDENT_BACKENDS = ("torch", "torch:fp16", "torch:bf16", "onnxruntime", "onnxruntime:fp16", "onnxruntime:int8",
                     "tensorrt", "tensorrt:fp16", "tensorrt:int8")
 
@@ -92,12 +96,20 @@ class StudentPredictor(Staging):
         predictor.precision = precision
         return predictor
 
-    def fingerprint(self) -> dict:
-        """What decides an image's results: the weights and settings (not the backend)."""
+    def fingerprint(self, proposals: Path | None = None) -> dict:
+        """What decides an image's results: the weights and settings (not the backend, and
+        no proposals)."""
         from dataclasses import asdict
 
         return {"weights": weights_digest(self.graph), "settings": {"classes": list(self.classes), "student":
                 asdict(self.settings)}, "proposals": "none (student)"}
+
+    def pictures(self, image: np.ndarray, prediction: Prediction) -> dict[str, np.ndarray]:
+        """The detections scoring at least :data:`SHOWN` over the image (the results keep
+        every detection); the student has no maps to draw."""
+        from icn_rt.runtime.visualize import overlay
+
+        return {"overlay": overlay(image, [i for i in prediction.instances if i.score >= SHOWN], self.classes)}
 
     def outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The student graph's outputs on ``x [B, 3, S, S]`` (eager, or the engine's graph,
