@@ -151,8 +151,41 @@ def bench_batches() -> str:
     return "\n".join(lines)
 
 
+def rows(name: str) -> str:
+    """A benchmark's rows (``benchmarks/accuracy.py``, ``icn_in_matching.py``): mAP^r at 0.5
+    and 0.75, and the paired difference to its reference at 0.5."""
+    doc = _json(name)
+    lines = ["| row | mAP^r@0.5 | mAP^r@0.75 | mAP^r@0.5 − reference |", "|---|---|---|---|"]
+    for r in doc["rows"]:
+        d = (r.get("minus_reference") or {}).get("mAP@0.5")
+        diff = "(reference)" if d is None else _ci(d) + ("" if d["excludes_zero"] else " ~0")
+        lines.append(f"| {r['name']} | {_ci(r['metrics']['mAP@0.5'])} | {_ci(r['metrics']['mAP@0.75'])} | {diff} |")
+    lines += ["", f"{doc['split']}, {doc['images'] if isinstance(doc['images'], int) else len(doc['images'])} images "
+                  f"({doc['regime']}); 95% bootstrap intervals over the images; ~0: the difference's interval holds 0; "
+                  f"`benchmarks/results/{name}`."]
+    return "\n".join(lines)
+
+
+def label_quality() -> str:
+    """The ICN's training labels against the ground truth, label set by label set."""
+    doc = _json("label_quality_part_only_train.json")
+    lines = ["| labels | peaks | IoU with the object | IoU ≥ 0.5 | area, % of the image |", "|---|---|---|---|---|"]
+    for name, row in doc["rows"].items():
+        lines.append(f"| {name} | {row['labels']} | {_ci(row['IoU'])} | {_ci(row['IoU >= 0.5'])} | {_ci(row['area'])} |")
+    s = doc["student"]
+    lines += ["", f"{doc['split']} split of the part-only set (6 classes, 160², seed 7), 95% bootstrap intervals over "
+                  f"the images ({doc['bootstrap']} draws, seed {doc['seed']}); the student's masks replace "
+                  f"{s['replaced']} of {s['peaks']} labels (a detection of the peak's class scoring at least "
+                  f"{s['min_score']:g}); `benchmarks/results/label_quality_part_only_train.json`."]
+    return "\n".join(lines)
+
+
 RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": serve, "matching": matching,
-             "bench-batches": bench_batches}
+             "bench-batches": bench_batches, "label-quality": label_quality,
+             "recipe-part-only-val": lambda: rows("accuracy_recipe_part_only_val.json"),
+             "recipe-photo-dev": lambda: rows("accuracy_recipe_photo_dev.json"),
+             "icn-in-matching-rerank-labels": lambda: rows("icn_in_matching_part_only_dev_rerank_labels_20ep.json"),
+             "icn-in-matching-photo": lambda: rows("icn_in_matching_photo_dev.json")}
 
 
 def render(text: str) -> str:

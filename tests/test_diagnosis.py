@@ -125,7 +125,7 @@ def test_icn_learnability_trains_each_source_on_the_same_peaks(classifier, tiny_
     labels, truth = tmp_path / "labels", tmp_path / "truth"
     for out, supervision in ((labels, "proposals"), (truth, "saliency")):
         r = runner.invoke(app, ["train", "pseudo-labels", str(tiny_voc), "--model", str(classifier),
-                                "--supervision", supervision, "--out", str(out)])
+                                "--supervision", supervision, "--labels", str(out)])
         assert r.exit_code == 0, r.output
     peaks = sum(len(np.load(f)["cls"]) for f in labels.glob("*.npz"))
     assert peaks >= 4
@@ -210,3 +210,38 @@ def test_icn_learnability_blurs_a_dot_into_a_gaussian_peaking_at_1():
     assert out.max().item() == pytest.approx(1.0) and out[10, 10].item() == pytest.approx(1.0)
     assert out[10, 12].item() == pytest.approx(np.exp(-4 / 8), rel=1e-5)  # exp(-d²/2σ²) at d = 2
     assert torch.allclose(out, out.flip(0)) and torch.allclose(out, out.T)
+
+
+def test_label_quality_scores_the_truth_100_and_makes_student_labels(classifier, tiny_voc, tmp_path):
+    """benchmarks/label_quality.py: ground-truth labels score IoU 100; a "student" whose
+    masks are the ground truth gives every peak the instance its PRM points at, so its
+    label set scores 100 too, while the proposals' labels score what they score."""
+    from tests.conftest import runner
+
+    from icn_rt.cli import app
+    from icn_rt.data.results import result_entry, write_results
+    from icn_rt.data.voc import VOCDataset
+
+    labels, truth = tmp_path / "labels", tmp_path / "truth"
+    for out, supervision in ((labels, "proposals"), (truth, "saliency")):
+        r = runner.invoke(app, ["train", "pseudo-labels", str(tiny_voc), "--model", str(classifier),
+                                "--supervision", supervision, "--labels", str(out)])
+        assert r.exit_code == 0, r.output
+    ds = VOCDataset(tiny_voc, "train", load_images=False)
+    write_results(tmp_path / "student.json", [result_entry(i, inst.class_id, 1.0, inst.mask, ds.classes)
+                                              for i in ds.ids for inst in ds.ground_truth(i).instances])
+    script = Path(__file__).parents[1] / "benchmarks" / "label_quality.py"
+    out = tmp_path / "q.json"
+    r = subprocess.run([sys.executable, str(script), str(tiny_voc), "--labels", f"proposals={labels}",
+                        "--labels", f"truth={truth}", "--student", str(tmp_path / "student.json"),
+                        "--student-labels", str(tmp_path / "sl"), "--bootstrap", "20", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    peaks = sum(len(np.load(f)["cls"]) for f in labels.glob("*.npz"))
+    assert doc["student"]["peaks"] == doc["student"]["replaced"] == peaks
+    for name in ("truth", "student masks (score >= 0.5)"):
+        assert doc["rows"][name]["labels"] == peaks
+        assert doc["rows"][name]["IoU"] == {"estimate": 100.0, "interval": [100.0, 100.0]}, name
+    assert 0 <= doc["rows"]["proposals"]["IoU"]["estimate"] <= 100
+    assert out.with_suffix(".md").read_text().count("\n| ") == 4  # header and three rows
