@@ -166,6 +166,25 @@ def rows(name: str) -> str:
     return "\n".join(lines)
 
 
+def paper_suspects() -> str:
+    """The paper as written, one suspect changed at a time: val, with paired differences to
+    the literal row and to the naive PRM."""
+    literal, naive = _json("paper_suspects_part_only_val.json"), _json("paper_suspects_part_only_val_vs_naive.json")
+    against = {r["name"]: r.get("minus_reference", {}).get("mAP@0.5") for r in naive["rows"]}
+
+    def diff(d) -> str:
+        return "(reference)" if d is None else _ci(d) + ("" if d["excludes_zero"] else " ~0")
+
+    lines = ["| row | mAP^r@0.5 | − the paper as written | − naive PRM |", "|---|---|---|---|"]
+    for r in literal["rows"]:
+        lines.append(f"| {r['name']} | {_ci(r['metrics']['mAP@0.5'])} | "
+                     f"{diff(r.get('minus_reference', {}).get('mAP@0.5'))} | {diff(against[r['name']])} |")
+    lines += ["", f"val, {literal['images']} images ({literal['regime']}); 95% bootstrap intervals over the images; "
+                  "~0: the difference's interval holds 0; `benchmarks/results/paper_suspects_part_only_val.json`, "
+                  "`..._val_vs_naive.json` (dev: `..._dev*.json`)."]
+    return "\n".join(lines)
+
+
 def label_quality() -> str:
     """The ICN's training labels against the ground truth, label set by label set."""
     doc = _json("label_quality_part_only_train.json")
@@ -185,7 +204,8 @@ RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": 
              "recipe-part-only-val": lambda: rows("accuracy_recipe_part_only_val.json"),
              "recipe-photo-dev": lambda: rows("accuracy_recipe_photo_dev.json"),
              "icn-in-matching-rerank-labels": lambda: rows("icn_in_matching_part_only_dev_rerank_labels_20ep.json"),
-             "icn-in-matching-photo": lambda: rows("icn_in_matching_photo_dev.json")}
+             "icn-in-matching-photo": lambda: rows("icn_in_matching_photo_dev.json"),
+             "paper-suspects": paper_suspects}
 
 
 def render(text: str) -> str:
