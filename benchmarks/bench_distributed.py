@@ -102,7 +102,10 @@ def inference(n: int, batch: int, tmp: Path, log) -> dict:
     base = {r["proposals"]: r["images_per_second"] for r in rows if r["contestant"] == "single process"}
     for r in rows:
         r["vs_single"] = r["images_per_second"] / base[r["proposals"]]
-    return {"images": n, "batch_size": batch, "model": "the demo model (small backbone, 128 px, ICN T=3)",
+    config = json.loads((assets.MODEL / "config.json").read_text())
+    model = (f"the demo model ({config['classifier']['backbone']} backbone, {config['classifier']['input_size']} px, "
+             f"ICN T={config['icn']['steps']})")
+    return {"images": n, "batch_size": batch, "model": model,
             "ray_start_seconds": ray_start, "rows": rows}
 
 

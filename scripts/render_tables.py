@@ -185,6 +185,74 @@ def paper_suspects() -> str:
     return "\n".join(lines)
 
 
+def precision() -> str:
+    """Each backend and precision of the demo model: size, accuracy, its paired difference to
+    eager fp32, and speed at batch 8."""
+    doc = _json("precision_cpu.json")
+    speed = {r["backend"]: r["images_per_s"] for r in doc["rows"]
+             if r["contestant"] == "icn-rt, model" and r["batch_size"] == 8}
+    lines = ["| backend, precision | size | mAP^r@0.5 | − torch fp32 | images/s (batch 8) |", "|---|---|---|---|---|"]
+    for r in doc["accuracy"]["rows"]:
+        backend, _, prec = r["backend"].partition(":")
+        name = f"{backend} {prec or 'fp32'}" + (" (eager)" if r["backend"] == "torch" else
+                                                " (autocast)" if backend == "torch" else "")
+        d = r["minus_torch_fp32"]
+        lines.append(f"| {name} | {r['model_bytes'] / 1e6:.2f} MB | {_ci(r['mAP@0.5'])} | "
+                     f"{'(reference)' if d is None else _ci(d)} | {speed[r['backend']]:.1f} |")
+    return "\n".join(lines)
+
+
+def distributed() -> str:
+    """Single process against Ray Data, proposals from disk and made on the fly."""
+    doc = _json("distributed_cpu.json")
+    lines = ["| proposals | contestant | images/s | × single | s to the first batch | images/s after it | "
+             "object store KB/image |", "|---|---|---|---|---|---|---|"]
+
+    def f(v, fmt):
+        return "–" if v is None else format(v, fmt)
+
+    for r in doc["inference"]["rows"]:
+        lines.append(f"| {r['proposals']} | {r['contestant']} | {r['images_per_second']:.1f} | {r['vs_single']:.2f} | "
+                     f"{f(r.get('seconds_to_first_batch'), '.1f')} | "
+                     f"{f(r.get('images_per_second_after_first_batch'), '.1f')} | "
+                     f"{f(r.get('object_store_kb_per_image'), '.0f')} |")
+    train = doc["training"]["rows"]
+    lines += ["", f"{doc['inference']['images']} images, batch {doc['inference']['batch_size']}, "
+                  f"{doc['inference']['model']}. Training ({doc['training']['train_images']} images): "
+              + ", ".join(f"{r['processes']} process{'es' if r['processes'] > 1 else ''} "
+                          f"{r['seconds_per_epoch']:.1f} s/epoch" for r in train)
+              + f" ({train[0]['seconds_per_epoch'] / train[-1]['seconds_per_epoch']:.2f}× with "
+                f"{train[-1]['processes']})."]
+    return "\n".join(lines)
+
+
+def bench_paper() -> str:
+    """`benchmarks/bench_paper.py`: the baseline and icn-rt at the paper's configuration."""
+    doc = _json("bench_paper_cpu.json")
+    sizes = sorted({r["batch_size"] for r in doc["rows"]})
+    names = {"icn-rt, PRM rules": "icn-rt, PRM rules", "icn-rt, model": "icn-rt, model (its own peaks, gradient rule)"}
+    lines = ["| contestant | " + " | ".join(f"batch {b}" for b in sizes) + " |", "|---|" + "---|" * len(sizes)]
+    groups: dict = {}
+    for r in doc["rows"]:
+        groups.setdefault((r["contestant"], r["backend"]), {})[r["batch_size"]] = r
+    for (contestant, backend), by_size in groups.items():
+        cells = []
+        for b in sizes:
+            r = by_size.get(b)
+            if r is None:
+                cells.append("")
+            elif contestant == "baseline":
+                cells.append(f"{r['images_per_s']:.3f} images/s ({1 / r['images_per_s']:.1f} s/image)")
+            else:
+                cells.append(f"{r['images_per_s']:.2f} ({r['speedup_vs_baseline']:.1f}×)")
+        same = next(iter(by_size.values()))["same_instances_as_baseline"]
+        label = "baseline" if contestant == "baseline" else (
+            f"{names.get(contestant, contestant)}, {backend}" + (f" (same instances: {'yes' if same else 'NO'})"
+                                                                 if same is not None else ""))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def label_quality() -> str:
     """The ICN's training labels against the ground truth, label set by label set."""
     doc = _json("label_quality_part_only_train.json")
@@ -205,7 +273,8 @@ RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": 
              "recipe-photo-dev": lambda: rows("accuracy_recipe_photo_dev.json"),
              "icn-in-matching-rerank-labels": lambda: rows("icn_in_matching_part_only_dev_rerank_labels_20ep.json"),
              "icn-in-matching-photo": lambda: rows("icn_in_matching_photo_dev.json"),
-             "paper-suspects": paper_suspects}
+             "paper-suspects": paper_suspects, "precision": precision, "distributed": distributed,
+             "bench-paper": bench_paper}
 
 
 def render(text: str) -> str:
