@@ -66,6 +66,25 @@ def student() -> str:
     return "\n".join(lines)
 
 
+def student_detail() -> str:
+    """Every row of ``benchmarks/student.py``'s report with its paired difference to the
+    teacher, then the speed of each contestant end to end."""
+    doc = _json("student_part_only.json")
+    lines = ["| row | mAP^r@0.25 | mAP^r@0.5 | mAP^r@0.75 | mAP^r@0.5 − teacher |", "|---|---|---|---|---|"]
+    for r in doc["accuracy"]["rows"]:
+        d = r.get("minus_reference", {}).get("mAP@0.5")
+        m = r["metrics"]
+        lines.append(f"| {r['name']} | {_ci(m['mAP@0.25'])} | {_ci(m['mAP@0.5'])} | {_ci(m['mAP@0.75'])} | "
+                     f"{'(reference)' if d is None else _ci(d)} |")
+    sp = doc["speed"]
+    lines += ["", f"| {sp['images']} new {sp['size'][0]}×{sp['size'][1]} photos, the `infer` job, {sp['workers']} "
+                  f"loader workers, median of {sp['repeats']} | images/s | × pipeline, proposals on the fly |",
+              "|---|---|---|"]
+    for name, c in sp["contestants"].items():
+        lines.append(f"| {name} | {c['images_per_second']:.1f} | {c['x_pipeline_on_the_fly']:.1f} |")
+    return "\n".join(lines)
+
+
 def speed() -> str:
     """``icn-rt bench`` on the CPU: the baseline against icn-rt, best batch per contestant."""
     doc = _json("bench_cpu.json")
@@ -253,6 +272,38 @@ def bench_paper() -> str:
     return "\n".join(lines)
 
 
+def diagnosis() -> str:
+    """`benchmarks/diagnose.py`, stage by stage, for the default and the previous default (Eq. 5,
+    T 3, no re-ranking, PRM's confidence) in both regimes (values in %)."""
+    columns = {"part-only, default": "diagnose_part_only_default.json",
+               "VOC-like, default": "diagnose_voc_like_default.json",
+               "part-only, previous default": "diagnose_part_only.json",
+               "VOC-like, previous default": "diagnose_voc_like.json"}
+    stages = {"classification": "classification: image AP, mean over classes",
+              "peaks": "peaks: objects with a peak of their class",
+              "pseudo labels (top-k union)": "pseudo labels: IoU with the peak's object",
+              "map V_0 (naive PRM)": "naive PRM, binarised: IoU with the object",
+              "map V_T": "ICN map V_T (last step), binarised: IoU",
+              "proposals (upper bound)": "proposals: the best one's IoU with each object",
+              "matching, a perfect matcher of the final map": "matching: GT IoU of the proposal that best fits V_T",
+              "matching (shipped score)": "matching: GT IoU of the proposal picked",
+              "instances: shipped": "mAP^r@0.5, shipped",
+              "instances: oracle ranking": "mAP^r@0.5, oracle ranking",
+              "instances: oracle matching": "mAP^r@0.5, oracle matching",
+              "instances: oracle matching + ranking": "mAP^r@0.5, oracle matching and ranking"}
+    values = {}
+    for column, name in columns.items():
+        rows = _json(name)["rows"]
+        found = {r["stage"]: r["value"] for r in rows}
+        found["map V_T"] = [r["value"] for r in rows if r["stage"].startswith("map V_")][-1]
+        values[column] = found
+    lines = ["| stage | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for stage, label in stages.items():
+        lines.append(f"| {label} | " + " | ".join(f"{100 * values[c][stage]:.1f}" for c in columns) + " |")
+    lines += ["", "dev, 300 images; `benchmarks/results/" + "`, `".join(columns.values()) + "`."]
+    return "\n".join(lines)
+
+
 def label_quality() -> str:
     """The ICN's training labels against the ground truth, label set by label set."""
     doc = _json("label_quality_part_only_train.json")
@@ -274,7 +325,8 @@ RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": 
              "icn-in-matching-rerank-labels": lambda: rows("icn_in_matching_part_only_dev_rerank_labels_20ep.json"),
              "icn-in-matching-photo": lambda: rows("icn_in_matching_photo_dev.json"),
              "paper-suspects": paper_suspects, "precision": precision, "distributed": distributed,
-             "bench-paper": bench_paper}
+             "bench-paper": bench_paper, "diagnosis": diagnosis,
+             "student-detail": student_detail}
 
 
 def render(text: str) -> str:
