@@ -33,6 +33,21 @@ def test_a_table_typed_by_hand_is_caught():
     assert edited != text and render.render(edited) == text  # the rendering puts the JSON's figure back
 
 
+def test_no_results_table_is_typed_by_hand():
+    """A table of measurements (its header names mAP, IoU, images/s or a latency) lives only
+    between render markers; tables of commands and settings may be typed."""
+    render = _renderer()
+    measured = re.compile(r"mAP|IoU|images/s|ms/batch|s/epoch")
+    typed = []
+    for path in render.documents():
+        lines = render.BLOCK.sub("", path.read_text()).splitlines()
+        for i, line in enumerate(lines):
+            starts = line.strip().startswith("|") and (i == 0 or not lines[i - 1].strip().startswith("|"))
+            if starts and measured.search(line):
+                typed.append(f"{path.name}:{i + 1}: {line.strip()[:60]}")
+    assert not typed, typed
+
+
 def test_the_readme_is_short_and_links_resolve():
     text = (REPO / "README.md").read_text()
     assert len(text.splitlines()) <= 200
