@@ -330,23 +330,8 @@ def bench(model_dir: Path, paths: list[Path], proposals_dir: Path, settings: Ben
             runs.append(run_predictor(rules, "icn-rt, PRM rules", items, b, settings.warmup, settings.iterations,
                                       settings.duration, settings.progress))
     predictors = {"torch": model}
-    specs = [(backend, False) for backend in settings.backends]
-    if settings.cuda_graph:
-        specs += [(backend, True) for backend in settings.backends if backend.partition(":")[0] == "tensorrt"]
-    for backend, graphed in specs:
-        try:
-            predictor = model if backend == "torch" else Predictor.from_dir(
-                model_dir, settings.device, backend, cuda_graph=graphed, ort_optimization=settings.ort_optimization,
-                ort_save_optimized=settings.ort_save_optimized)
-        except (InputError, ValueError, RuntimeError, ImportError) as e:
-            skipped[f"icn-rt, model, {backend}{'+cuda-graph' if graphed else ''}"] = str(e)
-            continue
-        predictors[predictor.backend] = predictor
-        for b in settings.batch_sizes:
-            log(f"icn-rt, model, {predictor.backend}, batch {b}")
-            runs.append(run_predictor(predictor, "icn-rt, model", items, b, settings.warmup, settings.iterations,
-                                      settings.duration, settings.progress))
-    runs += student_runs(model_dir, items, settings, skipped, log)
+    runs += contestant_runs(model_dir, False, items, settings, skipped, log, predictors)
+    runs += contestant_runs(model_dir, True, items, settings, skipped, log)
     base_rate = base.images_timed / sum(base.seconds) if base else None
     rows = ([{**base.to_json(base_rate), "same_instances_as_baseline": True}] if base else [])
     for run in runs:
@@ -383,34 +368,46 @@ def bench(model_dir: Path, paths: list[Path], proposals_dir: Path, settings: Ben
     }
 
 
-def student_runs(model_dir: Path, items: list[Item], settings: BenchSettings, skipped: dict[str, str],
-                 log=print) -> list[Run]:
-    """The model's student on each of ``settings.backends`` it can run on (torch, its
-    exported graphs on onnxruntime, its TensorRT plans; one that is missing is skipped with
-    the reason) at every batch size, on the same images at the student's input side; none
-    without a student."""
+def contestant_runs(model_dir: Path, student: bool, items: list[Item], settings: BenchSettings,
+                    skipped: dict[str, str], log=print, predictors: dict | None = None) -> list[Run]:
+    """The model's pipeline (``icn-rt, model``) or its student on each of ``settings.backends``
+    (and, with ``cuda_graph``, the pipeline's TensorRT ones replaying CUDA graphs) at every
+    batch size, on the same images (the student's at its own input side). A backend that
+    cannot run (no graph, no plan, not installed, not one the student runs on) is skipped
+    with the reason; a model without a student has no student rows. ``predictors`` collects
+    the pipeline's, by backend, for ``--eval`` and the layer profile."""
     from icn_rt.models.store import STUDENT_WEIGHTS
-    from icn_rt.runtime.student import STUDENT_BACKENDS, StudentPredictor
+    from icn_rt.runtime.infer import PredictorSpec
+    from icn_rt.runtime.student import STUDENT_BACKENDS
 
-    if not (Path(model_dir) / STUDENT_WEIGHTS).is_file():
+    if student and not (Path(model_dir) / STUDENT_WEIGHTS).is_file():
         return []
-    runs = []
-    mine = None
-    for backend in settings.backends:
-        if backend not in STUDENT_BACKENDS:
-            skipped[f"student, {backend}"] = f"the student runs on {', '.join(STUDENT_BACKENDS)}"
+    label = "student" if student else "icn-rt, model"
+    specs = [(backend, False) for backend in settings.backends]
+    if settings.cuda_graph and not student:
+        specs += [(backend, True) for backend in settings.backends if backend.partition(":")[0] == "tensorrt"]
+    runs, mine = [], items
+    for backend, graphed in specs:
+        name = f"{label}, {backend}{'+cuda-graph' if graphed else ''}"
+        if student and backend not in STUDENT_BACKENDS:
+            skipped[name] = f"the student runs on {', '.join(STUDENT_BACKENDS)}"
             continue
         try:
-            student = StudentPredictor.from_dir(model_dir, settings.device, backend, settings.ort_optimization)
+            reused = predictors.get(backend) if predictors is not None and not graphed else None
+            predictor = reused or PredictorSpec(
+                str(model_dir), student, backend, settings.device, cuda_graph=graphed,
+                ort_optimization=settings.ort_optimization, ort_save_optimized=settings.ort_save_optimized).build()
         except (InputError, ValueError, RuntimeError, ImportError) as e:
-            skipped[f"student, {backend}"] = str(e)
+            skipped[name] = str(e)
             continue
-        if mine is None:
-            side = student.input_size
-            mine = [Item(i.image_id, i.image, i.proposals, preprocess_array(i.image, side)) for i in items]
+        if predictors is not None:
+            predictors[predictor.backend] = predictor
+        if predictor.input_size != items[0].x.shape[-1] and mine is items:
+            mine = [Item(i.image_id, i.image, i.proposals, preprocess_array(i.image, predictor.input_size))
+                    for i in items]
         for b in settings.batch_sizes:
-            log(f"student, {student.backend}, batch {b}")
-            runs.append(run_predictor(student, "student", mine, b, settings.warmup, settings.iterations,
+            log(f"{label}, {predictor.backend}, batch {b}")
+            runs.append(run_predictor(predictor, label, mine, b, settings.warmup, settings.iterations,
                                       settings.duration, settings.progress))
     return runs
 
