@@ -326,7 +326,8 @@ RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": 
              "icn-in-matching-photo": lambda: rows("icn_in_matching_photo_dev.json"),
              "paper-suspects": paper_suspects, "precision": precision, "distributed": distributed,
              "bench-paper": bench_paper, "diagnosis": diagnosis,
-             "student-detail": student_detail}
+             "student-detail": student_detail,
+             "student-recipe": lambda: rows("student_recipe_part_only_val.json")}
 
 
 def render(text: str) -> str:

@@ -185,21 +185,20 @@ def train_icn_cmd(
     """Train the ICN of a model with a trained classifier on pseudo labels (made first when
     missing; with --ray, on the cluster, before training starts); writes icn.safetensors
     into the model."""
-    import os
-
     from icn_rt.models.icn import ICNSettings
     from icn_rt.training.icn import ICNTrainSettings, label_and_train
     from icn_rt.training.pseudo_labels import LabelSettings
 
     model_dir = _model(model_dir)
-    if ray is not None and "WORLD_SIZE" not in os.environ:  # before torchrun starts the ranks, which then find them
+    if ray is not None:
         from icn_rt.runtime.ray_infer import RaySettings
-        from icn_rt.workflows.labels import label_on_ray
+        from icn_rt.workflows.labels import labels_first_on_ray
 
         try:
-            label_on_ray(root, model_dir, LabelSettings(supervision=supervision, split=split, k=k, rerank=rerank),
-                         RaySettings(ray, actors, gpus_per_actor, cpus_per_actor, loader_cpus=0.0), labels,
-                         proposals_dir, log=out.print)
+            labels_first_on_ray(root, model_dir, LabelSettings(supervision=supervision, split=split, k=k,
+                                                               rerank=rerank),
+                                RaySettings(ray, actors, gpus_per_actor, cpus_per_actor, loader_cpus=0.0), labels,
+                                proposals_dir, log=out.print)
         except (InputError, ValueError, RuntimeError) as e:
             fail(e)
     launch(nproc, batch_size)

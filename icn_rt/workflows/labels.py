@@ -22,6 +22,18 @@ from icn_rt.training.pseudo_labels import (LabelSettings, LabelSummary, default_
                                            label_images, start_labels)
 
 
+def labels_first_on_ray(root: str | Path, model_dir: str | Path, settings: LabelSettings, cluster: RaySettings,
+                        out: str | Path | None = None, proposals_dir: str | Path | None = None,
+                        log: Callable[[str], None] = print) -> None:
+    """``icn-rt train icn --ray``: the labels made on the cluster before training starts, by
+    the launching process only: under ``torchrun`` (``WORLD_SIZE`` set) the ranks find them
+    made and train."""
+    import os
+
+    if "WORLD_SIZE" not in os.environ:
+        label_on_ray(root, model_dir, settings, cluster, out, proposals_dir, log=log)
+
+
 def label_on_ray(root: str | Path, model_dir: str | Path, settings: LabelSettings, cluster: RaySettings,
                  out: str | Path | None = None, proposals_dir: str | Path | None = None, progress: bool = True,
                  log: Callable[[str], None] = print) -> tuple[Path, LabelSummary]:
