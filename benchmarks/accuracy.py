@@ -9,7 +9,8 @@ keys ``T`` (ICN steps), ``score`` (matching score), ``binarize``, ``confidence``
 ``nms``, ``rerank``, ``backend`` (where the networks run: ``onnxruntime``,
 ``onnxruntime:int8``, ...: the model's exported graphs, whose T is the export's) and
 ``student`` (1: the model's student, ``icn-rt train student``, on ``torch`` or
-``onnxruntime``); e.g.::
+``onnxruntime``; ``refine``, ``refine_scale``: its masks snapped to superpixels); each row
+also records its images/s through the ``infer`` job; e.g.::
 
     python benchmarks/accuracy.py synth --split dev \\
         --row "paper as written=model_paper" --row "naive PRM=model:T=0" \\
@@ -27,6 +28,7 @@ import json
 import shlex
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -43,7 +45,7 @@ from icn_rt.runtime.predictor import Predictor
 from icn_rt.runtime.student import StudentPredictor
 
 KEYS = {"T": int, "score": str, "binarize": float, "confidence": str, "nms": float, "rerank": int, "backend": str,
-        "student": int}
+        "student": int, "refine": str, "refine_scale": float}
 
 
 def parse_row(text: str) -> tuple[str, Path, dict]:
@@ -67,7 +69,10 @@ def parse_settings(options: str, what: str = "settings") -> dict:
 def predictor_for(model: Path, settings: dict) -> Predictor | StudentPredictor:
     """The model with a row's settings over its config's (or its student)."""
     if settings.get("student"):
-        return StudentPredictor.from_dir(model, backend=settings.get("backend", "torch"))
+        student = StudentPredictor.from_dir(model, backend=settings.get("backend", "torch"))
+        student.settings = replace(student.settings, **{k: settings[k] for k in ("refine", "refine_scale")
+                                                        if k in settings})
+        return student
     m = Predictor.from_dir(model).model
     matching, instances = m.matching, m.instances
     if "score" in settings:
@@ -136,11 +141,14 @@ def run(args) -> dict:
         for name, model, settings in rows:
             predictor = predictor_for(model, settings)
             results = Path(tmp) / f"{len(scored)}.json"
+            started = time.perf_counter()
             infer(predictor, images, results, InferSettings(proposals=args.proposals or args.root / "Proposals",
                                                              workers=args.workers, progress=False))
+            rate = len(images) / (time.perf_counter() - started)
             scored[name] = score(args.root, results, args.split, progress=False)
             out.append({"name": name, "model": str(model), "settings": settings, "backend": predictor.backend,
-                        "resolved": _resolved(predictor), "training_seeds": _training_seeds(model)})
+                        "resolved": _resolved(predictor), "training_seeds": _training_seeds(model),
+                        "images_per_second": rate})
             print(f"{name}: {scored[name].metrics()['mAP@0.5']:.1f} mAP^r@0.5", file=sys.stderr, flush=True)
     replicates = {name: [s.metrics(w) for w in weights] for name, s in scored.items()}
     for row in out:

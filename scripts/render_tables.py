@@ -85,6 +85,23 @@ def student_detail() -> str:
     return "\n".join(lines)
 
 
+def student_refine() -> str:
+    """The student's masks as pasted and snapped to superpixels: accuracy and images/s (val;
+    the scale chosen on dev)."""
+    doc = _json("student_refine_part_only_val.json")
+    lines = ["| row | mAP^r@0.5 | mAP^r@0.75 | ABO | mAP^r@0.5 − student | images/s (the `infer` job) |",
+             "|---|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        d = r.get("minus_reference", {}).get("mAP@0.5")
+        m = r["metrics"]
+        lines.append(f"| {r['name']} | {_ci(m['mAP@0.5'])} | {_ci(m['mAP@0.75'])} | {_ci(m['ABO'])} | "
+                     f"{'(reference)' if d is None else _ci(d)} | {r['images_per_second']:.1f} |")
+    lines += ["", f"val, {doc['images']} images ({doc['regime']}); 95% bootstrap intervals over the images; "
+                  "`benchmarks/results/student_refine_part_only_val.json` (dev, where the scale was chosen among "
+                  "100 / 200 / 400: `..._dev.json`)."]
+    return "\n".join(lines)
+
+
 def speed() -> str:
     """``icn-rt bench`` on the CPU: the baseline against icn-rt, best batch per contestant."""
     doc = _json("bench_cpu.json")
@@ -327,7 +344,8 @@ RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": 
              "paper-suspects": paper_suspects, "precision": precision, "distributed": distributed,
              "bench-paper": bench_paper, "diagnosis": diagnosis,
              "student-detail": student_detail,
-             "student-recipe": lambda: rows("student_recipe_part_only_val.json")}
+             "student-recipe": lambda: rows("student_recipe_part_only_val.json"),
+             "student-refine": student_refine}
 
 
 def render(text: str) -> str:

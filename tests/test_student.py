@@ -648,3 +648,50 @@ def test_student_overlays_draw_its_confident_detections_and_the_results_keep_all
     scores = [e["score"] for e in json.loads((tmp_path / "r.json").read_text())]
     assert len(drawn) == 8 and all(s >= STUDENT_SHOWN for d in drawn for s in d)
     assert sum(map(len, drawn)) == sum(s >= STUDENT_SHOWN for s in scores) < len(scores)
+
+
+def test_masks_snap_to_the_superpixels_they_half_fill():
+    """Two flat regions (left dark, right bright): a mask over 70 % of the left one and 10 %
+    of the right one becomes exactly the left region; one half-filling nothing stays."""
+    from icn_rt.models.student import StudentSettings
+    from icn_rt.runtime.student import snap_to_superpixels
+
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[:, 30:] = 255
+    left = np.zeros((40, 60), bool)
+    left[:, :30] = True
+    mask = np.zeros((40, 60), bool)
+    mask[:28, :30] = True  # 70 % of the left region
+    mask[:4, 30:] = True  # 10 % of the right one
+    speck = np.zeros((40, 60), bool)
+    speck[0, 0] = True
+    snapped = snap_to_superpixels(image, np.stack([mask, speck]), 200)
+    np.testing.assert_array_equal(snapped[0], left)
+    np.testing.assert_array_equal(snapped[1], speck)
+    with pytest.raises(ValueError, match="unknown student mask refinement"):
+        StudentSettings(refine="crf")
+    with pytest.raises(ValueError, match="refine_scale must be positive"):
+        StudentSettings(refine="superpixels", refine_scale=0)
+
+
+def test_a_student_set_to_refine_snaps_its_own_masks(student, tiny_voc):
+    """``student.refine: superpixels``: the predictor's masks are its unrefined masks snapped
+    by snap_to_superpixels, detection for detection; ``none`` (the default) leaves them."""
+    from dataclasses import replace
+
+    from icn_rt.data.images import read_image
+    from icn_rt.runtime.student import StudentPredictor, snap_to_superpixels
+
+    images = [read_image(p) for p in sorted((tiny_voc / "JPEGImages").glob("val_*.jpg"))[:3]]
+    plain = StudentPredictor.from_dir(student[0])
+    assert plain.settings.refine == "none"
+    refined = StudentPredictor.from_dir(student[0])
+    refined.settings = replace(refined.settings, refine="superpixels", refine_scale=100)
+    changed = 0
+    for image, a, b in zip(images, plain.predict(images), refined.predict(images)):
+        assert [(i.class_id, i.score) for i in a.instances] == [(i.class_id, i.score) for i in b.instances]
+        if a.instances:
+            want = snap_to_superpixels(image, np.stack([i.mask for i in a.instances]), 100)
+            np.testing.assert_array_equal(np.stack([i.mask for i in b.instances]), want)
+            changed += int(not np.array_equal(want, np.stack([i.mask for i in a.instances])))
+    assert changed > 0

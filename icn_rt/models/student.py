@@ -30,6 +30,7 @@ from torch import nn
 BACKBONES = ("classifier-fpn", "mobilenet-v3-fpn", "resnet50-fpn")
 HEADS = ("light", "standard", "tiny")
 COCO_SIDE = 800
+REFINES = ("none", "superpixels")
 
 
 @dataclass
@@ -54,7 +55,10 @@ class StudentSettings:
     most of the time, 3.4× and 5× less so) or ``tiny`` (half of light: a 64-channel FPN on
     ``classifier-fpn``, a box head of 256 features, one 64-channel mask convolution: for
     CPUs, where RoIAlign, the box head and the mask head's upsampling cost about half of
-    light's time))."""
+    light's time)); ``refine``: ``superpixels`` snaps each pasted mask to the image's
+    Felzenszwalb superpixels (``refine_scale``; a superpixel belongs to the mask when at
+    least half of it is in it), for edges finer than the 28×28 mask grid; ``none`` keeps
+    the pasted mask."""
 
     backbone: str = "classifier-fpn"
     input_size: int = 256
@@ -67,8 +71,14 @@ class StudentSettings:
     frozen: bool = False
     trunk: str = ""
     head: str = "light"
+    refine: str = "none"
+    refine_scale: float = 200.0
 
     def __post_init__(self) -> None:
+        if self.refine not in REFINES:
+            raise ValueError(f"unknown student mask refinement {self.refine!r}; choose one of {', '.join(REFINES)}")
+        if self.refine_scale <= 0:
+            raise ValueError(f"refine_scale must be positive, got {self.refine_scale}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown student backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
         if self.head not in HEADS:

@@ -10,7 +10,9 @@ It answers to the streaming job (:func:`~icn_rt.runtime.infer.infer`) as the pip
 :class:`~icn_rt.runtime.predictor.Instance` (``proposal`` -1, ``peak`` the box's centre,
 ``value`` and ``match`` the detection score, no maps). Each mask is the student's
 probabilities over its box (M × M), pasted at the image's own size as torchvision pastes
-them (:func:`paste_at`) and cut at ``mask_threshold``; masks left empty are dropped.
+them (:func:`paste_at`) and cut at ``mask_threshold``; with ``refine: superpixels`` each
+is then snapped to the image's superpixels (:func:`snap_to_superpixels`); masks left
+empty are dropped.
 """
 
 from __future__ import annotations
@@ -146,6 +148,8 @@ class StudentPredictor(Staging):
         s = self.input_size
         boxes = out["boxes"][mine].float() * torch.tensor([w / s, h / s, w / s, h / s], device=scores.device)
         masks = paste_at(out["box_masks"][mine].float(), boxes, (h, w), self.settings.mask_threshold)
+        if self.settings.refine == "superpixels" and len(masks):
+            masks = snap_to_superpixels(image, masks, self.settings.refine_scale)
         labels, boxes, scores = out["labels"][mine].cpu().numpy(), boxes.cpu().numpy(), scores.cpu().numpy()
         instances = []
         for k in np.argsort(-scores, kind="stable"):
@@ -159,6 +163,23 @@ class StudentPredictor(Staging):
         for inst in instances:
             class_scores[inst.class_id] = max(class_scores[inst.class_id], inst.score)
         return Prediction(instances, class_scores)
+
+
+def snap_to_superpixels(image: np.ndarray, masks: np.ndarray, scale: float) -> np.ndarray:
+    """``masks bool [N, H, W]`` snapped to ``image``'s Felzenszwalb superpixels (skimage;
+    ``scale``, sigma 0.5, at least 10 pixels each): a superpixel is in a mask when at least
+    half of it is; a mask that no superpixel half-fills stays as it was."""
+    from skimage.segmentation import felzenszwalb
+
+    segments = felzenszwalb(image, scale=scale, sigma=0.5, min_size=10).ravel()
+    count = int(segments.max()) + 1
+    sizes = np.bincount(segments, minlength=count)
+    out = np.empty_like(masks)
+    for k, mask in enumerate(masks):
+        cover = np.bincount(segments, weights=mask.ravel(), minlength=count)
+        snapped = (2 * cover >= sizes)[segments].reshape(mask.shape)
+        out[k] = snapped if snapped.any() else mask
+    return out
 
 
 def paste_at(box_masks: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int], threshold: float) -> np.ndarray:
