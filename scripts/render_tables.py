@@ -31,6 +31,13 @@ def _ci(metric: dict) -> str:
     return f"{metric['estimate']:.1f} [{lo:.1f}, {hi:.1f}]"
 
 
+def _diff(d: dict | None) -> str:
+    """A paired difference with its interval ("~0" when it holds 0), or "(reference)"."""
+    if d is None:
+        return "(reference)"
+    return _ci(d) + ("" if d.get("excludes_zero", True) else " ~0")
+
+
 def accuracy() -> str:
     """The pipeline's rows in the part-only and VOC-like regimes (val, bootstrap intervals)."""
     docs = {"part-only": _json("accuracy_part_only.json"), "VOC-like": _json("accuracy_voc_like.json")}
@@ -72,10 +79,9 @@ def student_detail() -> str:
     doc = _json("student_part_only.json")
     lines = ["| row | mAP^r@0.25 | mAP^r@0.5 | mAP^r@0.75 | mAP^r@0.5 − teacher |", "|---|---|---|---|---|"]
     for r in doc["accuracy"]["rows"]:
-        d = r.get("minus_reference", {}).get("mAP@0.5")
         m = r["metrics"]
         lines.append(f"| {r['name']} | {_ci(m['mAP@0.25'])} | {_ci(m['mAP@0.5'])} | {_ci(m['mAP@0.75'])} | "
-                     f"{'(reference)' if d is None else _ci(d)} |")
+                     f"{_diff(r.get('minus_reference', {}).get('mAP@0.5'))} |")
     sp = doc["speed"]
     lines += ["", f"| {sp['images']} new {sp['size'][0]}×{sp['size'][1]} photos, the `infer` job, {sp['workers']} "
                   f"loader workers, median of {sp['repeats']} | images/s | × pipeline, proposals on the fly |",
@@ -92,10 +98,9 @@ def student_refine() -> str:
     lines = ["| row | mAP^r@0.5 | mAP^r@0.75 | ABO | mAP^r@0.5 − student | images/s (the `infer` job) |",
              "|---|---|---|---|---|---|"]
     for r in doc["rows"]:
-        d = r.get("minus_reference", {}).get("mAP@0.5")
         m = r["metrics"]
         lines.append(f"| {r['name']} | {_ci(m['mAP@0.5'])} | {_ci(m['mAP@0.75'])} | {_ci(m['ABO'])} | "
-                     f"{'(reference)' if d is None else _ci(d)} | {r['images_per_second']:.1f} |")
+                     f"{_diff(r.get('minus_reference', {}).get('mAP@0.5'))} | {r['images_per_second']:.1f} |")
     lines += ["", f"val, {doc['images']} images ({doc['regime']}); 95% bootstrap intervals over the images; "
                   "`benchmarks/results/student_refine_part_only_val.json` (dev, where the scale was chosen among "
                   "100 / 200 / 400: `..._dev.json`)."]
@@ -193,8 +198,7 @@ def rows(name: str) -> str:
     doc = _json(name)
     lines = ["| row | mAP^r@0.5 | mAP^r@0.75 | mAP^r@0.5 − reference |", "|---|---|---|---|"]
     for r in doc["rows"]:
-        d = (r.get("minus_reference") or {}).get("mAP@0.5")
-        diff = "(reference)" if d is None else _ci(d) + ("" if d["excludes_zero"] else " ~0")
+        diff = _diff((r.get("minus_reference") or {}).get("mAP@0.5"))
         lines.append(f"| {r['name']} | {_ci(r['metrics']['mAP@0.5'])} | {_ci(r['metrics']['mAP@0.75'])} | {diff} |")
     lines += ["", f"{doc['split']}, {doc['images'] if isinstance(doc['images'], int) else len(doc['images'])} images "
                   f"({doc['regime']}); 95% bootstrap intervals over the images; ~0: the difference's interval holds 0; "
@@ -208,13 +212,10 @@ def paper_suspects() -> str:
     literal, naive = _json("paper_suspects_part_only_val.json"), _json("paper_suspects_part_only_val_vs_naive.json")
     against = {r["name"]: r.get("minus_reference", {}).get("mAP@0.5") for r in naive["rows"]}
 
-    def diff(d) -> str:
-        return "(reference)" if d is None else _ci(d) + ("" if d["excludes_zero"] else " ~0")
-
     lines = ["| row | mAP^r@0.5 | − the paper as written | − naive PRM |", "|---|---|---|---|"]
     for r in literal["rows"]:
         lines.append(f"| {r['name']} | {_ci(r['metrics']['mAP@0.5'])} | "
-                     f"{diff(r.get('minus_reference', {}).get('mAP@0.5'))} | {diff(against[r['name']])} |")
+                     f"{_diff(r.get('minus_reference', {}).get('mAP@0.5'))} | {_diff(against[r['name']])} |")
     lines += ["", f"val, {literal['images']} images ({literal['regime']}); 95% bootstrap intervals over the images; "
                   "~0: the difference's interval holds 0; `benchmarks/results/paper_suspects_part_only_val.json`, "
                   "`..._val_vs_naive.json` (dev: `..._dev*.json`)."]
