@@ -233,9 +233,9 @@ def precision() -> str:
         backend, _, prec = r["backend"].partition(":")
         name = f"{backend} {prec or 'fp32'}" + (" (eager)" if r["backend"] == "torch" else
                                                 " (autocast)" if backend == "torch" else "")
-        d = r["minus_torch_fp32"]
         lines.append(f"| {name} | {r['model_bytes'] / 1e6:.2f} MB | {_ci(r['mAP@0.5'])} | "
-                     f"{'(reference)' if d is None else _ci(d)} | {speed[r['backend']]:.1f} |")
+                     f"{_diff(r['minus_torch_fp32'])} | {speed[r['backend']]:.1f} |")
+    lines += ["", "~0: the difference's interval holds 0."]
     return "\n".join(lines)
 
 
