@@ -91,10 +91,10 @@ def student_detail() -> str:
     return "\n".join(lines)
 
 
-def student_refine() -> str:
+def student_refine(name: str = "student_refine_part_only_val.json") -> str:
     """The student's masks as pasted and snapped to superpixels: accuracy and images/s (val;
     the scale chosen on dev)."""
-    doc = _json("student_refine_part_only_val.json")
+    doc = _json(name)
     lines = ["| row | mAP^r@0.5 | mAP^r@0.75 | ABO | mAP^r@0.5 − student | images/s (the `infer` job) |",
              "|---|---|---|---|---|---|"]
     for r in doc["rows"]:
@@ -102,8 +102,8 @@ def student_refine() -> str:
         lines.append(f"| {r['name']} | {_ci(m['mAP@0.5'])} | {_ci(m['mAP@0.75'])} | {_ci(m['ABO'])} | "
                      f"{_diff(r.get('minus_reference', {}).get('mAP@0.5'))} | {r['images_per_second']:.1f} |")
     lines += ["", f"val, {doc['images']} images ({doc['regime']}); 95% bootstrap intervals over the images; "
-                  "`benchmarks/results/student_refine_part_only_val.json` (dev, where the scale was chosen among "
-                  "100 / 200 / 400: `..._dev.json`)."]
+                  f"`benchmarks/results/{name}` (dev, where the scale was chosen among 100 / 200 / 400: "
+                  "`..._dev.json`)."]
     return "\n".join(lines)
 
 
@@ -346,7 +346,8 @@ RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": 
              "bench-paper": bench_paper, "diagnosis": diagnosis,
              "student-detail": student_detail,
              "student-recipe": lambda: rows("student_recipe_part_only_val.json"),
-             "student-refine": student_refine}
+             "student-refine": student_refine,
+             "student-refine-photo": lambda: student_refine("student_refine_photo_val.json")}
 
 
 def render(text: str) -> str:
