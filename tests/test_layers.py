@@ -184,3 +184,13 @@ def test_every_module_imports_without_the_optional_extras():
     r = subprocess.run([sys.executable, "-c", _IMPORT_ALL, *BLOCKED], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert int(r.stdout) > 50  # every submodule was imported, not a handful
+
+
+def test_no_function_in_the_package_is_over_80_lines():
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} "
+                            f"({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long

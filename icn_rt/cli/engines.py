@@ -77,6 +77,20 @@ def bench_cmd(
     except (InputError, ValueError, RuntimeError) as e:
         fail(e)
     report = write_report({"command": shlex.join(["icn-rt", *sys.argv[1:]]), **report}, json_out)
+    table = _bench_table(report)
+    out.print(table)
+    for line in backward_lines(report):
+        out.print(line, highlight=False)
+    if report["accuracy"]:
+        out.print(_accuracy_table(report["accuracy"]))
+    for name, reason in report["skipped"].items():
+        err.print(f"[yellow]skipped {name}:[/yellow] {reason}", highlight=False, soft_wrap=True)
+    out.print(f"report -> {json_out} (and .md); plot -> {json_out.with_suffix('.png')}", soft_wrap=True)
+
+
+def _bench_table(report: dict) -> Table:
+    """``bench``'s table: per contestant, backend and batch size, throughput, the ratio to the
+    baseline, whether its instances are the baseline's, and the latency quantiles."""
     table = Table(title=f"{report['images']} images ({report['image_sizes'][0][0]}x{report['image_sizes'][0][1]}"
                         f"{'…' if len(report['image_sizes']) > 1 else ''}), input {report['input_size']}², "
                         f"{report['device']}",
@@ -97,14 +111,7 @@ def bench_cmd(
                       f"{ratio:.1f}" if ratio else "-", same, f"{1e3 * total['median']:.1f}",
                       *("-" if total[q] is None else f"{1e3 * total[q]:.1f}" for q in ("p90", "p99")),
                       str(total["n"]))
-    out.print(table)
-    for line in backward_lines(report):
-        out.print(line, highlight=False)
-    if report["accuracy"]:
-        out.print(_accuracy_table(report["accuracy"]))
-    for name, reason in report["skipped"].items():
-        err.print(f"[yellow]skipped {name}:[/yellow] {reason}", highlight=False, soft_wrap=True)
-    out.print(f"report -> {json_out} (and .md); plot -> {json_out.with_suffix('.png')}", soft_wrap=True)
+    return table
 
 
 def _accuracy_table(acc: dict) -> Table:

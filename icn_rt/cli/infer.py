@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Optional
 
@@ -49,9 +50,8 @@ def infer_cmd(
     Streams, records bad inputs and goes on (exit 1 if any failed), resumes (exit 130 when
     interrupted: rerun with --resume)."""
     import os
-    import signal
 
-    from icn_rt.runtime.infer import InferSettings, PredictorSpec, infer
+    from icn_rt.runtime.infer import InferSettings, PredictorSpec
     from icn_rt.runtime.sources import list_images
 
     if batch_size < 1:
@@ -62,11 +62,8 @@ def infer_cmd(
             raise ValueError("--student needs no --proposals")
         spec = PredictorSpec(str(model_dir), student, backend, device, icn_steps, cuda_graph, ort_optimization,
                              ort_save_optimized)
-        if ray is not None:
-            from icn_rt.runtime.ray_infer import RaySettings
-
-            cluster = RaySettings(ray, actors, gpus_per_actor, cpus_per_actor, loader_cpus)
-        predictor = spec.build() if ray is None else None  # under Ray, each actor makes its own
+        cluster = None if ray is None else _cluster(ray, actors, gpus_per_actor, cpus_per_actor, loader_cpus)
+        predictor = spec.build() if cluster is None else None  # under Ray, each actor makes its own
         paths = list_images(images)
         if not paths:
             raise ValueError("no images given (directories are searched for .jpg/.png files)")
@@ -83,22 +80,39 @@ def infer_cmd(
                              workers=min(4, os.cpu_count() or 1) if workers is None else workers, resume=resume,
                              overwrite=overwrite, max_pixels=int(max_pixels * 1e6), progress=not quiet,
                              overlap=overlap)
-    # a kill (SIGTERM) stops like Ctrl-C: what is written stays, --resume continues
+    summary = _run(predictor, spec, paths, results, settings, cluster)
+    _report(summary, results, save_vis)
+
+
+def _cluster(*args):
+    from icn_rt.runtime.ray_infer import RaySettings
+
+    return RaySettings(*args)
+
+
+def _run(predictor, spec, paths: list, results: Path, settings, cluster):
+    """The job, here or on Ray (``cluster``); a kill (SIGTERM) stops it like Ctrl-C: what is
+    written stays, --resume continues."""
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        if ray is None:
-            summary = infer(predictor, paths, results, settings)
-        else:
-            from icn_rt.runtime.ray_infer import infer_ray
+        if cluster is None:
+            from icn_rt.runtime.infer import infer
 
-            try:
-                summary = infer_ray(spec, paths, results, settings, cluster)
-            except (ValueError, RuntimeError) as e:  # the cluster: too small, Ray missing or unreachable
-                fail(e)
+            return infer(predictor, paths, results, settings)
+        from icn_rt.runtime.ray_infer import infer_ray
+
+        try:
+            return infer_ray(spec, paths, results, settings, cluster)
+        except (ValueError, RuntimeError) as e:  # the cluster: too small, Ray missing or unreachable
+            fail(e)
     except InputError as e:
         fail(e)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _report(summary, results: Path, save_vis: Path | None) -> None:
+    """What the job did; exit 130 when interrupted, 1 when images failed."""
     if summary.interrupted:
         err.print(f"interrupted: results of {plural(summary.images, 'image')} are kept in {results}.parts; rerun with "
                   "--resume to finish", highlight=False, soft_wrap=True)

@@ -71,13 +71,17 @@ def _serve():
 def build_app(spec: PredictorSpec, settings: ServeSettings):
     """The Serve application (ingress bound to the model deployment)."""
     serve = _serve()
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
+    from fastapi import FastAPI
 
     api = FastAPI(title="icn-rt", description="Instance masks for an image: POST its bytes to /predict.")
-
     drain = {"graceful_shutdown_timeout_s": settings.timeout_s + 10}  # a replica taken down finishes its requests
+    model = _model_deployment(serve, spec, settings, drain)
+    ingress = _ingress_deployment(serve, api, spec, settings, drain)
+    return ingress.bind(model.bind())
 
+
+def _model_deployment(serve, spec: PredictorSpec, settings: ServeSettings, drain: dict):
+    """The deployment that holds the predictor and batches the requests."""
     @serve.deployment(name="model", num_replicas=settings.replicas, max_ongoing_requests=4 * settings.max_batch_size,
                       ray_actor_options={"num_cpus": settings.cpus_per_replica,
                                          "num_gpus": settings.gpus_per_replica}, **drain)
@@ -111,6 +115,14 @@ def build_app(spec: PredictorSpec, settings: ServeSettings):
         def stats(self) -> dict:
             return {**self.counts, "batch_sizes": {str(k): v for k, v in sorted(self.counts["batch_sizes"].items())},
                     "backend": self.predictor.backend}
+
+    return Model
+
+
+def _ingress_deployment(serve, api, spec: PredictorSpec, settings: ServeSettings, drain: dict):
+    """The HTTP ingress: checks and decodes each request, asks the model, answers 4xx/5xx with why."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
 
     # as many requests in flight through an ingress as its model replica can batch (Serve's default is 5)
     @serve.deployment(name="ingress", num_replicas=settings.replicas, max_ongoing_requests=4 * settings.max_batch_size,
@@ -185,7 +197,7 @@ def build_app(spec: PredictorSpec, settings: ServeSettings):
         async def stats(self):
             return await self.model.stats.remote()
 
-    return Ingress.bind(Model.bind())
+    return Ingress
 
 
 async def _awaited(response):
