@@ -10,7 +10,7 @@ import typer
 
 from icn_rt.cli.common import (app, data_app, err, eval_table, fail, intervals_table, out, pct, plural, recall_table,
                                renamed)
-from icn_rt.cli.options import ROOT_HELP, Json, ModelOption, Quiet, Root, Workers
+from icn_rt.cli.options import ROOT_HELP, Json, ModelOption, Out, Quiet, Root, Seed, Split, Workers
 from icn_rt.errors import InputError
 
 
@@ -32,7 +32,7 @@ def data_synth(
     photos: Optional[list[str]] = typer.Option(None, "--photo", help="With --background photo: a photograph (one of "
                                                "scikit-image's by name, an image file, or a folder of them); "
                                                "repeat for more [default: the development set, docs/data.md]."),
-    seed: int = typer.Option(0, help="Seed: the same seed gives the same dataset."),
+    seed: Seed = 0,
     layout: str = typer.Option("voc", help="voc | coco | tags: the layout to write (same images and ids)."),
 ):
     """Write the synthetic benchmark (objects recognisable by a small part)."""
@@ -103,8 +103,8 @@ def data_convert(
 @app.command("proposals")
 def proposals(
     root: Root,
-    split: str = typer.Option("val", help="Split to make proposals for."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Proposal folder [default: ROOT/Proposals]."),
+    split: Split = "val",
+    out_dir: Out = None,
     workers: Workers = None,
     old_jobs: Optional[int] = typer.Option(None, "--jobs", hidden=True, help="Deprecated: --workers."),
     max_proposals: int = typer.Option(2000, help="Most proposals kept per image."),
@@ -155,11 +155,11 @@ def proposals(
 def evaluate(
     root: Root,
     results: Path = typer.Argument(..., help="COCO-style instance results JSON (RLE masks)."),
-    split: str = typer.Option("val", help="Split to evaluate on."),
+    split: Split = "val",
     json_out: Json = None,
     count_difficult: bool = typer.Option(False, help="Count 'difficult' objects as positives (chainercv's behaviour)."),
     bootstrap: int = typer.Option(0, help="Bootstrap draws of the images for 95% intervals (e.g. 1000; 0: none)."),
-    seed: int = typer.Option(0, help="Seed of the bootstrap draws."),
+    seed: Seed = 0,
     against: Optional[Path] = typer.Option(None, help="Another results JSON on the same images: paired comparison "
                                                       "(needs --bootstrap)."),
 ):

@@ -12,9 +12,9 @@ from rich import box
 from rich.table import Table
 
 from icn_rt.cli.common import DEPRECATED_OUT, app, err, eval_table, fail, out, pct, plural, recall_table, renamed
-from icn_rt.cli.options import (Actors, Backend, CpusPerActor, CudaGraph, Device, GpusPerActor, IcnSteps, Images,
-                                Json, MaxPixels, Model, OrtOptimization, OrtSaveOptimized, Proposals, Quiet, Ray,
-                                Resume, Student, Workers, backends, one_backend)
+from icn_rt.cli.options import (Actors, Backend, BatchSize, CpusPerActor, CudaGraph, Device, GpusPerActor, IcnSteps,
+                                Images, Json, MaxPixels, Model, OrtOptimization, OrtSaveOptimized, Out, Proposals,
+                                Quiet, Ray, Resume, Student, Workers, backends, one_backend)
 from icn_rt.errors import InputError
 
 
@@ -23,10 +23,10 @@ def infer_cmd(
     model_dir: Model,
     images: Images,
     proposals_dir: Proposals = None,
-    results: Path = typer.Option(Path("results.json"), "--out", help="COCO-style results JSON to write."),
+    results: Out = Path("results.json"),
     backend: Backend = None,
     save_vis: Optional[Path] = typer.Option(None, help="Write <id>_overlay.png and <id>_prm.png here."),
-    batch_size: int = typer.Option(8, help="Images per batch."),
+    batch_size: BatchSize = 8,
     workers: Workers = None,
     resume: Resume = False,
     overwrite: bool = typer.Option(False, help="Discard an unfinished run's results in OUT.parts/ and start over."),
@@ -209,7 +209,7 @@ def _student_compare_table(report: dict, paths: list, report_out: Path) -> None:
 
 @app.command("demo")
 def demo(
-    out_dir: Path = typer.Option(Path("icn-rt-demo"), "--out", help="Where to write everything."),
+    out_dir: Out = Path("icn-rt-demo"),
     device: Device = "auto",
 ):
     """The whole job on the embedded demo: a small model trained by icn-rt on the synthetic

@@ -1,10 +1,10 @@
 """The arguments and options more than one command takes, each defined once.
 
 A command declares ``device: Device = "auto"``: the name, the help and the checks come
-from here, the default from the command. Names in :data:`PER_COMMAND` are the exception:
-what they mean depends on the command (the split a command reads, what it writes with
-``--out``, its schedule), so each command writes their help; ``tests/test_cli_options.py``
-holds every other name to one help text and one type across the commands.
+from here, the default from the command; a command's docstring says what is its own (a
+training command's optimiser and schedule). ``tests/test_cli_options.py`` holds every
+name two commands take to one help text and one type; :data:`PER_COMMAND` lists the one
+exception.
 """
 
 from __future__ import annotations
@@ -31,10 +31,9 @@ BACKEND_HELP = ("torch (eager; torch:fp16 and torch:bf16 run under autocast) | o
                 "name a precision: onnxruntime:int8, tensorrt:fp16. Commands that compare backends take it "
                 "repeated.")
 
-PER_COMMAND = frozenset({"--out", "--split", "--seed", "--epochs", "--lr", "--lr-step", "--batch-size", "--k",
-                         "--rerank", "--supervision", "--backbone", "--input-size", "--pretrained", "--labels",
-                         "--threshold"})
-"""Option names whose meaning depends on the command, so each command writes their help."""
+PER_COMMAND = frozenset({("data convert", "--split")})
+"""(command, option) pairs that differ from the shared definition: ``data convert`` takes
+``--split`` repeated (several splits at once)."""
 
 Json = Annotated[Optional[Path], typer.Option("--json", help="Write the machine-readable report (JSON) here.",
                                                show_default=False)]
@@ -104,3 +103,32 @@ def precisions(values: list[str] | None, default: tuple[str, ...]) -> tuple[str,
     """``--precision`` given (repeated, or comma separated; each once), else ``default``."""
     names = [p.strip() for v in (values or []) for p in v.split(",") if p.strip()]
     return tuple(dict.fromkeys(names)) or default
+
+# what a training command reads and how it trains; each command's help says its schedule
+Split = Annotated[str, typer.Option(help="Split of ROOT the command reads (VOC: ImageSets/Main/SPLIT.txt; COCO: "
+                                         "instances_SPLIT.json).")]
+Seed = Annotated[int, typer.Option(help="Seed: the same seed, the same result (dataset, initialisation, order, "
+                                        "augmentation, sampling, bootstrap draws).")]
+Epochs = Annotated[int, typer.Option(help="Epochs to train.")]
+Lr = Annotated[float, typer.Option(help="Learning rate (the command's help names the optimiser).")]
+LrStep = Annotated[int, typer.Option(help="Epochs between learning-rate decays (classifier: x0.1; ICN: x0.5).")]
+BatchSize = Annotated[int, typer.Option(help="Batch size: images per batch (ICN training: peaks).")]
+Backbone = Annotated[str, typer.Option(help="Backbone of the network trained. Classifier: resnet50 | vgg16 | small. "
+                                            "Student: classifier-fpn (the model's classifier backbone under an FPN, "
+                                            "from its weights) | mobilenet-v3-fpn (CPUs, Jetson) | resnet50-fpn.")]
+InputSize = Annotated[int, typer.Option(help="Side the images are resized to (student: 0 = the training images' "
+                                             "median shorter side, rounded up to 32).")]
+Pretrained = Annotated[Optional[str], typer.Option(help="Start of the backbone: 'imagenet' (torchvision download) or a "
+                                                        "weights file [default: from scratch].", show_default=False)]
+# pseudo labels: made by `train pseudo-labels`, or by `train icn` when missing
+Supervision = Annotated[str, typer.Option(help="proposals (pseudo labels) | saliency (GT instance masks).")]
+LabelK = Annotated[int, typer.Option("--k", help="Proposals kept per peak when labels are made (best first, none "
+                                                 "inside a kept one).")]
+Rerank = Annotated[Optional[int], typer.Option(help="When labels are made: re-rank each peak's N best proposals by "
+                                                    "objectness (0: off, the paper) [default: the model's "
+                                                    "matching.rerank].", show_default=False)]
+Labels = Annotated[Optional[Path], typer.Option(help="Label directory [default: MODEL/labels-SUPERVISION-SPLIT]; made "
+                                                     "when missing.", show_default=False)]
+Out = Annotated[Optional[Path], typer.Option("--out", help="Where the command writes what it makes. proposals: a "
+                                                           "folder [default: ROOT/Proposals]; demo: a folder; infer, "
+                                                           "client: a COCO-style results JSON.")]

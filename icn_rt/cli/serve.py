@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from icn_rt.cli.common import app, err, fail, out, plural, renamed
-from icn_rt.cli.options import (Backend, Device, IcnSteps, Images, MaxPixels, Model, Proposals, Ray, Student,
+from icn_rt.cli.options import (Backend, Device, IcnSteps, Images, MaxPixels, Model, Out, Proposals, Ray, Student,
                                 Timeout, one_backend)
 from icn_rt.errors import InputError
 
@@ -78,7 +78,7 @@ def serve_cmd(
 def client_cmd(
     url: str = typer.Argument(..., help="The server's address (`icn-rt serve`), e.g. http://127.0.0.1:8000."),
     images: Images = None,
-    results: Path = typer.Option(Path("results.json"), "--out", help="COCO-style results JSON to write."),
+    results: Out = Path("results.json"),
     concurrency: int = typer.Option(4, help="Requests in flight at once."),
     timeout: Timeout = 120,
 ):

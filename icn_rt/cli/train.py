@@ -8,8 +8,9 @@ from typing import Optional
 import typer
 
 from icn_rt.cli.common import err, fail, launch, out, pct, plural, rank_zero, renamed, train_app
-from icn_rt.cli.options import (Actors, CpusPerActor, Device, GpusPerActor, ModelOption, Nproc, Proposals, Quiet, Ray,
-                                Resume, Root, SyncBn, Workers)
+from icn_rt.cli.options import (Actors, Backbone, BatchSize, CpusPerActor, Device, Epochs, GpusPerActor, InputSize,
+                                LabelK, Labels, Lr, LrStep, ModelOption, Nproc, Pretrained, Proposals, Quiet, Ray,
+                                Rerank, Resume, Root, Seed, Split, Supervision, SyncBn, Workers)
 from icn_rt.errors import InputError
 
 
@@ -18,17 +19,17 @@ def train_classifier_cmd(
     root: Root,
     model_dir: ModelOption = None,
     old_out: Optional[Path] = typer.Option(None, "--out", hidden=True, help="Deprecated: --model."),
-    backbone: str = typer.Option("resnet50", help="resnet50 | vgg16 | small."),
-    input_size: int = typer.Option(448, help="Square input side the images are resized to."),
+    backbone: Backbone = "resnet50",
+    input_size: InputSize = 448,
     sub_pixel: int = typer.Option(8, help="Upsampling of the class maps before peaks are found (1 = off)."),
-    epochs: int = typer.Option(20, help="Epochs (paper: 20)."),
-    lr: float = typer.Option(1e-4, help="Adam learning rate (paper: 1e-4)."),
-    lr_step: int = typer.Option(10, help="Multiply the learning rate by 0.1 every this many epochs."),
-    batch_size: int = typer.Option(16, help="Images per step."),
-    split: str = typer.Option("train", help="Training split."),
+    epochs: Epochs = 20,
+    lr: Lr = 1e-4,
+    lr_step: LrStep = 10,
+    batch_size: BatchSize = 16,
+    split: Split = "train",
     val_split: str = typer.Option("val", help="Split for the classification mAP printed each epoch."),
-    pretrained: Optional[str] = typer.Option(None, help="'imagenet' (torchvision download) or a weights file."),
-    seed: int = typer.Option(0, help="Seed for initialisation, order and augmentation."),
+    pretrained: Pretrained = None,
+    seed: Seed = 0,
     workers: Workers = None,
     per_class_peaks: bool = typer.Option(True, help="Calibrate one peak threshold per class at the end "
                                                     "(--no-per-class-peaks: one for all)."),
@@ -38,7 +39,8 @@ def train_classifier_cmd(
     sync_bn: SyncBn = False,
 ):
     """Train the peak-stimulation classifier into a new model directory (--model); prints
-    loss and val classification mAP per epoch."""
+    loss and val classification mAP per epoch. Adam; the learning rate x0.1 every --lr-step
+    epochs (the paper: 20 epochs at 1e-4)."""
     from icn_rt.models.classifier import ClassifierSettings
     from icn_rt.training.classifier import TrainSettings, train_classifier
 
@@ -84,7 +86,7 @@ def _thresholds(value) -> str:
 def calibrate_peaks_cmd(
     root: Root,
     model_dir: ModelOption = None,
-    split: str = typer.Option("train", help="Split to calibrate on."),
+    split: Split = "train",
     fraction: float = typer.Option(0.5, help="Threshold = this × the median class-map maximum of labelled images."),
     per_class: bool = typer.Option(True, help="One threshold per class (--no-per-class: one for all, as before)."),
     device: Device = "auto",
@@ -110,16 +112,14 @@ def _skipped(summary) -> None:
 def train_pseudo_labels_cmd(
     root: Root,
     model_dir: ModelOption = None,
-    supervision: str = typer.Option("proposals", help="proposals (pseudo labels) | saliency (GT instance masks)."),
-    split: str = typer.Option("train", help="Split to label."),
-    k: int = typer.Option(3, help="Proposals kept per peak (best first, none inside a kept one)."),
-    rerank: Optional[int] = typer.Option(None, help="Re-rank each peak's N best proposals by objectness (0: off, "
-                                                    "the paper) [default: the model's matching.rerank]."),
-    labels: Optional[Path] = typer.Option(None, help="Label directory to write [default: "
-                                                     "MODEL/labels-SUPERVISION-SPLIT]."),
+    supervision: Supervision = "proposals",
+    split: Split = "train",
+    k: LabelK = 3,
+    rerank: Rerank = None,
+    labels: Labels = None,
     old_out: Optional[Path] = typer.Option(None, "--out", hidden=True, help="Deprecated: --labels."),
     proposals_dir: Proposals = None,
-    batch_size: int = typer.Option(8, help="Images per batch."),
+    batch_size: BatchSize = 8,
     device: Device = "auto",
     ray: Ray = None,
     actors: Actors = 1,
@@ -156,22 +156,21 @@ def train_icn_cmd(
     propagation: bool = typer.Option(True, help="CFM + DFM paths (--no-propagation: the ablation)."),
     prm_input: bool = typer.Option(True, help="PRM as a fourth input channel (--no-prm-input: the ablation)."),
     steps: int = typer.Option(3, help="Enhancement steps T at inference."),
-    supervision: str = typer.Option("proposals", help="proposals (pseudo labels) | saliency (GT instance masks)."),
-    split: str = typer.Option("train", help="Split whose labels train the ICN."),
-    labels: Optional[Path] = typer.Option(None, help="Label directory [default: MODEL/labels-SUPERVISION-SPLIT]; made when missing."),
-    k: int = typer.Option(3, help="Proposals per pseudo label when they are made (see `train pseudo-labels`)."),
-    rerank: Optional[int] = typer.Option(None, help="Objectness re-ranking of the pseudo labels' candidates when "
-                                                    "they are made (see `train pseudo-labels`)."),
+    supervision: Supervision = "proposals",
+    split: Split = "train",
+    labels: Labels = None,
+    k: LabelK = 3,
+    rerank: Rerank = None,
     proposals_dir: Proposals = None,
-    epochs: int = typer.Option(120, help="Epochs (paper: 120)."),
-    lr: float = typer.Option(1e-3, help="Adam learning rate (paper: 1e-3)."),
-    lr_step: int = typer.Option(20, help="Halve the learning rate every this many epochs."),
-    batch_size: int = typer.Option(8, help="Peaks per step."),
+    epochs: Epochs = 120,
+    lr: Lr = 1e-3,
+    lr_step: LrStep = 20,
+    batch_size: BatchSize = 8,
     crop: float = typer.Option(0.75, help="Smallest random crop side, as a fraction of the input."),
     self_feed: float = typer.Option(0.5, help="Share of samples whose PRM input is the ICN's own output on it, as "
                                     "steps 2..T see it at inference (not in the paper; 0: off, as the paper)."),
-    pretrained: Optional[str] = typer.Option(None, help="vgg16 encoder: 'imagenet' (torchvision download) or a vgg16_bn weights file."),
-    seed: int = typer.Option(0, help="Seed for initialisation, order and augmentation."),
+    pretrained: Pretrained = None,
+    seed: Seed = 0,
     workers: Workers = None,
     resume: Resume = False,
     device: Device = "auto",
@@ -184,7 +183,9 @@ def train_icn_cmd(
 ):
     """Train the ICN of a model with a trained classifier on pseudo labels (made first when
     missing; with --ray, on the cluster, before training starts); writes icn.safetensors
-    into the model."""
+    into the model. Adam; the learning rate halves every --lr-step epochs; --batch-size
+    counts peaks (the paper: 120 epochs at 1e-3). Labels: the pseudo labels' options are
+    `train pseudo-labels`'s; the --pretrained start is a vgg16_bn's, for the vgg16 encoder."""
     from icn_rt.models.icn import ICNSettings
     from icn_rt.training.icn import ICNTrainSettings, label_and_train
     from icn_rt.training.pseudo_labels import LabelSettings
@@ -224,28 +225,23 @@ def train_icn_cmd(
 def train_student_cmd(
     root: Root,
     model_dir: ModelOption = None,
-    backbone: str = typer.Option("classifier-fpn", help="classifier-fpn (the model's classifier backbone under an FPN, "
-                                                        "from its weights) | mobilenet-v3-fpn (CPUs, Jetson) | "
-                                                        "resnet50-fpn."),
+    backbone: Backbone = "classifier-fpn",
     head: str = typer.Option("light", help="light (512-feature box head, two 128-channel mask convolutions) | "
                                            "tiny (256 features, one 64-channel convolution: for CPUs) | "
                                            "standard (torchvision's)."),
-    input_size: int = typer.Option(0, help="Side the student sees images at [default 0: the training images' median "
-                                           "shorter side, rounded up to 32]."),
+    input_size: InputSize = 0,
     threshold: Optional[float] = typer.Option(None, help="Confidence a pipeline instance needs to become a label "
                                                          "[default: chosen on --dev-split, best F1 at mask IoU 0.5]."),
-    split: str = typer.Option("train", help="Split the pipeline labels and the student learns."),
+    split: Split = "train",
     dev_split: str = typer.Option("dev", help="Split the threshold is chosen on."),
     proposals_dir: Proposals = None,
     from_student: Optional[Path] = typer.Option(None, help="Self-training: that model directory's student labels "
                                                            "the splits instead of the pipeline."),
-    epochs: int = typer.Option(24, help="Epochs."),
-    batch_size: int = typer.Option(4, help="Images per step."),
-    lr: float = typer.Option(0.01, help="SGD learning rate (after warm-up; x0.1 at 2/3 and 8/9 of the epochs)."),
-    pretrained: Optional[str] = typer.Option(None, help="mobilenet-v3-fpn / resnet50-fpn start: 'imagenet' "
-                                                        "(torchvision download) or a weights file [default: from "
-                                                        "scratch]."),
-    seed: int = typer.Option(0, help="Seed for initialisation, order, augmentation and sampling."),
+    epochs: Epochs = 24,
+    batch_size: BatchSize = 4,
+    lr: Lr = 0.01,
+    pretrained: Pretrained = None,
+    seed: Seed = 0,
     workers: Workers = None,
     resume: Resume = False,
     device: Device = "auto",
@@ -260,7 +256,9 @@ def train_student_cmd(
     """Distil a model's pipeline into a proposal-free student (torchvision Mask R-CNN): the
     pipeline labels the split (resumable infer job; with --ray on the cluster; under
     --nproc, rank 0 labels first), confident tagged instances are kept, the student trains
-    on them; writes student.safetensors into the model."""
+    on them; writes student.safetensors into the model. SGD with warm-up; the learning rate
+    x0.1 at 2/3 and 8/9 of the epochs; --pretrained starts a mobilenet-v3-fpn or
+    resnet50-fpn backbone."""
     from icn_rt.models.student import StudentSettings
     from icn_rt.training.student import StudentTrainSettings, input_size_for
     from icn_rt.workflows.student import teach_and_train
