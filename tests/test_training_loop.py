@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import Dataset
 
 from icn_rt.training.distributed import Ranks
-from icn_rt.training.loop import Run, RunFiles, begin
+from icn_rt.training.loop import Run, RunFiles, Schedule, begin
 
 FILES = RunFiles("w.safetensors", "state.pt", "log.json")
 
@@ -54,7 +54,8 @@ def _run(tmp_path, epochs: int, resume: bool = False, skip=lambda epoch, b: Fals
         x, y = batch
         return {"a": torch.nn.functional.mse_loss(trainer(x), y), "b": 0 * trainer(x).sum()}, len(x)
 
-    run.fit(data, step, epochs=epochs, batch_size=4, seed=1, lr=lambda epoch, b: 0.1 * 0.5 ** epoch, title="t",
+    run.fit(data, step, Schedule(epochs=epochs, batch_size=4, seed=1), lr=lambda epoch, b: 0.1 * 0.5 ** epoch,
+            title="t",
             progress=False, report=lambda e: (Entry(e.number, e.loss, e.lr), f"epoch {e.number} {e.parts}"),
             log=lines.append)
     return model, run, data, lines

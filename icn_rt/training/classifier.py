@@ -49,7 +49,7 @@ from icn_rt.models.classifier import ClassifierSettings, PeakClassifier
 from icn_rt.models.peaks import PeakSettings
 from icn_rt.models.store import (CLASSIFIER, complete_config, load_classifier, read_config, save_classifier,
                                  settings_from, write_config)
-from icn_rt.training import distributed
+from icn_rt.training import distributed, loop
 from icn_rt.training.loop import Run, RunFiles, begin
 
 STATE = "train_state.pt"
@@ -59,32 +59,22 @@ WEAK_AP = 0.8  # a class whose val classification AP ends below this is reported
 
 
 @dataclass
-class TrainSettings:
+class TrainSettings(loop.Schedule):
     epochs: int = 20
     batch_size: int = 16
     lr: float = 1e-4
-    lr_step: int = 10
+    lr_step: int = 10  # the learning rate x lr_factor every lr_step epochs
     lr_factor: float = 0.1
-    weight_decay: float = 0.0
-    flip: bool = True
-    shift: float = 0.0625
-    seed: int = 0
-    workers: int = 0
+    shift: float = 0.0625  # random translation, as a fraction of the input side
     split: str = "train"
     val_split: str = "val"
-    pretrained: str | None = None
     peak_fraction: float = 0.5
     per_class_peaks: bool = True
-    sync_bn: bool = False
 
 
 @dataclass
-class EpochLog:
-    epoch: int
-    loss: float
-    lr: float
-    val_map: float
-    seconds: float
+class EpochLog(loop.EpochLog):
+    val_map: float  # the val split's classification mAP
 
 
 @dataclass
@@ -252,14 +242,12 @@ def train_classifier(root: str | Path, out: str | Path, settings: TrainSettings,
         ok = np.isfinite(val_scores).all(1)
         aps = classification_ap(val_scores[ok], val_targets[ok])
         summary.class_ap = [float(ap) for ap in aps]
-        entry = EpochLog(epoch.number, epoch.loss, epoch.lr, mean_ap(aps), epoch.seconds)
+        entry = EpochLog(epoch.number, epoch.loss, epoch.lr, epoch.seconds, val_map=mean_ap(aps))
         return entry, (f"epoch {entry.epoch}/{settings.epochs}  loss {entry.loss:.4f}  lr {entry.lr:.0e}  "
                        f"val mAP {100 * entry.val_map:.1f}  ({entry.seconds:.0f} s)")
 
-    run.fit(train, step, epochs=settings.epochs, batch_size=settings.batch_size, seed=settings.seed,
-            lr=lambda epoch, b: settings.lr * settings.lr_factor ** (epoch // settings.lr_step), title="epoch",
-            workers=settings.workers, collate=_collate, sync_bn=settings.sync_bn, progress=progress, report=report,
-            log=log)
+    run.fit(train, step, settings, lr=lambda epoch, b: settings.lr * settings.lr_factor ** (epoch // settings.lr_step),
+            title="epoch", collate=_collate, progress=progress, report=report, log=log)
     summary.epochs, summary.skipped = run.entries, sorted(skipped)
     if not ranks.main:
         distributed.leave(ranks)

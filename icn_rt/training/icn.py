@@ -40,7 +40,7 @@ from icn_rt.errors import InputError
 from icn_rt.models.icn import ICN, ICNSettings, load_pretrained_encoder, minmax
 from icn_rt.models.store import ICN_WEIGHTS, read_config, save_icn, settings_from
 from icn_rt.training import distributed
-from icn_rt.training.loop import Run, RunFiles, begin
+from icn_rt.training.loop import EpochLog, Run, RunFiles, Schedule, begin
 from icn_rt.training.pseudo_labels import LabelSettings, LabelSummary, label_model
 
 STATE = "icn_train_state.pt"
@@ -49,21 +49,15 @@ FILES = RunFiles(ICN_WEIGHTS, STATE, LOG)
 
 
 @dataclass
-class ICNTrainSettings:
+class ICNTrainSettings(Schedule):
     epochs: int = 120
     batch_size: int = 8
     lr: float = 1e-3
-    lr_step: int = 20
+    lr_step: int = 20  # the learning rate x lr_factor every lr_step epochs
     lr_factor: float = 0.5
-    weight_decay: float = 0.0
-    flip: bool = True
     crop: float = 0.75
-    seed: int = 0
-    workers: int = 0
     labels: str = ""
-    pretrained: str | None = None
     self_feed: float = 0.5
-    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.self_feed <= 1.0:
@@ -71,16 +65,8 @@ class ICNTrainSettings:
 
 
 @dataclass
-class ICNEpochLog:
-    epoch: int
-    loss: float
-    lr: float
-    seconds: float
-
-
-@dataclass
 class ICNTrainSummary:
-    epochs: list[ICNEpochLog] = field(default_factory=list)
+    epochs: list[EpochLog] = field(default_factory=list)
     samples: int = 0
 
 
@@ -169,7 +155,7 @@ def train_icn(root: str | Path, model_dir: str | Path, settings: ICNTrainSetting
     run = Run(model_dir, FILES, icn, optimiser, ranks, device,
               save=lambda: save_icn(model_dir, icn, {"icn_training": settings}))
     if resuming:
-        run.resume(ICNEpochLog, log, f"the ICN of {model_dir}")
+        run.resume(EpochLog, log, f"the ICN of {model_dir}")
     data = PeakSamples(root, Path(settings.labels), config["classifier"]["input_size"], settings)
     padded = -(-len(data) // ranks.world) * ranks.world  # the samplers' orders together
 
@@ -184,13 +170,12 @@ def train_icn(root: str | Path, model_dir: str | Path, settings: ICNTrainSetting
         return {"loss": icn_loss(trainer, x, prm, label)}, len(x)
 
     def report(epoch):
-        entry = ICNEpochLog(epoch.number, epoch.loss, epoch.lr, epoch.seconds)
+        entry = EpochLog(epoch.number, epoch.loss, epoch.lr, epoch.seconds)
         return entry, (f"ICN epoch {entry.epoch}/{settings.epochs}  loss {entry.loss:.4f}  lr {entry.lr:.0e}  "
                        f"({entry.seconds:.0f} s)")
 
-    run.fit(data, step, epochs=settings.epochs, batch_size=settings.batch_size, seed=settings.seed,
-            lr=lambda epoch, b: settings.lr * settings.lr_factor ** (epoch // settings.lr_step), title="ICN epoch",
-            workers=settings.workers, sync_bn=settings.sync_bn, progress=progress, report=report, log=log)
+    run.fit(data, step, settings, lr=lambda epoch, b: settings.lr * settings.lr_factor ** (epoch // settings.lr_step),
+            title="ICN epoch", progress=progress, report=report, log=log)
     distributed.leave(ranks)
     return ICNTrainSummary(run.entries, len(data))
 

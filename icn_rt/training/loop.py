@@ -32,6 +32,35 @@ from torch.utils.data import DataLoader, Dataset
 from icn_rt.training import distributed
 
 
+@dataclass
+class Schedule:
+    """What every trainer's settings hold; each trainer's settings subclass it with its own
+    defaults and fields. ``pretrained``: where the network's backbone starts (``imagenet``
+    or a weights file; None: from scratch); ``workers``: data-loading processes."""
+
+    epochs: int = 1
+    batch_size: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    flip: bool = True
+    seed: int = 0
+    workers: int = 0
+    pretrained: str | None = None
+    sync_bn: bool = False
+
+
+@dataclass
+class EpochLog:
+    """One entry of a training's epoch log: the epoch, its mean loss, the learning rate and
+    the seconds it took. A trainer adds what it measures besides (the classifier its val
+    mAP, the student its loss parts) in a subclass."""
+
+    epoch: int
+    loss: float
+    lr: float
+    seconds: float
+
+
 @dataclass(frozen=True)
 class RunFiles:
     """Where a trainer keeps its run in the model directory: ``weights`` (written by the
@@ -116,24 +145,24 @@ class Run:
         tmp.replace(self.model_dir / self.files.state)
         (self.model_dir / self.files.log).write_text(json.dumps([asdict(e) for e in self.entries], indent=1))
 
-    def fit(self, data: Dataset, step: Step, *, epochs: int, batch_size: int, seed: int, lr: Callable[[int, int], float],
-            title: str, workers: int = 0, collate: Callable | None = None, sync_bn: bool = False,
-            unused: bool = False, clip: float = 0.0, progress: bool = True,
+    def fit(self, data: Dataset, step: Step, schedule: Schedule, *, lr: Callable[[int, int], float], title: str,
+            collate: Callable | None = None, unused: bool = False, clip: float = 0.0, progress: bool = True,
             report: Callable[[Epoch], tuple[Any, str] | None] = lambda e: None,
             log: Callable[[str], None] = print) -> None:
-        """Train from :attr:`start_epoch` to ``epochs``. After each epoch every rank calls
+        """Train from :attr:`start_epoch` to ``schedule.epochs`` (its batch size, seed,
+        workers and sync_bn; ``lr(epoch, batch)`` sets the learning rate). After each epoch every rank calls
         ``report(epoch)`` (collectives may go in it); rank 0's answer, ``(log entry, log
         line)``, is logged, appended to :attr:`entries` and checkpointed (None: the epoch
         is neither logged nor checkpointed)."""
-        ranks = self.ranks
-        trainer = distributed.wrap(self.model, ranks, sync_bn, unused=unused)
-        share = ranks.share(batch_size)
+        ranks, epochs, seed = self.ranks, schedule.epochs, schedule.seed
+        trainer = distributed.wrap(self.model, ranks, schedule.sync_bn, unused=unused)
+        share = ranks.share(schedule.batch_size)
         params = [p for group in self.optimiser.param_groups for p in group["params"]]
         for epoch in range(self.start_epoch, epochs):
             data.epoch = epoch
             torch.manual_seed(seed * 1000 + epoch)
             order = distributed.RankSampler(len(data), seed * 1000 + epoch, ranks)
-            loader = DataLoader(data, share, sampler=order, num_workers=workers, collate_fn=collate)
+            loader = DataLoader(data, share, sampler=order, num_workers=schedule.workers, collate_fn=collate)
             trainer.train()
             started, totals, seen = time.perf_counter(), {}, 0
             rate = lr(epoch, 0)

@@ -44,7 +44,7 @@ from icn_rt.eval.instance import mask_iou
 from icn_rt.models.store import STUDENT_WEIGHTS, load_classifier, read_config, save_student, settings_from
 from icn_rt.models.student import StudentSettings, build_student
 from icn_rt.training import distributed
-from icn_rt.training.loop import Run, RunFiles, begin
+from icn_rt.training.loop import EpochLog, Run, RunFiles, Schedule, begin
 
 STATE = "student_train_state.pt"
 LOG = "student_train_log.json"
@@ -52,7 +52,7 @@ FILES = RunFiles(STUDENT_WEIGHTS, STATE, LOG)
 
 
 @dataclass
-class StudentTrainSettings:
+class StudentTrainSettings(Schedule):
     """``labels``: the pipeline's results on ``split``; ``threshold``: the confidence a
     label needs (chosen on dev: :func:`choose_threshold`); ``pretrained``: ``imagenet``
     or a backbone weights file (None: from scratch)."""
@@ -60,18 +60,13 @@ class StudentTrainSettings:
     epochs: int = 24
     batch_size: int = 4
     lr: float = 0.01
-    momentum: float = 0.9
     weight_decay: float = 1e-4
+    momentum: float = 0.9
     warmup: int = 100
-    flip: bool = True
     clip: float = 10.0
-    seed: int = 0
-    workers: int = 0
     split: str = "train"
     labels: str = ""
     threshold: float = 0.0
-    pretrained: str | None = None
-    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -79,12 +74,8 @@ class StudentTrainSettings:
 
 
 @dataclass
-class StudentEpochLog:
-    epoch: int
-    loss: float
-    losses: dict[str, float]
-    lr: float
-    seconds: float
+class StudentEpochLog(EpochLog):
+    losses: dict[str, float]  # the mean of each of Mask R-CNN's losses
 
 
 @dataclass
@@ -286,14 +277,13 @@ def train_student(root: str | Path, model_dir: str | Path, settings: StudentTrai
         return trainer(x, targets), len(x)
 
     def report(epoch):
-        entry = StudentEpochLog(epoch.number, epoch.loss, epoch.parts, epoch.lr, epoch.seconds)
+        entry = StudentEpochLog(epoch.number, epoch.loss, epoch.lr, epoch.seconds, losses=epoch.parts)
         return entry, (f"student epoch {entry.epoch}/{settings.epochs}  loss {entry.loss:.4f}  lr {entry.lr:.0e}  "
                        f"({entry.seconds:.0f} s)")
 
-    run.fit(data, step, epochs=settings.epochs, batch_size=settings.batch_size, seed=settings.seed,
-            lr=lambda epoch, b: learning_rate(settings, epoch, epoch * steps_per_epoch + b), title="student epoch",
-            workers=settings.workers, collate=_collate, sync_bn=settings.sync_bn, unused=True, clip=settings.clip,
-            progress=progress, report=report, log=log)
+    run.fit(data, step, settings, lr=lambda epoch, b: learning_rate(settings, epoch, epoch * steps_per_epoch + b),
+            title="student epoch", collate=_collate, unused=True, clip=settings.clip, progress=progress, report=report,
+            log=log)
     summary.epochs = run.entries
     distributed.leave(ranks)
     return summary
