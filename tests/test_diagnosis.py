@@ -245,3 +245,74 @@ def test_label_quality_scores_the_truth_100_and_makes_student_labels(classifier,
         assert doc["rows"][name]["IoU"] == {"estimate": 100.0, "interval": [100.0, 100.0]}, name
     assert 0 <= doc["rows"]["proposals"]["IoU"]["estimate"] <= 100
     assert out.with_suffix(".md").read_text().count("\n| ") == 4  # header and three rows
+
+
+BENCHMARKS = str(Path(__file__).parents[1] / "benchmarks")
+
+
+def _recipe_args(**overrides):
+    import argparse
+
+    defaults = dict(regime="photo", seed=[5, 6], size=96, classes=4, max_instances=2, train=10, dev=4, val=4,
+                    classifier_epochs=3, classifier_lr_step=2, icn_epochs=2, icn_lr_step=1, student_epochs=0,
+                    paper_seeds=1, bootstrap=10, workers=1)
+    return argparse.Namespace(**{**defaults, **overrides})
+
+
+def test_recipe_plans_the_readme_commands_per_seed(tmp_path):
+    sys.path.insert(0, BENCHMARKS)
+    from recipe import REFERENCE, plan
+
+    first = plan(tmp_path, 5, _recipe_args())
+    assert [name for name, _, _ in first] == ["data", "proposals", "classifier", "default", "paper", "accuracy"]
+    synth = first[0][2][0]
+    assert synth[:4] == ["icn-rt", "data", "synth", str(tmp_path / "data-5")]
+    assert synth[synth.index("--seed") + 1] == "5" and synth[-4:] == ["--body-evidence", "0.75", "--background", "photo"]
+    icn = first[3][2][1]
+    assert icn[icn.index("--rerank") + 1] == "50" and icn[icn.index("--k") + 1] == "1"
+    paper = first[4][2]
+    assert "--no-per-class" in paper[1] and paper[2][paper[2].index("--self-feed") + 1] == "0"
+    rows = [x for x in first[-1][2][0] if "=" in x and x.split("=")[0] in
+            ("the paper as written", "naive PRM", REFERENCE, "default", "student")]
+    assert [r.split("=")[0] for r in rows] == ["the paper as written", "naive PRM", REFERENCE, "default"]
+    second = plan(tmp_path, 6, _recipe_args(student_epochs=4))
+    assert [name for name, _, _ in second] == ["data", "proposals", "classifier", "default", "student", "accuracy"]
+    assert second[-1][1].name == "accuracy-6-student.json" and first[-1][1].name == "accuracy-5.json"
+
+
+def test_recipe_runs_only_the_steps_not_done(tmp_path):
+    sys.path.insert(0, BENCHMARKS)
+    from recipe import run_steps
+
+    done, todo = tmp_path / "done", tmp_path / "todo"
+    done.touch()
+    log: list = []
+    run_steps([("a", done, [["false"]]), ("b", todo, [["touch", str(todo)]])], log)
+    assert todo.exists() and [entry["step"] for entry in log] == ["b"] and log[0]["commands"] == [f"touch {todo}"]
+    with pytest.raises(subprocess.CalledProcessError):
+        run_steps([("c", tmp_path / "never", [["false"]])], log)
+
+
+def test_recipe_aggregates_the_trainings():
+    sys.path.insert(0, BENCHMARKS)
+    from recipe import REFERENCE, aggregate, markdown
+
+    def row(name, est, lo, hi, aps, diff=None):
+        m = {"estimate": est, "interval": [lo, hi]}
+        out = {"name": name, "metrics": {"mAP@0.5": m, "mAP@0.75": m}, "ap_per_class_0.5": aps}
+        if diff is not None:
+            out["minus_reference"] = {"mAP@0.5": {"estimate": diff[0], "interval": diff[1:]}}
+        return out
+
+    reports = {1: {"rows": [row(REFERENCE, 10.0, 8.0, 12.0, {"a": 10.0, "b": 10.0}),
+                            row("default", 14.0, 11.0, 17.0, {"a": 28.0, "b": 0.0}, (4.0, 1.0, 7.0))]},
+               2: {"rows": [row(REFERENCE, 20.0, 15.0, 25.0, {"a": 20.0, "b": 20.0}),
+                            row("default", 18.0, 14.0, 22.0, {"a": 18.0, "b": 18.0}, (-2.0, -5.0, 1.0))]}}
+    rows = aggregate(reports)
+    assert rows["default"]["mAP@0.5"] == {"mean": 16.0, "sd": round(float(np.std([14.0, 18.0], ddof=1)), 2), "n": 2}
+    assert rows["default"]["minus_reference"] == {"mean": 1.0, "above_0": 1, "below_0": 0, "n": 2}
+    assert rows["default"]["trainings"]["1"]["classes_with_ap_0"] == ["b"]
+    assert "minus_reference" not in rows[REFERENCE]
+    text = markdown({"seeds": [1, 2], "regime": "part-only", "set": "s", "rows": rows})
+    assert "| default | 16.0 ± 2.8 (n 2) | 14.0 [11.0, 17.0]; 18.0 [14.0, 22.0] |" in text
+    assert "+4.0 [1.0, 7.0]; -2.0 [-5.0, 1.0] | b; none |" in text

@@ -1,0 +1,188 @@
+"""The recipe, not one model: train everything from scratch on several synthetic sets of one
+regime (one set per seed) with the commands a user runs, score each training's rows on its
+``val`` split (``benchmarks/accuracy.py``, bootstrap intervals over the images), and report
+every row as the mean and spread over the trainings beside each training's interval, the
+paired difference to the reference row per training, and the classes with AP 0.
+
+Rows: the paper as written (its own ICN: the paper's labels, no self-feeding, one peak
+threshold, T 3; on the first ``--paper-seeds`` trainings), the naive PRM, the naive PRM +
+objectness re-ranking (the reference), the default pipeline, the student. Each step is
+skipped when its output is there, so a killed run continues where it stopped::
+
+    python benchmarks/recipe.py /tmp/recipe --regime part-only --seed 21 --seed 22 --seed 23 \\
+        --out benchmarks/results/recipe_part_only.json
+
+The JSON holds every command run, per training and per row the accuracy report's figures,
+and the aggregate; the markdown beside it is the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from machine import machine_info
+
+REGIMES = {"part-only": ["--body-evidence", "0"],
+           "voc-like": ["--body-evidence", "0.75"],
+           "photo": ["--body-evidence", "0.75", "--background", "photo"]}
+REFERENCE = "naive PRM + re-ranking"
+HERE = Path(__file__).parent
+
+
+def plan(work: Path, seed: int, a: argparse.Namespace) -> list[tuple[str, Path, list[list[str]]]]:
+    """The steps of one training: (name, the file that marks it done, its commands)."""
+    root, models = work / f"data-{seed}", work / f"models-{seed}"
+    cls, default, paper = models / "classifier", models / "default", models / "paper"
+    synth = ["icn-rt", "data", "synth", str(root), "--size", str(a.size), "--classes", str(a.classes),
+             "--max-instances", str(a.max_instances), "--train", str(a.train), "--dev", str(a.dev), "--val",
+             str(a.val), "--seed", str(seed), *REGIMES[a.regime]]
+    steps = [("data", root / "synth.json", [synth]),
+             ("proposals", root / "Proposals" / ".done",
+              [["icn-rt", "proposals", str(root), "--split", s, "--workers", str(a.workers)] for s in ("train", "dev", "val")]
+              + [["touch", str(root / "Proposals" / ".done")]]),
+             ("classifier", cls / "classifier.safetensors",
+              [["icn-rt", "train", "classifier", str(root), "--model", str(cls), "--backbone", "small", "--input-size",
+                str(a.size), "--sub-pixel", "1", "--lr", "1e-3", "--epochs", str(a.classifier_epochs), "--lr-step",
+                str(a.classifier_lr_step), "--val-split", "dev", "--device", "cpu"]]),
+             ("default", default / "icn.safetensors",
+              [["cp", "-r", str(cls), str(default)],
+               ["icn-rt", "train", "icn", str(root), "--model", str(default), "--encoder", "small", "--width", "16",
+                "--epochs", str(a.icn_epochs), "--lr-step", str(a.icn_lr_step), "--steps", "1", "--rerank", "50",
+                "--k", "1", "--device", "cpu"]])]
+    if a.student_epochs:
+        steps.append(("student", default / "student.safetensors",
+                      [["icn-rt", "train", "student", str(root), "--model", str(default), "--epochs",
+                        str(a.student_epochs), "--device", "cpu", "--quiet"]]))
+    if seed in a.seed[:a.paper_seeds]:
+        steps.append(("paper", paper / "icn.safetensors",
+                      [["cp", "-r", str(cls), str(paper)],
+                       ["icn-rt", "train", "calibrate-peaks", str(root), "--model", str(paper), "--no-per-class",
+                        "--device", "cpu"],
+                       ["icn-rt", "train", "icn", str(root), "--model", str(paper), "--encoder", "small", "--width",
+                        "16", "--epochs", str(a.icn_epochs), "--lr-step", str(a.icn_lr_step), "--steps", "3",
+                        "--rerank", "0", "--k", "3", "--self-feed", "0", "--device", "cpu"]]))
+    rows = []
+    if seed in a.seed[:a.paper_seeds]:
+        rows.append(f"the paper as written={paper}:T=3,score=auto,rerank=0,confidence=peak_quality")
+    rows += [f"naive PRM={default}:T=0,score=auto,rerank=0,confidence=peak_quality",
+             f"{REFERENCE}={default}:T=0", f"default={default}"]
+    if a.student_epochs:
+        rows.append(f"student={default}:student=1")
+    report = work / f"accuracy-{seed}{'-student' if a.student_epochs else ''}.json"  # the rows decide
+    steps.append(("accuracy", report,
+                  [["python", str(HERE / "accuracy.py"), str(root), "--split", "val", *(x for r in rows for x in ("--row", r)),
+                    "--reference", REFERENCE, "--bootstrap", str(a.bootstrap), "--workers", str(a.workers),
+                    "--regime", a.regime, "--out", str(report)]]))
+    return steps
+
+
+def run_steps(steps, log: list[dict]) -> None:
+    """Each step not yet done, its commands in order; a failing command stops the run."""
+    for name, done, commands in steps:
+        if done.exists():
+            continue
+        started = time.perf_counter()
+        for command in commands:
+            print("$", shlex.join(command), flush=True)
+            subprocess.run(command, check=True)
+        log.append({"step": name, "seconds": round(time.perf_counter() - started, 1),
+                    "commands": [shlex.join(c) for c in commands]})
+
+
+def aggregate(reports: dict[int, dict]) -> dict:
+    """Per row: each training's figures, and the mean and spread (sample sd) over them."""
+    rows: dict[str, dict] = {}
+    for seed, report in reports.items():
+        for row in report["rows"]:
+            entry = rows.setdefault(row["name"], {"trainings": {}})
+            m = row["metrics"]
+            entry["trainings"][str(seed)] = {
+                "mAP@0.5": m["mAP@0.5"], "mAP@0.75": m["mAP@0.75"],
+                "minus_reference": row.get("minus_reference", {}).get("mAP@0.5"),
+                "classes_with_ap_0": sorted(c for c, ap in row["ap_per_class_0.5"].items() if ap <= 0),
+                "images_per_second": row.get("images_per_second")}
+    for entry in rows.values():
+        for key in ("mAP@0.5", "mAP@0.75"):
+            values = np.array([t[key]["estimate"] for t in entry["trainings"].values()])
+            entry[key] = {"mean": round(float(values.mean()), 2),
+                          "sd": round(float(values.std(ddof=1)), 2) if len(values) > 1 else None, "n": len(values)}
+        diffs = [t["minus_reference"] for t in entry["trainings"].values() if t["minus_reference"]]
+        if diffs:
+            entry["minus_reference"] = {"mean": round(float(np.mean([d["estimate"] for d in diffs])), 2),
+                                        "above_0": sum(d["interval"][0] > 0 for d in diffs),
+                                        "below_0": sum(d["interval"][1] < 0 for d in diffs), "n": len(diffs)}
+    return rows
+
+
+def markdown(doc: dict) -> str:
+    def spread(s):
+        return f"{s['mean']:.1f}" + (f" ± {s['sd']:.1f}" if s["sd"] is not None else "") + f" (n {s['n']})"
+
+    def each(entry, key):
+        return "; ".join(f"{t[key]['estimate']:.1f} [{t[key]['interval'][0]:.1f}, {t[key]['interval'][1]:.1f}]"
+                         for t in entry["trainings"].values())
+
+    lines = [f"The recipe trained from scratch on {len(doc['seeds'])} sets of the {doc['regime']} regime "
+             f"(seeds {', '.join(map(str, doc['seeds']))}; {doc['set']}); val; mean ± sd over the trainings, then "
+             f"each training's estimate [95% bootstrap interval]. Commands in the JSON beside this file.", "",
+             "| row | mAP^r@0.5 | per training | mAP^r@0.75 | − reference, per training | classes with AP 0 |",
+             "|---|---|---|---|---|---|"]
+    for name, entry in doc["rows"].items():
+        diff = "(reference)" if name == REFERENCE else "; ".join(
+            f"{t['minus_reference']['estimate']:+.1f} [{t['minus_reference']['interval'][0]:.1f}, "
+            f"{t['minus_reference']['interval'][1]:.1f}]" for t in entry["trainings"].values() if t["minus_reference"])
+        zero = "; ".join(", ".join(t["classes_with_ap_0"]) or "none" for t in entry["trainings"].values())
+        lines.append(f"| {name} | {spread(entry['mAP@0.5'])} | {each(entry, 'mAP@0.5')} | {spread(entry['mAP@0.75'])} "
+                     f"| {diff} | {zero} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("work", type=Path, help="folder for the sets, the models and the per-training reports")
+    ap.add_argument("--regime", choices=sorted(REGIMES), required=True)
+    ap.add_argument("--seed", type=int, action="append", required=True, help="one set and training per seed")
+    ap.add_argument("--size", type=int, default=160)
+    ap.add_argument("--classes", type=int, default=6)
+    ap.add_argument("--max-instances", type=int, default=3)
+    ap.add_argument("--train", type=int, default=400)
+    ap.add_argument("--dev", type=int, default=100)
+    ap.add_argument("--val", type=int, default=150)
+    ap.add_argument("--classifier-epochs", type=int, default=60)
+    ap.add_argument("--classifier-lr-step", type=int, default=40)
+    ap.add_argument("--icn-epochs", type=int, default=20)
+    ap.add_argument("--icn-lr-step", type=int, default=5)
+    ap.add_argument("--student-epochs", type=int, default=16, help="0: no student")
+    ap.add_argument("--paper-seeds", type=int, default=1, help="trainings that also get the paper's own ICN")
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args()
+    a.work.mkdir(parents=True, exist_ok=True)
+    log: list[dict] = []
+    reports = {}
+    for seed in a.seed:
+        steps = plan(a.work, seed, a)
+        run_steps(steps, log)
+        reports[seed] = json.loads(steps[-1][1].read_text())
+    doc = {"benchmark": "recipe", "command": shlex.join(["python", *sys.argv]), "regime": a.regime, "seeds": a.seed,
+           "set": f"{a.size} px, {a.classes} classes, at most {a.max_instances} objects, {a.train} train / {a.dev} dev "
+                  f"/ {a.val} val",
+           "reference": REFERENCE, "commands": {str(s): [c for _, _, cs in plan(a.work, s, a) for c in map(shlex.join, cs)]
+                                                for s in a.seed},
+           "steps_run": log, "rows": aggregate(reports), "machine": machine_info()}
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(doc, indent=1) + "\n")
+    a.out.with_suffix(".md").write_text(markdown(doc))
+    print(markdown(doc))
+
+
+if __name__ == "__main__":
+    main()
