@@ -199,8 +199,7 @@ def train_classifier(root: str | Path, out: str | Path, settings: TrainSettings,
     ``torchrun``, each process is a rank of DDP (:mod:`~icn_rt.training.distributed`):
     the global batch is ``batch_size``; rank 0 logs, validates, calibrates and writes."""
     root, out = Path(root), Path(out)
-    this = begin(out, FILES, resume, device, log, progress)
-    ranks, device, log, progress, resuming = this.ranks, this.device, this.log, this.progress, this.resuming
+    ranks, device, log, progress, resuming = begin(out, FILES, resume, device, log, progress)
     train_ds, train_paths, train_targets = _split(root, settings.split)
     _, val_paths, val_targets = _split(root, settings.val_split)
     classes = tuple(train_ds.classes)

@@ -139,8 +139,7 @@ def train_icn(root: str | Path, model_dir: str | Path, settings: ICNTrainSetting
     ``root``). Under ``torchrun``, each process is a rank of DDP
     (:mod:`~icn_rt.training.distributed`); rank 0 logs and writes."""
     root, model_dir = Path(root), Path(model_dir)
-    this = begin(model_dir, FILES, resume, device, log, progress)
-    ranks, device, log, progress, resuming = this.ranks, this.device, this.log, this.progress, this.resuming
+    ranks, device, log, progress, resuming = begin(model_dir, FILES, resume, device, log, progress)
     config = read_config(model_dir)
     if resuming:
         icn_settings = settings_from(config, "icn", ICNSettings, model_dir)

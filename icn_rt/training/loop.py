@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -85,9 +85,9 @@ class Epoch:
     agreed: str = ""
 
 
-@dataclass
-class Process:
-    """This process's part in a run (:func:`begin`)."""
+class Process(NamedTuple):
+    """This process's part in a run (:func:`begin`); unpacks as ``ranks, device, log,
+    progress, resuming``."""
 
     ranks: distributed.Ranks
     device: str

@@ -240,8 +240,7 @@ def train_student(root: str | Path, model_dir: str | Path, settings: StudentTrai
     ``root``); see the module's docstring. Under ``torchrun``, each process is a rank of
     DDP (:mod:`~icn_rt.training.distributed`); rank 0 logs and writes."""
     root, model_dir = Path(root), Path(model_dir)
-    this = begin(model_dir, FILES, resume, device, log, progress)
-    ranks, device, log, progress, resuming = this.ranks, this.device, this.log, this.progress, this.resuming
+    ranks, device, log, progress, resuming = begin(model_dir, FILES, resume, device, log, progress)
     config = read_config(model_dir)
     if resuming:
         student_settings = settings_from(config, "student", StudentSettings, model_dir)
