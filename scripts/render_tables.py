@@ -290,13 +290,16 @@ def bench_paper() -> str:
     return "\n".join(lines)
 
 
-def diagnosis() -> str:
-    """`benchmarks/diagnose.py`, stage by stage, for the default and the previous default (Eq. 5,
-    T 3, no re-ranking, PRM's confidence) in both regimes (values in %)."""
-    columns = {"part-only, default": "diagnose_part_only_default.json",
-               "VOC-like, default": "diagnose_voc_like_default.json",
-               "part-only, previous default": "diagnose_part_only.json",
-               "VOC-like, previous default": "diagnose_voc_like.json"}
+DIAGNOSIS = {"part-only, default": "diagnose_part_only_default.json",
+             "VOC-like, default": "diagnose_voc_like_default.json",
+             "part-only, previous default": "diagnose_part_only.json",
+             "VOC-like, previous default": "diagnose_voc_like.json"}
+
+
+def diagnosis(columns: dict[str, str] = DIAGNOSIS, skip: tuple[str, ...] = ()) -> str:
+    """`benchmarks/diagnose.py`, stage by stage (values in %), one column per report; by
+    default the default and the previous default (Eq. 5, T 3, no re-ranking, PRM's
+    confidence) in both regimes. ``skip``: stages left out."""
     stages = {"classification": "classification: image AP, mean over classes",
               "peaks": "peaks: objects with a peak of their class",
               "pseudo labels (top-k union)": "pseudo labels: IoU with the peak's object",
@@ -317,8 +320,10 @@ def diagnosis() -> str:
         values[column] = found
     lines = ["| stage | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for stage, label in stages.items():
-        lines.append(f"| {label} | " + " | ".join(f"{100 * values[c][stage]:.1f}" for c in columns) + " |")
-    lines += ["", "dev, 300 images; `benchmarks/results/" + "`, `".join(columns.values()) + "`."]
+        if stage not in skip:
+            lines.append(f"| {label} | " + " | ".join(f"{100 * values[c][stage]:.1f}" for c in columns) + " |")
+    sizes = sorted({_json(name)["images"] for name in columns.values()})
+    lines += ["", f"dev, {'/'.join(map(str, sizes))} images; `benchmarks/results/" + "`, `".join(columns.values()) + "`."]
     return "\n".join(lines)
 
 
@@ -342,6 +347,10 @@ RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": 
              "recipe-photo-dev": lambda: rows("accuracy_recipe_photo_dev.json"),
              "icn-in-matching-rerank-labels": lambda: rows("icn_in_matching_part_only_dev_rerank_labels_20ep.json"),
              "icn-in-matching-photo": lambda: rows("icn_in_matching_photo_dev.json"),
+             "icn-in-matching-gt-labels": lambda: rows("icn_in_matching_part_only_dev_gt_labels.json"),
+             "icn-ceiling": lambda: diagnosis({"naive PRM + re-ranking (no ICN)": "diagnose_part_only_dev_no_icn.json",
+                                               "ICN trained on the true masks": "diagnose_part_only_dev_gt_labels.json"},
+                                              skip=("classification", "peaks", "pseudo labels (top-k union)")),
              "paper-suspects": paper_suspects, "precision": precision, "distributed": distributed,
              "bench-paper": bench_paper, "diagnosis": diagnosis,
              "student-detail": student_detail,
