@@ -121,7 +121,15 @@ def aggregate(reports: dict[int, dict]) -> dict:
     return rows
 
 
-def markdown(doc: dict) -> str:
+def caption(doc: dict) -> str:
+    return (f"The recipe trained from scratch on {len(doc['seeds'])} sets of the {doc['regime']} regime (seeds "
+            f"{', '.join(map(str, doc['seeds']))}; {doc['set']}); val; mean ± sd over the trainings, then each "
+            f"training's estimate [95% bootstrap interval over the images]; the reference is {doc['reference']}.")
+
+
+def table(doc: dict) -> str:
+    """The rows: mean ± sd (n) at IoU 0.5 and 0.75, each training's interval, its paired
+    difference to the reference, its classes with AP 0."""
     def spread(s):
         return f"{s['mean']:.1f}" + (f" ± {s['sd']:.1f}" if s["sd"] is not None else "") + f" (n {s['n']})"
 
@@ -129,19 +137,20 @@ def markdown(doc: dict) -> str:
         return "; ".join(f"{t[key]['estimate']:.1f} [{t[key]['interval'][0]:.1f}, {t[key]['interval'][1]:.1f}]"
                          for t in entry["trainings"].values())
 
-    lines = [f"The recipe trained from scratch on {len(doc['seeds'])} sets of the {doc['regime']} regime "
-             f"(seeds {', '.join(map(str, doc['seeds']))}; {doc['set']}); val; mean ± sd over the trainings, then "
-             f"each training's estimate [95% bootstrap interval]. Commands in the JSON beside this file.", "",
-             "| row | mAP^r@0.5 | per training | mAP^r@0.75 | − reference, per training | classes with AP 0 |",
+    lines = ["| row | mAP^r@0.5 | per training | mAP^r@0.75 | − reference, per training | classes with AP 0 |",
              "|---|---|---|---|---|---|"]
     for name, entry in doc["rows"].items():
-        diff = "(reference)" if name == REFERENCE else "; ".join(
+        diff = "(reference)" if name == doc["reference"] else "; ".join(
             f"{t['minus_reference']['estimate']:+.1f} [{t['minus_reference']['interval'][0]:.1f}, "
             f"{t['minus_reference']['interval'][1]:.1f}]" for t in entry["trainings"].values() if t["minus_reference"])
         zero = "; ".join(", ".join(t["classes_with_ap_0"]) or "none" for t in entry["trainings"].values())
         lines.append(f"| {name} | {spread(entry['mAP@0.5'])} | {each(entry, 'mAP@0.5')} | {spread(entry['mAP@0.75'])} "
                      f"| {diff} | {zero} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
+
+
+def markdown(doc: dict) -> str:
+    return caption(doc) + " Commands in the JSON beside this file.\n\n" + table(doc) + "\n"
 
 
 def main() -> None:

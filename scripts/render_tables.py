@@ -341,6 +341,16 @@ def label_quality() -> str:
     return "\n".join(lines)
 
 
+def recipe(name: str) -> str:
+    """``benchmarks/recipe.py``: each row's mean and spread over the trainings from scratch,
+    each training's interval and paired difference, its classes with AP 0."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from recipe import caption, table
+
+    doc = _json(name)
+    return table(doc) + f"\n\n{caption(doc)} `benchmarks/results/{name}`."
+
+
 RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": serve, "matching": matching,
              "bench-batches": bench_batches, "label-quality": label_quality,
              "recipe-part-only-val": lambda: rows("accuracy_recipe_part_only_val.json"),

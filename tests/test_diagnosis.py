@@ -313,6 +313,6 @@ def test_recipe_aggregates_the_trainings():
     assert rows["default"]["minus_reference"] == {"mean": 1.0, "above_0": 1, "below_0": 0, "n": 2}
     assert rows["default"]["trainings"]["1"]["classes_with_ap_0"] == ["b"]
     assert "minus_reference" not in rows[REFERENCE]
-    text = markdown({"seeds": [1, 2], "regime": "part-only", "set": "s", "rows": rows})
+    text = markdown({"seeds": [1, 2], "regime": "part-only", "set": "s", "rows": rows, "reference": REFERENCE})
     assert "| default | 16.0 ± 2.8 (n 2) | 14.0 [11.0, 17.0]; 18.0 [14.0, 22.0] |" in text
     assert "+4.0 [1.0, 7.0]; -2.0 [-5.0, 1.0] | b; none |" in text

@@ -104,6 +104,7 @@ def precisions(values: list[str] | None, default: tuple[str, ...]) -> tuple[str,
     names = [p.strip() for v in (values or []) for p in v.split(",") if p.strip()]
     return tuple(dict.fromkeys(names)) or default
 
+
 # what a training command reads and how it trains; each command's help says its schedule
 Split = Annotated[str, typer.Option(help="Split of ROOT the command reads (VOC: ImageSets/Main/SPLIT.txt; COCO: "
                                          "instances_SPLIT.json).")]
