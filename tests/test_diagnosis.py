@@ -261,7 +261,7 @@ def _recipe_args(**overrides):
 
 def test_recipe_plans_the_readme_commands_per_seed(tmp_path):
     sys.path.insert(0, BENCHMARKS)
-    from recipe import REFERENCE, plan
+    from recipe import PAPER_T1, REFERENCE, plan
 
     first = plan(tmp_path, 5, _recipe_args())
     assert [name for name, _, _ in first] == ["data", "proposals", "classifier", "default", "paper", "accuracy"]
@@ -273,8 +273,9 @@ def test_recipe_plans_the_readme_commands_per_seed(tmp_path):
     paper = first[4][2]
     assert "--no-per-class" in paper[1] and paper[2][paper[2].index("--self-feed") + 1] == "0"
     rows = [x for x in first[-1][2][0] if "=" in x and x.split("=")[0] in
-            ("the paper as written", "naive PRM", REFERENCE, "default", "student")]
-    assert [r.split("=")[0] for r in rows] == ["the paper as written", "naive PRM", REFERENCE, "default"]
+            ("the paper as written", PAPER_T1, "naive PRM", REFERENCE, "default", "student")]
+    assert [r.split("=")[0] for r in rows] == ["the paper as written", PAPER_T1, "naive PRM", REFERENCE, "default"]
+    assert rows[0].endswith(":T=3,score=auto,rerank=0,confidence=peak_quality") and ":T=1," in rows[1]
     second = plan(tmp_path, 6, _recipe_args(student_epochs=4))
     assert [name for name, _, _ in second] == ["data", "proposals", "classifier", "default", "student", "accuracy"]
     assert second[-1][1].name == "accuracy-6-student.json" and first[-1][1].name == "accuracy-5.json"
