@@ -357,6 +357,8 @@ RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": 
              "recipe-photo-dev": lambda: rows("accuracy_recipe_photo_dev.json"),
              "icn-in-matching-rerank-labels": lambda: rows("icn_in_matching_part_only_dev_rerank_labels_20ep.json"),
              "icn-in-matching-photo": lambda: rows("icn_in_matching_photo_dev.json"),
+             "recipe-part-only": lambda: recipe("recipe_part_only.json"),
+             "student-teacher": lambda: rows("student_teacher_part_only_val.json"),
              "icn-in-matching-gt-labels": lambda: rows("icn_in_matching_part_only_dev_gt_labels.json"),
              "icn-ceiling": lambda: diagnosis({"naive PRM + re-ranking (no ICN)": "diagnose_part_only_dev_no_icn.json",
                                                "ICN trained on the true masks": "diagnose_part_only_dev_gt_labels.json"},
