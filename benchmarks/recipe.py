@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from accuracy import write_report
 from machine import machine_info
 
 REGIMES = {"part-only": ["--body-evidence", "0"],
@@ -190,10 +191,7 @@ def main() -> None:
            "reference": REFERENCE, "commands": {str(s): [c for _, _, cs in plan(a.work, s, a) for c in map(shlex.join, cs)]
                                                 for s in a.seed},
            "steps_run": log, "rows": aggregate(reports), "machine": machine_info()}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(doc, indent=1) + "\n")
-    a.out.with_suffix(".md").write_text(markdown(doc))
-    print(markdown(doc))
+    write_report(a.out, doc, markdown(doc))
 
 
 if __name__ == "__main__":
