@@ -40,32 +40,34 @@ HERE = Path(__file__).parent
 
 
 def plan(work: Path, seed: int, a: argparse.Namespace) -> list[tuple[str, Path, list[list[str]]]]:
-    """The steps of one training: (name, the file that marks it done, its commands)."""
+    """The steps of one training: (name, the file that marks it done, its commands). A step
+    is done once all its commands have succeeded (:func:`run_steps` writes the mark); one
+    that was stopped starts over (a training continues from its checkpoint)."""
     root, models = work / f"data-{seed}", work / f"models-{seed}"
     cls, default, paper = models / "classifier", models / "default", models / "paper"
+    marks = work / "done"
     synth = ["icn-rt", "data", "synth", str(root), "--size", str(a.size), "--classes", str(a.classes),
              "--max-instances", str(a.max_instances), "--train", str(a.train), "--dev", str(a.dev), "--val",
              str(a.val), "--seed", str(seed), *REGIMES[a.regime]]
-    steps = [("data", root / "synth.json", [synth]),
-             ("proposals", root / "Proposals" / ".done",
-              [["icn-rt", "proposals", str(root), "--split", s, "--workers", str(a.workers)] for s in ("train", "dev", "val")]
-              + [["touch", str(root / "Proposals" / ".done")]]),
-             ("classifier", cls / "classifier.safetensors",
+    steps = [("data", marks / f"{seed}-data", [synth]),
+             ("proposals", marks / f"{seed}-proposals",
+              [["icn-rt", "proposals", str(root), "--split", s, "--workers", str(a.workers)] for s in ("train", "dev", "val")]),
+             ("classifier", marks / f"{seed}-classifier",
               [["icn-rt", "train", "classifier", str(root), "--model", str(cls), "--backbone", "small", "--input-size",
                 str(a.size), "--sub-pixel", "1", "--lr", "1e-3", "--epochs", str(a.classifier_epochs), "--lr-step",
-                str(a.classifier_lr_step), "--val-split", "dev", "--device", "cpu"]]),
-             ("default", default / "icn.safetensors",
-              [["cp", "-r", str(cls), str(default)],
+                str(a.classifier_lr_step), "--val-split", "dev", "--device", "cpu", "--resume"]]),
+             ("default", marks / f"{seed}-default",
+              [["rm", "-rf", str(default)], ["cp", "-r", str(cls), str(default)],
                ["icn-rt", "train", "icn", str(root), "--model", str(default), "--encoder", "small", "--width", "16",
                 "--epochs", str(a.icn_epochs), "--lr-step", str(a.icn_lr_step), "--steps", "1", "--rerank", "50",
                 "--k", "1", "--device", "cpu"]])]
     if a.student_epochs:
-        steps.append(("student", default / "student.safetensors",
+        steps.append(("student", marks / f"{seed}-student",
                       [["icn-rt", "train", "student", str(root), "--model", str(default), "--epochs",
-                        str(a.student_epochs), "--device", "cpu", "--quiet"]]))
+                        str(a.student_epochs), "--device", "cpu", "--quiet", "--resume"]]))
     if seed in a.seed[:a.paper_seeds]:
-        steps.append(("paper", paper / "icn.safetensors",
-                      [["cp", "-r", str(cls), str(paper)],
+        steps.append(("paper", marks / f"{seed}-paper",
+                      [["rm", "-rf", str(paper)], ["cp", "-r", str(cls), str(paper)],
                        ["icn-rt", "train", "calibrate-peaks", str(root), "--model", str(paper), "--no-per-class",
                         "--device", "cpu"],
                        ["icn-rt", "train", "icn", str(root), "--model", str(paper), "--encoder", "small", "--width",
@@ -79,12 +81,17 @@ def plan(work: Path, seed: int, a: argparse.Namespace) -> list[tuple[str, Path, 
              f"{REFERENCE}={default}:T=0", f"default={default}"]
     if a.student_epochs:
         rows.append(f"student={default}:student=1")
-    report = work / f"accuracy-{seed}{'-student' if a.student_epochs else ''}.json"  # the rows decide
-    steps.append(("accuracy", report,
+    report = report_path(work, seed, a)
+    steps.append(("accuracy", marks / report.stem,
                   [["python", str(HERE / "accuracy.py"), str(root), "--split", "val", *(x for r in rows for x in ("--row", r)),
                     "--reference", REFERENCE, "--bootstrap", str(a.bootstrap), "--workers", str(a.workers),
                     "--regime", a.regime, "--out", str(report)]]))
     return steps
+
+
+def report_path(work: Path, seed: int, a: argparse.Namespace) -> Path:
+    """One training's accuracy report (the rows decide its name)."""
+    return work / f"accuracy-{seed}{'-student' if a.student_epochs else ''}.json"
 
 
 def run_steps(steps, log: list[dict]) -> None:
@@ -98,6 +105,8 @@ def run_steps(steps, log: list[dict]) -> None:
             subprocess.run(command, check=True)
         log.append({"step": name, "seconds": round(time.perf_counter() - started, 1),
                     "commands": [shlex.join(c) for c in commands]})
+        done.parent.mkdir(parents=True, exist_ok=True)
+        done.touch()
 
 
 def aggregate(reports: dict[int, dict]) -> dict:
@@ -184,7 +193,7 @@ def main() -> None:
     for seed in a.seed:
         steps = plan(a.work, seed, a)
         run_steps(steps, log)
-        reports[seed] = json.loads(steps[-1][1].read_text())
+        reports[seed] = json.loads(report_path(a.work, seed, a).read_text())
     doc = {"benchmark": "recipe", "command": shlex.join(["python", *sys.argv]), "regime": a.regime, "seeds": a.seed,
            "set": f"{a.size} px, {a.classes} classes, at most {a.max_instances} objects, {a.train} train / {a.dev} dev "
                   f"/ {a.val} val",

@@ -268,17 +268,21 @@ def test_recipe_plans_the_readme_commands_per_seed(tmp_path):
     synth = first[0][2][0]
     assert synth[:4] == ["icn-rt", "data", "synth", str(tmp_path / "data-5")]
     assert synth[synth.index("--seed") + 1] == "5" and synth[-4:] == ["--body-evidence", "0.75", "--background", "photo"]
-    icn = first[3][2][1]
+    icn = first[3][2][2]
     assert icn[icn.index("--rerank") + 1] == "50" and icn[icn.index("--k") + 1] == "1"
     paper = first[4][2]
-    assert "--no-per-class" in paper[1] and paper[2][paper[2].index("--self-feed") + 1] == "0"
+    assert paper[0] == ["rm", "-rf", str(tmp_path / "models-5" / "paper")]  # a stopped step starts over
+    assert "--no-per-class" in paper[2] and paper[3][paper[3].index("--self-feed") + 1] == "0"
+    assert "--resume" in first[2][2][0] and [step[1] for step in first[:3]] == [tmp_path / "done" / f"5-{n}" for n in
+                                                                              ("data", "proposals", "classifier")]
     rows = [x for x in first[-1][2][0] if "=" in x and x.split("=")[0] in
             ("the paper as written", PAPER_T1, "naive PRM", REFERENCE, "default", "student")]
     assert [r.split("=")[0] for r in rows] == ["the paper as written", PAPER_T1, "naive PRM", REFERENCE, "default"]
     assert rows[0].endswith(":T=3,score=auto,rerank=0,confidence=peak_quality") and ":T=1," in rows[1]
     second = plan(tmp_path, 6, _recipe_args(student_epochs=4))
     assert [name for name, _, _ in second] == ["data", "proposals", "classifier", "default", "student", "accuracy"]
-    assert second[-1][1].name == "accuracy-6-student.json" and first[-1][1].name == "accuracy-5.json"
+    assert second[-1][1].name == "accuracy-6-student" and first[-1][2][0][-1] == str(tmp_path / "accuracy-5.json")
+    assert "--resume" in second[4][2][0]
 
 
 def test_recipe_runs_only_the_steps_not_done(tmp_path):
@@ -288,10 +292,11 @@ def test_recipe_runs_only_the_steps_not_done(tmp_path):
     done, todo = tmp_path / "done", tmp_path / "todo"
     done.touch()
     log: list = []
-    run_steps([("a", done, [["false"]]), ("b", todo, [["touch", str(todo)]])], log)
-    assert todo.exists() and [entry["step"] for entry in log] == ["b"] and log[0]["commands"] == [f"touch {todo}"]
-    with pytest.raises(subprocess.CalledProcessError):
-        run_steps([("c", tmp_path / "never", [["false"]])], log)
+    run_steps([("a", done, [["false"]]), ("b", todo, [["true"]])], log)
+    assert todo.exists() and [entry["step"] for entry in log] == ["b"] and log[0]["commands"] == ["true"]
+    with pytest.raises(subprocess.CalledProcessError):  # a failing command: the step is not marked done
+        run_steps([("c", tmp_path / "never", [["true"], ["false"]])], log)
+    assert not (tmp_path / "never").exists()
 
 
 def test_recipe_aggregates_the_trainings():
