@@ -45,7 +45,12 @@ def plan(work: Path, seed: int, a: argparse.Namespace) -> list[tuple[str, Path, 
     that was stopped starts over (a training continues from its checkpoint)."""
     root, models = work / f"data-{seed}", work / f"models-{seed}"
     cls, default, paper = models / "classifier", models / "default", models / "paper"
-    marks = work / "done"
+    marks, with_paper = work / "done", seed in a.seed[:a.paper_seeds]
+
+    def icn(model: Path, *how: str) -> list[str]:
+        return ["icn-rt", "train", "icn", str(root), "--model", str(model), "--encoder", "small", "--width", "16",
+                "--epochs", str(a.icn_epochs), "--lr-step", str(a.icn_lr_step), *how, "--device", "cpu"]
+
     synth = ["icn-rt", "data", "synth", str(root), "--size", str(a.size), "--classes", str(a.classes),
              "--max-instances", str(a.max_instances), "--train", str(a.train), "--dev", str(a.dev), "--val",
              str(a.val), "--seed", str(seed), *REGIMES[a.regime]]
@@ -58,23 +63,19 @@ def plan(work: Path, seed: int, a: argparse.Namespace) -> list[tuple[str, Path, 
                 str(a.classifier_lr_step), "--val-split", "dev", "--device", "cpu", "--resume"]]),
              ("default", marks / f"{seed}-default",
               [["rm", "-rf", str(default)], ["cp", "-r", str(cls), str(default)],
-               ["icn-rt", "train", "icn", str(root), "--model", str(default), "--encoder", "small", "--width", "16",
-                "--epochs", str(a.icn_epochs), "--lr-step", str(a.icn_lr_step), "--steps", "1", "--rerank", "50",
-                "--k", "1", "--device", "cpu"]])]
+               icn(default, "--steps", "1", "--rerank", "50", "--k", "1")])]
     if a.student_epochs:
         steps.append(("student", marks / f"{seed}-student",
                       [["icn-rt", "train", "student", str(root), "--model", str(default), "--epochs",
                         str(a.student_epochs), "--device", "cpu", "--quiet", "--resume"]]))
-    if seed in a.seed[:a.paper_seeds]:
+    if with_paper:
         steps.append(("paper", marks / f"{seed}-paper",
                       [["rm", "-rf", str(paper)], ["cp", "-r", str(cls), str(paper)],
                        ["icn-rt", "train", "calibrate-peaks", str(root), "--model", str(paper), "--no-per-class",
                         "--device", "cpu"],
-                       ["icn-rt", "train", "icn", str(root), "--model", str(paper), "--encoder", "small", "--width",
-                        "16", "--epochs", str(a.icn_epochs), "--lr-step", str(a.icn_lr_step), "--steps", "3",
-                        "--rerank", "0", "--k", "3", "--self-feed", "0", "--device", "cpu"]]))
+                       icn(paper, "--steps", "3", "--rerank", "0", "--k", "3", "--self-feed", "0")]))
     rows = []
-    if seed in a.seed[:a.paper_seeds]:
+    if with_paper:
         rows += [f"the paper as written={paper}:T=3,score=auto,rerank=0,confidence=peak_quality",
                  f"{PAPER_T1}={paper}:T=1,score=auto,rerank=0,confidence=peak_quality"]
     rows += [f"naive PRM={default}:T=0,score=auto,rerank=0,confidence=peak_quality",
@@ -190,15 +191,16 @@ def main() -> None:
     a.work.mkdir(parents=True, exist_ok=True)
     log: list[dict] = []
     reports = {}
+    commands = {}
     for seed in a.seed:
         steps = plan(a.work, seed, a)
         run_steps(steps, log)
+        commands[str(seed)] = [shlex.join(c) for _, _, cs in steps for c in cs]
         reports[seed] = json.loads(report_path(a.work, seed, a).read_text())
     doc = {"benchmark": "recipe", "command": shlex.join(["python", *sys.argv]), "regime": a.regime, "seeds": a.seed,
            "set": f"{a.size} px, {a.classes} classes, at most {a.max_instances} objects, {a.train} train / {a.dev} dev "
                   f"/ {a.val} val",
-           "reference": REFERENCE, "commands": {str(s): [c for _, _, cs in plan(a.work, s, a) for c in map(shlex.join, cs)]
-                                                for s in a.seed},
+           "reference": REFERENCE, "commands": commands,
            "steps_run": log, "rows": aggregate(reports), "machine": machine_info()}
     write_report(a.out, doc, markdown(doc))
 
