@@ -62,7 +62,7 @@ def parse_settings(options: str, what: str = "settings") -> dict:
         key, _, value = item.partition("=")
         if key not in KEYS:
             raise SystemExit(f"{what}: unknown key {key!r} (keys: {', '.join(KEYS)})")
-        settings[key] = None if value == "none" else KEYS[key](value)
+        settings[key] = None if value == "none" and key != "refine" else KEYS[key](value)  # refine=none: a mode
     return settings
 
 

@@ -6,12 +6,16 @@ paired difference to the reference row per training, and the classes with AP 0.
 
 Rows: the paper as written (its own ICN: the paper's labels, no self-feeding, one peak
 threshold, T 3; on the first ``--paper-seeds`` trainings) and the same at T 1 (the
-suspect that ranks it above the naive PRM), the naive PRM, the naive PRM +
-objectness re-ranking (the reference), the default pipeline, the student. Each step is
-skipped when its output is there, so a killed run continues where it stopped::
+suspect that ranks it above the naive PRM), the naive PRM, the default pipeline (the
+classifier alone: naive PRM + objectness re-ranking, the reference), the default with the
+recipe's ICN (re-ranked top-1 labels, T 1; on the first ``--icn-seeds`` trainings), the
+student of the default, and the same with its masks snapped to superpixels. Each step is marked done once its commands have succeeded, so a
+killed run continues where it stopped (a training from its checkpoint)::
 
     python benchmarks/recipe.py /tmp/recipe --regime part-only --seed 21 --seed 22 --seed 23 \\
         --out benchmarks/results/recipe_part_only.json
+
+``--split dev`` scores the dev split instead (for choices; val only reports).
 
 The JSON holds every command run, per training and per row the accuracy report's figures,
 and the aggregate; the markdown beside it is the table.
@@ -34,7 +38,9 @@ from machine import machine_info
 REGIMES = {"part-only": ["--body-evidence", "0"],
            "voc-like": ["--body-evidence", "0.75"],
            "photo": ["--body-evidence", "0.75", "--background", "photo"]}
-REFERENCE = "naive PRM + re-ranking"
+REFERENCE = "default: naive PRM + re-ranking"
+REFINED = "student, masks snapped to superpixels"  # student.refine: superpixels (docs/student.md)
+WITH_ICN = "default + the ICN (T 1)"  # the recipe's ICN: re-ranked top-1 labels, IoU matching among its candidates
 PAPER_T1 = "the paper as written, at T 1"  # the one suspect that ranks it above the naive PRM (docs/accuracy.md)
 HERE = Path(__file__).parent
 
@@ -44,33 +50,39 @@ def plan(work: Path, seed: int, a: argparse.Namespace) -> list[tuple[str, Path, 
     is done once all its commands have succeeded (:func:`run_steps` writes the mark); one
     that was stopped starts over (a training continues from its checkpoint)."""
     root, models = work / f"data-{seed}", work / f"models-{seed}"
-    cls, default, paper = models / "classifier", models / "default", models / "paper"
-    marks, with_paper = work / "done", seed in a.seed[:a.paper_seeds]
+    cls, default, icn_model, paper = (models / n for n in ("classifier", "default", "icn", "paper"))
+    marks = work / "done"
+    with_paper, with_icn = seed in a.seed[:a.paper_seeds], seed in a.seed[:a.icn_seeds]
 
     def icn(model: Path, *how: str) -> list[str]:
         return ["icn-rt", "train", "icn", str(root), "--model", str(model), "--encoder", "small", "--width", "16",
                 "--epochs", str(a.icn_epochs), "--lr-step", str(a.icn_lr_step), *how, "--device", "cpu"]
+
+    def fresh(model: Path) -> list[list[str]]:  # a copy of the trained classifier
+        return [["rm", "-rf", str(model)], ["cp", "-r", str(cls), str(model)]]
 
     synth = ["icn-rt", "data", "synth", str(root), "--size", str(a.size), "--classes", str(a.classes),
              "--max-instances", str(a.max_instances), "--train", str(a.train), "--dev", str(a.dev), "--val",
              str(a.val), "--seed", str(seed), *REGIMES[a.regime]]
     steps = [("data", marks / f"{seed}-data", [synth]),
              ("proposals", marks / f"{seed}-proposals",
-              [["icn-rt", "proposals", str(root), "--split", s, "--workers", str(a.workers)] for s in ("train", "dev", "val")]),
+              [["icn-rt", "proposals", str(root), "--split", s, "--workers", str(a.workers)]
+               for s in ("train", "dev", "val")]),
              ("classifier", marks / f"{seed}-classifier",
               [["icn-rt", "train", "classifier", str(root), "--model", str(cls), "--backbone", "small", "--input-size",
                 str(a.size), "--sub-pixel", "1", "--lr", "1e-3", "--epochs", str(a.classifier_epochs), "--lr-step",
                 str(a.classifier_lr_step), "--val-split", "dev", "--device", "cpu", "--resume"]]),
-             ("default", marks / f"{seed}-default",
-              [["rm", "-rf", str(default)], ["cp", "-r", str(cls), str(default)],
-               icn(default, "--steps", "1", "--rerank", "50", "--k", "1")])]
+             ("default", marks / f"{seed}-default", fresh(default))]
     if a.student_epochs:
         steps.append(("student", marks / f"{seed}-student",
                       [["icn-rt", "train", "student", str(root), "--model", str(default), "--epochs",
                         str(a.student_epochs), "--device", "cpu", "--quiet", "--resume"]]))
+    if with_icn:
+        steps.append(("icn", marks / f"{seed}-icn", [*fresh(icn_model), icn(icn_model, "--steps", "1", "--rerank", "50",
+                                                                            "--k", "1")]))
     if with_paper:
         steps.append(("paper", marks / f"{seed}-paper",
-                      [["rm", "-rf", str(paper)], ["cp", "-r", str(cls), str(paper)],
+                      [*fresh(paper),
                        ["icn-rt", "train", "calibrate-peaks", str(root), "--model", str(paper), "--no-per-class",
                         "--device", "cpu"],
                        icn(paper, "--steps", "3", "--rerank", "0", "--k", "3", "--self-feed", "0")]))
@@ -78,21 +90,23 @@ def plan(work: Path, seed: int, a: argparse.Namespace) -> list[tuple[str, Path, 
     if with_paper:
         rows += [f"the paper as written={paper}:T=3,score=auto,rerank=0,confidence=peak_quality",
                  f"{PAPER_T1}={paper}:T=1,score=auto,rerank=0,confidence=peak_quality"]
-    rows += [f"naive PRM={default}:T=0,score=auto,rerank=0,confidence=peak_quality",
-             f"{REFERENCE}={default}:T=0", f"default={default}"]
+    rows += [f"naive PRM={default}:score=auto,rerank=0,confidence=peak_quality", f"{REFERENCE}={default}"]
+    if with_icn:
+        rows.append(f"{WITH_ICN}={icn_model}")
     if a.student_epochs:
-        rows.append(f"student={default}:student=1")
+        rows += [f"student={default}:student=1,refine=none", f"{REFINED}={default}:student=1,refine=superpixels"]
     report = report_path(work, seed, a)
     steps.append(("accuracy", marks / report.stem,
-                  [["python", str(HERE / "accuracy.py"), str(root), "--split", "val", *(x for r in rows for x in ("--row", r)),
-                    "--reference", REFERENCE, "--bootstrap", str(a.bootstrap), "--workers", str(a.workers),
-                    "--regime", a.regime, "--out", str(report)]]))
+                  [["python", str(HERE / "accuracy.py"), str(root), "--split", a.split,
+                    *(x for r in rows for x in ("--row", r)), "--reference", REFERENCE, "--bootstrap",
+                    str(a.bootstrap), "--workers", str(a.workers), "--regime", a.regime, "--out", str(report)]]))
     return steps
 
 
 def report_path(work: Path, seed: int, a: argparse.Namespace) -> Path:
     """One training's accuracy report (the rows decide its name)."""
-    return work / f"accuracy-{seed}{'-student' if a.student_epochs else ''}.json"
+    parts = [str(seed), a.split] + ["student"] * bool(a.student_epochs) + ["icn"] * (seed in a.seed[:a.icn_seeds])
+    return work / f"accuracy-{'-'.join(parts)}.json"
 
 
 def run_steps(steps, log: list[dict]) -> None:
@@ -137,8 +151,9 @@ def aggregate(reports: dict[int, dict]) -> dict:
 
 def caption(doc: dict) -> str:
     return (f"The recipe trained from scratch on {len(doc['seeds'])} sets of the {doc['regime']} regime (seeds "
-            f"{', '.join(map(str, doc['seeds']))}; {doc['set']}); val; mean ± sd over the trainings, then each "
-            f"training's estimate [95% bootstrap interval over the images]; the reference is {doc['reference']}.")
+            f"{', '.join(map(str, doc['seeds']))}; {doc['set']}); {doc.get('split', 'val')}; mean ± sd over the "
+            "trainings, then each training's estimate [95% bootstrap interval over the images]; the reference is "
+            f"{doc['reference']}.")
 
 
 def table(doc: dict) -> str:
@@ -184,10 +199,13 @@ def main() -> None:
     ap.add_argument("--icn-lr-step", type=int, default=5)
     ap.add_argument("--student-epochs", type=int, default=16, help="0: no student")
     ap.add_argument("--paper-seeds", type=int, default=1, help="trainings that also get the paper's own ICN")
+    ap.add_argument("--icn-seeds", type=int, default=None, help="trainings that also get the recipe's ICN [all]")
+    ap.add_argument("--split", default="val", help="the split scored (dev for choices; val reports)")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
+    a.icn_seeds = len(a.seed) if a.icn_seeds is None else a.icn_seeds
     a.work.mkdir(parents=True, exist_ok=True)
     log: list[dict] = []
     reports = {}
@@ -197,7 +215,8 @@ def main() -> None:
         run_steps(steps, log)
         commands[str(seed)] = [shlex.join(c) for _, _, cs in steps for c in cs]
         reports[seed] = json.loads(report_path(a.work, seed, a).read_text())
-    doc = {"benchmark": "recipe", "command": shlex.join(["python", *sys.argv]), "regime": a.regime, "seeds": a.seed,
+    doc = {"benchmark": "recipe", "command": shlex.join(["python", *sys.argv]), "regime": a.regime, "split": a.split,
+           "seeds": a.seed,
            "set": f"{a.size} px, {a.classes} classes, at most {a.max_instances} objects, {a.train} train / {a.dev} dev "
                   f"/ {a.val} val",
            "reference": REFERENCE, "commands": commands,

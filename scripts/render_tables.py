@@ -351,6 +351,53 @@ def recipe(name: str) -> str:
     return table(doc) + f"\n\n{caption(doc)} `benchmarks/results/{name}`."
 
 
+def recipe_regimes() -> str:
+    """The recipe's rows in every regime measured, side by side: mean ± sd over the
+    trainings at IoU 0.5 and 0.75 (the per-training detail is in docs/accuracy.md)."""
+    names = {"part-only": "recipe_part_only.json", "VOC-like": "recipe_voc_like.json", "photo": "recipe_photo.json"}
+    docs = {k: _json(v) for k, v in names.items() if (RESULTS / v).exists()}
+
+    def cell(entry, key):
+        if entry is None:
+            return "-"
+        m = entry[key]
+        return f"{m['mean']:.1f}" + (f" ± {m['sd']:.1f}" if m["sd"] is not None else "") + f" (n {m['n']})"
+
+    rows = list(dict.fromkeys(name for doc in docs.values() for name in doc["rows"]))
+    lines = ["| row | " + " | ".join(f"{k} mAP^r@0.5 | {k} @0.75" for k in docs) + " |",
+             "|---|" + "---|---|" * len(docs)]
+    for name in rows:
+        cells = [cell(doc["rows"].get(name), key) for doc in docs.values() for key in ("mAP@0.5", "mAP@0.75")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    sets = "; ".join(f"{k}: seeds {', '.join(map(str, d['seeds']))}, {d['set']}" for k, d in docs.items())
+    lines += ["", f"val; mean ± sd over the trainings from scratch (n: how many); {sets}; `benchmarks/results/"
+                  + "`, `".join(names[k] for k in docs) + "`."]
+    return "\n".join(lines)
+
+
+def default_choice() -> str:
+    """The default chosen on dev: each fresh training's naive PRM + re-ranking against the
+    ICN pipeline of the same classifier (and, on the first, the students of both)."""
+    names = {"naive PRM + re-ranking": "naive PRM + re-ranking", "ICN pipeline (T 1, IoU matching)": "with the ICN (T 1)",
+             "student of naive PRM + re-ranking": "student of naive PRM + re-ranking",
+             "student of the ICN pipeline": "student of the ICN pipeline"}
+    files = sorted(RESULTS.glob("default_choice_part_only_dev_*.json"))
+    docs = {f.stem.rsplit("_", 1)[1]: _json(f.name) for f in files}
+    lines = ["| row | " + " | ".join(f"seed {seed}" for seed in docs) + " |", "|---|" + "---|" * len(docs)]
+    for name, label in names.items():
+        cells = []
+        for doc in docs.values():
+            row = next((r for r in doc["rows"] if r["name"] == name), None)
+            cells.append("-" if row is None else _ci(row["metrics"]["mAP@0.5"]) + (
+                "" if "minus_reference" not in row else f"; {_diff(row['minus_reference']['mAP@0.5'])}"))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    sizes = sorted({d["images"] for d in docs.values()})
+    lines += ["", f"mAP^r@0.5 on dev ({'/'.join(map(str, sizes))} images), then the paired difference to naive PRM + "
+                  "re-ranking; 95% bootstrap intervals over the images; the part-only sets and trainings of the recipe "
+                  "table; `benchmarks/results/default_choice_part_only_dev_*.json`."]
+    return "\n".join(lines)
+
+
 RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": serve, "matching": matching,
              "bench-batches": bench_batches, "label-quality": label_quality,
              "recipe-part-only-val": lambda: rows("accuracy_recipe_part_only_val.json"),
@@ -358,7 +405,9 @@ RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": 
              "icn-in-matching-rerank-labels": lambda: rows("icn_in_matching_part_only_dev_rerank_labels_20ep.json"),
              "icn-in-matching-photo": lambda: rows("icn_in_matching_photo_dev.json"),
              "recipe-part-only": lambda: recipe("recipe_part_only.json"),
-             "student-teacher": lambda: rows("student_teacher_part_only_val.json"),
+             "recipe-part-only-dev": lambda: recipe("recipe_part_only_dev.json"),
+             "recipe-photo": lambda: recipe("recipe_photo.json"),
+             "default-choice": default_choice, "recipe-regimes": recipe_regimes,
              "icn-in-matching-gt-labels": lambda: rows("icn_in_matching_part_only_dev_gt_labels.json"),
              "icn-ceiling": lambda: diagnosis({"naive PRM + re-ranking (no ICN)": "diagnose_part_only_dev_no_icn.json",
                                                "ICN trained on the true masks": "diagnose_part_only_dev_gt_labels.json"},

@@ -114,6 +114,16 @@ def test_accuracy_benchmark_rows_intervals_and_paired_differences(with_icn, tiny
     assert "| COCO AP |" in out.with_suffix(".md").read_text()
 
 
+def test_accuracy_row_settings_parse_none_as_none_but_refine_none_as_a_mode():
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from accuracy import parse_settings
+
+    assert parse_settings("T=0,binarize=none,student=1,refine=none") == {"T": 0, "binarize": None, "student": 1,
+                                                                        "refine": "none"}
+    with pytest.raises(SystemExit, match="unknown key 'tee'"):
+        parse_settings("tee=1")
+
+
 def test_icn_learnability_trains_each_source_on_the_same_peaks(classifier, tiny_voc, tmp_path):
     """benchmarks/icn_learnability.py on the tiny model's labels: every source trains on the
     peaks left after the held-out ones (a ``top`` source on its share of them), is scored
@@ -255,34 +265,46 @@ def _recipe_args(**overrides):
 
     defaults = dict(regime="photo", seed=[5, 6], size=96, classes=4, max_instances=2, train=10, dev=4, val=4,
                     classifier_epochs=3, classifier_lr_step=2, icn_epochs=2, icn_lr_step=1, student_epochs=0,
-                    paper_seeds=1, bootstrap=10, workers=1)
+                    paper_seeds=1, icn_seeds=1, bootstrap=10, workers=1, split="val")
     return argparse.Namespace(**{**defaults, **overrides})
 
 
 def test_recipe_plans_the_readme_commands_per_seed(tmp_path):
     sys.path.insert(0, BENCHMARKS)
-    from recipe import PAPER_T1, REFERENCE, plan
+    from recipe import PAPER_T1, REFERENCE, REFINED, WITH_ICN, plan
 
     first = plan(tmp_path, 5, _recipe_args())
-    assert [name for name, _, _ in first] == ["data", "proposals", "classifier", "default", "paper", "accuracy"]
+    assert [name for name, _, _ in first] == ["data", "proposals", "classifier", "default", "icn", "paper", "accuracy"]
     synth = first[0][2][0]
     assert synth[:4] == ["icn-rt", "data", "synth", str(tmp_path / "data-5")]
-    assert synth[synth.index("--seed") + 1] == "5" and synth[-4:] == ["--body-evidence", "0.75", "--background", "photo"]
-    icn = first[3][2][2]
+    assert synth[synth.index("--seed") + 1] == "5"
+    assert synth[-4:] == ["--body-evidence", "0.75", "--background", "photo"]
+    models = tmp_path / "models-5"
+    assert first[3][2] == [["rm", "-rf", str(models / "default")], ["cp", "-r", str(models / "classifier"),
+                                                                    str(models / "default")]]
+    icn = first[4][2][2]
+    assert icn[icn.index("--model") + 1] == str(models / "icn")
     assert icn[icn.index("--rerank") + 1] == "50" and icn[icn.index("--k") + 1] == "1"
-    paper = first[4][2]
-    assert paper[0] == ["rm", "-rf", str(tmp_path / "models-5" / "paper")]  # a stopped step starts over
+    paper = first[5][2]
+    assert paper[0] == ["rm", "-rf", str(models / "paper")]  # a stopped step starts over
     assert "--no-per-class" in paper[2] and paper[3][paper[3].index("--self-feed") + 1] == "0"
     assert "--resume" in first[2][2][0] and [step[1] for step in first[:3]] == [tmp_path / "done" / f"5-{n}" for n in
                                                                               ("data", "proposals", "classifier")]
-    rows = [x for x in first[-1][2][0] if "=" in x and x.split("=")[0] in
-            ("the paper as written", PAPER_T1, "naive PRM", REFERENCE, "default", "student")]
-    assert [r.split("=")[0] for r in rows] == ["the paper as written", PAPER_T1, "naive PRM", REFERENCE, "default"]
+    accuracy = first[-1][2][0]
+    assert accuracy[accuracy.index("--split") + 1] == "val"
+    rows = [x for x in accuracy if "=" in x and x.split("=")[0] in
+            ("the paper as written", PAPER_T1, "naive PRM", REFERENCE, WITH_ICN, "student")]
+    assert [r.split("=")[0] for r in rows] == ["the paper as written", PAPER_T1, "naive PRM", REFERENCE, WITH_ICN]
     assert rows[0].endswith(":T=3,score=auto,rerank=0,confidence=peak_quality") and ":T=1," in rows[1]
-    second = plan(tmp_path, 6, _recipe_args(student_epochs=4))
+    assert rows[3] == f"{REFERENCE}={models / 'default'}" and rows[4] == f"{WITH_ICN}={models / 'icn'}"
+    second = plan(tmp_path, 6, _recipe_args(student_epochs=4, split="dev"))
     assert [name for name, _, _ in second] == ["data", "proposals", "classifier", "default", "student", "accuracy"]
-    assert second[-1][1].name == "accuracy-6-student" and first[-1][2][0][-1] == str(tmp_path / "accuracy-5.json")
-    assert "--resume" in second[4][2][0]
+    assert second[-1][1].name == "accuracy-6-dev-student" and accuracy[-1] == str(tmp_path / "accuracy-5-val-icn.json")
+    student, scored = second[4][2][0], second[-1][2][0]
+    assert "--resume" in student and student[student.index("--model") + 1] == str(tmp_path / "models-6" / "default")
+    assert scored[-1].endswith("accuracy-6-dev-student.json")
+    assert f"student={tmp_path / 'models-6' / 'default'}:student=1,refine=none" in scored
+    assert f"{REFINED}={tmp_path / 'models-6' / 'default'}:student=1,refine=superpixels" in scored
 
 
 def test_recipe_runs_only_the_steps_not_done(tmp_path):

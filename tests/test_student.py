@@ -488,14 +488,14 @@ def test_infer_student_refuses_what_it_cannot_use(classifier, student, tmp_path)
     assert r.exit_code == 2 and "student.onnx: an older student graph" in r.output.replace("\n", ""), r.output
 
 
-def test_train_student_command_labels_with_the_pipeline_then_trains(with_icn, tiny_voc, tmp_path):
+def test_train_student_command_labels_with_the_pipeline_then_trains(classifier, with_icn, tiny_voc, tmp_path):
     from icn_rt.data.make_proposals import make_proposals
 
     make_proposals(tiny_voc, tiny_voc / "Proposals", "dev", jobs=1, progress=False)
     model = tmp_path / "model"
-    shutil.copytree(with_icn[0], model)
+    shutil.copytree(classifier, model)  # the README's recipe: the classifier's pipeline (naive PRM + re-ranking)
     args = ["train", "student", str(tiny_voc), "--model", str(model), "--epochs", "1", "--batch-size", "2",
-            "--quiet", "--device", "cpu"]
+            "--quiet", "--device", "cpu", "--refine", "superpixels"]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "chosen on dev" in r.output and f"student -> {model}" in r.output
@@ -503,7 +503,7 @@ def test_train_student_command_labels_with_the_pipeline_then_trains(with_icn, ti
     threshold = json.loads((model / "student_threshold.json").read_text())
     config = json.loads((model / "config.json").read_text())
     assert config["student_training"]["threshold"] == threshold["threshold"]
-    assert config["student"]["input_size"] == 64
+    assert config["student"]["input_size"] == 64 and config["student"]["refine"] == "superpixels"
     assert {e["image_id"] for e in labels} <= set(VOCDataset(tiny_voc, "train", load_images=False).ids)
     # a self-training round: the first student labels, a second learns (a fixed threshold: no dev labelling)
     again = tmp_path / "again"
