@@ -230,6 +230,9 @@ def train_student_cmd(
                                            "tiny (256 features, one 64-channel convolution: for CPUs) | "
                                            "standard (torchvision's)."),
     input_size: InputSize = 0,
+    refine: str = typer.Option("none", help="superpixels: each mask the student predicts is snapped to the image's "
+                                            "Felzenszwalb superpixels (edges finer than its 28×28 grid; "
+                                            "student.refine in the config) | none."),
     threshold: Optional[float] = typer.Option(None, help="Confidence a pipeline instance needs to become a label "
                                                          "[default: chosen on --dev-split, best F1 at mask IoU 0.5]."),
     split: Split = "train",
@@ -268,7 +271,8 @@ def train_student_cmd(
     try:
         settings = StudentTrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, workers=workers or 0,
                                         split=split, pretrained=pretrained, sync_bn=sync_bn)
-        student = StudentSettings(backbone=backbone, head=head, input_size=input_size or input_size_for(root, split))
+        student = StudentSettings(backbone=backbone, head=head, input_size=input_size or input_size_for(root, split),
+                                  refine=refine)
         cluster = None
         if ray is not None:
             from icn_rt.runtime.ray_infer import RaySettings
