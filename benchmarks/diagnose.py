@@ -20,7 +20,9 @@ truth (:mod:`icn_rt.eval.diagnosis`):
    its instance) and with both.
 
 Per-peak measurements (3-5) are over the peaks that land on an instance of their class.
-Writes JSON (with the machine, the model's config and the command) and a markdown table::
+A second table splits peaks, matching and the shipped AP by class, to find where a class
+that collapses is lost (its peaks' values, how many land on its objects). Writes JSON
+(with the machine, the model's config and the command) and markdown tables::
 
     python benchmarks/diagnose.py MODEL ROOT --split dev --out benchmarks/results/diagnose_part_only.json
 """
@@ -43,7 +45,7 @@ from icn_rt.data.images import read_image
 from icn_rt.data.proposals import load_proposals, proposal_path
 from icn_rt.eval.diagnosis import (PeakCensus, average_precision, best_match, classification_ap, pair_overlap,
                                    peak_owners)
-from icn_rt.eval.instance import mask_iou
+from icn_rt.eval.instance import InstanceEvaluator, mask_iou
 from icn_rt.matching import confidence, match, score_proposals, suppress
 from icn_rt.models.icn import enhance, minmax
 from icn_rt.models.store import read_config
@@ -65,6 +67,47 @@ class Tally:
     def mean(self, name: str) -> float | None:
         v = self.values.get(name, [])
         return float(np.mean(v)) if v else None
+
+
+class ClassTally:
+    """Per class: ground-truth instances, those with a peak of their class, peaks, peaks off
+    every instance of their class, peak values on and off, the GT IoU of the proposal
+    picked for an on-instance peak and of the best proposal of each instance."""
+
+    KEYS = ("on_values", "off_values", "chosen_iou", "best_iou")
+
+    def __init__(self) -> None:
+        self.classes: dict[int, dict] = {}
+
+    def entry(self, c) -> dict:
+        return self.classes.setdefault(int(c), {"instances": 0, "found": 0, "peaks": 0, "off": 0,
+                                                **{k: [] for k in self.KEYS}})
+
+    def add_peaks(self, cls, owner, value, gt_cls) -> None:
+        found = set(owner[owner >= 0].tolist())
+        for g, c in enumerate(gt_cls):
+            e = self.entry(c)
+            e["instances"] += 1
+            e["found"] += int(g in found)
+        for c, o, v in zip(cls, owner, value):
+            e = self.entry(c)
+            e["peaks"] += 1
+            e["off"] += int(o < 0)
+            e["on_values" if o >= 0 else "off_values"].append(float(v))
+
+    def add(self, key: str, cls, values) -> None:
+        for c, v in zip(cls, values):
+            self.entry(c)[key].append(float(v))
+
+    def to_json(self, names, ap: dict) -> dict:
+        """Per class name: the counts, the means of the lists, the shipped AP at IoU 0.5."""
+        out = {}
+        for c, name in enumerate(names):
+            e = self.entry(c)
+            out[name] = {"instances": e["instances"], "found": e["found"], "peaks": e["peaks"], "off": e["off"],
+                         **{k: float(np.mean(e[k])) if e[k] else None for k in self.KEYS},
+                         "ap@0.5": ap.get(name)}
+        return out
 
 
 def _binary_at(maps: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
@@ -92,7 +135,8 @@ def _instances(masks, labels, scores, threshold, kernels):
 
 
 def diagnose_image(predictor: Predictor, image, props, gt, naive, b: int, steps: list[torch.Tensor],
-                   census: PeakCensus, tally: Tally, variants: dict[str, list], k: int) -> list[tuple]:
+                   census: PeakCensus, tally: Tally, variants: dict[str, list], k: int,
+                   classes: ClassTally) -> list[tuple]:
     """One image's measurements; returns the shipped instances as (class, score)."""
     model = predictor.model
     shape = image.shape[:2]
@@ -106,6 +150,7 @@ def diagnose_image(predictor: Predictor, image, props, gt, naive, b: int, steps:
     gt_masks, gt_cls = gt.instance_masks(), gt.instance_classes()
     owner, duplicate = peak_owners(cls, yx, value, gt_masks, gt_cls)
     census.add(owner, duplicate, len(gt_cls))
+    classes.add_peaks(cls, owner, value, gt_cls)
     on = owner >= 0
     truth = gt_masks[owner[on]]
     class_maps = naive.maps[b].cpu().numpy()
@@ -130,11 +175,14 @@ def diagnose_image(predictor: Predictor, image, props, gt, naive, b: int, steps:
     found = best >= 0
     dense = props.to_masks()
     chosen = dense[np.where(found, best, 0)] & found[:, None, None]
-    tally.add("chosen_iou", pair_overlap(chosen[on], truth)[0])
+    chosen_iou = pair_overlap(chosen[on], truth)[0]
+    tally.add("chosen_iou", chosen_iou)
+    classes.add("chosen_iou", cls[on], chosen_iou)
     fit, _ = best_match(_binary_at(steps[-1][idx], shape), dense)
     tally.add("fit_iou", pair_overlap(dense[fit[on]], truth)[0] if len(dense) else np.zeros(on.sum()))
     oracle, oracle_iou = best_match(gt_masks, dense)
     tally.add("best_iou", oracle_iou)
+    classes.add("best_iou", gt_cls, oracle_iou)
     # ranking and the oracles
     shipped_conf = confidence(model.instances, value, match_score, quality)
     oracle_pick = np.where(on, oracle[np.maximum(owner, 0)] if len(oracle) else best, best)
@@ -160,7 +208,7 @@ def run(args) -> dict:
     ds = open_dataset(args.root, args.split, load_images=False)
     ids = ds.ids[: args.images] if args.images else ds.ids
     proposals = args.proposals or args.root / "Proposals"
-    census, tally = PeakCensus(), Tally()
+    census, tally, classes = PeakCensus(), Tally(), ClassTally()
     variants: dict[str, list] = {name: [] for name in VARIANTS}
     scores, targets = [], []
     consistent = True
@@ -179,15 +227,26 @@ def run(args) -> dict:
             scores.append(naive.scores[b].cpu().numpy())
             targets.append(np.isin(np.arange(len(model.classes)), ds.labels(image_id)).astype(np.float64))
             ours = diagnose_image(predictor, images[b], props[b], gt, naive, b, steps, census, tally, variants,
-                                  args.k)
+                                  args.k, classes)
             theirs = [(i.class_id, i.score) for i in predicted[b].instances]
             consistent &= ours == theirs
         print(f"{min(start + args.batch_size, len(ids))}/{len(ids)} images", file=sys.stderr, flush=True)
     class_ap = classification_ap(np.array(scores), np.array(targets))
     aps = {name: average_precision(v, len(model.classes)) for name, v in variants.items()}
     steps_run = model.icn_settings.steps if model.enhances else 0
+    shipped = per_class_ap(variants["shipped"], len(model.classes))
     return {"classes": list(model.classes), "class_ap": class_ap, "census": census.to_json(), "tally": tally,
-            "steps": steps_run, "aps": aps, "images": len(ids), "consistent_with_predictor": bool(consistent)}
+            "steps": steps_run, "aps": aps, "images": len(ids), "consistent_with_predictor": bool(consistent),
+            "per_class": classes.to_json(model.classes, dict(zip(model.classes, shipped)))}
+
+
+def per_class_ap(images: list[tuple], num_classes: int) -> list[float | None]:
+    """Each class's AP (percent) at mask IoU 0.5 of ``images`` (as :func:`average_precision`
+    takes them); None: a class without ground truth."""
+    ev = InstanceEvaluator(num_classes, (0.5,))
+    for masks, labels, scores, gt_masks, gt_labels in images:
+        ev.add(masks, labels, scores, gt_masks, gt_labels)
+    return [None if not np.isfinite(a) else float(100 * a) for a in ev.result()["ap"][0.5]]
 
 
 def _pct(v) -> str:
@@ -231,6 +290,23 @@ def markdown(doc: dict) -> str:
     lines += [f"| {r['stage']} | {r['measure']} | {_pct(r['value'])} |" for r in doc["rows"]]
     same = "yes" if doc["consistent_with_predictor"] else "NO"
     lines += ["", f"The shipped instances equal the predictor's: {same}.", ""]
+    if doc.get("per_class"):
+        lines += [class_table(doc["per_class"], doc.get("class_ap", {})), ""]
+    return "\n".join(lines)
+
+
+def class_table(per_class: dict, class_ap: dict) -> str:
+    """Per class: classification AP, instances with a peak of their class, peaks off every
+    instance, mean peak value on / off, GT IoU of the pick and of the best proposal, AP."""
+    def num(v, scale=1.0):
+        return "-" if v is None else f"{scale * v:.1f}"
+
+    lines = ["| class | classification AP | instances with a peak | peaks off every instance | peak value on / off "
+             "| GT IoU of the pick | best proposal's IoU | mAP^r@0.5 |", "|---|---|---|---|---|---|---|---|"]
+    for name, e in per_class.items():
+        lines.append(f"| {name} | {num(class_ap.get(name), 100)} | {e['found']} of {e['instances']} | {e['off']} of "
+                     f"{e['peaks']} | {num(e['on_values'])} / {num(e['off_values'])} | {num(e['chosen_iou'], 100)} | "
+                     f"{num(e['best_iou'], 100)} | {num(e['ap@0.5'])} |")
     return "\n".join(lines)
 
 
@@ -253,7 +329,7 @@ def main() -> None:
     doc = {"benchmark": "diagnose", "command": shlex.join(["python", *sys.argv]), "model": str(args.model),
            "settings": parse_settings(args.settings),
            "root": str(args.root), "split": args.split, "regime": regime, "images": result["images"],
-           "rows": rows_of(result), "census": result["census"],
+           "rows": rows_of(result), "census": result["census"], "per_class": result["per_class"],
            "class_ap": dict(zip(result["classes"], [None if not np.isfinite(a) else float(a)
                                                      for a in result["class_ap"]])),
            "ap": result["aps"], "consistent_with_predictor": result["consistent_with_predictor"],

@@ -375,6 +375,17 @@ def recipe_regimes() -> str:
     return "\n".join(lines)
 
 
+def class_collapse(name: str) -> str:
+    """``benchmarks/diagnose.py``'s split by class: where a class that collapses is lost."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from diagnose import class_table
+
+    doc = _json(name)
+    return class_table(doc["per_class"], doc["class_ap"]) + (
+        f"\n\n{doc['split']}, {doc['images']} images; peak values in the classifier's units; IoU and AP in %; "
+        f"`benchmarks/results/{name}`.")
+
+
 def default_choice() -> str:
     """The default chosen on dev: each fresh training's naive PRM + re-ranking against the
     ICN pipeline of the same classifier (and, on the first, the students of both)."""
@@ -407,7 +418,8 @@ RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": 
              "recipe-part-only": lambda: recipe("recipe_part_only.json"),
              "recipe-part-only-dev": lambda: recipe("recipe_part_only_dev.json"),
              "recipe-photo": lambda: recipe("recipe_photo.json"),
-             "default-choice": default_choice, "recipe-regimes": recipe_regimes,
+             "default-choice": default_choice,
+             "class-collapse": lambda: class_collapse("diagnose_recipe_part_only_32_dev.json"), "recipe-regimes": recipe_regimes,
              "icn-in-matching-gt-labels": lambda: rows("icn_in_matching_part_only_dev_gt_labels.json"),
              "icn-ceiling": lambda: diagnosis({"naive PRM + re-ranking (no ICN)": "diagnose_part_only_dev_no_icn.json",
                                                "ICN trained on the true masks": "diagnose_part_only_dev_gt_labels.json"},

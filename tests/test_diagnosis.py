@@ -83,7 +83,13 @@ def test_diagnose_runs_the_predictor_stage_by_stage(with_icn, tiny_voc, tmp_path
     assert all(row["value"] is None or 0 <= row["value"] <= 1 for row in doc["rows"])
     assert set(doc["ap"]) == {"shipped", "oracle ranking", "oracle matching", "oracle matching + ranking"}
     assert doc["census"]["instances"] > 0 and 0 <= doc["census"]["recall"] <= 1
-    assert out.with_suffix(".md").read_text().startswith("Per-stage diagnosis")
+    per_class = doc["per_class"]  # the split by class adds up to the census
+    assert list(per_class) == ["disc", "triangle", "square"]
+    for key, total in (("instances", "instances"), ("found", "found"), ("peaks", "peaks"), ("off", "off_instance")):
+        assert sum(e[key] for e in per_class.values()) == doc["census"][total], key
+    assert all(e["ap@0.5"] is None or 0 <= e["ap@0.5"] <= 100 for e in per_class.values())
+    text = out.with_suffix(".md").read_text()
+    assert text.startswith("Per-stage diagnosis") and "| class | classification AP |" in text
 
 
 def test_accuracy_benchmark_rows_intervals_and_paired_differences(with_icn, tiny_voc, tmp_path):
