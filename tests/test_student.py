@@ -495,7 +495,7 @@ def test_train_student_command_labels_with_the_pipeline_then_trains(classifier, 
     model = tmp_path / "model"
     shutil.copytree(classifier, model)  # the README's recipe: the classifier's pipeline (naive PRM + re-ranking)
     args = ["train", "student", str(tiny_voc), "--model", str(model), "--epochs", "1", "--batch-size", "2",
-            "--quiet", "--device", "cpu", "--refine", "superpixels"]
+            "--quiet", "--device", "cpu", "--refine", "none"]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "chosen on dev" in r.output and f"student -> {model}" in r.output
@@ -503,7 +503,7 @@ def test_train_student_command_labels_with_the_pipeline_then_trains(classifier, 
     threshold = json.loads((model / "student_threshold.json").read_text())
     config = json.loads((model / "config.json").read_text())
     assert config["student_training"]["threshold"] == threshold["threshold"]
-    assert config["student"]["input_size"] == 64 and config["student"]["refine"] == "superpixels"
+    assert config["student"]["input_size"] == 64 and config["student"]["refine"] == "none"
     assert {e["image_id"] for e in labels} <= set(VOCDataset(tiny_voc, "train", load_images=False).ids)
     # a self-training round: the first student labels, a second learns (a fixed threshold: no dev labelling)
     again = tmp_path / "again"
@@ -513,6 +513,7 @@ def test_train_student_command_labels_with_the_pipeline_then_trains(classifier, 
     if "nothing to train on" not in r.output:  # a 1-epoch student may find nothing: refused in one line
         assert r.exit_code == 0, r.output
         relabelled = json.loads((again / "student-labels" / "train.json").read_text())
+        assert json.loads((again / "config.json").read_text())["student"]["refine"] == "superpixels"  # the default
         assert relabelled != labels and not (again / "student-labels" / "dev.json").exists()
     else:
         assert r.exit_code == 2
