@@ -43,9 +43,9 @@ from machine import machine_info
 from icn_rt.data.datasets import open_dataset
 from icn_rt.data.images import read_image
 from icn_rt.data.proposals import load_proposals, proposal_path
-from icn_rt.eval.diagnosis import (PeakCensus, average_precision, best_match, classification_ap, pair_overlap,
-                                   peak_owners)
-from icn_rt.eval.instance import InstanceEvaluator, mask_iou
+from icn_rt.eval.diagnosis import (PeakCensus, average_precision, best_match, class_average_precision,
+                                   classification_ap, pair_overlap, peak_owners)
+from icn_rt.eval.instance import mask_iou
 from icn_rt.matching import confidence, match, score_proposals, suppress
 from icn_rt.models.icn import enhance, minmax
 from icn_rt.models.store import read_config
@@ -234,19 +234,10 @@ def run(args) -> dict:
     class_ap = classification_ap(np.array(scores), np.array(targets))
     aps = {name: average_precision(v, len(model.classes)) for name, v in variants.items()}
     steps_run = model.icn_settings.steps if model.enhances else 0
-    shipped = per_class_ap(variants["shipped"], len(model.classes))
+    shipped = class_average_precision(variants["shipped"], len(model.classes))
     return {"classes": list(model.classes), "class_ap": class_ap, "census": census.to_json(), "tally": tally,
             "steps": steps_run, "aps": aps, "images": len(ids), "consistent_with_predictor": bool(consistent),
             "per_class": classes.to_json(model.classes, dict(zip(model.classes, shipped)))}
-
-
-def per_class_ap(images: list[tuple], num_classes: int) -> list[float | None]:
-    """Each class's AP (percent) at mask IoU 0.5 of ``images`` (as :func:`average_precision`
-    takes them); None: a class without ground truth."""
-    ev = InstanceEvaluator(num_classes, (0.5,))
-    for masks, labels, scores, gt_masks, gt_labels in images:
-        ev.add(masks, labels, scores, gt_masks, gt_labels)
-    return [None if not np.isfinite(a) else float(100 * a) for a in ev.result()["ap"][0.5]]
 
 
 def _pct(v) -> str:

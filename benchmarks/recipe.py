@@ -9,8 +9,9 @@ threshold, T 3; on the first ``--paper-seeds`` trainings) and the same at T 1 (t
 suspect that ranks it above the naive PRM), the naive PRM, the default pipeline (the
 classifier alone: naive PRM + objectness re-ranking, the reference), the default with the
 recipe's ICN (re-ranked top-1 labels, T 1; on the first ``--icn-seeds`` trainings), the
-student of the default, and the same with its masks snapped to superpixels. Each step is marked done once its commands have succeeded, so a
-killed run continues where it stopped (a training from its checkpoint)::
+student of the default, and the same with its masks snapped to superpixels. Each step is
+marked done once its commands have succeeded, so a killed run continues where it stopped
+(a training from its checkpoint)::
 
     python benchmarks/recipe.py /tmp/recipe --regime part-only --seed 21 --seed 22 --seed 23 \\
         --out benchmarks/results/recipe_part_only.json

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from icn_rt.eval.diagnosis import (PeakCensus, average_precision, best_match, classification_ap, pair_overlap,
-                                   peak_owners)
+from icn_rt.eval.diagnosis import (PeakCensus, average_precision, best_match, class_average_precision,
+                                   classification_ap, pair_overlap, peak_owners)
 
 
 def box(y0, x0, y1, x1, shape=(10, 10)):
@@ -66,6 +66,7 @@ def test_average_precision():
     assert average_precision([perfect], 2) == {"mAP@0.25": 100.0, "mAP@0.5": 100.0, "mAP@0.75": 100.0}
     half = (g[:1], np.array([0]), np.array([0.9]), g, np.array([0, 1]))
     assert average_precision([half], 2)["mAP@0.5"] == pytest.approx(50.0)  # class 1 found by nothing
+    assert class_average_precision([half], 3) == [100.0, 0.0, None]  # class 2: no ground truth
 
 
 def test_diagnose_runs_the_predictor_stage_by_stage(with_icn, tiny_voc, tmp_path):

@@ -112,7 +112,18 @@ def best_match(targets: np.ndarray, proposals: np.ndarray) -> tuple[np.ndarray, 
 def average_precision(images: list[tuple], num_classes: int, thresholds=(0.25, 0.5, 0.75)) -> dict[str, float]:
     """mAP^r (percent) of ``images``: each ``(masks bool [P, H, W], labels int [P], scores
     float [P], gt_masks bool [G, H, W], gt_labels int [G])``."""
+    return {f"mAP@{t:g}": 100 * v for t, v in _evaluated(images, num_classes, thresholds)["map"].items()}
+
+
+def class_average_precision(images: list[tuple], num_classes: int, threshold: float = 0.5) -> list[float | None]:
+    """Each class's AP (percent) at mask IoU ``threshold`` of ``images`` (as
+    :func:`average_precision` takes them); None: a class without ground truth."""
+    ap = _evaluated(images, num_classes, (threshold,))["ap"][threshold]
+    return [None if not np.isfinite(a) else float(100 * a) for a in ap]
+
+
+def _evaluated(images: list[tuple], num_classes: int, thresholds) -> dict:
     ev = InstanceEvaluator(num_classes, thresholds)
     for masks, labels, scores, gt_masks, gt_labels in images:
         ev.add(masks, labels, scores, gt_masks, gt_labels)
-    return {f"mAP@{t:g}": 100 * v for t, v in ev.result()["map"].items()}
+    return ev.result()
