@@ -157,12 +157,14 @@ def caption(doc: dict) -> str:
             f"{doc['reference']}.")
 
 
+def spread(s: dict) -> str:
+    """One row's aggregate (:func:`aggregate`): mean ± sd (n)."""
+    return f"{s['mean']:.1f}" + (f" ± {s['sd']:.1f}" if s["sd"] is not None else "") + f" (n {s['n']})"
+
+
 def table(doc: dict) -> str:
     """The rows: mean ± sd (n) at IoU 0.5 and 0.75, each training's interval, its paired
     difference to the reference, its classes with AP 0."""
-    def spread(s):
-        return f"{s['mean']:.1f}" + (f" ± {s['sd']:.1f}" if s["sd"] is not None else "") + f" (n {s['n']})"
-
     def each(entry, key):
         return "; ".join(f"{t[key]['estimate']:.1f} [{t[key]['interval'][0]:.1f}, {t[key]['interval'][1]:.1f}]"
                          for t in entry["trainings"].values())

@@ -354,20 +354,17 @@ def recipe(name: str) -> str:
 def recipe_regimes() -> str:
     """The recipe's rows in every regime measured, side by side: mean ± sd over the
     trainings at IoU 0.5 and 0.75 (the per-training detail is in docs/accuracy.md)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from recipe import spread
+
     names = {"part-only": "recipe_part_only.json", "VOC-like": "recipe_voc_like.json", "photo": "recipe_photo.json"}
     docs = {k: _json(v) for k, v in names.items() if (RESULTS / v).exists()}
-
-    def cell(entry, key):
-        if entry is None:
-            return "-"
-        m = entry[key]
-        return f"{m['mean']:.1f}" + (f" ± {m['sd']:.1f}" if m["sd"] is not None else "") + f" (n {m['n']})"
-
     rows = list(dict.fromkeys(name for doc in docs.values() for name in doc["rows"]))
     lines = ["| row | " + " | ".join(f"{k} mAP^r@0.5 | {k} @0.75" for k in docs) + " |",
              "|---|" + "---|---|" * len(docs)]
     for name in rows:
-        cells = [cell(doc["rows"].get(name), key) for doc in docs.values() for key in ("mAP@0.5", "mAP@0.75")]
+        cells = [spread(doc["rows"][name][key]) if name in doc["rows"] else "-" for doc in docs.values()
+                 for key in ("mAP@0.5", "mAP@0.75")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     sets = "; ".join(f"{k}: seeds {', '.join(map(str, d['seeds']))}, {d['set']}" for k, d in docs.items())
     lines += ["", f"val; mean ± sd over the trainings from scratch (n: how many); {sets}; `benchmarks/results/"
@@ -389,7 +386,8 @@ def class_collapse(name: str) -> str:
 def default_choice() -> str:
     """The default chosen on dev: each fresh training's naive PRM + re-ranking against the
     ICN pipeline of the same classifier (and, on the first, the students of both)."""
-    names = {"naive PRM + re-ranking": "naive PRM + re-ranking", "ICN pipeline (T 1, IoU matching)": "with the ICN (T 1)",
+    names = {"naive PRM + re-ranking": "naive PRM + re-ranking",
+             "ICN pipeline (T 1, IoU matching)": "with the ICN (T 1)",
              "student of naive PRM + re-ranking": "student of naive PRM + re-ranking",
              "student of the ICN pipeline": "student of the ICN pipeline"}
     files = sorted(RESULTS.glob("default_choice_part_only_dev_*.json"))
@@ -419,7 +417,8 @@ RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": 
              "recipe-part-only-dev": lambda: recipe("recipe_part_only_dev.json"),
              "recipe-photo": lambda: recipe("recipe_photo.json"),
              "default-choice": default_choice,
-             "class-collapse": lambda: class_collapse("diagnose_recipe_part_only_32_dev.json"), "recipe-regimes": recipe_regimes,
+             "class-collapse": lambda: class_collapse("diagnose_recipe_part_only_32_dev.json"),
+             "recipe-regimes": recipe_regimes,
              "icn-in-matching-gt-labels": lambda: rows("icn_in_matching_part_only_dev_gt_labels.json"),
              "icn-ceiling": lambda: diagnosis({"naive PRM + re-ranking (no ICN)": "diagnose_part_only_dev_no_icn.json",
                                                "ICN trained on the true masks": "diagnose_part_only_dev_gt_labels.json"},
