@@ -9,7 +9,8 @@ threshold, T 3; on the first ``--paper-seeds`` trainings) and the same at T 1 (t
 suspect that ranks it above the naive PRM), the naive PRM, the default pipeline (the
 classifier alone: naive PRM + objectness re-ranking, the reference), the default with the
 recipe's ICN (re-ranked top-1 labels, T 1; on the first ``--icn-seeds`` trainings), the
-student of the default, and the same with its masks snapped to superpixels. Each step is
+student of the default, the same with its masks snapped to superpixels, and with
+``--student-rounds 2`` a second student taught by the first (self-training). Each step is
 marked done once its commands have succeeded, so a killed run continues where it stopped
 (a training from its checkpoint)::
 
@@ -41,6 +42,7 @@ REGIMES = {"part-only": ["--body-evidence", "0"],
            "photo": ["--body-evidence", "0.75", "--background", "photo"]}
 REFERENCE = "default: naive PRM + re-ranking"
 REFINED = "student, masks snapped to superpixels"  # student.refine: superpixels (docs/student.md)
+ROUND2 = "student, self-trained round 2 (snapped)"  # a student taught by the round-1 student (its snapped masks)
 WITH_ICN = "default + the ICN (T 1)"  # the recipe's ICN: re-ranked top-1 labels, IoU matching among its candidates
 PAPER_T1 = "the paper as written, at T 1"  # the one suspect that ranks it above the naive PRM (docs/accuracy.md)
 HERE = Path(__file__).parent
@@ -51,7 +53,7 @@ def plan(work: Path, seed: int, a: argparse.Namespace) -> list[tuple[str, Path, 
     is done once all its commands have succeeded (:func:`run_steps` writes the mark); one
     that was stopped starts over (a training continues from its checkpoint)."""
     root, models = work / f"data-{seed}", work / f"models-{seed}"
-    cls, default, icn_model, paper = (models / n for n in ("classifier", "default", "icn", "paper"))
+    cls, default, icn_model, paper, round2 = (models / n for n in ("classifier", "default", "icn", "paper", "round2"))
     marks = work / "done"
     with_paper, with_icn = seed in a.seed[:a.paper_seeds], seed in a.seed[:a.icn_seeds]
 
@@ -78,6 +80,11 @@ def plan(work: Path, seed: int, a: argparse.Namespace) -> list[tuple[str, Path, 
         steps.append(("student", marks / f"{seed}-student",
                       [["icn-rt", "train", "student", str(root), "--model", str(default), "--epochs",
                         str(a.student_epochs), "--device", "cpu", "--quiet", "--resume"]]))
+    if a.student_epochs and a.student_rounds == 2:  # self-training: a fresh student learns from the first one's masks
+        steps.append(("round2", marks / f"{seed}-round2",
+                      [*fresh(round2), ["icn-rt", "train", "student", str(root), "--model", str(round2),
+                                        "--from-student", str(default), "--epochs", str(a.student_epochs),
+                                        "--device", "cpu", "--quiet"]]))
     if with_icn:
         steps.append(("icn", marks / f"{seed}-icn", [*fresh(icn_model), icn(icn_model, "--steps", "1", "--rerank", "50",
                                                                             "--k", "1")]))
@@ -96,6 +103,8 @@ def plan(work: Path, seed: int, a: argparse.Namespace) -> list[tuple[str, Path, 
         rows.append(f"{WITH_ICN}={icn_model}")
     if a.student_epochs:
         rows += [f"student={default}:student=1,refine=none", f"{REFINED}={default}:student=1,refine=superpixels"]
+        if a.student_rounds == 2:
+            rows.append(f"{ROUND2}={round2}:student=1,refine=superpixels")
     report = report_path(work, seed, a)
     steps.append(("accuracy", marks / report.stem,
                   [["python", str(HERE / "accuracy.py"), str(root), "--split", a.split,
@@ -106,7 +115,8 @@ def plan(work: Path, seed: int, a: argparse.Namespace) -> list[tuple[str, Path, 
 
 def report_path(work: Path, seed: int, a: argparse.Namespace) -> Path:
     """One training's accuracy report (the rows decide its name)."""
-    parts = [str(seed), a.split] + ["student"] * bool(a.student_epochs) + ["icn"] * (seed in a.seed[:a.icn_seeds])
+    parts = ([str(seed), a.split] + ["student"] * bool(a.student_epochs) + ["round2"] * (
+        bool(a.student_epochs) and a.student_rounds == 2) + ["icn"] * (seed in a.seed[:a.icn_seeds]))
     return work / f"accuracy-{'-'.join(parts)}.json"
 
 
@@ -201,6 +211,8 @@ def main() -> None:
     ap.add_argument("--icn-epochs", type=int, default=20)
     ap.add_argument("--icn-lr-step", type=int, default=5)
     ap.add_argument("--student-epochs", type=int, default=16, help="0: no student")
+    ap.add_argument("--student-rounds", type=int, default=1, choices=(1, 2),
+                    help="2: also a self-trained student (the first student labels the split)")
     ap.add_argument("--paper-seeds", type=int, default=1, help="trainings that also get the paper's own ICN")
     ap.add_argument("--icn-seeds", type=int, default=None, help="trainings that also get the recipe's ICN [all]")
     ap.add_argument("--split", default="val", help="the split scored (dev for choices; val reports)")

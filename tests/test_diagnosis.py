@@ -272,13 +272,13 @@ def _recipe_args(**overrides):
 
     defaults = dict(regime="photo", seed=[5, 6], size=96, classes=4, max_instances=2, train=10, dev=4, val=4,
                     classifier_epochs=3, classifier_lr_step=2, icn_epochs=2, icn_lr_step=1, student_epochs=0,
-                    paper_seeds=1, icn_seeds=1, bootstrap=10, workers=1, split="val")
+                    student_rounds=1, paper_seeds=1, icn_seeds=1, bootstrap=10, workers=1, split="val")
     return argparse.Namespace(**{**defaults, **overrides})
 
 
 def test_recipe_plans_the_readme_commands_per_seed(tmp_path):
     sys.path.insert(0, BENCHMARKS)
-    from recipe import PAPER_T1, REFERENCE, REFINED, WITH_ICN, plan
+    from recipe import PAPER_T1, REFERENCE, REFINED, ROUND2, WITH_ICN, plan
 
     first = plan(tmp_path, 5, _recipe_args())
     assert [name for name, _, _ in first] == ["data", "proposals", "classifier", "default", "icn", "paper", "accuracy"]
@@ -312,6 +312,20 @@ def test_recipe_plans_the_readme_commands_per_seed(tmp_path):
     assert scored[-1].endswith("accuracy-6-dev-student.json")
     assert f"student={tmp_path / 'models-6' / 'default'}:student=1,refine=none" in scored
     assert f"{REFINED}={tmp_path / 'models-6' / 'default'}:student=1,refine=superpixels" in scored
+    assert not any(x.startswith(ROUND2) for x in scored)
+    third = plan(tmp_path, 7, _recipe_args(student_epochs=4, student_rounds=2, icn_seeds=0))
+    models = tmp_path / "models-7"
+    assert [name for name, _, _ in third] == ["data", "proposals", "classifier", "default", "student", "round2",
+                                              "accuracy"]
+    remove, copy, taught = third[5][2]  # a copy of the classifier, taught by the first student
+    assert remove == ["rm", "-rf", str(models / "round2")]
+    assert copy == ["cp", "-r", str(models / "classifier"), str(models / "round2")]
+    assert taught[taught.index("--model") + 1] == str(models / "round2")
+    assert taught[taught.index("--from-student") + 1] == str(models / "default")
+    assert taught[taught.index("--epochs") + 1] == "4"
+    scored = third[-1][2][0]
+    assert scored[-1].endswith("accuracy-7-val-student-round2.json")
+    assert f"{ROUND2}={models / 'round2'}:student=1,refine=superpixels" in scored
 
 
 def test_recipe_runs_only_the_steps_not_done(tmp_path):
