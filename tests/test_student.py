@@ -696,3 +696,77 @@ def test_a_student_set_to_refine_snaps_its_own_masks(student, tiny_voc):
             np.testing.assert_array_equal(np.stack([i.mask for i in b.instances]), want)
             changed += int(not np.array_equal(want, np.stack([i.mask for i in a.instances])))
     assert changed > 0
+
+
+def test_masks_snap_to_the_proposal_they_overlap_most():
+    """Four 10×10 quadrants as superpixels; proposals: the top-left one, the top half, the
+    bottom half. A mask of the top-left quadrant and two rows of the top-right one has IoU
+    100/120 with the first proposal and 120/200 with the second: it becomes the first. A
+    mask over a quarter of the bottom half (IoU 0.25) stays below 0.3 and is kept. Mask-form
+    proposals give the same."""
+    from icn_rt.data.proposals import Proposals
+    from icn_rt.runtime.student import snap_to_proposals
+
+    superpixels = np.zeros((20, 20), np.int32)
+    superpixels[:10, 10:], superpixels[10:, :10], superpixels[10:, 10:] = 1, 2, 3
+    segments = Proposals.from_segments(superpixels, [np.array([0]), np.array([0, 1]), np.array([2, 3])],
+                                       np.ones(3))
+    mask = np.zeros((20, 20), bool)
+    mask[:10, :10] = True
+    mask[:2, 10:] = True
+    quarter = np.zeros((20, 20), bool)
+    quarter[10:, :5] = True
+    for props in (segments, Proposals.from_masks(segments.to_masks(), np.ones(3))):
+        snapped, taken = snap_to_proposals(np.stack([mask, quarter]), props, 0.3)
+        np.testing.assert_array_equal(taken, [0, -1])
+        np.testing.assert_array_equal(snapped[0], superpixels == 0)
+        np.testing.assert_array_equal(snapped[1], quarter)
+        _, taken = snap_to_proposals(np.stack([mask, quarter]), props, 0.25)  # at the least IoU: taken
+        np.testing.assert_array_equal(taken, [0, 2])
+    with pytest.raises(ValueError, match="proposals of a 20×20 image for masks of 10×10"):
+        snap_to_proposals(np.zeros((1, 10, 10), bool), segments, 0.3)
+    with pytest.raises(ValueError, match="proposal_iou must be in"):
+        StudentSettings(refine="proposals", proposal_iou=0)
+
+
+def test_a_student_snapping_to_proposals_reads_them_in_the_infer_job(student, tiny_voc, tmp_path):
+    """``student.refine: proposals``: `icn-rt infer --student` reads the dataset's proposals
+    and each mask is the plain student's mask snapped by snap_to_proposals, detection for
+    detection; the job's fingerprint names the proposals; predict without them is refused."""
+    from icn_rt.data.images import read_image
+    from icn_rt.data.proposals import load_proposals, proposal_path
+    from icn_rt.data.rle import decode
+    from icn_rt.runtime.student import StudentPredictor, snap_to_proposals
+
+    model = tmp_path / "model"
+    shutil.copytree(student[0], model)
+    config = json.loads((model / "config.json").read_text())
+    config["student"].update(refine="proposals", proposal_iou=0.3)
+    (model / "config.json").write_text(json.dumps(config))
+    paths = sorted((tiny_voc / "JPEGImages").glob("val_*.jpg"))[:4]
+    listing = tmp_path / "images.txt"
+    listing.write_text("\n".join(map(str, paths)))
+    out = tmp_path / "snapped.json"
+    r = runner.invoke(app, ["infer", str(model), str(listing), "--student", "--out", str(out), "--quiet",
+                            "--proposals", str(tiny_voc / "Proposals"), "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(out.read_text())
+    plain = StudentPredictor.from_dir(student[0])
+    assert not plain.needs_proposals and StudentPredictor.from_dir(model).needs_proposals
+    want, taken = [], 0
+    for path in paths:
+        image = read_image(path)
+        instances = plain.predict([image])[0].instances
+        if not instances:
+            continue
+        props = load_proposals(proposal_path(tiny_voc / "Proposals", path.stem), image.shape[:2])
+        masks, index = snap_to_proposals(np.stack([i.mask for i in instances]), props, 0.3)
+        taken += int((index >= 0).sum())
+        want += [(path.stem, i.class_id, round(i.score, 4), m) for i, m in zip(instances, masks)]
+    assert taken > 0 and len(got) == len(want)
+    for entry, (image_id, class_id, score, mask) in zip(got, want):
+        assert (entry["image_id"], entry["category_id"]) == (image_id, class_id + 1)
+        assert entry["score"] == pytest.approx(score, abs=1e-4)
+        np.testing.assert_array_equal(decode(entry["segmentation"]), mask)
+    with pytest.raises(ValueError, match="snap to proposals"):
+        StudentPredictor.from_dir(model).predict([read_image(paths[0])])

@@ -51,6 +51,7 @@ def infer_cmd(
     interrupted: rerun with --resume)."""
     import os
 
+    from icn_rt.models.store import student_settings
     from icn_rt.runtime.infer import InferSettings, PredictorSpec
     from icn_rt.runtime.sources import list_images
 
@@ -58,8 +59,10 @@ def infer_cmd(
         fail(ValueError(f"--batch-size must be at least 1, got {batch_size}"))
     try:
         backend = one_backend(backend)
-        if student and proposals_dir is not None:
-            raise ValueError("--student needs no --proposals")
+        needs_proposals = not student or student_settings(model_dir).refine == "proposals"
+        if not needs_proposals and proposals_dir is not None:
+            raise ValueError("--student needs no --proposals (its masks snap to proposals only with student.refine: "
+                             "proposals)")
         spec = PredictorSpec(str(model_dir), student, backend, device, icn_steps, cuda_graph, ort_optimization,
                              ort_save_optimized)
         cluster = None if ray is None else _cluster(ray, actors, gpus_per_actor, cpus_per_actor, loader_cpus)
@@ -73,7 +76,7 @@ def infer_cmd(
         fail(e)
     if backend == "auto" and predictor is not None:
         err.print(f"backend: {predictor.backend} (auto)", highlight=False)
-    if proposals_dir is None and not student:
+    if proposals_dir is None and needs_proposals:
         err.print("no --proposals: making selective-search proposals on the fly (slow; `icn-rt proposals` "
                   "makes them once)", highlight=False)
     settings = InferSettings(proposals=proposals_dir, save_vis=save_vis, batch_size=batch_size,

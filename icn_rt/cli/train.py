@@ -232,8 +232,10 @@ def train_student_cmd(
     input_size: InputSize = 0,
     refine: str = typer.Option("superpixels", help="superpixels: each mask the student predicts is snapped to the "
                                                    "image's Felzenszwalb superpixels (edges finer than its 28×28 grid, "
-                                                   "chosen on dev; slower, docs/student.md) | none "
-                                                   "(student.refine in the config)."),
+                                                   "chosen on dev; slower, docs/student.md) | proposals: "
+                                                   "replaced by the proposal it overlaps most (IoU ≥ "
+                                                   "student.proposal_iou; infer then reads or makes proposals) | "
+                                                   "none (student.refine in the config)."),
     threshold: Optional[float] = typer.Option(None, help="Confidence a pipeline instance needs to become a label "
                                                          "[default: chosen on --dev-split, best F1 at mask IoU 0.5]."),
     split: Split = "train",

@@ -278,6 +278,11 @@ def save_student(directory: str | Path, student: torch.nn.Module, settings: Stud
     _save_weights(directory, STUDENT_WEIGHTS, student, config, sections)
 
 
+def student_settings(directory: str | Path) -> StudentSettings:
+    """The student settings in a model directory's config (its defaults where it has none)."""
+    return settings_from(read_config(Path(directory)), "student", StudentSettings, Path(directory))
+
+
 def load_student(directory: str | Path,
                  device: str | torch.device = "cpu") -> tuple[torch.nn.Module, StudentSettings, tuple[str, ...]]:
     """The student of a model directory in eval mode on ``device``, with its settings and

@@ -30,7 +30,7 @@ from torch import nn
 BACKBONES = ("classifier-fpn", "mobilenet-v3-fpn", "resnet50-fpn")
 HEADS = ("light", "standard", "tiny")
 COCO_SIDE = 800
-REFINES = ("none", "superpixels")
+REFINES = ("none", "superpixels", "proposals")
 
 
 @dataclass
@@ -57,8 +57,10 @@ class StudentSettings:
     CPUs, where RoIAlign, the box head and the mask head's upsampling cost about half of
     light's time)); ``refine``: ``superpixels`` snaps each pasted mask to the image's
     Felzenszwalb superpixels (``refine_scale``; a superpixel belongs to the mask when at
-    least half of it is in it), for edges finer than the 28×28 mask grid; ``none`` keeps
-    the pasted mask."""
+    least half of it is in it), for edges finer than the 28×28 mask grid; ``proposals``
+    replaces each pasted mask by the image's proposal it overlaps most when their IoU is at
+    least ``proposal_iou`` (pixel-exact masks where proposals exist: a dataset's, or
+    selective search made on the fly); ``none`` keeps the pasted mask."""
 
     backbone: str = "classifier-fpn"
     input_size: int = 256
@@ -73,12 +75,15 @@ class StudentSettings:
     head: str = "light"
     refine: str = "none"
     refine_scale: float = 200.0
+    proposal_iou: float = 0.3
 
     def __post_init__(self) -> None:
         if self.refine not in REFINES:
             raise ValueError(f"unknown student mask refinement {self.refine!r}; choose one of {', '.join(REFINES)}")
         if self.refine_scale <= 0:
             raise ValueError(f"refine_scale must be positive, got {self.refine_scale}")
+        if not 0 < self.proposal_iou <= 1:
+            raise ValueError(f"proposal_iou must be in (0, 1], got {self.proposal_iou}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown student backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
         if self.head not in HEADS:

@@ -124,6 +124,8 @@ def _ingress_deployment(serve, api, spec: PredictorSpec, settings: ServeSettings
     from fastapi import Request
     from fastapi.responses import JSONResponse
 
+    from icn_rt.models.store import student_settings
+
     # as many requests in flight through an ingress as its model replica can batch (Serve's default is 5)
     @serve.deployment(name="ingress", num_replicas=settings.replicas, max_ongoing_requests=4 * settings.max_batch_size,
                       ray_actor_options={"num_cpus": 1}, **drain)
@@ -131,7 +133,7 @@ def _ingress_deployment(serve, api, spec: PredictorSpec, settings: ServeSettings
     class Ingress:
         def __init__(self, model) -> None:
             self.model = model
-            needs_proposals = not spec.student
+            needs_proposals = not spec.student or student_settings(spec.model_dir).refine == "proposals"
             self.load = LoadSettings(0, Path(settings.proposals) if settings.proposals and needs_proposals else None,
                                      settings.max_pixels, make_proposals=needs_proposals)
 

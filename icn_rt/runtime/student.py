@@ -11,8 +11,10 @@ It answers to the streaming job (:func:`~icn_rt.runtime.infer.infer`) as the pip
 ``value`` and ``match`` the detection score, no maps). Each mask is the student's
 probabilities over its box (M × M), pasted at the image's own size as torchvision pastes
 them (:func:`paste_at`) and cut at ``mask_threshold``; with ``refine: superpixels`` each
-is then snapped to the image's superpixels (:func:`snap_to_superpixels`); masks left
-empty are dropped.
+is then snapped to the image's superpixels (:func:`snap_to_superpixels`), with ``refine:
+proposals`` replaced by the image's proposal it overlaps most (:func:`snap_to_proposals`;
+the predictor then needs proposals, as the pipeline does, and ``proposal`` names the one
+taken); masks left empty are dropped.
 """
 
 from __future__ import annotations
@@ -44,7 +46,10 @@ class StudentPredictor(Staging):
     """Runs the student ``network`` (``settings``, ``classes``) on ``device``; ``engine``:
     the exported graph on an engine backend instead (called as ``engine(images=x)``)."""
 
-    needs_proposals = False
+    @property
+    def needs_proposals(self) -> bool:
+        """Only to snap masks to them (``refine: proposals``)."""
+        return self.settings.refine == "proposals"
 
     def __init__(self, network: torch.nn.Module, settings: StudentSettings, classes: tuple[str, ...],
                  device: str | torch.device = "cpu", engine=None, directory: Path | None = None) -> None:
@@ -99,12 +104,15 @@ class StudentPredictor(Staging):
         return predictor
 
     def fingerprint(self, proposals: Path | None = None) -> dict:
-        """What decides an image's results: the weights and settings (not the backend, and
-        no proposals)."""
+        """What decides an image's results: the weights and settings (not the backend), and
+        the proposals' source when masks are snapped to them."""
         from dataclasses import asdict
 
+        source = "none (student)"
+        if self.needs_proposals:
+            source = str(Path(proposals).resolve()) if proposals is not None else "selective search"
         return {"weights": weights_digest(self.graph), "settings": {"classes": list(self.classes), "student":
-                asdict(self.settings)}, "proposals": "none (student)"}
+                asdict(self.settings)}, "proposals": source}
 
     def pictures(self, image: np.ndarray, prediction: Prediction) -> dict[str, np.ndarray]:
         """The detections scoring at least :data:`SHOWN` over the image (the results keep
@@ -128,20 +136,24 @@ class StudentPredictor(Staging):
     def predict(self, images: list[np.ndarray], proposals: list | None = None,
                 inputs: list[np.ndarray] | Staged | None = None, keep_maps: bool = True,
                 timer: StageTimes | None = None) -> list[Prediction]:
-        """``images``: uint8 RGB ``[H, W, 3]`` each; ``proposals``: ignored (the student
-        needs none); ``inputs``: as :meth:`~icn_rt.runtime.predictor.Predictor.predict`'s;
+        """``images``: uint8 RGB ``[H, W, 3]`` each; ``proposals``: each image's
+        (:class:`~icn_rt.data.proposals.Proposals`), read only with ``refine: proposals``;
+        ``inputs``: as :meth:`~icn_rt.runtime.predictor.Predictor.predict`'s;
         ``keep_maps``: nothing to keep; ``timer``: charged with ``preprocess``, ``student``
         and ``masks``."""
         if not images:
             return []
+        if self.needs_proposals and (proposals is None or len(proposals) != len(images)):
+            raise ValueError("the student's masks snap to proposals (student.refine: proposals): pass each image's")
         with _stage(timer, "preprocess"):
             x = self.network_input(images, inputs)
         with _stage(timer, "student"):
             out = self.outputs(x)
         with _stage(timer, "masks"):
-            return [self._prediction(image, out, b) for b, image in enumerate(images)]
+            return [self._prediction(image, out, b, proposals[b] if self.needs_proposals else None)
+                    for b, image in enumerate(images)]
 
-    def _prediction(self, image: np.ndarray, out: dict[str, torch.Tensor], b: int) -> Prediction:
+    def _prediction(self, image: np.ndarray, out: dict[str, torch.Tensor], b: int, props=None) -> Prediction:
         h, w = image.shape[:2]
         mine = out["image"] == b
         scores = out["scores"][mine].float()
@@ -150,6 +162,9 @@ class StudentPredictor(Staging):
         masks = paste_at(out["box_masks"][mine].float(), boxes, (h, w), self.settings.mask_threshold)
         if self.settings.refine == "superpixels" and len(masks):
             masks = snap_to_superpixels(image, masks, self.settings.refine_scale)
+        taken = np.full(len(masks), -1, np.int64)
+        if props is not None and len(masks):
+            masks, taken = snap_to_proposals(masks, props, self.settings.proposal_iou)
         labels, boxes, scores = out["labels"][mine].cpu().numpy(), boxes.cpu().numpy(), scores.cpu().numpy()
         instances = []
         for k in np.argsort(-scores, kind="stable"):
@@ -157,8 +172,8 @@ class StudentPredictor(Staging):
                 continue
             x1, y1, x2, y2 = boxes[k]
             centre = ((y1 + y2) / 2, (x1 + x2) / 2)
-            instances.append(Instance(int(labels[k]), float(scores[k]), masks[k], -1, centre, float(scores[k]),
-                                      float(scores[k]), None))
+            instances.append(Instance(int(labels[k]), float(scores[k]), masks[k], int(taken[k]), centre,
+                                      float(scores[k]), float(scores[k]), None))
         class_scores = np.zeros(len(self.classes), np.float32)
         for inst in instances:
             class_scores[inst.class_id] = max(class_scores[inst.class_id], inst.score)
@@ -180,6 +195,26 @@ def snap_to_superpixels(image: np.ndarray, masks: np.ndarray, scale: float) -> n
         snapped = (2 * cover >= sizes)[segments].reshape(mask.shape)
         out[k] = snapped if snapped.any() else mask
     return out
+
+
+def snap_to_proposals(masks: np.ndarray, props, least_iou: float) -> tuple[np.ndarray, np.ndarray]:
+    """``masks bool [N, H, W]`` each replaced by the proposal (of ``props``, at the masks'
+    size) with the highest IoU with it (ties: the first) when that IoU is at least
+    ``least_iou``; the others stay as they were -> ``(masks, proposal int64 [N], -1: kept)``.
+    Exact, by segment sums in the segment form (no proposal is made into a mask but the
+    ones taken)."""
+    if tuple(props.shape) != tuple(masks.shape[1:]):
+        raise ValueError(f"proposals of a {props.shape[0]}×{props.shape[1]} image for masks of "
+                         f"{masks.shape[1]}×{masks.shape[2]}")
+    out, taken = masks.copy(), np.full(len(masks), -1, np.int64)
+    if len(props) == 0:
+        return out, taken
+    for k, mask in enumerate(masks):
+        iou = props.iou(mask)
+        best = int(np.argmax(iou))
+        if iou[best] >= least_iou:
+            out[k], taken[k] = props.mask(best), best
+    return out, taken
 
 
 def paste_at(box_masks: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int], threshold: float) -> np.ndarray:
