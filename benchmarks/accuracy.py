@@ -45,7 +45,7 @@ from icn_rt.runtime.predictor import Predictor
 from icn_rt.runtime.student import StudentPredictor
 
 KEYS = {"T": int, "score": str, "binarize": float, "confidence": str, "nms": float, "rerank": int, "backend": str,
-        "student": int, "refine": str, "refine_scale": float}
+        "student": int, "refine": str, "refine_scale": float, "proposal_iou": float}
 
 
 def parse_row(text: str) -> tuple[str, Path, dict]:
@@ -70,8 +70,8 @@ def predictor_for(model: Path, settings: dict) -> Predictor | StudentPredictor:
     """The model with a row's settings over its config's (or its student)."""
     if settings.get("student"):
         student = StudentPredictor.from_dir(model, backend=settings.get("backend", "torch"))
-        student.settings = replace(student.settings, **{k: settings[k] for k in ("refine", "refine_scale")
-                                                        if k in settings})
+        student.settings = replace(student.settings, **{k: settings[k] for k in ("refine", "refine_scale",
+                                                                                 "proposal_iou") if k in settings})
         return student
     m = Predictor.from_dir(model).model
     matching, instances = m.matching, m.instances

@@ -9,7 +9,8 @@ threshold, T 3; on the first ``--paper-seeds`` trainings) and the same at T 1 (t
 suspect that ranks it above the naive PRM), the naive PRM, the default pipeline (the
 classifier alone: naive PRM + objectness re-ranking, the reference), the default with the
 recipe's ICN (re-ranked top-1 labels, T 1; on the first ``--icn-seeds`` trainings), the
-student of the default, the same with its masks snapped to superpixels, and with
+student of the default, the same with its masks snapped to superpixels and to the
+image's proposals (the one it overlaps most), and with
 ``--student-rounds 2`` a second student taught by the first (self-training). Each step is
 marked done once its commands have succeeded, so a killed run continues where it stopped
 (a training from its checkpoint)::
@@ -42,6 +43,7 @@ REGIMES = {"part-only": ["--body-evidence", "0"],
            "photo": ["--body-evidence", "0.75", "--background", "photo"]}
 REFERENCE = "default: naive PRM + re-ranking"
 REFINED = "student, masks snapped to superpixels"  # student.refine: superpixels (docs/student.md)
+ON_PROPOSALS = "student, masks snapped to proposals"  # student.refine: proposals (needs the image's proposals)
 ROUND2 = "student, self-trained round 2 (snapped)"  # a student taught by the round-1 student (its snapped masks)
 WITH_ICN = "default + the ICN (T 1)"  # the recipe's ICN: re-ranked top-1 labels, IoU matching among its candidates
 PAPER_T1 = "the paper as written, at T 1"  # the one suspect that ranks it above the naive PRM (docs/accuracy.md)
@@ -102,7 +104,8 @@ def plan(work: Path, seed: int, a: argparse.Namespace) -> list[tuple[str, Path, 
     if with_icn:
         rows.append(f"{WITH_ICN}={icn_model}")
     if a.student_epochs:
-        rows += [f"student={default}:student=1,refine=none", f"{REFINED}={default}:student=1,refine=superpixels"]
+        rows += [f"student={default}:student=1,refine=none", f"{REFINED}={default}:student=1,refine=superpixels",
+                 f"{ON_PROPOSALS}={default}:student=1,refine=proposals"]
         if a.student_rounds == 2:
             rows.append(f"{ROUND2}={round2}:student=1,refine=superpixels")
     report = report_path(work, seed, a)
@@ -161,9 +164,10 @@ def aggregate(reports: dict[int, dict]) -> dict:
 
 
 def caption(doc: dict) -> str:
+    schedule = f"; {doc['classifier']}" if "classifier" in doc else ""
     return (f"The recipe trained from scratch on {len(doc['seeds'])} sets of the {doc['regime']} regime (seeds "
-            f"{', '.join(map(str, doc['seeds']))}; {doc['set']}); {doc.get('split', 'val')}; mean ± sd over the "
-            "trainings, then each training's estimate [95% bootstrap interval over the images]; the reference is "
+            f"{', '.join(map(str, doc['seeds']))}; {doc['set']}{schedule}); {doc.get('split', 'val')}; mean ± sd over "
+            "the trainings, then each training's estimate [95% bootstrap interval over the images]; the reference is "
             f"{doc['reference']}.")
 
 
@@ -206,8 +210,8 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=400)
     ap.add_argument("--dev", type=int, default=100)
     ap.add_argument("--val", type=int, default=150)
-    ap.add_argument("--classifier-epochs", type=int, default=60)
-    ap.add_argument("--classifier-lr-step", type=int, default=40)
+    ap.add_argument("--classifier-epochs", type=int, default=120)
+    ap.add_argument("--classifier-lr-step", type=int, default=80)
     ap.add_argument("--icn-epochs", type=int, default=20)
     ap.add_argument("--icn-lr-step", type=int, default=5)
     ap.add_argument("--student-epochs", type=int, default=16, help="0: no student")
@@ -234,6 +238,7 @@ def main() -> None:
            "seeds": a.seed,
            "set": f"{a.size} px, {a.classes} classes, at most {a.max_instances} objects, {a.train} train / {a.dev} dev "
                   f"/ {a.val} val",
+           "classifier": f"classifier {a.classifier_epochs} epochs, the rate ×0.1 after {a.classifier_lr_step}",
            "reference": REFERENCE, "commands": commands,
            "steps_run": log, "rows": aggregate(reports), "machine": machine_info()}
     write_report(a.out, doc, markdown(doc))

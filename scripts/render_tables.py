@@ -407,6 +407,28 @@ def default_choice() -> str:
     return "\n".join(lines)
 
 
+def per_training(prefix: str, what: str, key: str = "mAP@0.5") -> str:
+    """A choice made on dev, training by training: the rows of every
+    ``<prefix>_<regime>_dev_<seed>.json`` (``benchmarks/accuracy.py`` on one training's dev
+    split) as columns, each cell the row's ``key`` and its paired difference to the reference."""
+    files = sorted(RESULTS.glob(f"{prefix}_*_dev_*.json"))
+    docs = {f.stem[len(prefix) + 1:].replace("_dev_", " ").replace("_", "-"): _json(f.name) for f in files}
+    names = list(dict.fromkeys(r["name"] for doc in docs.values() for r in doc["rows"]))
+    lines = ["| row | " + " | ".join(docs) + " |", "|---|" + "---|" * len(docs)]
+    for name in names:
+        cells = []
+        for doc in docs.values():
+            row = next((r for r in doc["rows"] if r["name"] == name), None)
+            cells.append("-" if row is None else _ci(row["metrics"][key]) + (
+                "" if "minus_reference" not in row else f"; {_diff(row['minus_reference'][key])}"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    sizes = sorted({d["images"] for d in docs.values()})
+    lines += ["", f"{what}: mAP^r@{key.split('@')[1]} on dev ({'/'.join(map(str, sizes))} images) of each training "
+                  "of the recipe (regime and seed), then the paired difference to the first row; 95% bootstrap "
+                  f"intervals over the images; `benchmarks/results/{prefix}_*_dev_*.json`."]
+    return "\n".join(lines)
+
+
 RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": serve, "matching": matching,
              "bench-batches": bench_batches, "label-quality": label_quality,
              "recipe-part-only-val": lambda: rows("accuracy_recipe_part_only_val.json"),
@@ -417,6 +439,9 @@ RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": 
              "recipe-part-only-dev": lambda: recipe("recipe_part_only_dev.json"),
              "recipe-photo": lambda: recipe("recipe_photo.json"),
              "default-choice": default_choice,
+             "classifier-schedule": lambda: per_training("classifier_schedule", "The classifier's schedule"),
+             "proposal-iou": lambda: per_training("student_proposal_iou", "The student's masks snapped to proposals"),
+             "proposal-iou-75": lambda: per_training("student_proposal_iou", "The same at IoU 0.75", "mAP@0.75"),
              "class-collapse": lambda: class_collapse("diagnose_recipe_part_only_32_dev.json"),
              "recipe-regimes": recipe_regimes,
              "icn-in-matching-gt-labels": lambda: rows("icn_in_matching_part_only_dev_gt_labels.json"),

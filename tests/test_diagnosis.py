@@ -127,6 +127,8 @@ def test_accuracy_row_settings_parse_none_as_none_but_refine_none_as_a_mode():
 
     assert parse_settings("T=0,binarize=none,student=1,refine=none") == {"T": 0, "binarize": None, "student": 1,
                                                                         "refine": "none"}
+    assert parse_settings("student=1,refine=proposals,proposal_iou=0.5") == {"student": 1, "refine": "proposals",
+                                                                            "proposal_iou": 0.5}
     with pytest.raises(SystemExit, match="unknown key 'tee'"):
         parse_settings("tee=1")
 
@@ -278,7 +280,7 @@ def _recipe_args(**overrides):
 
 def test_recipe_plans_the_readme_commands_per_seed(tmp_path):
     sys.path.insert(0, BENCHMARKS)
-    from recipe import PAPER_T1, REFERENCE, REFINED, ROUND2, WITH_ICN, plan
+    from recipe import ON_PROPOSALS, PAPER_T1, REFERENCE, REFINED, ROUND2, WITH_ICN, plan
 
     first = plan(tmp_path, 5, _recipe_args())
     assert [name for name, _, _ in first] == ["data", "proposals", "classifier", "default", "icn", "paper", "accuracy"]
@@ -312,6 +314,7 @@ def test_recipe_plans_the_readme_commands_per_seed(tmp_path):
     assert scored[-1].endswith("accuracy-6-dev-student.json")
     assert f"student={tmp_path / 'models-6' / 'default'}:student=1,refine=none" in scored
     assert f"{REFINED}={tmp_path / 'models-6' / 'default'}:student=1,refine=superpixels" in scored
+    assert f"{ON_PROPOSALS}={tmp_path / 'models-6' / 'default'}:student=1,refine=proposals" in scored
     assert not any(x.startswith(ROUND2) for x in scored)
     third = plan(tmp_path, 7, _recipe_args(student_epochs=4, student_rounds=2, icn_seeds=0))
     models = tmp_path / "models-7"
