@@ -366,7 +366,8 @@ def recipe_regimes() -> str:
         cells = [spread(doc["rows"][name][key]) if name in doc["rows"] else "-" for doc in docs.values()
                  for key in ("mAP@0.5", "mAP@0.75")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    sets = "; ".join(f"{k}: seeds {', '.join(map(str, d['seeds']))}, {d['set']}" for k, d in docs.items())
+    sets = "; ".join(f"{k}: seeds {', '.join(map(str, d['seeds']))}, {d['set']}"
+                     + (f", {d['classifier']}" if "classifier" in d else "") for k, d in docs.items())
     lines += ["", f"val; mean ± sd over the trainings from scratch (n: how many); {sets}; `benchmarks/results/"
                   + "`, `".join(names[k] for k in docs) + "`."]
     return "\n".join(lines)
@@ -437,6 +438,7 @@ RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": 
              "icn-in-matching-photo": lambda: rows("icn_in_matching_photo_dev.json"),
              "recipe-part-only": lambda: recipe("recipe_part_only.json"),
              "recipe-part-only-dev": lambda: recipe("recipe_part_only_dev.json"),
+             "recipe-part-only-60": lambda: recipe("recipe_part_only_classifier60.json"),
              "recipe-photo": lambda: recipe("recipe_photo.json"),
              "default-choice": default_choice,
              "classifier-schedule": lambda: per_training("classifier_schedule", "The classifier's schedule"),
