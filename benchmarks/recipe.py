@@ -10,10 +10,10 @@ suspect that ranks it above the naive PRM), the naive PRM, the default pipeline 
 classifier alone: naive PRM + objectness re-ranking, the reference), the default with the
 recipe's ICN (re-ranked top-1 labels, T 1; on the first ``--icn-seeds`` trainings), the
 student of the default, the same with its masks snapped to superpixels and to the
-image's proposals (the one it overlaps most), and with
-``--student-rounds 2`` a second student taught by the first (self-training). Each step is
-marked done once its commands have succeeded, so a killed run continues where it stopped
-(a training from its checkpoint)::
+image's proposals (the one it overlaps most), and with ``--student-rounds 2`` a second
+student taught by the first (self-training). Each step is marked done once its commands
+have succeeded, so a killed run continues where it stopped (a training from its
+checkpoint)::
 
     python benchmarks/recipe.py /tmp/recipe --regime part-only --seed 21 --seed 22 --seed 23 \\
         --out benchmarks/results/recipe_part_only.json

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from icn_rt.errors import InputError, TooLarge
+from icn_rt.models.store import student_settings
 from icn_rt.runtime.infer import PredictorSpec
 from icn_rt.runtime.loading import MAX_PIXELS, LoadSettings, load_bytes
 
@@ -123,8 +124,6 @@ def _ingress_deployment(serve, api, spec: PredictorSpec, settings: ServeSettings
     """The HTTP ingress: checks and decodes each request, asks the model, answers 4xx/5xx with why."""
     from fastapi import Request
     from fastapi.responses import JSONResponse
-
-    from icn_rt.models.store import student_settings
 
     # as many requests in flight through an ingress as its model replica can batch (Serve's default is 5)
     @serve.deployment(name="ingress", num_replicas=settings.replicas, max_ongoing_requests=4 * settings.max_batch_size,
