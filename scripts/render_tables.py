@@ -384,6 +384,21 @@ def class_collapse(name: str) -> str:
         f"`benchmarks/results/{name}`.")
 
 
+def _columns(docs: dict[str, dict], names: dict[str, str], key: str = "mAP@0.5") -> list[str]:
+    """A table of ``benchmarks/accuracy.py`` reports side by side: one column per report
+    (``docs``: header -> report), one line per row (``names``: row -> label), each cell the
+    row's ``key`` and its paired difference to the reference ("-": not in that report)."""
+    lines = ["| row | " + " | ".join(docs) + " |", "|---|" + "---|" * len(docs)]
+    for name, label in names.items():
+        cells = []
+        for doc in docs.values():
+            row = next((r for r in doc["rows"] if r["name"] == name), None)
+            cells.append("-" if row is None else _ci(row["metrics"][key]) + (
+                "" if "minus_reference" not in row else f"; {_diff(row['minus_reference'][key])}"))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def default_choice() -> str:
     """The default chosen on dev: each fresh training's naive PRM + re-ranking against the
     ICN pipeline of the same classifier (and, on the first, the students of both)."""
@@ -392,15 +407,8 @@ def default_choice() -> str:
              "student of naive PRM + re-ranking": "student of naive PRM + re-ranking",
              "student of the ICN pipeline": "student of the ICN pipeline"}
     files = sorted(RESULTS.glob("default_choice_part_only_dev_*.json"))
-    docs = {f.stem.rsplit("_", 1)[1]: _json(f.name) for f in files}
-    lines = ["| row | " + " | ".join(f"seed {seed}" for seed in docs) + " |", "|---|" + "---|" * len(docs)]
-    for name, label in names.items():
-        cells = []
-        for doc in docs.values():
-            row = next((r for r in doc["rows"] if r["name"] == name), None)
-            cells.append("-" if row is None else _ci(row["metrics"]["mAP@0.5"]) + (
-                "" if "minus_reference" not in row else f"; {_diff(row['minus_reference']['mAP@0.5'])}"))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    docs = {f"seed {f.stem.rsplit('_', 1)[1]}": _json(f.name) for f in files}
+    lines = _columns(docs, names)
     sizes = sorted({d["images"] for d in docs.values()})
     lines += ["", f"mAP^r@0.5 on dev ({'/'.join(map(str, sizes))} images), then the paired difference to naive PRM + "
                   "re-ranking; 95% bootstrap intervals over the images; the part-only sets and trainings of the recipe "
@@ -414,15 +422,8 @@ def per_training(prefix: str, what: str, key: str = "mAP@0.5") -> str:
     split) as columns, each cell the row's ``key`` and its paired difference to the reference."""
     files = sorted(RESULTS.glob(f"{prefix}_*_dev_*.json"))
     docs = {f.stem[len(prefix) + 1:].replace("_dev_", " ").replace("_", "-"): _json(f.name) for f in files}
-    names = list(dict.fromkeys(r["name"] for doc in docs.values() for r in doc["rows"]))
-    lines = ["| row | " + " | ".join(docs) + " |", "|---|" + "---|" * len(docs)]
-    for name in names:
-        cells = []
-        for doc in docs.values():
-            row = next((r for r in doc["rows"] if r["name"] == name), None)
-            cells.append("-" if row is None else _ci(row["metrics"][key]) + (
-                "" if "minus_reference" not in row else f"; {_diff(row['minus_reference'][key])}"))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    names = {n: n for n in dict.fromkeys(r["name"] for doc in docs.values() for r in doc["rows"])}
+    lines = _columns(docs, names, key)
     sizes = sorted({d["images"] for d in docs.values()})
     lines += ["", f"{what}: mAP^r@{key.split('@')[1]} on dev ({'/'.join(map(str, sizes))} images) of each training "
                   "of the recipe (regime and seed), then the paired difference to the first row; 95% bootstrap "
