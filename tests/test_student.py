@@ -504,6 +504,7 @@ def test_train_student_command_labels_with_the_pipeline_then_trains(classifier, 
     config = json.loads((model / "config.json").read_text())
     assert config["student_training"]["threshold"] == threshold["threshold"]
     assert config["student"]["input_size"] == 64 and config["student"]["refine"] == "none"
+    assert not (model / "student_refine.json").exists()  # --refine none: nothing chosen
     assert {e["image_id"] for e in labels} <= set(VOCDataset(tiny_voc, "train", load_images=False).ids)
     # a self-training round: the first student labels, a second learns (a fixed threshold: no dev labelling)
     again = tmp_path / "again"
@@ -513,7 +514,10 @@ def test_train_student_command_labels_with_the_pipeline_then_trains(classifier, 
     if "nothing to train on" not in r.output:  # a 1-epoch student may find nothing: refused in one line
         assert r.exit_code == 0, r.output
         relabelled = json.loads((again / "student-labels" / "train.json").read_text())
-        assert json.loads((again / "config.json").read_text())["student"]["refine"] == "superpixels"  # the default
+        chosen = json.loads((again / "student_refine.json").read_text())  # --refine auto, the default
+        assert json.loads((again / "config.json").read_text())["student"]["refine"] == chosen["refine"]
+        assert "mask refinement" in r.output and set(chosen["mAP@0.5"]) == {"none", "superpixels", "proposals"}
+        assert chosen["refine"] in ("none", "superpixels")
         assert relabelled != labels and not (again / "student-labels" / "dev.json").exists()
     else:
         assert r.exit_code == 2
@@ -770,3 +774,60 @@ def test_a_student_snapping_to_proposals_reads_them_in_the_infer_job(student, ti
         np.testing.assert_array_equal(decode(entry["segmentation"]), mask)
     with pytest.raises(ValueError, match="snap to proposals"):
         StudentPredictor.from_dir(model).predict([read_image(paths[0])])
+
+
+def test_the_best_refinement_is_the_highest_score_and_of_equal_ones_the_cheaper():
+    from icn_rt.workflows.student import best_refine
+
+    assert best_refine({"none": 10.0, "superpixels": 12.5, "proposals": 11.0}) == "superpixels"
+    assert best_refine({"none": 10.0, "superpixels": 10.0, "proposals": 10.0}) == "none"
+    assert best_refine({"none": 3.0, "superpixels": 7.0, "proposals": 7.0}) == "superpixels"
+    assert best_refine({"superpixels": 7.0, "none": 2.0}) == "superpixels"
+    assert best_refine({"none": 0.0, "superpixels": 0.0}) == "none"
+    assert best_refine({"none": 3.0, "superpixels": 7.0, "proposals": 9.0}, ("none", "superpixels")) == "superpixels"
+    assert best_refine({"none": 3.0, "superpixels": 2.0, "proposals": 9.0}, ("none", "superpixels")) == "none"
+
+
+def test_choose_refine_runs_each_mode_and_writes_the_best_into_the_config(student, tiny_voc, tmp_path):
+    """Each mode's results are the student's own predictions in that mode (masks to the
+    pixel), its score their mAP^r@0.5 on the split, and the config takes the best mode that
+    needs no proposals; without a proposals folder the proposals mode is left out and says
+    why."""
+    from dataclasses import replace
+
+    from icn_rt.data.images import read_image
+    from icn_rt.data.proposals import load_proposals, proposal_path
+    from icn_rt.data.rle import decode
+    from icn_rt.eval.report import evaluate
+    from icn_rt.runtime.student import StudentPredictor
+    from icn_rt.workflows.student import REFINE_REPORT, best_refine, choose_refine
+
+    model = tmp_path / "model"
+    shutil.copytree(student[0], model)
+    report = choose_refine(tiny_voc, model, "val", tiny_voc / "Proposals", progress=False)
+    scores = report["mAP@0.5"]
+    assert list(scores) == ["none", "superpixels", "proposals"] and report["skipped"] == {}
+    assert max(scores.values()) > 0, scores
+    assert json.loads((model / "config.json").read_text())["student"]["refine"] == report["refine"]
+    assert report["refine"] == best_refine(scores, ("none", "superpixels")) and report["best"] == best_refine(scores)
+    assert json.loads((model / REFINE_REPORT).read_text()) == report
+    plain = StudentPredictor.from_dir(student[0])
+    paths = [tiny_voc / "JPEGImages" / f"{i}.jpg" for i in VOCDataset(tiny_voc, "val", load_images=False).ids]
+    for mode, value in scores.items():
+        results = model / "student-labels" / f"val.refine-{mode}.json"
+        assert 100 * evaluate(tiny_voc, results, "val", progress=False).map[0.5] == pytest.approx(value)
+        got = json.loads(results.read_text())
+        plain.settings = replace(plain.settings, refine=mode)
+        want = []
+        for path in paths:
+            image = read_image(path)
+            props = [load_proposals(proposal_path(tiny_voc / "Proposals", path.stem), image.shape[:2])]
+            want += [(path.stem, i.mask) for i in plain.predict([image], props)[0].instances]
+        assert len(got) == len(want) > 0, mode
+        for entry, (image_id, mask) in zip(got, want):
+            assert entry["image_id"] == image_id
+            np.testing.assert_array_equal(decode(entry["segmentation"]), mask)
+    report = choose_refine(tiny_voc, model, "val", tmp_path / "no-proposals", progress=False)
+    assert list(report["mAP@0.5"]) == ["none", "superpixels"]
+    assert report["skipped"] == {"proposals": "no proposals folder"}
+    assert report["mAP@0.5"] == {m: scores[m] for m in ("none", "superpixels")}

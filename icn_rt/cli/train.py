@@ -230,12 +230,14 @@ def train_student_cmd(
                                            "tiny (256 features, one 64-channel convolution: for CPUs) | "
                                            "standard (torchvision's)."),
     input_size: InputSize = 0,
-    refine: str = typer.Option("superpixels", help="superpixels: each mask the student predicts is snapped to the "
-                                                   "image's Felzenszwalb superpixels (edges finer than its 28×28 grid, "
-                                                   "chosen on dev; slower, docs/student.md) | proposals: "
-                                                   "replaced by the proposal it overlaps most (IoU ≥ "
-                                                   "student.proposal_iou; infer then reads or makes proposals) | "
-                                                   "none (student.refine in the config)."),
+    refine: str = typer.Option("auto", help="auto: none or superpixels, whichever scores the higher mAP^r@0.5 on "
+                                            "--dev-split after training (proposals scored beside them, where the "
+                                            "dataset has them; superpixels where the split is missing) | "
+                                            "superpixels: each mask the student predicts is snapped to the image's "
+                                            "Felzenszwalb superpixels (edges finer than its 28×28 grid; slower, "
+                                            "docs/student.md) | proposals: replaced by the proposal it overlaps "
+                                            "most (IoU ≥ student.proposal_iou; infer then reads or makes proposals) "
+                                            "| none (student.refine in the config)."),
     threshold: Optional[float] = typer.Option(None, help="Confidence a pipeline instance needs to become a label "
                                                          "[default: chosen on --dev-split, best F1 at mask IoU 0.5]."),
     split: Split = "train",
@@ -265,6 +267,7 @@ def train_student_cmd(
     on them; writes student.safetensors into the model. SGD with warm-up; the learning rate
     x0.1 at 2/3 and 8/9 of the epochs; --pretrained starts a mobilenet-v3-fpn or
     resnet50-fpn backbone."""
+    from icn_rt.data.datasets import dataset_splits
     from icn_rt.models.student import StudentSettings
     from icn_rt.training.student import StudentTrainSettings, input_size_for
     from icn_rt.workflows.student import teach_and_train
@@ -274,15 +277,20 @@ def train_student_cmd(
     try:
         settings = StudentTrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, workers=workers or 0,
                                         split=split, pretrained=pretrained, sync_bn=sync_bn)
+        on_dev = refine == "auto" and dev_split in dataset_splits(root)
+        if refine == "auto" and not on_dev:
+            err.print(f"[yellow]{root} has no {dev_split} split to choose the masks' refinement on: superpixels"
+                      "[/yellow]", highlight=False, soft_wrap=True)
         student = StudentSettings(backbone=backbone, head=head, input_size=input_size or input_size_for(root, split),
-                                  refine=refine)
+                                  refine="superpixels" if refine == "auto" else refine)
         cluster = None
         if ray is not None:
             from icn_rt.runtime.ray_infer import RaySettings
 
             cluster = RaySettings(ray, actors, gpus_per_actor, cpus_per_actor)
         run = teach_and_train(root, model_dir, settings, student, threshold, dev_split, proposals_dir, resume, device,
-                              log=out.print, progress=not quiet, teacher_student=from_student, ray=cluster)
+                              log=out.print, progress=not quiet, teacher_student=from_student, ray=cluster,
+                              refine_on_dev=on_dev)
     except (InputError, ValueError, RuntimeError) as e:
         fail(e)
     if not rank_zero():

@@ -10,6 +10,11 @@
    (:func:`~icn_rt.training.student.choose_threshold`), unless given.
 3. The student trains on the training split's kept labels
    (:func:`~icn_rt.training.student.train_student`), into the model directory.
+4. With ``refine_on_dev``, how its masks are refined (``student.refine``) is chosen on dev
+   too (:func:`choose_refine`): the trained student runs over dev once per mode and the
+   proposal-free mode of the highest mAP^r@0.5 is written into the config (snapping to
+   proposals is scored too, where the dataset has them, and only reported: a student
+   that needs proposals is a choice its user makes).
 """
 
 from __future__ import annotations
@@ -30,6 +35,11 @@ from icn_rt.training.student import (StudentTrainSettings, StudentTrainSummary, 
 
 LABELS = "student-labels"
 THRESHOLD_REPORT = "student_threshold.json"
+REFINE_REPORT = "student_refine.json"
+REFINES = ("none", "superpixels", "proposals")
+"""The modes ``refine_on_dev`` scores, cheapest first: a costlier mode must score higher to be chosen."""
+PROPOSAL_FREE = ("none", "superpixels")
+"""The modes it chooses among (the student stays free of proposals)."""
 
 
 @dataclass
@@ -41,6 +51,8 @@ class StudentRun:
     threshold: float
     choice: ThresholdChoice | None
     trained: StudentTrainSummary
+    refine: dict | None = None
+    """With ``refine_on_dev``: :func:`choose_refine`'s report."""
 
 
 def label_split(root: str | Path, model_dir: str | Path, split: str, proposals_dir: Path | None, device: str,
@@ -72,11 +84,13 @@ def teach_and_train(root: str | Path, model_dir: str | Path, settings: StudentTr
                     student: StudentSettings | None, threshold: float | None = None, dev_split: str = "dev",
                     proposals_dir: str | Path | None = None, resume: bool = False, device: str = "cpu",
                     log: Callable[[str], None] = print, progress: bool = True,
-                    teacher_student: str | Path | None = None, ray: RaySettings | None = None) -> StudentRun:
+                    teacher_student: str | Path | None = None, ray: RaySettings | None = None,
+                    refine_on_dev: bool = False) -> StudentRun:
     """See the module's docstring. ``student`` None: the settings' defaults with the input
     side set for the data (:func:`~icn_rt.training.student.input_size_for`);
     ``teacher_student``: label with that model directory's student (self-training);
-    ``ray``: label on a Ray cluster."""
+    ``ray``: label on a Ray cluster; ``refine_on_dev``: choose ``student.refine`` on
+    ``dev_split`` after training (:func:`choose_refine`)."""
     from icn_rt.training.student import input_size_for
 
     root, model_dir = Path(root), Path(model_dir)
@@ -110,4 +124,53 @@ def teach_and_train(root: str | Path, model_dir: str | Path, settings: StudentTr
         student = StudentSettings(input_size=input_size_for(root, settings.split))
     trained = train_student(root, model_dir, replace(settings, labels=str(labels), threshold=threshold), student,
                             resume=resume, device=device, log=log, progress=progress)
-    return StudentRun(labelled, threshold, choice, trained)
+    refined = None
+    if refine_on_dev:
+        refined = choose_refine(root, model_dir, dev_split, proposals, device, progress)
+        log(f"mask refinement {refined['refine']!r} chosen on {dev_split} (mAP^r@0.5 "
+            + ", ".join(f"{m} {v:.1f}" for m, v in refined["mAP@0.5"].items()) + ")"
+            + ("; snapped to proposals scores higher: `--refine proposals` (infer then needs proposals)"
+               if refined["best"] == "proposals" else ""))
+    return StudentRun(labelled, threshold, choice, trained, refined)
+
+
+def best_refine(scores: dict[str, float], among: tuple[str, ...] = REFINES) -> str:
+    """The mode of ``among`` with the highest score; of equal ones the cheaper (earlier in
+    :data:`REFINES`)."""
+    return max((m for m in scores if m in among), key=lambda m: (scores[m], -REFINES.index(m)))
+
+
+def choose_refine(root: str | Path, model_dir: str | Path, split: str = "dev", proposals_dir: Path | None = None,
+                  device: str = "cpu", progress: bool = True) -> dict:
+    """Runs the model directory's student over ``split`` once per :data:`REFINES` mode
+    (``proposals`` only where ``proposals_dir`` exists: the dataset's proposals, as the
+    pipeline reads them), scores each (mAP^r@0.5 against the split's ground truth), writes
+    the best :data:`PROPOSAL_FREE` mode into the config (``student.refine``; ties to the
+    cheaper mode) and the report (every mode's score, the one chosen, the best of all) to
+    ``MODEL/student_refine.json``; returns the report."""
+    from icn_rt.eval.report import score
+    from icn_rt.models.store import read_config, write_config
+    from icn_rt.runtime.student import StudentPredictor
+
+    root, model_dir = Path(root), Path(model_dir)
+    ds = open_dataset(root, split, load_images=False)
+    images = [ds.image_path(i) for i in ds.ids]
+    predictor = StudentPredictor.from_dir(model_dir, device)
+    base = predictor.settings
+    modes = [m for m in REFINES if m != "proposals" or (proposals_dir is not None and Path(proposals_dir).is_dir())]
+    scores = {}
+    for mode in modes:
+        predictor.settings = replace(base, refine=mode)
+        out = model_dir / LABELS / f"{split}.refine-{mode}.json"
+        infer(predictor, images, out, InferSettings(proposals=Path(proposals_dir) if mode == "proposals" else None,
+                                                    overwrite=True, progress=progress))
+        scores[mode] = score(root, out, split, progress=False).metrics()["mAP@0.5"]
+    chosen = best_refine(scores, PROPOSAL_FREE)
+    config = read_config(model_dir)
+    config["student"]["refine"] = chosen
+    write_config(model_dir, config)
+    report = {"refine": chosen, "best": best_refine(scores), "split": split,
+              "criterion": "mAP^r@0.5 of the student's masks on the split; chosen among " + ", ".join(PROPOSAL_FREE),
+              "mAP@0.5": scores, "skipped": {m: "no proposals folder" for m in REFINES if m not in modes}}
+    (model_dir / REFINE_REPORT).write_text(json.dumps(report, indent=1))
+    return report
