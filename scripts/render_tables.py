@@ -441,6 +441,7 @@ RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": 
              "recipe-part-only-dev": lambda: recipe("recipe_part_only_dev.json"),
              "recipe-part-only-60": lambda: recipe("recipe_part_only_classifier60.json"),
              "recipe-photo": lambda: recipe("recipe_photo.json"),
+             "recipe-voc-like": lambda: recipe("recipe_voc_like.json"),
              "default-choice": default_choice,
              "classifier-schedule": lambda: per_training("classifier_schedule", "The classifier's schedule"),
              "proposal-iou": lambda: per_training("student_proposal_iou", "The student's masks snapped to proposals"),
