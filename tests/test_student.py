@@ -525,6 +525,8 @@ def test_train_student_command_labels_with_the_pipeline_then_trains(classifier, 
     assert fingerprint["proposals"] == "none (student)"
     r = runner.invoke(app, ["train", "student", str(tiny_voc), "--model", str(tmp_path / "nowhere")])
     assert r.exit_code == 2 and "config.json" in r.output, r.output
+    r = runner.invoke(app, ["train", "student", str(tiny_voc), "--model", str(model), "--refine", "crf"])
+    assert r.exit_code == 2 and "--refine: choose auto, none, superpixels, proposals; not 'crf'" in r.output, r.output
 
 
 def test_bench_shows_the_student_beside_the_pipeline(student, tiny_voc):

@@ -268,7 +268,7 @@ def train_student_cmd(
     x0.1 at 2/3 and 8/9 of the epochs; --pretrained starts a mobilenet-v3-fpn or
     resnet50-fpn backbone."""
     from icn_rt.data.datasets import dataset_splits
-    from icn_rt.models.student import StudentSettings
+    from icn_rt.models.student import REFINES, StudentSettings
     from icn_rt.training.student import StudentTrainSettings, input_size_for
     from icn_rt.workflows.student import teach_and_train
 
@@ -277,6 +277,8 @@ def train_student_cmd(
     try:
         settings = StudentTrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, workers=workers or 0,
                                         split=split, pretrained=pretrained, sync_bn=sync_bn)
+        if refine not in ("auto", *REFINES):
+            raise ValueError(f"--refine: choose auto, {', '.join(REFINES)}; not {refine!r}")
         on_dev = refine == "auto" and dev_split in dataset_splits(root)
         if refine == "auto" and not on_dev:
             err.print(f"[yellow]{root} has no {dev_split} split to choose the masks' refinement on: superpixels"

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from icn_rt.data.datasets import open_dataset
-from icn_rt.models.student import StudentSettings
+from icn_rt.models.student import REFINES, StudentSettings  # the modes, cheapest first
 from icn_rt.runtime.infer import InferSettings, PredictorSpec, infer
 from icn_rt.runtime.ray_infer import RaySettings
 from icn_rt.runtime.result_log import InferSummary
@@ -36,10 +36,9 @@ from icn_rt.training.student import (StudentTrainSettings, StudentTrainSummary, 
 LABELS = "student-labels"
 THRESHOLD_REPORT = "student_threshold.json"
 REFINE_REPORT = "student_refine.json"
-REFINES = ("none", "superpixels", "proposals")
-"""The modes ``refine_on_dev`` scores, cheapest first: a costlier mode must score higher to be chosen."""
 PROPOSAL_FREE = ("none", "superpixels")
-"""The modes it chooses among (the student stays free of proposals)."""
+"""The modes ``refine_on_dev`` chooses among (the student stays free of proposals); it
+scores every one of :data:`~icn_rt.models.student.REFINES`, cheapest first."""
 
 
 @dataclass
