@@ -790,6 +790,19 @@ def test_the_best_refinement_is_the_highest_score_and_of_equal_ones_the_cheaper(
     assert best_refine({"none": 3.0, "superpixels": 2.0, "proposals": 9.0}, ("none", "superpixels")) == "none"
 
 
+def test_refine_auto_chooses_on_dev_where_the_split_exists_and_says_when_it_cannot(tiny_voc):
+    from icn_rt.workflows.student import refine_mode
+
+    said = []
+    assert refine_mode(tiny_voc, "auto", "dev", log=said.append) == ("superpixels", True) and said == []
+    assert refine_mode(tiny_voc, "none", "dev", log=said.append) == ("none", False)
+    assert refine_mode(tiny_voc, "proposals", "dev", log=said.append) == ("proposals", False) and said == []
+    assert refine_mode(tiny_voc, "auto", "holdout", log=said.append) == ("superpixels", False)
+    assert said == [f"{tiny_voc} has no holdout split to choose the masks' refinement on: superpixels"]
+    with pytest.raises(ValueError, match="--refine: choose auto, none, superpixels, proposals; not 'crf'"):
+        refine_mode(tiny_voc, "crf")
+
+
 def test_choose_refine_runs_each_mode_and_writes_the_best_into_the_config(student, tiny_voc, tmp_path):
     """Each mode's results are the student's own predictions in that mode (masks to the
     pixel), its score their mAP^r@0.5 on the split, and the config takes the best mode that

@@ -230,14 +230,10 @@ def train_student_cmd(
                                            "tiny (256 features, one 64-channel convolution: for CPUs) | "
                                            "standard (torchvision's)."),
     input_size: InputSize = 0,
-    refine: str = typer.Option("auto", help="auto: none or superpixels, whichever scores the higher mAP^r@0.5 on "
-                                            "--dev-split after training (proposals scored beside them, where the "
-                                            "dataset has them; superpixels where the split is missing) | "
-                                            "superpixels: each mask the student predicts is snapped to the image's "
-                                            "Felzenszwalb superpixels (edges finer than its 28×28 grid; slower, "
-                                            "docs/student.md) | proposals: replaced by the proposal it overlaps "
-                                            "most (IoU ≥ student.proposal_iou; infer then reads or makes proposals) "
-                                            "| none (student.refine in the config)."),
+    refine: str = typer.Option("auto", help="auto: none or superpixels, the better on --dev-split after training "
+                                            "(proposals scored beside them) | superpixels: masks snapped to the "
+                                            "image's superpixels | proposals: to the proposal each overlaps most "
+                                            "(infer then needs proposals) | none (docs/student.md)."),
     threshold: Optional[float] = typer.Option(None, help="Confidence a pipeline instance needs to become a label "
                                                          "[default: chosen on --dev-split, best F1 at mask IoU 0.5]."),
     split: Split = "train",
@@ -267,24 +263,18 @@ def train_student_cmd(
     on them; writes student.safetensors into the model. SGD with warm-up; the learning rate
     x0.1 at 2/3 and 8/9 of the epochs; --pretrained starts a mobilenet-v3-fpn or
     resnet50-fpn backbone."""
-    from icn_rt.data.datasets import dataset_splits
-    from icn_rt.models.student import REFINES, StudentSettings
+    from icn_rt.models.student import StudentSettings
     from icn_rt.training.student import StudentTrainSettings, input_size_for
-    from icn_rt.workflows.student import teach_and_train
+    from icn_rt.workflows.student import refine_mode, teach_and_train
 
     model_dir = _model(model_dir)
     launch(nproc, batch_size)
     try:
         settings = StudentTrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, workers=workers or 0,
                                         split=split, pretrained=pretrained, sync_bn=sync_bn)
-        if refine not in ("auto", *REFINES):
-            raise ValueError(f"--refine: choose auto, {', '.join(REFINES)}; not {refine!r}")
-        on_dev = refine == "auto" and dev_split in dataset_splits(root)
-        if refine == "auto" and not on_dev:
-            err.print(f"[yellow]{root} has no {dev_split} split to choose the masks' refinement on: superpixels"
-                      "[/yellow]", highlight=False, soft_wrap=True)
+        refine, on_dev = refine_mode(root, refine, dev_split, log=err.print)
         student = StudentSettings(backbone=backbone, head=head, input_size=input_size or input_size_for(root, split),
-                                  refine="superpixels" if refine == "auto" else refine)
+                                  refine=refine)
         cluster = None
         if ray is not None:
             from icn_rt.runtime.ray_infer import RaySettings

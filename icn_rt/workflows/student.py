@@ -133,6 +133,24 @@ def teach_and_train(root: str | Path, model_dir: str | Path, settings: StudentTr
     return StudentRun(labelled, threshold, choice, trained, refined)
 
 
+def refine_mode(root: str | Path, refine: str, dev_split: str = "dev",
+                log: Callable[[str], None] = print) -> tuple[str, bool]:
+    """``train student --refine``: the mode the student is saved with and whether
+    :func:`choose_refine` then chooses it on ``dev_split``. ``auto``: chosen where that split
+    exists, else superpixels (said through ``log``); a mode of
+    :data:`~icn_rt.models.student.REFINES`: that mode."""
+    from icn_rt.data.datasets import dataset_splits
+
+    if refine not in ("auto", *REFINES):
+        raise ValueError(f"--refine: choose auto, {', '.join(REFINES)}; not {refine!r}")
+    if refine != "auto":
+        return refine, False
+    if dev_split in dataset_splits(root):
+        return "superpixels", True
+    log(f"{root} has no {dev_split} split to choose the masks' refinement on: superpixels")
+    return "superpixels", False
+
+
 def best_refine(scores: dict[str, float], among: tuple[str, ...] = REFINES) -> str:
     """The mode of ``among`` with the highest score; of equal ones the cheaper (earlier in
     :data:`REFINES`)."""
