@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from icn_rt.eval.diagnosis import (PeakCensus, average_precision, best_match, class_average_precision,
-                                   classification_ap, pair_overlap, peak_owners)
+                                   classification_ap, fit_summary, object_fit, pair_overlap, peak_owners)
 
 
 def box(y0, x0, y1, x1, shape=(10, 10)):
@@ -58,6 +58,30 @@ def test_pair_overlap_and_best_match():
     index, best = best_match(np.stack([box(2, 0, 6, 5), box(0, 0, 4, 5)]), proposals)
     assert index.tolist() == [1, 2] and best.tolist() == pytest.approx([1.0, 16 / 20])
     assert best_match(a, np.zeros((0, 10, 10), bool))[0].tolist() == [-1, -1, -1]
+
+
+def test_object_fit_takes_each_objects_best_mask_of_its_class():
+    gt = np.stack([box(0, 0, 4, 5), box(5, 5, 10, 10)])  # 20 and 25 pixels, classes 0 and 1
+    masks = np.stack([box(0, 0, 4, 4), box(0, 0, 4, 5), box(5, 5, 10, 10), box(0, 0, 2, 5)])
+    labels = np.array([0, 1, 0, 0])  # the exact mask of object 0 is of class 1; object 1's exact one of class 0
+    np.testing.assert_allclose(object_fit(masks, labels, gt, np.array([0, 1])), [16 / 20, 0.0])
+    np.testing.assert_allclose(object_fit(masks, np.array([1, 1, 1, 0]), gt, np.array([0, 1])), [10 / 20, 1.0])
+    assert object_fit(masks[:0], labels[:0], gt, np.array([0, 1])).tolist() == [0, 0]
+    assert object_fit(masks, labels, gt[:0], np.zeros(0, np.int64)).shape == (0,)
+
+
+def test_fit_summary_counts_found_objects_and_pairs_the_ones_both_find():
+    fit = np.array([0.9, 0.6, 0.4, 0.8])
+    ref = np.array([0.7, 0.0, 0.9, 0.6])
+    s = fit_summary(fit, ref)
+    assert s["found@0.5"] == pytest.approx(75.0) and s["found@0.75"] == pytest.approx(50.0)
+    assert s["IoU, found"] == pytest.approx(100 * (0.9 + 0.6 + 0.8) / 3)
+    # both find objects 0 and 3
+    assert s["IoU, both found"] == pytest.approx(85.0) and s["reference IoU, both found"] == pytest.approx(65.0)
+    w = fit_summary(fit, ref, np.array([2, 0, 1, 0]))  # object 0 twice, object 2 once
+    assert w["found@0.5"] == pytest.approx(100 * 2 / 3) and w["IoU, both found"] == pytest.approx(90.0)
+    assert np.isnan(fit_summary(fit, ref, np.zeros(4))["found@0.5"])
+    assert np.isnan(fit_summary(np.zeros(2), np.ones(2))["IoU, both found"])
 
 
 def test_average_precision():
@@ -131,6 +155,29 @@ def test_accuracy_row_settings_parse_none_as_none_but_refine_none_as_a_mode():
                                                                             "proposal_iou": 0.5}
     with pytest.raises(SystemExit, match="unknown key 'tee'"):
         parse_settings("tee=1")
+
+
+def test_mask_fit_runner_agrees_with_the_accuracy_benchmark(with_icn, tiny_voc, tmp_path):
+    bench = Path(__file__).parents[1] / "benchmarks"
+    model = str(with_icn[0])
+    rows = ["--row", f"naive={model}:T=0", "--row", f"T 1={model}:T=1,score=iou,confidence=match"]
+    out, acc = tmp_path / "fit.json", tmp_path / "acc.json"
+    r = subprocess.run([sys.executable, str(bench / "mask_fit.py"), str(tiny_voc), "--split", "val", "--bootstrap",
+                        "50", *rows, "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, str(bench / "accuracy.py"), str(tiny_voc), "--split", "val", "--bootstrap",
+                        "50", *rows, "--out", str(acc)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    doc, accuracy = json.loads(out.read_text()), json.loads(acc.read_text())
+    assert doc["reference"] == "naive" and doc["images"] == 6 and doc["objects"] > 0
+    for row, theirs in zip(doc["rows"], accuracy["rows"]):  # the same predictions, scored by `icn-rt eval`
+        for t in ("0.5", "0.75"):
+            assert row["metrics"][f"mAP@{t}"]["estimate"] == pytest.approx(theirs["metrics"][f"mAP@{t}"]["estimate"])
+        m = row["metrics"]
+        assert 0 <= m["found@0.75"]["estimate"] <= m["found@0.5"]["estimate"] <= 100
+    naive = doc["rows"][0]
+    assert naive["both_found_minus_reference"]["estimate"] == 0  # the reference against itself
+    assert "| naive |" in out.with_suffix(".md").read_text()
 
 
 def test_icn_learnability_trains_each_source_on_the_same_peaks(classifier, tiny_voc, tmp_path):

@@ -10,7 +10,11 @@ tested on cases with known answers.
 - matching: the ground-truth IoU of the chosen proposal, of the proposal that best fits
   the map, and of the best proposal of all (:func:`best_match`);
 - ranking: AP with the shipped choices, with oracle ranking, with oracle matching
-  (:func:`average_precision`).
+  (:func:`average_precision`);
+- mask fit: each object's best IoU with a prediction of its class (:func:`object_fit`),
+  summarised as objects found and how well the found ones fit, also on the objects a
+  reference finds too (:func:`fit_summary`): it tells a row that finds other objects from
+  one that outlines the same objects worse.
 """
 
 from __future__ import annotations
@@ -120,6 +124,34 @@ def class_average_precision(images: list[tuple], num_classes: int, threshold: fl
     :func:`average_precision` takes them); None: a class without ground truth."""
     ap = _evaluated(images, num_classes, (threshold,))["ap"][threshold]
     return [None if not np.isfinite(a) else float(100 * a) for a in ap]
+
+
+def object_fit(masks: np.ndarray, labels: np.ndarray, gt_masks: np.ndarray, gt_labels: np.ndarray) -> np.ndarray:
+    """Each ground-truth object's best mask IoU with a prediction of its own class
+    (``masks bool [P, H, W]``, ``labels int [P]``) -> ``float64 [G]`` (0: none of its class)."""
+    if len(masks) == 0 or len(gt_masks) == 0:
+        return np.zeros(len(gt_masks))
+    iou = mask_iou(masks, gt_masks)  # [P, G]
+    return np.where(np.asarray(labels)[:, None] == np.asarray(gt_labels)[None], iou, 0.0).max(0)
+
+
+def fit_summary(fit: np.ndarray, reference: np.ndarray, weight: np.ndarray | None = None) -> dict[str, float]:
+    """Percentages over the ground-truth objects, each counted ``weight`` times (default 1;
+    a bootstrap draw's count of its image): ``found@0.5``, ``found@0.75`` (objects whose
+    :func:`object_fit` reaches it), ``IoU, found`` (mean fit of those found at 0.5), and on
+    the objects both this row and ``reference`` (the reference row's fits of the same
+    objects) find at 0.5, ``IoU, both found`` and ``reference IoU, both found``; NaN where
+    no object counts."""
+    w = np.ones(len(fit)) if weight is None else np.asarray(weight, np.float64)
+
+    def mean(values, where):
+        total = (w * where).sum()
+        return float(100 * (w * where * values).sum() / total) if total > 0 else float("nan")
+
+    ones, found, both = np.ones(len(fit)), fit >= 0.5, (fit >= 0.5) & (reference >= 0.5)
+    return {"found@0.5": mean(found, ones > 0), "found@0.75": mean(fit >= 0.75, ones > 0),
+            "IoU, found": mean(fit, found), "IoU, both found": mean(fit, both),
+            "reference IoU, both found": mean(reference, both)}
 
 
 def _evaluated(images: list[tuple], num_classes: int, thresholds) -> dict:
