@@ -431,6 +431,28 @@ def per_training(prefix: str, what: str, key: str = "mAP@0.5") -> str:
     return "\n".join(lines)
 
 
+def student_confidence(key: str = "mAP@0.5") -> str:
+    """The student's confidence chosen on dev: every ``student_confidence_<mode>_<regime>_dev_<seed>.json``
+    (``benchmarks/accuracy.py``: one refinement's student rows on one training's dev split,
+    the detection score alone the reference) as a column per training, the rows of the
+    three modes one under the other."""
+    docs: dict[str, dict[str, dict]] = {}
+    for f in sorted(RESULTS.glob("student_confidence_*_dev_*.json")):
+        mode, rest = f.stem[len("student_confidence_"):].split("_", 1)
+        docs.setdefault(rest.replace("_dev_", " ").replace("_", "-"), {})[mode] = _json(f.name)
+    merged = {training: {"rows": [r for mode in ("none", "superpixels", "proposals") if mode in by_mode
+                                  for r in by_mode[mode]["rows"]], "images": next(iter(by_mode.values()))["images"]}
+              for training, by_mode in docs.items()}
+    names = {n: n for n in dict.fromkeys(r["name"] for doc in merged.values() for r in doc["rows"])}
+    lines = _columns(merged, names, key)
+    sizes = sorted({d["images"] for d in merged.values()})
+    lines += ["", f"The student's confidence: mAP^r@{key.split('@')[1]} on dev ({'/'.join(map(str, sizes))} images) of "
+                  "each training (regime and seed), then the paired difference to the same refinement's detection "
+                  "score alone; 95% bootstrap intervals over the images; "
+                  "`benchmarks/results/student_confidence_*_dev_*.json`."]
+    return "\n".join(lines)
+
+
 RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": serve, "matching": matching,
              "bench-batches": bench_batches, "label-quality": label_quality,
              "recipe-part-only-val": lambda: rows("accuracy_recipe_part_only_val.json"),
@@ -446,6 +468,8 @@ RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": 
              "classifier-schedule": lambda: per_training("classifier_schedule", "The classifier's schedule"),
              "proposal-iou": lambda: per_training("student_proposal_iou", "The student's masks snapped to proposals"),
              "proposal-iou-75": lambda: per_training("student_proposal_iou", "The same at IoU 0.75", "mAP@0.75"),
+             "student-confidence": student_confidence,
+             "student-confidence-75": lambda: student_confidence("mAP@0.75"),
              "class-collapse": lambda: class_collapse("diagnose_recipe_part_only_32_dev.json"),
              "recipe-regimes": recipe_regimes,
              "photo-diagnosis": lambda: diagnosis({"photo, seed 41": "diagnose_recipe_photo_41_dev.json",

@@ -7,7 +7,7 @@ import pytest
 from icn_rt.data.proposals import Proposals
 from icn_rt.matching import MatchingSettings, match, score_proposals
 from icn_rt.matching.instances import InstanceSettings, confidence
-from icn_rt.matching.objectness import objectness, rerank
+from icn_rt.matching.objectness import mask_contrast, objectness, rerank
 from tests import reference as ref
 
 
@@ -57,6 +57,26 @@ def test_whole_object_beats_fragment_and_leak():
     # the square: inside all red, its ring all grey (distance 1), two proposals agree with it
     assert got[1] == pytest.approx(np.sqrt(2))
     assert got.argmax() == 1 and got[0] < got[1] and got[2] < got[1]
+
+
+def test_mask_contrast_is_objectness_colour_term_of_any_mask():
+    image, props = _scene(np.random.default_rng(2))
+    masks = props.to_masks()[[30, 31, 32, 33, 0]]
+    got = mask_contrast(image, masks)
+    # the reference's objectness of a mask alone: √1 (only itself agrees with it) × contrast²
+    want = [np.sqrt(ref.objectness(image, masks[k: k + 1], [0])[0]) for k in range(len(masks))]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    square = np.zeros((48, 48), bool)
+    square[10:30, 10:30] = True
+    flat = np.full((48, 48, 3), 120, np.uint8)
+    flat[square] = (220, 40, 40)
+    half = square.copy()
+    half[:, 20:] = False
+    # the half square's 4-px ring (304 pixels) holds 80 red ones of the other half
+    assert mask_contrast(flat, np.stack([square, half])).tolist() == pytest.approx([1.0, 1 - 80 / 304])
+    assert mask_contrast(flat, np.zeros((0, 48, 48), bool)).shape == (0,)
+    with pytest.raises(ValueError, match="masks of 48×40 for an image of 48×48"):
+        mask_contrast(flat, np.zeros((1, 48, 40), bool))
 
 
 def test_working_size_makes_large_images_cost_the_same():

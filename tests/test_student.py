@@ -692,8 +692,9 @@ def test_a_student_set_to_refine_snaps_its_own_masks(student, tiny_voc):
     images = [read_image(p) for p in sorted((tiny_voc / "JPEGImages").glob("val_*.jpg"))[:3]]
     plain = StudentPredictor.from_dir(student[0])
     assert plain.settings.refine == "none"
+    plain.settings = replace(plain.settings, contrast_power=0.0)  # scores that do not follow the masks
     refined = StudentPredictor.from_dir(student[0])
-    refined.settings = replace(refined.settings, refine="superpixels", refine_scale=100)
+    refined.settings = replace(refined.settings, refine="superpixels", refine_scale=100, contrast_power=0.0)
     changed = 0
     for image, a, b in zip(images, plain.predict(images), refined.predict(images)):
         assert [(i.class_id, i.score) for i in a.instances] == [(i.class_id, i.score) for i in b.instances]
@@ -702,6 +703,40 @@ def test_a_student_set_to_refine_snaps_its_own_masks(student, tiny_voc):
             np.testing.assert_array_equal(np.stack([i.mask for i in b.instances]), want)
             changed += int(not np.array_equal(want, np.stack([i.mask for i in a.instances])))
     assert changed > 0
+
+
+def test_the_students_confidence_is_its_detection_score_times_its_masks_contrast(student, tiny_voc):
+    """``contrast_power`` p: the same detections and masks as with the detection score
+    alone (p 0), each scored detection × mask_contrast(mask)^p and ranked by it; ``value``
+    keeps the detection score, ``match`` the contrast."""
+    from dataclasses import replace
+
+    from icn_rt.data.images import read_image
+    from icn_rt.matching.objectness import mask_contrast
+    from icn_rt.runtime.student import StudentPredictor
+
+    images = [read_image(p) for p in sorted((tiny_voc / "JPEGImages").glob("val_*.jpg"))[:3]]
+    plain = StudentPredictor.from_dir(student[0])
+    assert plain.settings.contrast_power == 0.5  # the default, chosen on dev
+    plain.settings = replace(plain.settings, contrast_power=0.0)
+    ranked = StudentPredictor.from_dir(student[0])
+    ranked.settings = replace(ranked.settings, contrast_power=2.0)
+    reordered = 0
+    for image, a, b in zip(images, plain.predict(images), ranked.predict(images)):
+        assert [i.score for i in a.instances] == [i.value for i in a.instances] and len(a.instances) > 1
+        masks = np.stack([i.mask for i in a.instances])
+        contrast = mask_contrast(image, masks)
+        want = sorted(((i.score * c ** 2, i.class_id, i.score, c, k) for k, (i, c) in
+                       enumerate(zip(a.instances, contrast))), key=lambda t: -t[0])
+        assert [(i.class_id, i.value) for i in b.instances] == [(c, v) for _, c, v, _, _ in want]
+        np.testing.assert_allclose([i.score for i in b.instances], [s for s, *_ in want], rtol=1e-6)
+        np.testing.assert_allclose([i.match for i in b.instances], [c for *_, c, _ in want], rtol=1e-12)
+        for inst, (*_, k) in zip(b.instances, want):
+            np.testing.assert_array_equal(inst.mask, a.instances[k].mask)
+        reordered += [k for *_, k in want] != list(range(len(want)))
+    assert reordered > 0
+    with pytest.raises(ValueError, match="contrast_power must be in"):
+        StudentSettings(contrast_power=-1)
 
 
 def test_masks_snap_to_the_proposal_they_overlap_most():
@@ -739,6 +774,8 @@ def test_a_student_snapping_to_proposals_reads_them_in_the_infer_job(student, ti
     """``student.refine: proposals``: `icn-rt infer --student` reads the dataset's proposals
     and each mask is the plain student's mask snapped by snap_to_proposals, detection for
     detection; the job's fingerprint names the proposals; predict without them is refused."""
+    from dataclasses import replace
+
     from icn_rt.data.images import read_image
     from icn_rt.data.proposals import load_proposals, proposal_path
     from icn_rt.data.rle import decode
@@ -747,7 +784,7 @@ def test_a_student_snapping_to_proposals_reads_them_in_the_infer_job(student, ti
     model = tmp_path / "model"
     shutil.copytree(student[0], model)
     config = json.loads((model / "config.json").read_text())
-    config["student"].update(refine="proposals", proposal_iou=0.3)
+    config["student"].update(refine="proposals", proposal_iou=0.3, contrast_power=0.0)  # scores as detected
     (model / "config.json").write_text(json.dumps(config))
     paths = sorted((tiny_voc / "JPEGImages").glob("val_*.jpg"))[:4]
     listing = tmp_path / "images.txt"
@@ -758,6 +795,7 @@ def test_a_student_snapping_to_proposals_reads_them_in_the_infer_job(student, ti
     assert r.exit_code == 0, r.output
     got = json.loads(out.read_text())
     plain = StudentPredictor.from_dir(student[0])
+    plain.settings = replace(plain.settings, contrast_power=0.0)
     assert not plain.needs_proposals and StudentPredictor.from_dir(model).needs_proposals
     want, taken = [], 0
     for path in paths:

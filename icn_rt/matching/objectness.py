@@ -53,6 +53,24 @@ def objectness(image: np.ndarray, props: Proposals, candidates: np.ndarray) -> n
     return np.sqrt(consensus) * _contrast(_colour_bins(image, shape), small.to_masks(candidates)) ** 2
 
 
+def mask_contrast(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """The contrast of each mask ``bool [N, H, W]`` of ``image`` (uint8 RGB at the masks'
+    size) with the ring around it, as :func:`objectness` measures a proposal's, at the same
+    working size -> ``float64 [N]`` in [0, 1]. It needs no proposals: the student's
+    confidence (``StudentSettings.contrast_power``)."""
+    h, w = masks.shape[1:]
+    if image.shape[:2] != (h, w):
+        raise ValueError(f"masks of {h}×{w} for an image of {image.shape[0]}×{image.shape[1]}")
+    if len(masks) == 0:
+        return np.zeros(0)
+    scale = min(1.0, WORK_SIDE / max(h, w))
+    shape = (max(1, round(h * scale)), max(1, round(w * scale)))
+    if shape != (h, w):
+        masks = np.stack([cv2.resize(m.view(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+                          for m in masks]).astype(bool)
+    return _contrast(_colour_bins(image, shape), masks)
+
+
 def _overlaps(props: Proposals, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(area float64 [N], intersection float64 [C, N])`` in pixels of every proposal and of
     each candidate with every proposal. Segment proposals (selective search, MCG) are

@@ -60,7 +60,12 @@ class StudentSettings:
     least half of it is in it), for edges finer than the 28×28 mask grid; ``proposals``
     replaces each pasted mask by the image's proposal it overlaps most when their IoU is at
     least ``proposal_iou`` (pixel-exact masks where proposals exist: a dataset's, or
-    selective search made on the fly); ``none`` keeps the pasted mask."""
+    selective search made on the fly); ``none`` keeps the pasted mask. ``contrast_power``:
+    an instance's confidence is its detection score × the colour contrast of its final mask
+    with a ring around it (:func:`~icn_rt.matching.objectness.mask_contrast`, the
+    re-ranking's cue) to this power; 0: the detection score alone. The detector, taught by
+    noisy labels, scores fragments and clutter as high as whole objects; the contrast ranks
+    whole objects first (chosen on dev in three regimes: docs/student.md)."""
 
     backbone: str = "classifier-fpn"
     input_size: int = 256
@@ -76,6 +81,7 @@ class StudentSettings:
     refine: str = "none"
     refine_scale: float = 200.0
     proposal_iou: float = 0.3
+    contrast_power: float = 0.5
 
     def __post_init__(self) -> None:
         if self.refine not in REFINES:
@@ -84,6 +90,9 @@ class StudentSettings:
             raise ValueError(f"refine_scale must be positive, got {self.refine_scale}")
         if not 0 < self.proposal_iou <= 1:
             raise ValueError(f"proposal_iou must be in (0, 1], got {self.proposal_iou}")
+        if not 0 <= self.contrast_power <= 8:
+            raise ValueError(f"contrast_power must be in [0, 8] (0: the detection score alone), "
+                             f"got {self.contrast_power}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown student backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
         if self.head not in HEADS:

@@ -8,7 +8,8 @@ It answers to the streaming job (:func:`~icn_rt.runtime.infer.infer`) as the pip
 :class:`~icn_rt.runtime.predictor.Predictor` does: same staging, same
 :class:`~icn_rt.runtime.predictor.Prediction` and
 :class:`~icn_rt.runtime.predictor.Instance` (``proposal`` -1, ``peak`` the box's centre,
-``value`` and ``match`` the detection score, no maps). Each mask is the student's
+``value`` the detection score, ``match`` its mask's colour contrast, ``score`` the
+detection score × that contrast to ``contrast_power``, no maps). Each mask is the student's
 probabilities over its box (M × M), pasted at the image's own size as torchvision pastes
 them (:func:`paste_at`) and cut at ``mask_threshold``; with ``refine: superpixels`` each
 is then snapped to the image's superpixels (:func:`snap_to_superpixels`), with ``refine:
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from icn_rt.errors import InputError
+from icn_rt.matching.objectness import mask_contrast
 from icn_rt.models.store import load_student, weights_digest
 from icn_rt.models.student import (STUDENT_OUTPUTS, StudentGraph, StudentSettings, export_hint, read_student_record,
                                    student_graph_file, student_graph_record, student_plan_file)
@@ -165,7 +167,11 @@ class StudentPredictor(Staging):
         taken = np.full(len(masks), -1, np.int64)
         if props is not None and len(masks):
             masks, taken = snap_to_proposals(masks, props, self.settings.proposal_iou)
-        labels, boxes, scores = out["labels"][mine].cpu().numpy(), boxes.cpu().numpy(), scores.cpu().numpy()
+        labels, boxes, detected = out["labels"][mine].cpu().numpy(), boxes.cpu().numpy(), scores.cpu().numpy()
+        contrast = np.ones(len(masks))
+        if self.settings.contrast_power and len(masks):
+            contrast = mask_contrast(image, masks)
+        scores = detected * contrast ** self.settings.contrast_power
         instances = []
         for k in np.argsort(-scores, kind="stable"):
             if not masks[k].any():
@@ -173,7 +179,7 @@ class StudentPredictor(Staging):
             x1, y1, x2, y2 = boxes[k]
             centre = ((y1 + y2) / 2, (x1 + x2) / 2)
             instances.append(Instance(int(labels[k]), float(scores[k]), masks[k], int(taken[k]), centre,
-                                      float(scores[k]), float(scores[k]), None))
+                                      float(detected[k]), float(contrast[k]), None))
         class_scores = np.zeros(len(self.classes), np.float32)
         for inst in instances:
             class_scores[inst.class_id] = max(class_scores[inst.class_id], inst.score)
