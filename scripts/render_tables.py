@@ -453,6 +453,25 @@ def student_confidence(key: str = "mAP@0.5") -> str:
     return "\n".join(lines)
 
 
+def mask_fit(name: str) -> str:
+    """``benchmarks/mask_fit.py``: per row the objects it finds, how well it outlines those
+    it finds with its reference, and its mAP^r as ranked and with oracle ranking."""
+    doc = _json(name)
+    lines = ["| row | objects found at IoU 0.5 / 0.75, % | IoU on the objects both it and the reference find, "
+             "− the reference's | mAP^r@0.5 / @0.75 | with oracle ranking |", "|---|---|---|---|---|"]
+    for row in doc["rows"]:
+        m = {k: v["estimate"] for k, v in row["metrics"].items()}
+        diff = "(reference)" if row["name"] == doc["reference"] else _diff(row["both_found_minus_reference"])
+        lines.append(f"| {row['name']} | {m['found@0.5']:.1f} / {m['found@0.75']:.1f} | {diff} "
+                     f"| {m['mAP@0.5']:.1f} / {m['mAP@0.75']:.1f} "
+                     f"| {m['mAP@0.5, oracle ranking']:.1f} / {m['mAP@0.75, oracle ranking']:.1f} |")
+    lines += ["", f"{doc['split']}, {doc['images']} images, {doc['objects']} objects; an object is found at IoU t "
+                  "when a prediction of its class overlaps it by t; oracle ranking: each prediction scored by its best "
+                  "IoU with an object of its class; 95% bootstrap intervals over the images; "
+                  f"`benchmarks/results/{name}` (intervals of every figure in its markdown)."]
+    return "\n".join(lines)
+
+
 RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": serve, "matching": matching,
              "bench-batches": bench_batches, "label-quality": label_quality,
              "recipe-part-only-val": lambda: rows("accuracy_recipe_part_only_val.json"),
@@ -469,6 +488,7 @@ RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": 
              "proposal-iou": lambda: per_training("student_proposal_iou", "The student's masks snapped to proposals"),
              "proposal-iou-75": lambda: per_training("student_proposal_iou", "The same at IoU 0.75", "mAP@0.75"),
              "student-confidence": student_confidence,
+             "mask-fit-photo": lambda: mask_fit("mask_fit_photo_41_dev.json"),
              "student-confidence-75": lambda: student_confidence("mAP@0.75"),
              "class-collapse": lambda: class_collapse("diagnose_recipe_part_only_32_dev.json"),
              "recipe-regimes": recipe_regimes,
