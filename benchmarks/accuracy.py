@@ -200,16 +200,23 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def row_arguments(ap: argparse.ArgumentParser, reference: str) -> None:
+    """The arguments of a benchmark of named rows on a split (this one's, ``mask_fit.py``'s):
+    the data, ``--split``, ``--row`` (repeated), ``--reference`` (``reference``: its help),
+    ``--proposals`` and the bootstrap's ``--bootstrap`` and ``--seed``."""
     ap.add_argument("root", type=Path, help="VOC-layout root with Proposals/ for the split")
     ap.add_argument("--split", default="dev")
     ap.add_argument("--row", action="append", required=True, help="NAME=MODEL[:key=value,...] (repeat)")
-    ap.add_argument("--reference", default=None, help="the row every other is compared with, paired")
+    ap.add_argument("--reference", default=None, help=reference)
     ap.add_argument("--proposals", type=Path, default=None, help="[default: ROOT/Proposals]")
     ap.add_argument("--bootstrap", type=int, default=1000, help="draws of the images")
     ap.add_argument("--seed", type=int, default=0, help="seed of the draws")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    row_arguments(ap, "the row every other is compared with, paired")
     ap.add_argument("--level", type=float, default=0.95)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--regime", default=None, help="a name for the data's regime [default: from ROOT/synth.json]")

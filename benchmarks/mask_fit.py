@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accuracy import dataset_record, parse_row, predictor_for, write_report
+from accuracy import dataset_record, parse_row, predictor_for, row_arguments, write_report
 from machine import machine_info
 
 from icn_rt.data.datasets import open_dataset
@@ -136,13 +136,7 @@ def markdown(doc: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("root", type=Path, help="VOC-layout root with Proposals/ for the split")
-    ap.add_argument("--split", default="dev")
-    ap.add_argument("--row", action="append", required=True, help="NAME=MODEL[:key=value,...] (repeat)")
-    ap.add_argument("--reference", default=None, help="the row the others are paired with [default: the first]")
-    ap.add_argument("--proposals", type=Path, default=None, help="[default: ROOT/Proposals]")
-    ap.add_argument("--bootstrap", type=int, default=1000, help="draws of the images")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    row_arguments(ap, "the row the others are paired with [default: the first]")
     ap.add_argument("--regime", default=None, help="a name for the data's regime [default: from ROOT/synth.json]")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
