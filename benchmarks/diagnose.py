@@ -44,8 +44,7 @@ from icn_rt.data.datasets import open_dataset
 from icn_rt.data.images import read_image
 from icn_rt.data.proposals import load_proposals, proposal_path
 from icn_rt.eval.diagnosis import (PeakCensus, average_precision, best_match, class_average_precision,
-                                   classification_ap, pair_overlap, peak_owners)
-from icn_rt.eval.instance import mask_iou
+                                   classification_ap, oracle_confidence, pair_overlap, peak_owners)
 from icn_rt.matching import confidence, match, score_proposals, suppress
 from icn_rt.models.icn import enhance, minmax
 from icn_rt.models.store import read_config
@@ -190,12 +189,7 @@ def diagnose_image(predictor: Predictor, image, props, gt, naive, b: int, steps:
         pick = oracle_pick if "matching" in name else best
         keep = np.flatnonzero(pick >= 0)
         masks = dense[pick[keep]] if len(keep) else np.zeros((0, *shape), bool)
-        if "ranking" in name:
-            same = mask_iou(masks, gt_masks) * (cls[keep][:, None] == gt_cls[None, :]) if len(gt_cls) else \
-                np.zeros((len(keep), 0))
-            conf = same.max(1) if same.shape[1] else np.zeros(len(keep))
-        else:
-            conf = shipped_conf[keep]
+        conf = oracle_confidence(masks, cls[keep], gt_masks, gt_cls) if "ranking" in name else shipped_conf[keep]
         kept = _instances(masks, cls[keep], conf, model.instances.nms_iou, predictor.kernels)
         variants[name].append((*kept, gt_masks, gt_cls))
     _, labels, scores = variants["shipped"][-1][:3]

@@ -35,17 +35,10 @@ from icn_rt.data.datasets import open_dataset
 from icn_rt.data.images import read_image
 from icn_rt.data.proposals import load_proposals, proposal_path
 from icn_rt.eval.bootstrap import draws, intervals
-from icn_rt.eval.diagnosis import fit_summary, object_fit
-from icn_rt.eval.instance import InstanceEvaluator, mask_iou
+from icn_rt.eval.diagnosis import fit_summary, object_fit, oracle_confidence
+from icn_rt.eval.instance import InstanceEvaluator
 
 THRESHOLDS = (0.5, 0.75)
-
-
-def oracle_scores(masks: np.ndarray, labels: np.ndarray, gt_masks: np.ndarray, gt_labels: np.ndarray) -> np.ndarray:
-    """Each prediction's best IoU with an object of its class (0: none) -> ``float64 [P]``."""
-    if len(masks) == 0 or len(gt_masks) == 0:
-        return np.zeros(len(masks))
-    return np.where(labels[:, None] == gt_labels[None], mask_iou(masks, gt_masks), 0.0).max(1)
 
 
 def fits(ds, rows: list, proposals: Path) -> tuple[dict, np.ndarray, dict]:
@@ -69,7 +62,7 @@ def fits(ds, rows: list, proposals: Path) -> tuple[dict, np.ndarray, dict]:
                 labels, scores = np.array([i.class_id for i in inst], np.int64), np.array([i.score for i in inst])
                 out[name].append(object_fit(masks, labels, gt_masks, gt_cls))
                 ap[name][0].add(masks, labels, scores, gt_masks, gt_cls)
-                ap[name][1].add(masks, labels, oracle_scores(masks, labels, gt_masks, gt_cls), gt_masks, gt_cls)
+                ap[name][1].add(masks, labels, oracle_confidence(masks, labels, gt_masks, gt_cls), gt_masks, gt_cls)
             if (n + 1) % 20 == 0 or n + 1 == len(ds.ids):
                 print(f"{n + 1}/{len(ds.ids)} images", file=sys.stderr, flush=True)
     return ({name: np.concatenate(v) if v else np.zeros(0) for name, v in out.items()}, np.array(image_of, np.int64),

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from icn_rt.eval.diagnosis import (PeakCensus, average_precision, best_match, class_average_precision,
-                                   classification_ap, fit_summary, object_fit, pair_overlap, peak_owners)
+                                   classification_ap, fit_summary, object_fit, oracle_confidence, pair_overlap,
+                                   peak_owners)
 
 
 def box(y0, x0, y1, x1, shape=(10, 10)):
@@ -68,6 +69,15 @@ def test_object_fit_takes_each_objects_best_mask_of_its_class():
     np.testing.assert_allclose(object_fit(masks, np.array([1, 1, 1, 0]), gt, np.array([0, 1])), [10 / 20, 1.0])
     assert object_fit(masks[:0], labels[:0], gt, np.array([0, 1])).tolist() == [0, 0]
     assert object_fit(masks, labels, gt[:0], np.zeros(0, np.int64)).shape == (0,)
+
+
+def test_oracle_confidence_is_each_predictions_best_iou_with_an_object_of_its_class():
+    gt = np.stack([box(0, 0, 4, 5), box(5, 5, 10, 10)])
+    masks = np.stack([box(0, 0, 4, 4), box(0, 0, 4, 5), box(5, 5, 10, 10)])
+    np.testing.assert_allclose(oracle_confidence(masks, np.array([0, 1, 0]), gt, np.array([0, 1])),
+                               [16 / 20, 0.0, 0.0])  # the exact mask of object 0 is of class 1
+    assert oracle_confidence(masks, np.array([0, 1, 0]), gt[:0], np.zeros(0, np.int64)).tolist() == [0, 0, 0]
+    assert oracle_confidence(masks[:0], np.zeros(0, np.int64), gt, np.array([0, 1])).shape == (0,)
 
 
 def test_fit_summary_counts_found_objects_and_pairs_the_ones_both_find():

@@ -135,6 +135,15 @@ def object_fit(masks: np.ndarray, labels: np.ndarray, gt_masks: np.ndarray, gt_l
     return np.where(np.asarray(labels)[:, None] == np.asarray(gt_labels)[None], iou, 0.0).max(0)
 
 
+def oracle_confidence(masks: np.ndarray, labels: np.ndarray, gt_masks: np.ndarray,
+                      gt_labels: np.ndarray) -> np.ndarray:
+    """Oracle ranking's confidence: each prediction's best mask IoU with a ground-truth
+    object of its class (0: none) -> ``float64 [P]``."""
+    if len(masks) == 0 or len(gt_masks) == 0:
+        return np.zeros(len(masks))
+    return np.where(np.asarray(labels)[:, None] == np.asarray(gt_labels)[None], mask_iou(masks, gt_masks), 0.0).max(1)
+
+
 def fit_summary(fit: np.ndarray, reference: np.ndarray, weight: np.ndarray | None = None) -> dict[str, float]:
     """Percentages over the ground-truth objects, each counted ``weight`` times (default 1;
     a bootstrap draw's count of its image): ``found@0.5``, ``found@0.75`` (objects whose
