@@ -35,6 +35,12 @@ WORK_SIDE = 128
 BINS = 8
 
 
+def _working_shape(h: int, w: int) -> tuple[int, int]:
+    """The size (H, W) cues are measured at: the longer side at most ``WORK_SIDE`` px."""
+    scale = min(1.0, WORK_SIDE / max(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 def objectness(image: np.ndarray, props: Proposals, candidates: np.ndarray) -> np.ndarray:
     """Objectness of the proposals ``candidates`` (indices into ``props``) of ``image``
     (uint8 RGB ``[H, W, 3]``; any size, resized to the proposals' first) -> ``float64 [C]``."""
@@ -43,9 +49,7 @@ def objectness(image: np.ndarray, props: Proposals, candidates: np.ndarray) -> n
         return np.zeros(0)
     from icn_rt.matching.scores import resize_proposals
 
-    h, w = props.shape
-    scale = min(1.0, WORK_SIDE / max(h, w))
-    shape = (max(1, round(h * scale)), max(1, round(w * scale)))
+    shape = _working_shape(*props.shape)
     small = resize_proposals(props, shape)
     area, inter = _overlaps(small, candidates)
     union = area[candidates][:, None] + area[None] - inter
@@ -63,8 +67,7 @@ def mask_contrast(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
         raise ValueError(f"masks of {h}×{w} for an image of {image.shape[0]}×{image.shape[1]}")
     if len(masks) == 0:
         return np.zeros(0)
-    scale = min(1.0, WORK_SIDE / max(h, w))
-    shape = (max(1, round(h * scale)), max(1, round(w * scale)))
+    shape = _working_shape(h, w)
     if shape != (h, w):
         masks = np.stack([cv2.resize(m.view(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
                           for m in masks]).astype(bool)
