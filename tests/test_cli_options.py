@@ -110,3 +110,25 @@ def test_old_names_work_for_a_release_with_a_warning(tmp_path):
         text = " ".join(r.output.split())
         assert f"{old} is deprecated here and goes in the next release: use {new}" in text, (args, r.output)
         assert "No such option" not in text and r.exit_code == 2, (args, r.output)  # then the missing input
+
+
+def test_quiet_leaves_out_the_training_progress_bars(classifier, tiny_voc, tmp_path):
+    import shutil
+
+    from tests.conftest import CLASSIFIER, ICN_ARGS
+
+    for quiet in (False, True):
+        flag = ["--quiet"] * quiet
+        model = tmp_path / f"c{quiet}"
+        r = runner.invoke(app, ["train", "classifier", str(tiny_voc), "--model", str(model), "--epochs", "1",
+                                *CLASSIFIER, *flag])
+        assert r.exit_code == 0, r.output
+        assert ("batch/s" in r.output) is not quiet  # the bar's rate; the epoch's log line stays
+        assert "epoch 1/1  loss" in r.output and "model -> " in r.output
+        icn = tmp_path / f"i{quiet}"
+        shutil.copytree(classifier, icn)
+        r = runner.invoke(app, ["train", "icn", str(tiny_voc), "--model", str(icn), "--epochs", "1",
+                                "--supervision", "saliency", *ICN_ARGS, *flag])
+        assert r.exit_code == 0, r.output
+        assert ("labels (saliency)" in r.output) is not quiet and ("batch/s" in r.output) is not quiet
+        assert "ICN epoch 1/1  loss" in r.output and "ICN -> " in r.output

@@ -37,6 +37,7 @@ def train_classifier_cmd(
     device: Device = "auto",
     nproc: Nproc = 1,
     sync_bn: SyncBn = False,
+    quiet: Quiet = False,
 ):
     """Train the peak-stimulation classifier into a new model directory (--model); prints
     loss and val classification mAP per epoch. Adam; the learning rate x0.1 every --lr-step
@@ -53,7 +54,7 @@ def train_classifier_cmd(
                           split=split, val_split=val_split, pretrained=pretrained, per_class_peaks=per_class_peaks,
                           sync_bn=sync_bn),
             ClassifierSettings(backbone=backbone, input_size=input_size, sub_pixel=sub_pixel),
-            resume=resume, device=device, log=out.print)
+            resume=resume, device=device, log=out.print, progress=not quiet)
     except (InputError, ValueError) as e:
         fail(e)
     if not rank_zero():
@@ -180,6 +181,7 @@ def train_icn_cmd(
     actors: Actors = 1,
     gpus_per_actor: GpusPerActor = 0.0,
     cpus_per_actor: CpusPerActor = 1.0,
+    quiet: Quiet = False,
 ):
     """Train the ICN of a model with a trained classifier on pseudo labels (made first when
     missing; with --ray, on the cluster, before training starts); writes icn.safetensors
@@ -211,7 +213,7 @@ def train_icn_cmd(
         labelled, summary = label_and_train(root, model_dir, settings, icn_settings,
                                             LabelSettings(supervision=supervision, split=split, k=k, rerank=rerank),
                                             labels,
-                                            proposals_dir, resume, device, log=out.print)
+                                            proposals_dir, resume, device, log=out.print, progress=not quiet)
     except (InputError, ValueError) as e:
         fail(e)
     if not rank_zero():

@@ -182,18 +182,20 @@ def train_icn(root: str | Path, model_dir: str | Path, settings: ICNTrainSetting
 def label_and_train(root: str | Path, model_dir: str | Path, settings: ICNTrainSettings, icn_settings: ICNSettings,
                     labels: LabelSettings, label_dir: str | Path | None = None,
                     proposals_dir: str | Path | None = None, resume: bool = False, device: str = "cpu",
-                    log: Callable[[str], None] = print) -> tuple[LabelSummary, ICNTrainSummary]:
+                    log: Callable[[str], None] = print,
+                    progress: bool = True) -> tuple[LabelSummary, ICNTrainSummary]:
     """``icn-rt train icn``: the labels of ``labels.split`` (made first where missing, in
     ``label_dir``: see :func:`~icn_rt.training.pseudo_labels.label_model`), then the ICN
-    trained on them into the model directory. Under ``torchrun`` rank 0 makes the labels
-    while the others wait, then they all train."""
+    trained on them into the model directory, with progress bars unless ``progress`` is
+    off. Under ``torchrun`` rank 0 makes the labels while the others wait, then they all
+    train."""
     ranks, device = distributed.join(device)
     if not ranks.main:  # rank 0's labels, read back once made
         ranks.barrier()
-    label_dir, made = label_model(root, model_dir, labels, label_dir, proposals_dir, device, progress=ranks.main,
-                                  log=log if ranks.main else distributed.silent)
+    label_dir, made = label_model(root, model_dir, labels, label_dir, proposals_dir, device,
+                                  progress=ranks.main and progress, log=log if ranks.main else distributed.silent)
     if ranks.main:
         ranks.barrier()
     trained = train_icn(root, model_dir, replace(settings, labels=str(label_dir)), icn_settings, resume=resume,
-                        device=device, log=log)
+                        device=device, log=log, progress=progress)
     return made, trained
