@@ -327,17 +327,18 @@ def diagnosis(columns: dict[str, str] = DIAGNOSIS, skip: tuple[str, ...] = ()) -
     return "\n".join(lines)
 
 
-def label_quality() -> str:
+def label_quality(name: str = "label_quality_part_only_train.json",
+                  data: str = "the part-only set (6 classes, 160², seed 7)") -> str:
     """The ICN's training labels against the ground truth, label set by label set."""
-    doc = _json("label_quality_part_only_train.json")
+    doc = _json(name)
     lines = ["| labels | peaks | IoU with the object | IoU ≥ 0.5 | area, % of the image |", "|---|---|---|---|---|"]
-    for name, row in doc["rows"].items():
-        lines.append(f"| {name} | {row['labels']} | {_ci(row['IoU'])} | {_ci(row['IoU >= 0.5'])} | {_ci(row['area'])} |")
+    for label, row in doc["rows"].items():
+        lines.append(f"| {label} | {row['labels']} | {_ci(row['IoU'])} | {_ci(row['IoU >= 0.5'])} | {_ci(row['area'])} |")
     s = doc["student"]
-    lines += ["", f"{doc['split']} split of the part-only set (6 classes, 160², seed 7), 95% bootstrap intervals over "
+    lines += ["", f"{doc['split']} split of {data}, 95% bootstrap intervals over "
                   f"the images ({doc['bootstrap']} draws, seed {doc['seed']}); the student's masks replace "
                   f"{s['replaced']} of {s['peaks']} labels (a detection of the peak's class scoring at least "
-                  f"{s['min_score']:g}); `benchmarks/results/label_quality_part_only_train.json`."]
+                  f"{s['min_score']:g}); `benchmarks/results/{name}`."]
     return "\n".join(lines)
 
 
@@ -478,6 +479,9 @@ RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": 
              "recipe-photo-dev": lambda: rows("accuracy_recipe_photo_dev.json"),
              "icn-in-matching-rerank-labels": lambda: rows("icn_in_matching_part_only_dev_rerank_labels_20ep.json"),
              "icn-in-matching-photo": lambda: rows("icn_in_matching_photo_dev.json"),
+             "icn-in-matching-photo-student-labels": lambda: rows("icn_in_matching_photo_41_dev_student_labels.json"),
+             "label-quality-photo": lambda: label_quality("label_quality_photo_41_train.json",
+                                                          "the recipe's first photo set (6 classes, 128², seed 41)"),
              "recipe-part-only": lambda: recipe("recipe_part_only.json"),
              "recipe-part-only-dev": lambda: recipe("recipe_part_only_dev.json"),
              "recipe-part-only-60": lambda: recipe("recipe_part_only_classifier60.json"),
