@@ -486,6 +486,7 @@ RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": 
              "recipe-part-only-dev": lambda: recipe("recipe_part_only_dev.json"),
              "recipe-part-only-60": lambda: recipe("recipe_part_only_classifier60.json"),
              "recipe-photo": lambda: recipe("recipe_photo.json"),
+             "recipe-photo-60": lambda: recipe("recipe_photo_classifier60.json"),
              "recipe-voc-like": lambda: recipe("recipe_voc_like.json"),
              "default-choice": default_choice,
              "classifier-schedule": lambda: per_training("classifier_schedule", "The classifier's schedule"),
