@@ -333,7 +333,8 @@ def label_quality(name: str = "label_quality_part_only_train.json",
     doc = _json(name)
     lines = ["| labels | peaks | IoU with the object | IoU ≥ 0.5 | area, % of the image |", "|---|---|---|---|---|"]
     for label, row in doc["rows"].items():
-        lines.append(f"| {label} | {row['labels']} | {_ci(row['IoU'])} | {_ci(row['IoU >= 0.5'])} | {_ci(row['area'])} |")
+        lines.append(f"| {label} | {row['labels']} | {_ci(row['IoU'])} | {_ci(row['IoU >= 0.5'])} "
+                     f"| {_ci(row['area'])} |")
     s = doc["student"]
     lines += ["", f"{doc['split']} split of {data}, 95% bootstrap intervals over "
                   f"the images ({doc['bootstrap']} draws, seed {doc['seed']}); the student's masks replace "
