@@ -126,22 +126,27 @@ def class_average_precision(images: list[tuple], num_classes: int, threshold: fl
     return [None if not np.isfinite(a) else float(100 * a) for a in ap]
 
 
+def same_class_iou(masks: np.ndarray, labels: np.ndarray, gt_masks: np.ndarray, gt_labels: np.ndarray) -> np.ndarray:
+    """Mask IoU of each prediction (``masks bool [P, H, W]``, ``labels int [P]``) with each
+    ground-truth object, 0 where their classes differ -> ``float64 [P, G]``."""
+    if len(masks) == 0 or len(gt_masks) == 0:
+        return np.zeros((len(masks), len(gt_masks)))
+    return np.where(np.asarray(labels)[:, None] == np.asarray(gt_labels)[None], mask_iou(masks, gt_masks), 0.0)
+
+
 def object_fit(masks: np.ndarray, labels: np.ndarray, gt_masks: np.ndarray, gt_labels: np.ndarray) -> np.ndarray:
     """Each ground-truth object's best mask IoU with a prediction of its own class
     (``masks bool [P, H, W]``, ``labels int [P]``) -> ``float64 [G]`` (0: none of its class)."""
-    if len(masks) == 0 or len(gt_masks) == 0:
-        return np.zeros(len(gt_masks))
-    iou = mask_iou(masks, gt_masks)  # [P, G]
-    return np.where(np.asarray(labels)[:, None] == np.asarray(gt_labels)[None], iou, 0.0).max(0)
+    iou = same_class_iou(masks, labels, gt_masks, gt_labels)
+    return iou.max(0) if len(masks) else np.zeros(len(gt_masks))
 
 
 def oracle_confidence(masks: np.ndarray, labels: np.ndarray, gt_masks: np.ndarray,
                       gt_labels: np.ndarray) -> np.ndarray:
     """Oracle ranking's confidence: each prediction's best mask IoU with a ground-truth
     object of its class (0: none) -> ``float64 [P]``."""
-    if len(masks) == 0 or len(gt_masks) == 0:
-        return np.zeros(len(masks))
-    return np.where(np.asarray(labels)[:, None] == np.asarray(gt_labels)[None], mask_iou(masks, gt_masks), 0.0).max(1)
+    iou = same_class_iou(masks, labels, gt_masks, gt_labels)
+    return iou.max(1) if len(gt_masks) else np.zeros(len(masks))
 
 
 def fit_summary(fit: np.ndarray, reference: np.ndarray, weight: np.ndarray | None = None) -> dict[str, float]:
