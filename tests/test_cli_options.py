@@ -132,3 +132,8 @@ def test_quiet_leaves_out_the_training_progress_bars(classifier, tiny_voc, tmp_p
         assert r.exit_code == 0, r.output
         assert ("labels (saliency)" in r.output) is not quiet and ("batch/s" in r.output) is not quiet
         assert "ICN epoch 1/1  loss" in r.output and "ICN -> " in r.output
+        labels = tmp_path / f"l{quiet}"
+        r = runner.invoke(app, ["train", "pseudo-labels", str(tiny_voc), "--model", str(classifier),
+                                "--supervision", "saliency", "--labels", str(labels), *flag])
+        assert r.exit_code == 0, r.output
+        assert ("labels (saliency)" in r.output) is not quiet and any(labels.iterdir())

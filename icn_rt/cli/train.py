@@ -126,6 +126,7 @@ def train_pseudo_labels_cmd(
     actors: Actors = 1,
     gpus_per_actor: GpusPerActor = 0.0,
     cpus_per_actor: CpusPerActor = 1.0,
+    quiet: Quiet = False,
 ):
     """Label every labelled-class peak of a split for ICN training (reruns resume)."""
     from icn_rt.training.pseudo_labels import LabelSettings, label_model
@@ -140,9 +141,10 @@ def train_pseudo_labels_cmd(
 
             _, summary = label_on_ray(root, model_dir, settings,
                                       RaySettings(ray, actors, gpus_per_actor, cpus_per_actor, loader_cpus=0.0),
-                                      labels, proposals_dir, log=out.print)
+                                      labels, proposals_dir, progress=not quiet, log=out.print)
         else:
-            _, summary = label_model(root, model_dir, settings, labels, proposals_dir, device, log=out.print)
+            _, summary = label_model(root, model_dir, settings, labels, proposals_dir, device, progress=not quiet,
+                                     log=out.print)
     except (InputError, ValueError, RuntimeError) as e:
         fail(e)
     _skipped(summary)
@@ -198,10 +200,9 @@ def train_icn_cmd(
         from icn_rt.workflows.labels import labels_first_on_ray
 
         try:
-            labels_first_on_ray(root, model_dir, LabelSettings(supervision=supervision, split=split, k=k,
-                                                               rerank=rerank),
-                                RaySettings(ray, actors, gpus_per_actor, cpus_per_actor, loader_cpus=0.0), labels,
-                                proposals_dir, log=out.print)
+            cluster = RaySettings(ray, actors, gpus_per_actor, cpus_per_actor, loader_cpus=0.0)
+            wanted = LabelSettings(supervision=supervision, split=split, k=k, rerank=rerank)
+            labels_first_on_ray(root, model_dir, wanted, cluster, labels, proposals_dir, log=out.print)
         except (InputError, ValueError, RuntimeError) as e:
             fail(e)
     launch(nproc, batch_size)
@@ -212,8 +213,7 @@ def train_icn_cmd(
                                     workers=workers or 0, pretrained=pretrained, self_feed=self_feed, sync_bn=sync_bn)
         labelled, summary = label_and_train(root, model_dir, settings, icn_settings,
                                             LabelSettings(supervision=supervision, split=split, k=k, rerank=rerank),
-                                            labels,
-                                            proposals_dir, resume, device, log=out.print, progress=not quiet)
+                                            labels, proposals_dir, resume, device, log=out.print, progress=not quiet)
     except (InputError, ValueError) as e:
         fail(e)
     if not rank_zero():
