@@ -10,7 +10,7 @@ keys ``T`` (ICN steps), ``score`` (matching score), ``binarize``, ``confidence``
 ``onnxruntime:int8``, ...: the model's exported graphs, whose T is the export's) and
 ``student`` (1: the model's student, ``icn-rt train student``, on ``torch`` or
 ``onnxruntime``; ``refine``, ``refine_scale``, ``proposal_iou``: its masks snapped to
-superpixels or proposals; ``contrast_power``: its confidence); each row
+superpixels or proposals; ``contrast_power``, ``consensus_power``: its confidence); each row
 also records its images/s through the ``infer`` job; e.g.::
 
     python benchmarks/accuracy.py synth --split dev \\
@@ -46,7 +46,8 @@ from icn_rt.runtime.predictor import Predictor
 from icn_rt.runtime.student import StudentPredictor
 
 KEYS = {"T": int, "score": str, "binarize": float, "confidence": str, "nms": float, "rerank": int, "backend": str,
-        "student": int, "refine": str, "refine_scale": float, "proposal_iou": float, "contrast_power": float}
+        "student": int, "refine": str, "refine_scale": float, "proposal_iou": float, "contrast_power": float,
+        "consensus_power": float}
 
 
 def parse_row(text: str) -> tuple[str, Path, dict]:
@@ -71,9 +72,8 @@ def predictor_for(model: Path, settings: dict) -> Predictor | StudentPredictor:
     """The model with a row's settings over its config's (or its student)."""
     if settings.get("student"):
         student = StudentPredictor.from_dir(model, backend=settings.get("backend", "torch"))
-        student.settings = replace(student.settings, **{k: settings[k] for k in ("refine", "refine_scale",
-                                                                                 "proposal_iou", "contrast_power")
-                                                        if k in settings})
+        keys = ("refine", "refine_scale", "proposal_iou", "contrast_power", "consensus_power")
+        student.settings = replace(student.settings, **{k: settings[k] for k in keys if k in settings})
         return student
     m = Predictor.from_dir(model).model
     matching, instances = m.matching, m.instances
@@ -124,7 +124,8 @@ def _resolved(predictor: Predictor | StudentPredictor) -> dict:
     if isinstance(predictor, StudentPredictor):
         s = predictor.settings
         return {"icn_steps": "-", "matching": f"student ({s.backbone}, {s.input_size}²)", "binarize": s.mask_threshold,
-                "confidence": "detection score" + (f" × contrast^{s.contrast_power:g}" if s.contrast_power else ""),
+                "confidence": "detection score" + (f" × contrast^{s.contrast_power:g}" if s.contrast_power else "")
+                + (f" × consensus^{s.consensus_power:g}" if s.refine == "proposals" and s.consensus_power else ""),
                 "nms_iou": s.nms_iou}
     m = predictor.model
     return {"icn_steps": m.icn_settings.steps if m.enhances else 0, "matching": m.matching.resolved(m.enhances).score,

@@ -139,6 +139,18 @@ def top_k_not_contained(scores: np.ndarray, masks: np.ndarray, k: int = 3) -> np
     return np.array(kept, np.int64)
 
 
+def consensus(masks: np.ndarray, candidates, consensus_iou: float = 0.7) -> np.ndarray:
+    """How many of ``masks`` have IoU ≥ ``consensus_iou`` with each candidate, one pair at a time."""
+    out = []
+    for c in candidates:
+        agree = 0
+        for other in masks:
+            union = (masks[c] | other).sum()
+            agree += union > 0 and (masks[c] & other).sum() / union >= consensus_iou
+        out.append(agree)
+    return np.array(out, np.float64)
+
+
 def objectness(image: np.ndarray, masks: np.ndarray, candidates, consensus_iou: float = 0.7, ring: int = 4,
                bins: int = 8) -> np.ndarray:
     """Objectness re-ranking's cue, one candidate at a time, at the image's own size:
@@ -149,12 +161,9 @@ def objectness(image: np.ndarray, masks: np.ndarray, candidates, consensus_iou: 
     lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB).astype(np.int64) // (256 // bins)
     structure = np.ones((2 * ring + 1, 2 * ring + 1), bool)
     out = []
-    for c in candidates:
+    agreeing = consensus(masks, candidates, consensus_iou)
+    for c, agree in zip(candidates, agreeing):
         mask = masks[c]
-        agree = 0
-        for other in masks:
-            union = (mask | other).sum()
-            agree += union > 0 and (mask & other).sum() / union >= consensus_iou
         around = ndimage.binary_dilation(mask, structure) & ~mask
         if not mask.any() or not around.any():
             out.append(0.0)

@@ -7,7 +7,7 @@ import pytest
 from icn_rt.data.proposals import Proposals
 from icn_rt.matching import MatchingSettings, match, score_proposals
 from icn_rt.matching.instances import InstanceSettings, confidence
-from icn_rt.matching.objectness import mask_contrast, objectness, rerank
+from icn_rt.matching.objectness import consensus, mask_contrast, objectness, rerank
 from tests import reference as ref
 
 
@@ -57,6 +57,27 @@ def test_whole_object_beats_fragment_and_leak():
     # the square: inside all red, its ring all grey (distance 1), two proposals agree with it
     assert got[1] == pytest.approx(np.sqrt(2))
     assert got.argmax() == 1 and got[0] < got[1] and got[2] < got[1]
+
+
+@pytest.mark.parametrize("form", ["segments", "masks"])
+def test_consensus_counts_the_proposals_that_agree_with_each(form):
+    image, props = _scene(np.random.default_rng(3))
+    if form == "masks":
+        props = Proposals.from_masks(props.to_masks(), props.scores)
+    candidates = np.array([30, 31, 32, 33, 0, 7])
+    want = ref.consensus(props.to_masks(), candidates)
+    np.testing.assert_array_equal(consensus(props, candidates), want)
+    assert want.min() >= 1 and len(np.unique(want)) > 1  # each agrees with itself; the case tells them apart
+    # a 20×20 square, its half, a leak of 200 px (IoU 400/600 < 0.7) and the square less one pixel
+    square = np.zeros((48, 48), bool)
+    square[10:30, 10:30] = True
+    half, leak, nearly = square.copy(), square.copy(), square.copy()
+    half[:, 20:] = False
+    leak[10:30, 30:40] = True
+    nearly[10, 10] = False
+    four = Proposals.from_masks(np.stack([half, square, leak, nearly]), np.ones(4))
+    assert consensus(four, np.array([1, 0, 2, 3, 1])).tolist() == [2, 1, 1, 2, 2]
+    assert consensus(four, np.zeros(0, np.int64)).shape == (0,)
 
 
 def test_mask_contrast_is_objectness_colour_term_of_any_mask():

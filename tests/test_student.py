@@ -784,7 +784,8 @@ def test_a_student_snapping_to_proposals_reads_them_in_the_infer_job(student, ti
     model = tmp_path / "model"
     shutil.copytree(student[0], model)
     config = json.loads((model / "config.json").read_text())
-    config["student"].update(refine="proposals", proposal_iou=0.3, contrast_power=0.0)  # scores as detected
+    # scores as detected
+    config["student"].update(refine="proposals", proposal_iou=0.3, contrast_power=0.0, consensus_power=0.0)
     (model / "config.json").write_text(json.dumps(config))
     paths = sorted((tiny_voc / "JPEGImages").glob("val_*.jpg"))[:4]
     listing = tmp_path / "images.txt"
@@ -814,6 +815,44 @@ def test_a_student_snapping_to_proposals_reads_them_in_the_infer_job(student, ti
         np.testing.assert_array_equal(decode(entry["segmentation"]), mask)
     with pytest.raises(ValueError, match="snap to proposals"):
         StudentPredictor.from_dir(model).predict([read_image(paths[0])])
+
+
+def test_a_student_snapping_to_proposals_also_scores_by_their_consensus(student, tiny_voc):
+    """``refine: proposals`` with ``consensus_power`` q: the same masks as with q 0, each
+    scored detection × (how many proposals have IoU ≥ 0.7 with the one it snapped to)^q —
+    1 for a mask left unsnapped — and ranked by it; without proposals q changes nothing."""
+    from dataclasses import replace
+
+    from icn_rt.data.images import read_image
+    from icn_rt.data.proposals import load_proposals, proposal_path
+    from icn_rt.runtime.student import StudentPredictor
+    from tests import reference as ref
+
+    assert StudentSettings().consensus_power == 0.25  # the default, chosen on dev
+    plain, ranked = StudentPredictor.from_dir(student[0]), StudentPredictor.from_dir(student[0])
+    plain.settings = replace(plain.settings, refine="proposals", contrast_power=0.0, consensus_power=0.0)
+    ranked.settings = replace(plain.settings, consensus_power=1.0)
+    agreeing = []
+    for path in sorted((tiny_voc / "JPEGImages").glob("val_*.jpg"))[:4]:
+        image = read_image(path)
+        props = [load_proposals(proposal_path(tiny_voc / "Proposals", path.stem), image.shape[:2])]
+        a, b = plain.predict([image], props)[0].instances, ranked.predict([image], props)[0].instances
+        count = [ref.consensus(props[0].to_masks(), [i.proposal])[0] if i.proposal >= 0 else 1.0 for i in a]
+        want = sorted(((i.score * c, i.class_id, i.proposal, k) for k, (i, c) in enumerate(zip(a, count))),
+                      key=lambda t: -t[0])
+        assert [(i.class_id, i.proposal) for i in b] == [(c, p) for _, c, p, _ in want]
+        np.testing.assert_allclose([i.score for i in b], [s for s, *_ in want], rtol=1e-6)
+        for inst, (*_, k) in zip(b, want):
+            np.testing.assert_array_equal(inst.mask, a[k].mask)
+        agreeing += count
+    assert max(agreeing) > 1  # the case has proposals that others agree with
+    alone = replace(ranked.settings, refine="none")
+    ranked.settings, plain.settings = alone, replace(alone, consensus_power=0.0)
+    image = read_image(sorted((tiny_voc / "JPEGImages").glob("val_*.jpg"))[0])
+    scores = [[i.score for i in p.predict([image])[0].instances] for p in (ranked, plain)]
+    assert scores[0] == scores[1] and scores[0]
+    with pytest.raises(ValueError, match="consensus_power must be in"):
+        StudentSettings(consensus_power=-0.5)
 
 
 def test_the_best_refinement_is_the_highest_score_and_of_equal_ones_the_cheaper():

@@ -51,10 +51,28 @@ def objectness(image: np.ndarray, props: Proposals, candidates: np.ndarray) -> n
 
     shape = _working_shape(*props.shape)
     small = resize_proposals(props, shape)
+    contrast = _contrast(_colour_bins(image, shape), small.to_masks(candidates))
+    return np.sqrt(_consensus(small, candidates)) * contrast ** 2
+
+
+def consensus(props: Proposals, candidates: np.ndarray) -> np.ndarray:
+    """How many of the image's proposals (each candidate among them) have IoU ≥
+    ``CONSENSUS_IOU`` with each of the proposals ``candidates`` (indices into ``props``),
+    measured at the working size as :func:`objectness` measures it -> ``float64 [C]``. The
+    student's confidence reads it for the proposals it snaps to
+    (``StudentSettings.consensus_power``)."""
+    candidates = np.asarray(candidates, np.int64)
+    if len(candidates) == 0:
+        return np.zeros(0)
+    from icn_rt.matching.scores import resize_proposals
+
+    return _consensus(resize_proposals(props, _working_shape(*props.shape)), candidates)
+
+
+def _consensus(small: Proposals, candidates: np.ndarray) -> np.ndarray:
     area, inter = _overlaps(small, candidates)
     union = area[candidates][:, None] + area[None] - inter
-    consensus = (inter / np.where(union > 0, union, 1) >= CONSENSUS_IOU).sum(1)
-    return np.sqrt(consensus) * _contrast(_colour_bins(image, shape), small.to_masks(candidates)) ** 2
+    return (inter / np.where(union > 0, union, 1) >= CONSENSUS_IOU).sum(1).astype(np.float64)
 
 
 def mask_contrast(image: np.ndarray, masks: np.ndarray) -> np.ndarray:

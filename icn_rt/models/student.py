@@ -65,7 +65,12 @@ class StudentSettings:
     with a ring around it (:func:`~icn_rt.matching.objectness.mask_contrast`, the
     re-ranking's cue) to this power; 0: the detection score alone. The detector, taught by
     noisy labels, scores fragments and clutter as high as whole objects; the contrast ranks
-    whole objects first (chosen on dev in three regimes: docs/student.md)."""
+    whole objects first (chosen on dev in three regimes: docs/student.md).
+    ``consensus_power``: with ``refine: proposals``, the confidence is also × the
+    consensus of the proposal a mask snapped to (how many of the image's proposals have IoU
+    ≥ 0.7 with it, itself among them: :func:`~icn_rt.matching.objectness.consensus`, the
+    re-ranking's other cue; 1 for a mask left unsnapped) to this power; 0: off. Selective
+    search reaches a whole object from many strategies, a fragment or a leak from few."""
 
     backbone: str = "classifier-fpn"
     input_size: int = 256
@@ -82,6 +87,7 @@ class StudentSettings:
     refine_scale: float = 200.0
     proposal_iou: float = 0.3
     contrast_power: float = 0.5
+    consensus_power: float = 0.25
 
     def __post_init__(self) -> None:
         if self.refine not in REFINES:
@@ -93,6 +99,8 @@ class StudentSettings:
         if not 0 <= self.contrast_power <= 8:
             raise ValueError(f"contrast_power must be in [0, 8] (0: the detection score alone), "
                              f"got {self.contrast_power}")
+        if not 0 <= self.consensus_power <= 8:
+            raise ValueError(f"consensus_power must be in [0, 8] (0: off), got {self.consensus_power}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown student backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
         if self.head not in HEADS:

@@ -9,7 +9,8 @@ It answers to the streaming job (:func:`~icn_rt.runtime.infer.infer`) as the pip
 :class:`~icn_rt.runtime.predictor.Prediction` and
 :class:`~icn_rt.runtime.predictor.Instance` (``proposal`` -1, ``peak`` the box's centre,
 ``value`` the detection score, ``match`` its mask's colour contrast, ``score`` the
-detection score × that contrast to ``contrast_power``, no maps). Each mask is the student's
+detection score × that contrast to ``contrast_power`` — with ``refine: proposals`` also ×
+the taken proposal's consensus to ``consensus_power`` — no maps). Each mask is the student's
 probabilities over its box (M × M), pasted at the image's own size as torchvision pastes
 them (:func:`paste_at`) and cut at ``mask_threshold``; with ``refine: superpixels`` each
 is then snapped to the image's superpixels (:func:`snap_to_superpixels`), with ``refine:
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from icn_rt.errors import InputError
-from icn_rt.matching.objectness import mask_contrast
+from icn_rt.matching.objectness import consensus, mask_contrast
 from icn_rt.models.store import load_student, weights_digest
 from icn_rt.models.student import (STUDENT_OUTPUTS, StudentGraph, StudentSettings, export_hint, read_student_record,
                                    student_graph_file, student_graph_record, student_plan_file)
@@ -172,6 +173,10 @@ class StudentPredictor(Staging):
         if self.settings.contrast_power and len(masks):
             contrast = mask_contrast(image, masks)
         scores = detected * contrast ** self.settings.contrast_power
+        if props is not None and self.settings.consensus_power and (taken >= 0).any():
+            agreeing = np.ones(len(masks))
+            agreeing[taken >= 0] = consensus(props, taken[taken >= 0])
+            scores = scores * agreeing ** self.settings.consensus_power
         instances = []
         for k in np.argsort(-scores, kind="stable"):
             if not masks[k].any():
