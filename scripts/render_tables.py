@@ -497,6 +497,8 @@ RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": 
              "student-consensus": lambda: per_training("student_consensus", "The confidence of proposal-snapped "
                                                        "masks"),
              "student-consensus-75": lambda: per_training("student_consensus", "The same at IoU 0.75", "mAP@0.75"),
+             "teacher-settings": lambda: per_training("teacher_settings", "The teacher's settings around the "
+                                                      "default"),
              "mask-fit-photo": lambda: mask_fit("mask_fit_photo_41_dev.json"),
              "student-confidence-75": lambda: student_confidence("mAP@0.75"),
              "class-collapse": lambda: class_collapse("diagnose_recipe_part_only_32_dev.json"),
