@@ -837,6 +837,7 @@ def test_a_student_snapping_to_proposals_also_scores_by_their_consensus(student,
         image = read_image(path)
         props = [load_proposals(proposal_path(tiny_voc / "Proposals", path.stem), image.shape[:2])]
         a, b = plain.predict([image], props)[0].instances, ranked.predict([image], props)[0].instances
+        # 64-px images: the working size consensus is measured at is their own
         count = [ref.consensus(props[0].to_masks(), [i.proposal])[0] if i.proposal >= 0 else 1.0 for i in a]
         want = sorted(((i.score * c, i.class_id, i.proposal, k) for k, (i, c) in enumerate(zip(a, count))),
                       key=lambda t: -t[0])
