@@ -497,6 +497,7 @@ RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": 
              "student-consensus": lambda: per_training("student_consensus", "The confidence of proposal-snapped "
                                                        "masks"),
              "student-consensus-75": lambda: per_training("student_consensus", "The same at IoU 0.75", "mAP@0.75"),
+             "student-consensus-unseen": lambda: rows("student_consensus_unseen_photo_val_61.json"),
              "teacher-settings": lambda: per_training("teacher_settings", "The teacher's settings around the "
                                                       "default"),
              "mask-fit-photo": lambda: mask_fit("mask_fit_photo_41_dev.json"),

@@ -828,7 +828,7 @@ def test_a_student_snapping_to_proposals_also_scores_by_their_consensus(student,
     from icn_rt.runtime.student import StudentPredictor
     from tests import reference as ref
 
-    assert StudentSettings().consensus_power == 0.25  # the default, chosen on dev
+    assert StudentSettings().consensus_power == 0.0  # off by default: it did not transfer (docs/student.md)
     plain, ranked = StudentPredictor.from_dir(student[0]), StudentPredictor.from_dir(student[0])
     plain.settings = replace(plain.settings, refine="proposals", contrast_power=0.0, consensus_power=0.0)
     ranked.settings = replace(plain.settings, consensus_power=1.0)
