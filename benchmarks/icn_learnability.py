@@ -46,7 +46,8 @@ from icn_rt.data.images import read_image
 from icn_rt.data.proposals import load_proposals, proposal_path
 from icn_rt.eval.diagnosis import pair_overlap
 from icn_rt.matching.objectness import objectness
-from icn_rt.models.icn import ICN, ICNSettings, minmax
+from icn_rt.models.icn import ICN, ICNSettings, load_classifier_encoder, minmax
+from icn_rt.models.store import load_classifier
 from icn_rt.training.icn import ICNTrainSettings, PeakSamples
 
 
@@ -98,6 +99,18 @@ def blurred(prm: torch.Tensor, sigma: float) -> torch.Tensor:
     return out / peak[:, None, None, None]
 
 
+def new_icn(args) -> ICN:
+    """A fresh ICN of ``args``' encoder; ``classifier``: ``args.classifier``'s backbone and weights."""
+    if args.encoder != "classifier":
+        return ICN(ICNSettings(encoder=args.encoder, width=args.width, steps=1))
+    if args.classifier is None:
+        raise SystemExit("--encoder classifier starts from a model's classifier: pass --classifier MODEL")
+    classifier = load_classifier(args.classifier)[0]
+    icn = ICN(ICNSettings(encoder="classifier", trunk=classifier.settings.backbone, width=args.width, steps=1))
+    load_classifier_encoder(icn, classifier.backbone.state_dict())
+    return icn
+
+
 def train_source(root: Path, labels: Path, train: np.ndarray, held: tuple[torch.Tensor, ...],
                  truth: np.ndarray, args) -> dict:
     """One fresh ICN trained on ``labels`` at the ``train`` peaks; its curve on ``held``."""
@@ -105,7 +118,7 @@ def train_source(root: Path, labels: Path, train: np.ndarray, held: tuple[torch.
     augment = ICNTrainSettings(self_feed=0.0, seed=args.seed) if args.augment else None
     samples = PeakSamples(root, labels, args.input_size, augment)
     hx, hp, hl = held
-    icn = ICN(ICNSettings(encoder=args.encoder, width=args.width, steps=1))
+    icn = new_icn(args)
     opt = torch.optim.Adam(icn.parameters(), lr=args.lr)
     prior = float(np.mean([samples[int(i)][2].mean().item() for i in train]))
     p = min(max(prior, 1e-6), 1 - 1e-6)
@@ -194,7 +207,8 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=200)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--encoder", default="small")
+    ap.add_argument("--encoder", default="small", help="small | vgg16 | classifier (needs --classifier)")
+    ap.add_argument("--classifier", type=Path, default=None, help="the model whose classifier the encoder starts from")
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--input-size", type=int, default=160)
     ap.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
@@ -209,6 +223,7 @@ def main() -> None:
     regime, dataset = dataset_record(args.root, args.regime)
     settings = {k: getattr(args, k) for k in ("steps", "every", "lr", "batch_size", "encoder", "width",
                                               "input_size", "augment", "seed", "held_out", "prm_blur")}
+    settings["classifier"] = args.classifier and str(args.classifier)
     doc = {"benchmark": "icn_learnability", "command": shlex.join(["python", *sys.argv]), "root": str(args.root),
            "regime": regime, "settings": settings, **result, "dataset": dataset, "machine": machine_info()}
     write_report(args.out, doc, markdown(doc))

@@ -229,6 +229,24 @@ def test_icn_learnability_trains_each_source_on_the_same_peaks(classifier, tiny_
     assert r.returncode != 0 and "not the same peaks" in r.stderr
 
 
+def test_icn_learnability_starts_a_classifier_encoder_from_the_model(classifier):
+    import argparse
+
+    import torch
+
+    from icn_rt.models.store import load_classifier
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from icn_learnability import new_icn
+
+    icn = new_icn(argparse.Namespace(encoder="classifier", classifier=classifier, width=4))
+    backbone = load_classifier(classifier)[0].backbone
+    assert icn.settings.trunk == "small" and torch.equal(icn.stages[0][0].weight[:, :3], backbone[0].weight)
+    assert new_icn(argparse.Namespace(encoder="small", classifier=None, width=4)).settings.encoder == "small"
+    with pytest.raises(SystemExit, match="pass --classifier MODEL"):
+        new_icn(argparse.Namespace(encoder="classifier", classifier=None, width=4))
+
+
 def test_icn_learnability_source_syntax():
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     from icn_learnability import parse_source

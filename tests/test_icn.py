@@ -14,7 +14,7 @@ from icn_rt.data.proposals import Proposals
 from icn_rt.data.results import load_results
 from icn_rt.data.voc import Instance
 from icn_rt.errors import InputError
-from icn_rt.models.icn import ICN, ICNSettings, enhance, load_pretrained_encoder, minmax
+from icn_rt.models.icn import ICN, ICNSettings, enhance, load_classifier_encoder, load_pretrained_encoder, minmax
 from icn_rt.models.store import load_icn
 from icn_rt.runtime.predictor import Predictor
 from icn_rt.training.pseudo_labels import proposal_labels, saliency_label
@@ -99,6 +99,72 @@ def test_pretrained_encoder_loads_vgg16_bn_and_zeroes_the_prm_channel(tmp_path):
     torch.save({"features.0.weight": ref[0].weight}, path)
     with pytest.raises(InputError, match="vgg16_bn.pth.*missing"):
         load_pretrained_encoder(ICN(ICNSettings()), str(path))
+
+
+@pytest.mark.parametrize("trunk,size", [("small", 32), ("vgg16", 32)])
+def test_classifier_encoder_is_the_classifier_backbone_with_a_zero_prm_channel(trunk, size):
+    """Loaded from a classifier backbone, the encoder's stages reproduce the backbone's
+    output exactly, whatever the PRM channel holds; small's fifth stage is its own."""
+    from icn_rt.models.backbones import build_backbone
+
+    torch.manual_seed(0)
+    backbone = build_backbone(trunk).eval()
+    for m in backbone:
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    icn = ICN(ICNSettings(encoder="classifier", trunk=trunk, width=8)).eval()
+    fifth = [p.clone() for p in icn.stages[4].parameters()]
+    load_classifier_encoder(icn, backbone.state_dict())
+    x, prm = _inputs(2, size)
+    h = torch.cat([x, prm], 1)
+    for stage in icn.stages[: 4 if trunk == "small" else 5]:
+        h = stage(h)
+    with torch.no_grad():
+        torch.testing.assert_close(h, backbone(x), rtol=1e-5, atol=1e-5)
+    assert not icn.stages[0][0].weight[:, 3].any()
+    assert [s[-3].out_channels for s in icn.stages] == ([32, 64, 128, 128, 128] if trunk == "small"
+                                                         else [64, 128, 256, 512, 512])
+    if trunk == "small":  # the backbone has four stages: the fifth keeps its own start
+        assert all(torch.equal(a, b) for a, b in zip(fifth, icn.stages[4].parameters()))
+    assert icn(x, prm).shape == (2, 1, size, size)
+
+
+def test_classifier_encoder_refuses_what_it_cannot_be():
+    from icn_rt.models.backbones import build_backbone
+
+    with pytest.raises(ValueError, match="needs a small or vgg16 classifier backbone, not 'resnet50'"):
+        ICNSettings(encoder="classifier", trunk="resnet50")
+    with pytest.raises(ValueError, match="the small ICN encoder is not the classifier's backbone"):
+        load_classifier_encoder(ICN(SMALL), build_backbone("small").state_dict())
+    icn = ICN(ICNSettings(encoder="classifier", trunk="vgg16", width=8))
+    with pytest.raises(ValueError, match=r"not a vgg16 classifier backbone: 0.weight has shape \(32, 4, 3, 3\)"):
+        load_classifier_encoder(icn, build_backbone("small").state_dict())
+
+
+def test_train_icn_starts_the_classifier_encoder_from_the_classifier(classifier, tiny_voc, tmp_path):
+    """``--encoder classifier``: the trunk comes from the model, the encoder from the
+    classifier's weights (at lr 0 its convolutions stay them), and the trained ICN loads."""
+    import shutil
+
+    from icn_rt.models.store import load_classifier
+
+    model = tmp_path / "m"
+    shutil.copytree(classifier, model)
+    args = [a if a != "small" else "classifier" for a in ICN_ARGS]
+    args[args.index("--lr") + 1] = "0"
+    r = runner.invoke(app, ["train", "icn", str(tiny_voc), "--model", str(model), "--epochs", "1",
+                            "--supervision", "saliency", *args])
+    assert r.exit_code == 0, r.output
+    config = json.loads((model / "config.json").read_text())
+    assert config["icn"]["encoder"] == "classifier" and config["icn"]["trunk"] == "small"
+    icn, backbone = load_icn(model), load_classifier(model)[0].backbone
+    first = icn.stages[0][0].weight
+    assert torch.equal(first[:, :3], backbone[0].weight) and not first[:, 3].any()
+    assert torch.equal(icn.stages[3][1].weight, backbone[12].weight)  # the fourth stage's conv
+    r = runner.invoke(app, ["train", "icn", str(tiny_voc), "--model", str(model), "--epochs", "1", "--supervision",
+                            "saliency", *args, "--pretrained", "imagenet"])
+    assert r.exit_code != 0 and "starts from the model's classifier" in r.output
 
 
 # --- enhancement loop -----------------------------------------------------------------
@@ -272,8 +338,8 @@ def test_icn_training_lowers_the_loss_and_is_stored(with_icn):
     assert len(log) == 10 and "ICN epoch 10/10" in output
     assert log[-1]["loss"] < 0.8 * log[0]["loss"]
     config = json.loads((model / "config.json").read_text())
-    assert config["icn"] == {"encoder": "small", "width": 8, "propagation": True, "prm_input": True, "steps": 3,
-                             "chunk": 16}
+    assert config["icn"] == {"encoder": "small", "trunk": "small", "width": 8, "propagation": True,
+                             "prm_input": True, "steps": 3, "chunk": 16}
     assert config["icn_training"]["epochs"] == 10 and config["icn_training"]["lr_step"] == 20
     assert config["icn_training"]["self_feed"] == 0.5  # the default
     assert load_icn(model).settings.width == 8

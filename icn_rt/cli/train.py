@@ -154,7 +154,7 @@ def train_pseudo_labels_cmd(
 def train_icn_cmd(
     root: Root,
     model_dir: ModelOption = None,
-    encoder: str = typer.Option("vgg16", help="vgg16 | small."),
+    encoder: str = typer.Option("vgg16", help="vgg16 | small | classifier (the classifier's backbone and weights)."),
     width: int = typer.Option(64, help="Channels of the propagation blocks and mapping head."),
     propagation: bool = typer.Option(True, help="CFM + DFM paths (--no-propagation: the ablation)."),
     prm_input: bool = typer.Option(True, help="PRM as a fourth input channel (--no-prm-input: the ablation)."),

@@ -16,6 +16,11 @@ Choices the paper leaves open (settings where they matter):
   ImageNet weights load; the PRM channel's first-layer weights start at zero), BN folds
   into the convs on export. ``small`` is a CPU variant: two conv-BN-ReLU per stage at
   widths 16-64, with a stride-2 first stage; its logit is upsampled ×2 to the input.
+  ``classifier`` is the model's own classifier backbone (``trunk``: small or vgg16),
+  started from the weights that learnt the classes from the tags (as the student's
+  ``classifier-fpn``), the PRM channel's first-layer weights at zero: ``small``'s four
+  stages (widths 32-128, stride 1 first) and a fifth of two fresh 128-channel
+  conv-BN-ReLU after a max-pool; ``vgg16``'s are the five above.
 - Ablation "w/o CFM&DFM" (``propagation=False``): the mapping head reads ``C(U(s5), s1)``
   — the two points the paths start from, with no propagation between them.
 - Ablation "w/o PRM input" (``prm_input=False``): 3 input channels; the map is then
@@ -30,21 +35,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ENCODERS = ("vgg16", "small")
-# per encoder: (stage widths, convs per stage, stride of the first stage)
+ENCODERS = ("vgg16", "small", "classifier")
+TRUNKS = ("small", "vgg16")  # classifier backbones the ``classifier`` encoder can be
+# per encoder (classifier: per trunk): (stage widths, convs per stage, stride of the first stage)
 _LAYOUT = {"vgg16": ((64, 128, 256, 512, 512), (2, 2, 3, 3, 3), 1),
-           "small": ((16, 32, 48, 64, 64), (2, 2, 2, 2, 2), 2)}
+           "small": ((16, 32, 48, 64, 64), (2, 2, 2, 2, 2), 2),
+           "classifier:small": ((32, 64, 128, 128, 128), (1, 1, 1, 1, 2), 1),
+           "classifier:vgg16": ((64, 128, 256, 512, 512), (2, 2, 3, 3, 3), 1)}
 
 
 @dataclass
 class ICNSettings:
-    """``encoder``: vgg16 | small. ``width``: channels of every E block and the mapping
-    head. ``propagation``: CFM + DFM paths (False: the ablation). ``prm_input``: the PRM
-    as a fourth input channel (False: the ablation). ``steps``: T, the enhancement
-    iterations at inference (0 = the naive PRM). ``chunk``: peaks per ICN call at
-    inference (bounds memory)."""
+    """``encoder``: vgg16 | small | classifier. ``trunk``: the classifier backbone the
+    ``classifier`` encoder is (small | vgg16; ``train icn`` sets it from the model).
+    ``width``: channels of every E block and the mapping head. ``propagation``: CFM + DFM
+    paths (False: the ablation). ``prm_input``: the PRM as a fourth input channel (False:
+    the ablation). ``steps``: T, the enhancement iterations at inference (0 = the naive
+    PRM). ``chunk``: peaks per ICN call at inference (bounds memory)."""
 
     encoder: str = "vgg16"
+    trunk: str = "small"
     width: int = 64
     propagation: bool = True
     prm_input: bool = True
@@ -54,6 +64,9 @@ class ICNSettings:
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
             raise ValueError(f"unknown ICN encoder {self.encoder!r}; choose one of {', '.join(ENCODERS)}")
+        if self.encoder == "classifier" and self.trunk not in TRUNKS:
+            raise ValueError(f"the classifier ICN encoder needs a {' or '.join(TRUNKS)} classifier backbone, "
+                             f"not {self.trunk!r}")
         if self.steps < 0 or self.chunk < 1 or self.width < 1:
             raise ValueError("ICN settings need steps >= 0, chunk >= 1, width >= 1")
 
@@ -80,7 +93,7 @@ class ICN(nn.Module):
     def __init__(self, settings: ICNSettings) -> None:
         super().__init__()
         self.settings = settings
-        widths, depths, first_stride = _LAYOUT[settings.encoder]
+        widths, depths, first_stride = _LAYOUT[layout(settings)]
         cin = 4 if settings.prm_input else 3
         stages = []
         for i, (w, n) in enumerate(zip(widths, depths)):
@@ -124,6 +137,11 @@ class ICN(nn.Module):
         return logits
 
 
+def layout(settings: ICNSettings) -> str:
+    """The key of ``settings``' encoder in the stage layouts."""
+    return f"classifier:{settings.trunk}" if settings.encoder == "classifier" else settings.encoder
+
+
 def minmax(v: torch.Tensor) -> torch.Tensor:
     """Each map of ``v: float [K, H, W]`` rescaled to [0, 1]; a flat map becomes zeros."""
     flat = v.flatten(1)
@@ -163,14 +181,35 @@ def load_pretrained_encoder(icn: ICN, source: str) -> None:
         raise ValueError(f"the {icn.settings.encoder} ICN encoder has no pretrained weights")
     state = pretrained_state("vgg16", source)
     flat = [m for stage in icn.stages for m in stage]
-    for i, module in enumerate(flat):
+    _copy_encoder(flat, state, lambda key, why: InputError(source, f"not vgg16_bn weights: features.{key} {why}"))
+
+
+def load_classifier_encoder(icn: ICN, backbone: dict[str, torch.Tensor]) -> None:
+    """A ``classifier`` encoder started from the classifier backbone's state dict
+    (``backbone``, keys ``"{module index}.{name}"`` as :func:`~icn_rt.models.backbones.build_backbone`
+    numbers them): its modules are the encoder's first ones, in order; the PRM channel's
+    first-layer weights start at zero and what the backbone lacks (``small``'s fifth
+    stage) stays as initialised."""
+    if icn.settings.encoder != "classifier":
+        raise ValueError(f"the {icn.settings.encoder} ICN encoder is not the classifier's backbone")
+    count = 1 + max(int(key.split(".")[0]) for key in backbone)
+    flat = [m for stage in icn.stages for m in stage][:count]
+    _copy_encoder(flat, backbone, lambda key, why: ValueError(
+        f"not a {icn.settings.trunk} classifier backbone: {key} {why}"))
+
+
+def _copy_encoder(modules: list[nn.Module], state: dict[str, torch.Tensor], error) -> None:
+    """``state["{i}.{name}"]`` into ``modules[i]``'s ``name`` for every module and name; a
+    first conv of 4 input channels gets a zero PRM channel. ``error(key, why)``: the
+    exception for a missing or misshapen entry."""
+    for i, module in enumerate(modules):
         for name, target in module.state_dict().items():
             key = f"{i}.{name}"
             if key not in state:
-                raise InputError(source, f"not vgg16_bn weights: features.{key} missing")
+                raise error(key, "missing")
             value = state[key]
-            if i == 0 and name == "weight" and target.shape[1] == 4:
+            if i == 0 and name == "weight" and target.shape[1] == value.shape[1] + 1:
                 value = torch.cat([value, torch.zeros_like(value[:, :1])], 1)
             if value.shape != target.shape:
-                raise InputError(source, f"features.{key} has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
+                raise error(key, f"has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
             target.copy_(value)

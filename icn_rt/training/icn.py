@@ -37,8 +37,8 @@ from icn_rt.data.datasets import open_dataset
 from icn_rt.data.images import read_image
 from icn_rt.data.preprocess import preprocess
 from icn_rt.errors import InputError
-from icn_rt.models.icn import ICN, ICNSettings, load_pretrained_encoder, minmax
-from icn_rt.models.store import ICN_WEIGHTS, read_config, save_icn, settings_from
+from icn_rt.models.icn import ICN, ICNSettings, load_classifier_encoder, load_pretrained_encoder, minmax
+from icn_rt.models.store import ICN_WEIGHTS, load_classifier, read_config, save_icn, settings_from
 from icn_rt.training import distributed
 from icn_rt.training.loop import EpochLog, Run, RunFiles, Schedule, begin
 from icn_rt.training.pseudo_labels import LabelSettings, LabelSummary, label_model
@@ -146,9 +146,15 @@ def train_icn(root: str | Path, model_dir: str | Path, settings: ICNTrainSetting
         stored = {"self_feed": 0.0, **config.get("icn_training", {})}  # runs from before self-feeding
         settings = replace(settings_from({"icn_training": stored}, "icn_training", ICNTrainSettings, model_dir),
                            epochs=settings.epochs)
+    elif icn_settings.encoder == "classifier":  # the model's classifier backbone, from its weights
+        icn_settings = replace(icn_settings, trunk=config["classifier"]["backbone"])
     torch.manual_seed(settings.seed)
     icn = ICN(icn_settings).to(device)
-    if settings.pretrained and not resuming:
+    if icn_settings.encoder == "classifier" and not resuming:
+        if settings.pretrained:
+            raise ValueError("the classifier ICN encoder starts from the model's classifier; --pretrained is for vgg16")
+        load_classifier_encoder(icn, load_classifier(model_dir)[0].backbone.state_dict())
+    elif settings.pretrained and not resuming:
         load_pretrained_encoder(icn, settings.pretrained)
     optimiser = torch.optim.Adam(icn.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     run = Run(model_dir, FILES, icn, optimiser, ranks, device,
