@@ -1,8 +1,10 @@
 """How good are the ICN's training labels? Each stored label (``train pseudo-labels``,
 one per peak) against the ground-truth instance its PRM points at (the instance of the
 peak's class holding the most PRM mass, the rule of ``--supervision saliency``): IoU,
-the share with IoU ≥ 0.5, and the label's area, with 95% bootstrap intervals over the
-images, for several label sets of the same peaks side by side.
+the share with IoU ≥ 0.5, how the others miss — a *fragment* (at least half of the label
+on the instance, covering less than half of it) or a *leak* (covering at least half of
+the instance, reaching so far past it that the IoU stays under 0.5) — and the label's area, with 95% bootstrap intervals over
+the images, for several label sets of the same peaks side by side.
 
 ``--student RESULTS`` adds a label set made from a student's masks (``icn-rt infer MODEL
 TRAIN_IMAGES --student``): each peak's label becomes the student instance of its class
@@ -58,8 +60,9 @@ def student_labels(labels: Path, results: dict[str, list[dict]], out: Path, min_
     return {"peaks": peaks, "replaced": replaced, "min_score": min_score}
 
 
-def label_ious(root: Path, split: str, labels: Path) -> dict[str, list[tuple[float, float]]]:
-    """Per image, each label's (IoU with the instance its PRM points at, area share)."""
+def label_ious(root: Path, split: str, labels: Path) -> dict[str, list[tuple[float, ...]]]:
+    """Per image, each label's (IoU with the instance its PRM points at, area share, share
+    of the label on the instance, share of the instance under the label)."""
     ds = open_dataset(root, split, load_images=False)
     per_image = {}
     for f in sorted(labels.glob("*.npz")):
@@ -72,25 +75,41 @@ def label_ious(root: Path, split: str, labels: Path) -> dict[str, list[tuple[flo
                 prm = cv2.resize(z["prm"][k].astype(np.float32), (w, h))
                 mask = cv2.resize(label.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
                 gt = saliency_label(prm, truth.instances, int(z["cls"][k]))
-                iou = 0.0 if gt is None else float((mask & gt).sum() / max((mask | gt).sum(), 1))
-                rows.append((iou, float(mask.mean())))
+                rows.append((*overlaps(mask, gt), float(mask.mean())) if gt is not None else (0.0, 0.0, 0.0,
+                                                                                              float(mask.mean())))
         per_image[f.stem] = rows
     return per_image
 
 
-def summary(per_image: dict[str, list[tuple[float, float]]], draws: int, seed: int) -> dict:
+def overlaps(mask: np.ndarray, gt: np.ndarray) -> tuple[float, float, float]:
+    """``(IoU, share of mask on gt, share of gt under mask)`` of two boolean masks."""
+    inter = float((mask & gt).sum())
+    return inter / max(float((mask | gt).sum()), 1), inter / max(float(mask.sum()), 1), inter / max(float(gt.sum()), 1)
+
+
+def kinds(rows: np.ndarray) -> np.ndarray:
+    """Each label's kind from ``rows [N, 4]`` (:func:`label_ious`' columns): 0 right (IoU ≥
+    0.5), 1 a leak (covers at least half of the instance), 2 a fragment (at least half of
+    it on the instance), 3 off the instance."""
+    iou, on, under = rows[:, 0], rows[:, 1], rows[:, 2]
+    return np.select([iou >= 0.5, under >= 0.5, on >= 0.5], [0, 1, 2], 3)
+
+
+def summary(per_image: dict[str, list[tuple[float, ...]]], draws: int, seed: int) -> dict:
     """Means over the labels, with 95% bootstrap intervals over the images."""
     ids = sorted(per_image)
     rng = np.random.default_rng(seed)
 
     def stats(chosen) -> np.ndarray:
-        rows = np.array([r for i in chosen for r in per_image[i]], np.float64).reshape(-1, 2)
-        return np.array([rows[:, 0].mean(), (rows[:, 0] >= 0.5).mean(), rows[:, 1].mean()]) * 100
+        rows = np.array([r for i in chosen for r in per_image[i]], np.float64).reshape(-1, 4)
+        kind = kinds(rows)
+        return np.array([rows[:, 0].mean(), (kind == 0).mean(), (kind == 2).mean(), (kind == 1).mean(),
+                         rows[:, 3].mean()]) * 100
 
     point = stats(ids)
     boot = np.array([stats([ids[j] for j in rng.integers(0, len(ids), len(ids))]) for _ in range(draws)])
     lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
-    names = ("IoU", "IoU >= 0.5", "area")
+    names = ("IoU", "IoU >= 0.5", "fragment", "leak", "area")
     return {"labels": sum(map(len, per_image.values())),
             **{n: {"estimate": round(float(point[k]), 2), "interval": [round(float(lo[k]), 2), round(float(hi[k]), 2)]}
                for k, n in enumerate(names)}}
@@ -100,10 +119,11 @@ def markdown(report: dict) -> str:
     lines = [f"ICN training labels of `{report['root']}` ({report['split']}) against the ground-truth instance each "
              f"peak's PRM points at; 95% bootstrap intervals over the images ({report['bootstrap']} draws, seed "
              f"{report['seed']}). Command in the JSON beside this file.", "",
-             "| labels | peaks | IoU | IoU ≥ 0.5 | area % of the image |", "|---|---|---|---|---|"]
+             "| labels | peaks | IoU | IoU ≥ 0.5 | fragment % | leak % | area % of the image |",
+             "|---|---|---|---|---|---|---|"]
     for name, row in report["rows"].items():
         cell = [f"{row[k]['estimate']:.1f} [{row[k]['interval'][0]:.1f}, {row[k]['interval'][1]:.1f}]"
-                for k in ("IoU", "IoU >= 0.5", "area")]
+                for k in ("IoU", "IoU >= 0.5", "fragment", "leak", "area")]
         lines.append(f"| {name} | {row['labels']} | " + " | ".join(cell) + " |")
     if report.get("student"):
         s = report["student"]

@@ -331,10 +331,12 @@ def label_quality(name: str = "label_quality_part_only_train.json",
                   data: str = "the part-only set (6 classes, 160², seed 7)") -> str:
     """The ICN's training labels against the ground truth, label set by label set."""
     doc = _json(name)
-    lines = ["| labels | peaks | IoU with the object | IoU ≥ 0.5 | area, % of the image |", "|---|---|---|---|---|"]
+    kinds = all("fragment" in row for row in doc["rows"].values())  # reports since the kinds of miss
+    lines = ["| labels | peaks | IoU with the object | IoU ≥ 0.5 | " + "fragment, % | leak, % | " * kinds
+             + "area, % of the image |", "|---|---|---|---|---|" + "---|---|" * kinds]
     for label, row in doc["rows"].items():
-        lines.append(f"| {label} | {row['labels']} | {_ci(row['IoU'])} | {_ci(row['IoU >= 0.5'])} "
-                     f"| {_ci(row['area'])} |")
+        lines.append(f"| {label} | {row['labels']} | {_ci(row['IoU'])} | {_ci(row['IoU >= 0.5'])} | "
+                     + (f"{_ci(row['fragment'])} | {_ci(row['leak'])} | " if kinds else "") + f"{_ci(row['area'])} |")
     s = doc["student"]
     lines += ["", f"{doc['split']} split of {data}, 95% bootstrap intervals over "
                   f"the images ({doc['bootstrap']} draws, seed {doc['seed']}); the student's masks replace "

@@ -337,8 +337,33 @@ def test_label_quality_scores_the_truth_100_and_makes_student_labels(classifier,
     for name in ("truth", "student masks (score >= 0.5)"):
         assert doc["rows"][name]["labels"] == peaks
         assert doc["rows"][name]["IoU"] == {"estimate": 100.0, "interval": [100.0, 100.0]}, name
-    assert 0 <= doc["rows"]["proposals"]["IoU"]["estimate"] <= 100
+        assert doc["rows"][name]["fragment"]["estimate"] == doc["rows"][name]["leak"]["estimate"] == 0.0
+    row = doc["rows"]["proposals"]
+    assert 0 <= row["IoU"]["estimate"] <= 100
+    assert row["IoU >= 0.5"]["estimate"] + row["fragment"]["estimate"] + row["leak"]["estimate"] <= 100 + 1e-9
     assert out.with_suffix(".md").read_text().count("\n| ") == 4  # header and three rows
+
+
+def test_label_quality_sorts_each_miss_into_fragment_leak_or_off():
+    """A 10×10 instance (100 px) against hand-made labels: itself, a 5×10 half inside it
+    (IoU 0.5: right), a 4×10 piece (fragment), a 20×10 block holding it (leak: IoU 0.5 is
+    right, so 21×10 is a leak), and a block beside it (off)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from label_quality import kinds, overlaps
+
+    gt = np.zeros((30, 30), bool)
+    gt[0:10, 0:10] = True
+
+    def box(y0, y1, x0, x1):
+        m = np.zeros_like(gt)
+        m[y0:y1, x0:x1] = True
+        return m
+
+    labels = [gt, box(0, 5, 0, 10), box(0, 4, 0, 10), box(0, 21, 0, 10), box(20, 30, 20, 30)]
+    rows = np.array([overlaps(m, gt) + (0.0,) for m in labels])
+    np.testing.assert_allclose(rows[:, :3], [[1, 1, 1], [0.5, 1, 0.5], [0.4, 1, 0.4], [100 / 210, 100 / 210, 1],
+                                             [0, 0, 0]])
+    assert kinds(rows).tolist() == [0, 0, 2, 1, 3]
 
 
 BENCHMARKS = str(Path(__file__).parents[1] / "benchmarks")
