@@ -68,8 +68,10 @@ def student() -> str:
     lines += ["", "| on 500×375 photos, 2 CPU cores | images/s | × pipeline, proposals on the fly |", "|---|---|---|"]
     for name, c in speed.items():
         lines.append(f"| {name} | {c['images_per_second']:.1f} | {c['x_pipeline_on_the_fly']:.1f} |")
+    ranked = {r["resolved"].get("confidence") for r in rows if r["settings"].get("student")}
     lines += ["", f"Part-only regime, {doc['accuracy'].get('images', 500)} val images, 95% bootstrap intervals; "
-                  "`benchmarks/results/student_part_only.json`."]
+                  + (f"the students ranked by their {ranked.pop()} alone; " if len(ranked) == 1 else "")
+              + "`benchmarks/results/student_part_only.json`."]
     return "\n".join(lines)
 
 
