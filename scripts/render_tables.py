@@ -485,6 +485,7 @@ RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": 
              "icn-in-matching-rerank-labels": lambda: rows("icn_in_matching_part_only_dev_rerank_labels_20ep.json"),
              "icn-in-matching-photo": lambda: rows("icn_in_matching_photo_dev.json"),
              "icn-in-matching-photo-student-labels": lambda: rows("icn_in_matching_photo_41_dev_student_labels.json"),
+             "student-input": lambda: rows("student_input_photo_dev_41.json"),
              "icn-in-matching-photo-classifier-encoder": lambda: rows(
                  "icn_in_matching_photo_41_dev_student_labels_classifier.json"),
              "label-quality-photo": lambda: label_quality("label_quality_photo_41_train.json",
