@@ -3,8 +3,9 @@ one per peak) against the ground-truth instance its PRM points at (the instance 
 peak's class holding the most PRM mass, the rule of ``--supervision saliency``): IoU,
 the share with IoU ≥ 0.5, how the others miss — a *fragment* (at least half of the label
 on the instance, covering less than half of it) or a *leak* (covering at least half of
-the instance, reaching so far past it that the IoU stays under 0.5) — and the label's area, with 95% bootstrap intervals over
-the images, for several label sets of the same peaks side by side.
+the instance, reaching so far past it that the IoU stays under 0.5) — and the label's
+area, with 95% bootstrap intervals over the images, for several label sets of the same
+peaks side by side.
 
 ``--student RESULTS`` adds a label set made from a student's masks (``icn-rt infer MODEL
 TRAIN_IMAGES --student``): each peak's label becomes the student instance of its class
