@@ -76,8 +76,8 @@ def label_ious(root: Path, split: str, labels: Path) -> dict[str, list[tuple[flo
                 prm = cv2.resize(z["prm"][k].astype(np.float32), (w, h))
                 mask = cv2.resize(label.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
                 gt = saliency_label(prm, truth.instances, int(z["cls"][k]))
-                rows.append((*overlaps(mask, gt), float(mask.mean())) if gt is not None else (0.0, 0.0, 0.0,
-                                                                                              float(mask.mean())))
+                fit = overlaps(mask, gt) if gt is not None else (0.0, 0.0, 0.0)
+                rows.append((*fit, float(mask.mean())))
         per_image[f.stem] = rows
     return per_image
 

@@ -178,7 +178,8 @@ def load_pretrained_encoder(icn: ICN, source: str) -> None:
     from icn_rt.models.backbones import pretrained_state
 
     if icn.settings.encoder != "vgg16":
-        raise ValueError(f"the {icn.settings.encoder} ICN encoder has no pretrained weights")
+        raise ValueError(f"the {icn.settings.encoder} ICN encoder has no pretrained weights"
+                         + ("; it starts from the model's classifier" if icn.settings.encoder == "classifier" else ""))
     state = pretrained_state("vgg16", source)
     flat = [m for stage in icn.stages for m in stage]
     _copy_encoder(flat, state, lambda key, why: InputError(source, f"not vgg16_bn weights: features.{key} {why}"))

@@ -150,12 +150,10 @@ def train_icn(root: str | Path, model_dir: str | Path, settings: ICNTrainSetting
         icn_settings = replace(icn_settings, trunk=config["classifier"]["backbone"])
     torch.manual_seed(settings.seed)
     icn = ICN(icn_settings).to(device)
-    if icn_settings.encoder == "classifier" and not resuming:
-        if settings.pretrained:
-            raise ValueError("the classifier ICN encoder starts from the model's classifier; --pretrained is for vgg16")
+    if settings.pretrained and not resuming:
+        load_pretrained_encoder(icn, settings.pretrained)  # vgg16 only: it refuses the others
+    elif icn_settings.encoder == "classifier" and not resuming:
         load_classifier_encoder(icn, load_classifier(model_dir)[0].backbone.state_dict())
-    elif settings.pretrained and not resuming:
-        load_pretrained_encoder(icn, settings.pretrained)
     optimiser = torch.optim.Adam(icn.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     run = Run(model_dir, FILES, icn, optimiser, ranks, device,
               save=lambda: save_icn(model_dir, icn, {"icn_training": settings}))
