@@ -35,7 +35,7 @@ from icn_rt.data.datasets import open_dataset
 from icn_rt.data.images import read_image
 from icn_rt.data.proposals import load_proposals, proposal_path
 from icn_rt.eval.bootstrap import draws, intervals
-from icn_rt.eval.diagnosis import fit_summary, object_fit, oracle_confidence
+from icn_rt.eval.diagnosis import fit_summary, fits_and_oracle
 from icn_rt.eval.instance import InstanceEvaluator
 
 THRESHOLDS = (0.5, 0.75)
@@ -60,9 +60,10 @@ def fits(ds, rows: list, proposals: Path) -> tuple[dict, np.ndarray, dict]:
                 inst = prediction.instances
                 masks = np.stack([i.mask for i in inst]) if inst else np.zeros((0, *image.shape[:2]), bool)
                 labels, scores = np.array([i.class_id for i in inst], np.int64), np.array([i.score for i in inst])
-                out[name].append(object_fit(masks, labels, gt_masks, gt_cls))
+                fit, oracle = fits_and_oracle(masks, labels, gt_masks, gt_cls)
+                out[name].append(fit)
                 ap[name][0].add(masks, labels, scores, gt_masks, gt_cls)
-                ap[name][1].add(masks, labels, oracle_confidence(masks, labels, gt_masks, gt_cls), gt_masks, gt_cls)
+                ap[name][1].add(masks, labels, oracle, gt_masks, gt_cls)
             if (n + 1) % 20 == 0 or n + 1 == len(ds.ids):
                 print(f"{n + 1}/{len(ds.ids)} images", file=sys.stderr, flush=True)
     return ({name: np.concatenate(v) if v else np.zeros(0) for name, v in out.items()}, np.array(image_of, np.int64),

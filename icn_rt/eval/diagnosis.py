@@ -134,19 +134,26 @@ def same_class_iou(masks: np.ndarray, labels: np.ndarray, gt_masks: np.ndarray, 
     return np.where(np.asarray(labels)[:, None] == np.asarray(gt_labels)[None], mask_iou(masks, gt_masks), 0.0)
 
 
+def fits_and_oracle(masks: np.ndarray, labels: np.ndarray, gt_masks: np.ndarray,
+                    gt_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`object_fit` and :func:`oracle_confidence` of one image from one IoU matrix ->
+    ``(float64 [G], float64 [P])``."""
+    iou = same_class_iou(masks, labels, gt_masks, gt_labels)
+    return (iou.max(0) if len(masks) else np.zeros(len(gt_masks)),
+            iou.max(1) if len(gt_masks) else np.zeros(len(masks)))
+
+
 def object_fit(masks: np.ndarray, labels: np.ndarray, gt_masks: np.ndarray, gt_labels: np.ndarray) -> np.ndarray:
     """Each ground-truth object's best mask IoU with a prediction of its own class
     (``masks bool [P, H, W]``, ``labels int [P]``) -> ``float64 [G]`` (0: none of its class)."""
-    iou = same_class_iou(masks, labels, gt_masks, gt_labels)
-    return iou.max(0) if len(masks) else np.zeros(len(gt_masks))
+    return fits_and_oracle(masks, labels, gt_masks, gt_labels)[0]
 
 
 def oracle_confidence(masks: np.ndarray, labels: np.ndarray, gt_masks: np.ndarray,
                       gt_labels: np.ndarray) -> np.ndarray:
     """Oracle ranking's confidence: each prediction's best mask IoU with a ground-truth
     object of its class (0: none) -> ``float64 [P]``."""
-    iou = same_class_iou(masks, labels, gt_masks, gt_labels)
-    return iou.max(1) if len(gt_masks) else np.zeros(len(masks))
+    return fits_and_oracle(masks, labels, gt_masks, gt_labels)[1]
 
 
 def fit_summary(fit: np.ndarray, reference: np.ndarray, weight: np.ndarray | None = None) -> dict[str, float]:
