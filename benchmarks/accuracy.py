@@ -47,7 +47,7 @@ from icn_rt.runtime.student import StudentPredictor
 
 KEYS = {"T": int, "score": str, "binarize": float, "confidence": str, "nms": float, "rerank": int, "backend": str,
         "student": int, "refine": str, "refine_scale": float, "proposal_iou": float, "contrast_power": float,
-        "consensus_power": float}
+        "consensus_power": float, "mask_nms": float}
 
 
 def parse_row(text: str) -> tuple[str, Path, dict]:
@@ -72,7 +72,7 @@ def predictor_for(model: Path, settings: dict) -> Predictor | StudentPredictor:
     """The model with a row's settings over its config's (or its student)."""
     if settings.get("student"):
         student = StudentPredictor.from_dir(model, backend=settings.get("backend", "torch"))
-        keys = ("refine", "refine_scale", "proposal_iou", "contrast_power", "consensus_power")
+        keys = ("refine", "refine_scale", "proposal_iou", "contrast_power", "consensus_power", "mask_nms")
         student.settings = replace(student.settings, **{k: settings[k] for k in keys if k in settings})
         return student
     m = Predictor.from_dir(model).model

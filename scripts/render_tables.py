@@ -374,7 +374,8 @@ def recipe_regimes() -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     sets = "; ".join(f"{k}: seeds {', '.join(map(str, d['seeds']))}, {d['set']}"
                      + (f", {d['classifier']}" if "classifier" in d else "") for k, d in docs.items())
-    lines += ["", f"val; mean ± sd over the trainings from scratch (n: how many); {sets}; `benchmarks/results/"
+    lines += ["", f"val; mean ± sd over the trainings from scratch (n: how many); {sets}; the students measured "
+                  "before their mask NMS (`student.mask_nms`, docs/student.md); `benchmarks/results/"
                   + "`, `".join(names[k] for k in docs) + "`."]
     return "\n".join(lines)
 
@@ -434,6 +435,24 @@ def per_training(prefix: str, what: str, key: str = "mAP@0.5") -> str:
     lines += ["", f"{what}: mAP^r@{key.split('@')[1]} on dev ({'/'.join(map(str, sizes))} images) of each training "
                   "of the recipe (regime and seed), then the paired difference to the first row; 95% bootstrap "
                   f"intervals over the images; `benchmarks/results/{prefix}_*_dev_*.json`."]
+    return "\n".join(lines)
+
+
+def student_oracle() -> str:
+    """The proposal-snapped student on each photo training's dev split as ranked and ranked by
+    an oracle (``benchmarks/mask_fit.py``: each instance scored by its best IoU with an
+    object of its class)."""
+    docs = {f"photo {f.stem.rsplit('_', 1)[1]}": _json(f.name)
+            for f in sorted(RESULTS.glob("student_oracle_photo_dev_*.json"))}
+    first = next(iter(docs.values()))
+    lines = [f"| {first['rows'][0]['name']} | " + " | ".join(docs) + " |", "|---|" + "---|" * len(docs)]
+    for t in ("0.5", "0.75"):
+        for key, how in ((f"mAP@{t}", "as ranked"), (f"mAP@{t}, oracle ranking", "oracle ranking")):
+            lines.append(f"| mAP^r@{t}, {how} | " + " | ".join(_ci(d["rows"][0]["metrics"][key])
+                                                             for d in docs.values()) + " |")
+    lines += ["", f"dev ({first['images']} images) of each photo training of the recipe; the oracle scores each "
+                  "instance by its best IoU with an object of its class; 95% bootstrap intervals over the images; "
+                  "`benchmarks/results/student_oracle_photo_dev_*.json`."]
     return "\n".join(lines)
 
 
@@ -505,6 +524,14 @@ RENDERERS = {"accuracy": accuracy, "student": student, "speed": speed, "serve": 
                                                        "masks"),
              "student-consensus-75": lambda: per_training("student_consensus", "The same at IoU 0.75", "mAP@0.75"),
              "student-consensus-unseen": lambda: rows("student_consensus_unseen_photo_val_61.json"),
+             "student-mask-nms": lambda: per_training("student_mask_nms_proposals", "Mask NMS of proposal-snapped "
+                                                      "masks"),
+             "student-mask-nms-75": lambda: per_training("student_mask_nms_proposals", "The same at IoU 0.75",
+                                                         "mAP@0.75"),
+             "student-mask-nms-superpixels": lambda: per_training("student_mask_nms_superpixels",
+                                                                  "Mask NMS of superpixel-snapped masks"),
+             "student-mask-nms-none": lambda: per_training("student_mask_nms_none", "Mask NMS of the pasted masks"),
+             "student-oracle-photo": student_oracle,
              "teacher-settings": lambda: per_training("teacher_settings", "The teacher's settings around the "
                                                       "default"),
              "mask-fit-photo": lambda: mask_fit("mask_fit_photo_41_dev.json"),

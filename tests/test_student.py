@@ -692,9 +692,11 @@ def test_a_student_set_to_refine_snaps_its_own_masks(student, tiny_voc):
     images = [read_image(p) for p in sorted((tiny_voc / "JPEGImages").glob("val_*.jpg"))[:3]]
     plain = StudentPredictor.from_dir(student[0])
     assert plain.settings.refine == "none"
-    plain.settings = replace(plain.settings, contrast_power=0.0)  # scores that do not follow the masks
+    # scores that do not follow the masks, and every detection kept (mask NMS: its own test)
+    plain.settings = replace(plain.settings, contrast_power=0.0, mask_nms=0.0)
     refined = StudentPredictor.from_dir(student[0])
-    refined.settings = replace(refined.settings, refine="superpixels", refine_scale=100, contrast_power=0.0)
+    refined.settings = replace(refined.settings, refine="superpixels", refine_scale=100, contrast_power=0.0,
+                               mask_nms=0.0)
     changed = 0
     for image, a, b in zip(images, plain.predict(images), refined.predict(images)):
         assert [(i.class_id, i.score) for i in a.instances] == [(i.class_id, i.score) for i in b.instances]
@@ -784,8 +786,9 @@ def test_a_student_snapping_to_proposals_reads_them_in_the_infer_job(student, ti
     model = tmp_path / "model"
     shutil.copytree(student[0], model)
     config = json.loads((model / "config.json").read_text())
-    # scores as detected
-    config["student"].update(refine="proposals", proposal_iou=0.3, contrast_power=0.0, consensus_power=0.0)
+    # scores as detected, every detection kept (mask NMS: its own test)
+    config["student"].update(refine="proposals", proposal_iou=0.3, contrast_power=0.0, consensus_power=0.0,
+                             mask_nms=0.0)
     (model / "config.json").write_text(json.dumps(config))
     paths = sorted((tiny_voc / "JPEGImages").glob("val_*.jpg"))[:4]
     listing = tmp_path / "images.txt"
@@ -796,7 +799,7 @@ def test_a_student_snapping_to_proposals_reads_them_in_the_infer_job(student, ti
     assert r.exit_code == 0, r.output
     got = json.loads(out.read_text())
     plain = StudentPredictor.from_dir(student[0])
-    plain.settings = replace(plain.settings, contrast_power=0.0)
+    plain.settings = replace(plain.settings, contrast_power=0.0, mask_nms=0.0)
     assert not plain.needs_proposals and StudentPredictor.from_dir(model).needs_proposals
     want, taken = [], 0
     for path in paths:
@@ -830,7 +833,7 @@ def test_a_student_snapping_to_proposals_also_scores_by_their_consensus(student,
 
     assert StudentSettings().consensus_power == 0.0  # off by default: it did not transfer (docs/student.md)
     plain, ranked = StudentPredictor.from_dir(student[0]), StudentPredictor.from_dir(student[0])
-    plain.settings = replace(plain.settings, refine="proposals", contrast_power=0.0, consensus_power=0.0)
+    plain.settings = replace(plain.settings, refine="proposals", contrast_power=0.0, consensus_power=0.0, mask_nms=0.0)
     ranked.settings = replace(plain.settings, consensus_power=1.0)
     agreeing = []
     for path in sorted((tiny_voc / "JPEGImages").glob("val_*.jpg"))[:4]:
@@ -854,6 +857,53 @@ def test_a_student_snapping_to_proposals_also_scores_by_their_consensus(student,
     assert scores[0] == scores[1] and scores[0]
     with pytest.raises(ValueError, match="consensus_power must be in"):
         StudentSettings(consensus_power=-0.5)
+
+
+def test_mask_nms_drops_a_mask_that_overlaps_a_kept_one_of_its_class():
+    from icn_rt.runtime.student import mask_nms
+
+    def box(y0, x0, y1, x1):
+        m = np.zeros((10, 10), bool)
+        m[y0:y1, x0:x1] = True
+        return m
+
+    # 0: 20 px; 1: 16 px inside 0 (IoU 0.8); 2: 0's pixels, another class; 3: apart; 4: IoU 0.5 with 0, 8/18 with 1
+    masks = np.stack([box(0, 0, 4, 5), box(0, 0, 4, 4), box(0, 0, 4, 5), box(5, 5, 10, 10), box(0, 0, 2, 5)])
+    labels = np.array([0, 0, 1, 0, 0])
+    assert mask_nms(masks, labels, [0, 1, 2, 3, 4], 0.7) == [0, 2, 3, 4]
+    assert mask_nms(masks, labels, [1, 0, 2, 3, 4], 0.9) == [1, 0, 2, 3, 4]
+    assert mask_nms(masks, labels, [4, 0, 1, 2, 3], 0.5) == [4, 1, 2, 3]  # at the IoU: dropped; 1 meets only 4
+    assert mask_nms(masks, labels, [3, 2], 0.1) == [3, 2] and mask_nms(masks, labels, [], 0.5) == []
+
+
+def test_a_student_with_mask_nms_keeps_its_instances_but_the_near_twins(student, tiny_voc):
+    """``mask_nms`` t: the instances of t 0 in their order, less each whose final mask has
+    IoU ≥ t with a kept one of its class (checked here pixel by pixel)."""
+    from dataclasses import replace
+
+    from icn_rt.data.images import read_image
+    from icn_rt.data.proposals import load_proposals, proposal_path
+    from icn_rt.runtime.student import StudentPredictor
+
+    assert StudentSettings().mask_nms == 0.7  # chosen on dev (docs/student.md)
+    plain, pruned = StudentPredictor.from_dir(student[0]), StudentPredictor.from_dir(student[0])
+    plain.settings = replace(plain.settings, refine="proposals", mask_nms=0.0)
+    pruned.settings = replace(plain.settings, mask_nms=0.5)
+    dropped = 0
+    for path in sorted((tiny_voc / "JPEGImages").glob("val_*.jpg"))[:4]:
+        image = read_image(path)
+        props = [load_proposals(proposal_path(tiny_voc / "Proposals", path.stem), image.shape[:2])]
+        a, b = plain.predict([image], props)[0].instances, pruned.predict([image], props)[0].instances
+        kept = []
+        for inst in a:
+            if not any(k.class_id == inst.class_id and (k.mask & inst.mask).sum() >= 0.5 * (k.mask | inst.mask).sum()
+                       for k in kept):
+                kept.append(inst)
+        assert [(i.class_id, i.score, i.proposal) for i in b] == [(i.class_id, i.score, i.proposal) for i in kept]
+        dropped += len(a) - len(b)
+    assert dropped > 0  # the case has near-twins to drop
+    with pytest.raises(ValueError, match="mask_nms must be in"):
+        StudentSettings(mask_nms=1.5)
 
 
 def test_the_best_refinement_is_the_highest_score_and_of_equal_ones_the_cheaper():

@@ -71,7 +71,12 @@ class StudentSettings:
     ≥ 0.7 with it, itself among them: :func:`~icn_rt.matching.objectness.consensus`, the
     re-ranking's other cue; 1 for a mask left unsnapped) to this power; 0 (the default):
     off. 0.25 ranked better on dev at IoU 0.75 but lost at IoU 0.5 on a set of unseen
-    photographs (docs/student.md), so it is an option, not the default."""
+    photographs (docs/student.md), so it is an option, not the default. ``mask_nms``: an
+    instance whose final mask has IoU at least this with a more confident one of its class
+    is dropped (the box NMS runs before the masks are refined, and detections whose boxes it
+    kept apart can snap to one proposal or to one set of superpixels); 0: off. 0.7 (the
+    default) ranked higher at IoU 0.5 on the dev splits of five trainings, in every
+    refinement (docs/student.md)."""
 
     backbone: str = "classifier-fpn"
     input_size: int = 256
@@ -89,6 +94,7 @@ class StudentSettings:
     proposal_iou: float = 0.3
     contrast_power: float = 0.5
     consensus_power: float = 0.0
+    mask_nms: float = 0.7
 
     def __post_init__(self) -> None:
         if self.refine not in REFINES:
@@ -102,6 +108,8 @@ class StudentSettings:
                              f"got {self.contrast_power}")
         if not 0 <= self.consensus_power <= 8:
             raise ValueError(f"consensus_power must be in [0, 8] (0: off), got {self.consensus_power}")
+        if not 0 <= self.mask_nms <= 1:
+            raise ValueError(f"mask_nms must be in [0, 1] (0: off), got {self.mask_nms}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown student backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
         if self.head not in HEADS:

@@ -178,9 +178,10 @@ class StudentPredictor(Staging):
             agreeing[taken >= 0] = consensus(props, taken[taken >= 0])
             scores = scores * agreeing ** self.settings.consensus_power
         instances = []
-        for k in np.argsort(-scores, kind="stable"):
-            if not masks[k].any():
-                continue
+        order = [k for k in np.argsort(-scores, kind="stable") if masks[k].any()]
+        if self.settings.mask_nms:
+            order = mask_nms(masks, labels, order, self.settings.mask_nms)
+        for k in order:
             x1, y1, x2, y2 = boxes[k]
             centre = ((y1 + y2) / 2, (x1 + x2) / 2)
             instances.append(Instance(int(labels[k]), float(scores[k]), masks[k], int(taken[k]), centre,
@@ -189,6 +190,22 @@ class StudentPredictor(Staging):
         for inst in instances:
             class_scores[inst.class_id] = max(class_scores[inst.class_id], inst.score)
         return Prediction(instances, class_scores)
+
+
+def mask_nms(masks: np.ndarray, labels: np.ndarray, order: list[int], least_iou: float) -> list[int]:
+    """Per-class greedy mask NMS on the CPU kernels
+    (:func:`~icn_rt.matching.instances.suppress`): ``order`` (indices into ``masks bool
+    [N, H, W]``, most confident first) less each one whose mask has IoU at least
+    ``least_iou`` with a kept one of its class (``labels int [N]``)."""
+    from icn_rt.kernels import backend
+    from icn_rt.matching.instances import suppress
+
+    kept: set[int] = set()
+    for c in np.unique(labels[order]):
+        mine = [k for k in order if labels[k] == c]
+        keep, _ = suppress(masks[mine], -np.arange(len(mine), dtype=np.float64), least_iou, backend("cpu"))
+        kept.update(mine[i] for i in keep)
+    return [k for k in order if k in kept]
 
 
 def snap_to_superpixels(image: np.ndarray, masks: np.ndarray, scale: float) -> np.ndarray:
