@@ -106,6 +106,9 @@ fi
 DEMO=$("$PY" -c "import icn_rt.demo as d; print(d.MODEL.parent)")
 MODEL="$WORK/model"
 cp -r "$DEMO/model" "$MODEL"
+# the demo ships its ICN at T 0 (the recipe's default: naive PRM + re-ranking); the check runs it at T 1
+"$PY" -c "import json, sys; c = json.load(open(sys.argv[1])); c['icn']['steps'] = 1
+json.dump(c, open(sys.argv[1], 'w'), indent=2)" "$MODEL/config.json"
 if [ "$DRY" = 1 ]; then student=(--epochs 1 --input-size 64); else student=(--epochs 8); fi
 run student 120 "$PY" -m icn_rt.cli train student "$DEMO/data" --model "$MODEL" --split val --threshold 0 \
     --batch-size 2 --device "$DEVICE" --quiet "${student[@]}"
