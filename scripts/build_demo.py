@@ -5,7 +5,7 @@ an ``icn-rt`` command; the inference settings are those a new model is written w
 (per-class peak thresholds, objectness re-ranking, IoU matching, peak × objectness
 confidence), all chosen on the synthetic dev split (docs/accuracy.md)::
 
-    python scripts/build_demo.py --work /tmp/demo-build      # ~1 h 15 min on 2 CPU cores
+    python scripts/build_demo.py --work /tmp/demo-build      # ~1 h on 2 CPU cores
 
 - the classifier: the recipe's schedule (120 epochs, the rate ×0.1 after 80);
 - the ICN: the recipe's (re-ranked top-1 labels, 20 epochs), stored with T = 0 enhancement

@@ -405,18 +405,18 @@ def default_choice() -> str:
     return "\n".join(lines)
 
 
-def per_training(prefix: str, what: str, key: str = "mAP@0.5") -> str:
-    """A choice made on dev, training by training: the rows of every
-    ``<prefix>_<regime>_dev_<seed>.json`` (``benchmarks/accuracy.py`` on one training's dev
+def per_training(prefix: str, what: str, key: str = "mAP@0.5", split: str = "dev") -> str:
+    """A choice made on dev (or checked on val), training by training: the rows of every
+    ``<prefix>_<regime>_<split>_<seed>.json`` (``benchmarks/accuracy.py`` on one training's
     split) as columns, each cell the row's ``key`` and its paired difference to the reference."""
-    files = sorted(RESULTS.glob(f"{prefix}_*_dev_*.json"))
-    docs = {f.stem[len(prefix) + 1:].replace("_dev_", " ").replace("_", "-"): _json(f.name) for f in files}
+    files = sorted(RESULTS.glob(f"{prefix}_*_{split}_*.json"))
+    docs = {f.stem[len(prefix) + 1:].replace(f"_{split}_", " ").replace("_", "-"): _json(f.name) for f in files}
     names = {n: n for n in dict.fromkeys(r["name"] for doc in docs.values() for r in doc["rows"])}
     lines = _columns(docs, names, key)
     sizes = sorted({d["images"] for d in docs.values()})
-    lines += ["", f"{what}: mAP^r@{key.split('@')[1]} on dev ({'/'.join(map(str, sizes))} images) of each training "
-                  "of the recipe (regime and seed), then the paired difference to the first row; 95% bootstrap "
-                  f"intervals over the images; `benchmarks/results/{prefix}_*_dev_*.json`."]
+    lines += ["", f"{what}: mAP^r@{key.split('@')[1]} on {split} ({'/'.join(map(str, sizes))} images) of each "
+                  "training of the recipe (regime and seed), then the paired difference to the first row; 95% "
+                  f"bootstrap intervals over the images; `benchmarks/results/{prefix}_*_{split}_*.json`."]
     return "\n".join(lines)
 
 
@@ -515,6 +515,7 @@ RENDERERS = {"accuracy": lambda: rows("accuracy_part_only.json"), "student": stu
                                                                   "Mask NMS of superpixel-snapped masks"),
              "student-mask-nms-none": lambda: per_training("student_mask_nms_none", "Mask NMS of the pasted masks"),
              "student-oracle-photo": student_oracle,
+             "student-mask-nms-val": lambda: per_training("student_mask_nms", "Checked on val", split="val"),
              "teacher-settings": lambda: per_training("teacher_settings", "The teacher's settings around the "
                                                       "default"),
              "mask-fit-photo": lambda: mask_fit("mask_fit_photo_41_dev.json"),
