@@ -33,7 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "icn_rt" / "demo"
 MODEL_FILES = ("config.json", "classifier.safetensors", "icn.safetensors", "student.safetensors")
-STUDENT = ("--head", "tiny", "--epochs", "16")  # the recipe's epochs, a small head: the package stays a few MB
+CLASSIFIER_EPOCHS, ICN_EPOCHS, STUDENT_EPOCHS = 120, 20, 16  # the recipe's
+STUDENT = ("--head", "tiny", "--epochs", str(STUDENT_EPOCHS))  # a small head: the package stays a few MB
 STEPS = "0"  # ICN enhancement steps T at inference: the recipe leaves the ICN out (docs/accuracy.md)
 SAMPLE_DIRS = {"JPEGImages": ".jpg", "Annotations": ".xml", "SegmentationClass": ".png",
                "SegmentationObject": ".png", "Proposals": ".mat"}
@@ -58,19 +59,20 @@ def train(work: Path) -> Path:
         icn_rt("data", "synth", str(synth))
     for split in ("val", "train", "dev"):  # the student's label threshold is chosen on dev
         icn_rt("proposals", str(synth), "--split", split)  # skips images already done
-    if not finished(model, "train_log.json", 120):
+    if not finished(model, "train_log.json", CLASSIFIER_EPOCHS):
         icn_rt("train", "classifier", str(synth), "--model", str(model), "--backbone", "small", "--input-size", "128",
-               "--sub-pixel", "1", "--lr", "1e-3", "--epochs", "120", "--lr-step", "80", "--val-split", "dev",
-               "--resume")
-    if not finished(model, "icn_train_log.json", 20):
+               "--sub-pixel", "1", "--lr", "1e-3", "--epochs", str(CLASSIFIER_EPOCHS), "--lr-step", "80",
+               "--val-split", "dev", "--resume")
+    if not finished(model, "icn_train_log.json", ICN_EPOCHS):
         icn_rt("train", "icn", str(synth), "--model", str(model), "--encoder", "small", "--width", "16",
-               "--epochs", "20", "--lr-step", "5", "--rerank", "50", "--k", "1", "--steps", STEPS, "--resume")
+               "--epochs", str(ICN_EPOCHS), "--lr-step", "5", "--rerank", "50", "--k", "1", "--steps", STEPS,
+               "--resume")
     train_student(synth, model)
     return model
 
 
 def train_student(synth: Path, model: Path) -> None:
-    if not finished(model, "student_train_log.json", int(STUDENT[-1])):
+    if not finished(model, "student_train_log.json", STUDENT_EPOCHS):
         icn_rt("train", "student", str(synth), "--model", str(model), *STUDENT, "--resume")
 
 

@@ -200,10 +200,10 @@ def mask_nms(masks: np.ndarray, labels: np.ndarray, order: list[int], least_iou:
     from icn_rt.kernels import backend
     from icn_rt.matching.instances import suppress
 
-    kept: set[int] = set()
+    kernels, kept = backend("cpu"), set()
     for c in np.unique(labels[order]):
         mine = [k for k in order if labels[k] == c]
-        keep, _ = suppress(masks[mine], -np.arange(len(mine), dtype=np.float64), least_iou, backend("cpu"))
+        keep, _ = suppress(masks[mine], -np.arange(len(mine), dtype=np.float64), least_iou, kernels)
         kept.update(mine[i] for i in keep)
     return [k for k in order if k in kept]
 
