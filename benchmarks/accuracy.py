@@ -6,7 +6,9 @@ Every choice is made on ``dev``; ``val`` only reports (issue 19). The paper as w
 (Eq. 5 on the ICN's maps, vanilla matching on naive PRMs: ``score=auto``, T = 3) is a
 row of every table, beside our readings. A row is ``NAME=MODEL[:key=value,...]`` with
 keys ``T`` (ICN steps), ``score`` (matching score), ``binarize``, ``confidence``,
-``nms``, ``rerank``, ``backend`` (where the networks run: ``onnxruntime``,
+``nms``, ``rerank``, ``agree`` (the weight of the student's agreement in the confidence,
+``instances.student_agreement``; 0: off; it applies where the model has a student),
+``backend`` (where the networks run: ``onnxruntime``,
 ``onnxruntime:int8``, ...: the model's exported graphs, whose T is the export's) and
 ``student`` (1: the model's student, ``icn-rt train student``, on ``torch`` or
 ``onnxruntime``; ``refine``, ``refine_scale``, ``proposal_iou``: its masks snapped to
@@ -42,12 +44,12 @@ from icn_rt.eval.report import score
 from icn_rt.models.store import read_config
 from icn_rt.runtime.engines import GraphEngines, split_backend
 from icn_rt.runtime.infer import InferSettings, infer
-from icn_rt.runtime.predictor import Predictor
+from icn_rt.runtime.predictor import Predictor, agreeing_student
 from icn_rt.runtime.student import StudentPredictor
 
-KEYS = {"T": int, "score": str, "binarize": float, "confidence": str, "nms": float, "rerank": int, "backend": str,
-        "student": int, "refine": str, "refine_scale": float, "proposal_iou": float, "contrast_power": float,
-        "consensus_power": float, "mask_nms": float}
+KEYS = {"T": int, "score": str, "binarize": float, "confidence": str, "nms": float, "rerank": int, "agree": float,
+        "backend": str, "student": int, "refine": str, "refine_scale": float, "proposal_iou": float,
+        "contrast_power": float, "consensus_power": float, "mask_nms": float}
 
 
 def parse_row(text: str) -> tuple[str, Path, dict]:
@@ -75,7 +77,7 @@ def predictor_for(model: Path, settings: dict) -> Predictor | StudentPredictor:
         keys = ("refine", "refine_scale", "proposal_iou", "contrast_power", "consensus_power", "mask_nms")
         student.settings = replace(student.settings, **{k: settings[k] for k in keys if k in settings})
         return student
-    m = Predictor.from_dir(model).model
+    m = Predictor.from_dir(model, agreement=False).model
     matching, instances = m.matching, m.instances
     if "score" in settings:
         matching = replace(matching, score=settings["score"])
@@ -87,11 +89,14 @@ def predictor_for(model: Path, settings: dict) -> Predictor | StudentPredictor:
         instances = replace(instances, confidence=settings["confidence"])
     if "nms" in settings:
         instances = replace(instances, nms_iou=settings["nms"])
+    if "agree" in settings:
+        instances = replace(instances, student_agreement=settings["agree"])
     m = m.replace(icn_steps=settings.get("T"), matching=matching, instances=instances)
+    student = agreeing_student(m)
     if settings.get("backend", "torch") == "torch":
-        return Predictor(m)
+        return Predictor(m, student=student)
     backend, precision = split_backend(settings["backend"])
-    return Predictor(m, graphs=GraphEngines(m, backend, "cpu", precision))
+    return Predictor(m, graphs=GraphEngines(m, backend, "cpu", precision), student=student)
 
 
 def dataset_record(root: Path, regime: str | None) -> tuple[str, dict | None]:
@@ -128,8 +133,10 @@ def _resolved(predictor: Predictor | StudentPredictor) -> dict:
                 + (f" × consensus^{s.consensus_power:g}" if s.refine == "proposals" and s.consensus_power else ""),
                 "nms_iou": s.nms_iou}
     m = predictor.model
+    agrees = f" × (1 + {m.instances.student_agreement:g} × student agreement)" if predictor.student is not None else ""
     return {"icn_steps": m.icn_settings.steps if m.enhances else 0, "matching": m.matching.resolved(m.enhances).score,
-            "binarize": m.matching.binarize, "confidence": m.instances.confidence, "nms_iou": m.instances.nms_iou}
+            "binarize": m.matching.binarize, "confidence": m.instances.confidence + agrees,
+            "nms_iou": m.instances.nms_iou}
 
 
 def run(args) -> dict:

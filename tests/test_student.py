@@ -974,3 +974,60 @@ def test_choose_refine_runs_each_mode_and_writes_the_best_into_the_config(studen
     assert list(report["mAP@0.5"]) == ["none", "superpixels"]
     assert report["skipped"] == {"proposals": "no proposals folder"}
     assert report["mAP@0.5"] == {m: scores[m] for m in ("none", "superpixels")}
+
+
+def test_agreement_is_the_best_iou_times_score_among_the_students_instances_of_the_class():
+    from icn_rt.matching.instances import InstanceSettings, agreement
+
+    def box(y0, y1, x0, x1):
+        m = np.zeros((6, 6), bool)
+        m[y0:y1, x0:x1] = True
+        return m
+
+    mine = np.stack([box(0, 2, 0, 2), box(0, 2, 0, 2), box(3, 6, 3, 6), box(0, 1, 5, 6)])
+    classes = np.array([0, 1, 0, 0])
+    theirs = np.stack([box(0, 2, 0, 2), box(0, 2, 0, 1), box(3, 6, 3, 5), box(3, 6, 3, 6)])
+    their_classes = np.array([0, 1, 0, 1])
+    their_scores = np.array([0.5, 0.8, 0.9, 1.0])
+    # 0: its twin of class 0 (IoU 1 × 0.5); 1: half of it in class 1 (IoU 0.5 × 0.8); 2: the class-0 box of
+    # 6 of its 9 cells (IoU 2/3 × 0.9), not the class-1 twin; 3: nothing of its class overlaps
+    assert np.allclose(agreement(mine, classes, theirs, their_classes, their_scores), [0.5, 0.4, 0.6, 0.0])
+    assert agreement(mine, classes, theirs[:0], their_classes[:0], their_scores[:0]).tolist() == [0.0] * 4
+    assert InstanceSettings().student_agreement == 16  # chosen on dev (docs/accuracy.md)
+    with pytest.raises(ValueError, match="student_agreement must be in"):
+        InstanceSettings(student_agreement=-1)
+
+
+def test_the_pipeline_ranks_its_instances_by_its_students_agreement(student, classifier, tiny_voc):
+    """Where the model has a student, each instance's confidence × (1 + 16 × its best IoU ×
+    score with the student's instances of its class), ranked again; checked against the
+    pipeline without it and the student alone, pixel by pixel."""
+    from icn_rt.data.images import read_image
+    from icn_rt.data.proposals import load_proposals, proposal_path
+    from icn_rt.runtime.infer import PredictorSpec
+    from icn_rt.runtime.predictor import Predictor
+    from icn_rt.runtime.student import StudentPredictor
+
+    agreeing, plain = Predictor.from_dir(student[0]), Predictor.from_dir(student[0], agreement=False)
+    alone = StudentPredictor.from_dir(student[0])
+    assert agreeing.student is not None and plain.student is None
+    assert Predictor.from_dir(classifier).student is None  # no student, nothing to agree with
+    assert PredictorSpec(str(student[0]), agreement=False).build().student is None  # how the labeller is made
+    agreed = 0
+    for path in sorted((tiny_voc / "JPEGImages").glob("val_*.jpg"))[:6]:
+        image = read_image(path)
+        props = [load_proposals(proposal_path(tiny_voc / "Proposals", path.stem), image.shape[:2])]
+        (a,), (s,), (b,) = plain.predict([image], props), alone.predict([image], props), agreeing.predict([image], props)
+        expected = []
+        for inst in a.instances:
+            best = max([(inst.mask & t.mask).sum() / (inst.mask | t.mask).sum() * t.score
+                        for t in s.instances if t.class_id == inst.class_id] + [0.0])
+            expected.append((inst.class_id, inst.proposal, inst.score * (1 + 16 * best)))
+            agreed += best > 0
+        expected.sort(key=lambda e: -e[2])
+        assert [(i.class_id, i.proposal) for i in b.instances] == [e[:2] for e in expected]
+        assert np.allclose([i.score for i in b.instances], [e[2] for e in expected])
+    assert agreed > 0  # the case has instances the student agrees with
+    mine, theirs = agreeing.fingerprint(None)["settings"], plain.fingerprint(None)["settings"]
+    assert mine["instances"]["student_agreement"] == 16 and theirs["instances"]["student_agreement"] == 0
+    assert mine["student"]["weights"] == alone.fingerprint()["weights"] and "student" not in theirs

@@ -55,8 +55,9 @@ class InferSettings:
 @dataclass(frozen=True)
 class PredictorSpec:
     """How to make a job's predictor, so that a process other than this one (a Ray actor)
-    can make its own: the model directory, the student or the pipeline, and the backend
-    options of ``icn-rt infer``."""
+    can make its own: the model directory, the student or the pipeline (``agreement``: ranked
+    with its student's agreement, :meth:`Predictor.from_dir`), and the backend options of
+    ``icn-rt infer``."""
 
     model_dir: str
     student: bool = False
@@ -66,6 +67,7 @@ class PredictorSpec:
     cuda_graph: bool = False
     ort_optimization: str = "all"
     ort_save_optimized: bool = False
+    agreement: bool = True
 
     def build(self, device: str | None = None) -> Staging:
         """The predictor, on ``device`` (default: the spec's)."""
@@ -77,7 +79,7 @@ class PredictorSpec:
                                              self.ort_save_optimized)
         return Predictor.from_dir(self.model_dir, device, backend=self.backend, cuda_graph=self.cuda_graph,
                                   icn_steps=self.icn_steps, ort_optimization=self.ort_optimization,
-                                  ort_save_optimized=self.ort_save_optimized)
+                                  ort_save_optimized=self.ort_save_optimized, agreement=self.agreement)
 
 
 def infer(predictor: Staging, images: list[Path], out: Path,

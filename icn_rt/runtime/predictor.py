@@ -5,19 +5,20 @@ on an engine backend.
 
 images -> preprocess -> recorded forward -> peaks -> PRMs (one batched backward) ->
 ICN enhancement (T steps, when the model has an ICN and ``icn.steps`` > 0) -> best
-proposal per peak -> mask NMS -> instances.
+proposal per peak -> mask NMS -> instances (-> ranked again by their agreement with the
+model's student, where it has one and ``instances.student_agreement`` > 0).
 
-Confidence and NMS: :mod:`icn_rt.matching.instances`; a suppressed instance's PRM is
-added into the one that suppressed it, as in PRM.
+Confidence, NMS and the student's agreement: :mod:`icn_rt.matching.instances`; a
+suppressed instance's PRM is added into the one that suppressed it, as in PRM.
 """
 
 from __future__ import annotations
 
 import json
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -26,9 +27,10 @@ from icn_rt import kernels
 from icn_rt.data.preprocess import preprocess_batch
 from icn_rt.data.proposals import Proposals
 from icn_rt.matching import confidence, match, suppress
+from icn_rt.matching.instances import agreement
 from icn_rt.models.peaks import Peaks
 from icn_rt.models.prm import NaiveMaps
-from icn_rt.models.store import Model, load_model, weights_digest
+from icn_rt.models.store import STUDENT_WEIGHTS, Model, load_model, weights_digest
 from icn_rt.runtime.engines import (
     TORCH_PRECISIONS,
     GraphEngines,
@@ -38,6 +40,9 @@ from icn_rt.runtime.engines import (
 from icn_rt.runtime.engines.graphs import CUDA_GRAPH_BACKENDS, torch_autocast
 from icn_rt.runtime.engines.onnxruntime import ORT_OPTIMIZATION
 from icn_rt.runtime.timing import StageTimes
+
+if TYPE_CHECKING:
+    from icn_rt.runtime.student import StudentPredictor
 
 
 @dataclass
@@ -229,12 +234,15 @@ class GraphRunner:
 class Predictor(Staging):
     """Runs ``model`` on ``device``, its networks on a :class:`Runner`: the exported
     ``graphs`` on an engine backend (:meth:`from_dir` opens them), else eager PyTorch at
-    ``precision`` (:class:`EagerRunner`)."""
+    ``precision`` (:class:`EagerRunner`). ``student``: the model's student, whose instances
+    rank the pipeline's (``instances.student_agreement``; :func:`agreeing_student`); None:
+    ranked without."""
 
     def __init__(self, model: Model, device: str | torch.device = "cpu", graphs: GraphEngines | None = None,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", student: StudentPredictor | None = None) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device)
+        self.student = student
         self.kernels = kernels.ops(self.device)
         self.runner: Runner = (GraphRunner(self.model, graphs) if graphs is not None
                                else EagerRunner(self.model, self.device, precision))
@@ -266,10 +274,12 @@ class Predictor(Staging):
     @classmethod
     def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu", backend: str = "torch",
                  cuda_graph: bool = False, ort_optimization: str = "all", ort_save_optimized: bool = False,
-                 **overrides) -> Predictor:
+                 agreement: bool = True, **overrides) -> Predictor:
         """Load a model directory (:func:`~icn_rt.models.store.load_model`); its config gives
         every setting unless ``overrides`` (``peaks=``, ``prm=``, ``matching=``,
-        ``instances=``, ``icn_steps=``) replace a section or T. ``backend``: ``torch``
+        ``instances=``, ``icn_steps=``) replace a section or T; its student, where it has one,
+        ranks the instances (:func:`agreeing_student`; ``agreement`` False: not, whatever the
+        config says, as when the pipeline labels its student's data). ``backend``: ``torch``
         (eager), ``onnxruntime`` or ``tensorrt`` (the exported graphs: ``icn-rt export``,
         ``icn-rt build-engine``) or ``auto`` (:func:`~icn_rt.runtime.engines.pick_backend`);
         a graph backend may name a precision, ``onnxruntime:int8`` (``icn-rt export
@@ -289,6 +299,8 @@ class Predictor(Staging):
         else:
             predictor.runner = GraphRunner(predictor.model, GraphEngines(
                 predictor.model, backend, predictor.device, precision, cuda_graph, ort_optimization, ort_save_optimized))
+        if agreement:
+            predictor.student = agreeing_student(predictor.model, predictor.device)
         return predictor
 
     def fingerprint(self, proposals: Path | None) -> dict:
@@ -296,6 +308,11 @@ class Predictor(Staging):
         settings = {"classes": list(model.classes), "peaks": asdict(model.peaks), "prm": asdict(model.prm),
                     "matching": asdict(model.matching), "instances": asdict(model.instances),
                     "icn": asdict(model.icn_settings) if model.enhances else None}
+        if self.student is not None:
+            student = self.student.fingerprint()
+            settings["student"] = {"weights": student["weights"], **student["settings"]}
+        else:  # no student: its agreement is off, whatever the setting
+            settings["instances"]["student_agreement"] = 0.0
         return {"weights": weights_digest(model.classifier, model.icn), "settings": json.loads(json.dumps(settings)),
                 "proposals": str(proposals.resolve()) if proposals is not None else "selective search"}
 
@@ -339,11 +356,33 @@ class Predictor(Staging):
                   enhanced: torch.Tensor | None, keep_maps: bool = True,
                   timer: StageTimes | None = None) -> list[Prediction]:
         """:meth:`predict` from the batch's maps already made (:meth:`naive_maps`,
-        :meth:`enhance`): matching, confidence and NMS per image."""
+        :meth:`enhance`): matching, confidence and NMS per image, then the student's agreement."""
         peaks = self._where_matched(naive, enhanced, keep_maps)
         scores = naive.scores.cpu().numpy()
-        return [Prediction(self._instances(b, image, props, peaks, timer), scores[b])
-                for b, (image, props) in enumerate(zip(images, proposals))]
+        found = [Prediction(self._instances(b, image, props, peaks, timer), scores[b])
+                 for b, (image, props) in enumerate(zip(images, proposals))]
+        if self.student is None:
+            return found
+        with _stage(timer, "student"):
+            theirs = self.student.predict(images, proposals if self.student.needs_proposals else None)
+        return [self._agreed(p, s) for p, s in zip(found, theirs)]
+
+    def _agreed(self, prediction: Prediction, student: Prediction) -> Prediction:
+        """``prediction``'s instances, each confidence × (1 + λ × its agreement with the
+        student's instances), ranked again (ties: the order they had)."""
+        mine, theirs = prediction.instances, student.instances
+        if not mine:
+            return prediction
+
+        def stack(instances):
+            return np.stack([i.mask for i in instances]) if instances else np.zeros((0, *mine[0].mask.shape), bool)
+
+        agree = agreement(stack(mine), np.array([i.class_id for i in mine]), stack(theirs),
+                          np.array([i.class_id for i in theirs], np.int64), np.array([i.score for i in theirs]))
+        weight = self.model.instances.student_agreement
+        scored = [replace(i, score=i.score * (1.0 + weight * float(a))) for i, a in zip(mine, agree)]
+        order = np.argsort([-i.score for i in scored], kind="stable")
+        return Prediction([scored[k] for k in order], prediction.class_scores)
 
     def _where_matched(self, naive: NaiveMaps, enhanced: torch.Tensor | None, keep_maps: bool) -> _Peaks:
         """The batch's peaks and maps where matching and the instances read them: the CUDA
@@ -392,3 +431,16 @@ class Predictor(Staging):
 
 def _stage(timer: StageTimes | None, name: str) -> AbstractContextManager:
     return timer(name) if timer is not None else nullcontext()
+
+
+def agreeing_student(model: Model, device: str | torch.device = "cpu") -> StudentPredictor | None:
+    """The student of ``model``'s directory on ``device`` (eager PyTorch) where the directory
+    has one and ``model.instances.student_agreement`` > 0; else None."""
+    directory = model.directory
+    if model.instances.student_agreement <= 0 or directory is None:
+        return None
+    if not (Path(directory) / STUDENT_WEIGHTS).is_file():
+        return None
+    from icn_rt.runtime.student import StudentPredictor
+
+    return StudentPredictor.from_dir(directory, device)

@@ -59,12 +59,13 @@ def label_split(root: str | Path, model_dir: str | Path, split: str, proposals_d
                 teacher_student: str | Path | None = None, ray: RaySettings | None = None) -> tuple[Path, InferSummary]:
     """The pipeline's results on ``split`` (or, with ``teacher_student``, that model
     directory's student's) in ``MODEL/student-labels/<split>.json`` (the infer job, resumed
-    where an earlier run stopped; on a Ray cluster with ``ray``)."""
+    where an earlier run stopped; on a Ray cluster with ``ray``). The pipeline ranks without
+    a student's agreement: a student already in the directory is the one being replaced."""
     root, model_dir = Path(root), Path(model_dir)
     ds = open_dataset(root, split, load_images=False)
     out = model_dir / LABELS / f"{split}.json"
     spec = PredictorSpec(str(teacher_student if teacher_student is not None else model_dir),
-                         student=teacher_student is not None, device=device)
+                         student=teacher_student is not None, device=device, agreement=False)
     settings = InferSettings(proposals=proposals_dir, batch_size=batch_size, workers=workers, resume=True,
                              progress=progress)
     images = [ds.image_path(i) for i in ds.ids]
