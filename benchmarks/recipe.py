@@ -6,12 +6,13 @@ paired difference to the reference row per training, and the classes with AP 0.
 
 Rows: the paper as written (its own ICN: the paper's labels, no self-feeding, one peak
 threshold, T 3; on the first ``--paper-seeds`` trainings) and the same at T 1 (the
-suspect that ranks it above the naive PRM), the naive PRM, the default pipeline (the
-classifier alone: naive PRM + objectness re-ranking, the reference), the default with the
-recipe's ICN (re-ranked top-1 labels, T 1; on the first ``--icn-seeds`` trainings), the
-student of the default, the same with its masks snapped to superpixels and to the
-image's proposals (the one it overlaps most), and with ``--student-rounds 2`` a second
-student taught by the first (self-training). Each step is marked done once its commands
+suspect that ranks it above the naive PRM), the naive PRM, the classifier's pipeline
+ranked without its student (naive PRM + objectness re-ranking, the reference), the same with
+the recipe's ICN (re-ranked top-1 labels, T 1; on the first ``--icn-seeds`` trainings), the
+student of the pipeline, the same with its masks snapped to superpixels and to the image's
+proposals (the one it overlaps most), the default pipeline (the reference's instances ranked
+by their agreement with that student: ``instances.student_agreement``), and with
+``--student-rounds 2`` a second student taught by the first (self-training). Each step is marked done once its commands
 have succeeded, so a killed run continues where it stopped (a training from its
 checkpoint)::
 
@@ -41,7 +42,8 @@ from machine import machine_info
 REGIMES = {"part-only": ["--body-evidence", "0"],
            "voc-like": ["--body-evidence", "0.75"],
            "photo": ["--body-evidence", "0.75", "--background", "photo"]}
-REFERENCE = "default: naive PRM + re-ranking"
+REFERENCE = "naive PRM + re-ranking"  # the pipeline without its student's agreement (before: its default)
+DEFAULT = "default: + the student's agreement"  # the reference ranked by its student (instances.student_agreement)
 REFINED = "student, masks snapped to superpixels"  # student.refine: superpixels (docs/student.md)
 ON_PROPOSALS = "student, masks snapped to proposals"  # student.refine: proposals (needs the image's proposals)
 ROUND2 = "student, self-trained round 2 (snapped)"  # a student taught by the round-1 student (its snapped masks)
@@ -100,12 +102,13 @@ def plan(work: Path, seed: int, a: argparse.Namespace) -> list[tuple[str, Path, 
     if with_paper:
         rows += [f"the paper as written={paper}:T=3,score=auto,rerank=0,confidence=peak_quality",
                  f"{PAPER_T1}={paper}:T=1,score=auto,rerank=0,confidence=peak_quality"]
-    rows += [f"naive PRM={default}:score=auto,rerank=0,confidence=peak_quality", f"{REFERENCE}={default}"]
+    rows += [f"naive PRM={default}:score=auto,rerank=0,confidence=peak_quality,agree=0",
+             f"{REFERENCE}={default}:agree=0"]
     if with_icn:
-        rows.append(f"{WITH_ICN}={icn_model}")
+        rows.append(f"{WITH_ICN}={icn_model}:agree=0")
     if a.student_epochs:
         rows += [f"student={default}:student=1,refine=none", f"{REFINED}={default}:student=1,refine=superpixels",
-                 f"{ON_PROPOSALS}={default}:student=1,refine=proposals"]
+                 f"{ON_PROPOSALS}={default}:student=1,refine=proposals", f"{DEFAULT}={default}"]
         if a.student_rounds == 2:
             rows.append(f"{ROUND2}={round2}:student=1,refine=superpixels")
     report = report_path(work, seed, a)

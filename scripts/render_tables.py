@@ -343,10 +343,13 @@ def recipe_regimes() -> str:
     """The recipe's rows in every regime measured, side by side: mean ± sd over the
     trainings at IoU 0.5 and 0.75 (the per-training detail is in docs/accuracy.md)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from recipe import spread
+    from recipe import DEFAULT, REFERENCE, spread
 
     names = {"part-only": "recipe_part_only.json", "VOC-like": "recipe_voc_like.json", "photo": "recipe_photo.json"}
     docs = {k: _json(v) for k, v in names.items() if (RESULTS / v).exists()}
+    for doc in docs.values():  # the reference's earlier name, from before the student's agreement: the same settings
+        doc["rows"] = {REFERENCE if n == "default: naive PRM + re-ranking" else n: r for n, r in doc["rows"].items()}
+    before = [k for k, doc in docs.items() if DEFAULT not in doc["rows"]]
     rows = list(dict.fromkeys(name for doc in docs.values() for name in doc["rows"]))
     lines = ["| row | " + " | ".join(f"{k} mAP^r@0.5 | {k} @0.75" for k in docs) + " |",
              "|---|" + "---|---|" * len(docs)]
@@ -356,9 +359,11 @@ def recipe_regimes() -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     sets = "; ".join(f"{k}: seeds {', '.join(map(str, d['seeds']))}, {d['set']}"
                      + (f", {d['classifier']}" if "classifier" in d else "") for k, d in docs.items())
-    lines += ["", f"val; mean ± sd over the trainings from scratch (n: how many); {sets}; the students measured "
-                  "before their mask NMS (`student.mask_nms`, docs/student.md); `benchmarks/results/"
-                  + "`, `".join(names[k] for k in docs) + "`."]
+    earlier = (f"; {' and '.join(before)}: measured before the student's agreement (`instances.student_agreement`, "
+               "docs/accuracy.md) and its mask NMS (`student.mask_nms`, docs/student.md), the trainings no longer "
+               "on disk") if before else ""
+    lines += ["", f"val; mean ± sd over the trainings from scratch (n: how many); {sets}{earlier}; "
+                  "`benchmarks/results/" + "`, `".join(names[k] for k in docs) + "`."]
     return "\n".join(lines)
 
 
@@ -516,6 +521,12 @@ RENDERERS = {"accuracy": lambda: rows("accuracy_part_only.json"), "student": stu
              "student-mask-nms-none": lambda: per_training("student_mask_nms_none", "Mask NMS of the pasted masks"),
              "student-oracle-photo": student_oracle,
              "student-mask-nms-val": lambda: per_training("student_mask_nms", "Checked on val", split="val"),
+             "student-agreement": lambda: per_training("student_agreement", "The pipeline ranked by its student's "
+                                                       "agreement"),
+             "student-agreement-75": lambda: per_training("student_agreement", "The same at IoU 0.75", "mAP@0.75"),
+             "student-agreement-val": lambda: per_training("student_agreement", "Checked on val", split="val"),
+             "student-agreement-val-75": lambda: per_training("student_agreement", "The same at IoU 0.75",
+                                                              "mAP@0.75", split="val"),
              "teacher-settings": lambda: per_training("teacher_settings", "The teacher's settings around the "
                                                       "default"),
              "mask-fit-photo": lambda: mask_fit("mask_fit_photo_41_dev.json"),
