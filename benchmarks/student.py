@@ -5,7 +5,7 @@ Steps (each skipped when its output is already in ``--work``):
 
 1. round 1: a copy of ``--teacher`` (a pipeline model directory) gets a student,
    ``icn-rt train student`` (the pipeline labels train and dev, the threshold is chosen on
-   dev, the student trains);
+   dev, the student trains, its mask refinement is chosen on dev: ``--refine auto``);
 2. round 2 (self-training): the round-1 student labels train and dev, the threshold is
    chosen again on dev, and a second student learns from scratch on its labels;
 3. accuracy on ``--split`` (val: reporting only) with ``benchmarks/accuracy.py``'s rows,
@@ -73,9 +73,10 @@ def _student(args, model: Path, teacher_student: Path | None) -> None:
     """The student of ``model``, trained or continued to ``args.epochs`` (a finished one is
     left as it is: the labelling jobs and the training resume)."""
     settings = StudentTrainSettings(epochs=args.epochs, seed=args.seed, batch_size=args.batch_size, lr=args.lr)
-    student = StudentSettings(head=args.head, input_size=input_size_for(args.root, settings.split))
+    student = StudentSettings(head=args.head, input_size=input_size_for(args.root, settings.split),
+                              refine="superpixels")
     teach_and_train(args.root, model, settings, student, resume=True, log=lambda m: print(m, file=sys.stderr),
-                    progress=not args.quiet, teacher_student=teacher_student)
+                    progress=not args.quiet, teacher_student=teacher_student, refine_on_dev=True)
 
 
 def _photos(root: Path, split: str, count: int, dst: Path) -> list[Path]:

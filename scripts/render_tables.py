@@ -49,12 +49,23 @@ def student() -> str:
     lines += ["", "| on 500×375 photos, 2 CPU cores | images/s | × pipeline, proposals on the fly |", "|---|---|---|"]
     for name, c in speed.items():
         lines.append(f"| {name} | {c['images_per_second']:.1f} | {c['x_pipeline_on_the_fly']:.1f} |")
-    ranked = {r["resolved"].get("confidence") for r in rows if r["settings"].get("student")}
-    lines += ["", f"Part-only regime, {doc['accuracy'].get('images', 500)} val images, 95% bootstrap intervals; the "
-                  "teacher is the demo model as built before the recipe (with its ICN at T 1); "
-                  + (f"the students ranked by their {ranked.pop()} alone; " if len(ranked) == 1 else "")
-              + "`benchmarks/results/student_part_only.json`."]
+    lines += ["", f"Part-only regime, {doc['accuracy'].get('images', 500)} val images, 95% bootstrap intervals; "
+                  + _student_setup(doc) + "; `benchmarks/results/student_part_only.json`."]
     return "\n".join(lines)
+
+
+def _student_setup(doc: dict) -> str:
+    """Who taught ``benchmarks/student.py``'s students and how they ranked and refined, from
+    its report."""
+    rows = doc["accuracy"]["rows"]
+    agrees = "student agreement" in rows[0]["resolved"]["confidence"]
+    taught = f"the teacher is the demo model's pipeline, ranked {'by' if agrees else 'without'} its student's agreement"
+    ranked = {r["resolved"]["confidence"] for r in rows if r["settings"].get("student")}
+    students = doc.get("students", {}).values()
+    refines = {s.get("refine", "none") for s in students}
+    refined = f", masks snapped to {refines.pop()} (chosen on dev)" if len(refines) == 1 and "none" not in refines else ""
+    pruned = ", mask NMS" if students and all(s.get("mask_nms") for s in students) else ""
+    return taught + (f"; the students ranked by {ranked.pop()}" if len(ranked) == 1 else "") + refined + pruned
 
 
 def student_detail() -> str:
@@ -104,8 +115,12 @@ def speed() -> str:
         lines.append(f"| {name} | {backend} | {r['batch_size']} | {r['images_per_s']:.1f} | "
                      f"{r['speedup_vs_baseline']:.1f} |")
     size = doc["image_sizes"][0]
+    agrees = any("student" in r.get("stage_shares", {}) for r in doc["rows"])
     lines += ["", f"{doc['images']} images of {size[0]}×{size[1]}, proposals read from disk, "
-                  f"{doc['machine'].get('cpu_count', 2)} CPU cores; `benchmarks/results/bench_cpu.json`."]
+                  f"{doc['machine'].get('cpu_count', 2)} CPU cores; the model "
+                  + ("ranked by its student's agreement (the student's time included)" if agrees else
+                     "without a student (so without its agreement's stage)")
+                  + "; `benchmarks/results/bench_cpu.json`."]
     return "\n".join(lines)
 
 
