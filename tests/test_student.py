@@ -977,7 +977,8 @@ def test_choose_refine_runs_each_mode_and_writes_the_best_into_the_config(studen
 
 
 def test_agreement_is_the_best_iou_times_score_among_the_students_instances_of_the_class():
-    from icn_rt.matching.instances import InstanceSettings, agreement
+    from icn_rt.matching.instances import InstanceSettings
+    from icn_rt.runtime.predictor import agreement
 
     def box(y0, y1, x0, x1):
         m = np.zeros((6, 6), bool)

@@ -19,10 +19,10 @@ the one that suppressed it, as PRM does.
 Student agreement (``InstanceSettings.student_agreement``, λ; our addition): where the model
 directory has a student (``icn-rt train student``), each instance's confidence is then
 multiplied by 1 + λ × its agreement, the highest of IoU × score over the student's instances
-of its class on the same image (:func:`agreement`), and the instances are ranked again. The
-student learnt from the pipeline's labels on many images; where both find the same mask,
-the mask is rarely a fragment or a leak. λ 16 (the default) was chosen on the dev splits of
-five trainings in three regimes (docs/accuracy.md); 0: off.
+of its class on the same image (:func:`~icn_rt.runtime.predictor.agreement`), and the
+instances are ranked again. The student learnt from the pipeline's labels on many images;
+where both find the same mask, the mask is more often right. λ 16 (the default) was chosen
+on the dev splits of five trainings in three regimes (docs/accuracy.md); 0: off.
 """
 
 from __future__ import annotations
@@ -65,19 +65,3 @@ def suppress(masks: np.ndarray, confidence: np.ndarray, threshold: float,
     keep, owner = kernels.nms(kernels.pack(kernels.to(masks)), kernels.to(order), threshold)
     return kernels.host(keep), kernels.host(owner)
 
-
-def agreement(masks: np.ndarray, classes: np.ndarray, student_masks: np.ndarray, student_classes: np.ndarray,
-              student_scores: np.ndarray) -> np.ndarray:
-    """Each instance's agreement with the student: for ``masks: bool [N, H, W]`` of
-    ``classes: int [N]``, the highest IoU × score over the student's instances of the same
-    class (``student_masks: bool [M, H, W]``, ``student_classes: int [M]``,
-    ``student_scores: float [M]``); 0 where it has none -> ``float64 [N]``."""
-    if len(masks) == 0 or len(student_masks) == 0:
-        return np.zeros(len(masks))
-    a = masks.reshape(len(masks), -1).astype(np.float32)
-    b = student_masks.reshape(len(student_masks), -1).astype(np.float32)
-    inter = (a @ b.T).astype(np.float64)
-    union = a.sum(1, dtype=np.float64)[:, None] + b.sum(1, dtype=np.float64)[None] - inter
-    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    same = np.asarray(classes)[:, None] == np.asarray(student_classes)[None]
-    return np.where(same, iou * np.asarray(student_scores, np.float64)[None], 0.0).max(1)

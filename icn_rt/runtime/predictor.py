@@ -26,8 +26,8 @@ import torch
 from icn_rt import kernels
 from icn_rt.data.preprocess import preprocess_batch
 from icn_rt.data.proposals import Proposals
+from icn_rt.eval.diagnosis import same_class_iou
 from icn_rt.matching import confidence, match, suppress
-from icn_rt.matching.instances import agreement
 from icn_rt.models.peaks import Peaks
 from icn_rt.models.prm import NaiveMaps
 from icn_rt.models.store import STUDENT_WEIGHTS, Model, load_model, weights_digest
@@ -444,3 +444,15 @@ def agreeing_student(model: Model, device: str | torch.device = "cpu") -> Studen
     from icn_rt.runtime.student import StudentPredictor
 
     return StudentPredictor.from_dir(directory, device)
+
+
+def agreement(masks: np.ndarray, classes: np.ndarray, student_masks: np.ndarray, student_classes: np.ndarray,
+              student_scores: np.ndarray) -> np.ndarray:
+    """Each instance's agreement with the student: for ``masks: bool [N, H, W]`` of
+    ``classes: int [N]``, the highest IoU × score over the student's instances of the same
+    class (``student_masks: bool [M, H, W]``, ``student_classes: int [M]``,
+    ``student_scores: float [M]``); 0 where it has none -> ``float64 [N]``."""
+    if len(masks) == 0 or len(student_masks) == 0:
+        return np.zeros(len(masks))
+    iou = same_class_iou(masks, classes, student_masks, student_classes)
+    return (iou * np.asarray(student_scores, np.float64)[None]).max(1)
