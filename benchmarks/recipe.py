@@ -12,9 +12,9 @@ the recipe's ICN (re-ranked top-1 labels, T 1; on the first ``--icn-seeds`` trai
 student of the pipeline, the same with its masks snapped to superpixels and to the image's
 proposals (the one it overlaps most), the default pipeline (the reference's instances ranked
 by their agreement with that student: ``instances.student_agreement``), and with
-``--student-rounds 2`` a second student taught by the first (self-training). Each step is marked done once its commands
-have succeeded, so a killed run continues where it stopped (a training from its
-checkpoint)::
+``--student-rounds 2`` a second student taught by the first (self-training). Each step is
+marked done once its commands have succeeded, so a killed run continues where it stopped
+(a training from its checkpoint)::
 
     python benchmarks/recipe.py /tmp/recipe --regime part-only --seed 21 --seed 22 --seed 23 \\
         --out benchmarks/results/recipe_part_only.json
