@@ -8,11 +8,14 @@ row of every table, beside our readings. A row is ``NAME=MODEL[:key=value,...]``
 keys ``T`` (ICN steps), ``score`` (matching score), ``binarize``, ``confidence``,
 ``nms``, ``rerank``, ``agree`` (the weight of the student's agreement in the confidence,
 ``instances.student_agreement``; 0: off; it applies where the model has a student),
+``lead`` (``student``: the student's instances ranked by the pipeline's, ``instances.lead``),
+``teacher_agree`` (their weight, ``instances.teacher_agreement``),
 ``backend`` (where the networks run: ``onnxruntime``,
 ``onnxruntime:int8``, ...: the model's exported graphs, whose T is the export's) and
 ``student`` (1: the model's student, ``icn-rt train student``, on ``torch`` or
 ``onnxruntime``; ``refine``, ``refine_scale``, ``proposal_iou``: its masks snapped to
-superpixels or proposals; ``contrast_power``, ``consensus_power``: its confidence); each row
+superpixels or proposals; ``contrast_power``, ``consensus_power``: its confidence; on a
+pipeline's row these set the student that runs beside it); each row
 also records its images/s through the ``infer`` job; e.g.::
 
     python benchmarks/accuracy.py synth --split dev \\
@@ -48,6 +51,7 @@ from icn_rt.runtime.predictor import Predictor, agreeing_student
 from icn_rt.runtime.student import StudentPredictor
 
 KEYS = {"T": int, "score": str, "binarize": float, "confidence": str, "nms": float, "rerank": int, "agree": float,
+        "lead": str, "teacher_agree": float,
         "backend": str, "student": int, "refine": str, "refine_scale": float, "proposal_iou": float,
         "contrast_power": float, "consensus_power": float, "mask_nms": float}
 
@@ -72,9 +76,9 @@ def parse_settings(options: str, what: str = "settings") -> dict:
 
 def predictor_for(model: Path, settings: dict) -> Predictor | StudentPredictor:
     """The model with a row's settings over its config's (or its student)."""
+    keys = ("refine", "refine_scale", "proposal_iou", "contrast_power", "consensus_power", "mask_nms")
     if settings.get("student"):
         student = StudentPredictor.from_dir(model, backend=settings.get("backend", "torch"))
-        keys = ("refine", "refine_scale", "proposal_iou", "contrast_power", "consensus_power", "mask_nms")
         student.settings = replace(student.settings, **{k: settings[k] for k in keys if k in settings})
         return student
     m = Predictor.from_dir(model, agreement=False).model
@@ -91,8 +95,14 @@ def predictor_for(model: Path, settings: dict) -> Predictor | StudentPredictor:
         instances = replace(instances, nms_iou=settings["nms"])
     if "agree" in settings:
         instances = replace(instances, student_agreement=settings["agree"])
+    if "lead" in settings:
+        instances = replace(instances, lead=settings["lead"])
+    if "teacher_agree" in settings:
+        instances = replace(instances, teacher_agreement=settings["teacher_agree"])
     m = m.replace(icn_steps=settings.get("T"), matching=matching, instances=instances)
     student = agreeing_student(m)
+    if student is not None:
+        student.settings = replace(student.settings, **{k: settings[k] for k in keys if k in settings})
     if settings.get("backend", "torch") == "torch":
         return Predictor(m, student=student)
     backend, precision = split_backend(settings["backend"])
@@ -133,6 +143,14 @@ def _resolved(predictor: Predictor | StudentPredictor) -> dict:
                 + (f" × consensus^{s.consensus_power:g}" if s.refine == "proposals" and s.consensus_power else ""),
                 "nms_iou": s.nms_iou}
     m = predictor.model
+    if predictor.student is not None and m.instances.lead == "student":
+        s = predictor.student.settings
+        return {"icn_steps": m.icn_settings.steps if m.enhances else 0,
+                "matching": f"student ({s.backbone}, {s.input_size}², {s.refine}), led",
+                "binarize": s.mask_threshold, "nms_iou": s.nms_iou,
+                "confidence": f"detection score × contrast^{s.contrast_power:g}"
+                              + (f" × consensus^{s.consensus_power:g}" if s.consensus_power else "")
+                              + f" × (1 + {m.instances.teacher_agreement:g} × pipeline agreement)"}
     agrees = f" × (1 + {m.instances.student_agreement:g} × student agreement)" if predictor.student is not None else ""
     return {"icn_steps": m.icn_settings.steps if m.enhances else 0, "matching": m.matching.resolved(m.enhances).score,
             "binarize": m.matching.binarize, "confidence": m.instances.confidence + agrees,

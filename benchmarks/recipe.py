@@ -7,12 +7,14 @@ paired difference to the reference row per training, and the classes with AP 0.
 Rows: the paper as written (its own ICN: the paper's labels, no self-feeding, one peak
 threshold, T 3; on the first ``--paper-seeds`` trainings) and the same at T 1 (the
 suspect that ranks it above the naive PRM), the naive PRM, the classifier's pipeline
-ranked without its student (naive PRM + objectness re-ranking, the reference), the same with
-the recipe's ICN (re-ranked top-1 labels, T 1; on the first ``--icn-seeds`` trainings), the
-student of the pipeline, the same with its masks snapped to superpixels and to the image's
-proposals (the one it overlaps most), the default pipeline (the reference's instances ranked
-by their agreement with that student: ``instances.student_agreement``), and with
-``--student-rounds 2`` a second student taught by the first (self-training). Each step is
+leading and ranked without its student (naive PRM + objectness re-ranking, the reference),
+the same with the recipe's ICN (re-ranked top-1 labels, T 1; on the first ``--icn-seeds``
+trainings), the student of the pipeline, the same with its masks snapped to superpixels and
+to the image's proposals (the one it overlaps most), the reference's instances ranked by
+their agreement with that student (``instances.student_agreement``, the pipeline leading),
+the default pipeline (the student leading, its masks snapped to the proposals, ranked by
+the pipeline's agreement: ``instances.lead``), and with ``--student-rounds 2`` a second
+student taught by the first (self-training). Each step is
 marked done once its commands have succeeded, so a killed run continues where it stopped
 (a training from its checkpoint)::
 
@@ -42,8 +44,9 @@ from machine import machine_info
 REGIMES = {"part-only": ["--body-evidence", "0"],
            "voc-like": ["--body-evidence", "0.75"],
            "photo": ["--body-evidence", "0.75", "--background", "photo"]}
-REFERENCE = "naive PRM + re-ranking"  # the pipeline without its student's agreement (before: its default)
-DEFAULT = "default: + the student's agreement"  # the reference ranked by its student (instances.student_agreement)
+REFERENCE = "naive PRM + re-ranking"  # the pipeline leading, without its student's agreement (before: its default)
+RANKED = "naive PRM + re-ranking, ranked by its student"  # instances.student_agreement, the pipeline leading
+DEFAULT = "default: the student, ranked by the pipeline"  # instances.lead: student (docs/accuracy.md, "Who leads")
 REFINED = "student, masks snapped to superpixels"  # student.refine: superpixels (docs/student.md)
 ON_PROPOSALS = "student, masks snapped to proposals"  # student.refine: proposals (needs the image's proposals)
 ROUND2 = "student, self-trained round 2 (snapped)"  # a student taught by the round-1 student (its snapped masks)
@@ -102,13 +105,14 @@ def plan(work: Path, seed: int, a: argparse.Namespace) -> list[tuple[str, Path, 
     if with_paper:
         rows += [f"the paper as written={paper}:T=3,score=auto,rerank=0,confidence=peak_quality",
                  f"{PAPER_T1}={paper}:T=1,score=auto,rerank=0,confidence=peak_quality"]
-    rows += [f"naive PRM={default}:score=auto,rerank=0,confidence=peak_quality,agree=0",
-             f"{REFERENCE}={default}:agree=0"]
+    rows += [f"naive PRM={default}:score=auto,rerank=0,confidence=peak_quality,agree=0,lead=teacher",
+             f"{REFERENCE}={default}:agree=0,lead=teacher"]
     if with_icn:
-        rows.append(f"{WITH_ICN}={icn_model}:agree=0")
+        rows.append(f"{WITH_ICN}={icn_model}:agree=0,lead=teacher")
     if a.student_epochs:
         rows += [f"student={default}:student=1,refine=none", f"{REFINED}={default}:student=1,refine=superpixels",
-                 f"{ON_PROPOSALS}={default}:student=1,refine=proposals", f"{DEFAULT}={default}"]
+                 f"{ON_PROPOSALS}={default}:student=1,refine=proposals", f"{RANKED}={default}:lead=teacher",
+                 f"{DEFAULT}={default}"]
         if a.student_rounds == 2:
             rows.append(f"{ROUND2}={round2}:student=1,refine=superpixels")
     report = report_path(work, seed, a)

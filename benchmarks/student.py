@@ -157,8 +157,9 @@ def speed(args, teacher: Path, student: Path) -> dict:
         export_student(student)
     runs = {}
     contestants = [
-        ("pipeline, proposals made on the fly", lambda: Predictor.from_dir(teacher), None),
-        ("pipeline, proposals read from disk", lambda: Predictor.from_dir(teacher), photos / "Proposals"),
+        ("pipeline, proposals made on the fly", lambda: Predictor.from_dir(teacher, agreement=False), None),
+        ("pipeline, proposals read from disk", lambda: Predictor.from_dir(teacher, agreement=False),
+         photos / "Proposals"),
         ("student (torch)", lambda: StudentPredictor.from_dir(student), None),
         ("student (onnxruntime)", lambda: StudentPredictor.from_dir(student, backend="onnxruntime"), None),
         (f"student (torch), {FAST[0]} detections / {FAST[1]} regions", lambda: _fast(student), None),
@@ -255,8 +256,9 @@ def main() -> None:
     round1, round2 = args.work / "round1", args.work / "round2"
     _fresh_copy(args.teacher, round1)
     _student(args, round1, None)
-    rows = [f"teacher (the pipeline)={args.teacher}", f"the paper's inference settings (teacher's networks)="
-            f"{args.teacher}:{PAPER}", f"student={round1}:student=1"]
+    # the teacher as it labels: leading, unranked by any student (a student in its directory would lead it)
+    rows = [f"teacher (the pipeline)={args.teacher}:agree=0,lead=teacher", f"the paper's inference settings "
+            f"(teacher's networks)={args.teacher}:{PAPER},agree=0,lead=teacher", f"student={round1}:student=1"]
     labels = [{"round": 1, "labeller": "the pipeline", **_threshold(round1)}]
     last, who = round1, "student"
     if args.rounds == 2:

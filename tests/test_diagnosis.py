@@ -380,7 +380,7 @@ def _recipe_args(**overrides):
 
 def test_recipe_plans_the_readme_commands_per_seed(tmp_path):
     sys.path.insert(0, BENCHMARKS)
-    from recipe import DEFAULT, ON_PROPOSALS, PAPER_T1, REFERENCE, REFINED, ROUND2, WITH_ICN, plan
+    from recipe import DEFAULT, ON_PROPOSALS, PAPER_T1, RANKED, REFERENCE, REFINED, ROUND2, WITH_ICN, plan
 
     first = plan(tmp_path, 5, _recipe_args())
     assert [name for name, _, _ in first] == ["data", "proposals", "classifier", "default", "icn", "paper", "accuracy"]
@@ -405,8 +405,10 @@ def test_recipe_plans_the_readme_commands_per_seed(tmp_path):
             ("the paper as written", PAPER_T1, "naive PRM", REFERENCE, WITH_ICN, "student")]
     assert [r.split("=")[0] for r in rows] == ["the paper as written", PAPER_T1, "naive PRM", REFERENCE, WITH_ICN]
     assert rows[0].endswith(":T=3,score=auto,rerank=0,confidence=peak_quality") and ":T=1," in rows[1]
-    assert rows[2].endswith(",agree=0") and not any(x.startswith(DEFAULT) for x in accuracy)  # no student: no agreement
-    assert rows[3] == f"{REFERENCE}={models / 'default'}:agree=0" and rows[4] == f"{WITH_ICN}={models / 'icn'}:agree=0"
+    assert rows[2].endswith(",agree=0,lead=teacher")  # the pipeline's own instances, unranked by a student
+    assert not any(x.startswith((DEFAULT, RANKED)) for x in accuracy)  # no student: neither lead nor agreement
+    assert rows[3] == f"{REFERENCE}={models / 'default'}:agree=0,lead=teacher"
+    assert rows[4] == f"{WITH_ICN}={models / 'icn'}:agree=0,lead=teacher"
     second = plan(tmp_path, 6, _recipe_args(student_epochs=4, split="dev"))
     assert [name for name, _, _ in second] == ["data", "proposals", "classifier", "default", "student", "accuracy"]
     assert second[-1][1].name == "accuracy-6-dev-student" and accuracy[-1] == str(tmp_path / "accuracy-5-val-icn.json")
@@ -416,7 +418,9 @@ def test_recipe_plans_the_readme_commands_per_seed(tmp_path):
     assert f"student={tmp_path / 'models-6' / 'default'}:student=1,refine=none" in scored
     assert f"{REFINED}={tmp_path / 'models-6' / 'default'}:student=1,refine=superpixels" in scored
     assert f"{ON_PROPOSALS}={tmp_path / 'models-6' / 'default'}:student=1,refine=proposals" in scored
-    assert f"{DEFAULT}={tmp_path / 'models-6' / 'default'}" in scored  # ranked by its student: the config's way
+    assert f"{RANKED}={tmp_path / 'models-6' / 'default'}:lead=teacher" in scored
+    assert scored[scored.index("--row", scored.index(f"{RANKED}={tmp_path / 'models-6' / 'default'}:lead=teacher")) + 1
+                  ] == f"{DEFAULT}={tmp_path / 'models-6' / 'default'}"  # the student leading: the config's way
     assert not any(x.startswith(ROUND2) for x in scored)
     third = plan(tmp_path, 7, _recipe_args(student_epochs=4, student_rounds=2, icn_seeds=0))
     models = tmp_path / "models-7"

@@ -999,19 +999,103 @@ def test_agreement_is_the_best_iou_times_score_among_the_students_instances_of_t
         InstanceSettings(student_agreement=-1)
 
 
+def test_ranked_by_scales_each_confidence_by_its_agreement_and_ranks_again():
+    from icn_rt.matching.instances import InstanceSettings
+    from icn_rt.runtime.predictor import Instance, ranked_by
+
+    def inst(class_id, score, y0, y1, x0, x1):
+        m = np.zeros((6, 6), bool)
+        m[y0:y1, x0:x1] = True
+        return Instance(class_id, score, m, -1, (0.0, 0.0), 0.0, 0.0, None)
+
+    mine = [inst(0, 0.9, 3, 6, 3, 6), inst(0, 0.5, 0, 2, 0, 2), inst(1, 0.4, 0, 2, 0, 2)]
+    theirs = [inst(0, 200.0, 0, 2, 0, 2), inst(1, 300.0, 0, 2, 0, 1), inst(0, 100.0, 3, 6, 3, 5)]
+    # unweighted (their scores are of another scale): 0.9 × (1 + 2 × 6/9), 0.5 × (1 + 2 × 1), 0.4 × (1 + 2 × 0.5)
+    got = ranked_by(mine, theirs, 2.0, weighted=False)
+    assert [round(i.score, 6) for i in got] == [round(0.9 * (1 + 4 / 3), 6), 1.5, 0.8]
+    assert [i.mask.sum() for i in got] == [9, 4, 4] and [i.class_id for i in got] == [0, 0, 1]
+    assert [i.score for i in ranked_by(mine, theirs, 0.0)] == [0.9, 0.5, 0.4]  # weight 0: as they were
+    weighted = ranked_by(mine[1:2], theirs[:1], 1.0)  # weighted: IoU 1 × their score 200
+    assert weighted[0].score == 0.5 * 201
+    assert ranked_by([], theirs, 1.0) == [] and [i.score for i in ranked_by(mine, [], 1.0)] == [0.9, 0.5, 0.4]
+    assert InstanceSettings().lead == "student" and InstanceSettings().teacher_agreement == 1  # chosen on dev
+    assert InstanceSettings().lead_refine == "proposals"
+    assert InstanceSettings(student_agreement=0).needs_student
+    assert not InstanceSettings(student_agreement=0, lead="teacher").needs_student
+    with pytest.raises(ValueError, match="unknown lead 'both'"):
+        InstanceSettings(lead="both")
+    with pytest.raises(ValueError, match="teacher_agreement must be in"):
+        InstanceSettings(teacher_agreement=-0.5)
+    with pytest.raises(ValueError, match="unknown lead_refine 'superpixels'"):
+        InstanceSettings(lead_refine="superpixels")
+
+
+def test_a_led_student_gives_its_instances_ranked_by_the_pipelines(student, classifier, tiny_voc):
+    """``instances.lead: student`` (the default): the student's instances, snapped to the
+    image's proposals, each confidence × (1 + μ × its best IoU with the pipeline's instances
+    of its class), ranked again; checked against the pipeline without a student and the
+    student alone, pixel by pixel."""
+    from dataclasses import replace
+
+    from icn_rt.data.images import read_image
+    from icn_rt.data.proposals import load_proposals, proposal_path
+    from icn_rt.matching.instances import InstanceSettings
+    from icn_rt.runtime.predictor import Predictor
+    from icn_rt.runtime.student import StudentPredictor
+
+    plain = Predictor.from_dir(student[0], agreement=False)
+    alone = StudentPredictor.from_dir(student[0])
+    assert alone.settings.refine != "proposals"
+    own = Predictor.from_dir(student[0], instances=replace(plain.model.instances, lead_refine="own"))
+    assert own.student.settings == alone.settings  # lead_refine own: the student as configured
+    alone.settings = replace(alone.settings, refine="proposals")  # the led student snaps to the pipeline's
+    led = Predictor.from_dir(student[0], instances=replace(plain.model.instances, student_agreement=0,
+                                                           teacher_agreement=2.0))
+    assert plain.model.instances.lead == "student"  # the default, where the config names none
+    assert led.student is not None  # the lead (the default) needs the student even with its agreement off
+    assert led.student.settings == alone.settings
+    agreed = 0
+    for path in sorted((tiny_voc / "JPEGImages").glob("val_*.jpg"))[:6]:
+        image = read_image(path)
+        props = [load_proposals(proposal_path(tiny_voc / "Proposals", path.stem), image.shape[:2])]
+        (a,), (s,), (b,) = plain.predict([image], props), alone.predict([image], props), led.predict([image], props)
+        expected = []
+        for k, inst in enumerate(s.instances):
+            best = max([(inst.mask & t.mask).sum() / (inst.mask | t.mask).sum()
+                        for t in a.instances if t.class_id == inst.class_id] + [0.0])
+            expected.append((k, inst.score * (1 + 2 * best)))
+            agreed += best > 0
+        expected.sort(key=lambda e: -e[1])
+        assert len(b.instances) == len(expected)
+        for got, (k, score) in zip(b.instances, expected):
+            assert np.array_equal(got.mask, s.instances[k].mask) and got.class_id == s.instances[k].class_id
+            assert got.score == pytest.approx(score) and got.prm is None
+        assert np.array_equal(b.class_scores, a.class_scores)
+        assert set(led.pictures(image, b)) == {"overlay", "prm"}  # no PRMs to draw: the image alone
+    assert agreed > 0  # the case has student instances the pipeline agrees with
+    assert led.fingerprint(None)["settings"]["instances"]["lead"] == "student"
+    lone = Predictor(plain.model.replace(instances=replace(plain.model.instances, lead="student")))
+    assert lone.fingerprint(None)["settings"]["instances"]["lead"] == "teacher"  # no student: the pipeline leads
+    assert Predictor.from_dir(classifier, instances=InstanceSettings(lead="student")).student is None
+
+
 def test_the_pipeline_ranks_its_instances_by_its_students_agreement(student, classifier, tiny_voc):
-    """Where the model has a student, each instance's confidence × (1 + 16 × its best IoU ×
-    score with the student's instances of its class), ranked again; checked against the
-    pipeline without it and the student alone, pixel by pixel."""
+    """With ``instances.lead: teacher``, where the model has a student, each instance's
+    confidence × (1 + 16 × its best IoU × score with the student's instances of its class),
+    ranked again; checked against the pipeline without it and the student alone, pixel by pixel."""
+    from dataclasses import replace
+
     from icn_rt.data.images import read_image
     from icn_rt.data.proposals import load_proposals, proposal_path
     from icn_rt.runtime.infer import PredictorSpec
     from icn_rt.runtime.predictor import Predictor
     from icn_rt.runtime.student import StudentPredictor
 
-    agreeing, plain = Predictor.from_dir(student[0]), Predictor.from_dir(student[0], agreement=False)
+    plain = Predictor.from_dir(student[0], agreement=False)
+    agreeing = Predictor.from_dir(student[0], instances=replace(plain.model.instances, lead="teacher"))
     alone = StudentPredictor.from_dir(student[0])
     assert agreeing.student is not None and plain.student is None
+    assert agreeing.student.settings == alone.settings  # the student as configured: it only ranks
     assert Predictor.from_dir(classifier).student is None  # no student, nothing to agree with
     assert PredictorSpec(str(student[0]), agreement=False).build().student is None  # how the labeller is made
     agreed = 0

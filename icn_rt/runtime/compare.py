@@ -195,7 +195,8 @@ def compare(model_dir: str | Path, image_paths: list[Path], contestants: list[st
     outputs = {}
     for name in contestants:
         say(f"running {'the student' if student else 'the pipeline'} on {name}, {len(images)} images")
-        predictor = PredictorSpec(str(model_dir), student, name, device).build()
+        # the pipeline's own instances: its student (eager wherever the networks run) is compared by --student
+        predictor = PredictorSpec(str(model_dir), student, name, device, agreement=False).build()
         outputs[name] = run(predictor, images, proposals, batch_size)
     reference = contestants[0]
     report = {"model": str(model_dir), "student": student, "images": [str(p) for p in image_paths], "device": device,

@@ -6,7 +6,8 @@ on an engine backend.
 images -> preprocess -> recorded forward -> peaks -> PRMs (one batched backward) ->
 ICN enhancement (T steps, when the model has an ICN and ``icn.steps`` > 0) -> best
 proposal per peak -> mask NMS -> instances (-> ranked again by their agreement with the
-model's student, where it has one and ``instances.student_agreement`` > 0).
+model's student, where it has one and ``instances.student_agreement`` > 0; or, with
+``instances.lead`` ``student``, the student's instances ranked by their agreement with these).
 
 Confidence, NMS and the student's agreement: :mod:`icn_rt.matching.instances`; a
 suppressed instance's PRM is added into the one that suppressed it, as in PRM.
@@ -234,9 +235,9 @@ class GraphRunner:
 class Predictor(Staging):
     """Runs ``model`` on ``device``, its networks on a :class:`Runner`: the exported
     ``graphs`` on an engine backend (:meth:`from_dir` opens them), else eager PyTorch at
-    ``precision`` (:class:`EagerRunner`). ``student``: the model's student, whose instances
-    rank the pipeline's (``instances.student_agreement``; :func:`agreeing_student`); None:
-    ranked without."""
+    ``precision`` (:class:`EagerRunner`). ``student``: the model's student, which leads (its
+    instances ranked by the pipeline's, ``instances.lead``) or ranks the pipeline's
+    (``instances.student_agreement``; :func:`agreeing_student`); None: the pipeline alone."""
 
     def __init__(self, model: Model, device: str | torch.device = "cpu", graphs: GraphEngines | None = None,
                  precision: str = "fp32", student: StudentPredictor | None = None) -> None:
@@ -278,8 +279,8 @@ class Predictor(Staging):
         """Load a model directory (:func:`~icn_rt.models.store.load_model`); its config gives
         every setting unless ``overrides`` (``peaks=``, ``prm=``, ``matching=``,
         ``instances=``, ``icn_steps=``) replace a section or T; its student, where it has one,
-        ranks the instances (:func:`agreeing_student`; ``agreement`` False: not, whatever the
-        config says, as when the pipeline labels its student's data). ``backend``: ``torch``
+        leads or ranks the instances (:func:`agreeing_student`; ``agreement`` False: neither,
+        whatever the config says, as when the pipeline labels its student's data). ``backend``: ``torch``
         (eager), ``onnxruntime`` or ``tensorrt`` (the exported graphs: ``icn-rt export``,
         ``icn-rt build-engine``) or ``auto`` (:func:`~icn_rt.runtime.engines.pick_backend`);
         a graph backend may name a precision, ``onnxruntime:int8`` (``icn-rt export
@@ -311,8 +312,8 @@ class Predictor(Staging):
         if self.student is not None:
             student = self.student.fingerprint()
             settings["student"] = {"weights": student["weights"], **student["settings"]}
-        else:  # no student: its agreement is off, whatever the setting
-            settings["instances"]["student_agreement"] = 0.0
+        else:  # no student: its agreement is off and the pipeline leads, whatever the settings
+            settings["instances"].update(student_agreement=0.0, lead="teacher")
         return {"weights": weights_digest(model.classifier, model.icn), "settings": json.loads(json.dumps(settings)),
                 "proposals": str(proposals.resolve()) if proposals is not None else "selective search"}
 
@@ -321,7 +322,8 @@ class Predictor(Staging):
         from icn_rt.runtime.visualize import overlay, prm_strip
 
         return {"overlay": overlay(image, prediction.instances, self.classes),
-                "prm": prm_strip(image, prediction.instances)}
+                # a led student's instances have no PRMs
+                "prm": prm_strip(image, [i for i in prediction.instances if i.prm is not None])}
 
     def naive_maps(self, images: list[np.ndarray], inputs: list[np.ndarray] | Staged | None = None,
                    timer: StageTimes | None = None) -> NaiveMaps:
@@ -369,20 +371,14 @@ class Predictor(Staging):
 
     def _agreed(self, prediction: Prediction, student: Prediction) -> Prediction:
         """``prediction``'s instances, each confidence × (1 + λ × its agreement with the
-        student's instances), ranked again (ties: the order they had)."""
-        mine, theirs = prediction.instances, student.instances
-        if not mine:
-            return prediction
-
-        def stack(instances):
-            return np.stack([i.mask for i in instances]) if instances else np.zeros((0, *mine[0].mask.shape), bool)
-
-        agree = agreement(stack(mine), np.array([i.class_id for i in mine]), stack(theirs),
-                          np.array([i.class_id for i in theirs], np.int64), np.array([i.score for i in theirs]))
-        weight = self.model.instances.student_agreement
-        scored = [replace(i, score=i.score * (1.0 + weight * float(a))) for i, a in zip(mine, agree)]
-        order = np.argsort([-i.score for i in scored], kind="stable")
-        return Prediction([scored[k] for k in order], prediction.class_scores)
+        student's instances), ranked again (ties: the order they had); with ``instances.lead``
+        ``student``, the student's instances ranked by their agreement with the pipeline's."""
+        settings = self.model.instances
+        if settings.lead == "student":
+            return Prediction(ranked_by(student.instances, prediction.instances, settings.teacher_agreement,
+                                        weighted=False), prediction.class_scores)
+        return Prediction(ranked_by(prediction.instances, student.instances, settings.student_agreement),
+                          prediction.class_scores)
 
     def _where_matched(self, naive: NaiveMaps, enhanced: torch.Tensor | None, keep_maps: bool) -> _Peaks:
         """The batch's peaks and maps where matching and the instances read them: the CUDA
@@ -435,15 +431,19 @@ def _stage(timer: StageTimes | None, name: str) -> AbstractContextManager:
 
 def agreeing_student(model: Model, device: str | torch.device = "cpu") -> StudentPredictor | None:
     """The student of ``model``'s directory on ``device`` (eager PyTorch) where the directory
-    has one and ``model.instances.student_agreement`` > 0; else None."""
+    has one and the instances need it (``student_agreement`` > 0, or the student leads: then
+    its masks snap to the pipeline's proposals unless ``lead_refine`` is ``own``); else None."""
     directory = model.directory
-    if model.instances.student_agreement <= 0 or directory is None:
+    if not model.instances.needs_student or directory is None:
         return None
     if not (Path(directory) / STUDENT_WEIGHTS).is_file():
         return None
     from icn_rt.runtime.student import StudentPredictor
 
-    return StudentPredictor.from_dir(directory, device)
+    student = StudentPredictor.from_dir(directory, device)
+    if model.instances.lead == "student" and model.instances.lead_refine == "proposals":
+        student.settings = replace(student.settings, refine="proposals")  # the pipeline has each image's
+    return student
 
 
 def agreement(masks: np.ndarray, classes: np.ndarray, student_masks: np.ndarray, student_classes: np.ndarray,
@@ -456,3 +456,20 @@ def agreement(masks: np.ndarray, classes: np.ndarray, student_masks: np.ndarray,
         return np.zeros(len(masks))
     iou = same_class_iou(masks, classes, student_masks, student_classes)
     return (iou * np.asarray(student_scores, np.float64)[None]).max(1)
+
+
+def ranked_by(mine: list[Instance], theirs: list[Instance], weight: float, weighted: bool = True) -> list[Instance]:
+    """``mine``, each confidence × (1 + ``weight`` × its :func:`agreement` with ``theirs``
+    (``weighted`` False: their scores taken as 1, for confidences of another scale), ranked
+    again (ties: the order they had)."""
+    if not mine:
+        return []
+
+    def stack(instances):
+        return np.stack([i.mask for i in instances]) if instances else np.zeros((0, *mine[0].mask.shape), bool)
+
+    scores = np.array([i.score if weighted else 1.0 for i in theirs])
+    agree = agreement(stack(mine), np.array([i.class_id for i in mine]), stack(theirs),
+                      np.array([i.class_id for i in theirs], np.int64), scores)
+    scored = [replace(i, score=i.score * (1.0 + weight * float(a))) for i, a in zip(mine, agree)]
+    return [scored[k] for k in np.argsort([-i.score for i in scored], kind="stable")]
