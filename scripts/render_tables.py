@@ -118,8 +118,8 @@ def speed() -> str:
     agrees = any("student" in r.get("stage_shares", {}) for r in doc["rows"])
     lines += ["", f"{doc['images']} images of {size[0]}×{size[1]}, proposals read from disk, "
                   f"{doc['machine'].get('cpu_count', 2)} CPU cores; the model "
-                  + ("ranked by its student's agreement (the student's time included)" if agrees else
-                     "without a student (so without its agreement's stage)")
+                  + ("with its student (the student's time included)" if agrees else
+                     "without a student (so without the student's stage)")
                   + "; `benchmarks/results/bench_cpu.json`."]
     return "\n".join(lines)
 
@@ -374,9 +374,9 @@ def recipe_regimes() -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     sets = "; ".join(f"{k}: seeds {', '.join(map(str, d['seeds']))}, {d['set']}"
                      + (f", {d['classifier']}" if "classifier" in d else "") for k, d in docs.items())
-    earlier = (f"; {' and '.join(before)}: measured before the student's agreement (`instances.student_agreement`, "
-               "docs/accuracy.md) and its mask NMS (`student.mask_nms`, docs/student.md), the trainings no longer "
-               "on disk") if before else ""
+    earlier = (f"; {' and '.join(before)}: measured before the student led (`instances.lead`, docs/accuracy.md), "
+               "ranked the pipeline (`instances.student_agreement`) and had its mask NMS (`student.mask_nms`, "
+               "docs/student.md), the trainings no longer on disk") if before else ""
     lines += ["", f"val; mean ± sd over the trainings from scratch (n: how many); {sets}{earlier}; "
                   "`benchmarks/results/" + "`, `".join(names[k] for k in docs) + "`."]
     return "\n".join(lines)
@@ -425,13 +425,19 @@ def default_choice() -> str:
     return "\n".join(lines)
 
 
+EARLIER_DEFAULT = {"default: + the student's agreement": "the pipeline leading, ranked by its student (then the "
+                                                          "default)"}
+"""Rows named for the default they measured, by what they are since the student leads."""
+
+
 def per_training(prefix: str, what: str, key: str = "mAP@0.5", split: str = "dev") -> str:
     """A choice made on dev (or checked on val), training by training: the rows of every
     ``<prefix>_<regime>_<split>_<seed>.json`` (``benchmarks/accuracy.py`` on one training's
     split) as columns, each cell the row's ``key`` and its paired difference to the reference."""
     files = sorted(RESULTS.glob(f"{prefix}_*_{split}_*.json"))
     docs = {f.stem[len(prefix) + 1:].replace(f"_{split}_", " ").replace("_", "-"): _json(f.name) for f in files}
-    names = {n: n for n in dict.fromkeys(r["name"] for doc in docs.values() for r in doc["rows"])}
+    names = {n: EARLIER_DEFAULT.get(n, n)
+             for n in dict.fromkeys(r["name"] for doc in docs.values() for r in doc["rows"])}
     lines = _columns(docs, names, key)
     sizes = sorted({d["images"] for d in docs.values()})
     lines += ["", f"{what}: mAP^r@{key.split('@')[1]} on {split} ({'/'.join(map(str, sizes))} images) of each "
@@ -542,6 +548,13 @@ RENDERERS = {"accuracy": lambda: rows("accuracy_part_only.json"), "student": stu
              "student-agreement-val": lambda: per_training("student_agreement", "Checked on val", split="val"),
              "student-agreement-val-75": lambda: per_training("student_agreement", "The same at IoU 0.75",
                                                               "mAP@0.75", split="val"),
+             "student-lead": lambda: per_training("student_lead", "The student leading"),
+             "student-lead-75": lambda: per_training("student_lead", "The same at IoU 0.75", "mAP@0.75"),
+             "student-lead-val": lambda: per_training("student_lead", "Checked on val", split="val"),
+             "student-lead-val-75": lambda: per_training("student_lead", "The same at IoU 0.75", "mAP@0.75",
+                                                         split="val"),
+             "lead-refine": lambda: per_training("lead_refine", "The led student's masks"),
+             "lead-refine-75": lambda: per_training("lead_refine", "The same at IoU 0.75", "mAP@0.75"),
              "teacher-settings": lambda: per_training("teacher_settings", "The teacher's settings around the "
                                                       "default"),
              "mask-fit-photo": lambda: mask_fit("mask_fit_photo_41_dev.json"),
