@@ -105,6 +105,7 @@ def test_demo(tmp_path):
     results = json.loads((tmp_path / "d" / "results.json").read_text())
     assert {e["image_id"] for e in results} <= set(ids)
     assert "mAP^r" in r.output and "pictures" in r.output
+    assert "its student leads, ranked by the pipeline" in " ".join(r.output.split())  # instances.lead: student
     # the demo's results are the model's own: the same as `icn-rt infer` on those files
     r = runner.invoke(app, ["infer", str(demo.MODEL), str(demo.IMAGES), "--proposals", str(demo.PROPOSALS),
                             "--out", str(tmp_path / "r.json"), "--quiet"])

@@ -1071,7 +1071,11 @@ def test_a_led_student_gives_its_instances_ranked_by_the_pipelines(student, clas
             assert np.array_equal(got.mask, s.instances[k].mask) and got.class_id == s.instances[k].class_id
             assert got.score == pytest.approx(score) and got.prm is None
         assert np.array_equal(b.class_scores, a.class_scores)
-        assert set(led.pictures(image, b)) == {"overlay", "prm"}  # no PRMs to draw: the image alone
+        assert [(v.class_id, v.proposal, v.score) for v in b.voters] == [(v.class_id, v.proposal, v.score)
+                                                                         for v in a.instances]
+        assert all(v.prm is not None for v in b.voters)  # kept maps: the pictures show the voters' PRMs
+        shown = led.pictures(image, b)["prm"]
+        assert np.array_equal(shown, plain.pictures(image, a)["prm"])
     assert agreed > 0  # the case has student instances the pipeline agrees with
     assert led.fingerprint(None)["settings"]["instances"]["lead"] == "student"
     lone = Predictor(plain.model.replace(instances=replace(plain.model.instances, lead="student")))

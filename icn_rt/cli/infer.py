@@ -228,7 +228,8 @@ def demo(
     runs = [("pipeline", report.pipeline)] + ([("student", report.student)] if report.student else [])
     summary = report.pipeline.summary
     out.print(f"{plural(summary.images, 'image')} -> {plural(summary.instances, 'instance')} "
-              f"(model: {report.backbone} classifier + ICN, T = {report.steps})")
+              f"(model: {report.backbone} classifier + ICN, T = {report.steps}"
+              + ("; its student leads, ranked by the pipeline)" if report.leads else ")"))
     out.print(recall_table(report.recall, "proposal upper bound (the best proposal per object)"))
     out.print(eval_table(report.pipeline.metrics))
     table = Table(title="pipeline and student, side by side", box=box.SIMPLE_HEAD)

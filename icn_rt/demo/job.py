@@ -36,14 +36,15 @@ class DemoRun:
 @dataclass
 class DemoReport:
     """What the demo did: the ``pipeline``'s run and the ``student``'s (None when the model
-    has none), the ``model`` (``backbone``, T ``steps``), the proposals' ``recall`` (the
-    upper bound of matching)."""
+    has none), the ``model`` (``backbone``, T ``steps``, whether its student ``leads`` the
+    pipeline: ``instances.lead``), the proposals' ``recall`` (the upper bound of matching)."""
 
     pipeline: DemoRun
     student: DemoRun | None
     backbone: str
     steps: int
     recall: RecallReport
+    leads: bool = False
 
 
 def run_demo(out_dir: Path, device: str = "cpu") -> DemoReport:
@@ -59,8 +60,9 @@ def run_demo(out_dir: Path, device: str = "cpu") -> DemoReport:
         student = _run(StudentPredictor.from_dir(assets.MODEL, device), out_dir / "student",
                        InferSettings(batch_size=8, workers=0, overwrite=True))
     recall = proposal_recall(assets.DATA, assets.PROPOSALS, "val")
+    leads = predictor.student is not None and predictor.model.instances.lead == "student"
     return DemoReport(pipeline, student, predictor.model.classifier.settings.backbone,
-                      predictor.model.icn_settings.steps, recall)
+                      predictor.model.icn_settings.steps, recall, leads)
 
 
 def _run(predictor, out_dir: Path, settings: InferSettings) -> DemoRun:

@@ -68,10 +68,13 @@ class Instance:
 
 @dataclass
 class Prediction:
-    """One image's result: ``instances`` by descending score, ``class_scores: float [C]``."""
+    """One image's result: ``instances`` by descending score, ``class_scores: float [C]``;
+    ``voters``: where the student led, the pipeline's own instances that ranked its (for
+    pictures: they carry the PRMs)."""
 
     instances: list[Instance]
     class_scores: np.ndarray
+    voters: list[Instance] | None = None
 
 
 @dataclass
@@ -318,12 +321,13 @@ class Predictor(Staging):
                 "proposals": str(proposals.resolve()) if proposals is not None else "selective search"}
 
     def pictures(self, image: np.ndarray, prediction: Prediction) -> dict[str, np.ndarray]:
-        """The instances over the image, and each one's PRM (with the ICN, its enhanced map too)."""
+        """The instances over the image, and each one's PRM (with the ICN, its enhanced map
+        too); where the student led, the PRMs of the pipeline's instances that ranked its."""
         from icn_rt.runtime.visualize import overlay, prm_strip
 
+        mapped = prediction.voters if prediction.voters is not None else prediction.instances
         return {"overlay": overlay(image, prediction.instances, self.classes),
-                # a led student's instances have no PRMs
-                "prm": prm_strip(image, [i for i in prediction.instances if i.prm is not None])}
+                "prm": prm_strip(image, [i for i in mapped if i.prm is not None])}
 
     def naive_maps(self, images: list[np.ndarray], inputs: list[np.ndarray] | Staged | None = None,
                    timer: StageTimes | None = None) -> NaiveMaps:
@@ -376,7 +380,7 @@ class Predictor(Staging):
         settings = self.model.instances
         if settings.lead == "student":
             return Prediction(ranked_by(student.instances, prediction.instances, settings.teacher_agreement,
-                                        weighted=False), prediction.class_scores)
+                                        weighted=False), prediction.class_scores, prediction.instances)
         return Prediction(ranked_by(prediction.instances, student.instances, settings.student_agreement),
                           prediction.class_scores)
 
