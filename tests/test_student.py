@@ -1041,7 +1041,7 @@ def test_a_led_student_gives_its_instances_ranked_by_the_pipelines(student, clas
     from icn_rt.data.proposals import load_proposals, proposal_path
     from icn_rt.matching.instances import InstanceSettings
     from icn_rt.runtime.predictor import Predictor
-    from icn_rt.runtime.student import StudentPredictor
+    from icn_rt.runtime.student import SHOWN, StudentPredictor
 
     plain = Predictor.from_dir(student[0], agreement=False)
     alone = StudentPredictor.from_dir(student[0])
@@ -1074,8 +1074,10 @@ def test_a_led_student_gives_its_instances_ranked_by_the_pipelines(student, clas
         assert [(v.class_id, v.proposal, v.score) for v in b.voters] == [(v.class_id, v.proposal, v.score)
                                                                          for v in a.instances]
         assert all(v.prm is not None for v in b.voters)  # kept maps: the pictures show the voters' PRMs
-        shown = led.pictures(image, b)["prm"]
-        assert np.array_equal(shown, plain.pictures(image, a)["prm"])
+        shown = led.pictures(image, b)
+        assert np.array_equal(shown["prm"], plain.pictures(image, a)["prm"])
+        drawn = [i for i in b.instances if i.score >= SHOWN]  # as the student alone draws its detections
+        assert np.array_equal(shown["overlay"], alone.pictures(image, replace(s, instances=drawn))["overlay"])
     assert agreed > 0  # the case has student instances the pipeline agrees with
     assert led.fingerprint(None)["settings"]["instances"]["lead"] == "student"
     lone = Predictor(plain.model.replace(instances=replace(plain.model.instances, lead="student")))

@@ -322,12 +322,17 @@ class Predictor(Staging):
 
     def pictures(self, image: np.ndarray, prediction: Prediction) -> dict[str, np.ndarray]:
         """The instances over the image, and each one's PRM (with the ICN, its enhanced map
-        too); where the student led, the PRMs of the pipeline's instances that ranked its."""
+        too); where the student led, its instances scoring at least the student's
+        :data:`~icn_rt.runtime.student.SHOWN` (the results keep every one) and the PRMs of the
+        pipeline's instances that ranked them."""
+        from icn_rt.runtime.student import SHOWN
         from icn_rt.runtime.visualize import overlay, prm_strip
 
-        mapped = prediction.voters if prediction.voters is not None else prediction.instances
-        return {"overlay": overlay(image, prediction.instances, self.classes),
-                "prm": prm_strip(image, [i for i in mapped if i.prm is not None])}
+        if prediction.voters is None:
+            return {"overlay": overlay(image, prediction.instances, self.classes),
+                    "prm": prm_strip(image, prediction.instances)}
+        return {"overlay": overlay(image, [i for i in prediction.instances if i.score >= SHOWN], self.classes),
+                "prm": prm_strip(image, [i for i in prediction.voters if i.prm is not None])}
 
     def naive_maps(self, images: list[np.ndarray], inputs: list[np.ndarray] | Staged | None = None,
                    timer: StageTimes | None = None) -> NaiveMaps:
