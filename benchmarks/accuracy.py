@@ -143,14 +143,11 @@ def _resolved(predictor: Predictor | StudentPredictor) -> dict:
                 + (f" × consensus^{s.consensus_power:g}" if s.refine == "proposals" and s.consensus_power else ""),
                 "nms_iou": s.nms_iou}
     m = predictor.model
-    if predictor.student is not None and m.instances.lead == "student":
-        s = predictor.student.settings
-        return {"icn_steps": m.icn_settings.steps if m.enhances else 0,
-                "matching": f"student ({s.backbone}, {s.input_size}², {s.refine}), led",
-                "binarize": s.mask_threshold, "nms_iou": s.nms_iou,
-                "confidence": f"detection score × contrast^{s.contrast_power:g}"
-                              + (f" × consensus^{s.consensus_power:g}" if s.consensus_power else "")
-                              + f" × (1 + {m.instances.teacher_agreement:g} × pipeline agreement)"}
+    if predictor.student is not None and m.instances.lead == "student":  # the student's row, ranked by the pipeline
+        led = _resolved(predictor.student)
+        return {**led, "icn_steps": m.icn_settings.steps if m.enhances else 0,
+                "matching": f"{led['matching'][:-1]}, {predictor.student.settings.refine}), led",
+                "confidence": f"{led['confidence']} × (1 + {m.instances.teacher_agreement:g} × pipeline agreement)"}
     agrees = f" × (1 + {m.instances.student_agreement:g} × student agreement)" if predictor.student is not None else ""
     return {"icn_steps": m.icn_settings.steps if m.enhances else 0, "matching": m.matching.resolved(m.enhances).score,
             "binarize": m.matching.binarize, "confidence": m.instances.confidence + agrees,
