@@ -191,6 +191,35 @@ def bench_batches() -> str:
     return "\n".join(lines)
 
 
+def bench_summary() -> str:
+    """``icn-rt bench`` on the CPU in words: the like-for-like ratios, the per-image stage
+    times at the largest batch, and where the model as configured spends its time."""
+    doc = _json("bench_cpu.json")
+    by = {(r["contestant"], r["backend"], r["batch_size"]): r for r in doc["rows"]}
+    top = max(r["batch_size"] for r in doc["rows"])
+    rules = {b: r for (name, backend, b), r in by.items() if name == "icn-rt, PRM rules" and backend == "torch"}
+    model = by[("icn-rt, model", "torch", top)]
+    base_ms = 1000 * by[("baseline", "torch", 1)]["latency_s"]["total"]["median"]
+
+    def per_image(row: dict, stage: str) -> str:
+        return f"{1000 * row['latency_s'][stage]['median'] / row['batch_size']:.1f} ms"
+
+    first, *rest = [b for b in sorted(rules) if b > 1]
+    ratios = (f"{rules[first]['speedup_vs_baseline']:.0f}× the baseline at batch {first}"
+              + "".join(f" and {rules[b]['speedup_vs_baseline']:.0f}× at batch {b}" for b in rest))
+    same = all(r["same_instances_as_baseline"] for r in rules.values())
+    stages = [s for s in ("prm", "icn", "matching", "nms", "student") if model["stage_shares"].get(s, 0) >= 0.01]
+    names = {"prm": "PRMs", "icn": "the ICN", "matching": "matching", "nms": "NMS", "student": "the student"}
+    return (f"Like for like, icn-rt is {ratios}"
+            f"{' with the same instances' if same else ''} (the target is 20×; batch 1 pays fixed per-call "
+            f"costs: {rules[1]['speedup_vs_baseline']:.0f}×). Per image at batch {top}: PRMs "
+            f"{per_image(rules[top], 'prm')} (forward and backward), matching {per_image(rules[top], 'matching')}, "
+            f"NMS {per_image(rules[top], 'nms')}, against the baseline's {base_ms:.0f} ms. The model as configured "
+            f"runs {model['images_per_s']:.1f} images/s at batch {top} on eager PyTorch, per image "
+            + ", ".join(f"{names[s]} {per_image(model, s)}" for s in stages)
+            + f" ({doc['peaks_per_image']['model']:.1f} peaks per image); `benchmarks/results/bench_cpu.json`.")
+
+
 def rows(name: str) -> str:
     """A benchmark's rows (``benchmarks/accuracy.py``, ``icn_in_matching.py``): mAP^r at 0.5
     and 0.75, and the paired difference to its reference at 0.5."""
@@ -507,7 +536,7 @@ def mask_fit(name: str) -> str:
 
 RENDERERS = {"accuracy": lambda: rows("accuracy_part_only.json"), "student": student, "speed": speed, "serve": serve,
              "matching": matching,
-             "bench-batches": bench_batches, "label-quality": label_quality,
+             "bench-batches": bench_batches, "bench-summary": bench_summary, "label-quality": label_quality,
              "recipe-part-only-val": lambda: rows("accuracy_recipe_part_only_val.json"),
              "recipe-photo-dev": lambda: rows("accuracy_recipe_photo_dev.json"),
              "icn-in-matching-rerank-labels": lambda: rows("icn_in_matching_part_only_dev_rerank_labels_20ep.json"),
