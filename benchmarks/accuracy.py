@@ -144,9 +144,9 @@ def _resolved(predictor: Predictor | StudentPredictor) -> dict:
                 "nms_iou": s.nms_iou}
     m = predictor.model
     if predictor.student is not None and m.instances.lead == "student":  # the student's row, ranked by the pipeline
-        led = _resolved(predictor.student)
+        led, s = _resolved(predictor.student), predictor.student.settings
         return {**led, "icn_steps": m.icn_settings.steps if m.enhances else 0,
-                "matching": f"{led['matching'][:-1]}, {predictor.student.settings.refine}), led",
+                "matching": f"student ({s.backbone}, {s.input_size}², {s.refine}), led",
                 "confidence": f"{led['confidence']} × (1 + {m.instances.teacher_agreement:g} × pipeline agreement)"}
     agrees = f" × (1 + {m.instances.student_agreement:g} × student agreement)" if predictor.student is not None else ""
     return {"icn_steps": m.icn_settings.steps if m.enhances else 0, "matching": m.matching.resolved(m.enhances).score,

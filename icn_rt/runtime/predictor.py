@@ -325,14 +325,14 @@ class Predictor(Staging):
         too); where the student led, its instances scoring at least the student's
         :data:`~icn_rt.runtime.student.SHOWN` (the results keep every one) and the PRMs of the
         pipeline's instances that ranked them."""
-        from icn_rt.runtime.student import SHOWN
+        from icn_rt.runtime.student import shown
         from icn_rt.runtime.visualize import overlay, prm_strip
 
-        if prediction.voters is None:
-            return {"overlay": overlay(image, prediction.instances, self.classes),
-                    "prm": prm_strip(image, prediction.instances)}
-        return {"overlay": overlay(image, [i for i in prediction.instances if i.score >= SHOWN], self.classes),
-                "prm": prm_strip(image, [i for i in prediction.voters if i.prm is not None])}
+        led = prediction.voters is not None
+        drawn = shown(prediction.instances) if led else prediction.instances
+        mapped = prediction.voters if led else prediction.instances
+        return {"overlay": overlay(image, drawn, self.classes),
+                "prm": prm_strip(image, [i for i in mapped if i.prm is not None])}
 
     def naive_maps(self, images: list[np.ndarray], inputs: list[np.ndarray] | Staged | None = None,
                    timer: StageTimes | None = None) -> NaiveMaps:

@@ -41,6 +41,11 @@ SHOWN = 0.5
 """The least score of a detection drawn in ``--save-vis`` overlays (the student keeps
 detections from 0.05, which mAP ranks; a picture of them all is unreadable)."""
 
+
+def shown(instances: list[Instance]) -> list[Instance]:
+    """The student's instances a picture draws: those scoring at least :data:`SHOWN`."""
+    return [i for i in instances if i.score >= SHOWN]
+
 STUDENT_BACKENDS = ("torch", "torch:fp16", "torch:bf16", "onnxruntime", "onnxruntime:fp16", "onnxruntime:int8",
                     "tensorrt", "tensorrt:fp16", "tensorrt:int8")
 
@@ -122,7 +127,7 @@ class StudentPredictor(Staging):
         every detection); the student has no maps to draw."""
         from icn_rt.runtime.visualize import overlay
 
-        return {"overlay": overlay(image, [i for i in prediction.instances if i.score >= SHOWN], self.classes)}
+        return {"overlay": overlay(image, shown(prediction.instances), self.classes)}
 
     def outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The student graph's outputs on ``x [B, 3, S, S]`` (eager, or the engine's graph,
