@@ -318,6 +318,59 @@ def bench_paper() -> str:
     return "\n".join(lines)
 
 
+def paper_summary() -> str:
+    """`benchmarks/bench_paper.py` in words: peaks per image, the PRM stage's share, the
+    forward passes each peak's backward costs (per rule), the like-for-like ratio."""
+    doc = _json("bench_paper_cpu.json")
+    shares = [r["stage_shares"]["prm"] for r in doc["rows"] if r["stage_shares"]]
+    rules = doc["backward"]["rules"]
+    model, prm = rules["model"], rules["PRM rules"]
+    return (f"Peaks per image: {doc['peaks_per_image']['model']:.1f} (model), "
+            f"{doc['peaks_per_image']['PRM rules']:.1f} (PRM rules). The PRM stage is "
+            f"{100 * min(shares):.0f}–{100 * max(shares):.0f}% of the time: here every peak costs a backward pass "
+            f"over the whole map, measured at {model['forwards_per_peak']:.2f} forward passes per peak for the "
+            f"{model['rule']} rule (a per-peak autograd loop: {model['autograd_loop_forwards_per_peak']:.2f}) and "
+            f"{prm['forwards_per_peak']:.2f} for the {prm['rule']} rule (the baseline's patched autograd loop: "
+            f"{prm['autograd_loop_forwards_per_peak']:.2f}); one forward is {1000 * doc['backward']['forward_s']:.0f} ms. "
+            f"Like for like, icn-rt runs {doc['best_like_for_like_speedup']:.1f}× the baseline here.")
+
+
+def engines_summary() -> str:
+    """`benchmarks/engines.py` in words: onnxruntime's networks against the peaks per image,
+    and its ratios to eager PyTorch at the model's own settings, networks and predictor."""
+    doc = _json("engines_cpu.json")
+    ort = [r for r in doc["rows"] if r["backend"] == "onnxruntime"]
+    fixed = {r["peaks_per_image"]: r for r in ort if r["peaks"] != "model" and r["batch_size"] == 8}
+    own = sorted((r for r in ort if r["peaks"] == "model"), key=lambda r: r["batch_size"])
+    low, high = fixed[min(fixed)], fixed[max(fixed)]
+
+    def ratios(stage: str) -> list[str]:
+        return [f"{r[stage]['speedup_vs_torch_eager']:.2f}×" for r in own]
+
+    sizes = [r["batch_size"] for r in own]
+    net, whole = ratios("networks"), ratios("predict")
+    return (f"onnxruntime runs the networks of batch 8 at {low['networks']['images_per_s']:.1f} images/s with "
+            f"{low['peaks_per_image']:.0f} peak per image and {high['networks']['images_per_s']:.1f} with "
+            f"{high['peaks_per_image']:.0f}. At the model's own settings ({own[0]['peaks_per_image']:.1f} peaks per "
+            f"image) onnxruntime runs the networks at " + ", ".join(f"{v} eager PyTorch at batch {b}" if k == 0
+                                                                  else f"{v} at batch {b}"
+                                                                  for k, (v, b) in enumerate(zip(net, sizes)))
+            + f", and the whole predictor at {', '.join(whole)} (`benchmarks/results/engines_cpu.json`).")
+
+
+def memory_summary() -> str:
+    """`benchmarks/bench_infer_memory.py` in words: peak resident memory at each count."""
+    doc = _json("infer_memory_cpu.json")
+    first, last = doc["rows"][0], doc["rows"][-1]
+
+    def mib(row: dict) -> str:
+        return f"{row['peak_rss_bytes'] / 2 ** 20:,.0f} MiB at {row['count']:,} images"
+
+    growth = 100 * (doc["peak_rss_ratio_largest_to_smallest"] - 1)
+    return (f"Peak resident memory: {mib(first)}, {mib(last)} ({growth:+.1f}%; the target is 10% at most), at {first['images_per_s']:.1f} and {last['images_per_s']:.1f} images/s "
+            "(`benchmarks/results/infer_memory_cpu.json`).")
+
+
 DIAGNOSIS = {"part-only, default": "diagnose_part_only_default.json",
              "VOC-like, default": "diagnose_voc_like_default.json",
              "part-only, previous default": "diagnose_part_only.json",
@@ -536,7 +589,8 @@ def mask_fit(name: str) -> str:
 
 RENDERERS = {"accuracy": lambda: rows("accuracy_part_only.json"), "student": student, "speed": speed, "serve": serve,
              "matching": matching,
-             "bench-batches": bench_batches, "bench-summary": bench_summary, "label-quality": label_quality,
+             "bench-batches": bench_batches, "bench-summary": bench_summary, "paper-summary": paper_summary,
+             "engines-summary": engines_summary, "memory-summary": memory_summary, "label-quality": label_quality,
              "recipe-part-only-val": lambda: rows("accuracy_recipe_part_only_val.json"),
              "recipe-photo-dev": lambda: rows("accuracy_recipe_photo_dev.json"),
              "icn-in-matching-rerank-labels": lambda: rows("icn_in_matching_part_only_dev_rerank_labels_20ep.json"),
