@@ -371,6 +371,21 @@ def memory_summary() -> str:
             "(`benchmarks/results/infer_memory_cpu.json`).")
 
 
+def label_repick(name: str = "label_repick_photo_dev_41.json") -> str:
+    """`benchmarks/label_repick.py`: the student's labels as they are and re-picked."""
+    doc = _json(name)
+    keys = ("precision", "recall", "F1", "F1 − the labels as they are", "leak", "fragment", "off")
+    lines = ["| labels | " + " | ".join(k + (" %" if k in keys[4:] else "") for k in keys) + " |",
+             "|---|" + "---|" * len(keys)]
+    for row_name, row in doc["rows"].items():
+        cells = [(_diff(row[k]) if k.startswith("F1 −") else _ci(row[k])) if k in row else "(reference)" for k in keys]
+        lines.append(f"| {row_name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + (f"\n\n{doc['split']}, {doc['images']} images, {doc['labels']} labels; the colour "
+                               f"model fitted on {doc['fit_split']}'s labels; 95% bootstrap intervals over the images "
+                               f"({doc['bootstrap']} draws); ~0: the difference's interval holds 0; "
+                               f"`benchmarks/results/{name}`.")
+
+
 DIAGNOSIS = {"part-only, default": "diagnose_part_only_default.json",
              "VOC-like, default": "diagnose_voc_like_default.json",
              "part-only, previous default": "diagnose_part_only.json",
@@ -589,7 +604,7 @@ def mask_fit(name: str) -> str:
 
 RENDERERS = {"accuracy": lambda: rows("accuracy_part_only.json"), "student": student, "speed": speed, "serve": serve,
              "matching": matching,
-             "bench-batches": bench_batches, "bench-summary": bench_summary, "paper-summary": paper_summary,
+             "bench-batches": bench_batches, "bench-summary": bench_summary, "label-repick": label_repick, "paper-summary": paper_summary,
              "engines-summary": engines_summary, "memory-summary": memory_summary, "label-quality": label_quality,
              "recipe-part-only-val": lambda: rows("accuracy_recipe_part_only_val.json"),
              "recipe-photo-dev": lambda: rows("accuracy_recipe_photo_dev.json"),

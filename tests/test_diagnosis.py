@@ -474,3 +474,65 @@ def test_recipe_aggregates_the_trainings():
     text = markdown({"seeds": [1, 2], "regime": "part-only", "set": "s", "rows": rows, "reference": REFERENCE})
     assert "| default | 16.0 ± 2.8 (n 2) | 14.0 [11.0, 17.0]; 18.0 [14.0, 22.0] |" in text
     assert "+4.0 [1.0, 7.0]; -2.0 [-5.0, 1.0] | b; none |" in text
+
+
+def _strips(width: int, height: int = 4):
+    """A segment-form Proposals of ``height``×``width`` whose superpixels are 1-px columns."""
+    from icn_rt.data.proposals import Proposals
+
+    return lambda groups: Proposals.from_segments(np.tile(np.arange(width, dtype=np.int32), (height, 1)),
+                                                  [np.array(g, np.int32) for g in groups], np.ones(len(groups)))
+
+
+def test_label_repick_by_colour_takes_the_proposal_of_the_most_class_colour():
+    """A red object (columns 0-3) on grey (columns 4-7): the class's colour model, fitted on
+    a label of the object, re-picks a label holding only column 0 as the proposal of
+    columns 0-3 (not the whole image, which adds grey, nor itself)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from label_repick import by_colour, colour_weights
+
+    image = np.full((4, 8, 3), 128, np.uint8)
+    image[:, :4] = (230, 30, 30)
+    props = _strips(8)([[0], [0, 1, 2, 3], list(range(8))])
+    fit = [("a", image, [{"class_id": 0, "score": 1.0, "mask": props.mask(1)}], props)]
+    weights = colour_weights(fit, classes=1)
+    red, grey = (7 * 8 + 0) * 8 + 0, (4 * 8 + 4) * 8 + 4
+    assert weights[0, red] > 0 > weights[0, grey]
+    label = {"class_id": 0, "score": 0.5, "mask": props.mask(0)}
+    picked = by_colour([("a", image, [label], props)], weights, tau=0.1, bias=0.0)["a"][0]
+    assert np.array_equal(picked["mask"], props.mask(1)) and picked["score"] == 0.5
+    # τ above the object's IoU with the label (4 of 1 px: 0.25): no candidate, the label stays
+    assert by_colour([("a", image, [label], props)], weights, tau=0.3, bias=0.0)["a"][0] is label
+
+
+def test_label_repick_counts_right_leak_fragment_and_off_labels():
+    """One 4×4 object (columns 0-3 of a 4×10 image) and four labels, best score first: the
+    object itself (right), columns 0-9 (leak: covers all of it at IoU 0.4), column 0 (a
+    fragment: IoU 0.25, all of it on the object) and columns 6-9 (off)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from label_repick import ceiling, metrics, per_image
+
+    from icn_rt.data.voc import Instance
+
+    props = _strips(10)([[0, 1, 2, 3], list(range(10)), [0], [6, 7, 8, 9]])
+
+    class Truth:
+        instances = [Instance(class_id=0, mask=props.mask(0))]
+
+        def instance_masks(self):
+            return np.stack([i.mask for i in self.instances])
+
+    class Split:
+        ids = ["a"]
+
+        def ground_truth(self, image_id):
+            return Truth()
+
+    labels = [{"class_id": 0, "score": s, "mask": props.mask(k)} for k, s in enumerate((0.9, 0.8, 0.7, 0.6))]
+    rows = per_image(Split(), {"a": labels})
+    assert rows[0].tolist() == [1, 1, 1, 1, 1]
+    m = metrics(rows)(None)
+    assert m == {"precision": 25.0, "recall": 100.0, "F1": 40.0, "leak": 25.0, "fragment": 25.0, "off": 25.0}
+    # the ceiling replaces each label by the proposal near it (IoU >= 0.1) fitting the object best
+    best = ceiling(Split(), [("a", None, labels, props)])["a"]
+    assert [np.array_equal(e["mask"], props.mask(0)) for e in best] == [True, True, True, False]
