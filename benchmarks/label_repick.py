@@ -58,7 +58,8 @@ def load_split(root: Path, model: Path, split: str) -> tuple:
     for iid in ds.ids:
         tags = set(ds.labels(iid).tolist())
         labels = [dict(e, mask=rlelib.decode(e["segmentation"])) for e in results.get(iid, []) if e["class_id"] in tags]
-        items.append((iid, read_image(ds.image_path(iid)), labels, load_proposals(proposal_path(root / "Proposals", iid))))
+        props = load_proposals(proposal_path(root / "Proposals", iid))
+        items.append((iid, read_image(ds.image_path(iid)), labels, props))
     return ds, items
 
 
@@ -222,7 +223,8 @@ def main() -> None:
         row = {k: v.to_json() for k, v in bootstrap(m, len(ds.ids), a.bootstrap).items()}
         if m is not base:
             paired = intervals(difference(m(None), base(None)), [difference(m(w), base(w)) for w in picks])
-            row["F1 − the labels as they are"] = dict(paired["F1"].to_json(), excludes_zero=paired["F1"].excludes_zero())
+            f1 = paired["F1"]
+            row["F1 − the labels as they are"] = dict(f1.to_json(), excludes_zero=f1.excludes_zero())
         report["rows"][name] = row
         print(name, {k: round(v["estimate"], 1) for k, v in row.items()}, flush=True)
     report["machine"] = machine_info()

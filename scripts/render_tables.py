@@ -331,7 +331,8 @@ def paper_summary() -> str:
             f"over the whole map, measured at {model['forwards_per_peak']:.2f} forward passes per peak for the "
             f"{model['rule']} rule (a per-peak autograd loop: {model['autograd_loop_forwards_per_peak']:.2f}) and "
             f"{prm['forwards_per_peak']:.2f} for the {prm['rule']} rule (the baseline's patched autograd loop: "
-            f"{prm['autograd_loop_forwards_per_peak']:.2f}); one forward is {1000 * doc['backward']['forward_s']:.0f} ms. "
+            f"{prm['autograd_loop_forwards_per_peak']:.2f}); one forward is "
+            f"{1000 * doc['backward']['forward_s']:.0f} ms. "
             f"Like for like, icn-rt runs {doc['best_like_for_like_speedup']:.1f}× the baseline here.")
 
 
@@ -367,7 +368,8 @@ def memory_summary() -> str:
         return f"{row['peak_rss_bytes'] / 2 ** 20:,.0f} MiB at {row['count']:,} images"
 
     growth = 100 * (doc["peak_rss_ratio_largest_to_smallest"] - 1)
-    return (f"Peak resident memory: {mib(first)}, {mib(last)} ({growth:+.1f}%; the target is 10% at most), at {first['images_per_s']:.1f} and {last['images_per_s']:.1f} images/s "
+    return (f"Peak resident memory: {mib(first)}, {mib(last)} ({growth:+.1f}%; the target is 10% at most), at "
+            f"{first['images_per_s']:.1f} and {last['images_per_s']:.1f} images/s "
             "(`benchmarks/results/infer_memory_cpu.json`).")
 
 
@@ -378,7 +380,8 @@ def label_repick(name: str = "label_repick_photo_dev_41.json") -> str:
     lines = ["| labels | " + " | ".join(k + (" %" if k in keys[4:] else "") for k in keys) + " |",
              "|---|" + "---|" * len(keys)]
     for row_name, row in doc["rows"].items():
-        cells = [(_diff(row[k]) if k.startswith("F1 −") else _ci(row[k])) if k in row else "(reference)" for k in keys]
+        cells = [(_diff(row[k]) if k.startswith("F1 −") else _ci(row[k])) if k in row else "(reference)"
+                 for k in keys]
         lines.append(f"| {row_name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + (f"\n\n{doc['split']}, {doc['images']} images, {doc['labels']} labels; the colour "
                                f"model fitted on {doc['fit_split']}'s labels; 95% bootstrap intervals over the images "
