@@ -12,7 +12,11 @@ cues that need no masks:
   each candidate painted the image's mean colour; the candidate of the highest class
   score (minus ``λ`` per percent of the image it covers) replaces the label;
 - **the classifier, erased**: the same with the candidate painted over instead; the
-  largest drop of the class score (minus ``λ`` per percent) wins.
+  largest drop of the class score (minus ``λ`` per percent) wins;
+- **a student's mask** (``--student``: a student's instances on images it did not learn
+  from, e.g. two students cross-fitted on halves of the training split): each label
+  becomes the proposal, among those with IoU ≥ τ with it, that fits best the student
+  instance of its class overlapping it most.
 
 A last row is the ceiling of re-picking: each label replaced by the proposal (IoU ≥ 0.1
 with it) that fits its ground-truth object best. Each label is *right* (mask IoU ≥ 0.5
@@ -137,6 +141,29 @@ def by_classifier(items: list, scores: dict, form: str, lam: float) -> dict:
     return out
 
 
+def by_student(items: list, results: dict, tau: float, min_score: float = 0.5) -> dict:
+    """Each label replaced by the proposal (IoU ≥ ``tau`` with it) that fits best the mask
+    of the student instance of its class (score ≥ ``min_score``) overlapping it most, where
+    one overlaps it; ``results``: a student's (:func:`load_results`) on images it did not
+    learn from."""
+    out = {}
+    for iid, _, labels, props in items:
+        own = [e for e in results.get(iid, []) if e["score"] >= min_score]
+        masks = rlelib.decode_many([e["segmentation"] for e in own], props.shape) if own else None
+        new = []
+        for e in labels:
+            same = [k for k, o in enumerate(own) if o["class_id"] == e["class_id"]]
+            near, _ = _near(props, e["mask"], tau)
+            overlap = mask_iou(e["mask"][None], masks[same])[0] if same else np.zeros(0)
+            if not len(near) or not len(overlap) or overlap.max() == 0:
+                new.append(e)
+                continue
+            guide = masks[same[int(np.argmax(overlap))]]
+            new.append(dict(e, mask=props.mask(near[int(np.argmax(props.iou(guide)[near]))])))
+        out[iid] = new
+    return out
+
+
 def ceiling(ds, items: list) -> dict:
     out = {}
     for iid, _, labels, props in items:
@@ -200,6 +227,9 @@ def main() -> None:
     ap.add_argument("model", type=Path)
     ap.add_argument("--split", default="dev")
     ap.add_argument("--fit-split", default="train", help="whose labels the colour model is fitted on")
+    ap.add_argument("--student", action="append", default=[], type=Path,
+                    help="a student's results on the split's images (unseen by it), repeatable: their union")
+    ap.add_argument("--notes", default="", help="how the inputs were made, kept in the JSON")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
@@ -212,13 +242,20 @@ def main() -> None:
     sets["class colour, τ 0.5, bias 0.5"] = by_colour(items, weights, 0.5, 0.5)
     for form, lam in (("kept", 0.0), ("kept", 0.4), ("erased", 0.1), ("erased", 0.2)):
         sets[f"the classifier, {form}, λ {lam}"] = by_classifier(items, scores, form, lam)
+    if a.student:
+        results = {}
+        for path in a.student:
+            for iid, entries in load_results(path, ds.classes).items():
+                results.setdefault(iid, []).extend(entries)
+        for tau in (0.1, 0.3):
+            sets[f"the student's mask (an unseen image's), τ {tau}"] = by_student(items, results, tau)
     sets["ceiling: the proposal near each label that fits its object best"] = ceiling(ds, items)
     measured = {name: metrics(per_image(ds, labelled)) for name, labelled in sets.items()}
     base = next(iter(measured.values()))
     picks = draws(len(ds.ids), a.bootstrap, 0)
     report = {"benchmark": "label_repick", "command": shlex.join(["python", *sys.argv]), "root": str(a.root),
               "model": str(a.model), "split": a.split, "fit_split": a.fit_split, "images": len(ds.ids),
-              "labels": sum(len(e) for _, _, e, _ in items), "bootstrap": a.bootstrap, "rows": {}}
+              "labels": sum(len(e) for _, _, e, _ in items), "bootstrap": a.bootstrap, "notes": a.notes, "rows": {}}
     for name, m in measured.items():
         row = {k: v.to_json() for k, v in bootstrap(m, len(ds.ids), a.bootstrap).items()}
         if m is not base:

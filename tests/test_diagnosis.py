@@ -536,3 +536,28 @@ def test_label_repick_counts_right_leak_fragment_and_off_labels():
     # the ceiling replaces each label by the proposal near it (IoU >= 0.1) fitting the object best
     best = ceiling(Split(), [("a", None, labels, props)])["a"]
     assert [np.array_equal(e["mask"], props.mask(0)) for e in best] == [True, True, True, False]
+
+
+def test_label_repick_by_student_snaps_the_label_to_the_proposal_its_student_mask_fits():
+    """A label of columns 0-1 and a student instance of columns 0-4 (its class, score 0.9):
+    among the proposals near the label (IoU >= 0.1) the one of columns 0-3 fits the
+    student's mask best (IoU 0.8), so it replaces the label; a student instance of another
+    class, or one scoring under 0.5, leaves the label as it is."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from label_repick import by_student
+
+    from icn_rt.data import rle as rlelib
+
+    props = _strips(10)([[0, 1], [0, 1, 2, 3], list(range(10)), [8, 9]])
+    student = np.zeros((4, 10), bool)
+    student[:, :5] = True
+    label = {"class_id": 1, "score": 0.5, "mask": props.mask(0)}
+    items = [("a", None, [label], props)]
+
+    def results(class_id, score):
+        return {"a": [{"class_id": class_id, "score": score, "segmentation": rlelib.encode(student)}]}
+
+    picked = by_student(items, results(1, 0.9), tau=0.1)["a"][0]
+    assert np.array_equal(picked["mask"], props.mask(1)) and picked["score"] == 0.5
+    assert by_student(items, results(0, 0.9), tau=0.1)["a"][0] is label
+    assert by_student(items, results(1, 0.4), tau=0.1)["a"][0] is label
