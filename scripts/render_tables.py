@@ -607,7 +607,8 @@ def mask_fit(name: str) -> str:
 
 RENDERERS = {"accuracy": lambda: rows("accuracy_part_only.json"), "student": student, "speed": speed, "serve": serve,
              "matching": matching,
-             "bench-batches": bench_batches, "bench-summary": bench_summary, "label-repick": label_repick, "paper-summary": paper_summary,
+             "bench-batches": bench_batches, "bench-summary": bench_summary, "label-repick": label_repick,
+             "student-label-sets": lambda: rows("student_labels_photo_dev_41.json"), "paper-summary": paper_summary,
              "engines-summary": engines_summary, "memory-summary": memory_summary, "label-quality": label_quality,
              "recipe-part-only-val": lambda: rows("accuracy_recipe_part_only_val.json"),
              "recipe-photo-dev": lambda: rows("accuracy_recipe_photo_dev.json"),

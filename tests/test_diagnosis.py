@@ -561,3 +561,51 @@ def test_label_repick_by_student_snaps_the_label_to_the_proposal_its_student_mas
     assert np.array_equal(picked["mask"], props.mask(1)) and picked["score"] == 0.5
     assert by_student(items, results(0, 0.9), tau=0.1)["a"][0] is label
     assert by_student(items, results(1, 0.4), tau=0.1)["a"][0] is label
+
+
+def test_student_label_sets_writes_the_truth_and_the_ceiling_of_the_teachers_labels(classifier, tiny_voc, tmp_path):
+    """benchmarks/student_label_sets.py on the tiny set, its teacher's labels made here as
+    the ground truth's boxes filled (each a leak of its object): the truth set is the
+    ground truth, instance for instance; the ceiling set keeps every label (its class and
+    score) and puts in its place a proposal of the image, the one near it fitting its object
+    best."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import shutil
+
+    from student_label_sets import write_sets
+
+    from icn_rt.data import rle as rlelib
+    from icn_rt.data.datasets import open_dataset
+    from icn_rt.data.proposals import load_proposals, proposal_path
+    from icn_rt.data.results import load_results, result_entry, write_results
+
+    model = tmp_path / "model"
+    shutil.copytree(classifier, model)
+    (model / "student-labels").mkdir()
+    for split in ("train", "val"):
+        ds = open_dataset(tiny_voc, split, load_images=False)
+        entries = []
+        for i in ds.ids:
+            for inst in ds.ground_truth(i).instances:
+                ys, xs = np.nonzero(inst.mask)
+                box = np.zeros_like(inst.mask)
+                box[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
+                entries.append(result_entry(i, inst.class_id, 0.7, box, ds.classes))
+        write_results(model / "student-labels" / f"{split}.json", entries)
+    sets = write_sets(tiny_voc, model, tmp_path / "work", splits=("train", "val"))
+    assert sets["teacher"] == model / "student-labels"
+    ds = open_dataset(tiny_voc, "train", load_images=False)
+    truth = load_results(sets["truth"] / "train.json", ds.classes)
+    teacher = load_results(sets["teacher"] / "train.json", ds.classes)
+    top = load_results(sets["ceiling"] / "train.json", ds.classes)
+    for i in ds.ids:
+        gt = [inst for inst in ds.ground_truth(i).instances if not inst.difficult]
+        assert [e["class_id"] for e in truth.get(i, [])] == [inst.class_id for inst in gt]
+        assert all(np.array_equal(rlelib.decode(e["segmentation"]), inst.mask) for e, inst in zip(truth[i], gt))
+        assert [(e["class_id"], e["score"]) for e in top.get(i, [])] == [(e["class_id"], e["score"])
+                                                                         for e in teacher.get(i, [])]
+        props = load_proposals(proposal_path(tiny_voc / "Proposals", i))
+        for e, t in zip(top.get(i, []), teacher.get(i, [])):
+            mask, label = rlelib.decode(e["segmentation"]), rlelib.decode(t["segmentation"])
+            fits = [np.array_equal(mask, props.mask(k)) for k in range(len(props))]
+            assert any(fits) or np.array_equal(mask, label)  # no proposal near it: the label stays
