@@ -85,11 +85,11 @@ def _quantised(image: np.ndarray) -> np.ndarray:
     return (q[..., 0] * BINS + q[..., 1]) * BINS + q[..., 2]
 
 
-def _near(props, mask: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
-    inter, area = props.overlaps(mask)
-    iou = inter / np.maximum(area + int(mask.sum()) - inter, 1)
+def _near(props, mask: np.ndarray, tau: float) -> np.ndarray:
+    """The proposals with IoU ≥ ``tau`` with ``mask``, the closest first."""
+    iou = props.iou(mask)
     near = np.flatnonzero(iou >= tau)
-    return near[np.argsort(-iou[near], kind="stable")], iou
+    return near[np.argsort(-iou[near], kind="stable")]
 
 
 def by_colour(items: list, weights: np.ndarray, tau: float, bias: float) -> dict:
@@ -99,7 +99,7 @@ def by_colour(items: list, weights: np.ndarray, tau: float, bias: float) -> dict
         for e in labels:
             w = weights[e["class_id"]][q] - bias
             sums = props.segment_sums(np.bincount(props.superpixels.ravel(), w.ravel(), props.num_superpixels))
-            near, _ = _near(props, e["mask"], tau)
+            near = _near(props, e["mask"], tau)
             best = near[np.argmax(sums[near])] if len(near) else None
             keep = best is None or sums[best] <= w[e["mask"]].sum()
             new.append(e if keep else dict(e, mask=props.mask(best)))
@@ -115,7 +115,7 @@ def classifier_scores(items: list, model_dir: Path, tau: float = 0.1, most: int 
     for iid, image, labels, props in items:
         fill = image.reshape(-1, 3).mean(0).astype(np.uint8)
         for j, e in enumerate(labels):
-            near, _ = _near(props, e["mask"], tau)
+            near = _near(props, e["mask"], tau)
             masks = np.concatenate([e["mask"][None], props.to_masks(near[:most])])
             batch = [np.where(m[..., None], image, fill) for m in masks] + [np.where(m[..., None], fill, image)
                                                                            for m in masks] + [image]
@@ -153,7 +153,7 @@ def by_student(items: list, results: dict, tau: float, min_score: float = 0.5) -
         new = []
         for e in labels:
             same = [k for k, o in enumerate(own) if o["class_id"] == e["class_id"]]
-            near, _ = _near(props, e["mask"], tau)
+            near = _near(props, e["mask"], tau)
             overlap = mask_iou(e["mask"][None], masks[same])[0] if same else np.zeros(0)
             if not len(near) or not len(overlap) or overlap.max() == 0:
                 new.append(e)
@@ -171,7 +171,7 @@ def ceiling(ds, items: list) -> dict:
         new = []
         for e in labels:
             same = [inst.mask for inst in gt.instances if inst.class_id == e["class_id"]]
-            near, _ = _near(props, e["mask"], 0.1)
+            near = _near(props, e["mask"], 0.1)
             if not same or not len(near):
                 new.append(e)
                 continue
