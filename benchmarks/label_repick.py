@@ -21,10 +21,10 @@ cues that need no masks:
 A last row is the ceiling of re-picking: each label replaced by the proposal (IoU ≥ 0.1
 with it) that fits its ground-truth object best. Each label is *right* (mask IoU ≥ 0.5
 with an unclaimed object of its class, best score first, as the student's threshold is
-chosen), a *leak* (covers ≥ 70 % of the object it overlaps most), a *fragment* (≥ 70 %
-of it on objects) or *off*; precision, recall and F1 are over all labels (no threshold),
-with 95% bootstrap intervals over the images and the paired difference to the labels as
-they are.
+chosen), else a *leak*, a *fragment* or *off* against the object of its class it overlaps
+most, by the rule of ``label_quality.kinds`` (covers ≥ half of it; ≥ half of the label on
+it; neither); precision, recall and F1 are over all labels (no threshold), with 95% bootstrap
+intervals over the images and the paired difference to the labels as they are.
 
     python benchmarks/label_repick.py ROOT MODEL --split dev --fit-split train --out label_repick.json
 """
@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from label_quality import kinds, overlaps
 from machine import machine_info
 
 from icn_rt.data import rle as rlelib
@@ -200,10 +201,10 @@ def per_image(ds, labelled: dict) -> list[np.ndarray]:
                 taken[ok[np.argmax(iou[ok])]] = True
                 count[1] += 1
                 continue
-            g = gm[int(np.argmax(iou))] if len(gm) else np.zeros_like(e["mask"])
-            under = (e["mask"] & g).sum() / max(g.sum(), 1)
-            on = (e["mask"] & gm.any(0)).sum() / max(e["mask"].sum(), 1) if len(gm) else 0.0
-            count[2 if under >= 0.7 else 3 if on >= 0.7 else 4] += 1
+            same = np.flatnonzero(gl == e["class_id"])
+            g = gm[same[np.argmax(iou[same])]] if len(same) else np.zeros_like(e["mask"])
+            fit = overlaps(e["mask"], g)
+            count[1 + int(kinds(np.array([[0.0, *fit[1:], 0.0]]))[0])] += 1  # not right: 2 leak, 3 fragment, 4 off
         rows.append(count)
     return rows
 

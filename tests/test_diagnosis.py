@@ -506,15 +506,17 @@ def test_label_repick_by_colour_takes_the_proposal_of_the_most_class_colour():
 
 
 def test_label_repick_counts_right_leak_fragment_and_off_labels():
-    """One 4×4 object (columns 0-3 of a 4×10 image) and four labels, best score first: the
+    """One 4×4 object (columns 0-3 of a 4×10 image) and five labels, best score first: the
     object itself (right), columns 0-9 (leak: covers all of it at IoU 0.4), column 0 (a
-    fragment: IoU 0.25, all of it on the object) and columns 6-9 (off)."""
+    fragment: IoU 0.25, all of it on the object), columns 6-9 (off), columns 0, 1, 4-9 (a
+    leak by label_quality's rule: it covers half of the object, a quarter of it on it) and
+    the object itself tagged with another class (off: no object of its class)."""
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     from label_repick import ceiling, metrics, per_image
 
     from icn_rt.data.voc import Instance
 
-    props = _strips(10)([[0, 1, 2, 3], list(range(10)), [0], [6, 7, 8, 9]])
+    props = _strips(10)([[0, 1, 2, 3], list(range(10)), [0], [6, 7, 8, 9], [0, 1, 4, 5, 6, 7, 8, 9], [0, 1, 2, 3]])
 
     class Truth:
         instances = [Instance(class_id=0, mask=props.mask(0))]
@@ -528,14 +530,16 @@ def test_label_repick_counts_right_leak_fragment_and_off_labels():
         def ground_truth(self, image_id):
             return Truth()
 
-    labels = [{"class_id": 0, "score": s, "mask": props.mask(k)} for k, s in enumerate((0.9, 0.8, 0.7, 0.6))]
+    labels = [{"class_id": int(k == 5), "score": s, "mask": props.mask(k)}
+              for k, s in enumerate((0.9, 0.8, 0.7, 0.6, 0.5, 0.4))]
     rows = per_image(Split(), {"a": labels})
-    assert rows[0].tolist() == [1, 1, 1, 1, 1]
+    assert rows[0].tolist() == [1, 1, 2, 1, 2]
     m = metrics(rows)(None)
-    assert m == {"precision": 25.0, "recall": 100.0, "F1": 40.0, "leak": 25.0, "fragment": 25.0, "off": 25.0}
+    assert m == pytest.approx({"precision": 100 / 6, "recall": 100.0, "F1": 200 / 7, "leak": 100 / 3,
+                               "fragment": 100 / 6, "off": 100 / 3})
     # the ceiling replaces each label by the proposal near it (IoU >= 0.1) fitting the object best
     best = ceiling(Split(), [("a", None, labels, props)])["a"]
-    assert [np.array_equal(e["mask"], props.mask(0)) for e in best] == [True, True, True, False]
+    assert [np.array_equal(e["mask"], props.mask(0)) for e in best] == [True, True, True, False, True, True]
 
 
 def test_label_repick_by_student_snaps_the_label_to_the_proposal_its_student_mask_fits():
