@@ -13,8 +13,8 @@ from icn_rt.data.results import result_entry
 from icn_rt.data.voc import VOCDataset
 from icn_rt.models.student import StudentSettings, anchor_sizes, build_student
 from icn_rt.runtime.engines import tensorrt_available
-from icn_rt.training.student import (StudentTrainSettings, boxes_of, choose_threshold, input_size_for, kept_labels,
-                                     learning_rate, train_student)
+from icn_rt.training.student import (AREA_HIGHS, AREA_LOWS, StudentTrainSettings, boxes_of, choose_threshold,
+                                     input_size_for, kept_labels, learning_rate, train_student)
 from tests.conftest import runner
 
 TINY_STUDENT = StudentSettings(input_size=64, rpn_proposals=50, roi_samples=32)  # classifier-fpn, light heads
@@ -88,6 +88,29 @@ def test_labels_keep_tagged_classes_at_the_threshold():
     assert kept == {"a": [entry(0, 0.9)], "c": [entry(1, 0.5)]}
 
 
+def test_labels_keep_the_areas_in_range_bounds_included():
+    """On a 10×10 image masks of 1, 10 and 60 pixels: 1 %, 10 % and 60 % of the image."""
+    from icn_rt.data import rle as rlelib
+
+    def entry(pixels):
+        mask = np.zeros((10, 10), bool)
+        mask.flat[:pixels] = True
+        return {"class_id": 0, "score": 1.0, "segmentation": rlelib.encode(mask)}
+
+    small, middle, large = entry(1), entry(10), entry(60)
+    results, tags = {"a": [small, middle, large], "b": [large]}, {"a": np.array([0]), "b": np.array([0])}
+    assert kept_labels(results, tags, 0.0, (0.05, 0.5)) == {"a": [middle]}  # "b" keeps nothing: left out
+    assert kept_labels(results, tags, 0.0, (0.01, 0.1)) == {"a": [small, middle]}
+    assert kept_labels(results, tags, 0.0) == results
+    with pytest.raises(ValueError, match="0 <= low <= high <= 1"):
+        kept_labels(results, tags, 0.0, (0.5, 0.1))
+    with pytest.raises(ValueError, match="0 <= low <= high <= 1"):
+        StudentTrainSettings(min_area=0.0, max_area=1.5)
+    from icn_rt.cli.options import area_range
+
+    assert area_range("0.02,0.4") == (0.02, 0.4) and area_range(None) is None
+
+
 def test_the_threshold_is_the_one_whose_labels_match_dev_best(tiny_voc, tmp_path):
     """Right masks at 0.9, wrong ones (the same classes, elsewhere) at 0.3: the threshold
     keeps the right ones only."""
@@ -98,12 +121,35 @@ def test_the_threshold_is_the_one_whose_labels_match_dev_best(tiny_voc, tmp_path
             entries.append(result_entry(image_id, inst.class_id, 0.3, ~inst.mask, ds.classes))
     path = tmp_path / "dev.json"
     path.write_text(json.dumps(entries))
-    choice = choose_threshold(tiny_voc, path, "dev")
-    best = next(c for c in choice.candidates if c["threshold"] == choice.threshold)
-    assert 0.3 < choice.threshold <= 0.9
-    assert best["precision"] == 1.0 and best["recall"] == 1.0
+    choice = choose_threshold(tiny_voc, path, "dev", areas=[(0.0, 1.0)])
+    assert 0.3 < choice.threshold <= 0.9 and choice.area == (0.0, 1.0)
+    assert choice.best["precision"] == 1.0 and choice.best["recall"] == 1.0
     everything = next(c for c in choice.candidates if c["threshold"] == 0.0)
     assert everything["precision"] == 0.5 and everything["recall"] == 1.0
+    # with the areas tried too, a perfect threshold ties with narrower areas: the widest wins
+    both = choose_threshold(tiny_voc, path, "dev")
+    assert (both.threshold, both.area) == (choice.threshold, (0.0, 1.0)) and both.best["f1"] == 1.0
+    assert len(both.candidates) == len(choice.candidates) * len(AREA_LOWS) * len(AREA_HIGHS)
+
+
+def test_the_label_area_is_chosen_where_scores_cannot_tell_right_from_wrong(tiny_voc, tmp_path):
+    """Right masks at 0.3 and their complements (most of each image) at 0.9: no threshold
+    keeps the right ones only, the area does."""
+    ds = VOCDataset(tiny_voc, "dev", load_images=False)
+    entries, shares = ground_truth_results(tiny_voc, "dev", score=0.3), []
+    for image_id in ds.ids:
+        for inst in ds.ground_truth(image_id).instances:
+            entries.append(result_entry(image_id, inst.class_id, 0.9, ~inst.mask, ds.classes))
+            shares.append(inst.mask.mean())
+    assert max(shares) < 0.2 < 0.7 < 1 - max(shares)  # the objects are small: the ranges tried can part them
+    path = tmp_path / "dev.json"
+    path.write_text(json.dumps(entries))
+    choice = choose_threshold(tiny_voc, path, "dev")
+    assert choice.best["precision"] == 1.0 and choice.best["recall"] == 1.0
+    assert choice.threshold == 0.0 and choice.area[0] <= min(shares) and max(shares) <= choice.area[1] <= 0.7
+    assert choice.to_json()["area"] == list(choice.area)
+    fixed = choose_threshold(tiny_voc, path, "dev", areas=[(0.0, 1.0)])
+    assert fixed.best["f1"] < 1.0 and fixed.area == (0.0, 1.0)
 
 
 def test_settings_set_for_the_data(tiny_voc):
@@ -503,6 +549,7 @@ def test_train_student_command_labels_with_the_pipeline_then_trains(classifier, 
     threshold = json.loads((model / "student_threshold.json").read_text())
     config = json.loads((model / "config.json").read_text())
     assert config["student_training"]["threshold"] == threshold["threshold"]
+    assert [config["student_training"]["min_area"], config["student_training"]["max_area"]] == threshold["area"]
     assert config["student"]["input_size"] == 64 and config["student"]["refine"] == "none"
     assert not (model / "student_refine.json").exists()  # --refine none: nothing chosen
     assert {e["image_id"] for e in labels} <= set(VOCDataset(tiny_voc, "train", load_images=False).ids)
@@ -527,6 +574,8 @@ def test_train_student_command_labels_with_the_pipeline_then_trains(classifier, 
     assert r.exit_code == 2 and "config.json" in r.output, r.output
     r = runner.invoke(app, ["train", "student", str(tiny_voc), "--model", str(model), "--refine", "crf"])
     assert r.exit_code == 2 and "--refine: choose auto, none, superpixels, proposals; not 'crf'" in r.output, r.output
+    r = runner.invoke(app, ["train", "student", str(tiny_voc), "--model", str(model), "--label-area", "0.4"])
+    assert r.exit_code == 2 and "--label-area takes LOW,HIGH" in r.output, r.output
 
 
 def test_bench_shows_the_student_beside_the_pipeline(student, tiny_voc):

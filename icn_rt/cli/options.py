@@ -85,6 +85,24 @@ GpusPerActor = Annotated[float, typer.Option(help="--ray: GPUs per worker (0: on
 CpusPerActor = Annotated[float, typer.Option(help="--ray: CPUs per worker (its torch threads).")]
 
 
+LabelArea = Annotated[Optional[str], typer.Option(
+    help="LOW,HIGH: the shares of the image a label may cover (0,1: any) [default: chosen on --dev-split with the "
+         "threshold; any with --threshold].", show_default=False)]
+
+
+def area_range(value: str | None) -> tuple[float, float] | None:
+    """``--label-area LOW,HIGH`` as two floats (None: not given), or a ValueError naming it."""
+    if value is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError:
+        raise ValueError(f"--label-area takes LOW,HIGH (shares of the image, e.g. 0.02,0.4), got {value!r}") from None
+    from icn_rt.training.student import check_area
+
+    return check_area((lo, hi))
+
+
 def backends(values: list[str] | None, default: tuple[str, ...]) -> list[str]:
     """``--backend`` given (repeated, or comma separated), else ``default``."""
     names = [b.strip() for v in (values or []) for b in v.split(",") if b.strip()]

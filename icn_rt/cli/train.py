@@ -9,8 +9,8 @@ import typer
 
 from icn_rt.cli.common import err, fail, launch, out, pct, plural, rank_zero, renamed, train_app
 from icn_rt.cli.options import (Actors, Backbone, BatchSize, CpusPerActor, Device, Epochs, GpusPerActor, InputSize,
-                                LabelK, Labels, Lr, LrStep, ModelOption, Nproc, Pretrained, Proposals, Quiet, Ray,
-                                Rerank, Resume, Root, Seed, Split, Supervision, SyncBn, Workers)
+                                LabelArea, LabelK, Labels, Lr, LrStep, ModelOption, Nproc, Pretrained, Proposals, Quiet,
+                                Ray, Rerank, Resume, Root, Seed, Split, Supervision, SyncBn, Workers, area_range)
 from icn_rt.errors import InputError
 
 
@@ -238,8 +238,9 @@ def train_student_cmd(
                                             "(infer then needs proposals) | none (docs/student.md)."),
     threshold: Optional[float] = typer.Option(None, help="Confidence a pipeline instance needs to become a label "
                                                          "[default: chosen on --dev-split, best F1 at mask IoU 0.5]."),
+    label_area: LabelArea = None,
     split: Split = "train",
-    dev_split: str = typer.Option("dev", help="Split the threshold is chosen on."),
+    dev_split: str = typer.Option("dev", help="Split the threshold and the label area are chosen on."),
     proposals_dir: Proposals = None,
     from_student: Optional[Path] = typer.Option(None, help="Self-training: that model directory's student labels "
                                                            "the splits instead of the pipeline."),
@@ -284,7 +285,7 @@ def train_student_cmd(
             cluster = RaySettings(ray, actors, gpus_per_actor, cpus_per_actor)
         run = teach_and_train(root, model_dir, settings, student, threshold, dev_split, proposals_dir, resume, device,
                               log=out.print, progress=not quiet, teacher_student=from_student, ray=cluster,
-                              refine_on_dev=on_dev)
+                              refine_on_dev=on_dev, area=area_range(label_area))
     except (InputError, ValueError, RuntimeError) as e:
         fail(e)
     if not rank_zero():

@@ -2,11 +2,14 @@
 
 The labels are a COCO results file of the pipeline over the training split (``icn-rt
 infer``'s output; :mod:`icn_rt.workflows.student` makes it). An instance is kept when
-its class is among the image's tags (the weak labels the training split has) and its
-confidence is at least ``threshold``, chosen on dev by :func:`choose_threshold`: the
-threshold whose kept instances best match dev's ground truth (F1 at mask IoU 0.5: the
-labels should be both right and many). Images left without a kept instance are not
-trained on: their objects would be taught as background.
+its class is among the image's tags (the weak labels the training split has), its
+confidence is at least ``threshold`` and the share of the image it covers lies within
+``[min_area, max_area]``, the three chosen together on dev by :func:`choose_threshold`:
+those whose kept instances best match dev's ground truth (F1 at mask IoU 0.5: the labels
+should be both right and many). The area matters on photographs, where the pipeline's
+wrong instances are mostly the photograph around the objects (docs/student.md). Images
+left without a kept instance are not trained on: their objects would be taught as
+background.
 
 Each sample: the image resized to the student's side and normalised as the classifier's
 input, its kept masks resized (nearest) with boxes around them; horizontal flip at
@@ -54,8 +57,9 @@ FILES = RunFiles(STUDENT_WEIGHTS, STATE, LOG)
 @dataclass
 class StudentTrainSettings(Schedule):
     """``labels``: the pipeline's results on ``split``; ``threshold``: the confidence a
-    label needs (chosen on dev: :func:`choose_threshold`); ``pretrained``: ``imagenet``
-    or a backbone weights file (None: from scratch)."""
+    label needs, ``min_area`` and ``max_area``: the shares of its image it may cover (all
+    three chosen on dev: :func:`choose_threshold`); ``pretrained``: ``imagenet`` or a
+    backbone weights file (None: from scratch)."""
 
     epochs: int = 24
     batch_size: int = 4
@@ -67,10 +71,13 @@ class StudentTrainSettings(Schedule):
     split: str = "train"
     labels: str = ""
     threshold: float = 0.0
+    min_area: float = 0.0
+    max_area: float = 1.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("student training needs at least one epoch and a batch of at least one image")
+        check_area((self.min_area, self.max_area))
 
 
 @dataclass
@@ -86,13 +93,37 @@ class StudentTrainSummary:
     dropped_images: int = 0
 
 
-def kept_labels(results: dict[str, list[dict]], tags: dict[str, np.ndarray], threshold: float) -> dict[str, list[dict]]:
+AREA_LOWS = (0.0, 0.005, 0.01, 0.02, 0.05)
+AREA_HIGHS = (0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
+"""The label areas (shares of the image, bounds included) :func:`choose_threshold` tries,
+every low with every high."""
+
+
+def check_area(area: tuple[float, float]) -> tuple[float, float]:
+    """``area`` as floats, or a ValueError naming the problem."""
+    lo, hi = (float(v) for v in area)
+    if not 0 <= lo <= hi <= 1:
+        raise ValueError(f"a label area range needs 0 <= low <= high <= 1 (shares of the image), got {lo:g}, {hi:g}")
+    return lo, hi
+
+
+def area_share(entry: dict) -> float:
+    """The share of its image a results entry's mask covers."""
+    return float(rlelib.decode(entry["segmentation"]).mean())
+
+
+def kept_labels(results: dict[str, list[dict]], tags: dict[str, np.ndarray], threshold: float,
+                area: tuple[float, float] = (0.0, 1.0)) -> dict[str, list[dict]]:
     """The instances of ``results`` (:func:`~icn_rt.data.results.load_results`) whose class
-    is among their image's ``tags`` and whose score is at least ``threshold``, per image;
-    images without one are left out."""
+    is among their image's ``tags``, whose score is at least ``threshold`` and whose mask
+    covers a share of the image within ``area`` (bounds included), per image; images
+    without one are left out."""
+    lo, hi = check_area(area)
+    whole = (lo, hi) == (0.0, 1.0)
     kept = {}
     for image_id, image_tags in tags.items():
-        entries = [e for e in results.get(image_id, []) if e["score"] >= threshold and e["class_id"] in image_tags]
+        entries = [e for e in results.get(image_id, []) if e["score"] >= threshold and e["class_id"] in image_tags
+                   and (whole or lo <= area_share(e) <= hi)]
         if entries:
             kept[image_id] = entries
     return kept
@@ -100,27 +131,62 @@ def kept_labels(results: dict[str, list[dict]], tags: dict[str, np.ndarray], thr
 
 @dataclass
 class ThresholdChoice:
-    """The confidence threshold chosen on dev and why: at each candidate, the kept
-    instances' precision and recall of dev's ground truth (mask IoU ≥ 0.5) and F1."""
+    """The confidence threshold and label area chosen on dev and why: at each candidate
+    (threshold, area range), the kept instances' precision and recall of dev's ground truth
+    (mask IoU ≥ 0.5) and F1."""
 
     threshold: float
     candidates: list[dict]
+    area: tuple[float, float] = (0.0, 1.0)
+
+    @property
+    def best(self) -> dict:
+        """The candidate chosen."""
+        return next(c for c in self.candidates if c["threshold"] == self.threshold and tuple(c["area"]) == self.area)
 
     def to_json(self) -> dict:
-        return {"threshold": self.threshold, "criterion": "F1 at mask IoU 0.5 of the kept labels on dev",
-                "candidates": self.candidates}
+        return {"threshold": self.threshold, "area": list(self.area),
+                "criterion": "F1 at mask IoU 0.5 of the kept labels on dev; ties: the widest area, then the lowest "
+                             "threshold", "candidates": self.candidates}
 
 
-def choose_threshold(root: str | Path, results_path: str | Path, split: str = "dev",
-                     candidates: int = 20) -> ThresholdChoice:
-    """The confidence threshold whose kept instances (tags and score, as
-    :func:`kept_labels`) best match ``split``'s ground truth: the highest F1 at mask IoU 0.5
-    among 0 and the score quantiles (``candidates`` of them); ties go to the lower one."""
+def choose_threshold(root: str | Path, results_path: str | Path, split: str = "dev", candidates: int = 20,
+                     areas: list[tuple[float, float]] | None = None) -> ThresholdChoice:
+    """The confidence threshold and label area range whose kept instances (tags, score and
+    area, as :func:`kept_labels`) best match ``split``'s ground truth: the highest F1 at
+    mask IoU 0.5 among 0 and the score quantiles (``candidates`` of them) and ``areas``
+    (None: every :data:`AREA_LOWS` with every :data:`AREA_HIGHS`); ties go to the widest
+    range, then to the lower threshold."""
     ds = open_dataset(root, split, load_images=False)
     results = load_results(results_path, ds.classes)
-    # per image: each predicted instance's score and whether it matches a ground truth
-    # (one-to-one, best score first, IoU >= 0.5, same class) — once; thresholds only cut
-    scores, hits, positives = [], [], 0
+    scores, hits, shares, positives = _dev_hits(ds, results)
+    grid = [0.0]
+    if len(scores):
+        grid = sorted({0.0, *np.quantile(scores, np.linspace(0, 1, candidates + 1)[1:-1]).tolist()})
+    ranges = ([check_area(a) for a in areas] if areas is not None
+              else [(lo, hi) for lo in AREA_LOWS for hi in AREA_HIGHS])
+    table = []
+    for lo, hi in ranges:
+        inside = (shares >= lo) & (shares <= hi)
+        for t in grid:
+            kept = inside & (scores >= t)
+            tp = int(hits[kept].sum())
+            precision = tp / max(int(kept.sum()), 1)
+            recall = tp / max(positives, 1)
+            f1 = 2 * precision * recall / max(precision + recall, 1e-12)
+            table.append({"threshold": float(t), "area": [lo, hi], "kept": int(kept.sum()), "precision": precision,
+                          "recall": recall, "f1": f1})
+    best = max(table, key=lambda row: (row["f1"], row["area"][1] - row["area"][0], -row["area"][0],
+                                       -row["threshold"]))
+    return ThresholdChoice(best["threshold"], table, tuple(best["area"]))
+
+
+def _dev_hits(ds, results: dict[str, list[dict]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Each tagged instance's score, whether it matches a ground truth (one-to-one, best
+    score first, IoU ≥ 0.5, same class; once, over all of them: a threshold only cuts,
+    and an area range that drops a match leaves at most a rare duplicate of it unclaimed)
+    and the share of the image it covers; and the count of ground truths."""
+    scores, hits, shares, positives = [], [], [], 0
     for image_id in ds.ids:
         gt = ds.ground_truth(image_id)
         tags = set(gt.labels.tolist())
@@ -140,21 +206,8 @@ def choose_threshold(root: str | Path, results_path: str | Path, split: str = "d
                 taken[best] = True
             scores.append(e["score"])
             hits.append(best is not None)
-    scores_a, hits_a = np.array(scores, np.float64), np.array(hits, bool)
-    grid = [0.0]
-    if len(scores):
-        grid = sorted({0.0, *np.quantile(scores_a, np.linspace(0, 1, candidates + 1)[1:-1]).tolist()})
-    table = []
-    for t in grid:
-        kept = scores_a >= t
-        tp = int(hits_a[kept].sum())
-        precision = tp / max(int(kept.sum()), 1)
-        recall = tp / max(positives, 1)
-        f1 = 2 * precision * recall / max(precision + recall, 1e-12)
-        table.append({"threshold": float(t), "kept": int(kept.sum()), "precision": precision, "recall": recall,
-                      "f1": f1})
-    best = max(table, key=lambda row: (row["f1"], -row["threshold"]))
-    return ThresholdChoice(best["threshold"], table)
+            shares.append(float(masks[i].mean()))
+    return np.array(scores, np.float64), np.array(hits, bool), np.array(shares, np.float64), positives
 
 
 class PseudoMasks(Dataset):
@@ -166,11 +219,12 @@ class PseudoMasks(Dataset):
         ds = open_dataset(root, settings.split, load_images=False)
         results = load_results(settings.labels, ds.classes)
         self.tags = {image_id: set(ds.labels(image_id).tolist()) for image_id in ds.ids}
-        self.labels = kept_labels(results, self.tags, settings.threshold)
+        self.labels = kept_labels(results, self.tags, settings.threshold, (settings.min_area, settings.max_area))
         self.ids = [image_id for image_id in ds.ids if image_id in self.labels]
         if not self.ids:
-            raise InputError(Path(settings.labels), f"no instance passes the threshold {settings.threshold:g} on "
-                                                    f"any tagged class of {settings.split}: nothing to train on")
+            raise InputError(Path(settings.labels), f"no instance passes the threshold {settings.threshold:g} with "
+                                                    f"an area within [{settings.min_area:g}, {settings.max_area:g}] "
+                                                    f"on any tagged class of {settings.split}: nothing to train on")
         self.dataset, self.size, self.settings, self.augment = ds, size, settings, augment
         self.epoch = 0
 

@@ -6,8 +6,9 @@
    not redone (the job's fingerprint: same weights, settings and proposals). For a
    self-training round the labeller is another model directory's student instead
    (``teacher_student``), and the new student learns from its masks.
-2. The labels' confidence threshold is chosen on dev
-   (:func:`~icn_rt.training.student.choose_threshold`), unless given.
+2. The labels' confidence threshold and area range are chosen on dev together
+   (:func:`~icn_rt.training.student.choose_threshold`), unless given (a threshold given
+   alone keeps every area; an area given alone has the threshold chosen for it).
 3. The student trains on the training split's kept labels
    (:func:`~icn_rt.training.student.train_student`), into the model directory.
 4. With ``refine_on_dev``, how its masks are refined (``student.refine``) is chosen on dev
@@ -44,7 +45,7 @@ scores every one of :data:`~icn_rt.models.student.REFINES`, cheapest first."""
 @dataclass
 class StudentRun:
     """What ``icn-rt train student`` did: the labelling jobs' summaries per split, the
-    threshold (``choice``: None when given), the training."""
+    threshold and label area (``choice``: None when given), the training."""
 
     labelled: dict[str, InferSummary]
     threshold: float
@@ -85,9 +86,11 @@ def teach_and_train(root: str | Path, model_dir: str | Path, settings: StudentTr
                     proposals_dir: str | Path | None = None, resume: bool = False, device: str = "cpu",
                     log: Callable[[str], None] = print, progress: bool = True,
                     teacher_student: str | Path | None = None, ray: RaySettings | None = None,
-                    refine_on_dev: bool = False) -> StudentRun:
+                    refine_on_dev: bool = False, area: tuple[float, float] | None = None) -> StudentRun:
     """See the module's docstring. ``student`` None: the settings' defaults with the input
-    side set for the data (:func:`~icn_rt.training.student.input_size_for`);
+    side set for the data (:func:`~icn_rt.training.student.input_size_for`); ``area``:
+    the shares of the image a label may cover (None: chosen on dev with the threshold, or
+    all of them when the threshold is given);
     ``teacher_student``: label with that model directory's student (self-training);
     ``ray``: label on a Ray cluster; ``refine_on_dev``: choose ``student.refine`` on
     ``dev_split`` after training (:func:`choose_refine`)."""
@@ -102,8 +105,11 @@ def teach_and_train(root: str | Path, model_dir: str | Path, settings: StudentTr
         ranks.barrier()
         labels = model_dir / LABELS / f"{settings.split}.json"
         if threshold is None:
-            threshold = json.loads((model_dir / THRESHOLD_REPORT).read_text())["threshold"]
-        trained = train_student(root, model_dir, replace(settings, labels=str(labels), threshold=threshold),
+            chosen = json.loads((model_dir / THRESHOLD_REPORT).read_text())
+            threshold, area = chosen["threshold"], tuple(chosen.get("area", (0.0, 1.0)))
+        lo, hi = area or (0.0, 1.0)
+        trained = train_student(root, model_dir, replace(settings, labels=str(labels), threshold=threshold,
+                                                         min_area=lo, max_area=hi),
                                 student or StudentSettings(input_size=input_size_for(root, settings.split)),
                                 resume=resume, device=device, log=log, progress=False)
         return StudentRun(labelled, threshold, choice, trained)
@@ -113,16 +119,17 @@ def teach_and_train(root: str | Path, model_dir: str | Path, settings: StudentTr
     if threshold is None:
         dev_labels, labelled[dev_split] = label_split(root, model_dir, dev_split, proposals, device, progress=progress,
                                                       teacher_student=teacher_student, ray=ray)
-        choice = choose_threshold(root, dev_labels, dev_split)
-        threshold = choice.threshold
+        choice = choose_threshold(root, dev_labels, dev_split, areas=None if area is None else [area])
+        threshold, area = choice.threshold, choice.area
         (model_dir / THRESHOLD_REPORT).write_text(json.dumps(choice.to_json(), indent=1))
-        best = next(c for c in choice.candidates if c["threshold"] == threshold)
-        log(f"label threshold {threshold:.3g} chosen on {dev_split} (precision {best['precision']:.2f}, recall "
-            f"{best['recall']:.2f} at mask IoU 0.5)")
+        log(f"label threshold {threshold:.3g} and area [{area[0]:g}, {area[1]:g}] of the image chosen on {dev_split} "
+            f"(precision {choice.best['precision']:.2f}, recall {choice.best['recall']:.2f} at mask IoU 0.5)")
     ranks.barrier()
     if student is None:
         student = StudentSettings(input_size=input_size_for(root, settings.split))
-    trained = train_student(root, model_dir, replace(settings, labels=str(labels), threshold=threshold), student,
+    lo, hi = area or (0.0, 1.0)
+    trained = train_student(root, model_dir, replace(settings, labels=str(labels), threshold=threshold, min_area=lo,
+                                                     max_area=hi), student,
                             resume=resume, device=device, log=log, progress=progress)
     refined = None
     if refine_on_dev:
