@@ -170,12 +170,26 @@ def aggregate(reports: dict[int, dict]) -> dict:
     return rows
 
 
+def label_choices(work: Path, seeds: list[int]) -> dict[str, dict]:
+    """Each training's label threshold and area as ``train student`` chose them on dev (its
+    ``student_threshold.json``), where it chose them."""
+    out = {}
+    for seed in seeds:
+        f = work / f"models-{seed}" / "default" / "student_threshold.json"
+        if f.exists():
+            chosen = json.loads(f.read_text())
+            out[str(seed)] = {"threshold": chosen["threshold"], "area": chosen.get("area", [0.0, 1.0])}
+    return out
+
+
 def caption(doc: dict) -> str:
     schedule = f"; {doc['classifier']}" if "classifier" in doc else ""
+    areas = "; ".join(f"[{c['area'][0]:g}, {c['area'][1]:g}]" for c in doc.get("student_labels", {}).values())
     return (f"The recipe trained from scratch on {len(doc['seeds'])} sets of the {doc['regime']} regime (seeds "
             f"{', '.join(map(str, doc['seeds']))}; {doc['set']}{schedule}); {doc.get('split', 'val')}; mean ± sd over "
             "the trainings, then each training's estimate [95% bootstrap interval over the images]; the reference is "
-            f"{doc['reference']}.")
+            f"{doc['reference']}" + (f"; the students' label areas (shares of the image) chosen on dev: {areas}"
+                                     if areas else "") + ".")
 
 
 def spread(s: dict) -> str:
@@ -247,7 +261,8 @@ def main() -> None:
                   f"/ {a.val} val",
            "classifier": f"classifier {a.classifier_epochs} epochs, the rate ×0.1 after {a.classifier_lr_step}",
            "reference": REFERENCE, "commands": commands,
-           "steps_run": log, "rows": aggregate(reports), "machine": machine_info()}
+           "steps_run": log, "rows": aggregate(reports), "student_labels": label_choices(a.work, a.seed),
+           "machine": machine_info()}
     write_report(a.out, doc, markdown(doc))
 
 

@@ -477,7 +477,13 @@ def recipe_regimes() -> str:
     earlier = (f"; {' and '.join(before)}: measured before the student led (`instances.lead`, docs/accuracy.md), "
                "ranked the pipeline (`instances.student_agreement`) and had its mask NMS (`student.mask_nms`, "
                "docs/student.md), the trainings no longer on disk") if before else ""
-    lines += ["", f"val; mean ± sd over the trainings from scratch (n: how many); {sets}{earlier}; "
+    chose = {k: "; ".join(f"[{c['area'][0]:g}, {c['area'][1]:g}]" for c in d["student_labels"].values())
+             for k, d in docs.items() if d.get("student_labels")}
+    areas = (f"; the students' label areas (shares of the image) chosen on dev: "
+             + "; ".join(f"{k} {v}" for k, v in chose.items())
+             + "".join(f"; {k}: trained before `train student` chose them (every area)" for k in docs
+                       if k not in chose)) if chose else ""
+    lines += ["", f"val; mean ± sd over the trainings from scratch (n: how many); {sets}{earlier}{areas}; "
                   "`benchmarks/results/" + "`, `".join(names[k] for k in docs) + "`."]
     return "\n".join(lines)
 

@@ -474,6 +474,22 @@ def test_recipe_aggregates_the_trainings():
     text = markdown({"seeds": [1, 2], "regime": "part-only", "set": "s", "rows": rows, "reference": REFERENCE})
     assert "| default | 16.0 ± 2.8 (n 2) | 14.0 [11.0, 17.0]; 18.0 [14.0, 22.0] |" in text
     assert "+4.0 [1.0, 7.0]; -2.0 [-5.0, 1.0] | b; none |" in text
+    assert "label areas" not in text  # none recorded: a recipe run before train student chose them
+
+
+def test_recipe_records_each_student_label_choice(tmp_path):
+    sys.path.insert(0, BENCHMARKS)
+    from recipe import caption, label_choices
+
+    for seed, chosen in ((1, {"threshold": 2.5, "area": [0.02, 0.4], "candidates": []}),
+                         (2, {"threshold": 0.0, "candidates": []})):  # 2: a report from before the area was chosen
+        (tmp_path / f"models-{seed}" / "default").mkdir(parents=True)
+        (tmp_path / f"models-{seed}" / "default" / "student_threshold.json").write_text(json.dumps(chosen))
+    labels = label_choices(tmp_path, [1, 2, 3])  # 3: no student trained
+    assert labels == {"1": {"threshold": 2.5, "area": [0.02, 0.4]}, "2": {"threshold": 0.0, "area": [0.0, 1.0]}}
+    doc = {"seeds": [1, 2, 3], "regime": "photo", "set": "s", "reference": "r", "student_labels": labels}
+    assert caption(doc).endswith("the reference is r; the students' label areas (shares of the image) chosen on "
+                                 "dev: [0.02, 0.4]; [0, 1].")
 
 
 def _strips(width: int, height: int = 4):
