@@ -243,6 +243,7 @@ def main() -> None:
     ap.add_argument("--level", type=float, default=0.95)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--regime", default=None, help="a name for the data's regime [default: from ROOT/synth.json]")
+    ap.add_argument("--notes", default="", help="how the models were made, kept in the JSON")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     result = run(args)
@@ -250,7 +251,7 @@ def main() -> None:
     doc = {"benchmark": "accuracy", "command": shlex.join(["python", *sys.argv]), "root": str(args.root),
            "split": args.split, "regime": regime,
            "bootstrap": {"samples": args.bootstrap, "seed": args.seed, "level": args.level, "unit": "image"},
-           "dataset": dataset, **result, "machine": machine_info()}
+           "dataset": dataset, **result, **({"notes": args.notes} if args.notes else {}), "machine": machine_info()}
     write_report(args.out, doc, markdown(doc))
 
 
