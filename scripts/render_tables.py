@@ -479,10 +479,12 @@ def recipe_regimes() -> str:
                "docs/student.md), the trainings no longer on disk") if before else ""
     chose = {k: "; ".join(f"[{c['area'][0]:g}, {c['area'][1]:g}]" for c in d["student_labels"].values())
              for k, d in docs.items() if d.get("student_labels")}
-    areas = (f"; the students' label areas (shares of the image) chosen on dev: "
-             + "; ".join(f"{k} {v}" for k, v in chose.items())
-             + "".join(f"; {k}: trained before `train student` chose them (every area)" for k in docs
-                       if k not in chose)) if chose else ""
+    unchosen, areas = [k for k in docs if k not in chose], ""
+    if chose:
+        areas = "; the students' label areas (shares of the image) chosen on dev: " + "; ".join(
+            f"{k} {v}" for k, v in chose.items())
+        if unchosen:
+            areas += f"; {' and '.join(unchosen)}: trained before `train student` chose them (every area)"
     lines += ["", f"val; mean ± sd over the trainings from scratch (n: how many); {sets}{earlier}{areas}; "
                   "`benchmarks/results/" + "`, `".join(names[k] for k in docs) + "`."]
     return "\n".join(lines)
@@ -615,6 +617,7 @@ RENDERERS = {"accuracy": lambda: rows("accuracy_part_only.json"), "student": stu
              "matching": matching,
              "bench-batches": bench_batches, "bench-summary": bench_summary, "label-repick": label_repick,
              "student-label-sets": lambda: rows("student_labels_photo_dev_41.json"), "paper-summary": paper_summary,
+             "label-area-photo-dev": lambda: rows("student_label_area_photo_dev_41.json"),
              "engines-summary": engines_summary, "memory-summary": memory_summary, "label-quality": label_quality,
              "recipe-part-only-val": lambda: rows("accuracy_recipe_part_only_val.json"),
              "recipe-photo-dev": lambda: rows("accuracy_recipe_photo_dev.json"),
