@@ -182,9 +182,15 @@ def label_choices(work: Path, seeds: list[int]) -> dict[str, dict]:
     return out
 
 
+def label_areas(doc: dict) -> str:
+    """The label area each training's student was taught with, as chosen on dev (``""``:
+    none recorded, a run from before ``train student`` chose them)."""
+    return "; ".join(f"[{c['area'][0]:g}, {c['area'][1]:g}]" for c in doc.get("student_labels", {}).values())
+
+
 def caption(doc: dict) -> str:
     schedule = f"; {doc['classifier']}" if "classifier" in doc else ""
-    areas = "; ".join(f"[{c['area'][0]:g}, {c['area'][1]:g}]" for c in doc.get("student_labels", {}).values())
+    areas = label_areas(doc)
     return (f"The recipe trained from scratch on {len(doc['seeds'])} sets of the {doc['regime']} regime (seeds "
             f"{', '.join(map(str, doc['seeds']))}; {doc['set']}{schedule}); {doc.get('split', 'val')}; mean ± sd over "
             "the trainings, then each training's estimate [95% bootstrap interval over the images]; the reference is "

@@ -458,7 +458,7 @@ def recipe_regimes() -> str:
     """The recipe's rows in every regime measured, side by side: mean ± sd over the
     trainings at IoU 0.5 and 0.75 (the per-training detail is in docs/accuracy.md)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from recipe import DEFAULT, REFERENCE, spread
+    from recipe import DEFAULT, REFERENCE, label_areas, spread
 
     names = {"part-only": "recipe_part_only.json", "VOC-like": "recipe_voc_like.json", "photo": "recipe_photo.json"}
     docs = {k: _json(v) for k, v in names.items() if (RESULTS / v).exists()}
@@ -477,8 +477,7 @@ def recipe_regimes() -> str:
     earlier = (f"; {' and '.join(before)}: measured before the student led (`instances.lead`, docs/accuracy.md), "
                "ranked the pipeline (`instances.student_agreement`) and had its mask NMS (`student.mask_nms`, "
                "docs/student.md), the trainings no longer on disk") if before else ""
-    chose = {k: "; ".join(f"[{c['area'][0]:g}, {c['area'][1]:g}]" for c in d["student_labels"].values())
-             for k, d in docs.items() if d.get("student_labels")}
+    chose = {k: label_areas(d) for k, d in docs.items() if d.get("student_labels")}
     unchosen, areas = [k for k in docs if k not in chose], ""
     if chose:
         areas = "; the students' label areas (shares of the image) chosen on dev: " + "; ".join(
