@@ -168,8 +168,13 @@ def run(args) -> dict:
             predictor = predictor_for(model, settings)
             results = Path(tmp) / f"{len(scored)}.json"
             started = time.perf_counter()
-            infer(predictor, images, results, InferSettings(proposals=args.proposals or args.root / "Proposals",
-                                                             workers=args.workers, progress=False))
+            job = InferSettings(proposals=args.proposals or args.root / "Proposals", workers=args.workers,
+                                progress=False)
+            done = infer(predictor, images, results, job)
+            if done.failed:  # scored, a failed image would count as one without instances
+                path, reason = done.failed[0]
+                raise SystemExit(f"{name}: {len(done.failed)} of {len(images)} images failed, no figure "
+                                 f"(first: {Path(path).name}: {reason})")
             rate = len(images) / (time.perf_counter() - started)
             scored[name] = score(args.root, results, args.split, progress=False)
             out.append({"name": name, "model": str(model), "settings": settings, "backend": predictor.backend,

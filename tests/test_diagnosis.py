@@ -629,3 +629,15 @@ def test_student_label_sets_writes_the_truth_and_the_ceiling_of_the_teachers_lab
             mask, label = rlelib.decode(e["segmentation"]), rlelib.decode(t["segmentation"])
             fits = [np.array_equal(mask, props.mask(k)) for k in range(len(props))]
             assert any(fits) or np.array_equal(mask, label)  # no proposal near it: the label stays
+
+
+def test_accuracy_benchmark_stops_on_failed_images_instead_of_scoring_them_empty(with_icn, tiny_voc, tmp_path):
+    script = Path(__file__).parents[1] / "benchmarks" / "accuracy.py"
+    out = tmp_path / "accuracy.json"
+    (tmp_path / "none").mkdir()  # no proposals: every image fails in the pipeline
+    r = subprocess.run([sys.executable, str(script), str(tiny_voc), "--split", "val", "--bootstrap", "10",
+                        "--row", f"re-ranked={with_icn[0]}:T=0", "--proposals", str(tmp_path / "none"),
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode != 0 and not out.exists()
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("re-ranked: 6 of 6 images failed, no figure (first: ") and "proposal" in last, last
