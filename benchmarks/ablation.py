@@ -177,6 +177,8 @@ def main() -> None:
                 vis = Path(tmp) / "vis" if args.picture else None
                 summary = infer(predictor, images, results, InferSettings(proposals=proposals, save_vis=vis,
                                                                           progress=False))
+                if summary.failed:  # scored, a failed image would count as one without instances
+                    raise SystemExit(f"{name}: {summary.failures()}; no figure")
                 done[key] = {"icn_steps": steps,
                              "matching": predictor.model.matching.resolved(predictor.enhances).score,
                              "instances": summary.instances, "images_without_instances": summary.empty,

@@ -172,9 +172,7 @@ def run(args) -> dict:
                                 progress=False)
             done = infer(predictor, images, results, job)
             if done.failed:  # scored, a failed image would count as one without instances
-                path, reason = done.failed[0]
-                raise SystemExit(f"{name}: {len(done.failed)} of {len(images)} images failed, no figure "
-                                 f"(first: {Path(path).name}: {reason})")
+                raise SystemExit(f"{name}: {done.failures()}; no figure")
             rate = len(images) / (time.perf_counter() - started)
             scored[name] = score(args.root, results, args.split, progress=False)
             out.append({"name": name, "model": str(model), "settings": settings, "backend": predictor.backend,

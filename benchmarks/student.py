@@ -135,7 +135,7 @@ def _timed_job(predictor, paths: list[Path], out: Path, proposals: Path | None, 
     summary = infer(predictor, paths, out, settings)
     seconds = time.perf_counter() - started
     if summary.failed:
-        raise SystemExit(f"{summary.failed[0]}")
+        raise SystemExit(f"{summary.failures()}; no figure")
     return seconds
 
 

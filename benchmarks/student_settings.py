@@ -59,8 +59,10 @@ def main() -> None:
             predictor = StudentPredictor(network, settings, base.classes)
             results = Path(tmp) / f"{k}.json"
             started = time.perf_counter()
-            infer(predictor, images, results, InferSettings(workers=args.workers, progress=False))
+            summary = infer(predictor, images, results, InferSettings(workers=args.workers, progress=False))
             seconds = time.perf_counter() - started
+            if summary.failed:  # scored, a failed image would count as one without instances
+                raise SystemExit(f"{text}: {summary.failures()}; no figure")
             scored.append(score(args.root, results, args.split, progress=False))
             rows.append({"detections": detections, "rpn_proposals": rpn, "mask_threshold": cut,
                          "images_per_second": len(images) / seconds})

@@ -98,6 +98,16 @@ def test_images_come_from_directories_globs_and_list_files(tmp_path):
 
 # --- bad input ------------------------------------------------------------------------------
 
+def test_a_summary_names_how_many_images_failed_and_why_the_first_did():
+    from icn_rt.runtime.result_log import InferSummary
+
+    assert InferSummary(images=3).failures() == ""
+    one = InferSummary(failed=[("/data/JPEGImages/a.jpg", "no proposals file")])
+    assert one.failures() == "1 image failed (first: a.jpg: no proposals file)"
+    two = InferSummary(failed=[("/x/b.png", "not an image"), ("/x/c.png", "empty file")])
+    assert two.failures() == "2 images failed (first: b.png: not an image)"
+
+
 def test_bad_inputs_are_recorded_and_the_rest_is_processed(job, tmp_path):
     model, images, props = _copy(job, tmp_path)
     ids = sorted(p.stem for p in images.iterdir())

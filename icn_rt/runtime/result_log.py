@@ -29,6 +29,13 @@ class InferSummary:
     skipped: int = 0
     interrupted: bool = False
 
+    def failures(self) -> str:
+        """How many images failed and why the first did (for a one-line error); '' if none."""
+        if not self.failed:
+            return ""
+        path, reason = self.failed[0]
+        return f"{len(self.failed)} image{'s' * (len(self.failed) > 1)} failed (first: {Path(path).name}: {reason})"
+
 
 class ResultLog:
     """``<out>.parts/``: ``run.json`` (what made the results: the fingerprint, and whether
