@@ -1023,6 +1023,12 @@ def test_choose_refine_runs_each_mode_and_writes_the_best_into_the_config(studen
     assert list(report["mAP@0.5"]) == ["none", "superpixels"]
     assert report["skipped"] == {"proposals": "no proposals folder"}
     assert report["mAP@0.5"] == {m: scores[m] for m in ("none", "superpixels")}
+    partial = shutil.copytree(tiny_voc / "Proposals", tmp_path / "partial")  # one image's proposals missing
+    gone = sorted(partial.glob("val_*.mat"))[0]
+    gone.unlink()
+    report = choose_refine(tiny_voc, model, "val", partial, progress=False)
+    assert report["skipped"]["proposals"].startswith(f"1 image failed (first: {gone.stem}.jpg: ")
+    assert report["mAP@0.5"] == {m: scores[m] for m in ("none", "superpixels")}
 
 
 def test_agreement_is_the_best_iou_times_score_among_the_students_instances_of_the_class():

@@ -169,7 +169,7 @@ def choose_refine(root: str | Path, model_dir: str | Path, split: str = "dev", p
                   device: str = "cpu", progress: bool = True) -> dict:
     """Runs the model directory's student over ``split`` once per :data:`REFINES` mode
     (``proposals`` only where ``proposals_dir`` exists: the dataset's proposals, as the
-    pipeline reads them), scores each (mAP^r@0.5 against the split's ground truth), writes
+    pipeline reads them; skipped, with the reason, where an image's are missing), scores each (mAP^r@0.5 against the split's ground truth), writes
     the best :data:`PROPOSAL_FREE` mode into the config (``student.refine``; ties to the
     cheaper mode) and the report (every mode's score, the one chosen, the best of all) to
     ``MODEL/student_refine.json``; returns the report."""
@@ -183,12 +183,15 @@ def choose_refine(root: str | Path, model_dir: str | Path, split: str = "dev", p
     predictor = StudentPredictor.from_dir(model_dir, device)
     base = predictor.settings
     modes = [m for m in REFINES if m != "proposals" or (proposals_dir is not None and Path(proposals_dir).is_dir())]
-    scores = {}
+    scores, skipped = {}, {m: "no proposals folder" for m in REFINES if m not in modes}
     for mode in modes:
         predictor.settings = replace(base, refine=mode)
         out = model_dir / LABELS / f"{split}.refine-{mode}.json"
-        infer(predictor, images, out, InferSettings(proposals=Path(proposals_dir) if mode == "proposals" else None,
-                                                    overwrite=True, progress=progress))
+        done = infer(predictor, images, out, InferSettings(proposals=Path(proposals_dir) if mode == "proposals"
+                                                           else None, overwrite=True, progress=progress))
+        if done.failed and mode == "proposals":  # images without proposals: scored, they would count as empty
+            skipped[mode] = done.failures()
+            continue
         scores[mode] = score(root, out, split, progress=False).metrics()["mAP@0.5"]
     chosen = best_refine(scores, PROPOSAL_FREE)
     config = read_config(model_dir)
@@ -196,6 +199,6 @@ def choose_refine(root: str | Path, model_dir: str | Path, split: str = "dev", p
     write_config(model_dir, config)
     report = {"refine": chosen, "best": best_refine(scores), "split": split,
               "criterion": "mAP^r@0.5 of the student's masks on the split; chosen among " + ", ".join(PROPOSAL_FREE),
-              "mAP@0.5": scores, "skipped": {m: "no proposals folder" for m in REFINES if m not in modes}}
+              "mAP@0.5": scores, "skipped": skipped}
     (model_dir / REFINE_REPORT).write_text(json.dumps(report, indent=1))
     return report
