@@ -169,9 +169,10 @@ def choose_refine(root: str | Path, model_dir: str | Path, split: str = "dev", p
                   device: str = "cpu", progress: bool = True) -> dict:
     """Runs the model directory's student over ``split`` once per :data:`REFINES` mode
     (``proposals`` only where ``proposals_dir`` exists: the dataset's proposals, as the
-    pipeline reads them; skipped, with the reason, where an image's are missing), scores each (mAP^r@0.5 against the split's ground truth), writes
-    the best :data:`PROPOSAL_FREE` mode into the config (``student.refine``; ties to the
-    cheaper mode) and the report (every mode's score, the one chosen, the best of all) to
+    pipeline reads them; skipped, with the reason, where an image's are missing), scores
+    each (mAP^r@0.5 against the split's ground truth), writes the best
+    :data:`PROPOSAL_FREE` mode into the config (``student.refine``; ties to the cheaper
+    mode) and the report (every mode's score, the one chosen, the best of all) to
     ``MODEL/student_refine.json``; returns the report."""
     from icn_rt.eval.report import score
     from icn_rt.models.store import read_config, write_config
