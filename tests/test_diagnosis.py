@@ -3,6 +3,7 @@ the runner (benchmarks/diagnose.py) on a trained tiny model, whose shipped insta
 be the predictor's."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -642,3 +643,46 @@ def test_accuracy_benchmark_stops_on_failed_images_instead_of_scoring_them_empty
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("re-ranked: 6 images failed (first: val_") and last.endswith("; no figure"), last
     assert "proposal" in last
+
+
+def test_label_area_splits_the_training_labels_by_the_chosen_area_and_scores_each_side(classifier, tiny_voc,
+                                                                                         tmp_path):
+    """On a training image lacking a class, labels of its first object's class: the object
+    itself (kept), the whole image (a leak, above the range), three of the object's pixels
+    (a fragment, below it), the object again under the threshold and the object tagged with
+    the class the image lacks (neither: not labels)."""
+    from icn_rt.data.results import result_entry, write_results
+    from icn_rt.data.voc import VOCDataset
+
+    ds = VOCDataset(tiny_voc, "train", load_images=False)
+    iid = next(i for i in ds.ids if len(ds.labels(i)) < len(ds.classes))
+    obj = ds.ground_truth(iid).instances[0]
+    model = tmp_path / "model"
+    shutil.copytree(classifier, model)
+    config = json.loads((model / "config.json").read_text())
+    area = float(obj.mask.mean())
+    config["student_training"] = {"threshold": 0.5, "min_area": area / 2, "max_area": 0.9}
+    (model / "config.json").write_text(json.dumps(config))
+    piece = np.zeros_like(obj.mask)
+    piece.flat[np.flatnonzero(obj.mask)[:3]] = True
+    absent = next(c for c in range(len(ds.classes)) if c not in ds.labels(iid))
+    entries = [(obj.class_id, 0.9, obj.mask), (obj.class_id, 0.8, np.ones_like(obj.mask)),
+               (obj.class_id, 0.7, piece), (obj.class_id, 0.1, obj.mask), (absent, 0.9, obj.mask)]
+    (model / "student-labels").mkdir()
+    write_results(model / "student-labels" / "train.json",
+                  [result_entry(iid, c, s, m, ds.classes) for c, s, m in entries])
+    out = tmp_path / "label_area.json"
+    script = Path(__file__).parents[1] / "benchmarks" / "label_area.py"
+    r = subprocess.run([sys.executable, str(script), "--training", f"tiny={tiny_voc},{model}", "--bootstrap", "20",
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    t = json.loads(out.read_text())["trainings"]["tiny"]
+    assert t["area"] == [area / 2, 0.9] and t["threshold"] == 0.5
+    kept, dropped = t["rows"]["kept"], t["rows"]["dropped"]
+    objects = sum(len(ds.ground_truth(i).instances) for i in ds.ids)
+    assert kept["labels"] == 1 and dropped["labels"] == 2
+    assert {k: kept[k]["estimate"] for k in ("precision", "recall", "leak", "fragment", "off")} == pytest.approx(
+        {"precision": 100, "recall": 100 / objects, "leak": 0, "fragment": 0, "off": 0})
+    assert {k: dropped[k]["estimate"] for k in ("precision", "recall", "leak", "fragment", "off")} == pytest.approx(
+        {"precision": 0, "recall": 0, "leak": 50, "fragment": 50, "off": 0})
+    assert f"| tiny | [{area / 2:g}, 0.9] | 1 | 100.0 [" in out.with_suffix(".md").read_text()
