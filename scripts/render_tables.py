@@ -489,6 +489,14 @@ def recipe_regimes() -> str:
     return "\n".join(lines)
 
 
+def label_area_kept(name: str = "label_area_train.json") -> str:
+    """`benchmarks/label_area.py`: the students' training labels inside and outside the area chosen on dev."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from label_area import markdown
+
+    return markdown(_json(name)).rstrip() + f" `benchmarks/results/{name}`."
+
+
 def class_collapse(name: str) -> str:
     """``benchmarks/diagnose.py``'s split by class: where a class that collapses is lost."""
     sys.path.insert(0, str(REPO / "benchmarks"))
@@ -617,6 +625,7 @@ RENDERERS = {"accuracy": lambda: rows("accuracy_part_only.json"), "student": stu
              "bench-batches": bench_batches, "bench-summary": bench_summary, "label-repick": label_repick,
              "student-label-sets": lambda: rows("student_labels_photo_dev_41.json"), "paper-summary": paper_summary,
              "label-area-photo-dev": lambda: rows("student_label_area_photo_dev_41.json"),
+             "label-area-kept": label_area_kept,
              "engines-summary": engines_summary, "memory-summary": memory_summary, "label-quality": label_quality,
              "recipe-part-only-val": lambda: rows("accuracy_recipe_part_only_val.json"),
              "recipe-photo-dev": lambda: rows("accuracy_recipe_photo_dev.json"),
