@@ -193,8 +193,8 @@ def markdown(doc: dict) -> str:
     lines = [f"# The student against its teacher ({doc['regime']})", "",
              f"Accuracy on the `{doc['split']}` split of `{doc['root']}` ({acc['images']} images); 95% bootstrap "
              f"intervals over the images ({doc['bootstrap']['samples']} draws, seed {doc['bootstrap']['seed']}); "
-             f"differences paired against `{acc['reference']}`. Label thresholds chosen on dev; training seed "
-             f"{doc['seed']}, {doc['epochs']} epochs. Commands in the JSON beside this file.", "",
+             f"differences paired against `{acc['reference']}`. Label thresholds and areas chosen on dev; "
+             f"training seed {doc['seed']}, {doc['epochs']} epochs. Commands in the JSON beside this file.", "",
              "| row | mAP^r@0.25 | mAP^r@0.5 | mAP^r@0.75 | ABO | mIoU | mAP^r@0.5 − teacher |",
              "|---|---|---|---|---|---|---|"]
     for r in acc["rows"]:
@@ -206,10 +206,12 @@ def markdown(doc: dict) -> str:
     lines += ["", "~0: the difference's interval holds 0.", ""]
     if "labels" in doc:
         lines += ["Labels each student learnt from (chosen on dev):", "",
-                  "| round | labeller | threshold | dev precision | dev recall |", "|---|---|---|---|---|"]
+                  "| round | labeller | threshold | area (share of the image) | dev precision | dev recall |",
+                  "|---|---|---|---|---|---|"]
         for r in doc["labels"]:
-            lines.append(f"| {r['round']} | {r['labeller']} | {r['threshold']:.3g} | {r['precision']:.2f} | "
-                         f"{r['recall']:.2f} |")
+            lo, hi = r.get("area", (0.0, 1.0))
+            lines.append(f"| {r['round']} | {r['labeller']} | {r['threshold']:.3g} | [{lo:g}, {hi:g}] | "
+                         f"{r['precision']:.2f} | {r['recall']:.2f} |")
         lines.append("")
     if "speed" in doc:
         s = doc["speed"]
@@ -291,8 +293,10 @@ def _threshold(model: Path) -> dict:
     import json
 
     choice = json.loads((model / "student_threshold.json").read_text())
-    best = next(c for c in choice["candidates"] if c["threshold"] == choice["threshold"])
-    return {"threshold": choice["threshold"], "precision": best["precision"], "recall": best["recall"]}
+    area = choice.get("area", [0.0, 1.0])  # a choice from before the label area: every area
+    best = next(c for c in choice["candidates"]
+                if c["threshold"] == choice["threshold"] and c.get("area", [0.0, 1.0]) == area)
+    return {"threshold": choice["threshold"], "area": area, "precision": best["precision"], "recall": best["recall"]}
 
 
 if __name__ == "__main__":
