@@ -686,3 +686,21 @@ def test_label_area_splits_the_training_labels_by_the_chosen_area_and_scores_eac
     assert {k: dropped[k]["estimate"] for k in ("precision", "recall", "leak", "fragment", "off")} == pytest.approx(
         {"precision": 0, "recall": 0, "leak": 50, "fragment": 50, "off": 0})
     assert f"| tiny | [{area / 2:g}, 0.9] | 1 | 100.0 [" in out.with_suffix(".md").read_text()
+
+
+def test_student_benchmark_reads_the_label_choice_at_its_threshold_and_area(tmp_path):
+    """benchmarks/student.py's label record: the candidate chosen is the one of the chosen
+    threshold *and* area (every area shares the threshold 0); a choice from before the label
+    area (no ``area`` keys) is every area."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from student import _threshold
+
+    candidates = [{"threshold": 0.0, "area": [0.0, 0.2], "precision": 0.5, "recall": 0.2},
+                  {"threshold": 0.0, "area": [0.02, 0.3], "precision": 0.66, "recall": 0.36},
+                  {"threshold": 0.4, "area": [0.02, 0.3], "precision": 0.7, "recall": 0.1}]
+    (tmp_path / "student_threshold.json").write_text(json.dumps({"threshold": 0.0, "area": [0.02, 0.3],
+                                                                 "candidates": candidates}))
+    assert _threshold(tmp_path) == {"threshold": 0.0, "area": [0.02, 0.3], "precision": 0.66, "recall": 0.36}
+    old = [{"threshold": 0.0, "precision": 0.4, "recall": 0.5}, {"threshold": 2.0, "precision": 0.6, "recall": 0.3}]
+    (tmp_path / "student_threshold.json").write_text(json.dumps({"threshold": 2.0, "candidates": old}))
+    assert _threshold(tmp_path) == {"threshold": 2.0, "area": [0.0, 1.0], "precision": 0.6, "recall": 0.3}
