@@ -152,6 +152,24 @@ def test_the_label_area_is_chosen_where_scores_cannot_tell_right_from_wrong(tiny
     assert fixed.best["f1"] < 1.0 and fixed.area == (0.0, 1.0)
 
 
+def test_train_student_defaults_to_the_epochs_the_recipe_tables_measured():
+    """The README's ``icn-rt train student`` (no --epochs) trains as long as the students of
+    the committed recipe tables, and so does the Python API's default."""
+    import inspect
+    import shlex
+    from pathlib import Path
+
+    from icn_rt.cli.train import train_student_cmd
+
+    results = Path(__file__).parents[1] / "benchmarks" / "results"
+    measured = set()
+    for name in ("recipe_part_only.json", "recipe_voc_like.json", "recipe_photo.json"):
+        argv = shlex.split(json.loads((results / name).read_text())["command"])
+        measured.add(int(argv[argv.index("--student-epochs") + 1]))
+    cli = inspect.signature(train_student_cmd).parameters["epochs"].default
+    assert measured == {cli} == {StudentTrainSettings().epochs} == {16}
+
+
 def test_settings_set_for_the_data(tiny_voc):
     assert input_size_for(tiny_voc) == 64  # 64-pixel images: already a multiple of 32
     assert anchor_sizes(800) == (32, 64, 128, 256, 512) and anchor_sizes(128) == (5, 10, 20, 41, 82)

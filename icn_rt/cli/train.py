@@ -244,7 +244,7 @@ def train_student_cmd(
     proposals_dir: Proposals = None,
     from_student: Optional[Path] = typer.Option(None, help="Self-training: that model directory's student labels "
                                                            "the splits instead of the pipeline."),
-    epochs: Epochs = 24,
+    epochs: Epochs = 16,
     batch_size: BatchSize = 4,
     lr: Lr = 0.01,
     pretrained: Pretrained = None,

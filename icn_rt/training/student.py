@@ -61,7 +61,7 @@ class StudentTrainSettings(Schedule):
     three chosen on dev: :func:`choose_threshold`); ``pretrained``: ``imagenet`` or a
     backbone weights file (None: from scratch)."""
 
-    epochs: int = 24
+    epochs: int = 16
     batch_size: int = 4
     lr: float = 0.01
     weight_decay: float = 1e-4
