@@ -52,7 +52,7 @@ from icn_rt.models.student import (STUDENT_GRAPH, STUDENT_RECORD, StudentSetting
 from icn_rt.runtime.infer import InferSettings, infer
 from icn_rt.runtime.predictor import Predictor
 from icn_rt.runtime.student import StudentPredictor
-from icn_rt.training.student import StudentTrainSettings, input_size_for
+from icn_rt.training.student import StudentTrainSettings, ThresholdChoice, input_size_for
 from icn_rt.workflows.student import teach_and_train
 
 PHOTO = (500, 375)  # width, height of a typical VOC photo
@@ -293,10 +293,11 @@ def _threshold(model: Path) -> dict:
     import json
 
     choice = json.loads((model / "student_threshold.json").read_text())
-    area = choice.get("area", [0.0, 1.0])  # a choice from before the label area: every area
-    best = next(c for c in choice["candidates"]
-                if c["threshold"] == choice["threshold"] and c.get("area", [0.0, 1.0]) == area)
-    return {"threshold": choice["threshold"], "area": area, "precision": best["precision"], "recall": best["recall"]}
+    area = tuple(choice.get("area", (0.0, 1.0)))  # a choice from before the label area: every area
+    candidates = [{"area": [0.0, 1.0], **c} for c in choice["candidates"]]
+    best = ThresholdChoice(choice["threshold"], candidates, area).best
+    return {"threshold": choice["threshold"], "area": list(area), "precision": best["precision"],
+            "recall": best["recall"]}
 
 
 if __name__ == "__main__":
