@@ -634,6 +634,7 @@ RENDERERS = {"accuracy": lambda: rows("accuracy_part_only.json"), "student": stu
              "icn-in-matching-photo-student-labels": lambda: rows("icn_in_matching_photo_41_dev_student_labels.json"),
              "student-input": lambda: rows("student_input_photo_dev_41.json"),
              "student-epochs": lambda: rows("student_epochs_photo_dev_41.json"),
+             "student-seed": lambda: rows("student_seed_photo_dev_41.json"),
              "icn-in-matching-photo-classifier-encoder": lambda: rows(
                  "icn_in_matching_photo_41_dev_student_labels_classifier.json"),
              "label-quality-photo": lambda: label_quality("label_quality_photo_41_train.json",
