@@ -73,7 +73,7 @@ def plan(work: Path, seed: int, a: argparse.Namespace) -> list[tuple[str, Path, 
 
     synth = ["icn-rt", "data", "synth", str(root), "--size", str(a.size), "--classes", str(a.classes),
              "--max-instances", str(a.max_instances), "--train", str(a.train), "--dev", str(a.dev), "--val",
-             str(a.val), "--seed", str(seed), *REGIMES[a.regime]]
+             str(a.val), "--seed", str(seed), *REGIMES[a.regime], *(x for name in a.photo for x in ("--photo", name))]
     steps = [("data", marks / f"{seed}-data", [synth]),
              ("proposals", marks / f"{seed}-proposals",
               [["icn-rt", "proposals", str(root), "--split", s, "--workers", str(a.workers)]
@@ -191,8 +191,9 @@ def label_areas(doc: dict) -> str:
 def caption(doc: dict) -> str:
     schedule = f"; {doc['classifier']}" if "classifier" in doc else ""
     areas = label_areas(doc)
-    return (f"The recipe trained from scratch on {len(doc['seeds'])} sets of the {doc['regime']} regime (seeds "
-            f"{', '.join(map(str, doc['seeds']))}; {doc['set']}{schedule}); {doc.get('split', 'val')}; mean ± sd over "
+    n, seeds = len(doc["seeds"]), ", ".join(map(str, doc["seeds"]))
+    return (f"The recipe trained from scratch on {n} set{'s' * (n != 1)} of the {doc['regime']} regime "
+            f"(seed{'s' * (n != 1)} {seeds}; {doc['set']}{schedule}); {doc.get('split', 'val')}; mean ± sd over "
             "the trainings, then each training's estimate [95% bootstrap interval over the images]; the reference is "
             f"{doc['reference']}" + (f"; the students' label areas (shares of the image) chosen on dev: {areas}"
                                      if areas else "") + ".")
@@ -237,6 +238,9 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=400)
     ap.add_argument("--dev", type=int, default=100)
     ap.add_argument("--val", type=int, default=150)
+    ap.add_argument("--photo", action="append", default=[],
+                    help="photo regime: the photographs (icn-rt data synth --photo; repeatable) [its default: those "
+                         "development used]")
     ap.add_argument("--classifier-epochs", type=int, default=120)
     ap.add_argument("--classifier-lr-step", type=int, default=80)
     ap.add_argument("--icn-epochs", type=int, default=20)
@@ -264,7 +268,7 @@ def main() -> None:
     doc = {"benchmark": "recipe", "command": shlex.join(["python", *sys.argv]), "regime": a.regime, "split": a.split,
            "seeds": a.seed,
            "set": f"{a.size} px, {a.classes} classes, at most {a.max_instances} objects, {a.train} train / {a.dev} dev "
-                  f"/ {a.val} val",
+                  f"/ {a.val} val" + (f", photographs {', '.join(a.photo)}" if a.photo else ""),
            "classifier": f"classifier {a.classifier_epochs} epochs, the rate ×0.1 after {a.classifier_lr_step}",
            "reference": REFERENCE, "commands": commands,
            "steps_run": log, "rows": aggregate(reports), "student_labels": label_choices(a.work, a.seed),

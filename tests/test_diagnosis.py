@@ -375,7 +375,7 @@ def _recipe_args(**overrides):
 
     defaults = dict(regime="photo", seed=[5, 6], size=96, classes=4, max_instances=2, train=10, dev=4, val=4,
                     classifier_epochs=3, classifier_lr_step=2, icn_epochs=2, icn_lr_step=1, student_epochs=0,
-                    student_rounds=1, paper_seeds=1, icn_seeds=1, bootstrap=10, workers=1, split="val")
+                    student_rounds=1, paper_seeds=1, icn_seeds=1, bootstrap=10, workers=1, split="val", photo=[])
     return argparse.Namespace(**{**defaults, **overrides})
 
 
@@ -427,6 +427,8 @@ def test_recipe_plans_the_readme_commands_per_seed(tmp_path):
     models = tmp_path / "models-7"
     assert [name for name, _, _ in third] == ["data", "proposals", "classifier", "default", "student", "round2",
                                               "accuracy"]
+    held_out = plan(tmp_path, 8, _recipe_args(photo=["cell", "clock"]))[0][2][0]
+    assert held_out[-8:] == ["--body-evidence", "0.75", "--background", "photo", "--photo", "cell", "--photo", "clock"]
     remove, copy, taught = third[5][2]  # a copy of the classifier, taught by the first student
     assert remove == ["rm", "-rf", str(models / "round2")]
     assert copy == ["cp", "-r", str(models / "classifier"), str(models / "round2")]
@@ -491,6 +493,9 @@ def test_recipe_records_each_student_label_choice(tmp_path):
     doc = {"seeds": [1, 2, 3], "regime": "photo", "set": "s", "reference": "r", "student_labels": labels}
     assert caption(doc).endswith("the reference is r; the students' label areas (shares of the image) chosen on "
                                  "dev: [0.02, 0.4]; [0, 1].")
+    assert caption(doc).startswith("The recipe trained from scratch on 3 sets of the photo regime (seeds 1, 2, 3; s)")
+    assert caption({**doc, "seeds": [1]}).startswith("The recipe trained from scratch on 1 set of the photo regime "
+                                                     "(seed 1; s)")
 
 
 def _strips(width: int, height: int = 4):
