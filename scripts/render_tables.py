@@ -643,6 +643,7 @@ RENDERERS = {"accuracy": lambda: rows("accuracy_part_only.json"), "student": stu
              "recipe-part-only-dev": lambda: recipe("recipe_part_only_dev.json"),
              "recipe-part-only-60": lambda: recipe("recipe_part_only_classifier60.json"),
              "recipe-photo": lambda: recipe("recipe_photo.json"),
+             "recipe-photo-held-out": lambda: recipe("recipe_photo_held_out.json"),
              "recipe-photo-60": lambda: recipe("recipe_photo_classifier60.json"),
              "recipe-voc-like": lambda: recipe("recipe_voc_like.json"),
              "default-choice": default_choice,
