@@ -13,8 +13,8 @@ from icn_rt.data.results import result_entry
 from icn_rt.data.voc import VOCDataset
 from icn_rt.models.student import StudentSettings, anchor_sizes, build_student
 from icn_rt.runtime.engines import tensorrt_available
-from icn_rt.training.student import (AREA_HIGHS, AREA_LOWS, StudentTrainSettings, boxes_of, choose_threshold,
-                                     input_size_for, kept_labels, learning_rate, train_student)
+from icn_rt.training.student import (AREA_HIGHS, AREA_LOWS, PseudoMasks, StudentTrainSettings, boxes_of,
+                                     choose_threshold, input_size_for, kept_labels, learning_rate, train_student)
 from tests.conftest import runner
 
 TINY_STUDENT = StudentSettings(input_size=64, rpn_proposals=50, roi_samples=32)  # classifier-fpn, light heads
@@ -109,6 +109,42 @@ def test_labels_keep_the_areas_in_range_bounds_included():
     from icn_rt.cli.options import area_range
 
     assert area_range("0.02,0.4") == (0.02, 0.4) and area_range(None) is None
+
+
+def test_copy_paste_puts_another_images_label_on_top_and_trims_the_labels_it_covers(tiny_voc, tmp_path):
+    """Ground truth as labels, the images at their own size (64 px): each sample with
+    copy-paste on is the image with one label of another image pasted at its place, its
+    own labels less that label's pixels (one covered whole dropped), the pasted one last."""
+    from icn_rt.data.images import read_image
+    from icn_rt.data.preprocess import preprocess_array
+
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(ground_truth_results(tiny_voc, "train")))
+    ds = VOCDataset(tiny_voc, "train", load_images=False)
+    truth = {i: ds.ground_truth(i) for i in ds.ids}
+    plain = PseudoMasks(tiny_voc, StudentTrainSettings(labels=str(path), flip=False), 64)
+    pasting = PseudoMasks(tiny_voc, StudentTrainSettings(labels=str(path), flip=False, copy_paste=1.0), 64)
+    assert plain.ids == pasting.ids == ds.ids
+    for i, image_id in enumerate(ds.ids):
+        x, target = pasting[i]
+        own = np.stack([inst.mask for inst in truth[image_id].instances])
+        same = plain[i]
+        assert torch.equal(same[1]["masks"], torch.from_numpy(own.astype(np.uint8)))
+        pasted = target["masks"][-1].numpy().astype(bool)
+        sources = [(j, inst) for j in ds.ids if j != image_id for inst in truth[j].instances
+                   if np.array_equal(inst.mask, pasted)]
+        assert len(sources) == 1  # one label of one other image, as it was
+        source, inst = sources[0]
+        assert int(target["labels"][-1]) == inst.class_id + 1
+        image = np.where(pasted[..., None], read_image(ds.image_path(source)), read_image(ds.image_path(image_id)))
+        assert np.array_equal(x.numpy(), preprocess_array(image, 64))
+        left = own & ~pasted
+        kept = left.reshape(len(left), -1).any(1)
+        assert torch.equal(target["masks"][:-1], torch.from_numpy(left[kept].astype(np.uint8)))
+        classes = [inst.class_id + 1 for inst in truth[image_id].instances]
+        assert target["labels"][:-1].tolist() == [c for c, k in zip(classes, kept) if k]
+    with pytest.raises(ValueError, match="copy_paste is a chance in"):
+        StudentTrainSettings(copy_paste=1.5)
 
 
 def test_the_threshold_is_the_one_whose_labels_match_dev_best(tiny_voc, tmp_path):
@@ -559,7 +595,7 @@ def test_train_student_command_labels_with_the_pipeline_then_trains(classifier, 
     model = tmp_path / "model"
     shutil.copytree(classifier, model)  # the README's recipe: the classifier's pipeline (naive PRM + re-ranking)
     args = ["train", "student", str(tiny_voc), "--model", str(model), "--epochs", "1", "--batch-size", "2",
-            "--quiet", "--device", "cpu", "--refine", "none"]
+            "--quiet", "--device", "cpu", "--refine", "none", "--copy-paste", "0.5"]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "chosen on dev" in r.output and f"student -> {model}" in r.output
@@ -569,6 +605,7 @@ def test_train_student_command_labels_with_the_pipeline_then_trains(classifier, 
     assert config["student_training"]["threshold"] == threshold["threshold"]
     assert [config["student_training"]["min_area"], config["student_training"]["max_area"]] == threshold["area"]
     assert config["student"]["input_size"] == 64 and config["student"]["refine"] == "none"
+    assert config["student_training"]["copy_paste"] == 0.5
     assert not (model / "student_refine.json").exists()  # --refine none: nothing chosen
     assert {e["image_id"] for e in labels} <= set(VOCDataset(tiny_voc, "train", load_images=False).ids)
     # a self-training round: the first student labels, a second learns (a fixed threshold: no dev labelling)
@@ -594,6 +631,8 @@ def test_train_student_command_labels_with_the_pipeline_then_trains(classifier, 
     assert r.exit_code == 2 and "--refine: choose auto, none, superpixels, proposals; not 'crf'" in r.output, r.output
     r = runner.invoke(app, ["train", "student", str(tiny_voc), "--model", str(model), "--label-area", "0.4"])
     assert r.exit_code == 2 and "--label-area takes LOW,HIGH" in r.output, r.output
+    r = runner.invoke(app, ["train", "student", str(tiny_voc), "--model", str(model), "--copy-paste", "2"])
+    assert r.exit_code == 2 and "copy_paste is a chance in [0, 1], got 2" in r.output, r.output
 
 
 def test_bench_shows_the_student_beside_the_pipeline(student, tiny_voc):

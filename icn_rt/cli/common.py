@@ -79,6 +79,12 @@ def rank_zero() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def skipped(summary) -> None:
+    """The first few images a label run could not use."""
+    for image_id, reason in summary.failed[:5]:
+        err.print(f"[yellow]skipped:[/yellow] {reason}", highlight=False, soft_wrap=True)
+
+
 def auto_device(value: str) -> str:
     """``--device auto`` -> ``cuda`` when PyTorch sees a GPU, else ``cpu``; others as given."""
     if value != "auto":

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from icn_rt.cli.common import err, fail, launch, out, pct, plural, rank_zero, renamed, train_app
+from icn_rt.cli.common import err, fail, launch, out, pct, plural, rank_zero, renamed, skipped, train_app
 from icn_rt.cli.options import (Actors, Backbone, BatchSize, CpusPerActor, Device, Epochs, GpusPerActor, InputSize,
                                 LabelArea, LabelK, Labels, Lr, LrStep, ModelOption, Nproc, Pretrained, Proposals, Quiet,
                                 Ray, Rerank, Resume, Root, Seed, Split, Supervision, SyncBn, Workers, area_range)
@@ -103,12 +103,6 @@ def calibrate_peaks_cmd(
     out.print(f"peak threshold of {model_dir} calibrated to {_thresholds(peaks.peak_threshold)}", soft_wrap=True)
 
 
-def _skipped(summary) -> None:
-    """The first few images a label run could not use."""
-    for image_id, reason in summary.failed[:5]:
-        err.print(f"[yellow]skipped:[/yellow] {reason}", highlight=False, soft_wrap=True)
-
-
 @train_app.command("pseudo-labels")
 def train_pseudo_labels_cmd(
     root: Root,
@@ -147,7 +141,7 @@ def train_pseudo_labels_cmd(
                                      log=out.print)
     except (InputError, ValueError, RuntimeError) as e:
         fail(e)
-    _skipped(summary)
+    skipped(summary)
 
 
 @train_app.command("icn")
@@ -218,7 +212,7 @@ def train_icn_cmd(
         fail(e)
     if not rank_zero():
         return
-    _skipped(labelled)
+    skipped(labelled)
     final = summary.epochs[-1] if summary.epochs else None
     out.print(f"ICN -> {model_dir} ({summary.samples} peaks" + (f", final loss {final.loss:.4f})" if final else ")"))
 
@@ -247,6 +241,8 @@ def train_student_cmd(
     epochs: Epochs = 16,
     batch_size: BatchSize = 4,
     lr: Lr = 0.01,
+    copy_paste: float = typer.Option(0.0, help="Chance a training image gets another's label pasted onto it "
+                                               "(off by default: docs/student.md)."),
     pretrained: Pretrained = None,
     seed: Seed = 0,
     workers: Workers = None,
@@ -274,7 +270,7 @@ def train_student_cmd(
     launch(nproc, batch_size)
     try:
         settings = StudentTrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, workers=workers or 0,
-                                        split=split, pretrained=pretrained, sync_bn=sync_bn)
+                                        split=split, pretrained=pretrained, sync_bn=sync_bn, copy_paste=copy_paste)
         refine, on_dev = refine_mode(root, refine, dev_split, log=err.print)
         student = StudentSettings(backbone=backbone, head=head, input_size=input_size or input_size_for(root, split),
                                   refine=refine)

@@ -13,9 +13,12 @@ background.
 
 Each sample: the image resized to the student's side and normalised as the classifier's
 input, its kept masks resized (nearest) with boxes around them; horizontal flip at
-random. SGD with momentum 0.9, weight decay 1e-4, ``lr`` after a linear warm-up of
-``warmup`` steps, ×0.1 at 2/3 and 8/9 of the epochs (torchvision's detection recipe, in
-epochs), gradients clipped to norm 10 (from scratch the first steps are wild).
+random; with ``copy_paste`` p, at chance p one kept label of another training image is
+pasted onto it first (that label's pixels, at their place; the image's own labels lose
+what it covers, and one it covers whole is dropped). SGD with momentum 0.9, weight decay
+1e-4, ``lr`` after a linear warm-up of ``warmup`` steps, ×0.1 at 2/3 and 8/9 of the
+epochs (torchvision's detection recipe, in epochs), gradients clipped to norm 10 (from
+scratch the first steps are wild).
 
 Seeded (augmentation from (seed, epoch, index), order from (seed, epoch), and torch's
 generator, which the RPN's and the heads' samplers draw from, reseeded each epoch from
@@ -59,7 +62,8 @@ class StudentTrainSettings(Schedule):
     """``labels``: the pipeline's results on ``split``; ``threshold``: the confidence a
     label needs, ``min_area`` and ``max_area``: the shares of its image it may cover (all
     three chosen on dev: :func:`choose_threshold`); ``pretrained``: ``imagenet`` or a
-    backbone weights file (None: from scratch)."""
+    backbone weights file (None: from scratch); ``copy_paste``: the chance a training image
+    gets another's label pasted onto it (module docstring)."""
 
     epochs: int = 16
     batch_size: int = 4
@@ -73,11 +77,14 @@ class StudentTrainSettings(Schedule):
     threshold: float = 0.0
     min_area: float = 0.0
     max_area: float = 1.0
+    copy_paste: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("student training needs at least one epoch and a batch of at least one image")
         check_area((self.min_area, self.max_area))
+        if not 0 <= self.copy_paste <= 1:
+            raise ValueError(f"copy_paste is a chance in [0, 1], got {self.copy_paste:g}")
 
 
 @dataclass
@@ -239,10 +246,13 @@ class PseudoMasks(Dataset):
         image_id = self.ids[i]
         image = read_image(self.dataset.image_path(image_id))
         entries = self.labels[image_id]
-        masks = rlelib.decode_many([e["segmentation"] for e in entries], image.shape[:2])
+        masks = rlelib.decode_many([e["segmentation"] for e in entries], image.shape[:2]).astype(bool)
+        classes = np.array([e["class_id"] + 1 for e in entries], np.int64)
+        paste = np.random.default_rng((self.settings.seed, self.epoch, i, 1))
+        if self.augment and len(self.ids) > 1 and paste.random() < self.settings.copy_paste:
+            image, masks, classes = self.pasted(i, paste, image, masks, classes)
         s = self.size
         masks = np.stack([cv2.resize(m.astype(np.uint8), (s, s), interpolation=cv2.INTER_NEAREST) for m in masks])
-        classes = np.array([e["class_id"] + 1 for e in entries], np.int64)
         x = preprocess_array(image, s)
         flip = np.random.default_rng((self.settings.seed, self.epoch, i)).random() < 0.5
         if self.augment and self.settings.flip and flip:
@@ -251,6 +261,22 @@ class PseudoMasks(Dataset):
         masks, classes = masks[present], classes[present]
         return torch.from_numpy(x), {"boxes": torch.from_numpy(boxes_of(masks)), "labels": torch.from_numpy(classes),
                                      "masks": torch.from_numpy(masks)}
+
+    def pasted(self, i: int, rng: np.random.Generator, image: np.ndarray, masks: np.ndarray, classes: np.ndarray):
+        """Image ``i`` with one label (drawn by ``rng``) of another training image of its size
+        pasted onto it, its labels less what the paste covers, the pasted one last."""
+        j = int(rng.integers(len(self.ids) - 1))
+        other = self.ids[j + (j >= i)]
+        entry = self.labels[other][int(rng.integers(len(self.labels[other])))]
+        source = read_image(self.dataset.image_path(other))
+        if source.shape != image.shape:
+            return image, masks, classes
+        pasted = rlelib.decode(entry["segmentation"]).astype(bool)
+        image = np.where(pasted[..., None], source, image)
+        masks = masks & ~pasted
+        left = masks.reshape(len(masks), -1).any(1)
+        return (image, np.concatenate([masks[left], pasted[None]]),
+                np.concatenate([classes[left], [entry["class_id"] + 1]]))
 
 
 def boxes_of(masks: np.ndarray) -> np.ndarray:
