@@ -675,6 +675,8 @@ RENDERERS = {"accuracy": lambda: rows("accuracy_part_only.json"), "student": stu
              "student-lead-val": lambda: per_training("student_lead", "Checked on val", split="val"),
              "student-lead-val-75": lambda: per_training("student_lead", "The same at IoU 0.75", "mAP@0.75",
                                                          split="val"),
+             "student-copy-paste": lambda: per_training("student_copy_paste", "Copy-paste"),
+             "student-copy-paste-75": lambda: per_training("student_copy_paste", "The same at IoU 0.75", "mAP@0.75"),
              "lead-refine": lambda: per_training("lead_refine", "The led student's masks"),
              "lead-refine-75": lambda: per_training("lead_refine", "The same at IoU 0.75", "mAP@0.75"),
              "teacher-settings": lambda: per_training("teacher_settings", "The teacher's settings around the "
