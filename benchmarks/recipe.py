@@ -83,15 +83,16 @@ def plan(work: Path, seed: int, a: argparse.Namespace) -> list[tuple[str, Path, 
                 str(a.size), "--sub-pixel", "1", "--lr", "1e-3", "--epochs", str(a.classifier_epochs), "--lr-step",
                 str(a.classifier_lr_step), "--val-split", "dev", "--device", "cpu", "--resume"]]),
              ("default", marks / f"{seed}-default", fresh(default))]
+    copy_paste = ["--copy-paste", f"{a.copy_paste:g}"] if a.copy_paste else []  # train student --copy-paste
     if a.student_epochs:
         steps.append(("student", marks / f"{seed}-student",
                       [["icn-rt", "train", "student", str(root), "--model", str(default), "--epochs",
-                        str(a.student_epochs), "--device", "cpu", "--quiet", "--resume"]]))
+                        str(a.student_epochs), *copy_paste, "--device", "cpu", "--quiet", "--resume"]]))
     if a.student_epochs and a.student_rounds == 2:  # self-training: a fresh student learns from the first one's masks
         steps.append(("round2", marks / f"{seed}-round2",
                       [*fresh(round2), ["icn-rt", "train", "student", str(root), "--model", str(round2),
                                         "--from-student", str(default), "--epochs", str(a.student_epochs),
-                                        "--device", "cpu", "--quiet"]]))
+                                        *copy_paste, "--device", "cpu", "--quiet"]]))
     if with_icn:
         steps.append(("icn", marks / f"{seed}-icn", [*fresh(icn_model), icn(icn_model, "--steps", "1", "--rerank", "50",
                                                                             "--k", "1")]))
@@ -190,6 +191,7 @@ def label_areas(doc: dict) -> str:
 
 def caption(doc: dict) -> str:
     schedule = f"; {doc['classifier']}" if "classifier" in doc else ""
+    schedule += f"; the students with copy-paste {doc['copy_paste']:g}" if doc.get("copy_paste") else ""
     areas = label_areas(doc)
     n, seeds = len(doc["seeds"]), ", ".join(map(str, doc["seeds"]))
     return (f"The recipe trained from scratch on {n} set{'s' * (n != 1)} of the {doc['regime']} regime "
@@ -248,6 +250,8 @@ def main() -> None:
     ap.add_argument("--student-epochs", type=int, default=16, help="0: no student")
     ap.add_argument("--student-rounds", type=int, default=1, choices=(1, 2),
                     help="2: also a self-trained student (the first student labels the split)")
+    ap.add_argument("--copy-paste", type=float, default=0.0,
+                    help="the students' copy-paste chance (icn-rt train student --copy-paste) [0: none]")
     ap.add_argument("--paper-seeds", type=int, default=1, help="trainings that also get the paper's own ICN")
     ap.add_argument("--icn-seeds", type=int, default=None, help="trainings that also get the recipe's ICN [all]")
     ap.add_argument("--split", default="val", help="the split scored (dev for choices; val reports)")
@@ -270,7 +274,7 @@ def main() -> None:
            "set": f"{a.size} px, {a.classes} classes, at most {a.max_instances} objects, {a.train} train / {a.dev} dev "
                   f"/ {a.val} val" + (f", photographs {', '.join(a.photo)}" if a.photo else ""),
            "classifier": f"classifier {a.classifier_epochs} epochs, the rate ×0.1 after {a.classifier_lr_step}",
-           "reference": REFERENCE, "commands": commands,
+           "copy_paste": a.copy_paste, "reference": REFERENCE, "commands": commands,
            "steps_run": log, "rows": aggregate(reports), "student_labels": label_choices(a.work, a.seed),
            "machine": machine_info()}
     write_report(a.out, doc, markdown(doc))

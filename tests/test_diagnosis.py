@@ -375,7 +375,7 @@ def _recipe_args(**overrides):
 
     defaults = dict(regime="photo", seed=[5, 6], size=96, classes=4, max_instances=2, train=10, dev=4, val=4,
                     classifier_epochs=3, classifier_lr_step=2, icn_epochs=2, icn_lr_step=1, student_epochs=0,
-                    student_rounds=1, paper_seeds=1, icn_seeds=1, bootstrap=10, workers=1, split="val", photo=[])
+                    student_rounds=1, copy_paste=0.0, paper_seeds=1, icn_seeds=1, bootstrap=10, workers=1, split="val", photo=[])
     return argparse.Namespace(**{**defaults, **overrides})
 
 
@@ -415,6 +415,7 @@ def test_recipe_plans_the_readme_commands_per_seed(tmp_path):
     assert second[-1][1].name == "accuracy-6-dev-student" and accuracy[-1] == str(tmp_path / "accuracy-5-val-icn.json")
     student, scored = second[4][2][0], second[-1][2][0]
     assert "--resume" in student and student[student.index("--model") + 1] == str(tmp_path / "models-6" / "default")
+    assert "--copy-paste" not in student  # off unless asked
     assert scored[-1].endswith("accuracy-6-dev-student.json")
     assert f"student={tmp_path / 'models-6' / 'default'}:student=1,refine=none" in scored
     assert f"{REFINED}={tmp_path / 'models-6' / 'default'}:student=1,refine=superpixels" in scored
@@ -437,6 +438,9 @@ def test_recipe_plans_the_readme_commands_per_seed(tmp_path):
     assert taught[taught.index("--epochs") + 1] == "4"
     scored = third[-1][2][0]
     assert scored[-1].endswith("accuracy-7-val-student-round2.json")
+    pasted = plan(tmp_path, 9, _recipe_args(student_epochs=4, student_rounds=2, copy_paste=0.5))
+    taught = {name: commands[-1] for name, _, commands in pasted if name in ("student", "round2")}
+    assert [c[c.index("--copy-paste") + 1] for c in taught.values()] == ["0.5", "0.5"]  # both, the chance asked
     assert f"{ROUND2}={models / 'round2'}:student=1,refine=superpixels" in scored
 
 
@@ -478,6 +482,10 @@ def test_recipe_aggregates_the_trainings():
     assert "| default | 16.0 ± 2.8 (n 2) | 14.0 [11.0, 17.0]; 18.0 [14.0, 22.0] |" in text
     assert "+4.0 [1.0, 7.0]; -2.0 [-5.0, 1.0] | b; none |" in text
     assert "label areas" not in text  # none recorded: a recipe run before train student chose them
+    assert "copy-paste" not in text
+    pasted = markdown({"seeds": [1], "regime": "photo", "set": "s", "rows": rows, "reference": REFERENCE,
+                       "classifier": "c", "copy_paste": 0.5})
+    assert "(seed 1; s; c; the students with copy-paste 0.5); val;" in pasted
 
 
 def test_recipe_records_each_student_label_choice(tmp_path):
