@@ -248,9 +248,10 @@ class PseudoMasks(Dataset):
         entries = self.labels[image_id]
         masks = rlelib.decode_many([e["segmentation"] for e in entries], image.shape[:2]).astype(bool)
         classes = np.array([e["class_id"] + 1 for e in entries], np.int64)
-        paste = np.random.default_rng((self.settings.seed, self.epoch, i, 1))
-        if self.augment and len(self.ids) > 1 and paste.random() < self.settings.copy_paste:
-            image, masks, classes = self.pasted(i, paste, image, masks, classes)
+        if self.augment and self.settings.copy_paste > 0 and len(self.ids) > 1:  # at 0 no generator is built
+            paste = np.random.default_rng((self.settings.seed, self.epoch, i, 1))
+            if paste.random() < self.settings.copy_paste:
+                image, masks, classes = self.pasted(i, paste, image, masks, classes)
         s = self.size
         masks = np.stack([cv2.resize(m.astype(np.uint8), (s, s), interpolation=cv2.INTER_NEAREST) for m in masks])
         x = preprocess_array(image, s)
