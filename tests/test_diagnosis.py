@@ -375,7 +375,8 @@ def _recipe_args(**overrides):
 
     defaults = dict(regime="photo", seed=[5, 6], size=96, classes=4, max_instances=2, train=10, dev=4, val=4,
                     classifier_epochs=3, classifier_lr_step=2, icn_epochs=2, icn_lr_step=1, student_epochs=0,
-                    student_rounds=1, copy_paste=0.0, paper_seeds=1, icn_seeds=1, bootstrap=10, workers=1, split="val", photo=[])
+                    student_rounds=1, copy_paste=0.0, paper_seeds=1, icn_seeds=1, bootstrap=10, workers=1,
+                    split="val", photo=[])
     return argparse.Namespace(**{**defaults, **overrides})
 
 
@@ -438,10 +439,10 @@ def test_recipe_plans_the_readme_commands_per_seed(tmp_path):
     assert taught[taught.index("--epochs") + 1] == "4"
     scored = third[-1][2][0]
     assert scored[-1].endswith("accuracy-7-val-student-round2.json")
+    assert f"{ROUND2}={models / 'round2'}:student=1,refine=superpixels" in scored
     pasted = plan(tmp_path, 9, _recipe_args(student_epochs=4, student_rounds=2, copy_paste=0.5))
     taught = {name: commands[-1] for name, _, commands in pasted if name in ("student", "round2")}
     assert [c[c.index("--copy-paste") + 1] for c in taught.values()] == ["0.5", "0.5"]  # both, the chance asked
-    assert f"{ROUND2}={models / 'round2'}:student=1,refine=superpixels" in scored
 
 
 def test_recipe_runs_only_the_steps_not_done(tmp_path):
