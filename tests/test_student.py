@@ -143,7 +143,7 @@ def test_copy_paste_puts_another_images_label_on_top_and_trims_the_labels_it_cov
         assert torch.equal(target["masks"][:-1], torch.from_numpy(left[kept].astype(np.uint8)))
         classes = [inst.class_id + 1 for inst in truth[image_id].instances]
         assert target["labels"][:-1].tolist() == [c for c, k in zip(classes, kept) if k]
-    with pytest.raises(ValueError, match="copy_paste is a chance in"):
+    with pytest.raises(ValueError, match="--copy-paste is a chance in"):
         StudentTrainSettings(copy_paste=1.5)
 
 
@@ -632,7 +632,7 @@ def test_train_student_command_labels_with_the_pipeline_then_trains(classifier, 
     r = runner.invoke(app, ["train", "student", str(tiny_voc), "--model", str(model), "--label-area", "0.4"])
     assert r.exit_code == 2 and "--label-area takes LOW,HIGH" in r.output, r.output
     r = runner.invoke(app, ["train", "student", str(tiny_voc), "--model", str(model), "--copy-paste", "2"])
-    assert r.exit_code == 2 and "copy_paste is a chance in [0, 1], got 2" in r.output, r.output
+    assert r.exit_code == 2 and "error: --copy-paste is a chance in [0, 1], got 2" in r.output, r.output
 
 
 def test_bench_shows_the_student_beside_the_pipeline(student, tiny_voc):

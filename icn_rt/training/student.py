@@ -84,7 +84,7 @@ class StudentTrainSettings(Schedule):
             raise ValueError("student training needs at least one epoch and a batch of at least one image")
         check_area((self.min_area, self.max_area))
         if not 0 <= self.copy_paste <= 1:
-            raise ValueError(f"copy_paste is a chance in [0, 1], got {self.copy_paste:g}")
+            raise ValueError(f"--copy-paste is a chance in [0, 1], got {self.copy_paste:g}")
 
 
 @dataclass
