@@ -642,6 +642,7 @@ RENDERERS = {"accuracy": lambda: rows("accuracy_part_only.json"), "student": stu
              "recipe-part-only": lambda: recipe("recipe_part_only.json"),
              "recipe-part-only-dev": lambda: recipe("recipe_part_only_dev.json"),
              "recipe-part-only-60": lambda: recipe("recipe_part_only_classifier60.json"),
+             "recipe-part-only-copy-paste": lambda: recipe("recipe_part_only_copy_paste.json"),
              "recipe-photo": lambda: recipe("recipe_photo.json"),
              "recipe-photo-held-out": lambda: recipe("recipe_photo_held_out.json"),
              "recipe-photo-copy-paste": lambda: recipe("recipe_photo_copy_paste.json"),
