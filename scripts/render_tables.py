@@ -646,6 +646,7 @@ RENDERERS = {"accuracy": lambda: rows("accuracy_part_only.json"), "student": stu
              "recipe-photo": lambda: recipe("recipe_photo.json"),
              "recipe-photo-held-out": lambda: recipe("recipe_photo_held_out.json"),
              "recipe-photo-copy-paste": lambda: recipe("recipe_photo_copy_paste.json"),
+             "recipe-photo-held-out-copy-paste": lambda: recipe("recipe_photo_held_out_copy_paste.json"),
              "recipe-photo-60": lambda: recipe("recipe_photo_classifier60.json"),
              "recipe-voc-like": lambda: recipe("recipe_voc_like.json"),
              "default-choice": default_choice,
@@ -682,6 +683,10 @@ RENDERERS = {"accuracy": lambda: rows("accuracy_part_only.json"), "student": stu
              "student-copy-paste-val": lambda: per_training("student_copy_paste", "Checked on val", split="val"),
              "student-copy-paste-val-75": lambda: per_training("student_copy_paste", "The same at IoU 0.75",
                                                                "mAP@0.75", "val"),
+             "held-out-copy-paste-val": lambda: per_training("held_out_copy_paste", "Photographs development "
+                                                             "never used", split="val"),
+             "held-out-copy-paste-val-75": lambda: per_training("held_out_copy_paste", "The same at IoU 0.75",
+                                                                "mAP@0.75", "val"),
              "lead-refine": lambda: per_training("lead_refine", "The led student's masks"),
              "lead-refine-75": lambda: per_training("lead_refine", "The same at IoU 0.75", "mAP@0.75"),
              "teacher-settings": lambda: per_training("teacher_settings", "The teacher's settings around the "
