@@ -13,6 +13,11 @@ cues that need no masks:
   score (minus ``λ`` per percent of the image it covers) replaces the label;
 - **the classifier, erased**: the same with the candidate painted over instead; the
   largest drop of the class score (minus ``λ`` per percent) wins;
+- **the class map**: the model's classifier on the whole image; its map of the label's
+  class, resized to the image (bilinear) and cut at ``α`` × its maximum over the image,
+  keeps the connected regions the label overlaps; the label becomes the proposal, among
+  those with IoU ≥ τ with it, that fits that region best, where it fits better than the
+  label itself (the map says how far the object reaches, the label which object);
 - **a student's mask** (``--student``: a student's instances on images it did not learn
   from, e.g. two students cross-fitted on halves of the training split): each label
   becomes the proposal, among those with IoU ≥ τ with it, that fits best the student
@@ -37,6 +42,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from label_quality import kinds, overlaps
@@ -142,6 +148,46 @@ def by_classifier(items: list, scores: dict, form: str, lam: float) -> dict:
     return out
 
 
+def class_maps(items: list, model_dir: Path) -> dict:
+    """Per image: the classifier's class maps ``float32 [C, H, W]``, resized to the image."""
+    model = load_model(model_dir, "cpu")
+    net, side, out = model.classifier.eval(), model.input_size, {}
+    for iid, image, labels, _ in items:
+        if not labels:
+            continue
+        with torch.no_grad():
+            maps = net(preprocess_batch([image], side))[1][0].numpy()
+        h, w = image.shape[:2]
+        out[iid] = np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m in maps])
+    return out
+
+
+def map_region(class_map: np.ndarray, mask: np.ndarray, alpha: float) -> np.ndarray:
+    """The connected regions of ``class_map ≥ alpha × its maximum`` that ``mask`` overlaps."""
+    hot = (class_map >= alpha * max(float(class_map.max()), 1e-9)).astype(np.uint8)
+    count, parts = cv2.connectedComponents(hot, connectivity=8)
+    touched = np.unique(parts[mask & (hot > 0)])
+    return np.isin(parts, touched[touched > 0])
+
+
+def by_class_map(items: list, maps: dict, tau: float, alpha: float) -> dict:
+    out = {}
+    for iid, _, labels, props in items:
+        new = []
+        for e in labels:
+            region = map_region(maps[iid][e["class_id"]], e["mask"], alpha)
+            near = _near(props, e["mask"], tau)
+            if not region.any() or not len(near):
+                new.append(e)
+                continue
+            fit = props.iou(region)[near]
+            best = int(np.argmax(fit))
+            own = mask_iou(e["mask"][None], region[None])[0, 0]
+            new.append(e if own >= fit[best] else dict(e, mask=props.mask(near[best])))
+        out[iid] = new
+    return out
+
+
 def by_student(items: list, results: dict, tau: float, min_score: float = 0.5) -> dict:
     """Each label replaced by the proposal (IoU ≥ ``tau`` with it) that fits best the mask
     of the student instance of its class (score ≥ ``min_score``) overlapping it most, where
@@ -243,6 +289,10 @@ def main() -> None:
     sets["class colour, τ 0.5, bias 0.5"] = by_colour(items, weights, 0.5, 0.5)
     for form, lam in (("kept", 0.0), ("kept", 0.4), ("erased", 0.1), ("erased", 0.2)):
         sets[f"the classifier, {form}, λ {lam}"] = by_classifier(items, scores, form, lam)
+    maps = class_maps(items, a.model)
+    for tau in (0.1, 0.3):
+        for alpha in (0.2, 0.35, 0.5):
+            sets[f"the class map, τ {tau}, α {alpha}"] = by_class_map(items, maps, tau, alpha)
     if a.student:
         results = {}
         for path in a.student:

@@ -573,6 +573,31 @@ def test_label_repick_counts_right_leak_fragment_and_off_labels():
     assert [np.array_equal(e["mask"], props.mask(0)) for e in best] == [True, True, True, False, True, True]
 
 
+def test_label_repick_by_class_map_takes_the_proposal_that_fits_the_maps_region_the_label_touches():
+    """A class map of 1 over columns 0-3, 0.4 over 4-5, 0 over 6-7 and 0.6 over 8-9, and a
+    label of columns 0-5 (a leak): at α 0.5 the region it touches is columns 0-3 (8-9 are
+    hot too but apart), and among the proposals near it the one of columns 0-3 fits that
+    region best, so it replaces the label; at α 0.3 columns 4-5 join the region, which the
+    label itself then fits best, so it stays; the map of another class, cold under the
+    label, leaves it too."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from label_repick import by_class_map, map_region
+
+    props = _strips(10)([[0, 1, 2, 3], list(range(10)), [0, 1, 2, 3, 4, 5], [8, 9]])
+    maps = np.zeros((2, 4, 10), np.float32)
+    maps[0, :, :4], maps[0, :, 4:6], maps[0, :, 8:] = 1.0, 0.4, 0.6
+    maps[1, :, 8:] = 1.0
+    label = {"class_id": 0, "score": 0.5, "mask": props.mask(2)}
+    assert np.array_equal(map_region(maps[0], label["mask"], 0.5), props.mask(0))
+    items = [("a", None, [label], props)]
+    picked = by_class_map(items, {"a": maps}, tau=0.1, alpha=0.5)["a"][0]
+    assert np.array_equal(picked["mask"], props.mask(0)) and picked["score"] == 0.5
+    assert np.array_equal(map_region(maps[0], label["mask"], 0.3), label["mask"])
+    assert by_class_map(items, {"a": maps}, tau=0.1, alpha=0.3)["a"][0] is label
+    other = dict(label, class_id=1)
+    assert by_class_map([("a", None, [other], props)], {"a": maps}, tau=0.1, alpha=0.5)["a"][0] is other
+
+
 def test_label_repick_by_student_snaps_the_label_to_the_proposal_its_student_mask_fits():
     """A label of columns 0-1 and a student instance of columns 0-4 (its class, score 0.9):
     among the proposals near the label (IoU >= 0.1) the one of columns 0-3 fits the
