@@ -14,7 +14,8 @@ keys ``T`` (ICN steps), ``score`` (matching score), ``binarize``, ``confidence``
 ``onnxruntime:int8``, ...: the model's exported graphs, whose T is the export's) and
 ``student`` (1: the model's student, ``icn-rt train student``, on ``torch`` or
 ``onnxruntime``; ``refine``, ``refine_scale``, ``proposal_iou``: its masks snapped to
-superpixels or proposals; ``contrast_power``, ``consensus_power``: its confidence; on a
+superpixels or proposals; ``contrast_power``, ``consensus_power``: its confidence;
+``mask_nms``: its mask NMS; ``tta``: ``flip`` also runs it on the mirrored image; on a
 pipeline's row these set the student that runs beside it); each row
 also records its images/s through the ``infer`` job; e.g.::
 
@@ -53,7 +54,7 @@ from icn_rt.runtime.student import StudentPredictor
 KEYS = {"T": int, "score": str, "binarize": float, "confidence": str, "nms": float, "rerank": int, "agree": float,
         "lead": str, "teacher_agree": float,
         "backend": str, "student": int, "refine": str, "refine_scale": float, "proposal_iou": float,
-        "contrast_power": float, "consensus_power": float, "mask_nms": float}
+        "contrast_power": float, "consensus_power": float, "mask_nms": float, "tta": str}
 
 
 def parse_row(text: str) -> tuple[str, Path, dict]:
@@ -76,7 +77,7 @@ def parse_settings(options: str, what: str = "settings") -> dict:
 
 def predictor_for(model: Path, settings: dict) -> Predictor | StudentPredictor:
     """The model with a row's settings over its config's (or its student)."""
-    keys = ("refine", "refine_scale", "proposal_iou", "contrast_power", "consensus_power", "mask_nms")
+    keys = ("refine", "refine_scale", "proposal_iou", "contrast_power", "consensus_power", "mask_nms", "tta")
     if settings.get("student"):
         student = StudentPredictor.from_dir(model, backend=settings.get("backend", "torch"))
         student.settings = replace(student.settings, **{k: settings[k] for k in keys if k in settings})
@@ -138,7 +139,9 @@ def _resolved(predictor: Predictor | StudentPredictor) -> dict:
     """The settings a row ran with, as the tables show them."""
     if isinstance(predictor, StudentPredictor):
         s = predictor.settings
-        return {"icn_steps": "-", "matching": f"student ({s.backbone}, {s.input_size}²)", "binarize": s.mask_threshold,
+        tta = "" if s.tta == "none" else f", tta {s.tta}"
+        return {"icn_steps": "-", "matching": f"student ({s.backbone}, {s.input_size}²{tta})",
+                "binarize": s.mask_threshold,
                 "confidence": "detection score" + (f" × contrast^{s.contrast_power:g}" if s.contrast_power else "")
                 + (f" × consensus^{s.consensus_power:g}" if s.refine == "proposals" and s.consensus_power else ""),
                 "nms_iou": s.nms_iou}
@@ -146,7 +149,8 @@ def _resolved(predictor: Predictor | StudentPredictor) -> dict:
     if predictor.student is not None and m.instances.lead == "student":  # the student's row, ranked by the pipeline
         led, s = _resolved(predictor.student), predictor.student.settings
         return {**led, "icn_steps": m.icn_settings.steps if m.enhances else 0,
-                "matching": f"student ({s.backbone}, {s.input_size}², {s.refine}), led",
+                "matching": f"student ({s.backbone}, {s.input_size}², {s.refine}"
+                            + ("" if s.tta == "none" else f", tta {s.tta}") + "), led",
                 "confidence": f"{led['confidence']} × (1 + {m.instances.teacher_agreement:g} × pipeline agreement)"}
     agrees = f" × (1 + {m.instances.student_agreement:g} × student agreement)" if predictor.student is not None else ""
     return {"icn_steps": m.icn_settings.steps if m.enhances else 0, "matching": m.matching.resolved(m.enhances).score,

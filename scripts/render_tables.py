@@ -561,6 +561,25 @@ def per_training(prefix: str, what: str, key: str = "mAP@0.5", split: str = "dev
     return "\n".join(lines)
 
 
+def student_tta(seed: str = "41") -> str:
+    """The student with and without ``tta: flip`` (``benchmarks/accuracy.py`` on photo dev):
+    one row per way of making its masks, both passes side by side with the paired difference."""
+    lines = ["| masks | mAP^r@0.5, one pass | with flip | − one pass | mAP^r@0.75, one pass | with flip | − one pass "
+             "| images/s, one pass / with flip |", "|---|" + "---|" * 7]
+    for mode, name in (("proposals", "student, snapped to proposals"), ("superpixels", "student, snapped to superpixels"),
+                       ("none", "student, pasted"), ("default", "default: the student, ranked by the pipeline")):
+        doc = _json(f"student_tta_{mode}_photo_dev_{seed}.json")
+        one, flip = doc["rows"]
+        cells = [c for key in ("mAP@0.5", "mAP@0.75") for c in (_ci(one["metrics"][key]), _ci(flip["metrics"][key]),
+                                                                 _diff(flip["minus_reference"][key]))]
+        speed = f"{one['images_per_second']:.1f} / {flip['images_per_second']:.1f}"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {speed} |")
+    lines += ["", f"dev, {doc['images']} images of the recipe's photo training {seed} (its student, 16 epochs); "
+                  "95% bootstrap intervals over the images; ~0: the difference's interval holds 0; images/s through "
+                  f"the `infer` job on this project's CPU VM; `benchmarks/results/student_tta_*_photo_dev_{seed}.json`."]
+    return "\n".join(lines)
+
+
 def student_oracle() -> str:
     """The proposal-snapped student on each photo training's dev split as ranked and ranked by
     an oracle (``benchmarks/mask_fit.py``: each instance scored by its best IoU with an
@@ -658,6 +677,7 @@ RENDERERS = {"accuracy": lambda: rows("accuracy_part_only.json"), "student": stu
                                                        "masks"),
              "student-consensus-75": lambda: per_training("student_consensus", "The same at IoU 0.75", "mAP@0.75"),
              "student-consensus-unseen": lambda: rows("student_consensus_unseen_photo_val_61.json"),
+             "student-tta": student_tta,
              "student-mask-nms": lambda: per_training("student_mask_nms_proposals", "Mask NMS of proposal-snapped "
                                                       "masks"),
              "student-mask-nms-75": lambda: per_training("student_mask_nms_proposals", "The same at IoU 0.75",

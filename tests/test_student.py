@@ -1234,3 +1234,82 @@ def test_the_pipeline_ranks_its_instances_by_its_students_agreement(student, cla
     mine, theirs = agreeing.fingerprint(None)["settings"], plain.fingerprint(None)["settings"]
     assert mine["instances"]["student_agreement"] == 16 and theirs["instances"]["student_agreement"] == 0
     assert mine["student"]["weights"] == alone.fingerprint()["weights"] and "student" not in theirs
+
+
+def test_flip_fusion_averages_each_detection_with_its_mirror_and_halves_one_alone():
+    """Image 0: a class-0 box at x 10-30 (score 0.8) and, mirrored in a 100-px input, the
+    same object found at x 68-88 (x 12-32 once flipped back, score 0.6): one detection, box
+    x 11-31, score 0.7, box masks averaged (the mirrored one flipped back). A class-1
+    detection in the first pass only and a class-0 one in the mirrored pass only, far from
+    the first, each keep half their score; image 1 (mirrored pass only) keeps its own."""
+    from icn_rt.runtime.student import flip_pairs, fuse_flipped
+
+    m = torch.zeros(3, 4, 4)
+    m[0, :, 0] = 1.0  # the first pass's mask of the pair: its left column
+    m[1, :, 1] = 1.0
+    out = {"boxes": torch.tensor([[10.0, 10, 30, 30], [50, 50, 60, 60], [0, 0, 5, 5]]),
+           "labels": torch.tensor([0, 1, 0]), "scores": torch.tensor([0.8, 0.6, 0.5]), "box_masks": m,
+           "image": torch.tensor([0, 0, 0])}
+    mm = torch.zeros(3, 4, 4)
+    mm[0, :, 3] = 1.0  # mirrored: its right column, the left one once flipped back
+    mirrored = {"boxes": torch.tensor([[68.0, 10, 88, 30], [70, 70, 80, 80], [1, 1, 9, 9]]),
+                "labels": torch.tensor([0, 0, 2]), "scores": torch.tensor([0.6, 0.4, 0.9]), "box_masks": mm,
+                "image": torch.tensor([0, 0, 1])}
+    fused = fuse_flipped(out, mirrored, side=100, least_iou=0.5, most=100)
+    assert fused["image"].tolist() == [0, 0, 0, 0, 1]
+    assert fused["scores"].tolist() == pytest.approx([0.7, 0.3, 0.25, 0.2, 0.45])
+    assert fused["labels"].tolist() == [0, 1, 0, 0, 2]
+    assert fused["boxes"][0].tolist() == pytest.approx([11, 10, 31, 30])
+    assert fused["boxes"][3].tolist() == pytest.approx([20, 70, 30, 80])  # 100 - 80, 100 - 70
+    assert fused["boxes"][4].tolist() == pytest.approx([91, 1, 99, 9])
+    assert torch.equal(fused["box_masks"][0], m[0])
+    assert fused["box_masks"].dtype == torch.float32 and fused["box_masks"].shape == (5, 4, 4)
+    # at most `most` per image, best first; a pair needs one class and IoU >= least_iou
+    assert fuse_flipped(out, mirrored, 100, 0.5, most=1)["scores"].tolist() == pytest.approx([0.7, 0.45])
+    assert flip_pairs(out["boxes"][:1], torch.tensor([[12.0, 10, 32, 30]]), torch.tensor([0]), torch.tensor([1]),
+                      out["scores"][:1], 0.5) == [(0, -1), (-1, 0)]
+    assert flip_pairs(out["boxes"][:1], torch.tensor([[20.0, 10, 40, 30]]), torch.tensor([0]), torch.tensor([0]),
+                      out["scores"][:1], 0.5) == [(0, -1), (-1, 0)]  # IoU 1/3
+    none = fuse_flipped({k: v[:0] for k, v in out.items()}, {k: v[:0] for k, v in mirrored.items()}, 100, 0.5, 100)
+    assert none["boxes"].shape == (0, 4) and none["box_masks"].shape == (0, 4, 4) and len(none["labels"]) == 0
+    with pytest.raises(ValueError, match="unknown student test-time augmentation"):
+        StudentSettings(tta="rotate")
+
+
+def test_a_student_with_flip_tta_runs_the_mirrored_image_and_fuses_the_passes(student):
+    """An engine that finds the bright 8×8 block of a 32-px input (class 0, score 0.8) and,
+    in every pass, a class-1 detection at the top-left corner (score 0.4): with ``tta:
+    flip`` the block is one instance of score 0.8 at its place, and the corner's detection
+    is two instances of score 0.2, the mirrored pass's at the top-right corner."""
+    from dataclasses import replace
+
+    from icn_rt.models.store import load_student
+    from icn_rt.runtime.student import StudentPredictor
+
+    class Finder:
+        backend = "stub"
+
+        def __init__(self):
+            self.calls = 0
+
+        def __call__(self, images):
+            self.calls += 1
+            col = int(images[0, 0].mean(0).argmax()) // 8 * 8
+            box_masks = torch.ones(2, 28, 28)
+            return {"boxes": torch.tensor([[col, 8.0, col + 8, 16], [0, 0, 8, 8]]), "labels": torch.tensor([0, 1]),
+                    "scores": torch.tensor([0.8, 0.4]), "box_masks": box_masks}
+
+    network, settings, classes = load_student(student[0], "cpu")
+    settings = replace(settings, input_size=32, contrast_power=0.0, mask_nms=0.0, refine="none")
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[8:16, 16:24] = 255
+    plain = StudentPredictor(network, settings, classes, engine=Finder()).predict([image])[0].instances
+    engine = Finder()
+    predictor = StudentPredictor(network, replace(settings, tta="flip"), classes, engine=engine)
+    found = predictor.predict([image])[0].instances
+    assert engine.calls == 2
+    assert [(i.class_id, round(i.score, 6)) for i in plain] == [(0, 0.8), (1, 0.4)]
+    assert [(i.class_id, round(i.score, 6)) for i in found] == [(0, 0.8), (1, 0.2), (1, 0.2)]
+    assert np.array_equal(found[0].mask, plain[0].mask) and found[0].mask[8:16, 16:24].all()
+    corner = plain[1].mask
+    assert sorted(i.mask.tobytes() for i in found[1:]) == sorted([corner.tobytes(), corner[:, ::-1].tobytes()])

@@ -31,6 +31,7 @@ BACKBONES = ("classifier-fpn", "mobilenet-v3-fpn", "resnet50-fpn")
 HEADS = ("light", "standard", "tiny")
 COCO_SIDE = 800
 REFINES = ("none", "superpixels", "proposals")
+TTAS = ("none", "flip")
 
 
 @dataclass
@@ -95,8 +96,11 @@ class StudentSettings:
     contrast_power: float = 0.5
     consensus_power: float = 0.0
     mask_nms: float = 0.7
+    tta: str = "none"
 
     def __post_init__(self) -> None:
+        if self.tta not in TTAS:
+            raise ValueError(f"unknown student test-time augmentation {self.tta!r}; choose one of {', '.join(TTAS)}")
         if self.refine not in REFINES:
             raise ValueError(f"unknown student mask refinement {self.refine!r}; choose one of {', '.join(REFINES)}")
         if self.refine_scale <= 0:

@@ -16,7 +16,9 @@ them (:func:`paste_at`) and cut at ``mask_threshold``; with ``refine: superpixel
 is then snapped to the image's superpixels (:func:`snap_to_superpixels`), with ``refine:
 proposals`` replaced by the image's proposal it overlaps most (:func:`snap_to_proposals`;
 the predictor then needs proposals, as the pipeline does, and ``proposal`` names the one
-taken); masks left empty are dropped.
+taken); masks left empty are dropped. With ``tta: flip`` the network also runs on the
+batch mirrored left to right and the two passes' detections are fused first
+(:func:`fuse_flipped`).
 """
 
 from __future__ import annotations
@@ -157,6 +159,9 @@ class StudentPredictor(Staging):
             x = self.network_input(images, inputs)
         with _stage(timer, "student"):
             out = self.outputs(x)
+            if self.settings.tta == "flip":
+                out = fuse_flipped(out, self.outputs(x.flip(-1)), self.input_size, self.settings.nms_iou,
+                                   self.settings.detections)
         with _stage(timer, "masks"):
             return [self._prediction(image, out, b, proposals[b] if self.needs_proposals else None)
                     for b, image in enumerate(images)]
@@ -195,6 +200,59 @@ class StudentPredictor(Staging):
         for inst in instances:
             class_scores[inst.class_id] = max(class_scores[inst.class_id], inst.score)
         return Prediction(instances, class_scores)
+
+
+def fuse_flipped(out: dict[str, torch.Tensor], mirrored: dict[str, torch.Tensor], side: int, least_iou: float,
+                 most: int) -> dict[str, torch.Tensor]:
+    """The student's outputs on a batch (``out``) and on the batch mirrored left to right
+    (``mirrored``; boxes in the ``side``-pixel input) as one set of outputs: the mirrored
+    pass's boxes and box masks flipped back, then per image the pairs of
+    :func:`flip_pairs` each made one detection (boxes, box masks and scores averaged); a
+    detection left alone keeps half its score (the other pass gave it none). At most
+    ``most`` per image, best score first."""
+    boxes = mirrored["boxes"].float().clone()
+    boxes[:, 0], boxes[:, 2] = side - mirrored["boxes"][:, 2], side - mirrored["boxes"][:, 0]
+    passes = (out, dict(mirrored, boxes=boxes, box_masks=mirrored["box_masks"].flip(-1)))
+    fused = {k: [] for k in STUDENT_OUTPUTS}
+    for b in torch.cat([o["image"] for o in passes]).unique().tolist():
+        mine = [torch.nonzero(o["image"] == b).flatten() for o in passes]
+        pairs = flip_pairs(*(o["boxes"][m].float() for o, m in zip(passes, mine)),
+                           *(o["labels"][m] for o, m in zip(passes, mine)), passes[0]["scores"][mine[0]], least_iou)
+        chosen = []
+        for pair in pairs:
+            got = [(o, m[k]) for o, m, k in zip(passes, mine, pair) if k >= 0]
+            chosen.append({"boxes": sum(o["boxes"][k].float() for o, k in got) / len(got),
+                           "box_masks": sum(o["box_masks"][k].float() for o, k in got) / len(got),
+                           "scores": sum(o["scores"][k].float() for o, k in got) / 2,
+                           "labels": got[0][0]["labels"][got[0][1]],
+                           "image": torch.tensor(b, device=out["image"].device)})
+        chosen.sort(key=lambda d: -float(d["scores"]))
+        for d in chosen[:most]:
+            for k in STUDENT_OUTPUTS:
+                fused[k].append(d[k])
+    if not fused["scores"]:
+        return {k: out[k][:0].float() if k in ("boxes", "scores", "box_masks") else out[k][:0] for k in fused}
+    return {k: torch.stack(v) for k, v in fused.items()}
+
+
+def flip_pairs(boxes: torch.Tensor, other_boxes: torch.Tensor, labels: torch.Tensor, other_labels: torch.Tensor,
+               scores: torch.Tensor, least_iou: float) -> list[tuple[int, int]]:
+    """One image's detections of two passes as pairs of indices ``(i, j)`` (-1: none):
+    best score (``scores``, the first pass's) first, each detection of the first pass
+    pairs with the unpaired one of the second of its class whose box overlaps it most, at
+    IoU at least ``least_iou``; the second pass's detections left unpaired come last."""
+    from torchvision.ops import box_iou
+
+    iou = box_iou(boxes, other_boxes)
+    iou[(labels[:, None] != other_labels[None]) | (iou < least_iou)] = -1.0
+    free, pairs = torch.ones(len(other_boxes), dtype=torch.bool, device=iou.device), []
+    for i in torch.argsort(scores, descending=True, stable=True).tolist():
+        row = torch.where(free, iou[i], torch.full_like(iou[i], -1.0))
+        j = int(row.argmax()) if len(row) and row.max() >= 0 else -1
+        pairs.append((i, j))
+        if j >= 0:
+            free[j] = False
+    return pairs + [(-1, j) for j in torch.nonzero(free).flatten().tolist()]
 
 
 def mask_nms(masks: np.ndarray, labels: np.ndarray, order: list[int], least_iou: float) -> list[int]:
