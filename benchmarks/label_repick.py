@@ -165,7 +165,7 @@ def class_maps(items: list, model_dir: Path) -> dict:
 def map_region(class_map: np.ndarray, mask: np.ndarray, alpha: float) -> np.ndarray:
     """The connected regions of ``class_map ≥ alpha × its maximum`` that ``mask`` overlaps."""
     hot = (class_map >= alpha * max(float(class_map.max()), 1e-9)).astype(np.uint8)
-    count, parts = cv2.connectedComponents(hot, connectivity=8)
+    _, parts = cv2.connectedComponents(hot, connectivity=8)
     touched = np.unique(parts[mask & (hot > 0)])
     return np.isin(parts, touched[touched > 0])
 
