@@ -1239,9 +1239,10 @@ def test_the_pipeline_ranks_its_instances_by_its_students_agreement(student, cla
 def test_flip_fusion_averages_each_detection_with_its_mirror_and_halves_one_alone():
     """Image 0: a class-0 box at x 10-30 (score 0.8) and, mirrored in a 100-px input, the
     same object found at x 68-88 (x 12-32 once flipped back, score 0.6): one detection, box
-    x 11-31, score 0.7, box masks averaged (the mirrored one flipped back). A class-1
-    detection in the first pass only and a class-0 one in the mirrored pass only, far from
-    the first, each keep half their score; image 1 (mirrored pass only) keeps its own."""
+    x 11-31, score 0.7, box masks averaged (the mirrored one flipped back). The first pass's
+    class-1 detection and small class-0 one, and a class-0 one of the mirrored pass far from
+    them, each found by one pass only, keep half their score; so does image 1's, found in
+    the mirrored pass only."""
     from icn_rt.runtime.student import flip_pairs, fuse_flipped
 
     m = torch.zeros(3, 4, 4)
