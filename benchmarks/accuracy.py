@@ -135,12 +135,16 @@ def _training_seeds(model: Path) -> dict:
             if "seed" in config.get(section, {})}
 
 
+def _tta(settings) -> str:
+    """A student's test-time augmentation as the tables name it ("" for none)."""
+    return "" if settings.tta == "none" else f", tta {settings.tta}"
+
+
 def _resolved(predictor: Predictor | StudentPredictor) -> dict:
     """The settings a row ran with, as the tables show them."""
     if isinstance(predictor, StudentPredictor):
         s = predictor.settings
-        tta = "" if s.tta == "none" else f", tta {s.tta}"
-        return {"icn_steps": "-", "matching": f"student ({s.backbone}, {s.input_size}²{tta})",
+        return {"icn_steps": "-", "matching": f"student ({s.backbone}, {s.input_size}²{_tta(s)})",
                 "binarize": s.mask_threshold,
                 "confidence": "detection score" + (f" × contrast^{s.contrast_power:g}" if s.contrast_power else "")
                 + (f" × consensus^{s.consensus_power:g}" if s.refine == "proposals" and s.consensus_power else ""),
@@ -149,8 +153,7 @@ def _resolved(predictor: Predictor | StudentPredictor) -> dict:
     if predictor.student is not None and m.instances.lead == "student":  # the student's row, ranked by the pipeline
         led, s = _resolved(predictor.student), predictor.student.settings
         return {**led, "icn_steps": m.icn_settings.steps if m.enhances else 0,
-                "matching": f"student ({s.backbone}, {s.input_size}², {s.refine}"
-                            + ("" if s.tta == "none" else f", tta {s.tta}") + "), led",
+                "matching": f"student ({s.backbone}, {s.input_size}², {s.refine}{_tta(s)}), led",
                 "confidence": f"{led['confidence']} × (1 + {m.instances.teacher_agreement:g} × pipeline agreement)"}
     agrees = f" × (1 + {m.instances.student_agreement:g} × student agreement)" if predictor.student is not None else ""
     return {"icn_steps": m.icn_settings.steps if m.enhances else 0, "matching": m.matching.resolved(m.enhances).score,
