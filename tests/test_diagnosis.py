@@ -743,3 +743,38 @@ def test_student_benchmark_reads_the_label_choice_at_its_threshold_and_area(tmp_
     old = [{"threshold": 0.0, "precision": 0.4, "recall": 0.5}, {"threshold": 2.0, "precision": 0.6, "recall": 0.3}]
     (tmp_path / "student_threshold.json").write_text(json.dumps({"threshold": 2.0, "candidates": old}))
     assert _threshold(tmp_path) == {"threshold": 2.0, "area": [0.0, 1.0], "precision": 0.6, "recall": 0.3}
+
+
+def test_student_cues_score_a_box_mask_and_snap_by_each_rule():
+    """benchmarks/student_cues.py's cues on hand-made box masks, and each snapping rule on
+    a hand-made detection: a 4×4 object, a pasted mask over its left 3 columns, and two
+    candidate proposals: a 4×5 block that leaks one column past the object (overlapping
+    the pasted mask most) and the object itself."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from student_cues import certainty, fit_logistic, off_border, snapped
+
+    soft = np.zeros((4, 4))
+    soft[1:3, 1:3] = [[0.5, 0.7], [0.9, 1.0]]
+    soft[0, 0] = 0.4
+    assert certainty(soft) == pytest.approx(0.775) and certainty(np.zeros((4, 4))) == 0
+    assert off_border(soft) == pytest.approx(1 - 0.4 / 12) and off_border(np.ones((3, 3))) == 0
+
+    def block(y0, y1, x0, x1):
+        m = np.zeros((6, 8), bool)
+        m[y0:y1, x0:x1] = True
+        return m
+
+    obj, leak, pasted = block(1, 5, 1, 5), block(1, 5, 0, 5), block(1, 5, 0, 3)
+    det = {"class_id": 1, "mask": pasted, "cut 0.3": leak, "cut 0.7": block(1, 5, 1, 3),
+           "candidates": np.stack([leak, obj]), "overlap": np.array([12 / 20, 8 / 20]), "consensus": np.array([1.0, 81.0])}
+    truth = (obj[None], np.array([1]))
+    assert (snapped(det, "shipped", truth) == leak).all() and (snapped(det, "pasted", truth) == pasted).all()
+    assert (snapped(det, "cut at 0.3", truth) == leak).all()
+    assert (snapped(det, "cut at 0.7", truth) == obj).all()  # its 8 px: IoU 0.4 with the leak, 0.5 with the object
+    assert (snapped(det, "consensus^0.25", truth) == obj).all()  # 0.4 × 3 > 0.6 × 1
+    assert (snapped(det, "oracle", truth) == obj).all()
+    assert (snapped(det, "oracle", (obj[None], np.array([0]))) == leak).all()  # no object of its class: as shipped
+    assert (snapped(dict(det, candidates=np.zeros((0, 6, 8), bool)), "oracle", truth) == pasted).all()
+    x = np.array([[-2.0], [-1.0], [1.0], [2.0], [-0.5], [0.5]])
+    w = fit_logistic(x, np.array([0, 0, 1, 1, 1, 0], np.float64))
+    assert w[0] > 0 and len(w) == 2

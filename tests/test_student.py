@@ -1314,3 +1314,52 @@ def test_a_student_with_flip_tta_runs_the_mirrored_image_and_fuses_the_passes(st
     assert np.array_equal(found[0].mask, plain[0].mask) and found[0].mask[8:16, 16:24].all()
     corner = plain[1].mask
     assert sorted(i.mask.tobytes() for i in found[1:]) == sorted([corner.tobytes(), corner[:, ::-1].tobytes()])
+
+
+def test_student_cues_ship_the_predictors_instances_and_score_each_way(student, tiny_voc):
+    """benchmarks/student_cues.py: its shipped row is the student snapped to proposals as
+    its predictor makes it (mAP^r the same to the digit), its pasted row the student with
+    ``refine: none``; every way is a row with its paired difference, the oracle snap
+    among them; the best-scored instances are sorted into the four kinds."""
+    import argparse
+    import sys
+    from dataclasses import replace
+    from pathlib import Path
+
+    from icn_rt.data.datasets import open_dataset
+    from icn_rt.data.images import read_image
+    from icn_rt.data.proposals import load_proposals, proposal_path
+    from icn_rt.eval.instance import InstanceEvaluator
+    from icn_rt.runtime.student import StudentPredictor
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from student_cues import CUES, KINDS, SNAPS, run
+
+    args = argparse.Namespace(root=tiny_voc, model=student[0], split="val", proposals=None, bootstrap=20, seed=0)
+    doc = run(args)
+    rows = {(r["kind"], r["name"]): r for r in doc["rows"]}
+    assert [k for k in rows if k[0] == "snap"] == [("snap", s) for s in SNAPS]
+    assert [k[1] for k in rows if k[0] == "cue"] == [*CUES, "a linear mix of all, fitted on the other images"]
+    ds = open_dataset(tiny_voc, "val", load_images=False)
+    shipped = 0
+    for rule, refine in (("shipped", "proposals"), ("pasted", "none")):
+        predictor = StudentPredictor.from_dir(student[0])
+        predictor.settings = replace(predictor.settings, refine=refine)
+        ev = InstanceEvaluator(len(ds.classes), (0.5, 0.75))
+        for image_id in ds.ids:
+            image = read_image(ds.image_path(image_id))
+            props = load_proposals(proposal_path(tiny_voc / "Proposals", image_id), image.shape[:2])
+            inst = predictor.predict([image], [props])[0].instances
+            shipped += len(inst) if rule == "shipped" else 0
+            gt = ds.ground_truth(image_id)
+            ev.add(np.stack([i.mask for i in inst]) if inst else np.zeros((0, *image.shape[:2]), bool),
+                   np.array([i.class_id for i in inst], np.int64), np.array([i.score for i in inst]),
+                   gt.instance_masks(), gt.instance_classes())
+        want = ev.result()["map"]
+        assert want[0.5] > 0  # masks that find objects, so that the same figure says something
+        got = rows["snap", rule]["metrics"]
+        assert got["mAP@0.5"]["estimate"] == pytest.approx(100 * want[0.5], abs=1e-9)
+        assert got["mAP@0.75"]["estimate"] == pytest.approx(100 * want[0.75], abs=1e-9)
+    assert rows["snap", "shipped"]["minus_reference"]["mAP@0.5"]["estimate"] == 0
+    assert all(set(v) == set(KINDS) for v in doc["best_scored"].values())
+    assert sum(doc["best_scored"]["50"].values()) == min(50, shipped) > 0
