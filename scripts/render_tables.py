@@ -598,6 +598,47 @@ def student_oracle() -> str:
     return "\n".join(lines)
 
 
+def student_cues(key: str = "mAP@0.5") -> str:
+    """The student's masks snapped and ranked in other ways (``benchmarks/student_cues.py``
+    on each photo training's dev split): one column per training, each cell the way's
+    ``key`` and its paired difference to the student as shipped."""
+    docs = {f"photo {f.stem.rsplit('_', 1)[1]}": _json(f.name)
+            for f in sorted(RESULTS.glob("student_cues_photo_dev_*.json"))}
+    first = next(iter(docs.values()))
+    snaps = {"shipped": "as shipped: the proposal the mask overlaps most", "pasted": "the pasted mask, not snapped",
+             "oracle": "snapped by an oracle: the proposal that fits an object of its class best"}
+    lines = ["| way | " + " | ".join(docs) + " |", "|---|" + "---|" * len(docs)]
+    for i, row in enumerate(first["rows"]):
+        name = row["name"]
+        label = (snaps.get(name, f"snapped by the mask {name}" if name.startswith("cut") else f"snapped by overlap × {name}")
+                 if row["kind"] == "snap" else f"ranked by score × {name}" if "mix" not in name else f"ranked by {name}")
+        cells = [_ci(d["rows"][i]["metrics"][key]) + ("" if i == 0 else "; " + _diff(d["rows"][i]["minus_reference"][key]))
+                 for d in docs.values()]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", f"The proposal-snapped student's masks, snapped and ranked in other ways: mAP^r@{key.split('@')[1]} on "
+                  f"dev ({first['images']} images) of each photo training of the recipe, then the paired difference to "
+                  "the student as shipped; 95% bootstrap intervals over the images; the oracle and the mix use dev's "
+                  "truth; `benchmarks/results/student_cues_photo_dev_*.json`."]
+    return "\n".join(lines)
+
+
+def student_cue_kinds() -> str:
+    """What the best-scored instances of the shipped student are (``benchmarks/student_cues.py``)."""
+    docs = {f"photo {f.stem.rsplit('_', 1)[1]}": _json(f.name)
+            for f in sorted(RESULTS.glob("student_cues_photo_dev_*.json"))}
+    first = next(iter(docs.values()))
+    kinds = list(next(iter(first["best_scored"].values())))
+    lines = ["| best-scored | " + " | ".join(docs) + " |", "|---|" + "---|" * len(docs)]
+    for n in first["best_scored"]:
+        lines.append(f"| {n} | " + " | ".join(" / ".join(str(d["best_scored"][n][k]) for k in kinds)
+                                              for d in docs.values()) + " |")
+    lines += ["", f"The proposal-snapped student's best-scored instances on dev ({first['images']} images) of each photo "
+                  f"training of the recipe, counted {' / '.join(kinds)}: right at IoU 0.5 with an object of its class, "
+                  "covering at least half of one, at least half of it on one, neither; "
+                  "`benchmarks/results/student_cues_photo_dev_*.json`."]
+    return "\n".join(lines)
+
+
 def student_confidence(key: str = "mAP@0.5") -> str:
     """The student's confidence chosen on dev: every ``student_confidence_<mode>_<regime>_dev_<seed>.json``
     (``benchmarks/accuracy.py``: one refinement's student rows on one training's dev split,
@@ -686,6 +727,9 @@ RENDERERS = {"accuracy": lambda: rows("accuracy_part_only.json"), "student": stu
                                                                   "Mask NMS of superpixel-snapped masks"),
              "student-mask-nms-none": lambda: per_training("student_mask_nms_none", "Mask NMS of the pasted masks"),
              "student-oracle-photo": student_oracle,
+             "student-cues": student_cues,
+             "student-cues-75": lambda: student_cues("mAP@0.75"),
+             "student-cue-kinds": student_cue_kinds,
              "student-mask-nms-val": lambda: per_training("student_mask_nms", "Checked on val", split="val"),
              "student-agreement": lambda: per_training("student_agreement", "The pipeline ranked by its student's "
                                                        "agreement"),
