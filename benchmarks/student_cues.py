@@ -93,7 +93,8 @@ def snapped(det: dict, rule: str, truth: tuple[np.ndarray, np.ndarray]) -> np.nd
 def detections(student: StudentPredictor, image: np.ndarray, props) -> list[dict]:
     """The student's detections on ``image``, each with its box mask, the mask pasted at
     0.5 (and at 0.3 and 0.7) and the proposals overlapping it at least ``proposal_iou``,
-    most first (at most :data:`CANDIDATES`), with their overlap and consensus."""
+    most first (at most :data:`CANDIDATES`), with their overlap and consensus. One pass:
+    a model set to ``tta: flip`` is measured without it."""
     h, w = image.shape[:2]
     s = student.input_size
     with torch.no_grad():
@@ -147,7 +148,7 @@ def classifier_cues(net, side: int, image: np.ndarray, masks: np.ndarray, classe
     return np.stack([s[rows, classes], s[-1, classes] - s[n + rows, classes], s[2 * n + rows, classes]], 1)
 
 
-def instance_rows(ds, root: Path, model: Path, proposals: Path) -> list[dict]:
+def instance_rows(ds, model: Path, proposals: Path) -> list[dict]:
     """Per image: the truth, and per snapping rule the kept instances (masks, classes,
     scores as shipped); the shipped ones also get every cue (``float [N, len(CUES)]``)."""
     student = StudentPredictor.from_dir(model)
@@ -164,7 +165,8 @@ def instance_rows(ds, root: Path, model: Path, proposals: Path) -> list[dict]:
         detection = np.array([d["detection"] for d in found])
         record = {"truth": truth, "snaps": {}}
         for rule in SNAPS:
-            masks = np.stack([snapped(d, rule, truth) for d in found]) if found else np.zeros((0, *image.shape[:2]), bool)
+            masks = np.stack([snapped(d, rule, truth) for d in found]) if found else \
+                np.zeros((0, *image.shape[:2]), bool)
             order, score = shipped_order(image, masks, classes, detection, student.settings)
             record["snaps"][rule] = (masks[order], classes[order], score[order])
             if rule == "shipped":
@@ -184,12 +186,13 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 def cue_scores(score: np.ndarray, cues: np.ndarray) -> dict[str, np.ndarray]:
     """The shipped scores × each cue: the mask head's certainty and the border as they are
-    (in [0, 1]), the classifier's three as sigmoid(0.3 × score)."""
+    (in [0, 1]), the classifier's three as sigmoid(0.3 × score) (the scale: the middle of
+    0.1, 0.3 and 1, which ranked alike on the first photo training's dev split)."""
     return {CUES[0]: score * cues[:, 0], CUES[1]: score * cues[:, 1],
             **{CUES[k]: score * sigmoid(0.3 * cues[:, k]) for k in (2, 3, 4)}}
 
 
-def right(masks: np.ndarray, classes: np.ndarray, truth: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+def kinds_against(masks: np.ndarray, classes: np.ndarray, truth: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Each instance's kind (:data:`KINDS`' index) against the objects of its class."""
     gt, gt_cls = truth
     rows = []
@@ -223,7 +226,7 @@ def cross_fitted(records: list[dict]) -> list[np.ndarray]:
     one image at a time, so every image's scores come from nearly the same fit and rank
     against each other as one model's would."""
     feats = [np.c_[np.log(np.maximum(r["snaps"]["shipped"][2], 1e-9)), r["cues"]] for r in records]
-    labels = [(right(*r["snaps"]["shipped"][:2], r["truth"]) == 0).astype(np.float64) for r in records]
+    labels = [(kinds_against(*r["snaps"]["shipped"][:2], r["truth"]) == 0).astype(np.float64) for r in records]
     every = np.concatenate(feats)
     mean, sd = every.mean(0), every.std(0) + 1e-9
     out = []
@@ -258,8 +261,8 @@ def evaluators(rows: dict, records: list[dict], classes: int) -> dict:
 
 def kinds_of_best(records: list[dict], most: tuple[int, ...]) -> dict:
     """How many of the ``n`` best-scored shipped instances of the split are of each kind."""
-    scored = [(s, k) for r in records for s, k in zip(r["snaps"]["shipped"][2], right(*r["snaps"]["shipped"][:2],
-                                                                                         r["truth"]))]
+    scored = [(s, k) for r in records
+              for s, k in zip(r["snaps"]["shipped"][2], kinds_against(*r["snaps"]["shipped"][:2], r["truth"]))]
     scored.sort(key=lambda t: -t[0])
     return {str(n): {name: int(sum(1 for _, k in scored[:n] if k == j)) for j, name in enumerate(KINDS)}
             for n in most}
@@ -267,7 +270,7 @@ def kinds_of_best(records: list[dict], most: tuple[int, ...]) -> dict:
 
 def run(args) -> dict:
     ds = open_dataset(args.root, args.split, load_images=False)
-    records = instance_rows(ds, args.root, args.model, args.proposals or args.root / "Proposals")
+    records = instance_rows(ds, args.model, args.proposals or args.root / "Proposals")
     evs = evaluators(rows_of(records), records, len(ds.classes))
     weights = draws(len(ds.ids), args.bootstrap, args.seed)
     reference = evs["snap", "shipped"]
@@ -281,7 +284,8 @@ def run(args) -> dict:
         point, reps = m(ev), [m(ev, w) for w in weights]
         diff = intervals(difference(point, ref_point), [difference(a, b) for a, b in zip(reps, ref_reps)])
         out.append({"kind": kind, "name": name, "metrics": {k: v.to_json() for k, v in intervals(point, reps).items()},
-                    "minus_reference": {k: {**v.to_json(), "excludes_zero": v.excludes_zero()} for k, v in diff.items()}})
+                    "minus_reference": {k: {**v.to_json(), "excludes_zero": v.excludes_zero()}
+                                        for k, v in diff.items()}})
     regime, synth = dataset_record(args.root, None)
     return {"rows": out, "best_scored": kinds_of_best(records, (50, 100, 200)), "images": len(ds.ids),
             "objects": int(sum(len(r["truth"][1]) for r in records)), "regime": regime, "synth": synth}

@@ -610,15 +610,18 @@ def student_cues(key: str = "mAP@0.5") -> str:
     lines = ["| way | " + " | ".join(docs) + " |", "|---|" + "---|" * len(docs)]
     for i, row in enumerate(first["rows"]):
         name = row["name"]
-        label = (snaps.get(name, f"snapped by the mask {name}" if name.startswith("cut") else f"snapped by overlap × {name}")
-                 if row["kind"] == "snap" else f"ranked by score × {name}" if "mix" not in name else f"ranked by {name}")
-        cells = [_ci(d["rows"][i]["metrics"][key]) + ("" if i == 0 else "; " + _diff(d["rows"][i]["minus_reference"][key]))
-                 for d in docs.values()]
+        if row["kind"] == "snap":
+            label = snaps.get(name, f"snapped by the mask {name}" if name.startswith("cut")
+                              else f"snapped by overlap × {name}")
+        else:
+            label = f"ranked by {name}" if "mix" in name else f"ranked by score × {name}"
+        cells = [_ci(d["rows"][i]["metrics"][key])
+                 + ("" if i == 0 else "; " + _diff(d["rows"][i]["minus_reference"][key])) for d in docs.values()]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", f"The proposal-snapped student's masks, snapped and ranked in other ways: mAP^r@{key.split('@')[1]} on "
-                  f"dev ({first['images']} images) of each photo training of the recipe, then the paired difference to "
-                  "the student as shipped; 95% bootstrap intervals over the images; the oracle and the mix use dev's "
-                  "truth; `benchmarks/results/student_cues_photo_dev_*.json`."]
+    lines += ["", "The proposal-snapped student's masks, snapped and ranked in other ways: "
+                  f"mAP^r@{key.split('@')[1]} on dev ({first['images']} images) of each photo training of the "
+                  "recipe, then the paired difference to the student as shipped; 95% bootstrap intervals over the "
+                  "images; the oracle and the mix use dev's truth; `benchmarks/results/student_cues_photo_dev_*.json`."]
     return "\n".join(lines)
 
 

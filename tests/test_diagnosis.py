@@ -766,7 +766,8 @@ def test_student_cues_score_a_box_mask_and_snap_by_each_rule():
 
     obj, leak, pasted = block(1, 5, 1, 5), block(1, 5, 0, 5), block(1, 5, 0, 3)
     det = {"class_id": 1, "mask": pasted, "cut 0.3": leak, "cut 0.7": block(1, 5, 1, 3),
-           "candidates": np.stack([leak, obj]), "overlap": np.array([12 / 20, 8 / 20]), "consensus": np.array([1.0, 81.0])}
+           "candidates": np.stack([leak, obj]), "overlap": np.array([12 / 20, 8 / 20]),
+           "consensus": np.array([1.0, 81.0])}
     truth = (obj[None], np.array([1]))
     assert (snapped(det, "shipped", truth) == leak).all() and (snapped(det, "pasted", truth) == pasted).all()
     assert (snapped(det, "cut at 0.3", truth) == leak).all()
