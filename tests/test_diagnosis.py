@@ -747,9 +747,9 @@ def test_student_benchmark_reads_the_label_choice_at_its_threshold_and_area(tmp_
 
 def test_student_cues_score_a_box_mask_and_snap_by_each_rule():
     """benchmarks/student_cues.py's cues on hand-made box masks, and each snapping rule on
-    a hand-made detection: a 4×4 object, a pasted mask over its left 3 columns, and two
-    candidate proposals: a 4×5 block that leaks one column past the object (overlapping
-    the pasted mask most) and the object itself."""
+    a hand-made detection: a 4×4 object, a 4×3 pasted mask from the column left of it, and
+    two candidate proposals: a 4×5 block that leaks that column past the object (holding the
+    pasted mask: IoU 0.6) and the object itself (IoU 0.4)."""
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     from student_cues import certainty, fit_logistic, off_border, snapped
 
