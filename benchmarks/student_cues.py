@@ -242,14 +242,16 @@ def rows_of(records: list[dict]) -> dict[str, list[tuple]]:
     """Each row's instances per image: ``(masks, classes, scores)``."""
     rows = {("snap", rule): [r["snaps"][rule] for r in records] for rule in SNAPS}
     shipped = rows["snap", "shipped"]
-    for k, cue in enumerate(CUES):
-        rows["cue", cue] = [(m, c, cue_scores(s, r["cues"])[cue]) for (m, c, s), r in zip(shipped, records)]
+    scored = [cue_scores(s, r["cues"]) for (_, _, s), r in zip(shipped, records)]
+    for cue in CUES:
+        rows["cue", cue] = [(m, c, by_cue[cue]) for (m, c, _), by_cue in zip(shipped, scored)]
     mix = cross_fitted(records)
     rows["cue", "a linear mix of all, fitted on the other images"] = [(m, c, s) for (m, c, _), s in zip(shipped, mix)]
     return rows
 
 
 def evaluators(rows: dict, records: list[dict], classes: int) -> dict:
+    """Each row's :class:`InstanceEvaluator` over the split, against each image's truth."""
     out = {}
     for key, per_image in rows.items():
         ev = InstanceEvaluator(classes, THRESHOLDS)
