@@ -47,7 +47,7 @@ from icn_rt.data.images import read_image
 from icn_rt.data.preprocess import preprocess_batch
 from icn_rt.data.proposals import load_proposals, proposal_path
 from icn_rt.eval.bootstrap import difference, draws, intervals
-from icn_rt.eval.instance import InstanceEvaluator
+from icn_rt.eval.instance import InstanceEvaluator, mask_iou
 from icn_rt.matching.objectness import consensus, mask_contrast
 from icn_rt.models.store import load_model
 from icn_rt.runtime.student import StudentPredictor, mask_nms, paste_at
@@ -80,14 +80,14 @@ def snapped(det: dict, rule: str, truth: tuple[np.ndarray, np.ndarray]) -> np.nd
         return cands[0]
     if rule.startswith("cut at"):
         cut = det["cut 0.3" if rule.endswith("0.3") else "cut 0.7"]
-        return cands[int(np.argmax([overlaps(c, cut)[0] for c in cands]))] if cut.any() else cands[0]
+        return cands[int(np.argmax(mask_iou(cands, cut[None])[:, 0]))] if cut.any() else cands[0]
     if rule == "consensus^0.25":
         return cands[int(np.argmax(det["overlap"] * det["consensus"] ** 0.25))]
     gt, gt_cls = truth
     mine = gt[gt_cls == det["class_id"]]
     if len(mine) == 0:
         return cands[0]
-    return cands[int(np.argmax([max(overlaps(c, g)[0] for g in mine) for c in cands]))]
+    return cands[int(np.argmax(mask_iou(cands, mine).max(1)))]
 
 
 def detections(student: StudentPredictor, image: np.ndarray, props) -> list[dict]:
