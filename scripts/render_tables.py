@@ -580,12 +580,17 @@ def student_tta(seed: str = "41") -> str:
     return "\n".join(lines)
 
 
+def _photo_trainings(prefix: str) -> dict[str, dict]:
+    """Every ``<prefix>_photo_dev_<seed>.json`` as ``{"photo <seed>": report}``, by seed."""
+    return {f"photo {f.stem.rsplit('_', 1)[1]}": _json(f.name)
+            for f in sorted(RESULTS.glob(f"{prefix}_photo_dev_*.json"))}
+
+
 def student_oracle() -> str:
     """The proposal-snapped student on each photo training's dev split as ranked and ranked by
     an oracle (``benchmarks/mask_fit.py``: each instance scored by its best IoU with an
     object of its class)."""
-    docs = {f"photo {f.stem.rsplit('_', 1)[1]}": _json(f.name)
-            for f in sorted(RESULTS.glob("student_oracle_photo_dev_*.json"))}
+    docs = _photo_trainings("student_oracle")
     first = next(iter(docs.values()))
     lines = [f"| {first['rows'][0]['name']} | " + " | ".join(docs) + " |", "|---|" + "---|" * len(docs)]
     for t in ("0.5", "0.75"):
@@ -602,8 +607,7 @@ def student_cues(key: str = "mAP@0.5") -> str:
     """The student's masks snapped and ranked in other ways (``benchmarks/student_cues.py``
     on each photo training's dev split): one column per training, each cell the way's
     ``key`` and its paired difference to the student as shipped."""
-    docs = {f"photo {f.stem.rsplit('_', 1)[1]}": _json(f.name)
-            for f in sorted(RESULTS.glob("student_cues_photo_dev_*.json"))}
+    docs = _photo_trainings("student_cues")
     first = next(iter(docs.values()))
     snaps = {"shipped": "as shipped: the proposal the mask overlaps most", "pasted": "the pasted mask, not snapped",
              "oracle": "snapped by an oracle: the proposal that fits an object of its class best"}
@@ -627,8 +631,7 @@ def student_cues(key: str = "mAP@0.5") -> str:
 
 def student_cue_kinds() -> str:
     """What the best-scored instances of the shipped student are (``benchmarks/student_cues.py``)."""
-    docs = {f"photo {f.stem.rsplit('_', 1)[1]}": _json(f.name)
-            for f in sorted(RESULTS.glob("student_cues_photo_dev_*.json"))}
+    docs = _photo_trainings("student_cues")
     first = next(iter(docs.values()))
     kinds = list(next(iter(first["best_scored"].values())))
     lines = ["| best-scored | " + " | ".join(docs) + " |", "|---|" + "---|" * len(docs)]
